@@ -1,0 +1,7 @@
+//! labctl keeps an S3-compatible bucket of machine images in the state a Git-tracked manifest
+//! declares: `plan` shows what would change, `apply` makes it so.
+
+pub mod checksum;
+pub mod diagnostic;
+pub mod graph;
+pub mod manifest;

@@ -1,0 +1,198 @@
+//! The desired state, as the manifest declares it, after validation.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::checksum::Checksum;
+use crate::manifest::reference::Reference;
+use crate::manifest::yaml::Loc;
+
+pub const API_VERSION: &str = "labctl/v1alpha1";
+pub const KIND: &str = "ImageManifest";
+
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// The path as the user gave it (for messages).
+    pub path: PathBuf,
+    /// The directory Packer template paths are relative to.
+    pub base_dir: PathBuf,
+    /// sha256 of the file's bytes: a saved plan records it so apply can refuse a stale plan.
+    pub digest: Checksum,
+    pub name: Option<String>,
+    pub store: Option<StoreConfig>,
+    pub images: Vec<Image>,
+}
+
+impl Manifest {
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.iter().find(|i| i.name == name)
+    }
+}
+
+/// `spec.store`: where the bucket is. Never holds secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Config {
+    pub bucket: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub name: String,
+    pub loc: Loc,
+    pub source: Source,
+    /// Object key below `images/`.
+    pub destination: String,
+    /// `validation.expected` as written (absent means: the source checksum).
+    pub expected: Option<Checksum>,
+    pub depends_on: Vec<String>,
+    pub protect: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Http(HttpSource),
+    Packer(PackerSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSource {
+    pub url: String,
+    pub checksum: SourceChecksum,
+    pub decompress: Option<Compression>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceChecksum {
+    Digest(Checksum),
+    /// `file:<url>`: a checksum list (SHA256SUMS-style) in which the source's file name is looked
+    /// up when the image is acquired.
+    List { url: String },
+}
+
+impl std::fmt::Display for SourceChecksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceChecksum::Digest(c) => write!(f, "{c}"),
+            SourceChecksum::List { url } => write!(f, "file:{url}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Xz,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub const NAMES: [&'static str; 3] = ["xz", "gzip", "zstd"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Xz => "xz",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Compression> {
+        match s {
+            "xz" => Some(Compression::Xz),
+            "gzip" => Some(Compression::Gzip),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackerSource {
+    /// Template directory, relative to the manifest's directory.
+    pub path: String,
+    /// Values as written; they may contain `{{ images.NAME.field }}` references.
+    pub variables: BTreeMap<String, String>,
+    /// The build's output file, relative to the template directory.
+    pub artifact: String,
+}
+
+impl Image {
+    /// Where the published bytes live, relative to the store's prefix.
+    pub fn object_key(&self) -> String {
+        object_key(&self.destination)
+    }
+
+    /// Where this image's state record lives, relative to the store's prefix.
+    pub fn record_key(&self) -> String {
+        record_key(&self.destination)
+    }
+
+    /// The checksum the published object must have, when it can be known before apply.
+    pub fn published_checksum(&self) -> Option<Checksum> {
+        if let Some(expected) = &self.expected {
+            return Some(expected.clone());
+        }
+        match &self.source {
+            Source::Http(HttpSource {
+                checksum: SourceChecksum::Digest(c),
+                decompress: None,
+                ..
+            }) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// References written in Packer variables.
+    pub fn references(&self) -> Vec<Reference> {
+        match &self.source {
+            Source::Packer(p) => p
+                .variables
+                .values()
+                .filter_map(|v| crate::manifest::reference::parse_all(v).ok())
+                .flatten()
+                .collect(),
+            Source::Http(_) => Vec::new(),
+        }
+    }
+
+    /// Every image this one needs first: `dependsOn` and the images its variables reference,
+    /// sorted and without repeats.
+    pub fn dependencies(&self) -> Vec<String> {
+        let mut deps: Vec<String> = self.depends_on.clone();
+        deps.extend(self.references().into_iter().map(|r| r.image));
+        deps.sort();
+        deps.dedup();
+        deps
+    }
+
+    pub fn source_type(&self) -> &'static str {
+        match self.source {
+            Source::Http(_) => "http",
+            Source::Packer(_) => "packer",
+        }
+    }
+}
+
+pub const IMAGES_PREFIX: &str = "images/";
+pub const METADATA_PREFIX: &str = "metadata/";
+
+pub fn object_key(destination: &str) -> String {
+    format!("{IMAGES_PREFIX}{destination}")
+}
+
+pub fn record_key(destination: &str) -> String {
+    format!("{METADATA_PREFIX}{destination}.json")
+}
+
+/// The destination a record key belongs to (`metadata/a/b.raw.json` → `a/b.raw`).
+pub fn destination_of_record_key(key: &str) -> Option<&str> {
+    key.strip_prefix(METADATA_PREFIX)?.strip_suffix(".json")
+}

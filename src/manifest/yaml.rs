@@ -1,0 +1,248 @@
+//! A YAML document as a tree of located nodes.
+//!
+//! The manifest is first read into this loose tree so that validation can report every problem in
+//! one run, each with its line and column, instead of stopping at serde's first error. The parser's
+//! budgets (alias expansion, nesting depth, node count) keep hostile input from exhausting memory
+//! or the stack.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::{Budget, Options, Spanned};
+
+/// A position in the manifest file, 1-based. `line == 0` means unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct Loc {
+    pub line: u64,
+    pub column: u64,
+}
+
+impl Loc {
+    fn from_spanned<T>(s: &Spanned<T>) -> Loc {
+        Loc {
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.line > 0
+    }
+}
+
+impl fmt::Display for Loc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// One YAML node with where it was written.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub loc: Loc,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    /// Numbers are kept as written so that `1.10` does not turn into `1.1`.
+    Number(String),
+    String(String),
+    Seq(Vec<Node>),
+    /// Keys in document order; duplicate keys are rejected by the parser.
+    Map(Vec<(Key, Node)>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub loc: Loc,
+    pub name: String,
+}
+
+impl Value {
+    /// What kind of value this is, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a mapping",
+        }
+    }
+}
+
+/// Parses `text` into a located tree, within resource budgets.
+pub fn parse(text: &str) -> Result<Node, (Loc, String)> {
+    let mut budget = Budget::default();
+    // A manifest is a few hundred nodes; these caps are generous for real files and make alias
+    // bombs and pathological nesting fail fast with a clear message.
+    budget.max_depth = 64;
+    budget.max_aliases = 1_000;
+    budget.max_nodes = 200_000;
+    budget.max_events = 1_000_000;
+    let mut options = Options::default();
+    options.budget = Some(budget);
+    let parsed: Result<Spanned<RawNode>, serde_saphyr::Error> =
+        serde_saphyr::from_str_with_options(text, options);
+    match parsed {
+        Ok(spanned) => Ok(spanned_to_node(spanned)),
+        Err(err) => {
+            let loc = err
+                .location()
+                .map(|l| Loc {
+                    line: l.line(),
+                    column: l.column(),
+                })
+                .unwrap_or_default();
+            Err((loc, first_line(&err)))
+        }
+    }
+}
+
+fn first_line(err: &serde_saphyr::Error) -> String {
+    // The crate's Display may append a source snippet; callers print their own location.
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or("invalid YAML").trim();
+    // Drop a trailing " at line X column Y" the crate may add: the location is printed separately.
+    match line.find(" at line ") {
+        Some(i) => line[..i].to_string(),
+        None => line.to_string(),
+    }
+}
+
+fn spanned_to_node(s: Spanned<RawNode>) -> Node {
+    let loc = Loc::from_spanned(&s);
+    Node {
+        loc,
+        value: s.value.0,
+    }
+}
+
+/// The deserialization target: a value whose children carry their own spans.
+struct RawNode(Value);
+
+impl<'de> Deserialize<'de> for RawNode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(RawVisitor).map(RawNode)
+    }
+}
+
+struct RawVisitor;
+
+impl<'de> Visitor<'de> for RawVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.to_string()))
+    }
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
+        Ok(Value::Number(v.to_string()))
+    }
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
+        Ok(Value::Number(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::Number(v.to_string()))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_bytes<E: de::Error>(self, _v: &[u8]) -> Result<Value, E> {
+        Err(E::custom("binary values are not supported"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(RawVisitor)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Spanned<RawNode>>()? {
+            items.push(spanned_to_node(item));
+        }
+        Ok(Value::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<RawNode>>()? {
+            let key_loc = Loc::from_spanned(&key);
+            let name = match key.value.0 {
+                Value::String(s) => s,
+                Value::Number(n) => n,
+                Value::Bool(b) => b.to_string(),
+                Value::Null => "null".to_string(),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "mapping keys must be scalars, found {}",
+                        other.kind()
+                    )))
+                }
+            };
+            let value = map.next_value::<Spanned<RawNode>>()?;
+            entries.push((
+                Key {
+                    loc: key_loc,
+                    name,
+                },
+                spanned_to_node(value),
+            ));
+        }
+        Ok(Value::Map(entries))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_carry_locations() {
+        let node = parse("a:\n  b: [1, two]\n  c: {d: true}\n").unwrap();
+        let Value::Map(entries) = &node.value else {
+            panic!("expected a map")
+        };
+        assert_eq!(entries[0].0.name, "a");
+        assert_eq!(entries[0].0.loc, Loc { line: 1, column: 1 });
+        let Value::Map(inner) = &entries[0].1.value else {
+            panic!()
+        };
+        assert_eq!(inner[0].0.loc, Loc { line: 2, column: 3 });
+        let Value::Seq(items) = &inner[0].1.value else {
+            panic!()
+        };
+        assert!(matches!(&items[1].value, Value::String(s) if s == "two"));
+        assert_eq!(items[1].loc, Loc { line: 2, column: 10 });
+        assert_eq!(inner[1].0.name, "c");
+    }
+
+    #[test]
+    fn syntax_errors_have_locations() {
+        let (loc, msg) = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(loc.is_known(), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        assert!(parse("a: 1\na: 2\n").is_err());
+    }
+}
