@@ -121,6 +121,9 @@ mod tests {
         let d = Diagnostic::new(Loc { line: 3, column: 5 }, "bad")
             .image(Some("x"))
             .hint("fix it");
-        assert_eq!(d.render("m.yaml"), "m.yaml:3:5: image `x`: bad\n  hint: fix it");
+        assert_eq!(
+            d.render("m.yaml"),
+            "m.yaml:3:5: image `x`: bad\n  hint: fix it"
+        );
     }
 }

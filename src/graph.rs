@@ -190,7 +190,12 @@ mod tests {
 
     #[test]
     fn names_the_cycle() {
-        let images = vec![img("a", &["c"]), img("b", &["a"]), img("c", &["b"]), img("d", &[])];
+        let images = vec![
+            img("a", &["c"]),
+            img("b", &["a"]),
+            img("c", &["b"]),
+            img("d", &[]),
+        ];
         let err = DependencyGraph::build(&images).unwrap_err();
         assert_eq!(err.0, ["a", "b", "c", "a"]);
         assert_eq!(err.to_string(), "dependency cycle: a → b → c → a");

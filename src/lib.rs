@@ -5,3 +5,6 @@ pub mod checksum;
 pub mod diagnostic;
 pub mod graph;
 pub mod manifest;
+pub mod spec;
+pub mod state;
+pub mod store;

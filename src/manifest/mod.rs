@@ -70,17 +70,24 @@ pub fn parse(
     rules: Rules,
 ) -> Result<(Manifest, DependencyGraph), LoadError> {
     let file = path.display().to_string();
-    let fail = |items: Vec<Diagnostic>| LoadError::Invalid(Diagnostics { file: file.clone(), items });
+    let fail = |items: Vec<Diagnostic>| {
+        LoadError::Invalid(Diagnostics {
+            file: file.clone(),
+            items,
+        })
+    };
     let text = std::str::from_utf8(bytes).map_err(|e| {
         fail(vec![Diagnostic::new(
             Default::default(),
-            format!("not UTF-8 text (invalid byte at offset {})", e.valid_up_to()),
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
         )
         .hint("a manifest is a YAML text file")])
     })?;
-    let root = yaml::parse(text).map_err(|(loc, msg)| {
-        fail(vec![Diagnostic::new(loc, format!("invalid YAML: {msg}"))])
-    })?;
+    let root = yaml::parse(text)
+        .map_err(|(loc, msg)| fail(vec![Diagnostic::new(loc, format!("invalid YAML: {msg}"))]))?;
     let read = schema::read(&root, base_dir, rules);
     let mut diagnostics = read.diagnostics;
     let graph = DependencyGraph::build(&read.images);

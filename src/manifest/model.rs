@@ -74,7 +74,9 @@ pub enum SourceChecksum {
     Digest(Checksum),
     /// `file:<url>`: a checksum list (SHA256SUMS-style) in which the source's file name is looked
     /// up when the image is acquired.
-    List { url: String },
+    List {
+        url: String,
+    },
 }
 
 impl std::fmt::Display for SourceChecksum {

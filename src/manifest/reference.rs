@@ -50,7 +50,9 @@ pub enum ReferenceError {
     Unterminated(String),
     #[error("`{{{{ {0} }}}}` is not a reference; expected `{{{{ images.NAME.FIELD }}}}`")]
     NotAnImageReference(String),
-    #[error("unknown field `{field}` in `{{{{ {expr} }}}}`; expected one of url, checksum, key, size")]
+    #[error(
+        "unknown field `{field}` in `{{{{ {expr} }}}}`; expected one of url, checksum, key, size"
+    )]
     UnknownField { expr: String, field: String },
 }
 

@@ -66,7 +66,9 @@ pub fn read(root: &Node, base_dir: &Path, rules: Rules) -> Read {
         r.check_header(&top, root.loc);
         if let Some(meta) = top.get("metadata") {
             if let Some(m) = r.fields(meta, "metadata", &["name", "labels"], None) {
-                out.name = m.get("name").and_then(|n| r.string(n, "metadata.name", None));
+                out.name = m
+                    .get("name")
+                    .and_then(|n| r.string(n, "metadata.name", None));
             }
         }
         match top.get("spec") {
@@ -92,8 +94,11 @@ impl Reader<'_> {
     }
 
     fn error_hint(&mut self, loc: Loc, image: Option<&str>, msg: impl Into<String>, hint: &str) {
-        self.diags
-            .push(Diagnostic::new(loc, msg).image(image).hint(hint.to_string()));
+        self.diags.push(
+            Diagnostic::new(loc, msg)
+                .image(image)
+                .hint(hint.to_string()),
+        );
     }
 
     /// `node` as a mapping whose keys are all in `known`; unknown keys are reported with the
@@ -271,13 +276,15 @@ impl Reader<'_> {
         ];
         // Read the name first so that every other problem can say which image it is about.
         let name = match &node.value {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.name == "name")
-                .and_then(|(_, v)| match &v.value {
-                    Value::String(s) => Some(s.clone()),
-                    _ => None,
-                }),
+            Value::Map(entries) => {
+                entries
+                    .iter()
+                    .find(|(k, _)| k.name == "name")
+                    .and_then(|(_, v)| match &v.value {
+                        Value::String(s) => Some(s.clone()),
+                        _ => None,
+                    })
+            }
             _ => None,
         };
         let label = name.as_deref();
@@ -341,7 +348,10 @@ impl Reader<'_> {
                 self.error(
                     other.loc,
                     label,
-                    format!("`protect` must be true or false, found {}", other.value.kind()),
+                    format!(
+                        "`protect` must be true or false, found {}",
+                        other.value.kind()
+                    ),
                 );
                 false
             }
@@ -480,7 +490,9 @@ impl Reader<'_> {
             }
             return;
         }
-        if lower.starts_with("http://") && self.rules.allow_insecure_loopback && is_loopback_http(url)
+        if lower.starts_with("http://")
+            && self.rules.allow_insecure_loopback
+            && is_loopback_http(url)
         {
             return;
         }
@@ -489,7 +501,12 @@ impl Reader<'_> {
         } else {
             "sources must be fetched over https:// so that what is downloaded is what the vendor serves"
         };
-        self.error_hint(loc, image, format!("`{what}` `{url}` is not an https:// URL"), hint);
+        self.error_hint(
+            loc,
+            image,
+            format!("`{what}` `{url}` is not an https:// URL"),
+            hint,
+        );
     }
 
     fn source_checksum(&mut self, node: &Node, image: Option<&str>) -> Option<SourceChecksum> {
@@ -509,12 +526,7 @@ impl Reader<'_> {
         }
     }
 
-    fn packer_source(
-        &mut self,
-        f: &Fields,
-        loc: Loc,
-        image: Option<&str>,
-    ) -> Option<PackerSource> {
+    fn packer_source(&mut self, f: &Fields, loc: Loc, image: Option<&str>) -> Option<PackerSource> {
         let path = self.required_string(f, loc, "path", "source.path", image);
         if let (Some(p), Some(n)) = (&path, f.get("path")) {
             let dir = self.base_dir.join(p);
@@ -528,7 +540,10 @@ impl Reader<'_> {
                 self.error_hint(
                     n.loc,
                     image,
-                    format!("Packer template directory `{}` does not exist", dir.display()),
+                    format!(
+                        "Packer template directory `{}` does not exist",
+                        dir.display()
+                    ),
                     "`source.path` is relative to the directory that holds the manifest",
                 );
             }
@@ -570,7 +585,10 @@ impl Reader<'_> {
                 other => self.error(
                     vars.loc,
                     image,
-                    format!("`source.variables` must be a mapping, found {}", other.kind()),
+                    format!(
+                        "`source.variables` must be a mapping, found {}",
+                        other.kind()
+                    ),
                 ),
             }
         }
@@ -636,7 +654,10 @@ impl Reader<'_> {
             self.error(
                 node.loc,
                 image,
-                format!("`dependsOn` must be a list of image names, found {}", node.value.kind()),
+                format!(
+                    "`dependsOn` must be a list of image names, found {}",
+                    node.value.kind()
+                ),
             );
             return Vec::new();
         };
@@ -653,8 +674,11 @@ impl Reader<'_> {
         for image in images {
             if let Some(first) = names.get(image.name.as_str()) {
                 found.push(
-                    Diagnostic::new(image.loc, format!("duplicate image name (first defined at {first})"))
-                        .image(Some(&image.name)),
+                    Diagnostic::new(
+                        image.loc,
+                        format!("duplicate image name (first defined at {first})"),
+                    )
+                    .image(Some(&image.name)),
                 );
             } else {
                 names.insert(&image.name, image.loc);
@@ -686,7 +710,12 @@ impl Reader<'_> {
                 .depends_on
                 .iter()
                 .map(|d| (d.clone(), "dependsOn"))
-                .chain(image.references().into_iter().map(|r| (r.image, "a reference")));
+                .chain(
+                    image
+                        .references()
+                        .into_iter()
+                        .map(|r| (r.image, "a reference")),
+                );
             for (dep, via) in mentioned {
                 if dep == image.name {
                     found.push(
@@ -752,7 +781,10 @@ pub fn is_loopback_http(url: &str) -> bool {
     let host = if let Some(v6) = authority.strip_prefix('[') {
         v6.split(']').next().unwrap_or("")
     } else {
-        authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority)
+        authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(authority)
     };
     host == "localhost"
         || host == "::1"

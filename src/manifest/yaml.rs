@@ -199,13 +199,7 @@ impl<'de> Visitor<'de> for RawVisitor {
                 }
             };
             let value = map.next_value::<Spanned<RawNode>>()?;
-            entries.push((
-                Key {
-                    loc: key_loc,
-                    name,
-                },
-                spanned_to_node(value),
-            ));
+            entries.push((Key { loc: key_loc, name }, spanned_to_node(value)));
         }
         Ok(Value::Map(entries))
     }
@@ -231,7 +225,13 @@ mod tests {
             panic!()
         };
         assert!(matches!(&items[1].value, Value::String(s) if s == "two"));
-        assert_eq!(items[1].loc, Loc { line: 2, column: 10 });
+        assert_eq!(
+            items[1].loc,
+            Loc {
+                line: 2,
+                column: 10
+            }
+        );
         assert_eq!(inner[1].0.name, "c");
     }
 

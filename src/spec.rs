@@ -1,0 +1,154 @@
+//! The normalized desired spec of one image and its fingerprint.
+//!
+//! The normalized spec is what a state record keeps of the manifest entry that produced an object,
+//! so a later plan can say field by field what changed. The fingerprint condenses everything that
+//! determines the published bytes: the spec without its metadata-only fields, plus the checksums
+//! of the dependencies.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::Checksum;
+use crate::manifest::model::{Image, Source};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NormalizedSpec {
+    pub name: String,
+    pub destination: String,
+    pub source: SpecSource,
+    /// The checksum the published object must have; absent when only known after apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Checksum>,
+    /// Every dependency, from `dependsOn` and references, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub protect: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SpecSource {
+    Http {
+        url: String,
+        /// `sha256:…`, `sha512:…` or `file:<url>`.
+        checksum: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        decompress: Option<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Packer {
+        path: String,
+        /// As written in the manifest (references unresolved; secrets never appear here).
+        #[serde(default)]
+        variables: BTreeMap<String, String>,
+        artifact: String,
+        /// Digest of the template directory's files.
+        template_hash: Checksum,
+    },
+}
+
+impl NormalizedSpec {
+    /// `template_hash` is required for Packer images (it is read from disk by the caller).
+    pub fn of(image: &Image, template_hash: Option<&Checksum>) -> NormalizedSpec {
+        let source = match &image.source {
+            Source::Http(h) => SpecSource::Http {
+                url: h.url.clone(),
+                checksum: h.checksum.to_string(),
+                decompress: h.decompress.map(|c| c.name().to_string()),
+            },
+            Source::Packer(p) => SpecSource::Packer {
+                path: p.path.clone(),
+                variables: p.variables.clone(),
+                artifact: p.artifact.clone(),
+                template_hash: template_hash
+                    .cloned()
+                    .expect("packer images need a template hash"),
+            },
+        };
+        NormalizedSpec {
+            name: image.name.clone(),
+            destination: image.destination.clone(),
+            source,
+            expected: image.published_checksum(),
+            depends_on: image.dependencies(),
+            protect: image.protect,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("specs always serialize")
+    }
+
+    /// Hash of what determines the published bytes. `name` and `protect` are left out: renaming
+    /// or protecting an image does not change its object.
+    pub fn fingerprint(&self, dependencies: &BTreeMap<String, Checksum>) -> Checksum {
+        #[derive(Serialize)]
+        struct Content<'a> {
+            destination: &'a str,
+            source: &'a SpecSource,
+            expected: &'a Option<Checksum>,
+            dependencies: &'a BTreeMap<String, Checksum>,
+        }
+        let content = Content {
+            destination: &self.destination,
+            source: &self.source,
+            expected: &self.expected,
+            dependencies,
+        };
+        Checksum::sha256(&serde_json::to_vec(&content).expect("serializes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::model::*;
+
+    fn http_image() -> Image {
+        Image {
+            name: "a".into(),
+            loc: Default::default(),
+            source: Source::Http(HttpSource {
+                url: "https://e/a.raw".into(),
+                checksum: SourceChecksum::Digest(Checksum::sha256(b"a")),
+                decompress: None,
+            }),
+            destination: "x/a.raw".into(),
+            expected: None,
+            depends_on: vec![],
+            protect: false,
+        }
+    }
+
+    #[test]
+    fn expected_defaults_to_source_checksum() {
+        let spec = NormalizedSpec::of(&http_image(), None);
+        assert_eq!(spec.expected, Some(Checksum::sha256(b"a")));
+    }
+
+    #[test]
+    fn fingerprint_ignores_name_and_protect_but_not_dependencies() {
+        let spec = NormalizedSpec::of(&http_image(), None);
+        let mut renamed = spec.clone();
+        renamed.name = "b".into();
+        renamed.protect = true;
+        let none = BTreeMap::new();
+        assert_eq!(spec.fingerprint(&none), renamed.fingerprint(&none));
+        let deps = BTreeMap::from([("iso".to_string(), Checksum::sha256(b"iso"))]);
+        assert_ne!(spec.fingerprint(&none), spec.fingerprint(&deps));
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let spec = NormalizedSpec::of(&http_image(), None);
+        let back: NormalizedSpec = serde_json::from_value(spec.to_json()).unwrap();
+        assert_eq!(back, spec);
+    }
+}

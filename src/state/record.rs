@@ -1,0 +1,313 @@
+//! State records: one JSON document per published object, under `metadata/<destination>.json`.
+//!
+//! The reader also accepts records written by the earlier sync tool (no `schemaVersion`), so a
+//! bucket it filled can be adopted without re-uploading anything.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checksum::Checksum;
+use crate::spec::NormalizedSpec;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Records are small; refusing huge ones keeps a corrupted bucket from exhausting memory.
+pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateRecord {
+    pub schema_version: u32,
+    pub name: String,
+    /// The object key, relative to the store prefix (`images/…`).
+    pub key: String,
+    /// Checksum of the stored bytes.
+    pub checksum: Checksum,
+    pub size: u64,
+    pub fingerprint: Checksum,
+    pub spec: NormalizedSpec,
+    pub source: RecordSource,
+    /// Checksum of each dependency's object when this one was produced.
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, Checksum>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protect: bool,
+    pub uploaded_at: String,
+    pub labctl_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_run: Option<CiRun>,
+}
+
+/// Where the bytes came from, as acquired (non-secret values only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordSource {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Checksum of the downloaded bytes (before decompression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<Checksum>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decompress: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub variables: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_hash: Option<Checksum>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packer_version: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CiRun {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl CiRun {
+    /// The GitHub Actions run this process belongs to, if any.
+    pub fn from_env() -> Option<CiRun> {
+        let id = std::env::var("GITHUB_RUN_ID").ok()?;
+        let url = match (
+            std::env::var("GITHUB_SERVER_URL"),
+            std::env::var("GITHUB_REPOSITORY"),
+        ) {
+            (Ok(server), Ok(repo)) => Some(format!("{server}/{repo}/actions/runs/{id}")),
+            _ => None,
+        };
+        Some(CiRun { id, url })
+    }
+}
+
+/// A record written by the earlier sync tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyRecord {
+    pub name: Option<String>,
+    pub checksum: Checksum,
+    pub size: Option<u64>,
+    pub uploaded_at: Option<String>,
+    pub source_url: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Current(Box<StateRecord>),
+    Legacy(LegacyRecord),
+}
+
+impl Record {
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Record::Current(r) => Some(&r.name),
+            Record::Legacy(l) => l.name.as_deref(),
+        }
+    }
+
+    pub fn checksum(&self) -> &Checksum {
+        match self {
+            Record::Current(r) => &r.checksum,
+            Record::Legacy(l) => &l.checksum,
+        }
+    }
+
+    pub fn size(&self) -> Option<u64> {
+        match self {
+            Record::Current(r) => Some(r.size),
+            Record::Legacy(l) => l.size,
+        }
+    }
+
+    pub fn uploaded_at(&self) -> Option<&str> {
+        match self {
+            Record::Current(r) => Some(&r.uploaded_at),
+            Record::Legacy(l) => l.uploaded_at.as_deref(),
+        }
+    }
+
+    pub fn protect(&self) -> bool {
+        matches!(self, Record::Current(r) if r.protect)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record is {0} bytes; records are at most 1 MiB")]
+    TooLarge(usize),
+    #[error("record is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("record has schemaVersion {0}, which this labctl does not know")]
+    NewerSchema(u64),
+    #[error("record does not match schema version 1: {0}")]
+    Invalid(String),
+    #[error("legacy record has no valid `checksum`: {0}")]
+    LegacyWithoutChecksum(String),
+}
+
+impl RecordError {
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            RecordError::NewerSchema(_) => {
+                Some("a newer labctl wrote it; upgrade labctl before planning against this store")
+            }
+            _ => None,
+        }
+    }
+}
+
+pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge(bytes.len()));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| RecordError::NotJson(e.to_string()))?;
+    match value.get("schemaVersion") {
+        Some(v) => match v.as_u64() {
+            Some(1) => serde_json::from_value::<StateRecord>(value)
+                .map(|r| Record::Current(Box::new(r)))
+                .map_err(|e| RecordError::Invalid(e.to_string())),
+            Some(n) => Err(RecordError::NewerSchema(n)),
+            None => Err(RecordError::Invalid(format!(
+                "schemaVersion must be a number, found {v}"
+            ))),
+        },
+        None => parse_legacy(&value).map(Record::Legacy),
+    }
+}
+
+fn parse_legacy(value: &serde_json::Value) -> Result<LegacyRecord, RecordError> {
+    let text = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let raw =
+        text("checksum").ok_or_else(|| RecordError::LegacyWithoutChecksum("missing".into()))?;
+    // The earlier tool wrote bare sha256 hex as well as prefixed digests.
+    let checksum = if raw.contains(':') {
+        raw.parse()
+    } else {
+        Checksum::new(crate::checksum::Algorithm::Sha256, &raw)
+    }
+    .map_err(|e| RecordError::LegacyWithoutChecksum(e.to_string()))?;
+    let source_url = match value.get("source") {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(obj @ serde_json::Value::Object(_)) => {
+            obj.get("url").and_then(|u| u.as_str()).map(str::to_string)
+        }
+        _ => None,
+    };
+    Ok(LegacyRecord {
+        name: text("name"),
+        checksum,
+        size: value.get("size").and_then(|v| v.as_u64()),
+        uploaded_at: text("uploadedAt"),
+        source_url,
+    })
+}
+
+pub fn to_json(record: &StateRecord) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(record).expect("records always serialize");
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::SpecSource;
+
+    fn sample() -> StateRecord {
+        let checksum = Checksum::sha256(b"bytes");
+        StateRecord {
+            schema_version: SCHEMA_VERSION,
+            name: "vyos-gateway".into(),
+            key: "images/vyos/gw.raw".into(),
+            checksum: checksum.clone(),
+            size: 5,
+            fingerprint: Checksum::sha256(b"fp"),
+            spec: NormalizedSpec {
+                name: "vyos-gateway".into(),
+                destination: "vyos/gw.raw".into(),
+                source: SpecSource::Packer {
+                    path: "packer/gw".into(),
+                    variables: BTreeMap::from([("iso_url".into(), "{{ images.iso.url }}".into())]),
+                    artifact: "output/gw.raw".into(),
+                    template_hash: Checksum::sha256(b"tpl"),
+                },
+                expected: None,
+                depends_on: vec!["iso".into()],
+                protect: true,
+            },
+            source: RecordSource {
+                kind: "packer".into(),
+                path: Some("packer/gw".into()),
+                packer_version: Some("1.11.2".into()),
+                ..Default::default()
+            },
+            dependencies: BTreeMap::from([("iso".into(), Checksum::sha256(b"iso"))]),
+            protect: true,
+            uploaded_at: "2026-11-26T09:00:00Z".into(),
+            labctl_version: "0.1.0".into(),
+            ci_run: Some(CiRun {
+                id: "42".into(),
+                url: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let record = sample();
+        let bytes = to_json(&record);
+        assert_eq!(parse(&bytes).unwrap(), Record::Current(Box::new(record)));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("\"schemaVersion\": 1"), "{text}");
+        assert!(text.contains("\"uploadedAt\""), "{text}");
+    }
+
+    #[test]
+    fn legacy_records_are_read() {
+        let hex = Checksum::sha256(b"x").hex().to_string();
+        let json = format!(
+            r#"{{"name":"talos","checksum":"{hex}","size":12,"uploadedAt":"2025-12-20T10:00:00Z","source":"https://f/a.raw.xz"}}"#
+        );
+        let Record::Legacy(l) = parse(json.as_bytes()).unwrap() else {
+            panic!("expected legacy")
+        };
+        assert_eq!(l.checksum, Checksum::sha256(b"x"));
+        assert_eq!(l.size, Some(12));
+        assert_eq!(l.source_url.as_deref(), Some("https://f/a.raw.xz"));
+
+        let json = format!(
+            r#"{{"name":"t","checksum":"sha256:{hex}","source":{{"type":"http","url":"https://u"}}}}"#
+        );
+        let Record::Legacy(l) = parse(json.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(l.source_url.as_deref(), Some("https://u"));
+    }
+
+    #[test]
+    fn rejects_what_it_cannot_trust() {
+        assert!(matches!(parse(b"{"), Err(RecordError::NotJson(_))));
+        assert!(matches!(
+            parse(br#"{"schemaVersion":2}"#),
+            Err(RecordError::NewerSchema(2))
+        ));
+        assert!(matches!(
+            parse(br#"{"schemaVersion":1,"name":"x"}"#),
+            Err(RecordError::Invalid(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"name":"x"}"#),
+            Err(RecordError::LegacyWithoutChecksum(_))
+        ));
+        assert!(matches!(
+            parse(&vec![b' '; MAX_RECORD_BYTES + 1]),
+            Err(RecordError::TooLarge(_))
+        ));
+    }
+}

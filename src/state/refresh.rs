@@ -1,0 +1,112 @@
+//! Reading actual state from a store: every record (listed with pagination, fetched
+//! concurrently) and, unless told not to, a HEAD of every object the records describe.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::manifest::model::{destination_of_record_key, object_key, METADATA_PREFIX};
+use crate::state::record::{self, Record, MAX_RECORD_BYTES};
+use crate::store::{self, ObjectMeta, Store, StoreError};
+
+/// How many records and HEADs are in flight at once.
+pub const REFRESH_CONCURRENCY: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectState {
+    /// `--refresh=false`: objects were not looked at.
+    NotChecked,
+    Missing,
+    Present(ObjectMeta),
+}
+
+#[derive(Debug, Clone)]
+pub struct ActualRecord {
+    /// `metadata/<destination>.json`
+    pub record_key: String,
+    /// `images/<destination>`
+    pub object_key: String,
+    /// The record's ETag when it was read (a saved plan is stale if it moved).
+    pub etag: String,
+    /// The record, or why it could not be read.
+    pub record: Result<Record, String>,
+    pub object: ObjectState,
+}
+
+/// Everything found in the store, keyed by record key.
+#[derive(Debug, Clone, Default)]
+pub struct ActualState {
+    pub records: BTreeMap<String, ActualRecord>,
+    /// Whether objects were HEADed.
+    pub refreshed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("cannot read state from {store}")]
+    Store {
+        store: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualState, RefreshError> {
+    let wrap = |source| RefreshError::Store {
+        store: store.url(),
+        source,
+    };
+    let listed = store::list_all(store.as_ref(), METADATA_PREFIX)
+        .await
+        .map_err(wrap)?;
+    let limit = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    for item in listed {
+        let Some(destination) = destination_of_record_key(&item.key) else {
+            continue; // not a record (a stray file under metadata/)
+        };
+        let object_key = object_key(destination);
+        let (store, limit) = (store.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            let fetched = store::get_bytes(store.as_ref(), &item.key, MAX_RECORD_BYTES).await?;
+            let Some((meta, bytes)) = fetched else {
+                return Ok(None); // deleted between list and get
+            };
+            let record = record::parse(&bytes).map_err(|e| match e.hint() {
+                Some(h) => format!("{e} (hint: {h})"),
+                None => e.to_string(),
+            });
+            let object = if head_objects {
+                match store.head(&object_key).await? {
+                    Some(m) => ObjectState::Present(m),
+                    None => ObjectState::Missing,
+                }
+            } else {
+                ObjectState::NotChecked
+            };
+            Ok::<_, StoreError>(Some(ActualRecord {
+                record_key: item.key,
+                object_key,
+                etag: meta.etag,
+                record,
+                object,
+            }))
+        });
+    }
+    let mut state = ActualState {
+        records: BTreeMap::new(),
+        refreshed: head_objects,
+    };
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(r) = joined.expect("refresh task panicked").map_err(wrap)? {
+            state.records.insert(r.record_key.clone(), r);
+        }
+    }
+    Ok(state)
+}
