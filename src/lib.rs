@@ -5,6 +5,7 @@ pub mod checksum;
 pub mod diagnostic;
 pub mod graph;
 pub mod manifest;
+pub mod plan;
 pub mod spec;
 pub mod state;
 pub mod store;

@@ -1,0 +1,172 @@
+//! The plan: what apply will do to make the store match the manifest, and why.
+//!
+//! A plan is data. It is computed by a pure function ([`compute`]) from the desired state and the
+//! actual state, serialized as-is for `--json` and `--out`, and rendered by `render`; the exit
+//! code and every output format come from the same value.
+
+mod engine;
+mod fields;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use engine::{compute, Desired, PlanContext, PlanOptions};
+pub use fields::FieldChange;
+
+use crate::checksum::Checksum;
+
+/// Version of the JSON plan format. Additive changes bump the minor version.
+pub const FORMAT_VERSION: &str = "1.0";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    Create,
+    Replace,
+    Update,
+    Delete,
+    NoOp,
+}
+
+impl Action {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::Create => "+",
+            Action::Replace => "-/+",
+            Action::Update => "~",
+            Action::Delete => "-",
+            Action::NoOp => " ",
+        }
+    }
+
+    /// Whether the change removes or overwrites published bytes.
+    pub fn is_destructive(self) -> bool {
+        matches!(self, Action::Replace | Action::Delete)
+    }
+
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Create => "created",
+            Action::Replace => "replaced",
+            Action::Update => "updated in place",
+            Action::Delete => "deleted",
+            Action::NoOp => "left unchanged",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Create => "create",
+            Action::Replace => "replace",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::NoOp => "no-op",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: String,
+    pub labctl_version: String,
+    /// The manifest file the plan was computed from, as given on the command line.
+    pub manifest: String,
+    pub manifest_digest: Checksum,
+    pub store: String,
+    /// Whether objects were HEADed (`--refresh=false` skips that).
+    pub refreshed: bool,
+    pub prune: bool,
+    pub summary: Summary,
+    /// Every image, no-ops included, in the order apply runs them; deletes last.
+    pub changes: Vec<Change>,
+    /// Records whose image left the manifest and that this plan keeps.
+    pub orphans: Vec<Orphan>,
+    /// ETag of every record read: apply refuses the plan if any of them moved.
+    pub prior_state: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub replace: usize,
+    pub update: usize,
+    pub delete: usize,
+    pub no_op: usize,
+    pub orphaned: usize,
+}
+
+impl Summary {
+    pub fn has_changes(&self) -> bool {
+        self.create + self.replace + self.update + self.delete > 0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub name: String,
+    /// Object key (`images/…`).
+    pub key: String,
+    pub record_key: String,
+    pub action: Action,
+    pub reasons: Vec<String>,
+    pub depends_on: Vec<String>,
+    pub before: Option<Before>,
+    pub after: Option<After>,
+    /// Spec fields that differ between the record and the manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub field_changes: Vec<FieldChange>,
+}
+
+/// What the store holds now, from the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Before {
+    pub checksum: Option<Checksum>,
+    pub size: Option<u64>,
+    pub fingerprint: Option<Checksum>,
+    pub uploaded_at: Option<String>,
+    /// Written by the earlier sync tool.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy: bool,
+    pub spec: Option<serde_json::Value>,
+}
+
+/// What the store will hold after apply. `null` values listed in `unknown` are known only after
+/// apply (a Packer build's output, a checksum taken from a list at download time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct After {
+    pub checksum: Option<Checksum>,
+    pub fingerprint: Option<Checksum>,
+    pub spec: serde_json::Value,
+    pub dependencies: BTreeMap<String, Option<Checksum>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    /// The record's name, or its destination when the record cannot be read.
+    pub name: String,
+    pub key: String,
+    pub record_key: String,
+    pub protected: bool,
+    pub reason: String,
+}
+
+impl Plan {
+    pub fn change(&self, name: &str) -> Option<&Change> {
+        self.changes.iter().find(|c| c.name == name)
+    }
+
+    /// `Plan: 1 to create, 2 to replace, 0 to update, 0 to delete.`
+    pub fn summary_line(&self) -> String {
+        let s = &self.summary;
+        format!(
+            "Plan: {} to create, {} to replace, {} to update, {} to delete.",
+            s.create, s.replace, s.update, s.delete
+        )
+    }
+}
