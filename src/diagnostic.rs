@@ -62,17 +62,20 @@ pub struct Diagnostics {
 
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for d in &self.items {
-            writeln!(f, "{}", d.render(&self.file))?;
-        }
         let n = self.items.len();
         write!(
             f,
-            "{} problem{} found in {}",
+            "{} problem{} in {}:",
             n,
             if n == 1 { "" } else { "s" },
             self.file
-        )
+        )?;
+        for d in &self.items {
+            for line in d.render(&self.file).lines() {
+                write!(f, "\n  {line}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -2,10 +2,16 @@
 //! declares: `plan` shows what would change, `apply` makes it so.
 
 pub mod checksum;
+pub mod cli;
+pub mod commands;
+pub mod desired;
 pub mod diagnostic;
+pub mod failure;
 pub mod graph;
 pub mod manifest;
 pub mod plan;
+pub mod render;
 pub mod spec;
 pub mod state;
 pub mod store;
+pub mod template_hash;

@@ -1,1 +1,43 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use labctl::cli::{Cli, Command};
+use labctl::commands;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    configure_colors();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Validate(args) => commands::validate::run(args),
+            Command::Plan(args) => commands::plan::run(args).await,
+            Command::Graph(args) => commands::graph::run(args),
+            Command::List(args) => commands::list::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("{failure}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Colors only for a terminal, and never when `NO_COLOR` is set (https://no-color.org).
+fn configure_colors() {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    console::set_colors_enabled(!no_color && console::Term::stdout().is_term());
+    console::set_colors_enabled_stderr(!no_color && console::Term::stderr().is_term());
+}

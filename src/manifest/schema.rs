@@ -260,7 +260,7 @@ impl Reader<'_> {
                 images.push(image);
             }
         }
-        self.check_unique(&images);
+        self.check_unique(items);
         self.check_references(&images);
         images
     }
@@ -667,39 +667,61 @@ impl Reader<'_> {
             .collect()
     }
 
-    fn check_unique(&mut self, images: &[Image]) {
-        let mut names: HashMap<&str, Loc> = HashMap::new();
-        let mut destinations: HashMap<&str, (&str, Loc)> = HashMap::new();
-        let mut found = Vec::new();
-        for image in images {
-            if let Some(first) = names.get(image.name.as_str()) {
-                found.push(
-                    Diagnostic::new(
-                        image.loc,
+    /// Names and destinations must be unique. Checked on the raw entries, so that an entry with
+    /// other problems still counts.
+    fn check_unique(&mut self, items: &[Node]) {
+        let mut names: HashMap<String, Loc> = HashMap::new();
+        let mut destinations: HashMap<String, (Option<String>, Loc)> = HashMap::new();
+        for item in items {
+            let Value::Map(entries) = &item.value else {
+                continue;
+            };
+            let field = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| v);
+            let name = match field("name").map(|n| &n.value) {
+                Some(Value::String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let destination = match field("destination").map(|n| &n.value) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Map(m)) => {
+                    m.iter()
+                        .find(|(k, _)| k.name == "path")
+                        .and_then(|(_, v)| match &v.value {
+                            Value::String(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                }
+                _ => None,
+            };
+            if let Some(n) = &name {
+                match names.get(n) {
+                    Some(first) => self.error(
+                        item.loc,
+                        name.as_deref(),
                         format!("duplicate image name (first defined at {first})"),
-                    )
-                    .image(Some(&image.name)),
-                );
-            } else {
-                names.insert(&image.name, image.loc);
+                    ),
+                    None => {
+                        names.insert(n.clone(), item.loc);
+                    }
+                }
             }
-            if let Some((other, first)) = destinations.get(image.destination.as_str()) {
-                found.push(
-                    Diagnostic::new(
-                        image.loc,
+            if let Some(d) = destination {
+                match destinations.get(&d) {
+                    Some((other, first)) => self.error_hint(
+                        item.loc,
+                        name.as_deref(),
                         format!(
-                            "destination `{}` is also the destination of image `{other}` ({first})",
-                            image.destination
+                            "destination `{d}` is also the destination of image `{}` ({first})",
+                            other.as_deref().unwrap_or("?")
                         ),
-                    )
-                    .image(Some(&image.name))
-                    .hint("each image needs its own object key"),
-                );
-            } else {
-                destinations.insert(&image.destination, (&image.name, image.loc));
+                        "each image needs its own object key",
+                    ),
+                    None => {
+                        destinations.insert(d, (name.clone(), item.loc));
+                    }
+                }
             }
         }
-        self.diags.extend(found);
     }
 
     fn check_references(&mut self, images: &[Image]) {
@@ -728,7 +750,9 @@ impl Reader<'_> {
                         format!("{via} names `{dep}`, which is not an image in this manifest"),
                     )
                     .image(Some(&image.name));
-                    if let Some(s) = closest(&dep, &names) {
+                    let others: Vec<&str> =
+                        names.iter().copied().filter(|n| *n != image.name).collect();
+                    if let Some(s) = closest(&dep, &others) {
                         d = d.hint(format!("did you mean `{s}`?"));
                     }
                     found.push(d);

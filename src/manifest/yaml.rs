@@ -106,7 +106,14 @@ pub fn parse(text: &str) -> Result<Node, (Loc, String)> {
 fn first_line(err: &serde_saphyr::Error) -> String {
     // The crate's Display may append a source snippet; callers print their own location.
     let text = err.to_string();
-    let line = text.lines().next().unwrap_or("invalid YAML").trim();
+    let mut line = text.lines().next().unwrap_or("invalid YAML").trim();
+    line = line.strip_prefix("error: ").unwrap_or(line);
+    // "line 1 column 4: unclosed bracket" → "unclosed bracket": the location is printed apart.
+    if let Some(rest) = line.strip_prefix("line ") {
+        if let Some((_, msg)) = rest.split_once(": ") {
+            line = msg;
+        }
+    }
     // Drop a trailing " at line X column Y" the crate may add: the location is printed separately.
     match line.find(" at line ") {
         Some(i) => line[..i].to_string(),

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::Checksum;
-use crate::spec::NormalizedSpec;
+use crate::spec::{NormalizedSpec, SpecSource};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -185,9 +185,11 @@ fn parse_legacy(value: &serde_json::Value) -> Result<LegacyRecord, RecordError> 
     let text = |k: &str| value.get(k).and_then(|v| v.as_str()).map(str::to_string);
     let raw =
         text("checksum").ok_or_else(|| RecordError::LegacyWithoutChecksum("missing".into()))?;
-    // The earlier tool wrote bare sha256 hex as well as prefixed digests.
+    // The earlier tool wrote bare hex as well as prefixed digests; the length tells which.
     let checksum = if raw.contains(':') {
         raw.parse()
+    } else if raw.len() == 128 {
+        Checksum::new(crate::checksum::Algorithm::Sha512, &raw)
     } else {
         Checksum::new(crate::checksum::Algorithm::Sha256, &raw)
     }
@@ -208,6 +210,61 @@ fn parse_legacy(value: &serde_json::Value) -> Result<LegacyRecord, RecordError> 
     })
 }
 
+/// What a record says about its source, derived from the spec that produced the object.
+pub fn source_of(spec: &NormalizedSpec) -> RecordSource {
+    match &spec.source {
+        SpecSource::Http {
+            url,
+            checksum,
+            decompress,
+        } => RecordSource {
+            kind: "http".into(),
+            url: Some(url.clone()),
+            checksum: checksum.parse().ok(),
+            decompress: decompress.clone(),
+            ..Default::default()
+        },
+        SpecSource::Packer {
+            path,
+            variables,
+            artifact,
+            template_hash,
+        } => RecordSource {
+            kind: "packer".into(),
+            path: Some(path.clone()),
+            variables: variables.clone(),
+            artifact: Some(artifact.clone()),
+            template_hash: Some(template_hash.clone()),
+            ..Default::default()
+        },
+    }
+}
+
+/// The record written after publishing the object `spec` describes.
+pub fn new_record(
+    spec: &NormalizedSpec,
+    checksum: Checksum,
+    size: u64,
+    dependencies: BTreeMap<String, Checksum>,
+    uploaded_at: String,
+) -> StateRecord {
+    StateRecord {
+        schema_version: SCHEMA_VERSION,
+        name: spec.name.clone(),
+        key: crate::manifest::object_key(&spec.destination),
+        checksum,
+        size,
+        fingerprint: spec.fingerprint(&dependencies),
+        spec: spec.clone(),
+        source: source_of(spec),
+        dependencies,
+        protect: spec.protect,
+        uploaded_at,
+        labctl_version: env!("CARGO_PKG_VERSION").to_string(),
+        ci_run: CiRun::from_env(),
+    }
+}
+
 pub fn to_json(record: &StateRecord) -> Vec<u8> {
     let mut out = serde_json::to_vec_pretty(record).expect("records always serialize");
     out.push(b'\n');
@@ -217,7 +274,6 @@ pub fn to_json(record: &StateRecord) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::SpecSource;
 
     fn sample() -> StateRecord {
         let checksum = Checksum::sha256(b"bytes");

@@ -1,0 +1,235 @@
+//! Regenerates the example stores in `state-examples/` from `images/images.yaml`.
+//!
+//! Run after changing the manifest or the Packer template:
+//! `cargo run --example make_state_examples`. The objects are small stand-ins (the real images
+//! are gigabytes); their records and metadata say what the real ones would.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use labctl::checksum::Checksum;
+use labctl::manifest::{self, Rules};
+use labctl::spec::{NormalizedSpec, SpecSource};
+use labctl::state::record::{new_record, to_json};
+use labctl::store::fs::FsStore;
+use labctl::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
+
+const UPLOADED_AT: &str = "2026-11-20T08:00:00Z";
+
+fn placeholder(algorithm: &str, n: u8) -> Checksum {
+    let len = if algorithm == "sha256" { 64 } else { 128 };
+    format!("{algorithm}:{}{:02x}", "0".repeat(len - 2), n)
+        .parse()
+        .unwrap()
+}
+
+fn stand_in(name: &str) -> Bytes {
+    Bytes::from(format!(
+        "stand-in for {name}: example stores keep small objects, their records describe the real image\n"
+    ))
+}
+
+/// Publishes `spec` the way apply does: the object with its metadata, then the record.
+async fn publish(
+    store: &FsStore,
+    spec: &NormalizedSpec,
+    checksum: Checksum,
+    deps: BTreeMap<String, Checksum>,
+) -> Checksum {
+    let body = stand_in(&spec.name);
+    let mut record = new_record(
+        spec,
+        checksum.clone(),
+        body.len() as u64,
+        deps,
+        UPLOADED_AT.into(),
+    );
+    record.ci_run = None;
+    record.labctl_version = "0.1.0".into();
+    let meta = BTreeMap::from([
+        (META_CHECKSUM.to_string(), record.checksum.to_string()),
+        (META_FINGERPRINT.to_string(), record.fingerprint.to_string()),
+    ]);
+    store
+        .put(
+            &record.key,
+            body,
+            PutOptions {
+                user_metadata: meta,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .put(
+            &manifest::record_key(&spec.destination),
+            Bytes::from(to_json(&record)),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    checksum
+}
+
+/// The checksum an image publishes: pinned, or (for a build) the stand-in's own.
+fn output_checksum(spec: &NormalizedSpec) -> Checksum {
+    spec.expected
+        .clone()
+        .unwrap_or_else(|| Checksum::sha256(&stand_in(&spec.name)))
+}
+
+fn reset(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name() != "README.md" {
+                let p = e.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(p).unwrap();
+                } else {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).unwrap();
+}
+
+#[tokio::main]
+async fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("state-examples"));
+    let (m, graph) = manifest::load(&root.join("images/images.yaml"), Rules::default()).unwrap();
+    let desired: Vec<NormalizedSpec> = labctl::desired::build(&m, &graph)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.spec)
+        .collect();
+    let spec = |name: &str| desired.iter().find(|s| s.name == name).unwrap().clone();
+
+    // empty: nothing published yet.
+    reset(&out.join("empty"));
+
+    // in-sync: everything the manifest declares, as apply leaves it.
+    let dir = out.join("in-sync");
+    reset(&dir);
+    let store = FsStore::new(&dir);
+    let mut published: BTreeMap<String, Checksum> = BTreeMap::new();
+    for s in &desired {
+        let deps = s
+            .depends_on
+            .iter()
+            .map(|d| (d.clone(), published[d].clone()))
+            .collect();
+        let sum = publish(&store, s, output_checksum(s), deps).await;
+        published.insert(s.name.clone(), sum);
+    }
+
+    // drifted: one of every kind of difference.
+    let dir = out.join("drifted");
+    reset(&dir);
+    let store = FsStore::new(&dir);
+
+    // Talos: published, but the object has since disappeared from the bucket.
+    let talos = spec("talos-1.9.1-metal-amd64");
+    publish(&store, &talos, output_checksum(&talos), BTreeMap::new()).await;
+    store
+        .delete(&manifest::object_key(&talos.destination))
+        .await
+        .unwrap();
+
+    // VyOS ISO: the bucket holds an older nightly at the same key; the manifest moved on.
+    let mut old_iso = spec("vyos-iso");
+    old_iso.source = SpecSource::Http {
+        url: "https://github.com/vyos/vyos-nightly-build/releases/download/2024.12.30-0021-rolling/vyos-2024.12.30-0021-rolling-generic-amd64.iso".into(),
+        checksum: placeholder("sha256", 0x13).to_string(),
+        decompress: None,
+    };
+    old_iso.expected = Some(placeholder("sha256", 0x13));
+    let old_iso_sum = publish(
+        &store,
+        &old_iso,
+        placeholder("sha256", 0x13),
+        BTreeMap::new(),
+    )
+    .await;
+
+    // The gateway was built from that older ISO.
+    let gw = spec("vyos-gateway");
+    publish(
+        &store,
+        &gw,
+        output_checksum(&gw),
+        BTreeMap::from([("vyos-iso".to_string(), old_iso_sum)]),
+    )
+    .await;
+
+    // Harvester ISO: uploaded by the earlier sync tool, same bytes the manifest wants.
+    let iso = spec("harvester-1.4.0-iso");
+    let body = stand_in(&iso.name);
+    store
+        .put(
+            &manifest::object_key(&iso.destination),
+            body.clone(),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let legacy = serde_json::json!({
+        "name": iso.name,
+        "checksum": iso.expected.as_ref().unwrap().hex(),
+        "size": body.len(),
+        "uploadedAt": "2025-12-20T14:03:11Z",
+        "source": {"type": "http", "url": "https://releases.rancher.com/harvester/v1.4.0/harvester-v1.4.0-amd64.iso"},
+    });
+    store
+        .put(
+            &manifest::record_key(&iso.destination),
+            Bytes::from(serde_json::to_vec_pretty(&legacy).unwrap()),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    // Harvester kernel: same bytes, but the manifest now names another download URL.
+    let mut vmlinuz = spec("harvester-1.4.0-vmlinuz");
+    let SpecSource::Http { checksum, .. } = vmlinuz.source.clone() else {
+        unreachable!()
+    };
+    vmlinuz.source = SpecSource::Http {
+        url: "https://github.com/harvester/harvester/releases/download/v1.4.0/harvester-v1.4.0-vmlinuz-amd64".into(),
+        checksum,
+        decompress: None,
+    };
+    publish(&store, &vmlinuz, output_checksum(&vmlinuz), BTreeMap::new()).await;
+
+    // Harvester initrd: exactly as the manifest says.
+    let initrd = spec("harvester-1.4.0-initrd");
+    publish(&store, &initrd, output_checksum(&initrd), BTreeMap::new()).await;
+
+    // Harvester rootfs: not published yet (nothing to write).
+
+    // An image that left the manifest.
+    let mut old_talos = talos.clone();
+    old_talos.name = "talos-1.8.4-metal-amd64".into();
+    old_talos.destination = "talos/talos-1.8.4-metal-amd64.raw".into();
+    old_talos.source = SpecSource::Http {
+        url: "https://factory.talos.dev/image/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba/v1.8.4/metal-amd64.raw.xz".into(),
+        checksum: placeholder("sha256", 0x21).to_string(),
+        decompress: Some("xz".into()),
+    };
+    old_talos.expected = Some(placeholder("sha256", 0x22));
+    publish(
+        &store,
+        &old_talos,
+        placeholder("sha256", 0x22),
+        BTreeMap::new(),
+    )
+    .await;
+
+    println!("wrote example stores under {}", out.display());
+}

@@ -1,0 +1,113 @@
+use std::process::ExitCode;
+
+use crate::cli::ListArgs;
+use crate::failure::Failure;
+use crate::state::record::Record;
+
+pub async fn run(args: &ListArgs) -> Result<ExitCode, Failure> {
+    // The manifest is only needed for its spec.store; with --store it may be absent.
+    let manifest = match &args.store.store {
+        Some(_) => None,
+        None => Some(super::load_manifest(&args.manifest)?.0),
+    };
+    let store = super::open_store(args.store.store.as_deref(), manifest.as_ref())?;
+    let state = crate::state::refresh::read(store.clone(), false).await?;
+
+    let mut rows = Vec::new();
+    let mut unreadable = 0;
+    for r in state.records.values() {
+        let (name, size, checksum, uploaded) = match &r.record {
+            Ok(rec) => (
+                rec.name().unwrap_or("?").to_string(),
+                rec.size().map(human_size).unwrap_or_else(|| "?".into()),
+                rec.checksum().short(),
+                rec.uploaded_at().unwrap_or("?").to_string()
+                    + if matches!(rec, Record::Legacy(_)) {
+                        " (legacy)"
+                    } else {
+                        ""
+                    },
+            ),
+            Err(why) => {
+                unreadable += 1;
+                eprintln!("warning: `{}`: {why}", r.record_key);
+                ("(unreadable)".into(), "?".into(), "?".into(), "?".into())
+            }
+        };
+        rows.push([name, r.object_key.clone(), size, checksum, uploaded]);
+    }
+    if args.json {
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|[name, key, size, checksum, uploaded]| {
+                serde_json::json!({"name": name, "key": key, "size": size, "checksum": checksum, "uploaded_at": uploaded})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json).expect("serializes")
+        );
+    } else if rows.is_empty() {
+        eprintln!("No records in {}.", store.url());
+    } else {
+        print!(
+            "{}",
+            table(&["NAME", "KEY", "SIZE", "CHECKSUM", "UPLOADED AT"], &rows)
+        );
+    }
+    Ok(if unreadable > 0 {
+        super::exit(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn table(header: &[&str; 5], rows: &[[String; 5]]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Binary units, one decimal: `1.5 GiB`.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_sizes() {
+        assert_eq!(super::human_size(12), "12 B");
+        assert_eq!(super::human_size(1536), "1.5 KiB");
+        assert_eq!(super::human_size(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+}

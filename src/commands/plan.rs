@@ -1,0 +1,81 @@
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::PlanArgs;
+use crate::failure::{Failure, WithHint};
+use crate::plan::{self, PlanContext, PlanOptions};
+use crate::render;
+
+pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
+    let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
+    for name in &args.replace {
+        if manifest.image(name).is_none() {
+            return Err(anyhow::anyhow!(
+                "--replace names `{name}`, which is not an image in the manifest"
+            ))
+            .hint("use an image name from `labctl validate` / the manifest");
+        }
+    }
+    let store = super::open_store(args.store.store.as_deref(), Some(&manifest))?;
+    let desired = crate::desired::build(&manifest, &graph)?;
+    eprintln!(
+        "Reading state from {}{}",
+        store.url(),
+        if args.refresh { "" } else { " (records only)" }
+    );
+    let actual = crate::state::refresh::read(store.clone(), args.refresh).await?;
+    let plan = plan::compute(
+        &desired,
+        &actual,
+        &PlanOptions {
+            prune: args.prune,
+            replace: args.replace.clone(),
+        },
+        PlanContext {
+            manifest: manifest.path.display().to_string(),
+            manifest_digest: manifest.digest.clone(),
+            store: store.url(),
+        },
+    );
+
+    let text = if args.json {
+        render::json(&plan)
+    } else if args.markdown {
+        render::markdown::plan(&plan)
+    } else {
+        render::human::plan(&plan)
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .context("cannot write the plan to stdout")?;
+    stdout.flush().ok();
+
+    if let Some(path) = &args.out {
+        write_plan_file(path, &render::json(&plan))
+            .with_context(|| format!("cannot save the plan to `{}`", path.display()))?;
+        eprintln!("Saved the plan to {}.", path.display());
+    }
+
+    // The exit code comes from the same plan value the text was rendered from.
+    if args.detailed_exitcode && plan.summary.has_changes() {
+        Ok(super::exit(super::EXIT_CHANGES))
+    } else {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Atomically, so a reader never sees half a plan.
+fn write_plan_file(path: &std::path::Path, json: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(json.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}

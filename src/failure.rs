@@ -1,0 +1,47 @@
+//! How a failed command reports itself: `error: …`, one `caused by: …` per source, then a hint
+//! when there is an obvious next step.
+
+use std::fmt;
+
+use console::style;
+
+#[derive(Debug)]
+pub struct Failure {
+    pub error: anyhow::Error,
+    pub hint: Option<String>,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure {
+            error: e.into(),
+            hint: None,
+        }
+    }
+}
+
+pub trait WithHint<T> {
+    fn hint(self, hint: impl Into<String>) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> WithHint<T> for Result<T, E> {
+    fn hint(self, hint: impl Into<String>) -> Result<T, Failure> {
+        self.map_err(|e| Failure {
+            error: e.into(),
+            hint: Some(hint.into()),
+        })
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", style("error:").red().bold(), self.error)?;
+        for cause in self.error.chain().skip(1) {
+            write!(f, "\n  {} {cause}", style("caused by:").dim())?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n{} {hint}", style("hint:").cyan().bold())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! The plan as a pull-request comment: a summary line, then one collapsible section per change,
+//! destructive changes first, never longer than GitHub accepts.
+
+use crate::plan::{Action, Change, Plan};
+use crate::render::spec_diff;
+
+/// GitHub rejects comments over 65,536 characters.
+pub const GITHUB_COMMENT_LIMIT: usize = 65_536;
+
+/// A hidden marker by which CI finds its own comment to update instead of adding another.
+pub const MARKER: &str = "<!-- labctl-plan -->";
+
+/// Cap on one change's diff, so one huge change cannot crowd out all the others.
+const MAX_SECTION: usize = 16_000;
+
+pub fn plan(plan: &Plan) -> String {
+    plan_within(plan, GITHUB_COMMENT_LIMIT)
+}
+
+pub fn plan_within(plan: &Plan, limit: usize) -> String {
+    let mut head = format!("{MARKER}\n### labctl plan: {}\n\n", headline(plan));
+    head.push_str(&format!(
+        "`{}` against `{}`{}\n\n",
+        plan.manifest,
+        plan.store,
+        if plan.refreshed {
+            ""
+        } else {
+            " (objects not checked: `--refresh=false`)"
+        }
+    ));
+    let s = &plan.summary;
+    head.push_str(&format!(
+        "| create | replace | update | delete | unchanged | orphaned |\n|---:|---:|---:|---:|---:|---:|\n| {} | {} | {} | {} | {} | {} |\n\n",
+        s.create, s.replace, s.update, s.delete, s.no_op, s.orphaned
+    ));
+
+    let mut changes: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .collect();
+    // Destructive first: they are what a reviewer must not miss.
+    changes.sort_by_key(|c| match c.action {
+        Action::Delete => 0,
+        Action::Replace => 1,
+        Action::Create => 2,
+        Action::Update => 3,
+        Action::NoOp => 4,
+    });
+    let mut sections: Vec<String> = changes.iter().map(|c| section(c)).collect();
+    if !plan.orphans.is_empty() {
+        let mut o = String::from("<details><summary>Orphaned records kept</summary>\n\n");
+        for orphan in &plan.orphans {
+            o.push_str(&format!(
+                "- **{}** `{}`: {}\n",
+                orphan.name, orphan.key, orphan.reason
+            ));
+        }
+        o.push_str("\n</details>\n\n");
+        sections.push(o);
+    }
+
+    let footer = "\n_Run `labctl plan` locally for the full plan._\n";
+    let mut out = head;
+    let mut shown = 0;
+    for s in &sections {
+        // Keep room for the truncation note.
+        if out.len() + s.len() + footer.len() + 200 > limit {
+            break;
+        }
+        out.push_str(s);
+        shown += 1;
+    }
+    if shown < sections.len() {
+        out.push_str(&format!(
+            "\n> **Note:** {} more section{} not shown: the comment would exceed GitHub's limit.\n{footer}",
+            sections.len() - shown,
+            if sections.len() - shown == 1 { " is" } else { "s are" }
+        ));
+    }
+    // A single enormous header cannot happen (names are short), but never exceed the limit.
+    if out.len() > limit {
+        let mut cut = limit - 100;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("\n\n> **Note:** truncated.\n");
+    }
+    out
+}
+
+fn headline(plan: &Plan) -> String {
+    if plan.summary.has_changes() {
+        let s = &plan.summary;
+        format!(
+            "{} to create, {} to replace, {} to update, {} to delete",
+            s.create, s.replace, s.update, s.delete
+        )
+    } else {
+        "no changes".to_string()
+    }
+}
+
+fn fence_for(text: &str) -> &'static str {
+    if text.contains("```") {
+        "~~~~"
+    } else {
+        "```"
+    }
+}
+
+fn section(c: &Change) -> String {
+    let mut s = format!(
+        "<details><summary><code>{}</code> <b>{}</b> will be {}: {}</summary>\n\n",
+        c.action.symbol(),
+        c.name,
+        c.action.verb(),
+        html_escape(&c.reasons.join(", "))
+    );
+    s.push_str(&format!("- key: `{}`\n", c.key));
+    if let Some(after) = &c.after {
+        let before = c.before.as_ref().and_then(|b| b.checksum.as_ref());
+        let now = after
+            .checksum
+            .as_ref()
+            .map(|c| format!("`{c}`"))
+            .unwrap_or_else(|| "(known after apply)".into());
+        match before {
+            Some(b) => s.push_str(&format!("- checksum: `{b}` → {now}\n")),
+            None => s.push_str(&format!("- checksum: {now}\n")),
+        }
+    }
+    if !c.depends_on.is_empty() {
+        s.push_str(&format!("- depends on: {}\n", c.depends_on.join(", ")));
+    }
+    if !c.field_changes.is_empty() {
+        s.push_str("\n| field | before | after |\n|---|---|---|\n");
+        for f in &c.field_changes {
+            s.push_str(&format!(
+                "| `{}` | {} | {} |\n",
+                f.path,
+                cell(f.before.as_deref()),
+                cell(f.after.as_deref())
+            ));
+        }
+    }
+    if let (Some(before), Some(after)) = (c.before.as_ref().and_then(|b| b.spec.as_ref()), &c.after)
+    {
+        if !c.field_changes.is_empty() {
+            let mut diff = spec_diff(before, &after.spec);
+            if diff.len() > MAX_SECTION {
+                let mut cut = MAX_SECTION;
+                while !diff.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                diff.truncate(cut);
+                diff.push_str("\n… (diff truncated)\n");
+            }
+            let fence = fence_for(&diff);
+            s.push_str(&format!("\n{fence}diff\n{diff}{fence}\n"));
+        }
+    }
+    s.push_str("\n</details>\n\n");
+    s
+}
+
+fn cell(v: Option<&str>) -> String {
+    match v {
+        None => "_(none)_".into(),
+        Some(v) => format!("`{}`", v.replace('|', "\\|").replace('`', "'")),
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

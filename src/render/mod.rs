@@ -1,0 +1,24 @@
+//! Turning a plan into text: for a terminal, for a pull-request comment, or as JSON.
+
+pub mod human;
+pub mod markdown;
+
+use crate::plan::Plan;
+
+/// The plan as its documented, versioned JSON.
+pub fn json(plan: &Plan) -> String {
+    let mut s = serde_json::to_string_pretty(plan).expect("plans always serialize");
+    s.push('\n');
+    s
+}
+
+/// A unified diff of the record's spec against the manifest's, as pretty JSON.
+pub fn spec_diff(before: &serde_json::Value, after: &serde_json::Value) -> String {
+    let old = serde_json::to_string_pretty(before).expect("serializes") + "\n";
+    let new = serde_json::to_string_pretty(after).expect("serializes") + "\n";
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header("record", "manifest")
+        .to_string()
+}
