@@ -357,26 +357,32 @@ impl Reader<'_> {
             }
         };
 
-        let (source, source_loc) = (source?, f.get("source").map(|n| n.loc).unwrap_or(node.loc));
-        match &source {
-            Source::Http(http) if http.decompress.is_some() && expected.is_none() => {
-                self.error_hint(
-                    source_loc,
-                    label,
-                    "`validation.expected` is required when `decompress` is set",
-                    "add `validation: {expected: sha256:<hex of the decompressed bytes>}` so the published bytes are verified",
-                );
+        // Judged from the raw entry, so it is reported even when the source has other problems.
+        let source_node = f.get("source");
+        let source_field = |name: &str| match source_node.map(|n| &n.value) {
+            Some(Value::Map(entries)) => {
+                entries.iter().find(|(k, _)| k.name == name).map(|(_, v)| v)
             }
-            Source::Packer(_) if expected.is_some() => {
-                self.error_hint(
-                    f.get("validation").map(|n| n.loc).unwrap_or(node.loc),
-                    label,
-                    "`validation.expected` is not supported for packer images",
-                    "a build's output checksum is known only after apply; remove the `validation` block",
-                );
-            }
-            _ => {}
+            _ => None,
+        };
+        let is_packer = matches!(source_field("type").map(|n| &n.value), Some(Value::String(t)) if t == "packer");
+        if source_field("decompress").is_some() && !is_packer && expected.is_none() {
+            self.error_hint(
+                source_node.map(|n| n.loc).unwrap_or(node.loc),
+                label,
+                "`validation.expected` is required when `decompress` is set",
+                "add `validation: {expected: sha256:<hex of the decompressed bytes>}` so the published bytes are verified",
+            );
         }
+        if is_packer && expected.is_some() {
+            self.error_hint(
+                f.get("validation").map(|n| n.loc).unwrap_or(node.loc),
+                label,
+                "`validation.expected` is not supported for packer images",
+                "a build's output checksum is known only after apply; remove the `validation` block",
+            );
+        }
+        let source = source?;
         if !name_ok {
             return None;
         }

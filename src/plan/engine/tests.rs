@@ -453,9 +453,10 @@ fn no_cascade_when_dependency_is_reuploaded_with_the_same_bytes() {
 #[test]
 fn replace_when_requested() {
     let spec = http("talos", "v1");
+    let actual = state(vec![synced(&record(&spec, "v1", &[]))]);
     let p = plan(
-        &[spec.clone()],
-        &state(vec![synced(&record(&spec, "v1", &[]))]),
+        &[spec],
+        &actual,
         PlanOptions {
             replace: vec!["talos".into()],
             ..Default::default()

@@ -1,0 +1,242 @@
+//! Plans of the lab's manifest against each example store in `state-examples/`.
+
+use crate::util::*;
+
+const ALL: [&str; 7] = [
+    "talos-1.9.1-metal-amd64",
+    "vyos-iso",
+    "vyos-gateway",
+    "harvester-1.4.0-iso",
+    "harvester-1.4.0-vmlinuz",
+    "harvester-1.4.0-initrd",
+    "harvester-1.4.0-rootfs",
+];
+
+#[test]
+fn empty_store_creates_everything_in_dependency_order() {
+    let run = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/empty",
+        "--json",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let plan = run.json();
+    let expected: Vec<_> = ALL
+        .iter()
+        .map(|n| row(n, "create", &["not in store"]))
+        .collect();
+    assert_eq!(actions(&plan), expected);
+    assert_eq!(plan["summary"]["create"], 7);
+    let gw = &plan["changes"][2];
+    assert_eq!(gw["after"]["checksum"], serde_json::Value::Null);
+    assert_eq!(gw["after"]["unknown"][0], "checksum");
+}
+
+#[test]
+fn in_sync_store_has_no_changes() {
+    let run = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/in-sync",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("No changes."), "{}", run.stdout);
+    assert!(run
+        .stdout
+        .ends_with("Plan: 0 to create, 0 to replace, 0 to update, 0 to delete.\n"));
+
+    let plan = labctl(&["plan", "--store", "state-examples/in-sync", "--json"]).json();
+    let expected: Vec<_> = ALL.iter().map(|n| row(n, "no-op", &[])).collect();
+    assert_eq!(actions(&plan), expected);
+    assert_eq!(plan["orphans"], serde_json::json!([]));
+}
+
+fn drifted_actions() -> Vec<(String, String, Vec<String>)> {
+    vec![
+        row(
+            "talos-1.9.1-metal-amd64",
+            "replace",
+            &["object missing from store"],
+        ),
+        row(
+            "vyos-iso",
+            "replace",
+            &[
+                "checksum changed",
+                "source checksum changed",
+                "source url changed",
+            ],
+        ),
+        row(
+            "vyos-gateway",
+            "replace",
+            &["dependency vyos-iso will be replaced"],
+        ),
+        row(
+            "harvester-1.4.0-iso",
+            "update",
+            &["record written by an earlier tool; checksum matches, adopting without re-upload"],
+        ),
+        row("harvester-1.4.0-vmlinuz", "update", &["source url changed"]),
+        row("harvester-1.4.0-initrd", "no-op", &[]),
+        row("harvester-1.4.0-rootfs", "create", &["not in store"]),
+    ]
+}
+
+#[test]
+fn drifted_store_shows_every_kind_of_change() {
+    let run = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/drifted",
+        "--json",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    let plan = run.json();
+    assert_eq!(actions(&plan), drifted_actions());
+    assert_eq!(
+        plan["orphans"],
+        serde_json::json!([{
+            "name": "talos-1.8.4-metal-amd64",
+            "key": "images/talos/talos-1.8.4-metal-amd64.raw",
+            "record_key": "metadata/talos/talos-1.8.4-metal-amd64.raw.json",
+            "protected": false,
+            "reason": "image left the manifest"
+        }])
+    );
+    assert_eq!(
+        plan["summary"],
+        serde_json::json!({"create": 1, "replace": 3, "update": 2, "delete": 0, "no_op": 1, "orphaned": 1})
+    );
+}
+
+#[test]
+fn drifted_store_with_prune_deletes_the_orphan_last() {
+    let plan = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/drifted",
+        "--json",
+        "--prune",
+    ])
+    .json();
+    let mut expected = drifted_actions();
+    expected.push(row(
+        "talos-1.8.4-metal-amd64",
+        "delete",
+        &["image left the manifest"],
+    ));
+    assert_eq!(actions(&plan), expected);
+    assert_eq!(plan["orphans"], serde_json::json!([]));
+}
+
+#[test]
+fn drifted_store_human_output_names_every_action_and_reason() {
+    let run = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/drifted",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(run.code, 2);
+    let out = &run.stdout;
+    for expected in [
+        "-/+ talos-1.9.1-metal-amd64",
+        "because object missing from store",
+        "-/+ vyos-gateway",
+        "because dependency vyos-iso will be replaced",
+        "checksum: sha256:50791b8a518d608a0a83423bc77b7b37b94068dc2e92ebf9079535771b37a6de → (known after apply)",
+        "~ harvester-1.4.0-vmlinuz",
+        "~ source.url: \"https://github.com/harvester/harvester/releases/download/v1.4.0/harvester-v1.4.0-vmlinuz-amd64\" → \"https://releases.rancher.com/harvester/v1.4.0/harvester-v1.4.0-vmlinuz-amd64\"",
+        "-    \"url\": \"https://github.com/harvester/",
+        "+    \"url\": \"https://releases.rancher.com/",
+        "+ harvester-1.4.0-rootfs",
+        "! talos-1.8.4-metal-amd64",
+        "1 image unchanged.",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(
+        out.ends_with("Plan: 1 to create, 3 to replace, 2 to update, 0 to delete.\n"),
+        "{out}"
+    );
+    assert!(!out.contains('\u{1b}'), "NO_COLOR output has escape codes");
+    assert!(
+        run.stderr.contains("Reading state from file://"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn refresh_false_reads_records_only() {
+    let plan = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/drifted",
+        "--json",
+        "--refresh=false",
+    ])
+    .json();
+    assert_eq!(plan["refreshed"], false);
+    let talos = &actions(&plan)[0];
+    assert_eq!(talos, &row("talos-1.9.1-metal-amd64", "no-op", &[]));
+}
+
+#[test]
+fn quickstart_command_from_the_readme_works() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.trim_start().starts_with("cargo run") && l.contains(" plan"))
+        .expect("README has a `cargo run … plan` quickstart line");
+    assert!(line.contains("state-examples/drifted"), "{line}");
+    // Run the same arguments against the built binary (cargo run would rebuild).
+    let args: Vec<&str> = line
+        .split(" -- ")
+        .nth(1)
+        .expect("cargo run … -- ARGS")
+        .split_whitespace()
+        .collect();
+    let run = labctl(&args);
+    assert!(run.code == 0 || run.code == 2, "{}", run.stderr);
+    assert!(run
+        .stdout
+        .contains("Plan: 1 to create, 3 to replace, 2 to update, 0 to delete."));
+}
+
+#[test]
+fn list_shows_records_as_a_table() {
+    let run = labctl(&["list", "--store", "state-examples/drifted"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(lines[0].starts_with("NAME"), "{}", run.stdout);
+    assert_eq!(lines.len(), 1 + 7);
+    let iso = lines
+        .iter()
+        .find(|l| l.starts_with("harvester-1.4.0-iso"))
+        .unwrap();
+    assert!(iso.contains("images/harvester/v1.4.0/harvester-v1.4.0-amd64.iso"));
+    assert!(iso.contains("(legacy)"));
+    assert!(iso.contains("107 B"));
+
+    let empty = labctl(&["list", "--store", "state-examples/empty"]);
+    assert_eq!(empty.code, 0);
+    assert!(empty.stderr.contains("No records"), "{}", empty.stderr);
+}
+
+#[test]
+fn graph_prints_dot_with_the_gateway_edge() {
+    let run = labctl(&["graph"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.starts_with("digraph images {"));
+    assert!(
+        run.stdout.contains("\"vyos-iso\" -> \"vyos-gateway\";"),
+        "{}",
+        run.stdout
+    );
+}

@@ -1,0 +1,192 @@
+//! Saved plans, markdown, exit codes and error messages.
+
+use crate::util::*;
+
+#[test]
+fn saved_plan_is_the_json_plan_with_prior_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("plan.json");
+    let run = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/drifted",
+        "--out",
+        out.to_str().unwrap(),
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("Plan: 1 to create"),
+        "human output still printed"
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let json = labctl(&["plan", "--store", "state-examples/drifted", "--json"]).json();
+    assert_eq!(saved, json, "the saved plan is the same plan");
+    assert_eq!(saved["format_version"], "1.0");
+    let digest = format!(
+        "sha256:{}",
+        labctl::checksum::Checksum::sha256(
+            &std::fs::read(repo().join("images/images.yaml")).unwrap()
+        )
+        .hex()
+    );
+    assert_eq!(saved["manifest_digest"], digest.as_str());
+    let prior = saved["prior_state"].as_object().unwrap();
+    assert_eq!(prior.len(), 7, "every record read, orphan included");
+    assert!(prior.contains_key("metadata/talos/talos-1.8.4-metal-amd64.raw.json"));
+    assert!(prior
+        .values()
+        .all(|etag| etag.as_str().is_some_and(|e| !e.is_empty())));
+}
+
+#[test]
+fn markdown_puts_destructive_changes_first_in_collapsible_sections() {
+    let run = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/drifted",
+        "--markdown",
+        "--prune",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let md = &run.stdout;
+    assert!(md.starts_with("<!-- labctl-plan -->\n### labctl plan: 1 to create, 3 to replace, 2 to update, 1 to delete"), "{md}");
+    assert_eq!(
+        md.matches("<details>").count(),
+        7,
+        "one section per change:\n{md}"
+    );
+    let pos = |s: &str| md.find(s).unwrap_or_else(|| panic!("{s} not in\n{md}"));
+    assert!(
+        pos("<b>talos-1.8.4-metal-amd64</b> will be deleted")
+            < pos("<b>talos-1.9.1-metal-amd64</b> will be replaced")
+    );
+    assert!(
+        pos("<b>vyos-gateway</b> will be replaced")
+            < pos("<b>harvester-1.4.0-rootfs</b> will be created")
+    );
+    assert!(pos("will be created") < pos("will be updated in place"));
+    assert!(md.contains("```diff\n--- record\n+++ manifest"), "{md}");
+    assert!(md.len() < 65_536);
+}
+
+#[test]
+fn detailed_exitcode_is_zero_without_changes_and_plain_plan_exits_zero() {
+    assert_eq!(
+        labctl(&["plan", "--store", "state-examples/drifted"]).code,
+        0
+    );
+    assert_eq!(
+        labctl(&[
+            "plan",
+            "--store",
+            "state-examples/in-sync",
+            "--detailed-exitcode"
+        ])
+        .code,
+        0
+    );
+}
+
+#[test]
+fn store_from_environment_variable() {
+    let dir = repo();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .args(["plan", "--json"])
+        .current_dir(&dir)
+        .env("LABCTL_STORE", "file://state-examples/in-sync")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0));
+    let plan: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(plan["summary"]["no_op"], 7);
+}
+
+#[test]
+fn errors_name_the_problem_and_hint_at_the_fix() {
+    let run = labctl(&["plan", "--store", "no/such/dir"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("error: store directory `no/such/dir` does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint:"), "{}", run.stderr);
+
+    let run = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/empty",
+        "--replace",
+        "nope",
+    ]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("`nope`"), "{}", run.stderr);
+
+    let run = labctl(&["plan", "--store", "gs://bucket"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unsupported store URL scheme"),
+        "{}",
+        run.stderr
+    );
+
+    // Without --store the manifest's S3 bucket is used; this build cannot reach it and says so.
+    let run = labctl(&["plan"]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("s3://lab-images"), "{}", run.stderr);
+    assert!(run.stderr.contains("--store DIR"), "{}", run.stderr);
+}
+
+#[test]
+fn replace_flag_forces_a_replacement() {
+    let plan = labctl(&[
+        "plan",
+        "--store",
+        "state-examples/in-sync",
+        "--json",
+        "--replace",
+        "vyos-iso",
+    ])
+    .json();
+    let rows = actions(&plan);
+    assert_eq!(
+        rows[1],
+        row("vyos-iso", "replace", &["replacement requested"])
+    );
+    // The ISO's bytes are pinned, so the gateway built from it stays.
+    assert_eq!(rows[2], row("vyos-gateway", "no-op", &[]));
+}
+
+#[test]
+fn corrupt_record_is_replaced_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    std::fs::create_dir_all(store.join("metadata/vyos")).unwrap();
+    std::fs::write(
+        store.join("metadata/vyos/vyos-rolling-generic-amd64.iso.json"),
+        "{not json",
+    )
+    .unwrap();
+    std::fs::write(
+        store.join("metadata/vyos/future.json"),
+        r#"{"schemaVersion": 7}"#,
+    )
+    .unwrap();
+    let plan = labctl(&["plan", "--store", store.to_str().unwrap(), "--json"]).json();
+    let iso = actions(&plan)
+        .into_iter()
+        .find(|r| r.0 == "vyos-iso")
+        .unwrap();
+    assert_eq!(iso.1, "replace");
+    assert!(
+        iso.2[0].starts_with("state record unreadable: record is not valid JSON"),
+        "{:?}",
+        iso.2
+    );
+    assert_eq!(plan["orphans"][0]["name"], "vyos/future");
+    let list = labctl(&["list", "--store", store.to_str().unwrap()]);
+    assert_eq!(list.code, 1, "unreadable records make list fail");
+    assert!(list.stderr.contains("upgrade labctl"), "{}", list.stderr);
+}

@@ -1,0 +1,257 @@
+//! `labctl validate`: every problem in one run, with locations; hostile input handled.
+
+use std::path::Path;
+
+use crate::util::*;
+
+fn validate_text(text: &[u8]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("images.yaml");
+    std::fs::write(&path, text).unwrap();
+    labctl(&["validate", "--manifest", path.to_str().unwrap()])
+}
+
+#[test]
+fn the_labs_manifest_is_valid() {
+    let run = labctl(&["validate"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout,
+        "images/images.yaml is valid: 7 images (6 downloads, 1 build)\n"
+    );
+}
+
+const HEADER: &str = "apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n";
+const SUM: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+#[test]
+fn reports_all_problems_with_locations_and_suggestions() {
+    let text = format!(
+        "{HEADER}    - name: talos
+      source: {{type: http, url: https://f/t.raw.xz, checksun: {SUM}, decompress: xz}}
+      destination: /talos.raw
+    - name: talos
+      source: {{type: http, url: http://example.com/a.iso, checksum: {SUM}}}
+      destination: a//b
+    - name: gw
+      source: {{type: packer, path: missing-dir, artifact: out/x.raw, variables: {{u: '{{{{ images.vyos.url }}}}'}}}}
+      destination: gw.raw
+      dependsOn: [talos]
+      protect: yes please
+"
+    );
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    let err = &run.stderr;
+    for expected in [
+        "images.yaml:6:53: image `talos`: unknown field `checksun` in source",
+        "hint: did you mean `checksum`?",
+        "image `talos`: missing required field `source.checksum`",
+        "image `talos`: `validation.expected` is required when `decompress` is set",
+        "images.yaml:7:20: image `talos`: destination `/talos.raw` must not start with `/`",
+        "images.yaml:8:7: image `talos`: duplicate image name (first defined at 5:7)",
+        "image `talos`: `source.url` `http://example.com/a.iso` is not an https:// URL",
+        "destination `a//b` has an empty path segment",
+        "image `gw`: Packer template directory",
+        "image `gw`: a reference names `vyos`, which is not an image in this manifest",
+        "image `gw`: `protect` must be true or false, found a string",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(err.contains("problems in"), "{err}");
+}
+
+#[test]
+fn unknown_top_level_and_image_fields_are_errors() {
+    let text =
+        format!("{HEADER}    - name: a\n      sourc: {{}}\n      destination: a\nmetdata: {{}}\n");
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unknown field `sourc` in an image"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("did you mean `source`?"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("unknown field `metdata` in the manifest"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("did you mean `metadata`?"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn dependency_cycles_are_named() {
+    let img = |n: &str, dep: &str| {
+        format!("    - name: {n}\n      source: {{type: http, url: https://e/{n}, checksum: {SUM}}}\n      destination: {n}\n      dependsOn: [{dep}]\n")
+    };
+    let text = format!(
+        "{HEADER}{}{}{}",
+        img("a", "c"),
+        img("b", "a"),
+        img("c", "b")
+    );
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("image `a`: dependency cycle: a → b → c → a"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn wrong_api_version_and_missing_spec() {
+    let run = validate_text(b"apiVersion: labctl/v2\nkind: ImageManifest\n");
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("unsupported apiVersion `labctl/v2`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("missing required field `spec`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn destination_as_a_path_block_and_file_checksums_are_accepted() {
+    let text = format!(
+        "{HEADER}    - name: h\n      source: {{type: http, url: https://r/h.iso, checksum: 'file:https://r/h.sha512'}}\n      destination: {{path: h/h.iso}}\n"
+    );
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn loopback_http_sources_need_the_test_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yaml");
+    let text = format!(
+        "{HEADER}    - name: t\n      source: {{type: http, url: 'http://127.0.0.1:8080/t.img', checksum: {SUM}}}\n      destination: t.img\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let denied = labctl(&["validate", "--manifest", path.to_str().unwrap()]);
+    assert_eq!(denied.code, 1);
+    assert!(
+        denied.stderr.contains("LABCTL_ALLOW_INSECURE_LOOPBACK=1"),
+        "{}",
+        denied.stderr
+    );
+    let allowed = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .args(["validate", "--manifest", path.to_str().unwrap()])
+        .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+        .output()
+        .unwrap();
+    assert_eq!(allowed.status.code(), Some(0));
+}
+
+#[test]
+fn missing_manifest_says_where_it_looked() {
+    let run = labctl_in(Path::new("/"), &["validate"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr
+            .contains("cannot read manifest `images/images.yaml`"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--manifest"), "{}", run.stderr);
+}
+
+// ---- hostile input: each must end in a clean error (exit 1), never a panic, hang or OOM ----
+
+#[test]
+fn alias_bomb_is_refused() {
+    let mut text = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for i in 1..12 {
+        let prev = (b'a' + i - 1) as char;
+        let cur = (b'a' + i) as char;
+        text.push_str(&format!("{cur}: &{cur} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+    }
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(run.stderr.contains("invalid YAML"), "{}", run.stderr);
+}
+
+#[test]
+fn deep_flow_nesting_is_refused() {
+    let text = "[".repeat(20_000) + &"]".repeat(20_000);
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("invalid YAML"), "{}", run.stderr);
+}
+
+#[test]
+fn deep_block_nesting_is_refused() {
+    // `- - - - … x`: a sequence nested 20,000 deep in block style.
+    let text = "- ".repeat(20_000) + "x\n";
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("invalid YAML"), "{}", run.stderr);
+}
+
+#[test]
+fn binary_garbage_is_refused() {
+    // A deterministic pseudo-random byte soup, with NULs and invalid UTF-8.
+    let mut x: u32 = 0x1234_5678;
+    let bytes: Vec<u8> = (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect();
+    let run = validate_text(&bytes);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("not UTF-8"), "{}", run.stderr);
+    let run = validate_text(b"\x00\x01\x02 key: \x7f value\n\t- [\x1b");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+}
+
+#[test]
+fn multi_megabyte_manifest_is_handled() {
+    // 6 MiB of valid YAML: one huge list of strings where images should be.
+    let mut text =
+        String::from("apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n");
+    while text.len() < 6 * 1024 * 1024 {
+        text.push_str(
+            "    - \"padding padding padding padding padding padding padding padding\"\n",
+        );
+    }
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("an image must be a mapping") || run.stderr.contains("invalid YAML"),
+        "{}",
+        &run.stderr[..run.stderr.len().min(500)]
+    );
+}
+
+#[test]
+fn oversized_manifest_is_refused_before_parsing() {
+    let text = "# x\n".repeat(3 * 1024 * 1024);
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("a manifest may be at most"),
+        "{}",
+        run.stderr
+    );
+}
