@@ -5,7 +5,7 @@
 //! code and every output format come from the same value.
 
 mod engine;
-mod fields;
+pub mod fields;
 
 use std::collections::BTreeMap;
 use std::fmt;

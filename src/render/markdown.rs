@@ -178,3 +178,88 @@ fn html_escape(s: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checksum::Checksum;
+    use crate::plan::{After, Before, Summary};
+
+    fn change(i: usize, action: Action) -> Change {
+        let spec = serde_json::json!({"name": format!("image-{i}"), "source": {"url": format!("https://v/{i}/{}", "x".repeat(300))}});
+        let old = serde_json::json!({"name": format!("image-{i}"), "source": {"url": "https://old"}});
+        Change {
+            name: format!("image-{i}"),
+            key: format!("images/i/{i}.raw"),
+            record_key: format!("metadata/i/{i}.raw.json"),
+            action,
+            reasons: vec!["source url changed".into()],
+            depends_on: vec![],
+            before: Some(Before {
+                checksum: Some(Checksum::sha256(b"a")),
+                size: Some(1),
+                fingerprint: None,
+                uploaded_at: None,
+                legacy: false,
+                spec: Some(old.clone()),
+            }),
+            after: Some(After {
+                checksum: Some(Checksum::sha256(b"a")),
+                fingerprint: None,
+                spec: spec.clone(),
+                dependencies: Default::default(),
+                unknown: vec![],
+            }),
+            field_changes: crate::plan::fields::diff(&old, &spec),
+        }
+    }
+
+    fn big_plan(n: usize) -> Plan {
+        let changes: Vec<Change> = (0..n)
+            .map(|i| change(i, if i % 2 == 0 { Action::Update } else { Action::Replace }))
+            .collect();
+        Plan {
+            format_version: "1.0".into(),
+            labctl_version: "0".into(),
+            manifest: "m.yaml".into(),
+            manifest_digest: Checksum::sha256(b"m"),
+            store: "file:///s".into(),
+            refreshed: true,
+            prune: false,
+            summary: Summary {
+                update: n / 2,
+                replace: n - n / 2,
+                ..Default::default()
+            },
+            changes,
+            orphans: vec![],
+            prior_state: Default::default(),
+        }
+    }
+
+    #[test]
+    fn huge_plans_are_truncated_under_githubs_limit_with_a_note() {
+        let md = plan(&big_plan(2000));
+        assert!(md.chars().count() <= GITHUB_COMMENT_LIMIT, "{}", md.len());
+        assert!(md.contains("more sections are not shown"), "{}", &md[md.len() - 300..]);
+        assert!(md.starts_with(MARKER));
+        // Destructive changes come first, so what is cut is the least dangerous.
+        let first = md.find("will be ").unwrap();
+        assert!(md[first..].starts_with("will be replaced"));
+        // Every section that is shown is whole.
+        assert_eq!(md.matches("<details>").count(), md.matches("</details>").count());
+    }
+
+    #[test]
+    fn small_plans_are_not_truncated() {
+        let md = plan(&big_plan(3));
+        assert!(!md.contains("not shown"));
+        assert_eq!(md.matches("<details>").count(), 3);
+    }
+
+    #[test]
+    fn diffs_with_backtick_fences_use_another_fence() {
+        assert_eq!(fence_for("a ``` b"), "~~~~");
+        assert_eq!(fence_for("plain"), "```");
+    }
+}
