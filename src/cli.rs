@@ -31,6 +31,13 @@ pub enum Command {
     Graph(ManifestArg),
     /// List the state records in a store.
     List(ListArgs),
+    /// Make the store match the manifest (or execute a saved plan).
+    Apply(ApplyArgs),
+    /// Remove the apply lock left by a run that is gone.
+    ForceUnlock(ForceUnlockArgs),
+    /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads
+    /// and conditional writes.
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -89,4 +96,80 @@ pub struct ListArgs {
     /// Print the records as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// A plan saved with `labctl plan --out FILE`; refused if the manifest or any record changed
+    /// since.
+    #[arg(value_name = "PLANFILE")]
+    pub plan_file: Option<PathBuf>,
+    /// Apply without asking for confirmation (required without a terminal).
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// How many images are processed at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallelism: u16,
+    /// Delete records (and objects) whose image left the manifest. Protected records stay.
+    #[arg(long)]
+    pub prune: bool,
+    /// Replace this image even if nothing changed (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub replace: Vec<String>,
+    /// How long to wait for another apply's lock, e.g. `30s`, `5m` (default: do not wait).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub lock_timeout: std::time::Duration,
+    /// Take the store lock (`--lock=false` only when one apply at a time is guaranteed
+    /// elsewhere, e.g. by a CI concurrency group).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub lock: bool,
+    /// Multipart upload part size in MiB (at least 5).
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u16).range(5..=1024))]
+    pub part_size: u16,
+    /// Parts of one image uploaded at once (memory is about part size × (this + 2)).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub parts_in_flight: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct ForceUnlockArgs {
+    /// The lock ID, as printed by the apply that holds it or by the error of one that waited.
+    pub id: String,
+    #[command(flatten)]
+    pub store: StoreArg,
+    #[arg(long, short = 'm', value_name = "PATH", default_value = DEFAULT_MANIFEST)]
+    pub manifest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The manifest whose spec.store is used when --store is not given.
+    #[arg(long, short = 'm', value_name = "PATH", default_value = DEFAULT_MANIFEST)]
+    pub manifest: PathBuf,
+}
+
+/// `90`, `90s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }

@@ -1,6 +1,7 @@
 //! labctl keeps an S3-compatible bucket of machine images in the state a Git-tracked manifest
 //! declares: `plan` shows what would change, `apply` makes it so.
 
+pub mod apply;
 pub mod checksum;
 pub mod cli;
 pub mod commands;
@@ -9,9 +10,13 @@ pub mod diagnostic;
 pub mod failure;
 pub mod graph;
 pub mod manifest;
+pub mod pipeline;
 pub mod plan;
+pub mod progress;
 pub mod render;
+pub mod source;
 pub mod spec;
 pub mod state;
 pub mod store;
 pub mod template_hash;
+pub mod timefmt;

@@ -24,6 +24,9 @@ fn main() -> ExitCode {
             Command::Plan(args) => commands::plan::run(args).await,
             Command::Graph(args) => commands::graph::run(args),
             Command::List(args) => commands::list::run(args).await,
+            Command::Apply(args) => commands::apply::run(args).await,
+            Command::ForceUnlock(args) => commands::force_unlock::run(args).await,
+            Command::Doctor(args) => commands::doctor::run(args).await,
         }
     });
     match result {

@@ -7,10 +7,10 @@ use crate::state::record::Record;
 pub async fn run(args: &ListArgs) -> Result<ExitCode, Failure> {
     // The manifest is only needed for its spec.store; with --store it may be absent.
     let manifest = match &args.store.store {
-        Some(_) => None,
+        Some(_) => super::optional_manifest(&args.manifest)?,
         None => Some(super::load_manifest(&args.manifest)?.0),
     };
-    let store = super::open_store(args.store.store.as_deref(), manifest.as_ref())?;
+    let store = super::open_store(args.store.store.as_deref(), manifest.as_ref()).await?;
     let state = crate::state::refresh::read(store.clone(), false).await?;
 
     let mut rows = Vec::new();

@@ -1,5 +1,8 @@
 //! One function per command, each returning the process exit status.
 
+pub mod apply;
+pub mod doctor;
+pub mod force_unlock;
 pub mod graph;
 pub mod list;
 pub mod plan;
@@ -12,6 +15,7 @@ use std::sync::Arc;
 use crate::failure::{Failure, WithHint};
 use crate::graph::DependencyGraph;
 use crate::manifest::{self, LoadError, Manifest, Rules};
+use crate::store::s3::{S3Settings, S3Store};
 use crate::store::{fs::FsStore, Store, StoreLocation};
 
 pub const EXIT_CHANGES: u8 = 2;
@@ -39,19 +43,47 @@ pub fn load_manifest(path: &Path) -> Result<(Manifest, DependencyGraph), Failure
     }
 }
 
-/// Opens the store named by `--store`/`LABCTL_STORE`, else the manifest's `spec.store`.
-pub fn open_store(
+/// The manifest when the file exists (for its spec.store), else nothing.
+pub fn optional_manifest(path: &Path) -> Result<Option<Manifest>, Failure> {
+    if path.exists() {
+        load_manifest(path).map(|(m, _)| Some(m))
+    } else {
+        Ok(None)
+    }
+}
+
+/// Opens the store named by `--store`/`LABCTL_STORE`, else `E2_BUCKET`, else the manifest's
+/// `spec.store`. `E2_ENDPOINT` overrides the manifest's endpoint.
+pub async fn open_store(
     flag: Option<&str>,
     manifest: Option<&Manifest>,
 ) -> Result<Arc<dyn Store>, Failure> {
-    let location = match (flag, manifest.and_then(|m| m.store.as_ref())) {
-        (Some(url), _) => StoreLocation::parse(url)?,
-        (None, Some(config)) => StoreLocation::from_config(config),
-        (None, None) => {
-            return Err(anyhow::anyhow!("no store given")).hint(
-                "pass --store DIR (or s3://BUCKET), set LABCTL_STORE, or add spec.store to the manifest",
-            )
-        }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let from_manifest = manifest
+        .and_then(|m| m.store.as_ref())
+        .map(StoreLocation::from_config);
+    let location = match flag {
+        Some(url) => StoreLocation::parse(url)?,
+        None => match (env("E2_BUCKET"), from_manifest) {
+            (Some(bucket), Some(StoreLocation::S3 { prefix, endpoint, region, .. })) => StoreLocation::S3 {
+                bucket,
+                prefix,
+                endpoint,
+                region,
+            },
+            (Some(bucket), _) => StoreLocation::S3 {
+                bucket,
+                prefix: None,
+                endpoint: None,
+                region: None,
+            },
+            (None, Some(location)) => location,
+            (None, None) => {
+                return Err(anyhow::anyhow!("no store given")).hint(
+                    "pass --store DIR or s3://BUCKET, set LABCTL_STORE, or add spec.store to the manifest",
+                )
+            }
+        },
     };
     match location {
         StoreLocation::Dir(dir) => {
@@ -64,10 +96,27 @@ pub fn open_store(
             }
             Ok(Arc::new(FsStore::new(dir)))
         }
-        StoreLocation::S3 { bucket, .. } => Err(anyhow::anyhow!(
-            "cannot open s3://{bucket}: this build of labctl has no S3 backend yet"
-        ))
-        .hint("plan against a directory with the bucket's layout: --store DIR"),
+        StoreLocation::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+        } => {
+            // The manifest's endpoint and region apply to its own bucket and to --store s3://…
+            let config = manifest.and_then(|m| m.store.as_ref()).map(|c| &c.s3);
+            let settings = S3Settings {
+                bucket,
+                prefix,
+                endpoint: env("E2_ENDPOINT")
+                    .or(endpoint)
+                    .or_else(|| config.and_then(|c| c.endpoint.clone())),
+                region: region.or_else(|| config.and_then(|c| c.region.clone())),
+            };
+            let store = S3Store::connect(settings)
+                .await
+                .hint("set both E2_ACCESS_KEY and E2_SECRET_KEY, or neither to use the AWS credential chain")?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

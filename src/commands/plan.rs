@@ -1,44 +1,29 @@
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 
 use crate::cli::PlanArgs;
 use crate::failure::{Failure, WithHint};
-use crate::plan::{self, PlanContext, PlanOptions};
+use crate::graph::DependencyGraph;
+use crate::manifest::Manifest;
+use crate::plan::{self, Desired, Plan, PlanContext, PlanOptions};
 use crate::render;
+use crate::store::Store;
 
 pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
-    for name in &args.replace {
-        if manifest.image(name).is_none() {
-            return Err(anyhow::anyhow!(
-                "--replace names `{name}`, which is not an image in the manifest"
-            ))
-            .hint("use an image name from `labctl validate` / the manifest");
-        }
-    }
-    let store = super::open_store(args.store.store.as_deref(), Some(&manifest))?;
-    let desired = crate::desired::build(&manifest, &graph)?;
-    eprintln!(
-        "Reading state from {}{}",
-        store.url(),
-        if args.refresh { "" } else { " (records only)" }
-    );
-    let actual = crate::state::refresh::read(store.clone(), args.refresh).await?;
-    let plan = plan::compute(
-        &desired,
-        &actual,
-        &PlanOptions {
-            prune: args.prune,
-            replace: args.replace.clone(),
-        },
-        PlanContext {
-            manifest: manifest.path.display().to_string(),
-            manifest_digest: manifest.digest.clone(),
-            store: store.url(),
-        },
-    );
+    let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
+    let (_, plan) = compute(
+        &manifest,
+        &graph,
+        &store,
+        args.prune,
+        &args.replace,
+        args.refresh,
+    )
+    .await?;
 
     let text = if args.json {
         render::json(&plan)
@@ -56,7 +41,11 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     if let Some(path) = &args.out {
         write_plan_file(path, &render::json(&plan))
             .with_context(|| format!("cannot save the plan to `{}`", path.display()))?;
-        eprintln!("Saved the plan to {}.", path.display());
+        eprintln!(
+            "Saved the plan to {}. Apply exactly this plan with: labctl apply {}",
+            path.display(),
+            path.display()
+        );
     }
 
     // The exit code comes from the same plan value the text was rendered from.
@@ -65,6 +54,46 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Reads the store and computes the plan (shared by `plan` and `apply`).
+pub async fn compute(
+    manifest: &Manifest,
+    graph: &DependencyGraph,
+    store: &Arc<dyn Store>,
+    prune: bool,
+    replace: &[String],
+    refresh: bool,
+) -> Result<(Vec<Desired>, Plan), Failure> {
+    for name in replace {
+        if manifest.image(name).is_none() {
+            return Err(anyhow::anyhow!(
+                "--replace names `{name}`, which is not an image in the manifest"
+            ))
+            .hint("use an image name from the manifest");
+        }
+    }
+    let desired = crate::desired::build(manifest, graph)?;
+    eprintln!(
+        "Reading state from {}{}",
+        store.url(),
+        if refresh { "" } else { " (records only)" }
+    );
+    let actual = crate::state::refresh::read(store.clone(), refresh).await?;
+    let plan = plan::compute(
+        &desired,
+        &actual,
+        &PlanOptions {
+            prune,
+            replace: replace.to_vec(),
+        },
+        PlanContext {
+            manifest: manifest.path.display().to_string(),
+            manifest_digest: manifest.digest.clone(),
+            store: store.url(),
+        },
+    );
+    Ok((desired, plan))
 }
 
 /// Atomically, so a reader never sees half a plan.

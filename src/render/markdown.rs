@@ -187,7 +187,8 @@ mod tests {
 
     fn change(i: usize, action: Action) -> Change {
         let spec = serde_json::json!({"name": format!("image-{i}"), "source": {"url": format!("https://v/{i}/{}", "x".repeat(300))}});
-        let old = serde_json::json!({"name": format!("image-{i}"), "source": {"url": "https://old"}});
+        let old =
+            serde_json::json!({"name": format!("image-{i}"), "source": {"url": "https://old"}});
         Change {
             name: format!("image-{i}"),
             key: format!("images/i/{i}.raw"),
@@ -216,7 +217,16 @@ mod tests {
 
     fn big_plan(n: usize) -> Plan {
         let changes: Vec<Change> = (0..n)
-            .map(|i| change(i, if i % 2 == 0 { Action::Update } else { Action::Replace }))
+            .map(|i| {
+                change(
+                    i,
+                    if i % 2 == 0 {
+                        Action::Update
+                    } else {
+                        Action::Replace
+                    },
+                )
+            })
             .collect();
         Plan {
             format_version: "1.0".into(),
@@ -241,13 +251,20 @@ mod tests {
     fn huge_plans_are_truncated_under_githubs_limit_with_a_note() {
         let md = plan(&big_plan(2000));
         assert!(md.chars().count() <= GITHUB_COMMENT_LIMIT, "{}", md.len());
-        assert!(md.contains("more sections are not shown"), "{}", &md[md.len() - 300..]);
+        assert!(
+            md.contains("more sections are not shown"),
+            "{}",
+            &md[md.len() - 300..]
+        );
         assert!(md.starts_with(MARKER));
         // Destructive changes come first, so what is cut is the least dangerous.
         let first = md.find("will be ").unwrap();
         assert!(md[first..].starts_with("will be replaced"));
         // Every section that is shown is whole.
-        assert_eq!(md.matches("<details>").count(), md.matches("</details>").count());
+        assert_eq!(
+            md.matches("<details>").count(),
+            md.matches("</details>").count()
+        );
     }
 
     #[test]

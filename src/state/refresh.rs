@@ -75,7 +75,7 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
                 .await
                 .expect("semaphore is never closed");
             let fetched = store::get_bytes(store.as_ref(), &item.key, MAX_RECORD_BYTES).await?;
-            let Some((meta, bytes)) = fetched else {
+            let Some((_, bytes)) = fetched else {
                 return Ok(None); // deleted between list and get
             };
             let record = record::parse(&bytes).map_err(|e| match e.hint() {
@@ -93,7 +93,8 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
             Ok::<_, StoreError>(Some(ActualRecord {
                 record_key: item.key,
                 object_key,
-                etag: meta.etag,
+                // The listing's ETag, so a saved plan can be checked with one listing.
+                etag: item.etag,
                 record,
                 object,
             }))

@@ -413,6 +413,54 @@ impl Store for FsStore {
         .await
     }
 
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        let dir = self.root.join(INTERNAL_DIR).join("uploads");
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(out)),
+            Err(e) => return Err(io_err("list uploads", prefix)(e)),
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().to_string();
+            let info: Option<serde_json::Value> = std::fs::read(entry.path().join("upload.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(key) = info.as_ref().and_then(|i| i["key"].as_str()) {
+                if key.starts_with(prefix) {
+                    out.push((key.to_string(), id));
+                }
+            }
+        }
+        out.sort();
+        Ok(Some(out))
+    }
+
+    async fn set_metadata(
+        &self,
+        key: &str,
+        user_metadata: BTreeMap<String, String>,
+    ) -> Result<ObjectMeta> {
+        let store = self.clone();
+        let key = key.to_string();
+        blocking(move || {
+            if head_sync(&store, &key)?.is_none() {
+                return Err(StoreError::Backend {
+                    op: "set metadata of",
+                    key,
+                    message: "no such object".into(),
+                });
+            }
+            write_meta(&store, &key, &user_metadata).map_err(io_err("set metadata of", &key))?;
+            head_sync(&store, &key)?.ok_or_else(|| StoreError::Backend {
+                op: "set metadata of",
+                key: key.clone(),
+                message: "object vanished".into(),
+            })
+        })
+        .await
+    }
+
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         let dir = self.upload_dir(upload_id);
         match tokio::fs::remove_dir_all(&dir).await {

@@ -6,6 +6,7 @@
 
 pub mod fs;
 pub mod location;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -130,6 +131,17 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Discards the parts of an upload. Must be called on every failure path: S3 keeps (and bills
     /// for) unfinished uploads until they are aborted.
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
+
+    /// Unfinished multipart uploads under `prefix` as `(key, upload id)`; `None` when the backend
+    /// cannot list them.
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>>;
+
+    /// Replaces an object's user metadata without rewriting its bytes through labctl.
+    async fn set_metadata(
+        &self,
+        key: &str,
+        user_metadata: BTreeMap<String, String>,
+    ) -> Result<ObjectMeta>;
 }
 
 /// Every key under `prefix`, following continuation tokens.

@@ -1,0 +1,357 @@
+//! Runs a plan's changes: each after its dependencies, up to `parallelism` at once. A failed
+//! image skips its dependents (without repeating its error) and nothing else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::checksum::Checksum;
+use crate::manifest::Compression;
+use crate::pipeline::{self, HttpJob};
+use crate::plan::{Action, Change, Plan};
+use crate::progress::Progress;
+use crate::source::checksum_list;
+use crate::source::http::fetch_text;
+use crate::spec::{NormalizedSpec, SpecSource};
+use crate::state::record::{new_record, source_of, to_json};
+use crate::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
+
+pub struct ApplyContext {
+    pub store: Arc<dyn Store>,
+    pub client: reqwest::Client,
+    pub settings: pipeline::Settings,
+    pub parallelism: usize,
+    pub progress: Arc<dyn Progress>,
+    pub cancel: watch::Receiver<bool>,
+    /// Desired specs by image name.
+    pub desired: HashMap<String, NormalizedSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    Done(String),
+    Failed(String),
+    Skipped(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    /// `(name, action, outcome)` in plan order.
+    pub results: Vec<(String, Action, Outcome)>,
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        self.results
+            .iter()
+            .any(|(_, _, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)))
+    }
+}
+
+/// What a finished image offers its dependents.
+#[derive(Clone)]
+enum Finished {
+    Ok(Option<Checksum>),
+    Failed,
+}
+
+pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
+    let changes = plan.changes.clone();
+    let in_plan: HashMap<&str, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut finished: HashMap<String, Finished> = HashMap::new();
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
+    let mut running: JoinSet<(usize, anyhow::Result<(String, Option<Checksum>)>)> = JoinSet::new();
+    let mut started = vec![false; changes.len()];
+
+    loop {
+        let cancelled = *ctx.cancel.borrow();
+        // Start every change whose dependencies are settled, within the parallelism.
+        for (i, change) in changes.iter().enumerate() {
+            if started[i] || running.len() >= ctx.parallelism.max(1) {
+                continue;
+            }
+            let deps: Vec<&String> = change
+                .depends_on
+                .iter()
+                .filter(|d| in_plan.contains_key(d.as_str()))
+                .collect();
+            if deps.iter().any(|d| !finished.contains_key(d.as_str())) {
+                continue;
+            }
+            started[i] = true;
+            if let Some(failed) = deps
+                .iter()
+                .find(|d| matches!(finished[d.as_str()], Finished::Failed))
+            {
+                let why = format!("dependency {failed} failed");
+                ctx.progress
+                    .finish(&change.name, &format!("skipped: {why}"));
+                outcomes[i] = Some(Outcome::Skipped(why));
+                finished.insert(change.name.clone(), Finished::Failed);
+                continue;
+            }
+            if cancelled {
+                outcomes[i] = Some(Outcome::Skipped("interrupted".into()));
+                finished.insert(change.name.clone(), Finished::Failed);
+                continue;
+            }
+            if change.action == Action::NoOp {
+                let sum = change.before.as_ref().and_then(|b| b.checksum.clone());
+                outcomes[i] = Some(Outcome::Unchanged);
+                finished.insert(change.name.clone(), Finished::Ok(sum));
+                continue;
+            }
+            let dep_sums: BTreeMap<String, Option<Checksum>> = change
+                .depends_on
+                .iter()
+                .map(|d| {
+                    let sum = match finished.get(d) {
+                        Some(Finished::Ok(s)) => s.clone(),
+                        _ => change
+                            .after
+                            .as_ref()
+                            .and_then(|a| a.dependencies.get(d).cloned().flatten()),
+                    };
+                    (d.clone(), sum)
+                })
+                .collect();
+            let (change, ctx) = (change.clone(), ctx.clone());
+            running.spawn(async move {
+                let result = run_change(&change, dep_sums, &ctx).await;
+                (i, result)
+            });
+        }
+        let Some(joined) = running.join_next().await else {
+            if started.iter().all(|s| *s) {
+                break;
+            }
+            continue; // everything left was just settled without running
+        };
+        let (i, result) = joined.expect("apply task panicked");
+        let change = &changes[i];
+        match result {
+            Ok((message, checksum)) => {
+                ctx.progress.finish(&change.name, &message);
+                outcomes[i] = Some(Outcome::Done(message));
+                finished.insert(change.name.clone(), Finished::Ok(checksum));
+            }
+            Err(e) => {
+                let text = format!("{e:#}");
+                ctx.progress
+                    .finish(&change.name, &format!("failed: {text}"));
+                outcomes[i] = Some(Outcome::Failed(text));
+                finished.insert(change.name.clone(), Finished::Failed);
+            }
+        }
+    }
+    Report {
+        results: changes
+            .iter()
+            .zip(outcomes)
+            .map(|(c, o)| {
+                (
+                    c.name.clone(),
+                    c.action,
+                    o.unwrap_or(Outcome::Skipped("not run".into())),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Runs one change; returns a one-line summary and the checksum its dependents will see.
+async fn run_change(
+    change: &Change,
+    dep_sums: BTreeMap<String, Option<Checksum>>,
+    ctx: &ApplyContext,
+) -> anyhow::Result<(String, Option<Checksum>)> {
+    match change.action {
+        Action::NoOp => Ok((
+            "unchanged".into(),
+            change.before.as_ref().and_then(|b| b.checksum.clone()),
+        )),
+        Action::Delete => {
+            ctx.store.delete(&change.key).await?;
+            ctx.store.delete(&change.record_key).await?;
+            Ok((format!("deleted {}", change.key), None))
+        }
+        Action::Update => update(change, dep_sums, ctx).await,
+        Action::Create | Action::Replace => {
+            let spec = ctx
+                .desired
+                .get(&change.name)
+                .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?;
+            let deps = known(&dep_sums)?;
+            match &spec.source {
+                SpecSource::Http { .. } => publish_http(change, spec, deps, ctx).await,
+                SpecSource::Packer { .. } => {
+                    bail!("Packer builds are not supported by this version of labctl")
+                }
+            }
+        }
+    }
+}
+
+fn known(
+    dep_sums: &BTreeMap<String, Option<Checksum>>,
+) -> anyhow::Result<BTreeMap<String, Checksum>> {
+    dep_sums
+        .iter()
+        .map(|(k, v)| {
+            v.clone()
+                .map(|c| (k.clone(), c))
+                .ok_or_else(|| anyhow!("the checksum of dependency `{k}` is unknown"))
+        })
+        .collect()
+}
+
+fn object_metadata(checksum: &Checksum, fingerprint: &Checksum) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (META_CHECKSUM.to_string(), checksum.to_string()),
+        (META_FINGERPRINT.to_string(), fingerprint.to_string()),
+    ])
+}
+
+/// Looks up a `file:` checksum list; plain digests pass through.
+async fn source_checksum(
+    spec_checksum: &str,
+    url: &str,
+    ctx: &ApplyContext,
+) -> anyhow::Result<Checksum> {
+    match spec_checksum.strip_prefix("file:") {
+        None => Ok(spec_checksum.parse()?),
+        Some(list_url) => {
+            let text = fetch_text(&ctx.client, list_url, &ctx.settings.retry, 1024 * 1024)
+                .await
+                .with_context(|| format!("cannot fetch the checksum list {list_url}"))?;
+            let file = checksum_list::file_name_of(url);
+            checksum_list::find(&text, file).with_context(|| format!("checksum list {list_url}"))
+        }
+    }
+}
+
+async fn publish_http(
+    change: &Change,
+    spec: &NormalizedSpec,
+    deps: BTreeMap<String, Checksum>,
+    ctx: &ApplyContext,
+) -> anyhow::Result<(String, Option<Checksum>)> {
+    let SpecSource::Http {
+        url,
+        checksum,
+        decompress,
+    } = &spec.source
+    else {
+        unreachable!("called for http sources")
+    };
+    let source = source_checksum(checksum, url, ctx).await?;
+    let decompress = decompress.as_deref().and_then(Compression::from_name);
+    let expected = match (&spec.expected, decompress) {
+        (Some(e), _) => e.clone(),
+        (None, None) => source.clone(),
+        (None, Some(_)) => bail!("`validation.expected` is required when `decompress` is set"),
+    };
+    let fingerprint = spec.fingerprint(&deps);
+    let job = HttpJob {
+        image: change.name.clone(),
+        url: url.clone(),
+        source_checksum: source.clone(),
+        decompress,
+        expected: expected.clone(),
+        key: change.key.clone(),
+        user_metadata: object_metadata(&expected, &fingerprint),
+    };
+    let published = pipeline::publish_http(
+        ctx.store.clone(),
+        ctx.client.clone(),
+        &job,
+        &ctx.settings,
+        ctx.progress.as_ref(),
+        ctx.cancel.clone(),
+    )
+    .await?;
+    let mut record = new_record(
+        spec,
+        published.checksum.clone(),
+        published.size,
+        deps,
+        crate::timefmt::now_rfc3339(),
+    );
+    record.source.checksum = Some(source);
+    write_record(ctx, &change.record_key, &record).await?;
+    let verb = if change.action == Action::Create {
+        "created"
+    } else {
+        "replaced"
+    };
+    Ok((
+        format!(
+            "{verb} ({} bytes, {})",
+            published.size,
+            published.checksum.short()
+        ),
+        Some(published.checksum),
+    ))
+}
+
+async fn update(
+    change: &Change,
+    dep_sums: BTreeMap<String, Option<Checksum>>,
+    ctx: &ApplyContext,
+) -> anyhow::Result<(String, Option<Checksum>)> {
+    let spec = ctx
+        .desired
+        .get(&change.name)
+        .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?;
+    let before = change
+        .before
+        .as_ref()
+        .ok_or_else(|| anyhow!("an update needs a record"))?;
+    let checksum = before
+        .checksum
+        .clone()
+        .ok_or_else(|| anyhow!("the record of `{}` has no checksum", change.name))?;
+    let object = ctx
+        .store
+        .head(&change.key)
+        .await?
+        .ok_or_else(|| anyhow!("object `{}` is missing; plan again", change.key))?;
+    let deps = known(&dep_sums)?;
+    let mut record = new_record(
+        spec,
+        checksum.clone(),
+        object.size,
+        deps,
+        crate::timefmt::now_rfc3339(),
+    );
+    record.source = source_of(spec);
+    if let SpecSource::Http { checksum: c, .. } = &spec.source {
+        record.source.checksum = c.parse().ok();
+    }
+    ctx.store
+        .set_metadata(&change.key, object_metadata(&checksum, &record.fingerprint))
+        .await?;
+    write_record(ctx, &change.record_key, &record).await?;
+    Ok(("updated".into(), Some(checksum)))
+}
+
+async fn write_record(
+    ctx: &ApplyContext,
+    key: &str,
+    record: &crate::state::StateRecord,
+) -> anyhow::Result<()> {
+    ctx.store
+        .put(key, Bytes::from(to_json(record)), PutOptions::default())
+        .await
+        .with_context(|| format!("the object was published but its record `{key}` could not be written; the next plan replaces it"))?;
+    Ok(())
+}

@@ -1,0 +1,252 @@
+//! The apply lock: `.labctl/lock.json`, created with a conditional write (`If-None-Match: *`)
+//! so that two applies never run against one store at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{self, PutMode, PutOptions, Store, StoreError};
+
+pub const LOCK_KEY: &str = ".labctl/lock.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub id: String,
+    pub holder: String,
+    pub host: String,
+    pub pid: u32,
+    pub operation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_url: Option<String>,
+    pub created_at: String,
+    pub labctl_version: String,
+}
+
+impl std::fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} on {} (pid {}) since {}",
+            self.holder, self.host, self.pid, self.created_at
+        )?;
+        if let Some(url) = &self.run_url {
+            write!(f, ", {url}")?;
+        }
+        write!(f, "; lock ID {}", self.id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("the store is locked by {0}")]
+    Held(Box<LockInfo>),
+    #[error("the store is locked, but its lock file cannot be read: {0}")]
+    Unreadable(String),
+    #[error("the store accepted a second conditional create of `{LOCK_KEY}`: it does not enforce `If-None-Match: *`, so a lock cannot keep two applies apart")]
+    NotEnforced,
+    #[error("no lock with ID `{wanted}` (the lock is held by {held})")]
+    WrongId { wanted: String, held: Box<LockInfo> },
+    #[error("the store is not locked")]
+    NotLocked,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LockError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            LockError::Held(info) => Some(format!(
+                "wait for that run to finish, give --lock-timeout to wait here, or if it is gone, run `labctl force-unlock {}`",
+                info.id
+            )),
+            LockError::NotEnforced => Some(
+                "run `labctl doctor` to see what the store supports; with one apply at a time guaranteed elsewhere (a CI concurrency group), pass --lock=false".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// A held lock. Release it on every path; it is not released on drop.
+#[derive(Debug)]
+pub struct Lock {
+    store: Arc<dyn Store>,
+    pub info: LockInfo,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+fn new_info(operation: &str) -> LockInfo {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let host = hostname();
+    let id_seed = format!("{host}-{}-{nanos}", std::process::id());
+    LockInfo {
+        id: crate::checksum::Checksum::sha256(id_seed.as_bytes()).hex()[..16].to_string(),
+        holder: std::env::var("GITHUB_ACTOR")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into()),
+        host,
+        pid: std::process::id(),
+        operation: operation.to_string(),
+        run_url: crate::state::record::CiRun::from_env().and_then(|r| r.url),
+        created_at: crate::timefmt::now_rfc3339(),
+        labctl_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+async fn read(store: &dyn Store) -> Result<Option<LockInfo>, LockError> {
+    match store::get_bytes(store, LOCK_KEY, 64 * 1024).await? {
+        None => Ok(None),
+        Some((_, bytes)) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LockError::Unreadable(e.to_string())),
+    }
+}
+
+/// Takes the lock, waiting up to `timeout` for a holder to release it. With `verify`, also
+/// checks that the store really refuses a second conditional create.
+pub async fn acquire(
+    store: Arc<dyn Store>,
+    operation: &str,
+    timeout: Duration,
+    verify: bool,
+) -> Result<Lock, LockError> {
+    let info = new_info(operation);
+    let body = Bytes::from(serde_json::to_vec_pretty(&info).expect("serializes"));
+    let create = PutOptions {
+        mode: PutMode::CreateOnly,
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match store.put(LOCK_KEY, body.clone(), create.clone()).await {
+            Ok(_) => break,
+            Err(StoreError::AlreadyExists { .. }) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return match read(store.as_ref()).await? {
+                        Some(holder) => Err(LockError::Held(Box::new(holder))),
+                        // Released between our attempt and the read: try once more.
+                        None => continue,
+                    };
+                }
+                tokio::time::sleep(wait.min(deadline - tokio::time::Instant::now())).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if verify {
+        match store.put(LOCK_KEY, body.clone(), create).await {
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Ok(_) => {
+                store.delete(LOCK_KEY).await?;
+                return Err(LockError::NotEnforced);
+            }
+            Err(e) => {
+                let _ = store.delete(LOCK_KEY).await;
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(Lock { store, info })
+}
+
+impl Lock {
+    /// Releases the lock if it is still ours.
+    pub async fn release(self) -> Result<(), LockError> {
+        match read(self.store.as_ref()).await {
+            Ok(Some(current)) if current.id == self.info.id => {
+                self.store.delete(LOCK_KEY).await?;
+                Ok(())
+            }
+            // Someone force-unlocked (and maybe relocked): leave their lock alone.
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Removes the lock with `id`, whoever holds it.
+pub async fn force_unlock(store: &dyn Store, id: &str) -> Result<LockInfo, LockError> {
+    match read(store).await? {
+        None => Err(LockError::NotLocked),
+        Some(info) if info.id == id => {
+            store.delete(LOCK_KEY).await?;
+            Ok(info)
+        }
+        Some(info) => Err(LockError::WrongId {
+            wanted: id.to_string(),
+            held: Box::new(info),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::FsStore;
+
+    #[tokio::test]
+    async fn second_acquire_waits_then_reports_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+        let first = acquire(store.clone(), "apply", Duration::ZERO, true)
+            .await
+            .unwrap();
+        let err = acquire(store.clone(), "apply", Duration::from_millis(300), true)
+            .await
+            .unwrap_err();
+        let LockError::Held(holder) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(holder.id, first.info.id);
+        assert!(err
+            .hint()
+            .unwrap()
+            .contains(&format!("labctl force-unlock {}", first.info.id)));
+        first.release().await.unwrap();
+        let again = acquire(store.clone(), "apply", Duration::ZERO, true)
+            .await
+            .unwrap();
+        again.release().await.unwrap();
+        assert!(store.head(LOCK_KEY).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn force_unlock_needs_the_right_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+        let lock = acquire(store.clone(), "apply", Duration::ZERO, true)
+            .await
+            .unwrap();
+        assert!(matches!(
+            force_unlock(store.as_ref(), "nope").await,
+            Err(LockError::WrongId { .. })
+        ));
+        force_unlock(store.as_ref(), &lock.info.id).await.unwrap();
+        assert!(matches!(
+            force_unlock(store.as_ref(), &lock.info.id).await,
+            Err(LockError::NotLocked)
+        ));
+        // The old holder's release leaves a newer lock alone.
+        let newer = acquire(store.clone(), "apply", Duration::ZERO, true)
+            .await
+            .unwrap();
+        lock.release().await.unwrap();
+        assert!(store.head(LOCK_KEY).await.unwrap().is_some());
+        newer.release().await.unwrap();
+    }
+}

@@ -1,0 +1,7 @@
+//! Apply: executes a plan, image by image in dependency order, keeping going past failures.
+
+pub mod execute;
+pub mod lock;
+pub mod stale;
+
+pub use execute::{execute, ApplyContext, Outcome, Report};

@@ -1,0 +1,203 @@
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use console::style;
+
+use crate::apply::lock::{self, LockError};
+use crate::apply::{self, ApplyContext, Outcome, Report};
+use crate::cli::ApplyArgs;
+use crate::failure::{Failure, WithHint};
+use crate::pipeline::{self, MIB};
+use crate::plan::{Action, Plan};
+use crate::render;
+use crate::store::{self, Store};
+
+pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
+    let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
+    let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
+
+    // Decide how the plan will be approved before touching anything.
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if args.plan_file.is_none() && !args.auto_approve && !interactive {
+        return Err(anyhow::anyhow!("refusing to apply without confirmation: no terminal to ask on"))
+            .hint("pass --auto-approve, or save a reviewed plan with `labctl plan --out plan.json` and run `labctl apply plan.json`");
+    }
+
+    let held = if args.lock {
+        match lock::acquire(store.clone(), "apply", args.lock_timeout, true).await {
+            Ok(l) => {
+                eprintln!("Acquired the store lock (ID {}).", l.info.id);
+                Some(l)
+            }
+            Err(e) => return Err(lock_failure(e)),
+        }
+    } else {
+        eprintln!(
+            "{} running without the store lock (--lock=false).",
+            style("Warning:").yellow()
+        );
+        None
+    };
+
+    let result = locked(args, &manifest, &graph, store.clone(), interactive).await;
+
+    if let Some(l) = held {
+        if let Err(e) = l.release().await {
+            eprintln!(
+                "{} could not release the store lock: {e}",
+                style("Warning:").yellow()
+            );
+        }
+    }
+    result
+}
+
+async fn locked(
+    args: &ApplyArgs,
+    manifest: &crate::manifest::Manifest,
+    graph: &crate::graph::DependencyGraph,
+    store: Arc<dyn Store>,
+    interactive: bool,
+) -> Result<ExitCode, Failure> {
+    let (desired, plan) = match &args.plan_file {
+        Some(path) => {
+            let text = std::fs::read(path)
+                .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
+            let plan: Plan = serde_json::from_slice(&text)
+                .with_context(|| format!("`{}` is not a labctl plan", path.display()))?;
+            let desired = crate::desired::build(manifest, graph)?;
+            let records: BTreeMap<String, String> =
+                store::list_all(store.as_ref(), crate::manifest::METADATA_PREFIX)
+                    .await?
+                    .into_iter()
+                    .filter(|o| crate::manifest::destination_of_record_key(&o.key).is_some())
+                    .map(|o| (o.key, o.etag))
+                    .collect();
+            let stale =
+                apply::stale::reasons(&plan, &manifest.digest, &store.url(), &desired, &records);
+            if !stale.is_empty() {
+                return Err(anyhow::anyhow!("the plan is stale: {}", stale.join("; "))).hint(
+                    "make a new plan with `labctl plan --out FILE`, review it, and apply that",
+                );
+            }
+            (desired, plan)
+        }
+        None => {
+            let (desired, plan) =
+                super::plan::compute(manifest, graph, &store, args.prune, &args.replace, true)
+                    .await?;
+            print!("{}", render::human::plan(&plan));
+            if !plan.summary.has_changes() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !args.auto_approve && interactive && !confirm()? {
+                eprintln!("Apply cancelled.");
+                return Ok(super::exit(1));
+            }
+            (desired, plan)
+        }
+    };
+    if !plan.summary.has_changes() {
+        eprintln!("No changes to apply.");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let ctx = Arc::new(ApplyContext {
+        store: store.clone(),
+        client: crate::source::http::client(),
+        settings: pipeline::Settings {
+            part_size: args.part_size as usize * MIB,
+            parts_in_flight: args.parts_in_flight as usize,
+            ..Default::default()
+        },
+        parallelism: args.parallelism as usize,
+        progress: Arc::from(crate::progress::for_stderr()),
+        cancel: cancel_rx,
+        desired: desired
+            .into_iter()
+            .map(|d| (d.spec.name.clone(), d.spec))
+            .collect::<HashMap<_, _>>(),
+    });
+    let run = apply::execute(&plan, ctx);
+    tokio::pin!(run);
+    let report = tokio::select! {
+        report = &mut run => report,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("\nInterrupted: stopping after aborting the uploads in progress…");
+            let _ = cancel_tx.send(true);
+            run.await
+        }
+    };
+    print_summary(&report);
+    Ok(if report.failed() || *cancel_tx.borrow() {
+        super::exit(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn confirm() -> Result<bool, Failure> {
+    print!(
+        "\nDo you want to perform these actions? Only `yes` will be accepted.\n  Enter a value: "
+    );
+    std::io::stdout().flush().ok();
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the answer")?;
+    Ok(line.trim() == "yes")
+}
+
+fn print_summary(report: &Report) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    println!("\nApply summary:");
+    for (name, action, outcome) in &report.results {
+        let line = match outcome {
+            Outcome::Unchanged => continue,
+            Outcome::Done(msg) => {
+                *counts
+                    .entry(match action {
+                        Action::Create => "created",
+                        Action::Replace => "replaced",
+                        Action::Update => "updated",
+                        Action::Delete => "deleted",
+                        Action::NoOp => "unchanged",
+                    })
+                    .or_default() += 1;
+                format!("  {} {name}: {msg}", style("✓").green())
+            }
+            Outcome::Failed(msg) => {
+                *counts.entry("failed").or_default() += 1;
+                format!("  {} {name}: {msg}", style("✗").red())
+            }
+            Outcome::Skipped(msg) => {
+                *counts.entry("skipped").or_default() += 1;
+                format!("  {} {name}: skipped ({msg})", style("-").yellow())
+            }
+        };
+        println!("{line}");
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "Apply complete: {}.",
+        if parts.is_empty() {
+            "nothing to do".into()
+        } else {
+            parts.join(", ")
+        }
+    );
+}
+
+/// A lock error with its hint (who holds it, how to unlock).
+pub fn lock_failure(e: LockError) -> Failure {
+    let hint = e.hint();
+    Failure {
+        error: e.into(),
+        hint,
+    }
+}

@@ -1,0 +1,222 @@
+//! `labctl doctor`: probes a store for everything labctl relies on, one line per check.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use console::style;
+
+use crate::checksum::Checksum;
+use crate::cli::DoctorArgs;
+use crate::failure::Failure;
+use crate::store::{self, PutMode, PutOptions, Store, StoreError, UploadedPart};
+
+const PROBE_PREFIX: &str = ".labctl/doctor";
+
+struct Checks {
+    failed: usize,
+}
+
+impl Checks {
+    fn report(&mut self, name: &str, result: Result<String, String>) {
+        match result {
+            Ok(detail) => println!("{} {name}: {detail}", style("✓").green()),
+            Err(why) => {
+                self.failed += 1;
+                println!("{} {name}: {why}", style("✗").red());
+            }
+        }
+    }
+}
+
+pub async fn run(args: &DoctorArgs) -> Result<ExitCode, Failure> {
+    let manifest = super::optional_manifest(&args.manifest)?;
+    let store = super::open_store(args.store.store.as_deref(), manifest.as_ref()).await?;
+    println!("Store: {}", store.url());
+    let mut checks = Checks { failed: 0 };
+    let id = Checksum::sha256(
+        format!("{}-{}", std::process::id(), crate::timefmt::now_rfc3339()).as_bytes(),
+    )
+    .hex()[..12]
+        .to_string();
+
+    let listed = store::list_all(store.as_ref(), crate::manifest::METADATA_PREFIX).await;
+    let can_list = listed.is_ok();
+    checks.report(
+        "credentials and list",
+        listed
+            .map(|l| format!("{} objects under metadata/", l.len()))
+            .map_err(|e| format!("{e:#}", e = anyhow::Error::from(e))),
+    );
+    if !can_list {
+        println!("  hint: check the bucket name, endpoint and credentials (E2_ACCESS_KEY/E2_SECRET_KEY or the AWS chain)");
+        return Ok(super::exit(1));
+    }
+
+    checks.report("write, read and metadata", write_read(&store, &id).await);
+    checks.report("multipart upload", multipart(&store, &id).await);
+    checks.report("abort multipart upload", abort(&store, &id).await);
+    let conditional = conditional(&store, &id).await;
+    let enforced = conditional.is_ok();
+    checks.report("conditional create (If-None-Match: *)", conditional);
+    if !enforced {
+        println!("  hint: apply cannot rely on this store's lock; run applies one at a time (a CI concurrency group) and pass --lock=false");
+    }
+
+    // Leave nothing behind, even after failures.
+    if let Ok(left) = store::list_all(store.as_ref(), PROBE_PREFIX).await {
+        for o in left.iter().filter(|o| o.key.contains(&id)) {
+            let _ = store.delete(&o.key).await;
+        }
+    }
+    println!(
+        "{}",
+        if checks.failed == 0 {
+            "The store supports everything labctl needs.".to_string()
+        } else {
+            format!(
+                "{} check{} failed.",
+                checks.failed,
+                if checks.failed == 1 { "" } else { "s" }
+            )
+        }
+    );
+    Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        super::exit(1)
+    })
+}
+
+fn err(e: StoreError) -> String {
+    format!("{:#}", anyhow::Error::from(e))
+}
+
+async fn write_read(store: &Arc<dyn Store>, id: &str) -> Result<String, String> {
+    let key = format!("{PROBE_PREFIX}/probe-{id}");
+    let body = Bytes::from(format!("labctl doctor probe {id}\n"));
+    let meta = BTreeMap::from([(
+        store::META_CHECKSUM.to_string(),
+        Checksum::sha256(&body).to_string(),
+    )]);
+    store
+        .put(
+            &key,
+            body.clone(),
+            PutOptions {
+                user_metadata: meta.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(err)?;
+    let (got_meta, got) = store::get_bytes(store.as_ref(), &key, 1024)
+        .await
+        .map_err(err)?
+        .ok_or("the probe written a moment ago cannot be read")?;
+    if got != body {
+        return Err("the probe read back differs from what was written".into());
+    }
+    let head = store
+        .head(&key)
+        .await
+        .map_err(err)?
+        .ok_or("HEAD does not find the probe")?;
+    if head.user_metadata.get(store::META_CHECKSUM) != meta.get(store::META_CHECKSUM)
+        || got_meta.user_metadata.get(store::META_CHECKSUM) != meta.get(store::META_CHECKSUM)
+    {
+        return Err("user metadata is not kept: drift detection by HEAD will not work".into());
+    }
+    store.delete(&key).await.map_err(err)?;
+    if store.head(&key).await.map_err(err)?.is_some() {
+        return Err("a deleted probe is still there".into());
+    }
+    Ok("put, get, head, user metadata and delete work".into())
+}
+
+async fn multipart(store: &Arc<dyn Store>, id: &str) -> Result<String, String> {
+    let key = format!("{PROBE_PREFIX}/multipart-{id}");
+    let first = Bytes::from(vec![b'a'; crate::pipeline::MIN_PART_SIZE]);
+    let second = Bytes::from_static(b"end");
+    let upload = store
+        .create_multipart(&key, PutOptions::default())
+        .await
+        .map_err(err)?;
+    let parts: Result<Vec<UploadedPart>, StoreError> = async {
+        Ok(vec![
+            store.upload_part(&key, &upload, 1, first.clone()).await?,
+            store.upload_part(&key, &upload, 2, second.clone()).await?,
+        ])
+    }
+    .await;
+    let parts = match parts {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = store.abort_multipart(&key, &upload).await;
+            return Err(err(e));
+        }
+    };
+    let done = store
+        .complete_multipart(&key, &upload, parts)
+        .await
+        .map_err(err)?;
+    let expected = (first.len() + second.len()) as u64;
+    let result = if done.size == expected {
+        Ok(format!("two parts ({} bytes) completed", expected))
+    } else {
+        Err(format!(
+            "completed object has {} bytes, expected {expected}",
+            done.size
+        ))
+    };
+    store.delete(&key).await.map_err(err)?;
+    result
+}
+
+async fn abort(store: &Arc<dyn Store>, id: &str) -> Result<String, String> {
+    let key = format!("{PROBE_PREFIX}/aborted-{id}");
+    let upload = store
+        .create_multipart(&key, PutOptions::default())
+        .await
+        .map_err(err)?;
+    store
+        .upload_part(&key, &upload, 1, Bytes::from_static(b"x"))
+        .await
+        .map_err(err)?;
+    store.abort_multipart(&key, &upload).await.map_err(err)?;
+    if store.head(&key).await.map_err(err)?.is_some() {
+        return Err("an aborted upload became visible".into());
+    }
+    match store.list_uploads(PROBE_PREFIX).await.map_err(err)? {
+        Some(list) if list.iter().any(|(_, u)| *u == upload) => {
+            Err("the aborted upload is still listed".into())
+        }
+        Some(_) => Ok("aborted uploads leave nothing behind".into()),
+        None => Ok("aborted (the store cannot list unfinished uploads to confirm)".into()),
+    }
+}
+
+async fn conditional(store: &Arc<dyn Store>, id: &str) -> Result<String, String> {
+    let key = format!("{PROBE_PREFIX}/conditional-{id}");
+    let create = PutOptions {
+        mode: PutMode::CreateOnly,
+        ..Default::default()
+    };
+    store
+        .put(&key, Bytes::from_static(b"1"), create.clone())
+        .await
+        .map_err(err)?;
+    let second = store.put(&key, Bytes::from_static(b"2"), create).await;
+    let _ = store.delete(&key).await;
+    match second {
+        Err(StoreError::AlreadyExists { .. }) => {
+            Ok("enforced: a second create is refused, so the apply lock works".into())
+        }
+        Ok(_) => Err(
+            "NOT enforced: the store accepted a second create of the same key and overwrote it"
+                .into(),
+        ),
+        Err(e) => Err(err(e)),
+    }
+}

@@ -1,0 +1,304 @@
+//! The streaming publish pipeline: download → source hash → decompress (blocking thread) →
+//! output hash → multipart upload, with no temporary file.
+//!
+//! Memory is bounded by part size × (parts in flight + 2) whatever the image size: the decoder
+//! blocks when the uploader has no free slot. The object becomes visible only when both
+//! checksums matched: multipart uploads are completed (and small objects PUT) after
+//! verification, and aborted on every failure path.
+
+pub mod decode;
+pub mod hash;
+pub mod upload;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::checksum::Checksum;
+use crate::manifest::Compression;
+use crate::progress::Progress;
+use crate::source::http::{Chunk, Download, DownloadError, RetryPolicy};
+use crate::store::{ObjectMeta, PutOptions, Store, StoreError};
+use hash::Hasher;
+
+pub const MIB: usize = 1024 * 1024;
+pub const DEFAULT_PART_SIZE: usize = 16 * MIB;
+/// S3's minimum for every part but the last.
+pub const MIN_PART_SIZE: usize = 5 * MIB;
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
+/// How often a download may start over from byte 0 before the image fails.
+const MAX_RESTARTS: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            part_size: DEFAULT_PART_SIZE,
+            parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// One HTTP image to publish.
+#[derive(Debug, Clone)]
+pub struct HttpJob {
+    pub image: String,
+    pub url: String,
+    /// Of the downloaded bytes (already looked up when the manifest names a checksum list).
+    pub source_checksum: Checksum,
+    pub decompress: Option<Compression>,
+    /// Of the published bytes.
+    pub expected: Checksum,
+    pub key: String,
+    pub user_metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub checksum: Checksum,
+    pub size: u64,
+    pub object: ObjectMeta,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error("checksum mismatch for the download from {url}: expected {expected}, got {actual}")]
+    SourceMismatch {
+        url: String,
+        expected: Checksum,
+        actual: Checksum,
+    },
+    #[error("checksum mismatch for the published bytes: expected {expected}, got {actual}")]
+    OutputMismatch {
+        expected: Checksum,
+        actual: Checksum,
+    },
+    #[error("{format} decompression failed: {message}")]
+    Decompress {
+        format: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the server at {url} ignored Range {restarts} times; giving up")]
+    TooManyRestarts { url: String, restarts: u32 },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+enum Attempt {
+    Done(Published),
+    Restart,
+}
+
+/// Downloads, verifies and publishes one image. Nothing is visible at `job.key` unless this
+/// returns `Ok`.
+pub async fn publish_http(
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    job: &HttpJob,
+    settings: &Settings,
+    progress: &dyn Progress,
+    cancel: watch::Receiver<bool>,
+) -> Result<Published, PipelineError> {
+    let mut download = Download::start(client, &job.url, settings.retry).await?;
+    progress.start(&job.image, "downloading", download.total());
+    let mut restarts = 0;
+    loop {
+        match attempt(
+            &store,
+            &mut download,
+            job,
+            settings,
+            progress,
+            cancel.clone(),
+        )
+        .await?
+        {
+            Attempt::Done(published) => return Ok(published),
+            Attempt::Restart => {
+                restarts += 1;
+                if restarts > MAX_RESTARTS {
+                    return Err(PipelineError::TooManyRestarts {
+                        url: job.url.clone(),
+                        restarts,
+                    });
+                }
+                progress.restart(
+                    &job.image,
+                    download.total(),
+                    "the server does not support resuming; starting over from byte 0",
+                );
+            }
+        }
+    }
+}
+
+async fn attempt(
+    store: &Arc<dyn Store>,
+    download: &mut Download,
+    job: &HttpJob,
+    settings: &Settings,
+    progress: &dyn Progress,
+    cancel: watch::Receiver<bool>,
+) -> Result<Attempt, PipelineError> {
+    let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
+    let (tx_parts, rx_parts) = mpsc::channel::<upload::Part>(1);
+    let (compression, algorithm, part_size) =
+        (job.decompress, job.expected.algorithm, settings.part_size);
+    let decoder = tokio::task::spawn_blocking(move || {
+        decode::run(rx_in, tx_parts, compression, algorithm, part_size)
+    });
+    let upload_id = Arc::new(Mutex::new(None::<String>));
+    let uploader = tokio::spawn(upload::run(
+        store.clone(),
+        job.key.clone(),
+        PutOptions {
+            user_metadata: job.user_metadata.clone(),
+            ..Default::default()
+        },
+        rx_parts,
+        settings.parts_in_flight,
+        upload_id.clone(),
+    ));
+
+    let mut source = Hasher::new(job.source_checksum.algorithm);
+    let mut failure: Option<PipelineError> = None;
+    let mut restart = false;
+    loop {
+        if *cancel.borrow() {
+            failure = Some(PipelineError::Cancelled);
+            break;
+        }
+        match download.next().await {
+            Ok(Some(Chunk::Data(bytes))) => {
+                source.update(&bytes);
+                progress.advance(&job.image, bytes.len() as u64);
+                if tx_in.send(Ok(bytes)).await.is_err() {
+                    break; // the decoder stopped; its result says why
+                }
+            }
+            Ok(Some(Chunk::Restart)) => {
+                restart = true;
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                failure = Some(e.into());
+                break;
+            }
+        }
+    }
+    if failure.is_some() || restart {
+        let _ = tx_in.send(Err(())).await;
+    }
+    drop(tx_in);
+    let decoded = decoder.await.expect("decoder thread panicked");
+    let uploaded = uploader.await.expect("uploader task panicked");
+
+    let outcome = match (failure, restart) {
+        (Some(e), _) => Err(e),
+        (None, true) => Ok(None),
+        (None, false) => verify(job, source.finish(), decoded, uploaded).map(Some),
+    };
+    let verified = match outcome {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            abort(store, &job.key, &upload_id).await;
+            return Ok(Attempt::Restart);
+        }
+        Err(e) => {
+            abort(store, &job.key, &upload_id).await;
+            return Err(e);
+        }
+    };
+
+    let (checksum, size, body) = verified;
+    let object = match body {
+        upload::Uploaded::Small(bytes) => {
+            store
+                .put(
+                    &job.key,
+                    bytes,
+                    PutOptions {
+                        user_metadata: job.user_metadata.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await?
+        }
+        upload::Uploaded::Multipart {
+            upload_id: id,
+            parts,
+        } => match store.complete_multipart(&job.key, &id, parts).await {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = store.abort_multipart(&job.key, &id).await;
+                return Err(e.into());
+            }
+        },
+    };
+    Ok(Attempt::Done(Published {
+        checksum,
+        size,
+        object,
+    }))
+}
+
+type Verified = (Checksum, u64, upload::Uploaded);
+
+/// Both checksums must match before anything becomes visible.
+fn verify(
+    job: &HttpJob,
+    source: Checksum,
+    decoded: Result<(Checksum, u64), decode::DecodeError>,
+    uploaded: Result<upload::Uploaded, StoreError>,
+) -> Result<Verified, PipelineError> {
+    // A corrupt download usually shows first as a decompression error; the source checksum is
+    // the more useful message, so it is checked first.
+    if source != job.source_checksum {
+        return Err(PipelineError::SourceMismatch {
+            url: job.url.clone(),
+            expected: job.source_checksum.clone(),
+            actual: source,
+        });
+    }
+    let decoded = decoded.map_err(|e| match e {
+        decode::DecodeError::Corrupt { format, message } => {
+            PipelineError::Decompress { format, message }
+        }
+        decode::DecodeError::UploadStopped => PipelineError::Decompress {
+            format: "upload",
+            message: "the uploader stopped".into(),
+        },
+    });
+    // An upload failure stops the decoder too; report the cause, not the symptom.
+    let uploaded = uploaded?;
+    let (output, size) = decoded?;
+    if output != job.expected {
+        return Err(PipelineError::OutputMismatch {
+            expected: job.expected.clone(),
+            actual: output,
+        });
+    }
+    Ok((output, size, uploaded))
+}
+
+async fn abort(store: &Arc<dyn Store>, key: &str, upload_id: &Mutex<Option<String>>) {
+    let id = upload_id.lock().unwrap().take();
+    if let Some(id) = id {
+        // Best effort: a failed abort leaves an invisible upload that `doctor` can list.
+        let _ = store.abort_multipart(key, &id).await;
+    }
+}

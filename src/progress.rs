@@ -1,0 +1,193 @@
+//! How long-running work reports progress: bars on a terminal, plain periodic lines in CI logs.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Receives progress of each image's transfer. Implementations must be cheap: `advance` is
+/// called for every chunk.
+pub trait Progress: Send + Sync {
+    fn start(&self, image: &str, what: &str, total: Option<u64>);
+    fn advance(&self, image: &str, bytes: u64);
+    /// The transfer starts over (a server ignored `Range`).
+    fn restart(&self, image: &str, total: Option<u64>, why: &str);
+    fn finish(&self, image: &str, message: &str);
+}
+
+/// Chooses bars for a terminal on stderr, lines otherwise.
+pub fn for_stderr() -> Box<dyn Progress> {
+    if console::Term::stderr().is_term() && std::env::var_os("CI").is_none() {
+        Box::new(Bars::new())
+    } else {
+        Box::new(Lines::new(Duration::from_secs(30)))
+    }
+}
+
+pub struct Bars {
+    multi: MultiProgress,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    pub fn new() -> Bars {
+        Bars {
+            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Bars::new()
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, image: &str, what: &str, total: Option<u64>) {
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:.bold} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::no_length().with_style(
+                ProgressStyle::with_template("{prefix:.bold} {msg} {bytes} {bytes_per_sec}")
+                    .expect("valid template"),
+            ),
+        };
+        let bar = self.multi.add(bar);
+        bar.set_prefix(image.to_string());
+        bar.set_message(what.to_string());
+        self.bars.lock().unwrap().insert(image.to_string(), bar);
+    }
+
+    fn advance(&self, image: &str, bytes: u64) {
+        if let Some(bar) = self.bars.lock().unwrap().get(image) {
+            bar.inc(bytes);
+        }
+    }
+
+    fn restart(&self, image: &str, total: Option<u64>, why: &str) {
+        if let Some(bar) = self.bars.lock().unwrap().get(image) {
+            bar.set_position(0);
+            if let Some(t) = total {
+                bar.set_length(t);
+            }
+            bar.println(format!("{image}: {why}"));
+        }
+    }
+
+    fn finish(&self, image: &str, message: &str) {
+        if let Some(bar) = self.bars.lock().unwrap().remove(image) {
+            bar.finish_with_message(message.to_string());
+        }
+    }
+}
+
+struct LineState {
+    done: u64,
+    total: Option<u64>,
+    started: Instant,
+    last_line: Instant,
+    last_tenth: u64,
+}
+
+/// A line per image at start, at every 10 % (or every `interval` when the size is unknown or
+/// progress is slow), and at the end: readable in CI logs, where bars print nothing useful.
+pub struct Lines {
+    interval: Duration,
+    state: Mutex<HashMap<String, LineState>>,
+}
+
+impl Lines {
+    pub fn new(interval: Duration) -> Lines {
+        Lines {
+            interval,
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+impl Progress for Lines {
+    fn start(&self, image: &str, what: &str, total: Option<u64>) {
+        let now = Instant::now();
+        eprintln!(
+            "{image}: {what}{}",
+            total.map(|t| format!(" ({})", mib(t))).unwrap_or_default()
+        );
+        self.state.lock().unwrap().insert(
+            image.to_string(),
+            LineState {
+                done: 0,
+                total,
+                started: now,
+                last_line: now,
+                last_tenth: 0,
+            },
+        );
+    }
+
+    fn advance(&self, image: &str, bytes: u64) {
+        let mut states = self.state.lock().unwrap();
+        let Some(s) = states.get_mut(image) else {
+            return;
+        };
+        s.done += bytes;
+        let tenth = s
+            .total
+            .filter(|t| *t > 0)
+            .map(|t| s.done * 10 / t)
+            .unwrap_or(0);
+        if tenth > s.last_tenth || s.last_line.elapsed() >= self.interval {
+            s.last_tenth = tenth;
+            s.last_line = Instant::now();
+            let rate =
+                s.done as f64 / s.started.elapsed().as_secs_f64().max(0.001) / (1024.0 * 1024.0);
+            match s.total {
+                Some(t) if t > 0 => eprintln!(
+                    "{image}: {} of {} ({}%), {rate:.1} MiB/s",
+                    mib(s.done),
+                    mib(t),
+                    s.done * 100 / t
+                ),
+                _ => eprintln!("{image}: {}, {rate:.1} MiB/s", mib(s.done)),
+            }
+        }
+    }
+
+    fn restart(&self, image: &str, total: Option<u64>, why: &str) {
+        eprintln!("{image}: {why}");
+        if let Some(s) = self.state.lock().unwrap().get_mut(image) {
+            s.done = 0;
+            s.total = total;
+            s.last_tenth = 0;
+        }
+    }
+
+    fn finish(&self, image: &str, message: &str) {
+        let state = self.state.lock().unwrap().remove(image);
+        let took = state
+            .map(|s| format!(" in {:.1}s", s.started.elapsed().as_secs_f64()))
+            .unwrap_or_default();
+        eprintln!("{image}: {message}{took}");
+    }
+}
+
+/// Reports nothing (tests, `--quiet` callers).
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&self, _: &str, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: &str, _: u64) {}
+    fn restart(&self, _: &str, _: Option<u64>, _: &str) {}
+    fn finish(&self, _: &str, _: &str) {}
+}
