@@ -33,6 +33,22 @@ impl<T, E: Into<anyhow::Error>> WithHint<T> for Result<T, E> {
     }
 }
 
+impl Failure {
+    /// A hint for errors whose fix is the same wherever they happen.
+    pub fn with_default_hint(mut self) -> Failure {
+        if self.hint.is_none() {
+            for cause in self.error.chain() {
+                if let Some(crate::store::StoreError::Credentials { .. }) = cause.downcast_ref() {
+                    self.hint = Some(
+                        "set E2_ACCESS_KEY and E2_SECRET_KEY (or AWS credentials), or plan against a directory with --store DIR".into(),
+                    );
+                }
+            }
+        }
+        self
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", style("error:").red().bold(), self.error)?;

@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("{failure}");
+            eprintln!("{}", failure.with_default_hint());
             ExitCode::from(1)
         }
     }

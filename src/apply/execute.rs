@@ -53,6 +53,9 @@ impl Report {
     }
 }
 
+/// A one-line summary and the checksum dependents will see, or why the change failed.
+type ChangeResult = anyhow::Result<(String, Option<Checksum>)>;
+
 /// What a finished image offers its dependents.
 #[derive(Clone)]
 enum Finished {
@@ -69,7 +72,7 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
         .collect();
     let mut finished: HashMap<String, Finished> = HashMap::new();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
-    let mut running: JoinSet<(usize, anyhow::Result<(String, Option<Checksum>)>)> = JoinSet::new();
+    let mut running: JoinSet<(usize, ChangeResult)> = JoinSet::new();
     let mut started = vec![false; changes.len()];
 
     loop {
@@ -173,7 +176,7 @@ async fn run_change(
     change: &Change,
     dep_sums: BTreeMap<String, Option<Checksum>>,
     ctx: &ApplyContext,
-) -> anyhow::Result<(String, Option<Checksum>)> {
+) -> ChangeResult {
     match change.action {
         Action::NoOp => Ok((
             "unchanged".into(),
@@ -244,7 +247,7 @@ async fn publish_http(
     spec: &NormalizedSpec,
     deps: BTreeMap<String, Checksum>,
     ctx: &ApplyContext,
-) -> anyhow::Result<(String, Option<Checksum>)> {
+) -> ChangeResult {
     let SpecSource::Http {
         url,
         checksum,
@@ -307,7 +310,7 @@ async fn update(
     change: &Change,
     dep_sums: BTreeMap<String, Option<Checksum>>,
     ctx: &ApplyContext,
-) -> anyhow::Result<(String, Option<Checksum>)> {
+) -> ChangeResult {
     let spec = ctx
         .desired
         .get(&change.name)

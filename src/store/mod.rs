@@ -82,6 +82,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no usable S3 credentials: {message}")]
+    Credentials { message: String },
     #[error("{op} `{key}` failed: {message}")]
     Backend {
         op: &'static str,

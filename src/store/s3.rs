@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
 use aws_sdk_s3::Client;
@@ -51,7 +51,27 @@ pub enum S3ConfigError {
 }
 
 impl S3Store {
+    /// Connects with `E2_ACCESS_KEY`/`E2_SECRET_KEY` when set, else the AWS credential chain.
     pub async fn connect(settings: S3Settings) -> std::result::Result<S3Store, S3ConfigError> {
+        let key = std::env::var("E2_ACCESS_KEY")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let secret = std::env::var("E2_SECRET_KEY")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let keys = match (key, secret) {
+            (Some(k), Some(s)) => Some((k, s)),
+            (None, None) => None,
+            _ => return Err(S3ConfigError::HalfCredentials),
+        };
+        S3Store::connect_with(settings, keys).await
+    }
+
+    /// Connects with the given access key and secret, or the AWS credential chain.
+    pub async fn connect_with(
+        settings: S3Settings,
+        keys: Option<(String, String)>,
+    ) -> std::result::Result<S3Store, S3ConfigError> {
         if let Some(endpoint) = &settings.endpoint {
             if !endpoint.starts_with("https://")
                 && !crate::manifest::schema::is_loopback_http(endpoint)
@@ -59,12 +79,6 @@ impl S3Store {
                 return Err(S3ConfigError::InsecureEndpoint(endpoint.clone()));
             }
         }
-        let key = std::env::var("E2_ACCESS_KEY")
-            .ok()
-            .filter(|v| !v.is_empty());
-        let secret = std::env::var("E2_SECRET_KEY")
-            .ok()
-            .filter(|v| !v.is_empty());
         let region = settings
             .region
             .clone()
@@ -78,14 +92,14 @@ impl S3Store {
             .read_timeout(Duration::from_secs(120))
             .build();
 
-        let (mut builder, credentials) = match (key, secret) {
-            (Some(k), Some(s)) => (
+        let (mut builder, credentials) = match keys {
+            Some((k, s)) => (
                 aws_sdk_s3::Config::builder()
                     .behavior_version(BehaviorVersion::latest())
                     .credentials_provider(Credentials::new(k, s, None, None, "E2_ACCESS_KEY")),
                 CredentialSource::E2Env,
             ),
-            (None, None) => {
+            None => {
                 let shared = aws_config::defaults(BehaviorVersion::latest())
                     .region(Region::new(region.clone()))
                     .load()
@@ -95,7 +109,6 @@ impl S3Store {
                     CredentialSource::AwsChain,
                 )
             }
-            _ => return Err(S3ConfigError::HalfCredentials),
         };
         builder = builder
             .region(Region::new(region))
@@ -173,20 +186,36 @@ fn status<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Optio
     err.raw_response().map(|r| r.status().as_u16())
 }
 
-fn backend<E: std::error::Error + Send + Sync + 'static>(
+fn backend<E>(
     op: &'static str,
     key: &str,
     err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StoreError
 where
-    E: ProvideErrorMetadata,
+    E: std::error::Error + Send + Sync + 'static + ProvideErrorMetadata,
 {
     let message = match (err.code(), err.message(), status(&err)) {
         (Some(code), Some(msg), Some(http)) => format!("{code} (HTTP {http}): {msg}"),
         (Some(code), None, Some(http)) => format!("{code} (HTTP {http})"),
         (None, _, Some(http)) => format!("HTTP {http}"),
-        // No response: connection refused, timeout, TLS. The context chain says which.
-        _ => DisplayErrorContext(&err).to_string(),
+        // No response: credentials, connection refused, timeout, TLS. The source chain says
+        // which; its Display texts are enough (the Debug dump is not for people).
+        _ => {
+            let mut parts = vec![err.to_string()];
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+                source = s.source();
+            }
+            let message = parts.join(": ");
+            if message.contains("credentials") {
+                return StoreError::Credentials { message };
+            }
+            message
+        }
     };
     StoreError::Backend {
         op,

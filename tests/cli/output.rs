@@ -132,11 +132,31 @@ fn errors_name_the_problem_and_hint_at_the_fix() {
         run.stderr
     );
 
-    // Without --store the manifest's S3 bucket is used; this build cannot reach it and says so.
-    let run = labctl(&["plan"]);
-    assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("s3://lab-images"), "{}", run.stderr);
-    assert!(run.stderr.contains("--store DIR"), "{}", run.stderr);
+    // Without --store the manifest's S3 bucket is used; without credentials that fails clearly.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
+        .arg("plan")
+        .current_dir(repo())
+        .env_remove("E2_ACCESS_KEY")
+        .env_remove("E2_SECRET_KEY")
+        .env_remove("LABCTL_STORE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("s3://lab-images"), "{stderr}");
+    assert!(stderr.contains("no usable S3 credentials"), "{stderr}");
+    assert!(
+        stderr.contains("hint: set E2_ACCESS_KEY and E2_SECRET_KEY"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("DispatchFailure"),
+        "no debug dumps: {stderr}"
+    );
 }
 
 #[test]

@@ -1,0 +1,543 @@
+//! Each case runs against s3s-fs, moto and the filesystem store.
+
+use std::time::Duration;
+
+use crate::harness::*;
+use crate::support::fixture::Faults;
+use crate::support::proxy::Proxy;
+
+const MIB: usize = 1024 * 1024;
+
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
+        mod moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
+        mod fs { $( #[test] fn $case() { super::$case(super::Backend::Fs) } )* }
+    };
+}
+
+on_every_store!(
+    publishes_every_format_and_second_apply_moves_no_bytes,
+    source_checksum_mismatch_publishes_nothing,
+    decompressed_checksum_mismatch_publishes_nothing,
+    dropped_body_resumes_with_range,
+    server_ignoring_range_restarts_from_zero,
+    retries_503_then_succeeds,
+    refuses_without_a_terminal_or_auto_approve,
+    stale_plans_are_refused_and_fresh_ones_applied,
+    held_lock_is_reported_and_force_unlocked,
+    concurrent_apply_fails_on_the_lock,
+    failed_image_skips_only_its_dependents,
+    prune_deletes_orphans,
+);
+
+fn assert_ok(run: &Run) {
+    assert_eq!(run.code, 0, "{}", run.output());
+}
+
+fn publishes_every_format_and_second_apply_moves_no_bytes(backend: Backend) {
+    let lab = Lab::new(backend);
+    let raw = image_bytes(1, 6 * MIB);
+    let big = image_bytes(2, 12 * MIB + 12345); // three parts of 5 MiB
+    let gz = image_bytes(3, 7 * MIB);
+    let zs = image_bytes(4, 5 * MIB); // exactly one part
+    let small = image_bytes(5, 1000);
+    lab.serve("/raw.img", raw.clone(), Faults::default());
+    lab.serve("/big.img.xz", xz(&big), Faults::default());
+    lab.serve("/gz.img.gz", gzip(&gz), Faults::default());
+    lab.serve("/zs.img.zst", zstd(&zs), Faults::default());
+    lab.serve("/small.img", small.clone(), Faults::default());
+    let mut sha512_entry = Entry::raw("small512", "/small.img", &small);
+    sha512_entry.checksum = sha512(&small);
+    lab.write_manifest(&[
+        Entry::raw("raw", "/raw.img", &raw),
+        Entry::compressed("big", "/big.img.xz", &xz(&big), "xz", &big),
+        Entry::compressed("gz", "/gz.img.gz", &gzip(&gz), "gzip", &gz),
+        Entry::compressed("zs", "/zs.img.zst", &zstd(&zs), "zstd", &zs),
+        sha512_entry,
+    ]);
+
+    let run = lab.apply();
+    assert_ok(&run);
+    assert!(
+        run.stdout.contains("Apply complete: 5 created."),
+        "{}",
+        run.output()
+    );
+    for (name, body) in [
+        ("raw", &raw),
+        ("big", &big),
+        ("gz", &gz),
+        ("zs", &zs),
+        ("small512", &small),
+    ] {
+        let dest = format!("test/{name}.img");
+        let got = lab
+            .object(&dest)
+            .unwrap_or_else(|| panic!("{name} was not published"));
+        assert!(
+            got == *body,
+            "{name}: published bytes differ ({} vs {} bytes)",
+            got.len(),
+            body.len()
+        );
+        let record = lab.record(&dest).unwrap();
+        assert_eq!(record["schemaVersion"], 1);
+        assert_eq!(record["name"], name);
+        assert_eq!(record["size"], body.len() as u64);
+        let meta = lab.head(&format!("images/{dest}")).unwrap().user_metadata;
+        assert_eq!(
+            meta.get("labctl-checksum"),
+            record["checksum"].as_str().map(str::to_string).as_ref()
+        );
+        assert_eq!(
+            meta.get("labctl-fingerprint"),
+            record["fingerprint"].as_str().map(str::to_string).as_ref()
+        );
+    }
+    assert_eq!(
+        lab.record("test/small512.img").unwrap()["checksum"],
+        sha512(&small).to_string()
+    );
+    assert_eq!(
+        lab.record("test/big.img").unwrap()["source"]["checksum"],
+        sha256(&xz(&big)).to_string()
+    );
+    if let Some(pending) = lab.pending_uploads() {
+        assert!(pending.is_empty(), "{pending:?}");
+    }
+    assert!(
+        lab.head(".labctl/lock.json").is_none(),
+        "the lock is released"
+    );
+
+    lab.fixture.clear_log();
+    let again = lab.apply();
+    assert_ok(&again);
+    assert!(again.stdout.contains("No changes."), "{}", again.output());
+    assert_eq!(
+        lab.fixture.log(),
+        vec![],
+        "a second apply downloads nothing"
+    );
+
+    let plan = lab.labctl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.output());
+}
+
+fn mismatch_case(backend: Backend, wrong_source: bool) {
+    let lab = Lab::new(backend);
+    let big = image_bytes(7, 12 * MIB);
+    let compressed = xz(&big);
+    lab.serve("/big.img.xz", compressed.clone(), Faults::default());
+    let mut entry = Entry::compressed("big", "/big.img.xz", &compressed, "xz", &big);
+    let wrong = sha256(b"something else");
+    if wrong_source {
+        entry.checksum = wrong.clone();
+    } else {
+        entry.expected = Some(wrong.clone());
+    }
+    lab.write_manifest(&[entry]);
+    let run = lab.apply();
+    assert_eq!(run.code, 1, "{}", run.output());
+    let actual = if wrong_source {
+        sha256(&compressed)
+    } else {
+        sha256(&big)
+    };
+    let text = run.output();
+    assert!(text.contains("big"), "{text}");
+    assert!(text.contains(&format!("expected {wrong}")), "{text}");
+    assert!(text.contains(&format!("got {actual}")), "{text}");
+    assert!(lab.object("test/big.img").is_none(), "nothing is visible");
+    assert!(lab.record("test/big.img").is_none(), "no record is written");
+    if let Some(pending) = lab.pending_uploads() {
+        assert!(
+            pending.is_empty(),
+            "the multipart upload was aborted: {pending:?}"
+        );
+    }
+    assert!(run.stdout.contains("✗ big"), "{text}");
+    assert!(
+        lab.head(".labctl/lock.json").is_none(),
+        "the lock is released after a failure"
+    );
+}
+
+fn source_checksum_mismatch_publishes_nothing(backend: Backend) {
+    mismatch_case(backend, true);
+}
+
+fn decompressed_checksum_mismatch_publishes_nothing(backend: Backend) {
+    mismatch_case(backend, false);
+}
+
+fn dropped_body_resumes_with_range(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(8, 12 * MIB);
+    lab.serve(
+        "/drop.img",
+        body.clone(),
+        Faults {
+            drop_after: Some(3 * MIB as u64),
+            ..Default::default()
+        },
+    );
+    lab.write_manifest(&[Entry::raw("drop", "/drop.img", &body)]);
+    let run = lab.apply();
+    assert_ok(&run);
+    assert!(
+        lab.object("test/drop.img").unwrap() == body,
+        "resumed bytes are correct"
+    );
+    let log = lab.fixture.log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!((log[0].status, log[0].body_bytes), (200, 3 * MIB as u64));
+    assert_eq!(log[1].status, 206);
+    assert_eq!(
+        log[1].range.as_deref(),
+        Some(format!("bytes={}-", 3 * MIB).as_str())
+    );
+    assert_eq!(
+        lab.fixture.bytes_sent("/drop.img"),
+        body.len() as u64,
+        "no byte fetched twice"
+    );
+}
+
+fn server_ignoring_range_restarts_from_zero(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(9, 8 * MIB);
+    let compressed = gzip(&body);
+    lab.serve(
+        "/norange.img.gz",
+        compressed.clone(),
+        Faults {
+            drop_after: Some((compressed.len() / 2) as u64),
+            ignore_range: true,
+            ..Default::default()
+        },
+    );
+    lab.write_manifest(&[Entry::compressed(
+        "norange",
+        "/norange.img.gz",
+        &compressed,
+        "gzip",
+        &body,
+    )]);
+    let run = lab.apply();
+    assert_ok(&run);
+    assert!(lab.object("test/norange.img").unwrap() == body);
+    let log = lab.fixture.log();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[1].range.is_some(), "a resume was attempted");
+    assert_eq!(log[1].status, 200, "and answered with the whole body");
+    assert_eq!(log[1].body_bytes, compressed.len() as u64);
+    assert!(
+        run.stderr.contains("starting over from byte 0"),
+        "{}",
+        run.output()
+    );
+    if let Some(pending) = lab.pending_uploads() {
+        assert!(
+            pending.is_empty(),
+            "the first attempt's upload was aborted: {pending:?}"
+        );
+    }
+}
+
+fn retries_503_then_succeeds(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(10, MIB);
+    lab.serve(
+        "/flaky.img",
+        body.clone(),
+        Faults {
+            fail_first: 2,
+            ..Default::default()
+        },
+    );
+    lab.write_manifest(&[Entry::raw("flaky", "/flaky.img", &body)]);
+    assert_ok(&lab.apply());
+    let statuses: Vec<u16> = lab.fixture.log().iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    assert!(lab.object("test/flaky.img").unwrap() == body);
+}
+
+fn refuses_without_a_terminal_or_auto_approve(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(11, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    let run = lab.labctl(&["apply"]);
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("refusing to apply without confirmation"),
+        "{}",
+        run.output()
+    );
+    assert!(run.stderr.contains("--auto-approve"), "{}", run.output());
+    assert!(lab.object("test/a.img").is_none());
+    assert!(lab.head(".labctl/lock.json").is_none());
+    assert_eq!(lab.fixture.log(), vec![]);
+}
+
+fn stale_plans_are_refused_and_fresh_ones_applied(backend: Backend) {
+    let lab = Lab::new(backend);
+    let a = image_bytes(12, 2000);
+    let b = image_bytes(13, 3000);
+    lab.serve("/a.img", a.clone(), Faults::default());
+    lab.serve("/b.img", b.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &a)]);
+    let plan_file = lab.dir().join("plan.json");
+    let plan_arg = plan_file.display().to_string();
+
+    // A fresh saved plan is applied without a prompt.
+    assert_eq!(lab.labctl(&["plan", "--out", &plan_arg]).code, 0);
+    let run = lab.labctl(&["apply", &plan_arg]);
+    assert_ok(&run);
+    assert!(lab.object("test/a.img").unwrap() == a);
+
+    // The same plan again: the record it was computed without now exists.
+    let run = lab.labctl(&["apply", &plan_arg]);
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains("the plan is stale"), "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("record `metadata/test/a.img.json` was added"),
+        "{}",
+        run.output()
+    );
+
+    // A plan made, then the manifest edited: stale.
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &a), Entry::raw("b", "/b.img", &b)]);
+    assert_eq!(lab.labctl(&["plan", "--out", &plan_arg]).code, 0);
+    lab.write_manifest(&[Entry::raw("b", "/b.img", &b), Entry::raw("a", "/a.img", &a)]);
+    let run = lab.labctl(&["apply", &plan_arg]);
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains("manifest"), "{}", run.output());
+    assert!(
+        lab.object("test/b.img").is_none(),
+        "a stale plan changes nothing"
+    );
+}
+
+fn held_lock_is_reported_and_force_unlocked(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(14, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    let lock = serde_json::json!({
+        "id": "deadbeef00000001", "holder": "ci", "host": "runner-7", "pid": 4242,
+        "operation": "apply", "run_url": "https://github.com/lab/images/actions/runs/1",
+        "created_at": "2026-11-26T08:00:00Z", "labctl_version": "0.1.0"
+    });
+    lab.put(".labctl/lock.json", lock.to_string().as_bytes());
+
+    let run = lab.labctl(&["apply", "--auto-approve", "--lock-timeout", "1s"]);
+    assert_eq!(run.code, 1, "{}", run.output());
+    for expected in [
+        "locked by ci on runner-7 (pid 4242)",
+        "https://github.com/lab/images/actions/runs/1",
+        "labctl force-unlock deadbeef00000001",
+    ] {
+        assert!(
+            run.stderr.contains(expected),
+            "missing {expected:?}: {}",
+            run.output()
+        );
+    }
+    assert!(lab.object("test/a.img").is_none());
+
+    let wrong = lab.labctl(&["force-unlock", "0000"]);
+    assert_eq!(wrong.code, 1, "{}", wrong.output());
+    let unlock = lab.labctl(&["force-unlock", "deadbeef00000001"]);
+    assert_ok(&unlock);
+    assert_ok(&lab.apply());
+    assert!(lab.object("test/a.img").unwrap() == body);
+}
+
+fn concurrent_apply_fails_on_the_lock(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(15, 6 * MIB);
+    // About three seconds to serve: the second apply starts while the first holds the lock.
+    lab.serve(
+        "/slow.img",
+        body.clone(),
+        Faults {
+            delay_per_mib: Duration::from_millis(500),
+            ..Default::default()
+        },
+    );
+    lab.write_manifest(&[Entry::raw("slow", "/slow.img", &body)]);
+    let args = ["apply", "--auto-approve", "--part-size", "5"];
+    let first = lab.spawn(&args);
+    assert!(
+        lab.wait_for_key(".labctl/lock.json", Duration::from_secs(30)),
+        "the first apply took the lock"
+    );
+    let second = lab.labctl(&args);
+    let first = finish(first, &args);
+    assert_ok(&first);
+    assert_eq!(second.code, 1, "{}", second.output());
+    assert!(
+        second.stderr.contains("the store is locked by"),
+        "{}",
+        second.output()
+    );
+    assert!(lab.object("test/slow.img").unwrap() == body);
+    assert_eq!(
+        lab.fixture.log().len(),
+        1,
+        "only the lock holder downloaded"
+    );
+}
+
+fn failed_image_skips_only_its_dependents(backend: Backend) {
+    let lab = Lab::new(backend);
+    let good = image_bytes(16, 2000);
+    let base = image_bytes(17, 2000);
+    lab.serve("/good.img", good.clone(), Faults::default());
+    lab.serve(
+        "/base.img",
+        base.clone(),
+        Faults {
+            corrupt: true,
+            ..Default::default()
+        },
+    );
+    lab.serve("/child.img", good.clone(), Faults::default());
+    let mut child = Entry::raw("child", "/child.img", &good);
+    child.depends_on = vec!["base"];
+    lab.write_manifest(&[
+        Entry::raw("base", "/base.img", &base),
+        child,
+        Entry::raw("good", "/good.img", &good),
+    ]);
+    let run = lab.apply();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stdout.contains("✗ base"), "{}", run.output());
+    assert!(
+        run.stdout
+            .contains("- child: skipped (dependency base failed)"),
+        "{}",
+        run.output()
+    );
+    assert!(run.stdout.contains("✓ good"), "{}", run.output());
+    assert!(lab.object("test/good.img").is_some());
+    assert!(lab.object("test/base.img").is_none());
+    assert!(lab.object("test/child.img").is_none());
+    assert!(
+        !lab.fixture.log().iter().any(|e| e.path == "/child.img"),
+        "a skipped image is not fetched"
+    );
+}
+
+fn prune_deletes_orphans(backend: Backend) {
+    let lab = Lab::new(backend);
+    let a = image_bytes(18, 2000);
+    let b = image_bytes(19, 2000);
+    lab.serve("/a.img", a.clone(), Faults::default());
+    lab.serve("/b.img", b.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &a), Entry::raw("b", "/b.img", &b)]);
+    assert_ok(&lab.apply());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &a)]);
+    let kept = lab.apply();
+    assert_ok(&kept);
+    assert!(
+        lab.object("test/b.img").is_some(),
+        "orphans are kept without --prune"
+    );
+    let pruned = lab.labctl(&["apply", "--auto-approve", "--prune"]);
+    assert_ok(&pruned);
+    assert!(pruned.stdout.contains("1 deleted"), "{}", pruned.output());
+    assert!(lab.object("test/b.img").is_none());
+    assert!(lab.record("test/b.img").is_none());
+    assert!(lab.object("test/a.img").is_some());
+}
+
+// ---- S3 only ---------------------------------------------------------------------------------
+
+fn s3_errors_are_retried(backend: Backend) {
+    let lab = Lab::new(backend);
+    let proxy = Proxy::start(&lab.server.as_ref().unwrap().endpoint);
+    let lab = Lab {
+        endpoint: Some(proxy.endpoint.clone()),
+        ..lab
+    };
+    let body = image_bytes(20, 11 * MIB);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    proxy.fail("partNumber=2", 2);
+    proxy.fail("PUT /lab-images/metadata/", 1);
+    let run = lab.apply();
+    assert_ok(&run);
+    assert_eq!(proxy.injected(), 3, "{:?}", proxy.requests());
+    assert!(lab.object("test/a.img").unwrap() == body);
+    assert!(lab.record("test/a.img").is_some());
+}
+
+#[test]
+fn s3_errors_are_retried_s3s_fs() {
+    s3_errors_are_retried(Backend::S3sFs);
+}
+
+#[test]
+fn s3_errors_are_retried_moto() {
+    s3_errors_are_retried(Backend::Moto);
+}
+
+/// Memory stays bounded by part size × parts in flight, whatever the image size.
+#[test]
+fn peak_memory_is_bounded() {
+    let lab = Lab::new(Backend::S3sFs);
+    let body = image_bytes(21, 160 * MIB);
+    let compressed = zstd(&body);
+    lab.serve("/big.img.zst", compressed.clone(), Faults::default());
+    lab.write_manifest(&[Entry::compressed(
+        "big",
+        "/big.img.zst",
+        &compressed,
+        "zstd",
+        &body,
+    )]);
+    drop(body);
+    let manifest = lab.manifest_path().display().to_string();
+    let store = lab.store_arg();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args([
+            "-f",
+            "peak-rss-kib=%M",
+            env!("CARGO_BIN_EXE_labctl"),
+            "apply",
+            "--auto-approve",
+        ])
+        .args([
+            "--manifest",
+            &manifest,
+            "--store",
+            &store,
+            "--part-size",
+            "16",
+            "--parts-in-flight",
+            "4",
+        ])
+        .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+        .envs(lab.server.as_ref().unwrap().env())
+        .current_dir(lab.dir())
+        .output()
+        .expect("/usr/bin/time runs (Debian package `time`)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let kib: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {stderr}"));
+    assert!(
+        kib < 150 * 1024,
+        "peak RSS {} MiB exceeds 150 MiB",
+        kib / 1024
+    );
+}

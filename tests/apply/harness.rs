@@ -1,0 +1,350 @@
+//! One `Lab` per test: a fixture HTTP server, a store (its own S3 server or a directory), a
+//! manifest directory, and helpers to run labctl and read what it published.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use labctl::checksum::{Algorithm, Checksum};
+use labctl::store::fs::FsStore;
+use labctl::store::s3::{S3Settings, S3Store};
+use labctl::store::Store;
+
+use crate::support::fixture::{Faults, Fixture};
+use crate::support::servers::{Kind, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    S3sFs,
+    Moto,
+    Fs,
+}
+
+pub struct Lab {
+    pub backend: Backend,
+    pub fixture: Fixture,
+    pub server: Option<S3Server>,
+    /// Where labctl's S3 requests go (the server, or a proxy in front of it).
+    pub endpoint: Option<String>,
+    pub dir: tempfile::TempDir,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn output(&self) -> String {
+        format!("--- stdout\n{}\n--- stderr\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Deterministic, compressible content: numbered lines of text, `size` bytes.
+pub fn image_bytes(seed: u64, size: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(size + 100);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut line = 0u64;
+    while out.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(
+            format!(
+                "{seed}:{line:08} block {:016x} lab image payload\n",
+                x % 4096
+            )
+            .as_bytes(),
+        );
+        line += 1;
+    }
+    out.truncate(size);
+    out
+}
+
+pub fn xz(data: &[u8]) -> Vec<u8> {
+    // Multi-block, as `xz -T` writes, so the parallel decoder has blocks to share out.
+    let stream = liblzma::stream::MtStreamBuilder::new()
+        .threads(2)
+        .block_size(1024 * 1024)
+        .preset(1)
+        .encoder()
+        .unwrap();
+    let mut out = Vec::new();
+    liblzma::read::XzEncoder::new_stream(data, stream)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzEncoder::new(data, flate2::Compression::fast())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::stream::encode_all(data, 1).unwrap()
+}
+
+pub fn sha256(data: &[u8]) -> Checksum {
+    Checksum::sha256(data)
+}
+
+pub fn sha512(data: &[u8]) -> Checksum {
+    Checksum::of_bytes(Algorithm::Sha512, data)
+}
+
+/// One manifest entry.
+pub struct Entry {
+    pub name: &'static str,
+    pub path: &'static str,
+    pub checksum: Checksum,
+    pub decompress: Option<&'static str>,
+    pub expected: Option<Checksum>,
+    pub destination: String,
+    pub depends_on: Vec<&'static str>,
+}
+
+impl Entry {
+    pub fn raw(name: &'static str, path: &'static str, body: &[u8]) -> Entry {
+        Entry {
+            name,
+            path,
+            checksum: sha256(body),
+            decompress: None,
+            expected: None,
+            destination: format!("test/{name}.img"),
+            depends_on: vec![],
+        }
+    }
+
+    pub fn compressed(
+        name: &'static str,
+        path: &'static str,
+        compressed: &[u8],
+        format: &'static str,
+        plain: &[u8],
+    ) -> Entry {
+        Entry {
+            name,
+            path,
+            checksum: sha256(compressed),
+            decompress: Some(format),
+            expected: Some(sha256(plain)),
+            destination: format!("test/{name}.img"),
+            depends_on: vec![],
+        }
+    }
+}
+
+impl Lab {
+    pub fn new(backend: Backend) -> Lab {
+        let server = match backend {
+            Backend::S3sFs => Some(S3Server::start(Kind::S3sFs)),
+            Backend::Moto => Some(S3Server::start(Kind::Moto)),
+            Backend::Fs => None,
+        };
+        let endpoint = server.as_ref().map(|s| s.endpoint.clone());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("store")).unwrap();
+        Lab {
+            backend,
+            fixture: Fixture::start(),
+            server,
+            endpoint,
+            dir,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn serve(&self, path: &str, body: Vec<u8>, faults: Faults) {
+        self.fixture.add(path, body, faults);
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.path().join("images.yaml")
+    }
+
+    pub fn write_manifest(&self, entries: &[Entry]) {
+        let mut text =
+            String::from("apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n");
+        for e in entries {
+            text.push_str(&format!(
+                "    - name: {}\n      source:\n        type: http\n        url: {}\n        checksum: {}\n",
+                e.name,
+                self.fixture.url(e.path),
+                e.checksum
+            ));
+            if let Some(d) = e.decompress {
+                text.push_str(&format!("        decompress: {d}\n"));
+            }
+            text.push_str(&format!("      destination: {}\n", e.destination));
+            if let Some(x) = &e.expected {
+                text.push_str(&format!("      validation:\n        expected: {x}\n"));
+            }
+            if !e.depends_on.is_empty() {
+                text.push_str(&format!("      dependsOn: [{}]\n", e.depends_on.join(", ")));
+            }
+        }
+        std::fs::write(self.manifest_path(), text).unwrap();
+    }
+
+    pub fn store_arg(&self) -> String {
+        match self.backend {
+            Backend::Fs => self.dir.path().join("store").display().to_string(),
+            _ => format!("s3://{BUCKET}"),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_labctl"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("NO_COLOR", "1")
+            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+            .env_remove("LABCTL_STORE")
+            .env_remove("E2_BUCKET")
+            .env_remove("GITHUB_ACTIONS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(endpoint) = &self.endpoint {
+            cmd.env("E2_ACCESS_KEY", ACCESS_KEY)
+                .env("E2_SECRET_KEY", SECRET_KEY)
+                .env("E2_ENDPOINT", endpoint);
+        } else {
+            cmd.env_remove("E2_ACCESS_KEY")
+                .env_remove("E2_SECRET_KEY")
+                .env_remove("E2_ENDPOINT");
+        }
+        cmd
+    }
+
+    /// Runs `labctl ARGS --manifest … --store …`.
+    pub fn labctl(&self, args: &[&str]) -> Run {
+        let child = self.spawn(args);
+        finish(child, args)
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let manifest = self.manifest_path().display().to_string();
+        let store = self.store_arg();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--manifest", &manifest, "--store", &store]);
+        self.command(&all).spawn().expect("labctl runs")
+    }
+
+    pub fn apply(&self) -> Run {
+        self.labctl(&["apply", "--auto-approve", "--part-size", "5"])
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        match self.backend {
+            Backend::Fs => Arc::new(FsStore::new(self.dir.path().join("store"))),
+            _ => {
+                let settings = S3Settings {
+                    bucket: BUCKET.into(),
+                    prefix: None,
+                    endpoint: Some(self.server.as_ref().unwrap().endpoint.clone()),
+                    region: None,
+                };
+                let store = self
+                    .runtime
+                    .block_on(S3Store::connect_with(
+                        settings,
+                        Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+                    ))
+                    .unwrap();
+                Arc::new(store)
+            }
+        }
+    }
+
+    /// The published object's bytes, if any.
+    pub fn object(&self, destination: &str) -> Option<Vec<u8>> {
+        let store = self.store();
+        self.runtime
+            .block_on(labctl::store::get_bytes(
+                store.as_ref(),
+                &format!("images/{destination}"),
+                1 << 30,
+            ))
+            .unwrap()
+            .map(|(_, b)| b)
+    }
+
+    pub fn head(&self, key: &str) -> Option<labctl::store::ObjectMeta> {
+        let store = self.store();
+        self.runtime.block_on(store.head(key)).unwrap()
+    }
+
+    pub fn record(&self, destination: &str) -> Option<serde_json::Value> {
+        let store = self.store();
+        self.runtime
+            .block_on(labctl::store::get_bytes(
+                store.as_ref(),
+                &format!("metadata/{destination}.json"),
+                1 << 20,
+            ))
+            .unwrap()
+            .map(|(_, b)| serde_json::from_slice(&b).unwrap())
+    }
+
+    /// Unfinished multipart uploads, when the backend can list them.
+    pub fn pending_uploads(&self) -> Option<Vec<(String, String)>> {
+        let store = self.store();
+        self.runtime.block_on(store.list_uploads("")).unwrap()
+    }
+
+    pub fn put(&self, key: &str, body: &[u8]) {
+        let store = self.store();
+        self.runtime
+            .block_on(store.put(key, bytes::Bytes::copy_from_slice(body), Default::default()))
+            .unwrap();
+    }
+
+    pub fn wait_for_key(&self, key: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.head(key).is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn finish(child: std::process::Child, args: &[&str]) -> Run {
+    let out = child.wait_with_output().expect("labctl finishes");
+    let run = Run {
+        code: out
+            .status
+            .code()
+            .unwrap_or_else(|| panic!("labctl {args:?} killed: {}", out.status)),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_ne!(run.code, 101, "labctl {args:?} panicked:\n{}", run.output());
+    assert!(
+        !run.stdout.contains(SECRET_KEY) && !run.stderr.contains(SECRET_KEY),
+        "the secret key appears in labctl's output"
+    );
+    run
+}

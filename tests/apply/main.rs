@@ -1,0 +1,8 @@
+//! `labctl apply` end to end: the built binary against real S3-compatible servers (s3s-fs, moto)
+//! and the filesystem store, fetching images from a fixture HTTP server that injects faults.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod cases;
+mod harness;
