@@ -14,6 +14,8 @@ pub trait Progress: Send + Sync {
     /// The transfer starts over (a server ignored `Range`).
     fn restart(&self, image: &str, total: Option<u64>, why: &str);
     fn finish(&self, image: &str, message: &str);
+    /// A line of a build's output, prefixed with the image name.
+    fn line(&self, image: &str, line: &str);
 }
 
 /// Chooses bars for a terminal on stderr, lines otherwise.
@@ -46,6 +48,10 @@ impl Default for Bars {
 }
 
 impl Progress for Bars {
+    fn line(&self, image: &str, line: &str) {
+        let _ = self.multi.println(format!("[{image}] {line}"));
+    }
+
     fn start(&self, image: &str, what: &str, total: Option<u64>) {
         let bar = match total {
             Some(t) => ProgressBar::new(t).with_style(
@@ -114,10 +120,14 @@ impl Lines {
 }
 
 fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    crate::commands::list::human_size(bytes)
 }
 
 impl Progress for Lines {
+    fn line(&self, image: &str, line: &str) {
+        eprintln!("[{image}] {line}");
+    }
+
     fn start(&self, image: &str, what: &str, total: Option<u64>) {
         let now = Instant::now();
         eprintln!(
@@ -186,6 +196,7 @@ impl Progress for Lines {
 pub struct Silent;
 
 impl Progress for Silent {
+    fn line(&self, _: &str, _: &str) {}
     fn start(&self, _: &str, _: &str, _: Option<u64>) {}
     fn advance(&self, _: &str, _: u64) {}
     fn restart(&self, _: &str, _: Option<u64>, _: &str) {}

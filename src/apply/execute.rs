@@ -10,12 +10,14 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::checksum::Checksum;
+use crate::manifest::reference::{self, Field, Reference};
 use crate::manifest::Compression;
 use crate::pipeline::{self, HttpJob};
 use crate::plan::{Action, Change, Plan};
 use crate::progress::Progress;
 use crate::source::checksum_list;
 use crate::source::http::fetch_text;
+use crate::source::packer;
 use crate::spec::{NormalizedSpec, SpecSource};
 use crate::state::record::{new_record, source_of, to_json};
 use crate::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
@@ -29,6 +31,8 @@ pub struct ApplyContext {
     pub cancel: watch::Receiver<bool>,
     /// Desired specs by image name.
     pub desired: HashMap<String, NormalizedSpec>,
+    /// The manifest's directory: Packer template paths are relative to it.
+    pub base_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,9 +200,7 @@ async fn run_change(
             let deps = known(&dep_sums)?;
             match &spec.source {
                 SpecSource::Http { .. } => publish_http(change, spec, deps, ctx).await,
-                SpecSource::Packer { .. } => {
-                    bail!("Packer builds are not supported by this version of labctl")
-                }
+                SpecSource::Packer { .. } => publish_packer(change, spec, deps, ctx).await,
             }
         }
     }
@@ -295,6 +297,115 @@ async fn publish_http(
         "created"
     } else {
         "replaced"
+    };
+    Ok((
+        format!(
+            "{verb} ({} bytes, {})",
+            published.size,
+            published.checksum.short()
+        ),
+        Some(published.checksum),
+    ))
+}
+
+/// How long a presigned URL handed to a build stays valid.
+const BUILD_URL_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// The value of a `{{ images.NAME.FIELD }}` reference at apply time.
+async fn reference_value(
+    reference: &Reference,
+    deps: &BTreeMap<String, Checksum>,
+    ctx: &ApplyContext,
+) -> anyhow::Result<String> {
+    let dep = ctx
+        .desired
+        .get(&reference.image)
+        .ok_or_else(|| anyhow!("reference to unknown image `{}`", reference.image))?;
+    let key = crate::manifest::object_key(&dep.destination);
+    Ok(match reference.field {
+        Field::Url => ctx.store.url_for(&key, BUILD_URL_EXPIRY).await?,
+        Field::Checksum => deps
+            .get(&reference.image)
+            .ok_or_else(|| anyhow!("`{}` is referenced but not a dependency", reference.image))?
+            .to_string(),
+        Field::Key => key,
+        Field::Size => ctx
+            .store
+            .head(&key)
+            .await?
+            .ok_or_else(|| anyhow!("`{key}` is not in the store"))?
+            .size
+            .to_string(),
+    })
+}
+
+async fn publish_packer(
+    change: &Change,
+    spec: &NormalizedSpec,
+    deps: BTreeMap<String, Checksum>,
+    ctx: &ApplyContext,
+) -> ChangeResult {
+    let SpecSource::Packer {
+        path,
+        variables,
+        artifact,
+        ..
+    } = &spec.source
+    else {
+        unreachable!("called for packer sources")
+    };
+    let mut resolved = Vec::new();
+    for (name, written) in variables {
+        let mut values = Vec::new();
+        for r in reference::parse_all(written)? {
+            values.push(reference_value(&r, &deps, ctx).await?);
+        }
+        let mut values = values.into_iter();
+        let value = reference::substitute(written, |_| values.next().unwrap_or_default())?;
+        resolved.push((name.clone(), value));
+    }
+    let template = ctx.base_dir.join(path);
+    ctx.progress
+        .start(&change.name, "building with Packer", None);
+    let build = packer::build(
+        &change.name,
+        &template,
+        &resolved,
+        artifact,
+        ctx.progress.as_ref(),
+        ctx.cancel.clone(),
+    )
+    .await
+    .map_err(|e| match e.hint() {
+        Some(h) => anyhow!("{e} (hint: {h})"),
+        None => anyhow!(e),
+    })?;
+    let fingerprint = spec.fingerprint(&deps);
+    let published = pipeline::publish_file(
+        ctx.store.clone(),
+        &build.artifact,
+        &change.name,
+        &change.key,
+        &fingerprint,
+        &ctx.settings,
+        ctx.progress.as_ref(),
+    )
+    .await?;
+    let mut record = new_record(
+        spec,
+        published.checksum.clone(),
+        published.size,
+        deps,
+        crate::timefmt::now_rfc3339(),
+    );
+    record.source.packer_version = Some(build.packer_version.clone());
+    write_record(ctx, &change.record_key, &record).await?;
+    // Dropping the build removes its scratch directory.
+    drop(build);
+    let verb = if change.action == Action::Create {
+        "built and published"
+    } else {
+        "rebuilt and replaced"
     };
     Ok((
         format!(

@@ -121,6 +121,7 @@ async fn locked(
             .into_iter()
             .map(|d| (d.spec.name.clone(), d.spec))
             .collect::<HashMap<_, _>>(),
+        base_dir: manifest.base_dir.clone(),
     });
     let run = apply::execute(&plan, ctx);
     tokio::pin!(run);

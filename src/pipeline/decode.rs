@@ -82,6 +82,25 @@ pub fn run(
             xz_stream().map_err(corrupt)?,
         )),
     };
+    split(&mut reader, &tx, algorithm, part_size).map_err(|e| match e {
+        SplitError::Read(e) => corrupt(e),
+        SplitError::UploadStopped => DecodeError::UploadStopped,
+    })
+}
+
+pub enum SplitError {
+    Read(std::io::Error),
+    UploadStopped,
+}
+
+/// Cuts `reader` into parts of `part_size` (the last one shorter, possibly empty), hashing
+/// every byte, and hands them to the uploader.
+pub fn split(
+    reader: &mut dyn Read,
+    tx: &mpsc::Sender<Part>,
+    algorithm: Algorithm,
+    part_size: usize,
+) -> Result<(Checksum, u64), SplitError> {
     let mut hasher = Hasher::new(algorithm);
     let mut total = 0u64;
     let mut number = 1u32;
@@ -89,7 +108,7 @@ pub fn run(
         let mut buf = vec![0u8; part_size];
         let mut filled = 0;
         while filled < part_size {
-            let n = reader.read(&mut buf[filled..]).map_err(corrupt)?;
+            let n = reader.read(&mut buf[filled..]).map_err(SplitError::Read)?;
             if n == 0 {
                 break;
             }
@@ -107,7 +126,7 @@ pub fn run(
             })
             .is_err()
         {
-            return Err(DecodeError::UploadStopped);
+            return Err(SplitError::UploadStopped);
         }
         if last {
             return Ok((hasher.finish(), total));

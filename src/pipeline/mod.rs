@@ -93,6 +93,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("the server at {url} ignored Range {restarts} times; giving up")]
     TooManyRestarts { url: String, restarts: u32 },
+    #[error("cannot read the artifact `{path}`: {message}")]
+    Artifact { path: String, message: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -225,35 +227,141 @@ async fn attempt(
     };
 
     let (checksum, size, body) = verified;
-    let object = match body {
-        upload::Uploaded::Small(bytes) => {
-            store
-                .put(
-                    &job.key,
-                    bytes,
-                    PutOptions {
-                        user_metadata: job.user_metadata.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await?
-        }
-        upload::Uploaded::Multipart {
-            upload_id: id,
-            parts,
-        } => match store.complete_multipart(&job.key, &id, parts).await {
-            Ok(meta) => meta,
-            Err(e) => {
-                let _ = store.abort_multipart(&job.key, &id).await;
-                return Err(e.into());
-            }
-        },
-    };
+    let object = make_visible(store, &job.key, &job.user_metadata, body).await?;
     Ok(Attempt::Done(Published {
         checksum,
         size,
         object,
     }))
+}
+
+/// The last step, taken only after verification: complete the multipart upload (or PUT the
+/// single small part).
+async fn make_visible(
+    store: &Arc<dyn Store>,
+    key: &str,
+    user_metadata: &BTreeMap<String, String>,
+    body: upload::Uploaded,
+) -> Result<ObjectMeta, PipelineError> {
+    match body {
+        upload::Uploaded::Small(bytes) => Ok(store
+            .put(
+                key,
+                bytes,
+                PutOptions {
+                    user_metadata: user_metadata.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?),
+        upload::Uploaded::Multipart { upload_id, parts } => {
+            match store.complete_multipart(key, &upload_id, parts).await {
+                Ok(meta) => Ok(meta),
+                Err(e) => {
+                    let _ = store.abort_multipart(key, &upload_id).await;
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+/// Publishes a local file (a build artifact). It is hashed first, so that the object can carry
+/// its checksum as metadata, then uploaded in parallel parts and hashed again on the way: the
+/// upload completes only if the file did not change in between.
+pub async fn publish_file(
+    store: Arc<dyn Store>,
+    path: &std::path::Path,
+    image: &str,
+    key: &str,
+    fingerprint: &Checksum,
+    settings: &Settings,
+    progress: &dyn Progress,
+) -> Result<Published, PipelineError> {
+    let io = |e: std::io::Error| PipelineError::Artifact {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    progress.start(image, "hashing the artifact", Some(size));
+    let file_path = path.to_path_buf();
+    let first = tokio::task::spawn_blocking(move || -> std::io::Result<Checksum> {
+        let mut hasher = Hasher::new(crate::checksum::Algorithm::Sha256);
+        let mut file = std::fs::File::open(file_path)?;
+        let mut buf = vec![0u8; MIB];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .expect("hashing thread panicked")
+    .map_err(io)?;
+    let user_metadata = BTreeMap::from([
+        (crate::store::META_CHECKSUM.to_string(), first.to_string()),
+        (
+            crate::store::META_FINGERPRINT.to_string(),
+            fingerprint.to_string(),
+        ),
+    ]);
+    progress.restart(image, Some(size), "uploading the artifact");
+
+    let (tx_parts, rx_parts) = mpsc::channel::<upload::Part>(1);
+    let part_size = settings.part_size;
+    let file_path = path.to_path_buf();
+    let splitter = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(file_path).map_err(decode::SplitError::Read)?;
+        decode::split(
+            &mut file,
+            &tx_parts,
+            crate::checksum::Algorithm::Sha256,
+            part_size,
+        )
+    });
+    let upload_id = Arc::new(Mutex::new(None::<String>));
+    let uploaded = upload::run(
+        store.clone(),
+        key.to_string(),
+        PutOptions {
+            user_metadata: user_metadata.clone(),
+            ..Default::default()
+        },
+        rx_parts,
+        settings.parts_in_flight,
+        upload_id.clone(),
+    )
+    .await;
+    let split = splitter.await.expect("upload reader panicked");
+    let outcome = match (uploaded, split) {
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), Err(decode::SplitError::Read(e))) => Err(io(e)),
+        (Ok(_), Err(decode::SplitError::UploadStopped)) => Err(PipelineError::Artifact {
+            path: path.display().to_string(),
+            message: "the upload stopped".into(),
+        }),
+        (Ok(_), Ok((second, _))) if second != first => Err(PipelineError::OutputMismatch {
+            expected: first.clone(),
+            actual: second,
+        }),
+        (Ok(body), Ok((_, size))) => Ok((body, size)),
+    };
+    let (body, size) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            abort(&store, key, &upload_id).await;
+            return Err(e);
+        }
+    };
+    progress.advance(image, size);
+    let object = make_visible(&store, key, &user_metadata, body).await?;
+    Ok(Published {
+        checksum: first,
+        size,
+        object,
+    })
 }
 
 type Verified = (Checksum, u64, upload::Uploaded);

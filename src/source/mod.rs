@@ -2,3 +2,4 @@
 
 pub mod checksum_list;
 pub mod http;
+pub mod packer;

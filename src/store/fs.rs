@@ -436,6 +436,12 @@ impl Store for FsStore {
         Ok(Some(out))
     }
 
+    async fn url_for(&self, key: &str, _expiry: std::time::Duration) -> Result<String> {
+        let path = self.path_of(key)?;
+        let abs = std::path::absolute(&path).map_err(io_err("resolve", key))?;
+        Ok(format!("file://{}", abs.display()))
+    }
+
     async fn set_metadata(
         &self,
         key: &str,

@@ -138,6 +138,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// cannot list them.
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>>;
 
+    /// A URL a local program (a Packer build) can fetch `key` from for `expiry`: presigned for
+    /// S3, `file://` for a directory.
+    async fn url_for(&self, key: &str, expiry: std::time::Duration) -> Result<String>;
+
     /// Replaces an object's user metadata without rewriting its bytes through labctl.
     async fn set_metadata(
         &self,

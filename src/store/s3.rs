@@ -517,6 +517,10 @@ impl Store for S3Store {
         }
     }
 
+    async fn url_for(&self, key: &str, expiry: Duration) -> Result<String> {
+        self.presign_get(key, expiry).await
+    }
+
     async fn set_metadata(
         &self,
         key: &str,

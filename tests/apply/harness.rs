@@ -146,6 +146,15 @@ impl Entry {
     }
 }
 
+/// One Packer image in the manifest.
+pub struct Build {
+    pub name: &'static str,
+    pub template: &'static str,
+    pub artifact: &'static str,
+    pub variables: Vec<(&'static str, String)>,
+    pub depends_on: Vec<&'static str>,
+}
+
 impl Lab {
     pub fn new(backend: Backend) -> Lab {
         let server = match backend {
@@ -178,6 +187,17 @@ impl Lab {
     }
 
     pub fn write_manifest(&self, entries: &[Entry]) {
+        self.write_manifest_with(entries, &[]);
+    }
+
+    /// A Packer template directory below the lab (`packer/NAME`).
+    pub fn template(&self, name: &str, hcl: &str) {
+        let dir = self.dir.path().join("packer").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("build.pkr.hcl"), hcl).unwrap();
+    }
+
+    pub fn write_manifest_with(&self, entries: &[Entry], builds: &[Build]) {
         let mut text =
             String::from("apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n");
         for e in entries {
@@ -196,6 +216,19 @@ impl Lab {
             }
             if !e.depends_on.is_empty() {
                 text.push_str(&format!("      dependsOn: [{}]\n", e.depends_on.join(", ")));
+            }
+        }
+        for b in builds {
+            text.push_str(&format!(
+                "    - name: {}\n      source:\n        type: packer\n        path: packer/{}\n        artifact: {}\n        variables:\n",
+                b.name, b.template, b.artifact
+            ));
+            for (k, v) in &b.variables {
+                text.push_str(&format!("          {k}: \"{v}\"\n"));
+            }
+            text.push_str(&format!("      destination: test/{}.raw\n", b.name));
+            if !b.depends_on.is_empty() {
+                text.push_str(&format!("      dependsOn: [{}]\n", b.depends_on.join(", ")));
             }
         }
         std::fs::write(self.manifest_path(), text).unwrap();
@@ -248,6 +281,27 @@ impl Lab {
 
     pub fn apply(&self) -> Run {
         self.labctl(&["apply", "--auto-approve", "--part-size", "5"])
+    }
+
+    /// `apply` with extra environment (e.g. a `PKR_VAR_` secret).
+    pub fn apply_with_env(&self, env: &[(&str, &str)]) -> Run {
+        let manifest = self.manifest_path().display().to_string();
+        let store = self.store_arg();
+        let args = [
+            "apply",
+            "--auto-approve",
+            "--part-size",
+            "5",
+            "--manifest",
+            &manifest,
+            "--store",
+            &store,
+        ];
+        let mut cmd = self.command(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        finish(cmd.spawn().expect("labctl runs"), &args)
     }
 
     pub fn store(&self) -> Arc<dyn Store> {

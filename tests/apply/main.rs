@@ -6,3 +6,4 @@ mod support;
 
 mod cases;
 mod harness;
+mod packer;

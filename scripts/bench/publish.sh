@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Publishes a generated 1 GiB image (xz and zstd) to a local s3s-fs with labctl, and the same
+# bytes with `curl | xz -dc | aws s3 cp -`, recording wall time and peak RSS of each into
+# docs/benchmarks.md. Run on demand: scripts/bench/publish.sh [SIZE_MIB]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+size_mib="${1:-1024}"
+cache="${LABCTL_TEST_CACHE:-$HOME/.cache/labctl-ci}"
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+need=()
+command -v xz >/dev/null || need+=(xz-utils)
+command -v zstd >/dev/null || need+=(zstd)
+command -v curl >/dev/null || need+=(curl)
+[ -x /usr/bin/aws ] || need+=(awscli)
+[ -x /usr/bin/time ] || need+=(time)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+[ -x "$cache/s3s-fs/bin/s3s-fs" ] || cargo install s3s-fs@0.14.1 --features binary --locked --root "$cache/s3s-fs"
+
+echo "== building labctl (release)"
+cargo build --release --locked -q
+labctl="$root/target/release/labctl"
+
+echo "== generating a ${size_mib} MiB image"
+mkdir -p "$work/srv" "$work/s3/bench"
+# Base64 of random bytes: text-like, compresses about 25 %, decompresses at realistic speed.
+head -c $((size_mib * 1024 * 1024 * 3 / 4)) /dev/urandom | base64 -w 76 > "$work/srv/image.raw"
+xz -T2 -3 -k "$work/srv/image.raw"
+zstd -q -T2 -3 -k "$work/srv/image.raw"
+raw_sum=$(sha256sum "$work/srv/image.raw" | cut -d' ' -f1)
+xz_sum=$(sha256sum "$work/srv/image.raw.xz" | cut -d' ' -f1)
+zst_sum=$(sha256sum "$work/srv/image.raw.zst" | cut -d' ' -f1)
+rm "$work/srv/image.raw"
+
+http_port=18481; s3_port=18482
+(cd "$work/srv" && python3 -m http.server "$http_port" --bind 127.0.0.1 >/dev/null 2>&1) &
+"$cache/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key benchsecret "$work/s3" >/dev/null 2>&1 &
+sleep 2
+
+export E2_ACCESS_KEY=bench E2_SECRET_KEY=benchsecret E2_ENDPOINT="http://127.0.0.1:$s3_port"
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REGION=us-east-1
+export LABCTL_ALLOW_INSECURE_LOOPBACK=1 CI=true
+
+manifest() { # name ext format checksum
+  cat > "$work/images.yaml" <<YAML
+apiVersion: labctl/v1alpha1
+kind: ImageManifest
+spec:
+  images:
+    - name: bench-$1
+      source: {type: http, url: "http://127.0.0.1:$http_port/image.raw.$2", checksum: "sha256:$4", decompress: $3}
+      destination: bench/$1.raw
+      validation: {expected: "sha256:$raw_sum"}
+YAML
+}
+
+measure() { # label command…
+  local out
+  out=$( { /usr/bin/time -f "%e %M" "$@" >/dev/null 2>"$work/err"; } 2>&1 | tail -1 ) || true
+  out=$(tail -1 "$work/err")
+  printf '| %s | %s s | %s MiB |\n' "$1" "$(echo "$out" | cut -d' ' -f1)" "$(( $(echo "$out" | cut -d' ' -f2) / 1024 ))"
+}
+
+rows=()
+for fmt in xz:xz:$xz_sum zstd:zst:$zst_sum; do
+  IFS=: read -r name ext sum <<<"$fmt"
+  manifest "$name" "$ext" "$name" "$sum"
+  echo "== labctl apply ($name)"
+  rows+=("$(measure "labctl apply, $name" "$labctl" apply --auto-approve --manifest "$work/images.yaml" --store s3://bench)")
+  decompress="xz -dc"; [ "$name" = zstd ] && decompress="zstd -dc"
+  echo "== curl | $decompress | aws s3 cp - ($name)"
+  rows+=("$(measure "curl | $decompress | aws s3 cp -" bash -c "curl -sf http://127.0.0.1:$http_port/image.raw.$ext | $decompress | aws s3 cp - s3://bench/baseline/$name.raw --endpoint-url $E2_ENDPOINT")")
+done
+
+{
+  echo "# Benchmarks"
+  echo
+  echo "Publishing a generated ${size_mib} MiB image (base64 text of random bytes; xz -3 and zstd -3"
+  echo "compressed) from a local HTTP server to a local s3s-fs, on this project's 2-core machine."
+  echo "labctl verifies both checksums and uploads 16 MiB parts, 4 in flight; the baseline pipes"
+  echo "curl through the decompressor into \`aws s3 cp -\` (awscli from Debian) and verifies nothing."
+  echo
+  echo "Produced by \`scripts/bench/publish.sh ${size_mib}\` on $(date -u +%Y-%m-%d), labctl $("$labctl" --version | cut -d' ' -f2)."
+  echo
+  echo "| run | wall time | peak RSS |"
+  echo "|---|---:|---:|"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "Peak RSS is the process's maximum resident set (GNU time's %M); for the baseline it is the"
+  echo "largest process of the pipeline (\`bash -c\` reports the maximum over its children)."
+} > "$root/docs/benchmarks.md"
+cat "$root/docs/benchmarks.md"

@@ -1,0 +1,298 @@
+//! Packer builds: run `packer init`/`packer build` in a scratch copy of the template directory,
+//! stream the output prefixed with the image name, and find the artifact.
+//!
+//! Secrets reach Packer through `PKR_VAR_*` in the environment, which the build inherits; their
+//! values are masked in every line labctl prints.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackerError {
+    #[error("cannot run `packer`: {0}")]
+    NotInstalled(String),
+    #[error("cannot prepare the build directory from `{template}`: {message}")]
+    Prepare { template: String, message: String },
+    #[error("`packer {step}` failed ({status})")]
+    Failed { step: &'static str, status: String },
+    #[error("the build did not produce `{artifact}`; it produced: {produced}")]
+    NoArtifact { artifact: String, produced: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl PackerError {
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            PackerError::NotInstalled(_) => {
+                Some("install Packer (Debian: apt-get install packer) or put it on PATH")
+            }
+            _ => None,
+        }
+    }
+}
+
+pub struct Build {
+    /// The scratch directory; removed when this is dropped.
+    pub dir: tempfile::TempDir,
+    pub artifact: PathBuf,
+    pub packer_version: String,
+}
+
+/// Values of `PKR_VAR_*` variables: never printed.
+pub fn secrets() -> Vec<String> {
+    std::env::vars()
+        .filter(|(k, v)| k.starts_with("PKR_VAR_") && v.len() >= 4)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+pub fn redact(line: &str, secrets: &[String]) -> String {
+    let mut out = line.to_string();
+    for s in secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), "<redacted>");
+        }
+    }
+    out
+}
+
+pub async fn version() -> Result<String, PackerError> {
+    let out = Command::new("packer")
+        .arg("version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| PackerError::NotInstalled(e.to_string()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or("").trim();
+    Ok(first
+        .trim_start_matches("Packer ")
+        .trim_start_matches('v')
+        .to_string())
+}
+
+/// Copies the template directory, leaving out build output and caches.
+fn copy_template(from: &Path, to: &Path, artifact: &str) -> std::io::Result<()> {
+    let output_dir = artifact.split('/').next().unwrap_or(artifact);
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name_str = name.to_string_lossy();
+        if from.join(&name) == from.join(output_dir)
+            || matches!(name_str.as_ref(), "packer_cache" | ".packer.d")
+        {
+            continue;
+        }
+        let target = to.join(&name);
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+fn declares_plugins(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pkr.hcl"))
+        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("required_plugins")))
+}
+
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            list_files(root, &path, out);
+        } else if let Ok(rel) = path.strip_prefix(root) {
+            out.push(rel.display().to_string());
+        }
+    }
+}
+
+/// Runs the build. `variables` are resolved values, passed as `-var name=value`.
+pub async fn build(
+    image: &str,
+    template: &Path,
+    variables: &[(String, String)],
+    artifact: &str,
+    log: &dyn crate::progress::Progress,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<Build, PackerError> {
+    let packer_version = version().await?;
+    let dir = tempfile::Builder::new()
+        .prefix("labctl-packer-")
+        .tempdir()
+        .map_err(|e| PackerError::Prepare {
+            template: template.display().to_string(),
+            message: e.to_string(),
+        })?;
+    copy_template(template, dir.path(), artifact).map_err(|e| PackerError::Prepare {
+        template: template.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let secrets = secrets();
+
+    if declares_plugins(dir.path()) {
+        run(
+            image,
+            "init",
+            &["init", "."],
+            dir.path(),
+            log,
+            &secrets,
+            &mut cancel,
+        )
+        .await?;
+    }
+    let mut args: Vec<String> = vec!["build".into(), "-color=false".into()];
+    for (k, v) in variables {
+        args.push("-var".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.push(".".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(
+        image,
+        "build",
+        &args,
+        dir.path(),
+        log,
+        &secrets,
+        &mut cancel,
+    )
+    .await?;
+
+    let path = dir.path().join(artifact);
+    if !path.is_file() {
+        let mut produced = Vec::new();
+        list_files(dir.path(), dir.path(), &mut produced);
+        let template_files = {
+            let mut t = Vec::new();
+            list_files(template, template, &mut t);
+            t
+        };
+        produced.retain(|p| !template_files.contains(p));
+        produced.sort();
+        return Err(PackerError::NoArtifact {
+            artifact: artifact.to_string(),
+            produced: if produced.is_empty() {
+                "nothing".into()
+            } else {
+                produced.join(", ")
+            },
+        });
+    }
+    Ok(Build {
+        dir,
+        artifact: path,
+        packer_version,
+    })
+}
+
+async fn run(
+    image: &str,
+    step: &'static str,
+    args: &[&str],
+    dir: &Path,
+    log: &dyn crate::progress::Progress,
+    secrets: &[String],
+    cancel: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), PackerError> {
+    let mut child = Command::new("packer")
+        .args(args)
+        .current_dir(dir)
+        .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| PackerError::NotInstalled(e.to_string()))?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let (mut out_done, mut err_done) = (false, false);
+    while !(out_done && err_done) {
+        tokio::select! {
+            line = out.next_line(), if !out_done => match line {
+                Ok(Some(l)) => log.line(image, &redact(&l, secrets)),
+                _ => out_done = true,
+            },
+            line = err.next_line(), if !err_done => match line {
+                Ok(Some(l)) => log.line(image, &redact(&l, secrets)),
+                _ => err_done = true,
+            },
+            _ = cancel.changed() => {
+                let _ = child.kill().await;
+                return Err(PackerError::Cancelled);
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| PackerError::NotInstalled(e.to_string()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(PackerError::Failed {
+            step,
+            status: status.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_every_occurrence() {
+        let secrets = vec!["hunter22".to_string()];
+        assert_eq!(
+            redact("pw=hunter22 again hunter22", &secrets),
+            "pw=<redacted> again <redacted>"
+        );
+    }
+
+    #[test]
+    fn copies_the_template_without_output_or_caches() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        std::fs::write(from.path().join("a.pkr.hcl"), "x").unwrap();
+        std::fs::create_dir_all(from.path().join("output")).unwrap();
+        std::fs::write(from.path().join("output/old.raw"), "old").unwrap();
+        std::fs::create_dir_all(from.path().join("packer_cache")).unwrap();
+        std::fs::create_dir_all(from.path().join("scripts")).unwrap();
+        std::fs::write(from.path().join("scripts/s.sh"), "y").unwrap();
+        copy_template(from.path(), to.path(), "output/new.raw").unwrap();
+        assert!(to.path().join("a.pkr.hcl").exists());
+        assert!(to.path().join("scripts/s.sh").exists());
+        assert!(!to.path().join("output").exists());
+        assert!(!to.path().join("packer_cache").exists());
+    }
+}

@@ -1,0 +1,299 @@
+//! Packer-built images with the real `packer` binary (Debian's package), using builders that
+//! need no VM: a `null` source with `shell-local`, fetching the ISO labctl published through the
+//! templated URL.
+
+use crate::harness::*;
+use crate::support::fixture::Faults;
+
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod packer_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
+        mod packer_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
+        mod packer_fs { $( #[test] fn $case() { super::$case(super::Backend::Fs) } )* }
+    };
+}
+
+on_every_store!(
+    builds_from_the_published_iso_and_keeps_secrets_out,
+    new_iso_replaces_iso_and_gateway_in_order,
+    template_edit_replaces_only_the_gateway,
+    failed_build_skips_dependents_and_keeps_the_old_object,
+);
+
+const SECRET: &str = "s3cr3t-gateway-password";
+
+/// The gateway: the ISO's bytes, a line naming its checksum, and the sha256 of the secret (so a
+/// test can tell the secret reached the build without the secret itself appearing anywhere).
+fn gateway_template(marker: &str) -> String {
+    format!(
+        r#"
+variable "iso_url" {{
+  type = string
+}}
+
+variable "iso_checksum" {{
+  type = string
+}}
+
+variable "build_secret" {{
+  type    = string
+  default = ""
+}}
+
+source "null" "gateway" {{
+  communicator = "none"
+}}
+
+build {{
+  sources = ["source.null.gateway"]
+
+  provisioner "shell-local" {{
+    inline = [
+      "set -e",
+      "mkdir -p output",
+      "curl -sSf -o output/iso.bin '${{var.iso_url}}'",
+      "cp output/iso.bin output/gateway.raw",
+      "echo 'gateway {marker} from ${{var.iso_checksum}}' >> output/gateway.raw",
+      "printf '%s' \"$PKR_VAR_build_secret\" | sha256sum | cut -c1-64 >> output/gateway.raw",
+    ]
+  }}
+}}
+"#
+    )
+}
+
+fn gateway(depends: bool) -> Build {
+    Build {
+        name: "gateway",
+        template: "gateway",
+        artifact: "output/gateway.raw",
+        variables: vec![
+            ("iso_url", "{{ images.iso.url }}".into()),
+            ("iso_checksum", "{{ images.iso.checksum }}".into()),
+        ],
+        depends_on: if depends { vec!["iso"] } else { vec![] },
+    }
+}
+
+fn expected_gateway(iso: &[u8], marker: &str) -> Vec<u8> {
+    let mut out = iso.to_vec();
+    out.extend_from_slice(format!("gateway {marker} from {}\n", sha256(iso)).as_bytes());
+    out.extend_from_slice(format!("{}\n", sha256(SECRET.as_bytes()).hex()).as_bytes());
+    out
+}
+
+fn plan_actions(lab: &Lab) -> Vec<(String, String, Vec<String>)> {
+    let run = lab.labctl(&["plan", "--json"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["action"].as_str().unwrap().to_string(),
+                c["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+fn row(name: &str, action: &str, reasons: &[&str]) -> (String, String, Vec<String>) {
+    (
+        name.into(),
+        action.into(),
+        reasons.iter().map(|s| s.to_string()).collect(),
+    )
+}
+
+fn setup(backend: Backend, iso: &[u8]) -> Lab {
+    let lab = Lab::new(backend);
+    lab.serve("/iso", iso.to_vec(), Faults::default());
+    lab.template("gateway", &gateway_template("v1"));
+    lab.write_manifest_with(&[Entry::raw("iso", "/iso", iso)], &[gateway(true)]);
+    lab
+}
+
+fn builds_from_the_published_iso_and_keeps_secrets_out(backend: Backend) {
+    let iso = image_bytes(30, 6 * 1024 * 1024 + 77);
+    let lab = setup(backend, &iso);
+
+    let plan = lab.labctl(&["plan"]);
+    assert!(
+        plan.stdout.contains("checksum: (known after apply)"),
+        "{}",
+        plan.output()
+    );
+
+    let run = lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(
+        run.stderr.contains("[gateway] "),
+        "packer output is streamed with the image name: {}",
+        run.output()
+    );
+    assert!(
+        !run.output().contains(SECRET),
+        "the secret is never printed"
+    );
+    let got = lab
+        .object("test/gateway.raw")
+        .expect("the gateway is published");
+    assert!(
+        got == expected_gateway(&iso, "v1"),
+        "the gateway was built from the published ISO"
+    );
+
+    let record = lab.record("test/gateway.raw").unwrap();
+    assert!(
+        !record.to_string().contains(SECRET),
+        "the secret is not recorded"
+    );
+    assert_eq!(record["source"]["type"], "packer");
+    assert!(record["source"]["packerVersion"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
+    assert_eq!(
+        record["source"]["variables"]["iso_url"],
+        "{{ images.iso.url }}"
+    );
+    assert_eq!(record["dependencies"]["iso"], sha256(&iso).to_string());
+    assert_eq!(record["checksum"], sha256(&got).to_string());
+    assert!(record["spec"]["source"]["templateHash"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
+    assert!(
+        !lab.dir().join("packer/gateway/output").exists(),
+        "the build ran in a scratch directory"
+    );
+
+    assert_eq!(
+        plan_actions(&lab),
+        vec![row("iso", "no-op", &[]), row("gateway", "no-op", &[])]
+    );
+}
+
+fn new_iso_replaces_iso_and_gateway_in_order(backend: Backend) {
+    let iso = image_bytes(31, 100_000);
+    let lab = setup(backend, &iso);
+    assert_eq!(
+        lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]).code,
+        0
+    );
+
+    let new_iso = image_bytes(32, 120_000);
+    lab.serve("/iso", new_iso.clone(), Faults::default());
+    lab.write_manifest_with(&[Entry::raw("iso", "/iso", &new_iso)], &[gateway(true)]);
+    assert_eq!(
+        plan_actions(&lab),
+        vec![
+            row(
+                "iso",
+                "replace",
+                &["checksum changed", "source checksum changed"]
+            ),
+            row("gateway", "replace", &["dependency iso will be replaced"]),
+        ]
+    );
+    let run = lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    let iso_done = run.stdout.find("✓ iso").unwrap();
+    let gw_done = run.stdout.find("✓ gateway").unwrap();
+    assert!(iso_done < gw_done, "{}", run.stdout);
+    assert!(lab.object("test/gateway.raw").unwrap() == expected_gateway(&new_iso, "v1"));
+    assert_eq!(
+        lab.record("test/gateway.raw").unwrap()["dependencies"]["iso"],
+        sha256(&new_iso).to_string()
+    );
+}
+
+fn template_edit_replaces_only_the_gateway(backend: Backend) {
+    let iso = image_bytes(33, 50_000);
+    let lab = setup(backend, &iso);
+    assert_eq!(
+        lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]).code,
+        0
+    );
+
+    lab.template("gateway", &gateway_template("v2"));
+    assert_eq!(
+        plan_actions(&lab),
+        vec![
+            row("iso", "no-op", &[]),
+            row("gateway", "replace", &["template changed"])
+        ]
+    );
+    lab.fixture.clear_log();
+    let run = lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_eq!(lab.fixture.log(), vec![], "the ISO is not downloaded again");
+    assert!(lab.object("test/gateway.raw").unwrap() == expected_gateway(&iso, "v2"));
+}
+
+fn failed_build_skips_dependents_and_keeps_the_old_object(backend: Backend) {
+    let iso = image_bytes(34, 50_000);
+    let lab = setup(backend, &iso);
+    assert_eq!(
+        lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]).code,
+        0
+    );
+    let old = lab.object("test/gateway.raw").unwrap();
+    let old_record = lab.record("test/gateway.raw").unwrap();
+
+    // Break the template, add an image built on the gateway and an independent download.
+    lab.template(
+        "gateway",
+        &gateway_template("v3").replace(
+            "\"set -e\",",
+            "\"set -e\", \"echo failing on purpose\", \"exit 3\",",
+        ),
+    );
+    let tools = image_bytes(35, 3000);
+    lab.serve("/tools", tools.clone(), Faults::default());
+    let mut on_gateway = Entry::raw("on-gateway", "/tools", &tools);
+    on_gateway.depends_on = vec!["gateway"];
+    on_gateway.destination = "test/on-gateway.img".into();
+    let mut independent = Entry::raw("independent", "/tools", &tools);
+    independent.destination = "test/independent.img".into();
+    lab.write_manifest_with(
+        &[Entry::raw("iso", "/iso", &iso), on_gateway, independent],
+        &[gateway(true)],
+    );
+
+    let run = lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]);
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.starts_with("[gateway]") && l.contains("failing on purpose")),
+        "the build's output is shown with the image name: {}",
+        run.output()
+    );
+    assert!(
+        run.stdout.contains("✗ gateway: `packer build` failed"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        run.stdout
+            .contains("- on-gateway: skipped (dependency gateway failed)"),
+        "{}",
+        run.output()
+    );
+    assert!(run.stdout.contains("✓ independent"), "{}", run.output());
+    assert!(lab.object("test/independent.img").is_some());
+    assert!(lab.object("test/on-gateway.img").is_none());
+    assert!(
+        lab.object("test/gateway.raw").unwrap() == old,
+        "the old gateway object is untouched"
+    );
+    assert_eq!(lab.record("test/gateway.raw").unwrap(), old_record);
+}
