@@ -33,6 +33,9 @@ pub enum Command {
     List(ListArgs),
     /// Make the store match the manifest (or execute a saved plan).
     Apply(ApplyArgs),
+    /// Report drift between the manifest, the records, the objects and the sources
+    /// (exit 0 clean, 1 error, 2 drift).
+    Drift(DriftArgs),
     /// Remove the apply lock left by a run that is gone.
     ForceUnlock(ForceUnlockArgs),
     /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads
@@ -134,6 +137,26 @@ pub struct ApplyArgs {
     /// Parts of one image uploaded at once (memory is about part size × (this + 2)).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub parts_in_flight: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct DriftArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Also stream every managed object back and re-hash it (reads the whole bucket).
+    #[arg(long)]
+    pub deep: bool,
+    /// Also probe every HTTP source (HEAD or a 1-byte GET): vanished or changed upstream files.
+    #[arg(long)]
+    pub check_sources: bool,
+    /// Print the report as JSON.
+    #[arg(long, conflicts_with = "markdown")]
+    pub json: bool,
+    /// Print the report as markdown (for an issue).
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
             Command::Graph(args) => commands::graph::run(args),
             Command::List(args) => commands::list::run(args).await,
             Command::Apply(args) => commands::apply::run(args).await,
+            Command::Drift(args) => commands::drift::run(args).await,
             Command::ForceUnlock(args) => commands::force_unlock::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
         }

@@ -108,6 +108,9 @@ struct LineState {
 pub struct Lines {
     interval: Duration,
     state: Mutex<HashMap<String, LineState>>,
+    /// In GitHub Actions, each image's build output is kept and printed as one collapsible
+    /// group when the image finishes, so parallel builds do not interleave.
+    grouped: Option<Mutex<HashMap<String, Vec<String>>>>,
 }
 
 impl Lines {
@@ -115,6 +118,7 @@ impl Lines {
         Lines {
             interval,
             state: Mutex::new(HashMap::new()),
+            grouped: crate::github::active().then(|| Mutex::new(HashMap::new())),
         }
     }
 }
@@ -125,7 +129,15 @@ fn mib(bytes: u64) -> String {
 
 impl Progress for Lines {
     fn line(&self, image: &str, line: &str) {
-        eprintln!("[{image}] {line}");
+        match &self.grouped {
+            Some(groups) => groups
+                .lock()
+                .unwrap()
+                .entry(image.to_string())
+                .or_default()
+                .push(format!("[{image}] {line}")),
+            None => eprintln!("[{image}] {line}"),
+        }
     }
 
     fn start(&self, image: &str, what: &str, total: Option<u64>) {
@@ -188,7 +200,13 @@ impl Progress for Lines {
         let took = state
             .map(|s| format!(" in {:.1}s", s.started.elapsed().as_secs_f64()))
             .unwrap_or_default();
-        eprintln!("{image}: {message}{took}");
+        match &self.grouped {
+            Some(groups) => {
+                let lines = groups.lock().unwrap().remove(image).unwrap_or_default();
+                crate::github::group(&format!("{image}: {message}{took}"), &lines);
+            }
+            None => eprintln!("{image}: {message}{took}"),
+        }
     }
 }
 

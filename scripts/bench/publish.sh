@@ -36,8 +36,9 @@ xz_sum=$(sha256sum "$work/srv/image.raw.xz" | cut -d' ' -f1)
 zst_sum=$(sha256sum "$work/srv/image.raw.zst" | cut -d' ' -f1)
 rm "$work/srv/image.raw"
 
-http_port=18481; s3_port=18482
-(cd "$work/srv" && python3 -m http.server "$http_port" --bind 127.0.0.1 >/dev/null 2>&1) &
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+http_port=$(free_port); s3_port=$(free_port)
+(cd "$work/srv" && exec python3 -m http.server "$http_port" --bind 127.0.0.1 >/dev/null 2>&1) &
 "$cache/s3s-fs/bin/s3s-fs" --host 127.0.0.1 --port "$s3_port" --access-key bench --secret-key benchsecret "$work/s3" >/dev/null 2>&1 &
 sleep 2
 
@@ -59,10 +60,15 @@ YAML
 }
 
 measure() { # label command…
-  local out
-  out=$( { /usr/bin/time -f "%e %M" "$@" >/dev/null 2>"$work/err"; } 2>&1 | tail -1 ) || true
-  out=$(tail -1 "$work/err")
-  printf '| %s | %s s | %s MiB |\n' "$1" "$(echo "$out" | cut -d' ' -f1)" "$(( $(echo "$out" | cut -d' ' -f2) / 1024 ))"
+  local label=$1 log="$work/run.log"
+  shift
+  if ! /usr/bin/time -o "$work/time" -f "%e %M" "$@" >"$log" 2>&1; then
+    echo "error: $label failed:" >&2
+    tail -20 "$log" >&2
+    exit 1
+  fi
+  read -r secs kib < "$work/time"
+  printf '| %s | %s s | %s MiB |\n' "$label" "$secs" "$((kib / 1024))"
 }
 
 rows=()
@@ -73,7 +79,7 @@ for fmt in xz:xz:$xz_sum zstd:zst:$zst_sum; do
   rows+=("$(measure "labctl apply, $name" "$labctl" apply --auto-approve --manifest "$work/images.yaml" --store s3://bench)")
   decompress="xz -dc"; [ "$name" = zstd ] && decompress="zstd -dc"
   echo "== curl | $decompress | aws s3 cp - ($name)"
-  rows+=("$(measure "curl | $decompress | aws s3 cp -" bash -c "curl -sf http://127.0.0.1:$http_port/image.raw.$ext | $decompress | aws s3 cp - s3://bench/baseline/$name.raw --endpoint-url $E2_ENDPOINT")")
+  rows+=("$(measure "curl \\| $decompress \\| aws s3 cp -" bash -c "curl -sf http://127.0.0.1:$http_port/image.raw.$ext | $decompress | aws s3 cp - s3://bench/baseline/$name.raw --endpoint-url $E2_ENDPOINT")")
 done
 
 {

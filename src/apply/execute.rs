@@ -292,6 +292,10 @@ async fn publish_http(
         crate::timefmt::now_rfc3339(),
     );
     record.source.checksum = Some(source);
+    record.source.size = published.source.size;
+    record.source.etag = published.source.etag.clone();
+    record.source.last_modified = published.source.last_modified.clone();
+    record.object_etag = Some(published.object.etag.clone());
     write_record(ctx, &change.record_key, &record).await?;
     let verb = if change.action == Action::Create {
         "created"
@@ -399,6 +403,7 @@ async fn publish_packer(
         crate::timefmt::now_rfc3339(),
     );
     record.source.packer_version = Some(build.packer_version.clone());
+    record.object_etag = Some(published.object.etag.clone());
     write_record(ctx, &change.record_key, &record).await?;
     // Dropping the build removes its scratch directory.
     drop(build);
@@ -451,9 +456,11 @@ async fn update(
     if let SpecSource::Http { checksum: c, .. } = &spec.source {
         record.source.checksum = c.parse().ok();
     }
-    ctx.store
+    let object = ctx
+        .store
         .set_metadata(&change.key, object_metadata(&checksum, &record.fingerprint))
         .await?;
+    record.object_etag = Some(object.etag);
     write_record(ctx, &change.record_key, &record).await?;
     Ok(("updated".into(), Some(checksum)))
 }

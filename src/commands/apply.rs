@@ -134,11 +134,37 @@ async fn locked(
         }
     };
     print_summary(&report);
+    if crate::github::active() {
+        for (name, _, outcome) in &report.results {
+            if let Outcome::Failed(msg) = outcome {
+                crate::github::error(&format!("labctl apply: {name}"), msg);
+            }
+        }
+        crate::github::summary(&summary_markdown(&report));
+        crate::github::plan_outputs(&plan.summary);
+    }
     Ok(if report.failed() || *cancel_tx.borrow() {
         super::exit(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn summary_markdown(report: &Report) -> String {
+    let mut out = String::from("### labctl apply\n\n| image | action | result |\n|---|---|---|\n");
+    for (name, action, outcome) in &report.results {
+        let result = match outcome {
+            Outcome::Unchanged => continue,
+            Outcome::Done(msg) => format!("✓ {msg}"),
+            Outcome::Failed(msg) => format!("✗ {msg}"),
+            Outcome::Skipped(msg) => format!("skipped: {msg}"),
+        };
+        out.push_str(&format!(
+            "| {name} | {action} | {} |\n",
+            result.replace('|', "\\|")
+        ));
+    }
+    out
 }
 
 fn confirm() -> Result<bool, Failure> {

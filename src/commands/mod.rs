@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod doctor;
+pub mod drift;
 pub mod force_unlock;
 pub mod graph;
 pub mod list;

@@ -48,6 +48,11 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
         );
     }
 
+    if crate::github::active() {
+        crate::github::summary(&render::markdown::plan(&plan));
+        crate::github::plan_outputs(&plan.summary);
+    }
+
     // The exit code comes from the same plan value the text was rendered from.
     if args.detailed_exitcode && plan.summary.has_changes() {
         Ok(super::exit(super::EXIT_CHANGES))

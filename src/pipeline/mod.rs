@@ -67,6 +67,8 @@ pub struct Published {
     pub checksum: Checksum,
     pub size: u64,
     pub object: ObjectMeta,
+    /// What the download's server said about the file (HTTP sources only).
+    pub source: crate::source::http::SourceInfo,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +130,10 @@ pub async fn publish_http(
         )
         .await?
         {
-            Attempt::Done(published) => return Ok(published),
+            Attempt::Done(mut published) => {
+                published.source = download.info().clone();
+                return Ok(published);
+            }
             Attempt::Restart => {
                 restarts += 1;
                 if restarts > MAX_RESTARTS {
@@ -232,6 +237,7 @@ async fn attempt(
         checksum,
         size,
         object,
+        source: Default::default(),
     }))
 }
 
@@ -361,6 +367,7 @@ pub async fn publish_file(
         checksum: first,
         size,
         object,
+        source: Default::default(),
     })
 }
 

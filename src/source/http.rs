@@ -134,7 +134,32 @@ pub struct Download {
     total: Option<u64>,
     /// What `If-Range` sends: a strong ETag, else `Last-Modified`.
     validator: Option<String>,
+    info: SourceInfo,
     resumes: u32,
+}
+
+/// What the server says about the file, for the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceInfo {
+    pub size: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl SourceInfo {
+    pub fn of(headers: &HeaderMap, size: Option<u64>) -> SourceInfo {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        SourceInfo {
+            size,
+            etag: text(ETAG),
+            last_modified: text(LAST_MODIFIED),
+        }
+    }
 }
 
 impl Download {
@@ -146,6 +171,7 @@ impl Download {
         let response = get_with_retry(&client, url, HeaderMap::new(), &policy).await?;
         let total = response.content_length();
         let validator = validator(response.headers());
+        let info = SourceInfo::of(response.headers(), total);
         Ok(Download {
             client,
             url: url.to_string(),
@@ -154,8 +180,13 @@ impl Download {
             offset: 0,
             total,
             validator,
+            info,
             resumes: 0,
         })
+    }
+
+    pub fn info(&self) -> &SourceInfo {
+        &self.info
     }
 
     pub fn total(&self) -> Option<u64> {
@@ -234,6 +265,7 @@ impl Download {
             // 200: Range ignored, or If-Range said the resource changed. Start over.
             self.total = response.content_length();
             self.validator = validator(response.headers());
+            self.info = SourceInfo::of(response.headers(), self.total);
             self.response = response;
             self.offset = 0;
             Ok(Some(Chunk::Restart))

@@ -26,6 +26,9 @@ pub struct StateRecord {
     pub checksum: Checksum,
     pub size: u64,
     pub fingerprint: Checksum,
+    /// The object's ETag right after labctl wrote it (drift compares it with a HEAD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_etag: Option<String>,
     pub spec: NormalizedSpec,
     pub source: RecordSource,
     /// Checksum of each dependency's object when this one was produced.
@@ -52,6 +55,14 @@ pub struct RecordSource {
     pub checksum: Option<Checksum>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decompress: Option<String>,
+    /// What the server said about the download (`Content-Length`, `ETag`, `Last-Modified`), so
+    /// `drift --check-sources` can tell when the vendor replaced or removed the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -255,6 +266,7 @@ pub fn new_record(
         checksum,
         size,
         fingerprint: spec.fingerprint(&dependencies),
+        object_etag: None,
         spec: spec.clone(),
         source: source_of(spec),
         dependencies,
@@ -284,6 +296,7 @@ mod tests {
             checksum: checksum.clone(),
             size: 5,
             fingerprint: Checksum::sha256(b"fp"),
+            object_etag: Some("\"abc\"".into()),
             spec: NormalizedSpec {
                 name: "vyos-gateway".into(),
                 destination: "vyos/gw.raw".into(),

@@ -362,6 +362,41 @@ impl Lab {
         self.runtime.block_on(store.list_uploads("")).unwrap()
     }
 
+    pub fn delete(&self, key: &str) {
+        let store = self.store();
+        self.runtime.block_on(store.delete(key)).unwrap();
+    }
+
+    /// Writes `key` with user metadata, as someone outside labctl might.
+    pub fn put_with_metadata(
+        &self,
+        key: &str,
+        body: &[u8],
+        meta: std::collections::BTreeMap<String, String>,
+    ) {
+        let store = self.store();
+        let options = labctl::store::PutOptions {
+            user_metadata: meta,
+            ..Default::default()
+        };
+        self.runtime
+            .block_on(store.put(key, bytes::Bytes::copy_from_slice(body), options))
+            .unwrap();
+    }
+
+    /// Runs labctl with extra environment variables.
+    pub fn labctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let manifest = self.manifest_path().display().to_string();
+        let store = self.store_arg();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--manifest", &manifest, "--store", &store]);
+        let mut cmd = self.command(&all);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        finish(cmd.spawn().expect("labctl runs"), &all)
+    }
+
     pub fn put(&self, key: &str, body: &[u8]) {
         let store = self.store();
         self.runtime

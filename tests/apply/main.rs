@@ -5,5 +5,6 @@
 mod support;
 
 mod cases;
+mod drift;
 mod harness;
 mod packer;

@@ -20,6 +20,8 @@ pub struct Faults {
     pub corrupt: bool,
     /// Sleep this long per MiB sent (to make a transfer take a while).
     pub delay_per_mib: Duration,
+    /// Answer HEAD with 405, as some download servers do.
+    pub refuse_head: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +96,11 @@ impl Fixture {
                 dropped: false,
             },
         );
+    }
+
+    /// Stops serving `path` (it answers 404 from now on).
+    pub fn remove(&self, path: &str) {
+        self.state.lock().unwrap().files.remove(path);
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -197,6 +204,14 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         Some(Ok(x)) => x,
     };
 
+    if method == "HEAD" && faults.refuse_head {
+        write!(
+            out,
+            "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        log(405, 0);
+        return Ok(());
+    }
     let len = body.len() as u64;
     let if_range_ok = headers.get("if-range").is_none_or(|v| *v == etag);
     let requested = range

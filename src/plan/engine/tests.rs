@@ -56,6 +56,7 @@ fn record(spec: &NormalizedSpec, content: &str, deps: &[(&str, &str)]) -> StateR
         checksum: sum(content),
         size: content.len() as u64,
         fingerprint: spec.fingerprint(&dependencies),
+        object_etag: None,
         spec: spec.clone(),
         source: RecordSource {
             kind: "http".into(),

@@ -1,0 +1,260 @@
+//! `labctl drift`: read-only comparison of manifest, records, objects and (optionally) the bytes
+//! and the upstream sources. Exit 0 clean, 1 error, 2 drift.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use reqwest::StatusCode;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::cli::DriftArgs;
+use crate::drift::{self, Finding, Kind, Report};
+use crate::failure::Failure;
+use crate::pipeline::hash::Hasher;
+use crate::plan::Desired;
+use crate::source::http::SourceInfo;
+use crate::spec::SpecSource;
+use crate::state::record::Record;
+use crate::state::{ActualState, ObjectState};
+use crate::store::{self, Store};
+
+/// Objects re-hashed at once by `--deep`; each needs only a small read buffer.
+const DEEP_CONCURRENCY: usize = 4;
+const SOURCE_CONCURRENCY: usize = 8;
+
+pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
+    let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
+    let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
+    let desired = crate::desired::build(&manifest, &graph)?;
+    eprintln!("Reading state from {}", store.url());
+    let actual = crate::state::refresh::read(store.clone(), true).await?;
+    let images = store::list_all(store.as_ref(), crate::manifest::IMAGES_PREFIX).await?;
+
+    let mut findings = drift::records_vs_objects(&desired, &actual, &images);
+    if args.deep {
+        eprintln!("Re-hashing every managed object…");
+        findings.extend(deep(store.clone(), &actual).await?);
+    }
+    if args.check_sources {
+        eprintln!("Probing the sources…");
+        findings.extend(check_sources(&desired, &actual).await);
+    }
+    let report = Report::new(
+        manifest.path.display().to_string(),
+        store.url(),
+        args.deep,
+        args.check_sources,
+        actual.records.len(),
+        findings,
+    );
+
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).expect("serializes") + "\n"
+    } else if args.markdown {
+        drift::markdown(&report)
+    } else {
+        drift::human(&report)
+    };
+    print!("{text}");
+    if crate::github::active() {
+        crate::github::summary(&drift::markdown(&report));
+        crate::github::outputs(&[
+            ("drift", report.has_drift().to_string()),
+            ("findings", report.findings.len().to_string()),
+        ]);
+        if !args.json && !args.markdown {
+            for f in &report.findings {
+                crate::github::error(
+                    &format!("labctl drift: {}", f.image.as_deref().unwrap_or(&f.key)),
+                    &format!("{}: {} ({})", f.kind.name(), f.key, f.detail),
+                );
+            }
+        }
+    }
+    Ok(if report.has_drift() {
+        super::exit(super::EXIT_CHANGES)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Streams every managed object back and compares its hash with the record.
+async fn deep(store: Arc<dyn Store>, actual: &ActualState) -> Result<Vec<Finding>, Failure> {
+    let slots = Arc::new(Semaphore::new(DEEP_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    for r in actual.records.values() {
+        let Ok(record) = &r.record else { continue };
+        if !matches!(r.object, ObjectState::Present(_)) {
+            continue; // already reported as missing
+        }
+        let (store, slots) = (store.clone(), slots.clone());
+        let (key, expected) = (r.object_key.clone(), record.checksum().clone());
+        let name = record.name().map(str::to_string);
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
+            let Some(object) = store.get(&key).await? else {
+                return Ok(None);
+            };
+            let mut body = object.body;
+            let mut hasher = Hasher::new(expected.algorithm);
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = body
+                    .read(&mut buf)
+                    .await
+                    .map_err(|source| store::StoreError::Io {
+                        op: "read",
+                        key: key.clone(),
+                        source,
+                    })?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+            }
+            let actual = hasher.finish();
+            Ok::<_, store::StoreError>((actual != expected).then(|| Finding {
+                kind: Kind::ContentMismatch,
+                image: name,
+                key,
+                detail: format!("expected {expected}, the stored bytes hash to {actual}"),
+            }))
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Some(f) = done.expect("hash task panicked")? {
+            out.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Probes every HTTP source: HEAD, or a 1-byte ranged GET where HEAD is refused.
+async fn check_sources(desired: &[Desired], actual: &ActualState) -> Vec<Finding> {
+    let client = crate::source::http::client();
+    let slots = Arc::new(Semaphore::new(SOURCE_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    for d in desired {
+        let SpecSource::Http { url, .. } = &d.spec.source else {
+            continue;
+        };
+        let record_key = crate::manifest::record_key(&d.spec.destination);
+        let recorded = actual
+            .records
+            .get(&record_key)
+            .and_then(|r| match &r.record {
+                Ok(Record::Current(rec)) if rec.source.url.as_deref() == Some(url.as_str()) => {
+                    Some(SourceInfo {
+                        size: rec.source.size,
+                        etag: rec.source.etag.clone(),
+                        last_modified: rec.source.last_modified.clone(),
+                    })
+                }
+                _ => None,
+            });
+        let (client, slots, url, name) = (
+            client.clone(),
+            slots.clone(),
+            url.clone(),
+            d.spec.name.clone(),
+        );
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await.expect("never closed");
+            probe(&client, &url, &name, recorded.as_ref()).await
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Some(f) = done.expect("probe task panicked") {
+            out.push(f);
+        }
+    }
+    out
+}
+
+async fn probe(
+    client: &reqwest::Client,
+    url: &str,
+    name: &str,
+    recorded: Option<&SourceInfo>,
+) -> Option<Finding> {
+    let finding = |kind, detail: String| {
+        Some(Finding {
+            kind,
+            image: Some(name.to_string()),
+            key: url.to_string(),
+            detail,
+        })
+    };
+    let mut response = client.head(url).send().await;
+    if let Ok(r) = &response {
+        if matches!(
+            r.status(),
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::FORBIDDEN | StatusCode::NOT_IMPLEMENTED
+        ) {
+            let mut headers = HeaderMap::new();
+            headers.insert(RANGE, "bytes=0-0".parse().expect("valid"));
+            response = client.get(url).headers(headers).send().await;
+        }
+    }
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => return finding(Kind::SourceUnreachable, format!("request failed: {e}")),
+    };
+    let status = response.status();
+    if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {
+        return finding(
+            Kind::SourceVanished,
+            format!(
+                "HTTP {}: the image could not be downloaded again",
+                status.as_u16()
+            ),
+        );
+    }
+    if !status.is_success() {
+        return finding(Kind::SourceUnreachable, format!("HTTP {}", status.as_u16()));
+    }
+    let headers = response.headers();
+    // A ranged GET's whole size is in Content-Range; a HEAD's in Content-Length.
+    let size = headers
+        .get(CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit('/').next())
+        .and_then(|v| v.parse().ok())
+        .or_else(|| {
+            headers
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        });
+    let now = SourceInfo::of(headers, size);
+    let then = recorded?;
+    let mut changes = Vec::new();
+    if let (Some(a), Some(b)) = (then.size, now.size) {
+        if a != b {
+            changes.push(format!("size {a} → {b}"));
+        }
+    }
+    if let (Some(a), Some(b)) = (&then.etag, &now.etag) {
+        if a != b {
+            changes.push(format!("ETag {a} → {b}"));
+        }
+    }
+    if let (Some(a), Some(b)) = (&then.last_modified, &now.last_modified) {
+        if a != b {
+            changes.push(format!("Last-Modified {a} → {b}"));
+        }
+    }
+    if changes.is_empty() {
+        None
+    } else {
+        finding(
+            Kind::SourceChanged,
+            format!("since it was downloaded: {}", changes.join("; ")),
+        )
+    }
+}
