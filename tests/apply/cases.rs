@@ -16,6 +16,14 @@ macro_rules! on_every_store {
     };
 }
 
+macro_rules! on_every_store_more {
+    ($($case:ident),* $(,)?) => {
+        mod more_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
+        mod more_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
+        mod more_fs { $( #[test] fn $case() { super::$case(super::Backend::Fs) } )* }
+    };
+}
+
 on_every_store!(
     publishes_every_format_and_second_apply_moves_no_bytes,
     source_checksum_mismatch_publishes_nothing,
@@ -540,4 +548,143 @@ fn peak_memory_is_bounded() {
         "peak RSS {} MiB exceeds 150 MiB",
         kib / 1024
     );
+}
+
+// ---- doctor, confirmation, interruption -----------------------------------------------------
+
+on_every_store_more!(
+    doctor_passes_on_a_capable_store,
+    interactive_apply_asks_for_yes,
+    ctrl_c_aborts_cleanly_and_releases_the_lock
+);
+
+fn doctor_passes_on_a_capable_store(backend: Backend) {
+    let lab = Lab::new(backend);
+    lab.write_manifest(&[]);
+    let run = lab.labctl(&["doctor"]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    for check in [
+        "✓ credentials and list",
+        "✓ write, read and metadata",
+        "✓ multipart upload",
+        "✓ abort multipart upload",
+        "✓ conditional create (If-None-Match: *): enforced",
+        "The store supports everything labctl needs.",
+    ] {
+        assert!(
+            run.stdout.contains(check),
+            "missing {check:?}: {}",
+            run.output()
+        );
+    }
+    let store = lab.store();
+    let left = lab
+        .runtime
+        .block_on(labctl::store::list_all(store.as_ref(), ""))
+        .unwrap();
+    assert!(left.is_empty(), "doctor leaves nothing behind: {left:?}");
+}
+
+/// Runs labctl on a pseudo-terminal (util-linux `script`), feeding `answer` to the prompt.
+fn on_a_terminal(lab: &Lab, answer: &str) -> Run {
+    let manifest = lab.manifest_path().display().to_string();
+    let command = format!(
+        "{} apply --manifest {} --store {}",
+        env!("CARGO_BIN_EXE_labctl"),
+        manifest,
+        lab.store_arg()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .current_dir(lab.dir())
+        .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+        .env("NO_COLOR", "1")
+        .env_remove("CI")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(server) = &lab.server {
+        cmd.envs(server.env());
+    }
+    let mut child = cmd.spawn().expect("script (util-linux) runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{answer}\n").as_bytes())
+        .unwrap();
+    finish(child, &["apply (on a terminal)"])
+}
+
+fn interactive_apply_asks_for_yes(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(22, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    let declined = on_a_terminal(&lab, "no");
+    assert!(
+        declined.stdout.contains("Only `yes` will be accepted"),
+        "{}",
+        declined.output()
+    );
+    assert!(
+        declined.stdout.contains("Apply cancelled") || declined.stderr.contains("Apply cancelled"),
+        "{}",
+        declined.output()
+    );
+    assert!(lab.object("test/a.img").is_none());
+    assert!(lab.head(".labctl/lock.json").is_none());
+    let accepted = on_a_terminal(&lab, "yes");
+    assert!(
+        accepted.stdout.contains("Apply complete: 1 created."),
+        "{}",
+        accepted.output()
+    );
+    assert!(lab.object("test/a.img").unwrap() == body);
+}
+
+fn ctrl_c_aborts_cleanly_and_releases_the_lock(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(23, 24 * MIB);
+    lab.serve(
+        "/slow.img",
+        body.clone(),
+        Faults {
+            delay_per_mib: Duration::from_millis(400),
+            ..Default::default()
+        },
+    );
+    lab.write_manifest(&[Entry::raw("slow", "/slow.img", &body)]);
+    let args = ["apply", "--auto-approve", "--part-size", "5"];
+    let child = lab.spawn(&args);
+    // Wait until parts are being uploaded, then interrupt.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lab.fixture.bytes_sent("/slow.img") < 12 * MIB as u64
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = finish(child, &args);
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(run.stderr.contains("Interrupted"), "{}", run.output());
+    assert!(
+        lab.object("test/slow.img").is_none(),
+        "nothing half-written is visible"
+    );
+    assert!(
+        lab.head(".labctl/lock.json").is_none(),
+        "the lock is released"
+    );
+    if let Some(pending) = lab.pending_uploads() {
+        assert!(
+            pending.is_empty(),
+            "the multipart upload was aborted: {pending:?}"
+        );
+    }
 }

@@ -198,8 +198,13 @@ impl Lab {
     }
 
     pub fn write_manifest_with(&self, entries: &[Entry], builds: &[Build]) {
+        let images = if entries.is_empty() && builds.is_empty() {
+            "images: []"
+        } else {
+            "images:"
+        };
         let mut text =
-            String::from("apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n");
+            format!("apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  {images}\n");
         for e in entries {
             text.push_str(&format!(
                 "    - name: {}\n      source:\n        type: http\n        url: {}\n        checksum: {}\n",
