@@ -148,6 +148,7 @@ async fn main() {
         url: "https://github.com/vyos/vyos-nightly-build/releases/download/2024.12.30-0021-rolling/vyos-2024.12.30-0021-rolling-generic-amd64.iso".into(),
         checksum: placeholder("sha256", 0x13).to_string(),
         decompress: None,
+        signature: None,
     };
     old_iso.expected = Some(placeholder("sha256", 0x13));
     let old_iso_sum = publish(
@@ -204,6 +205,7 @@ async fn main() {
         url: "https://github.com/harvester/harvester/releases/download/v1.4.0/harvester-v1.4.0-vmlinuz-amd64".into(),
         checksum,
         decompress: None,
+        signature: None,
     };
     publish(&store, &vmlinuz, output_checksum(&vmlinuz), BTreeMap::new()).await;
 
@@ -221,6 +223,7 @@ async fn main() {
         url: "https://factory.talos.dev/image/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba/v1.8.4/metal-amd64.raw.xz".into(),
         checksum: placeholder("sha256", 0x21).to_string(),
         decompress: Some("xz".into()),
+        signature: None,
     };
     old_talos.expected = Some(placeholder("sha256", 0x22));
     publish(

@@ -36,6 +36,9 @@ pub enum Command {
     /// Report drift between the manifest, the records, the objects and the sources
     /// (exit 0 clean, 1 error, 2 drift).
     Drift(DriftArgs),
+    /// Download sources whose checksum is `pin` (or missing) once and write their checksums
+    /// into the manifest (trust on first use, reviewable in the pull request).
+    Pin(PinArgs),
     /// Remove the apply lock left by a run that is gone.
     ForceUnlock(ForceUnlockArgs),
     /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads
@@ -75,6 +78,10 @@ pub struct PlanArgs {
     /// Plan to replace this image even if nothing changed (repeatable).
     #[arg(long, value_name = "NAME")]
     pub replace: Vec<String>,
+    /// Do not fetch the checksum lists the manifest names: their checksums are shown as known
+    /// after apply.
+    #[arg(long)]
+    pub offline: bool,
     /// Exit 2 when the plan has changes, 0 when it has none, 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -157,6 +164,18 @@ pub struct DriftArgs {
     /// Print the report as markdown (for an issue).
     #[arg(long)]
     pub markdown: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Images to pin (default: every image that needs it).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// Write the checksums into the manifest (changing only those values).
+    #[arg(long)]
+    pub write: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ pub mod failure;
 pub mod github;
 pub mod graph;
 pub mod manifest;
+pub mod pin;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

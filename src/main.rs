@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             Command::List(args) => commands::list::run(args).await,
             Command::Apply(args) => commands::apply::run(args).await,
             Command::Drift(args) => commands::drift::run(args).await,
+            Command::Pin(args) => commands::pin::run(args).await,
             Command::ForceUnlock(args) => commands::force_unlock::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
         }

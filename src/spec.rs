@@ -41,6 +41,8 @@ pub enum SpecSource {
         checksum: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         decompress: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signature: Option<SpecSignature>,
     },
     #[serde(rename_all = "camelCase")]
     Packer {
@@ -54,6 +56,21 @@ pub enum SpecSource {
     },
 }
 
+/// A source signature as the spec records it: the key by its value (minisign) or fingerprint
+/// (OpenPGP), so rotating a key shows in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SpecSignature {
+    #[serde(rename_all = "camelCase")]
+    Minisign { url: String, public_key: String },
+    #[serde(rename_all = "camelCase")]
+    Pgp {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        key_fingerprint: String,
+    },
+}
+
 impl NormalizedSpec {
     /// `template_hash` is required for Packer images (it is read from disk by the caller).
     pub fn of(image: &Image, template_hash: Option<&Checksum>) -> NormalizedSpec {
@@ -62,6 +79,20 @@ impl NormalizedSpec {
                 url: h.url.clone(),
                 checksum: h.checksum.to_string(),
                 decompress: h.decompress.map(|c| c.name().to_string()),
+                signature: h.signature.as_ref().map(|s| match s {
+                    crate::manifest::Signature::Minisign { url, public_key } => {
+                        SpecSignature::Minisign {
+                            url: url.clone(),
+                            public_key: public_key.clone(),
+                        }
+                    }
+                    crate::manifest::Signature::Pgp {
+                        url, fingerprint, ..
+                    } => SpecSignature::Pgp {
+                        url: url.clone(),
+                        key_fingerprint: fingerprint.clone(),
+                    },
+                }),
             },
             Source::Packer(p) => SpecSource::Packer {
                 path: p.path.clone(),
@@ -119,6 +150,7 @@ mod tests {
                 url: "https://e/a.raw".into(),
                 checksum: SourceChecksum::Digest(Checksum::sha256(b"a")),
                 decompress: None,
+                signature: None,
             }),
             destination: "x/a.raw".into(),
             expected: None,

@@ -13,12 +13,13 @@ use crate::checksum::Checksum;
 use crate::manifest::reference::{self, Field, Reference};
 use crate::manifest::Compression;
 use crate::pipeline::{self, HttpJob};
+use crate::plan::Desired;
 use crate::plan::{Action, Change, Plan};
 use crate::progress::Progress;
 use crate::source::checksum_list;
-use crate::source::http::fetch_text;
 use crate::source::packer;
-use crate::spec::{NormalizedSpec, SpecSource};
+use crate::source::signature::{MinisignCheck, MinisignKey};
+use crate::spec::{NormalizedSpec, SpecSignature, SpecSource};
 use crate::state::record::{new_record, source_of, to_json};
 use crate::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
 
@@ -29,8 +30,8 @@ pub struct ApplyContext {
     pub parallelism: usize,
     pub progress: Arc<dyn Progress>,
     pub cancel: watch::Receiver<bool>,
-    /// Desired specs by image name.
-    pub desired: HashMap<String, NormalizedSpec>,
+    /// Desired state by image name.
+    pub desired: HashMap<String, Desired>,
     /// The manifest's directory: Packer template paths are relative to it.
     pub base_dir: std::path::PathBuf,
 }
@@ -193,14 +194,14 @@ async fn run_change(
         }
         Action::Update => update(change, dep_sums, ctx).await,
         Action::Create | Action::Replace => {
-            let spec = ctx
+            let desired = ctx
                 .desired
                 .get(&change.name)
                 .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?;
             let deps = known(&dep_sums)?;
-            match &spec.source {
-                SpecSource::Http { .. } => publish_http(change, spec, deps, ctx).await,
-                SpecSource::Packer { .. } => publish_packer(change, spec, deps, ctx).await,
+            match &desired.spec.source {
+                SpecSource::Http { .. } => publish_http(change, desired, deps, ctx).await,
+                SpecSource::Packer { .. } => publish_packer(change, &desired.spec, deps, ctx).await,
             }
         }
     }
@@ -226,39 +227,73 @@ fn object_metadata(checksum: &Checksum, fingerprint: &Checksum) -> BTreeMap<Stri
     ])
 }
 
-/// Looks up a `file:` checksum list; plain digests pass through.
+/// The download's checksum: pinned, as the plan looked it up, or from the checksum list now
+/// (verifying the list's signature).
 async fn source_checksum(
-    spec_checksum: &str,
+    desired: &Desired,
     url: &str,
+    planned: Option<&Checksum>,
     ctx: &ApplyContext,
 ) -> anyhow::Result<Checksum> {
-    match spec_checksum.strip_prefix("file:") {
-        None => Ok(spec_checksum.parse()?),
-        Some(list_url) => {
-            let text = fetch_text(&ctx.client, list_url, &ctx.settings.retry, 1024 * 1024)
-                .await
-                .with_context(|| format!("cannot fetch the checksum list {list_url}"))?;
-            let file = checksum_list::file_name_of(url);
-            checksum_list::find(&text, file).with_context(|| format!("checksum list {list_url}"))
+    let SpecSource::Http { checksum, .. } = &desired.spec.source else {
+        unreachable!("called for http sources")
+    };
+    match (checksum.strip_prefix("file:"), planned) {
+        (None, _) => Ok(checksum.parse()?),
+        // Apply does what the plan showed (and verified), even if the list changed since.
+        (Some(_), Some(planned)) => Ok(planned.clone()),
+        (Some(list_url), None) => {
+            let pgp = crate::desired::pgp_check(desired)?;
+            Ok(checksum_list::resolve(
+                &ctx.client,
+                list_url,
+                url,
+                pgp.as_ref(),
+                &ctx.settings.retry,
+            )
+            .await?)
         }
     }
 }
 
+/// Fetches a minisign signature before the download, so a wrong key or a legacy signature
+/// fails before any image byte moves.
+async fn minisign_check(
+    signature: Option<&SpecSignature>,
+    ctx: &ApplyContext,
+) -> anyhow::Result<Option<MinisignCheck>> {
+    let Some(SpecSignature::Minisign { url, public_key }) = signature else {
+        return Ok(None);
+    };
+    let key = MinisignKey::parse(public_key)?;
+    let text = crate::source::http::fetch_text(&ctx.client, url, &ctx.settings.retry, 64 * 1024)
+        .await
+        .with_context(|| format!("cannot fetch the minisign signature {url}"))?;
+    Ok(Some(MinisignCheck::new(key, &text, url)?))
+}
+
 async fn publish_http(
     change: &Change,
-    spec: &NormalizedSpec,
+    desired: &Desired,
     deps: BTreeMap<String, Checksum>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
+    let spec = &desired.spec;
     let SpecSource::Http {
         url,
-        checksum,
         decompress,
+        signature,
+        ..
     } = &spec.source
     else {
         unreachable!("called for http sources")
     };
-    let source = source_checksum(checksum, url, ctx).await?;
+    let planned = change
+        .after
+        .as_ref()
+        .and_then(|a| a.source_checksum.as_ref());
+    let source = source_checksum(desired, url, planned, ctx).await?;
+    let minisign = minisign_check(signature.as_ref(), ctx).await?;
     let decompress = decompress.as_deref().and_then(Compression::from_name);
     let expected = match (&spec.expected, decompress) {
         (Some(e), _) => e.clone(),
@@ -274,6 +309,7 @@ async fn publish_http(
         expected: expected.clone(),
         key: change.key.clone(),
         user_metadata: object_metadata(&expected, &fingerprint),
+        minisign,
     };
     let published = pipeline::publish_http(
         ctx.store.clone(),
@@ -325,7 +361,7 @@ async fn reference_value(
         .desired
         .get(&reference.image)
         .ok_or_else(|| anyhow!("reference to unknown image `{}`", reference.image))?;
-    let key = crate::manifest::object_key(&dep.destination);
+    let key = crate::manifest::object_key(&dep.spec.destination);
     Ok(match reference.field {
         Field::Url => ctx.store.url_for(&key, BUILD_URL_EXPIRY).await?,
         Field::Checksum => deps
@@ -427,10 +463,11 @@ async fn update(
     dep_sums: BTreeMap<String, Option<Checksum>>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
-    let spec = ctx
+    let spec = &ctx
         .desired
         .get(&change.name)
-        .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?;
+        .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?
+        .spec;
     let before = change
         .before
         .as_ref()

@@ -86,9 +86,13 @@ async fn locked(
             (desired, plan)
         }
         None => {
-            let (desired, plan) =
-                super::plan::compute(manifest, graph, &store, args.prune, &args.replace, true)
-                    .await?;
+            let request = super::plan::PlanRequest {
+                prune: args.prune,
+                replace: args.replace.clone(),
+                refresh: true,
+                offline: false,
+            };
+            let (desired, plan) = super::plan::compute(manifest, graph, &store, &request).await?;
             print!("{}", render::human::plan(&plan));
             if !plan.summary.has_changes() {
                 return Ok(ExitCode::SUCCESS);
@@ -119,7 +123,7 @@ async fn locked(
         cancel: cancel_rx,
         desired: desired
             .into_iter()
-            .map(|d| (d.spec.name.clone(), d.spec))
+            .map(|d| (d.spec.name.clone(), d))
             .collect::<HashMap<_, _>>(),
         base_dir: manifest.base_dir.clone(),
     });

@@ -6,6 +6,7 @@ pub mod drift;
 pub mod force_unlock;
 pub mod graph;
 pub mod list;
+pub mod pin;
 pub mod plan;
 pub mod validate;
 
@@ -26,6 +27,7 @@ pub fn rules_from_env() -> Rules {
     Rules {
         allow_insecure_loopback: std::env::var("LABCTL_ALLOW_INSECURE_LOOPBACK").as_deref()
             == Ok("1"),
+        allow_pin: false,
     }
 }
 

@@ -15,15 +15,13 @@ use crate::store::Store;
 pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
-    let (_, plan) = compute(
-        &manifest,
-        &graph,
-        &store,
-        args.prune,
-        &args.replace,
-        args.refresh,
-    )
-    .await?;
+    let request = PlanRequest {
+        prune: args.prune,
+        replace: args.replace.clone(),
+        refresh: args.refresh,
+        offline: args.offline,
+    };
+    let (_, plan) = compute(&manifest, &graph, &store, &request).await?;
 
     let text = if args.json {
         render::json(&plan)
@@ -62,14 +60,23 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Reads the store and computes the plan (shared by `plan` and `apply`).
+/// What a plan is asked for, beyond the manifest and the store.
+pub struct PlanRequest {
+    pub prune: bool,
+    pub replace: Vec<String>,
+    /// HEAD the objects.
+    pub refresh: bool,
+    /// Leave checksum lists unfetched.
+    pub offline: bool,
+}
+
 pub async fn compute(
     manifest: &Manifest,
     graph: &DependencyGraph,
     store: &Arc<dyn Store>,
-    prune: bool,
-    replace: &[String],
-    refresh: bool,
+    request: &PlanRequest,
 ) -> Result<(Vec<Desired>, Plan), Failure> {
+    let (prune, replace, refresh) = (request.prune, &request.replace, request.refresh);
     for name in replace {
         if manifest.image(name).is_none() {
             return Err(anyhow::anyhow!(
@@ -78,7 +85,13 @@ pub async fn compute(
             .hint("use an image name from the manifest");
         }
     }
-    let desired = crate::desired::build(manifest, graph)?;
+    let mut desired = crate::desired::build(manifest, graph)?;
+    if !request.offline {
+        let client = crate::source::http::client();
+        for warning in crate::desired::resolve_lists(&mut desired, &client).await? {
+            eprintln!("{} {warning}", console::style("warning:").yellow());
+        }
+    }
     eprintln!(
         "Reading state from {}{}",
         store.url(),

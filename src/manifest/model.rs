@@ -67,6 +67,22 @@ pub struct HttpSource {
     pub url: String,
     pub checksum: SourceChecksum,
     pub decompress: Option<Compression>,
+    pub signature: Option<Signature>,
+}
+
+/// `source.signature`: who vouches for the download.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// A minisign signature over the downloaded bytes.
+    Minisign { url: String, public_key: String },
+    /// An OpenPGP signature over the checksum list: detached at `url`, or (no `url`) the list
+    /// itself is clearsigned.
+    Pgp {
+        url: Option<String>,
+        /// The armored key, read from the manifest or from `publicKeyFile`.
+        armored_key: String,
+        fingerprint: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +93,8 @@ pub enum SourceChecksum {
     List {
         url: String,
     },
+    /// `pin`: not known yet; `labctl pin` computes it (refused everywhere else).
+    Pin,
 }
 
 impl std::fmt::Display for SourceChecksum {
@@ -84,6 +102,7 @@ impl std::fmt::Display for SourceChecksum {
         match self {
             SourceChecksum::Digest(c) => write!(f, "{c}"),
             SourceChecksum::List { url } => write!(f, "file:{url}"),
+            SourceChecksum::Pin => write!(f, "pin"),
         }
     }
 }

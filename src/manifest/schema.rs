@@ -15,6 +15,8 @@ use crate::manifest::yaml::{Key, Loc, Node, Value};
 pub struct Rules {
     /// Accept `http://` sources on loopback addresses (test servers).
     pub allow_insecure_loopback: bool,
+    /// Accept `checksum: pin` and `expected: pin` (and absent checksums): `labctl pin` fills them.
+    pub allow_pin: bool,
 }
 
 /// Everything the schema pass produced: the images that could be read, and the problems.
@@ -366,7 +368,11 @@ impl Reader<'_> {
             _ => None,
         };
         let is_packer = matches!(source_field("type").map(|n| &n.value), Some(Value::String(t)) if t == "packer");
-        if source_field("decompress").is_some() && !is_packer && expected.is_none() {
+        if source_field("decompress").is_some()
+            && !is_packer
+            && expected.is_none()
+            && !self.rules.allow_pin
+        {
             self.error_hint(
                 source_node.map(|n| n.loc).unwrap_or(node.loc),
                 label,
@@ -398,7 +404,7 @@ impl Reader<'_> {
     }
 
     fn source(&mut self, node: &Node, image: Option<&str>) -> Option<Source> {
-        const HTTP: [&str; 4] = ["type", "url", "checksum", "decompress"];
+        const HTTP: [&str; 5] = ["type", "url", "checksum", "decompress", "signature"];
         const PACKER: [&str; 4] = ["type", "path", "variables", "artifact"];
         let kind = match &node.value {
             Value::Map(entries) => entries.iter().find(|(k, _)| k.name == "type"),
@@ -452,6 +458,7 @@ impl Reader<'_> {
             self.check_source_url(u, n.loc, image, "source.url");
         }
         let checksum = match f.get("checksum") {
+            None if self.rules.allow_pin => Some(SourceChecksum::Pin),
             None => {
                 self.error_hint(
                     loc,
@@ -481,11 +488,126 @@ impl Reader<'_> {
                 },
             },
         };
+        let signature = match f.get("signature") {
+            None => Ok(None),
+            Some(n) => self
+                .signature(n, image, checksum.as_ref())
+                .map(Some)
+                .ok_or(()),
+        };
         Some(HttpSource {
             url: url?,
             checksum: checksum?,
             decompress: decompress.ok()?,
+            signature: signature.ok()?,
         })
+    }
+
+    fn signature(
+        &mut self,
+        node: &Node,
+        image: Option<&str>,
+        checksum: Option<&SourceChecksum>,
+    ) -> Option<Signature> {
+        let f = self.fields(node, "source.signature", &["minisign", "pgp"], image)?;
+        match (f.get("minisign"), f.get("pgp")) {
+            (Some(m), None) => {
+                let g = self.fields(m, "signature.minisign", &["url", "publicKey"], image)?;
+                let url = self.required_string(&g, m.loc, "url", "signature.minisign.url", image);
+                if let (Some(u), Some(n)) = (&url, g.get("url")) {
+                    self.check_source_url(u, n.loc, image, "signature.minisign.url");
+                }
+                let key = self.required_string(
+                    &g,
+                    m.loc,
+                    "publicKey",
+                    "signature.minisign.publicKey",
+                    image,
+                );
+                if let (Some(k), Some(n)) = (&key, g.get("publicKey")) {
+                    if let Err(e) = crate::source::signature::MinisignKey::parse(k) {
+                        self.error_hint(
+                            n.loc,
+                            image,
+                            e.to_string(),
+                            "the public key is the base64 line of the vendor's minisign.pub (it starts with `RW`)",
+                        );
+                        return None;
+                    }
+                }
+                Some(Signature::Minisign {
+                    url: url?,
+                    public_key: key?.trim().to_string(),
+                })
+            }
+            (None, Some(p)) => {
+                let g = self.fields(
+                    p,
+                    "signature.pgp",
+                    &["url", "publicKey", "publicKeyFile"],
+                    image,
+                )?;
+                if !matches!(checksum, Some(SourceChecksum::List { .. }) | None) {
+                    self.error_hint(
+                        p.loc,
+                        image,
+                        "an OpenPGP signature covers a checksum list, but `source.checksum` is not `file:<url>`",
+                        "point `checksum` at the signed list (e.g. `file:https://…/SHA256SUMS`)",
+                    );
+                }
+                let url = match g.get("url") {
+                    None => None,
+                    Some(n) => {
+                        let u = self.string(n, "signature.pgp.url", image)?;
+                        self.check_source_url(&u, n.loc, image, "signature.pgp.url");
+                        Some(u)
+                    }
+                };
+                let armored = match (g.get("publicKey"), g.get("publicKeyFile")) {
+                    (Some(k), None) => self
+                        .string(k, "signature.pgp.publicKey", image)
+                        .map(|s| (s, k.loc)),
+                    (None, Some(path_node)) => {
+                        let path = self.string(path_node, "signature.pgp.publicKeyFile", image)?;
+                        match std::fs::read_to_string(self.base_dir.join(&path)) {
+                            Ok(text) => Some((text, path_node.loc)),
+                            Err(e) => {
+                                self.error(
+                                    path_node.loc,
+                                    image,
+                                    format!("cannot read the public key file `{path}`: {e}"),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    _ => {
+                        self.error(
+                            p.loc,
+                            image,
+                            "give exactly one of `publicKey` and `publicKeyFile`",
+                        );
+                        None
+                    }
+                };
+                let (armored, key_loc) = armored?;
+                match crate::source::signature::PgpKey::parse(&armored) {
+                    Ok(key) => Some(Signature::Pgp {
+                        url,
+                        armored_key: armored,
+                        fingerprint: key.fingerprint,
+                    }),
+                    Err(e) => {
+                        self.error(key_loc, image, e.to_string());
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(node.loc, image, "give exactly one of `minisign` and `pgp`");
+                None
+            }
+        }
     }
 
     fn check_source_url(&mut self, url: &str, loc: Loc, image: Option<&str>, what: &str) {
@@ -517,6 +639,18 @@ impl Reader<'_> {
 
     fn source_checksum(&mut self, node: &Node, image: Option<&str>) -> Option<SourceChecksum> {
         let s = self.string(node, "source.checksum", image)?;
+        if s == "pin" {
+            if self.rules.allow_pin {
+                return Some(SourceChecksum::Pin);
+            }
+            self.error_hint(
+                node.loc,
+                image,
+                "`source.checksum` is still `pin`",
+                "run `labctl pin --write` to download the source once and fill in its checksum",
+            );
+            return None;
+        }
         if let Some(url) = s.strip_prefix("file:") {
             self.check_source_url(url, node.loc, image, "source.checksum list");
             return Some(SourceChecksum::List {
@@ -646,6 +780,18 @@ impl Reader<'_> {
             return Some(None);
         };
         let s = self.string(n, "validation.expected", image)?;
+        if s == "pin" {
+            if self.rules.allow_pin {
+                return Some(None);
+            }
+            self.error_hint(
+                n.loc,
+                image,
+                "`validation.expected` is still `pin`",
+                "run `labctl pin --write` to compute the checksum of the published bytes",
+            );
+            return None;
+        }
         match s.parse::<Checksum>() {
             Ok(c) => Some(Some(c)),
             Err(e) => {

@@ -18,6 +18,11 @@ pub struct Loc {
 }
 
 impl Loc {
+    fn span_of<T>(s: &Spanned<T>) -> Option<(usize, usize)> {
+        let span = s.referenced.span();
+        Some((span.byte_offset()? as usize, span.byte_len()? as usize))
+    }
+
     fn from_spanned<T>(s: &Spanned<T>) -> Loc {
         Loc {
             line: s.referenced.line(),
@@ -40,6 +45,8 @@ impl fmt::Display for Loc {
 #[derive(Debug, Clone)]
 pub struct Node {
     pub loc: Loc,
+    /// Byte offset and length of the node's text (for editing the file in place).
+    pub span: Option<(usize, usize)>,
     pub value: Value,
 }
 
@@ -58,6 +65,7 @@ pub enum Value {
 #[derive(Debug, Clone)]
 pub struct Key {
     pub loc: Loc,
+    pub span: Option<(usize, usize)>,
     pub name: String,
 }
 
@@ -123,8 +131,10 @@ fn first_line(err: &serde_saphyr::Error) -> String {
 
 fn spanned_to_node(s: Spanned<RawNode>) -> Node {
     let loc = Loc::from_spanned(&s);
+    let span = Loc::span_of(&s);
     Node {
         loc,
+        span,
         value: s.value.0,
     }
 }
@@ -193,6 +203,7 @@ impl<'de> Visitor<'de> for RawVisitor {
         let mut entries = Vec::new();
         while let Some(key) = map.next_key::<Spanned<RawNode>>()? {
             let key_loc = Loc::from_spanned(&key);
+            let key_span = Loc::span_of(&key);
             let name = match key.value.0 {
                 Value::String(s) => s,
                 Value::Number(n) => n,
@@ -206,7 +217,14 @@ impl<'de> Visitor<'de> for RawVisitor {
                 }
             };
             let value = map.next_value::<Spanned<RawNode>>()?;
-            entries.push((Key { loc: key_loc, name }, spanned_to_node(value)));
+            entries.push((
+                Key {
+                    loc: key_loc,
+                    span: key_span,
+                    name,
+                },
+                spanned_to_node(value),
+            ));
         }
         Ok(Value::Map(entries))
     }
@@ -240,6 +258,30 @@ mod tests {
             }
         );
         assert_eq!(inner[1].0.name, "c");
+    }
+
+    #[test]
+    fn scalars_and_keys_have_byte_spans() {
+        let text = "a:\n  url: https://x/y\n  checksum: \"pin\"\n  flow: {k: v}\n";
+        let node = parse(text).unwrap();
+        let Value::Map(entries) = &node.value else {
+            panic!()
+        };
+        let Value::Map(inner) = &entries[0].1.value else {
+            panic!()
+        };
+        let (start, len) = inner[0].1.span.unwrap();
+        assert_eq!(&text[start..start + len], "https://x/y");
+        let (start, len) = inner[0].0.span.unwrap();
+        assert_eq!(&text[start..start + len], "url");
+        let (start, len) = inner[1].1.span.unwrap();
+        assert!(
+            text[start..start + len].contains("pin"),
+            "{:?}",
+            &text[start..start + len]
+        );
+        let (start, _) = inner[2].1.span.unwrap();
+        assert_eq!(&text[start..start + 1], "{");
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct HttpJob {
     pub expected: Checksum,
     pub key: String,
     pub user_metadata: BTreeMap<String, String>,
+    /// A minisign signature the downloaded bytes must verify against.
+    pub minisign: Option<crate::source::signature::MinisignCheck>,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +97,8 @@ pub enum PipelineError {
     Store(#[from] StoreError),
     #[error("the server at {url} ignored Range {restarts} times; giving up")]
     TooManyRestarts { url: String, restarts: u32 },
+    #[error(transparent)]
+    Signature(crate::source::signature::SignatureError),
     #[error("cannot read the artifact `{path}`: {message}")]
     Artifact { path: String, message: String },
     #[error("cancelled")]
@@ -181,6 +185,11 @@ async fn attempt(
     ));
 
     let mut source = Hasher::new(job.source_checksum.algorithm);
+    // Checked (mode and key) before the download started; here it only hashes.
+    let mut signature = match &job.minisign {
+        Some(check) => Some(check.verifier().map_err(PipelineError::Signature)?),
+        None => None,
+    };
     let mut failure: Option<PipelineError> = None;
     let mut restart = false;
     loop {
@@ -191,6 +200,9 @@ async fn attempt(
         match download.next().await {
             Ok(Some(Chunk::Data(bytes))) => {
                 source.update(&bytes);
+                if let Some(v) = signature.as_mut() {
+                    v.update(&bytes);
+                }
                 progress.advance(&job.image, bytes.len() as u64);
                 if tx_in.send(Ok(bytes)).await.is_err() {
                     break; // the decoder stopped; its result says why
@@ -217,7 +229,14 @@ async fn attempt(
     let outcome = match (failure, restart) {
         (Some(e), _) => Err(e),
         (None, true) => Ok(None),
-        (None, false) => verify(job, source.finish(), decoded, uploaded).map(Some),
+        (None, false) => verify(job, source.finish(), decoded, uploaded).and_then(|v| {
+            // The signature is checked after the checksum, before anything becomes visible.
+            let verified = signature.as_mut().is_none_or(|s| s.finalize().is_ok());
+            match &job.minisign {
+                Some(check) if !verified => Err(PipelineError::Signature(check.bad())),
+                _ => Ok(Some(v)),
+            }
+        }),
     };
     let verified = match outcome {
         Ok(Some(v)) => v,
@@ -368,6 +387,88 @@ pub async fn publish_file(
         size,
         object,
         source: Default::default(),
+    })
+}
+
+/// Downloads `url` once and hashes it, and, with `decompress`, its decompressed output: what
+/// `labctl pin` writes into the manifest. Nothing is stored.
+pub async fn hash_download(
+    client: reqwest::Client,
+    image: &str,
+    url: &str,
+    source_algorithm: crate::checksum::Algorithm,
+    decompress: Option<Compression>,
+    settings: &Settings,
+    progress: &dyn Progress,
+) -> Result<(Checksum, Option<Checksum>), PipelineError> {
+    let mut download = Download::start(client, url, settings.retry).await?;
+    progress.start(image, "downloading to pin its checksum", download.total());
+    'attempt: for _ in 0..=MAX_RESTARTS {
+        let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
+        let (tx_parts, mut rx_parts) = mpsc::channel::<upload::Part>(1);
+        let decoder = decompress.map(|format| {
+            tokio::task::spawn_blocking(move || {
+                decode::run(
+                    rx_in,
+                    tx_parts,
+                    Some(format),
+                    crate::checksum::Algorithm::Sha256,
+                    MIB,
+                )
+            })
+        });
+        // Output parts are only hashed; drop them as they come.
+        let drain = tokio::spawn(async move { while rx_parts.recv().await.is_some() {} });
+        let mut tx_in = decoder.is_some().then_some(tx_in);
+        let mut source = Hasher::new(source_algorithm);
+        loop {
+            match download.next().await? {
+                Some(Chunk::Data(bytes)) => {
+                    source.update(&bytes);
+                    progress.advance(image, bytes.len() as u64);
+                    if let Some(tx) = &tx_in {
+                        if tx.send(Ok(bytes)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Chunk::Restart) => {
+                    if let Some(tx) = tx_in.take() {
+                        let _ = tx.send(Err(())).await;
+                    }
+                    if let Some(d) = decoder {
+                        let _ = d.await;
+                    }
+                    drain.abort();
+                    progress.restart(
+                        image,
+                        download.total(),
+                        "the server does not support resuming; starting over",
+                    );
+                    continue 'attempt;
+                }
+                None => break,
+            }
+        }
+        drop(tx_in);
+        let output = match decoder {
+            None => None,
+            Some(d) => match d.await.expect("decoder thread panicked") {
+                Ok((sum, _)) => Some(sum),
+                Err(decode::DecodeError::Corrupt { format, message }) => {
+                    return Err(PipelineError::Decompress { format, message })
+                }
+                Err(decode::DecodeError::UploadStopped) => {
+                    unreachable!("the drain never stops early")
+                }
+            },
+        };
+        let _ = drain.await;
+        return Ok((source.finish(), output));
+    }
+    Err(PipelineError::TooManyRestarts {
+        url: url.to_string(),
+        restarts: MAX_RESTARTS + 1,
     })
 }
 

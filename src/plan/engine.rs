@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::checksum::Checksum;
 use crate::plan::fields::{diff, FieldChange};
 use crate::plan::*;
-use crate::spec::NormalizedSpec;
+use crate::spec::{NormalizedSpec, SpecSource};
 use crate::state::record::{Record, StateRecord};
 use crate::state::{ActualRecord, ActualState, ObjectState};
 use crate::store::{META_CHECKSUM, META_FINGERPRINT};
@@ -15,11 +15,29 @@ use crate::store::{META_CHECKSUM, META_FINGERPRINT};
 #[derive(Debug, Clone)]
 pub struct Desired {
     pub spec: NormalizedSpec,
+    /// The download's checksum, when the manifest names a checksum list and it was looked up.
+    pub listed: Option<Checksum>,
+    /// The armored OpenPGP key that signs the checksum list, if any.
+    pub pgp_key: Option<String>,
 }
 
 impl Desired {
     pub fn new(spec: NormalizedSpec) -> Desired {
-        Desired { spec }
+        Desired {
+            spec,
+            listed: None,
+            pgp_key: None,
+        }
+    }
+
+    /// The checksum of the downloaded bytes: pinned in the manifest, or looked up in a list.
+    pub fn source_checksum(&self) -> Option<Checksum> {
+        match &self.spec.source {
+            SpecSource::Http { checksum, .. } => {
+                checksum.parse().ok().or_else(|| self.listed.clone())
+            }
+            SpecSource::Packer { .. } => None,
+        }
     }
 
     fn name(&self) -> &str {
@@ -37,7 +55,12 @@ impl Desired {
     /// Whether the published bytes are known before apply (`validation.expected` or a pinned
     /// source checksum).
     fn published(&self) -> Option<&Checksum> {
-        self.spec.expected.as_ref()
+        match &self.spec.source {
+            SpecSource::Http {
+                decompress: None, ..
+            } if self.spec.expected.is_none() => self.listed.as_ref(),
+            _ => self.spec.expected.as_ref(),
+        }
     }
 }
 
@@ -254,6 +277,7 @@ fn plan_image(
     }
     let after = After {
         checksum: d.published().cloned(),
+        source_checksum: d.source_checksum(),
         fingerprint,
         spec: d.spec.to_json(),
         dependencies: deps_after,

@@ -18,7 +18,7 @@ pub use fields::FieldChange;
 use crate::checksum::Checksum;
 
 /// Version of the JSON plan format. Additive changes bump the minor version.
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_VERSION: &str = "1.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
@@ -139,6 +139,10 @@ pub struct Before {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct After {
     pub checksum: Option<Checksum>,
+    /// The checksum the download must have (pinned, or looked up in the manifest's checksum
+    /// list when the plan was made). Added in format 1.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_checksum: Option<Checksum>,
     pub fingerprint: Option<Checksum>,
     pub spec: serde_json::Value,
     pub dependencies: BTreeMap<String, Option<Checksum>>,

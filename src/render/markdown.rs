@@ -206,6 +206,7 @@ mod tests {
             }),
             after: Some(After {
                 checksum: Some(Checksum::sha256(b"a")),
+                source_checksum: None,
                 fingerprint: None,
                 spec: spec.clone(),
                 dependencies: Default::default(),

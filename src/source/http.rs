@@ -50,6 +50,8 @@ pub enum DownloadError {
         status: u16,
         attempts: u32,
     },
+    #[error("{url} is larger than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
     #[error("GET {url}: the server sent a range starting at {got}, expected {expected}")]
     BadRange {
         url: String,
@@ -291,6 +293,17 @@ pub async fn fetch_text(
     policy: &RetryPolicy,
     limit: usize,
 ) -> Result<String, DownloadError> {
+    let bytes = fetch_bytes(client, url, policy, limit).await?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Fetches a small document (a list, a signature) whole, refusing more than `limit` bytes.
+pub async fn fetch_bytes(
+    client: &Client,
+    url: &str,
+    policy: &RetryPolicy,
+    limit: usize,
+) -> Result<Vec<u8>, DownloadError> {
     let mut resp = get_with_retry(client, url, HeaderMap::new(), policy).await?;
     let mut out = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|source| DownloadError::GaveUp {
@@ -300,9 +313,11 @@ pub async fn fetch_text(
     })? {
         out.extend_from_slice(&chunk);
         if out.len() > limit {
-            break;
+            return Err(DownloadError::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
         }
     }
-    out.truncate(limit);
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(out)
 }

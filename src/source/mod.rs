@@ -3,3 +3,4 @@
 pub mod checksum_list;
 pub mod http;
 pub mod packer;
+pub mod signature;

@@ -53,6 +53,12 @@ pub struct RecordSource {
     /// Checksum of the downloaded bytes (before decompression).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<Checksum>,
+    /// The checksum list `checksum` was taken from, when the manifest names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum_list: Option<String>,
+    /// The signature that was verified, with the key that verified it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<crate::spec::SpecSignature>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decompress: Option<String>,
     /// What the server said about the download (`Content-Length`, `ETag`, `Last-Modified`), so
@@ -228,10 +234,13 @@ pub fn source_of(spec: &NormalizedSpec) -> RecordSource {
             url,
             checksum,
             decompress,
+            signature,
         } => RecordSource {
+            signature: signature.clone(),
             kind: "http".into(),
             url: Some(url.clone()),
             checksum: checksum.parse().ok(),
+            checksum_list: checksum.strip_prefix("file:").map(str::to_string),
             decompress: decompress.clone(),
             ..Default::default()
         },

@@ -190,6 +190,11 @@ impl Lab {
         self.write_manifest_with(entries, &[]);
     }
 
+    /// Writes the manifest verbatim (for sources the `Entry` helper does not cover).
+    pub fn write_manifest_text(&self, text: &str) {
+        std::fs::write(self.manifest_path(), text).unwrap();
+    }
+
     /// A Packer template directory below the lab (`packer/NAME`).
     pub fn template(&self, name: &str, hcl: &str) {
         let dir = self.dir.path().join("packer").join(name);
@@ -387,6 +392,14 @@ impl Lab {
         self.runtime
             .block_on(store.put(key, bytes::Bytes::copy_from_slice(body), options))
             .unwrap();
+    }
+
+    /// Runs labctl with only `--manifest` (commands without a store: validate, pin).
+    pub fn labctl_no_store(&self, args: &[&str]) -> Run {
+        let manifest = self.manifest_path().display().to_string();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--manifest", &manifest]);
+        finish(self.command(&all).spawn().expect("labctl runs"), &all)
     }
 
     /// Runs labctl with extra environment variables.

@@ -8,3 +8,4 @@ mod cases;
 mod drift;
 mod harness;
 mod packer;
+mod sources;

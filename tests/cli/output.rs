@@ -22,7 +22,7 @@ fn saved_plan_is_the_json_plan_with_prior_state() {
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     let json = labctl(&["plan", "--store", "state-examples/drifted", "--json"]).json();
     assert_eq!(saved, json, "the saved plan is the same plan");
-    assert_eq!(saved["format_version"], "1.0");
+    assert_eq!(saved["format_version"], "1.1");
     let digest = format!(
         "sha256:{}",
         labctl::checksum::Checksum::sha256(

@@ -19,6 +19,7 @@ fn http(name: &str, content: &str) -> NormalizedSpec {
             url: format!("https://vendor.example/{name}.img"),
             checksum: sum(content).to_string(),
             decompress: None,
+            signature: None,
         },
         expected: Some(sum(content)),
         depends_on: vec![],
@@ -491,12 +492,14 @@ fn replace_when_unpinned_source_url_changed() {
         url: "https://v/1.iso".into(),
         checksum: "file:https://v/1.sha256".into(),
         decompress: None,
+        signature: None,
     };
     let mut new = old.clone();
     new.source = SpecSource::Http {
         url: "https://v/2.iso".into(),
         checksum: "file:https://v/2.sha256".into(),
         decompress: None,
+        signature: None,
     };
     let p = plan(
         &[new],
@@ -571,6 +574,7 @@ fn update_when_mirror_url_changed_but_checksum_did_not() {
         url: "https://mirror.example/talos.img".into(),
         checksum: sum("v1").to_string(),
         decompress: None,
+        signature: None,
     };
     let p = plan(
         &[new],
@@ -599,12 +603,14 @@ fn update_when_compression_changed_but_output_did_not() {
         url: "https://f/t.raw.xz".into(),
         checksum: sum("xz").to_string(),
         decompress: Some("xz".into()),
+        signature: None,
     };
     let mut new = old.clone();
     new.source = SpecSource::Http {
         url: "https://f/t.raw.zst".into(),
         checksum: sum("zst").to_string(),
         decompress: Some("zstd".into()),
+        signature: None,
     };
     let p = plan(
         &[new],
@@ -832,7 +838,7 @@ fn plan_records_prior_state_and_orders_deletes_last() {
 fn plan_json_uses_the_documented_names() {
     let p = plan(&[http("a", "1")], &state(vec![]), PlanOptions::default());
     let v = serde_json::to_value(&p).unwrap();
-    assert_eq!(v["format_version"], "1.0");
+    assert_eq!(v["format_version"], "1.1");
     assert_eq!(v["changes"][0]["action"], "create");
     assert_eq!(v["summary"]["no_op"], 0);
     let back: Plan = serde_json::from_value(v).unwrap();

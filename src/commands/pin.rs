@@ -1,0 +1,154 @@
+//! `labctl pin`: trust on first use, made explicit. Downloads each source whose checksum (or
+//! published checksum) the manifest leaves as `pin` or absent, prints what it computed, and with
+//! `--write` writes exactly those values into the manifest for review in the pull request.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::cli::PinArgs;
+use crate::failure::{Failure, WithHint};
+use crate::manifest::{self, Source, SourceChecksum};
+use crate::pin::{self, Pinned};
+use crate::pipeline;
+
+pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
+    let path = &args.manifest.manifest;
+    let mut rules = super::rules_from_env();
+    rules.allow_pin = true;
+    let (m, _) = match manifest::load(path, rules) {
+        Ok(x) => x,
+        Err(manifest::LoadError::Invalid(d)) => {
+            return Err(Failure {
+                error: anyhow::Error::new(d),
+                hint: None,
+            })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for name in &args.names {
+        if m.image(name).is_none() {
+            return Err(anyhow::anyhow!("`{name}` is not an image in {}", path.display()))
+                .hint("name images as the manifest does, or give no names to pin every image that needs it");
+        }
+    }
+
+    let client = crate::source::http::client();
+    let settings = pipeline::Settings::default();
+    let progress = crate::progress::for_stderr();
+    let mut pins = Vec::new();
+    for image in &m.images {
+        if !args.names.is_empty() && !args.names.contains(&image.name) {
+            continue;
+        }
+        let Source::Http(http) = &image.source else {
+            if !args.names.is_empty() {
+                eprintln!(
+                    "{}: a Packer build; its checksum is known only after apply",
+                    image.name
+                );
+            }
+            continue;
+        };
+        let needs_checksum = http.checksum == SourceChecksum::Pin;
+        let needs_expected = http.decompress.is_some() && image.expected.is_none();
+        if !needs_checksum && !needs_expected {
+            if !args.names.is_empty() {
+                eprintln!("{}: already pinned", image.name);
+            }
+            continue;
+        }
+        // Hash with the pinned checksum's algorithm, to compare; sha256 for new pins.
+        let algorithm = match &http.checksum {
+            SourceChecksum::Digest(c) => c.algorithm,
+            _ => crate::checksum::Algorithm::Sha256,
+        };
+        let (source, output) = pipeline::hash_download(
+            client.clone(),
+            &image.name,
+            &http.url,
+            algorithm,
+            http.decompress,
+            &settings,
+            progress.as_ref(),
+        )
+        .await
+        .with_context(|| format!("image `{}`: cannot download {}", image.name, http.url))?;
+        // Never derive a published checksum from bytes that do not match a pinned source one.
+        if let SourceChecksum::Digest(pinned) = &http.checksum {
+            let actual = &source;
+            if actual != pinned {
+                return Err(anyhow::anyhow!(
+                    "image `{}`: the download from {} has checksum {actual}, but the manifest says {pinned}",
+                    image.name,
+                    http.url
+                ))
+                .hint("the source changed or the pinned checksum is wrong; fix `source.checksum` (or set it to `pin`) first");
+            }
+        }
+        progress.finish(&image.name, "hashed");
+        let pinned = Pinned {
+            image: image.name.clone(),
+            checksum: needs_checksum.then(|| source.clone()),
+            expected: if needs_expected { output } else { None },
+        };
+        let mut line = format!("{}:", pinned.image);
+        if let Some(c) = &pinned.checksum {
+            line.push_str(&format!(" source.checksum {c}"));
+        }
+        if let Some(e) = &pinned.expected {
+            line.push_str(&format!(" validation.expected {e}"));
+        }
+        println!("{line}");
+        pins.push(pinned);
+    }
+
+    if pins.is_empty() {
+        eprintln!("Nothing to pin: every HTTP source has its checksums.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.write {
+        eprintln!(
+            "Run again with --write to put these values into {}.",
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let root = manifest::yaml::parse(&text)
+        .map_err(|(loc, msg)| anyhow::anyhow!("{}:{loc}: {msg}", path.display()))?;
+    let updated = pin::apply(&text, &root, &pins)?;
+    // The edited file must still be a manifest (other images may still say `pin`).
+    manifest::parse(updated.as_bytes(), path, &m.base_dir, rules)
+        .map_err(|e| anyhow::anyhow!("the edited manifest does not validate: {e}"))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).context("cannot write the manifest")?;
+    tmp.write_all(updated.as_bytes())
+        .context("cannot write the manifest")?;
+    tmp.as_file().sync_all().ok();
+    let permissions = std::fs::metadata(path).map(|m| m.permissions()).ok();
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .context("cannot replace the manifest")?;
+    if let Some(p) = permissions {
+        let _ = std::fs::set_permissions(path, p);
+    }
+    eprintln!(
+        "Wrote {} checksum{} into {}. Review the diff: these values are now trusted.",
+        pins.iter()
+            .map(|p| p.checksum.is_some() as usize + p.expected.is_some() as usize)
+            .sum::<usize>(),
+        if pins.len() == 1 && pins[0].checksum.is_some() != pins[0].expected.is_some() {
+            ""
+        } else {
+            "s"
+        },
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
