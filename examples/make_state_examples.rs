@@ -73,11 +73,17 @@ async fn publish(
     checksum
 }
 
-/// The checksum an image publishes: pinned, or (for a build) the stand-in's own.
+/// The checksum an image publishes: pinned; for a build the stand-in's own; for a download
+/// whose checksum comes from a list (unreachable here) a placeholder.
 fn output_checksum(spec: &NormalizedSpec) -> Checksum {
-    spec.expected
-        .clone()
-        .unwrap_or_else(|| Checksum::sha256(&stand_in(&spec.name)))
+    match (&spec.expected, &spec.source) {
+        (Some(e), _) => e.clone(),
+        (None, SpecSource::Packer { .. }) => Checksum::sha256(&stand_in(&spec.name)),
+        (None, SpecSource::Http { .. }) => {
+            let n = spec.name.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+            placeholder("sha512", n)
+        }
+    }
 }
 
 fn reset(dir: &Path) {
@@ -134,21 +140,27 @@ async fn main() {
     reset(&dir);
     let store = FsStore::new(&dir);
 
-    // Talos: published, but the object has since disappeared from the bucket.
-    let talos = spec("talos-1.9.1-metal-amd64");
+    // Talos: the same disk, published from the factory's .raw.xz; the manifest now takes the
+    // .raw.zst. The published checksum is unchanged, so only the record needs updating.
+    let mut talos = spec("talos-1.9.1-metal-amd64");
+    talos.source = SpecSource::Http {
+        url: "https://factory.talos.dev/image/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba/v1.9.1/metal-amd64.raw.xz".into(),
+        checksum: placeholder("sha256", 0x11).to_string(),
+        decompress: Some("xz".into()),
+        signature: None,
+    };
     publish(&store, &talos, output_checksum(&talos), BTreeMap::new()).await;
-    store
-        .delete(&manifest::object_key(&talos.destination))
-        .await
-        .unwrap();
 
     // VyOS ISO: the bucket holds an older nightly at the same key; the manifest moved on.
     let mut old_iso = spec("vyos-iso");
+    let SpecSource::Http { signature, .. } = old_iso.source.clone() else {
+        unreachable!()
+    };
     old_iso.source = SpecSource::Http {
         url: "https://github.com/vyos/vyos-nightly-build/releases/download/2024.12.30-0021-rolling/vyos-2024.12.30-0021-rolling-generic-amd64.iso".into(),
         checksum: placeholder("sha256", 0x13).to_string(),
         decompress: None,
-        signature: None,
+        signature,
     };
     old_iso.expected = Some(placeholder("sha256", 0x13));
     let old_iso_sum = publish(
@@ -196,27 +208,22 @@ async fn main() {
         .await
         .unwrap();
 
-    // Harvester kernel: same bytes, but the manifest now names another download URL.
-    let mut vmlinuz = spec("harvester-1.4.0-vmlinuz");
-    let SpecSource::Http { checksum, .. } = vmlinuz.source.clone() else {
-        unreachable!()
-    };
-    vmlinuz.source = SpecSource::Http {
-        url: "https://github.com/harvester/harvester/releases/download/v1.4.0/harvester-v1.4.0-vmlinuz-amd64".into(),
-        checksum,
-        decompress: None,
-        signature: None,
-    };
+    // Harvester kernel: exactly as the manifest says.
+    let vmlinuz = spec("harvester-1.4.0-vmlinuz");
     publish(&store, &vmlinuz, output_checksum(&vmlinuz), BTreeMap::new()).await;
 
-    // Harvester initrd: exactly as the manifest says.
-    let initrd = spec("harvester-1.4.0-initrd");
-    publish(&store, &initrd, output_checksum(&initrd), BTreeMap::new()).await;
+    // Harvester initrd: not published yet (nothing to write).
 
-    // Harvester rootfs: not published yet (nothing to write).
+    // Harvester rootfs: published, but the object has since disappeared from the bucket.
+    let rootfs = spec("harvester-1.4.0-rootfs");
+    publish(&store, &rootfs, output_checksum(&rootfs), BTreeMap::new()).await;
+    store
+        .delete(&manifest::object_key(&rootfs.destination))
+        .await
+        .unwrap();
 
     // An image that left the manifest.
-    let mut old_talos = talos.clone();
+    let mut old_talos = spec("talos-1.9.1-metal-amd64");
     old_talos.name = "talos-1.8.4-metal-amd64".into();
     old_talos.destination = "talos/talos-1.8.4-metal-amd64.raw".into();
     old_talos.source = SpecSource::Http {

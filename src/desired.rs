@@ -67,10 +67,10 @@ pub fn pgp_check(d: &Desired) -> Result<Option<PgpCheck>, SignatureError> {
     }))
 }
 
-/// Looks up the checksums the manifest takes from checksum lists, verifying their signatures.
-/// A list that cannot be fetched leaves the checksum unknown (shown as known after apply) and
-/// yields a warning; a list that does not add up (no entry, conflicting entries, a signature
-/// that does not verify) is an error.
+/// Looks up the checksums the manifest takes from checksum lists, verifying their signatures;
+/// each list is fetched once. A list that cannot be fetched leaves its checksums unknown (shown
+/// as known after apply) and yields a warning; a list that does not add up (no entry,
+/// conflicting entries, a signature that does not verify) is an error.
 pub async fn resolve_lists(
     desired: &mut [Desired],
     client: &reqwest::Client,
@@ -79,7 +79,11 @@ pub async fn resolve_lists(
         attempts: 2,
         ..Default::default()
     };
-    let mut warnings = Vec::new();
+    // list URL (and signature URL) → the verified text, or why it could not be fetched.
+    let mut fetched: std::collections::HashMap<(String, Option<String>), Result<String, String>> =
+        Default::default();
+    let mut unreachable: std::collections::BTreeMap<String, (String, Vec<String>)> =
+        Default::default();
     for d in desired.iter_mut() {
         let SpecSource::Http { url, checksum, .. } = &d.spec.source else {
             continue;
@@ -87,16 +91,55 @@ pub async fn resolve_lists(
         let Some(list_url) = checksum.strip_prefix("file:") else {
             continue;
         };
-        let pgp = pgp_check(d).map_err(|e| anyhow::anyhow!("image `{}`: {e}", d.spec.name))?;
-        match checksum_list::resolve(client, list_url, url, pgp.as_ref(), &policy).await {
-            Ok(sum) => d.listed = Some(sum),
-            Err(e @ ResolveError::Fetch(..)) => warnings.push(format!(
-                "image `{}`: {:#}; its checksum is shown as known after apply",
-                d.spec.name,
-                anyhow::Error::from(e)
-            )),
-            Err(e) => return Err(anyhow::anyhow!("image `{}`: {e}", d.spec.name)),
+        let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("image `{}`: {e}", d.spec.name);
+        let pgp = pgp_check(d).map_err(|e| fail(&e))?;
+        let id = (
+            list_url.to_string(),
+            pgp.as_ref().and_then(|p| p.signature_url.clone()),
+        );
+        if !fetched.contains_key(&id) {
+            let result = match checksum_list::fetch_verified(
+                client,
+                list_url,
+                pgp.as_ref(),
+                &policy,
+            )
+            .await
+            {
+                Ok(text) => Ok(text),
+                Err(ResolveError::Fetch(_, e)) => Err(root_cause(&e)),
+                Err(e) => return Err(fail(&e)),
+            };
+            fetched.insert(id.clone(), result);
+        }
+        match &fetched[&id] {
+            Ok(text) => {
+                let file = checksum_list::file_name_of(url);
+                d.listed = Some(checksum_list::find(text, list_url, file).map_err(|e| fail(&e))?);
+            }
+            Err(why) => unreachable
+                .entry(list_url.to_string())
+                .or_insert_with(|| (why.clone(), Vec::new()))
+                .1
+                .push(d.spec.name.clone()),
         }
     }
-    Ok(warnings)
+    Ok(unreachable
+        .into_iter()
+        .map(|(list, (why, images))| {
+            format!(
+                "cannot fetch the checksum list {list} ({why}); the checksums of {} are shown as known after apply (--offline skips fetching)",
+                images.join(", ")
+            )
+        })
+        .collect())
+}
+
+/// The innermost cause of an error: what actually went wrong, without the wrapping.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }

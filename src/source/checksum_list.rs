@@ -203,6 +203,17 @@ pub async fn resolve(
     pgp: Option<&PgpCheck>,
     policy: &crate::source::http::RetryPolicy,
 ) -> Result<Checksum, ResolveError> {
+    let text = fetch_verified(client, list_url, pgp, policy).await?;
+    Ok(find(&text, list_url, file_name_of(source_url))?)
+}
+
+/// Fetches the list at `list_url` and returns its (signature-verified) text.
+pub async fn fetch_verified(
+    client: &reqwest::Client,
+    list_url: &str,
+    pgp: Option<&PgpCheck>,
+    policy: &crate::source::http::RetryPolicy,
+) -> Result<String, ResolveError> {
     let fetch = |url: String| async move {
         crate::source::http::fetch_bytes(client, &url, policy, MAX_LIST_BYTES)
             .await
@@ -228,7 +239,7 @@ pub async fn resolve(
             list_url,
         )?,
     };
-    Ok(find(&text, list_url, file_name_of(source_url))?)
+    Ok(text)
 }
 
 /// The file name a URL points at, for looking it up in a list.

@@ -16,6 +16,7 @@ const ALL: [&str; 7] = [
 fn empty_store_creates_everything_in_dependency_order() {
     let run = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/empty",
         "--json",
@@ -38,6 +39,7 @@ fn empty_store_creates_everything_in_dependency_order() {
 fn in_sync_store_has_no_changes() {
     let run = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/in-sync",
         "--detailed-exitcode",
@@ -48,7 +50,14 @@ fn in_sync_store_has_no_changes() {
         .stdout
         .ends_with("Plan: 0 to create, 0 to replace, 0 to update, 0 to delete.\n"));
 
-    let plan = labctl(&["plan", "--store", "state-examples/in-sync", "--json"]).json();
+    let plan = labctl(&[
+        "plan",
+        "--offline",
+        "--store",
+        "state-examples/in-sync",
+        "--json",
+    ])
+    .json();
     let expected: Vec<_> = ALL.iter().map(|n| row(n, "no-op", &[])).collect();
     assert_eq!(actions(&plan), expected);
     assert_eq!(plan["orphans"], serde_json::json!([]));
@@ -58,8 +67,12 @@ fn drifted_actions() -> Vec<(String, String, Vec<String>)> {
     vec![
         row(
             "talos-1.9.1-metal-amd64",
-            "replace",
-            &["object missing from store"],
+            "update",
+            &[
+                "source checksum changed",
+                "decompression changed",
+                "source url changed",
+            ],
         ),
         row(
             "vyos-iso",
@@ -80,9 +93,13 @@ fn drifted_actions() -> Vec<(String, String, Vec<String>)> {
             "update",
             &["record written by an earlier tool; checksum matches, adopting without re-upload"],
         ),
-        row("harvester-1.4.0-vmlinuz", "update", &["source url changed"]),
-        row("harvester-1.4.0-initrd", "no-op", &[]),
-        row("harvester-1.4.0-rootfs", "create", &["not in store"]),
+        row("harvester-1.4.0-vmlinuz", "no-op", &[]),
+        row("harvester-1.4.0-initrd", "create", &["not in store"]),
+        row(
+            "harvester-1.4.0-rootfs",
+            "replace",
+            &["object missing from store"],
+        ),
     ]
 }
 
@@ -90,6 +107,7 @@ fn drifted_actions() -> Vec<(String, String, Vec<String>)> {
 fn drifted_store_shows_every_kind_of_change() {
     let run = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/drifted",
         "--json",
@@ -118,6 +136,7 @@ fn drifted_store_shows_every_kind_of_change() {
 fn drifted_store_with_prune_deletes_the_orphan_last() {
     let plan = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/drifted",
         "--json",
@@ -138,6 +157,7 @@ fn drifted_store_with_prune_deletes_the_orphan_last() {
 fn drifted_store_human_output_names_every_action_and_reason() {
     let run = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/drifted",
         "--detailed-exitcode",
@@ -145,16 +165,16 @@ fn drifted_store_human_output_names_every_action_and_reason() {
     assert_eq!(run.code, 2);
     let out = &run.stdout;
     for expected in [
-        "-/+ talos-1.9.1-metal-amd64",
+        "-/+ harvester-1.4.0-rootfs",
         "because object missing from store",
         "-/+ vyos-gateway",
         "because dependency vyos-iso will be replaced",
-        "checksum: sha256:50791b8a518d608a0a83423bc77b7b37b94068dc2e92ebf9079535771b37a6de → (known after apply)",
-        "~ harvester-1.4.0-vmlinuz",
-        "~ source.url: \"https://github.com/harvester/harvester/releases/download/v1.4.0/harvester-v1.4.0-vmlinuz-amd64\" → \"https://releases.rancher.com/harvester/v1.4.0/harvester-v1.4.0-vmlinuz-amd64\"",
-        "-    \"url\": \"https://github.com/harvester/",
-        "+    \"url\": \"https://releases.rancher.com/",
-        "+ harvester-1.4.0-rootfs",
+        "~ talos-1.9.1-metal-amd64",
+        "~ source.decompress: \"xz\" → \"zstd\"",
+        "-    \"decompress\": \"xz\",",
+        "+    \"decompress\": \"zstd\",",
+        "+ harvester-1.4.0-initrd",
+        "checksum: (known after apply)",
         "! talos-1.8.4-metal-amd64",
         "1 image unchanged.",
     ] {
@@ -176,6 +196,7 @@ fn drifted_store_human_output_names_every_action_and_reason() {
 fn refresh_false_reads_records_only() {
     let plan = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/drifted",
         "--json",
@@ -183,8 +204,8 @@ fn refresh_false_reads_records_only() {
     ])
     .json();
     assert_eq!(plan["refreshed"], false);
-    let talos = &actions(&plan)[0];
-    assert_eq!(talos, &row("talos-1.9.1-metal-amd64", "no-op", &[]));
+    let rootfs = &actions(&plan)[6];
+    assert_eq!(rootfs, &row("harvester-1.4.0-rootfs", "no-op", &[]));
 }
 
 #[test]

@@ -8,6 +8,7 @@ fn saved_plan_is_the_json_plan_with_prior_state() {
     let out = dir.path().join("plan.json");
     let run = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/drifted",
         "--out",
@@ -20,7 +21,14 @@ fn saved_plan_is_the_json_plan_with_prior_state() {
         "human output still printed"
     );
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    let json = labctl(&["plan", "--store", "state-examples/drifted", "--json"]).json();
+    let json = labctl(&[
+        "plan",
+        "--offline",
+        "--store",
+        "state-examples/drifted",
+        "--json",
+    ])
+    .json();
     assert_eq!(saved, json, "the saved plan is the same plan");
     assert_eq!(saved["format_version"], "1.1");
     let digest = format!(
@@ -43,6 +51,7 @@ fn saved_plan_is_the_json_plan_with_prior_state() {
 fn markdown_puts_destructive_changes_first_in_collapsible_sections() {
     let run = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/drifted",
         "--markdown",
@@ -59,11 +68,11 @@ fn markdown_puts_destructive_changes_first_in_collapsible_sections() {
     let pos = |s: &str| md.find(s).unwrap_or_else(|| panic!("{s} not in\n{md}"));
     assert!(
         pos("<b>talos-1.8.4-metal-amd64</b> will be deleted")
-            < pos("<b>talos-1.9.1-metal-amd64</b> will be replaced")
+            < pos("<b>harvester-1.4.0-rootfs</b> will be replaced")
     );
     assert!(
         pos("<b>vyos-gateway</b> will be replaced")
-            < pos("<b>harvester-1.4.0-rootfs</b> will be created")
+            < pos("<b>harvester-1.4.0-initrd</b> will be created")
     );
     assert!(pos("will be created") < pos("will be updated in place"));
     assert!(md.contains("```diff\n--- record\n+++ manifest"), "{md}");
@@ -73,12 +82,13 @@ fn markdown_puts_destructive_changes_first_in_collapsible_sections() {
 #[test]
 fn detailed_exitcode_is_zero_without_changes_and_plain_plan_exits_zero() {
     assert_eq!(
-        labctl(&["plan", "--store", "state-examples/drifted"]).code,
+        labctl(&["plan", "--offline", "--store", "state-examples/drifted"]).code,
         0
     );
     assert_eq!(
         labctl(&[
             "plan",
+            "--offline",
             "--store",
             "state-examples/in-sync",
             "--detailed-exitcode"
@@ -92,7 +102,7 @@ fn detailed_exitcode_is_zero_without_changes_and_plain_plan_exits_zero() {
 fn store_from_environment_variable() {
     let dir = repo();
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
-        .args(["plan", "--json"])
+        .args(["plan", "--offline", "--json"])
         .current_dir(&dir)
         .env("LABCTL_STORE", "file://state-examples/in-sync")
         .output()
@@ -104,7 +114,7 @@ fn store_from_environment_variable() {
 
 #[test]
 fn errors_name_the_problem_and_hint_at_the_fix() {
-    let run = labctl(&["plan", "--store", "no/such/dir"]);
+    let run = labctl(&["plan", "--offline", "--store", "no/such/dir"]);
     assert_eq!(run.code, 1);
     assert!(
         run.stderr
@@ -116,6 +126,7 @@ fn errors_name_the_problem_and_hint_at_the_fix() {
 
     let run = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/empty",
         "--replace",
@@ -124,7 +135,7 @@ fn errors_name_the_problem_and_hint_at_the_fix() {
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("`nope`"), "{}", run.stderr);
 
-    let run = labctl(&["plan", "--store", "gs://bucket"]);
+    let run = labctl(&["plan", "--offline", "--store", "gs://bucket"]);
     assert_eq!(run.code, 1);
     assert!(
         run.stderr.contains("unsupported store URL scheme"),
@@ -163,6 +174,7 @@ fn errors_name_the_problem_and_hint_at_the_fix() {
 fn replace_flag_forces_a_replacement() {
     let plan = labctl(&[
         "plan",
+        "--offline",
         "--store",
         "state-examples/in-sync",
         "--json",
@@ -194,7 +206,14 @@ fn corrupt_record_is_replaced_and_reported() {
         r#"{"schemaVersion": 7}"#,
     )
     .unwrap();
-    let plan = labctl(&["plan", "--store", store.to_str().unwrap(), "--json"]).json();
+    let plan = labctl(&[
+        "plan",
+        "--offline",
+        "--store",
+        store.to_str().unwrap(),
+        "--json",
+    ])
+    .json();
     let iso = actions(&plan)
         .into_iter()
         .find(|r| r.0 == "vyos-iso")
