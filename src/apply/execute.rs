@@ -333,19 +333,29 @@ async fn publish_http(
     record.source.last_modified = published.source.last_modified.clone();
     record.object_etag = Some(published.object.etag.clone());
     write_record(ctx, &change.record_key, &record).await?;
+    Ok(published_result(change, &published, "created", "replaced"))
+}
+
+/// The summary line of a published image and the checksum its dependents see.
+fn published_result(
+    change: &Change,
+    published: &pipeline::Published,
+    created: &str,
+    replaced: &str,
+) -> (String, Option<Checksum>) {
     let verb = if change.action == Action::Create {
-        "created"
+        created
     } else {
-        "replaced"
+        replaced
     };
-    Ok((
+    (
         format!(
             "{verb} ({} bytes, {})",
             published.size,
             published.checksum.short()
         ),
-        Some(published.checksum),
-    ))
+        Some(published.checksum.clone()),
+    )
 }
 
 /// How long a presigned URL handed to a build stays valid.
@@ -443,18 +453,11 @@ async fn publish_packer(
     write_record(ctx, &change.record_key, &record).await?;
     // Dropping the build removes its scratch directory.
     drop(build);
-    let verb = if change.action == Action::Create {
-        "built and published"
-    } else {
-        "rebuilt and replaced"
-    };
-    Ok((
-        format!(
-            "{verb} ({} bytes, {})",
-            published.size,
-            published.checksum.short()
-        ),
-        Some(published.checksum),
+    Ok(published_result(
+        change,
+        &published,
+        "built and published",
+        "rebuilt and replaced",
     ))
 }
 
