@@ -320,6 +320,21 @@ async fn publish_http(
         ctx.cancel.clone(),
     )
     .await?;
+    let mut record = record_of(spec, &published, deps);
+    record.source.checksum = Some(source);
+    record.source.size = published.source.size;
+    record.source.etag = published.source.etag.clone();
+    record.source.last_modified = published.source.last_modified.clone();
+    write_record(ctx, &change.record_key, &record).await?;
+    Ok(published_result(change, &published, "created", "replaced"))
+}
+
+/// The record of a freshly published object (written last, after the object is visible).
+fn record_of(
+    spec: &NormalizedSpec,
+    published: &pipeline::Published,
+    deps: BTreeMap<String, Checksum>,
+) -> crate::state::StateRecord {
     let mut record = new_record(
         spec,
         published.checksum.clone(),
@@ -327,13 +342,8 @@ async fn publish_http(
         deps,
         crate::timefmt::now_rfc3339(),
     );
-    record.source.checksum = Some(source);
-    record.source.size = published.source.size;
-    record.source.etag = published.source.etag.clone();
-    record.source.last_modified = published.source.last_modified.clone();
     record.object_etag = Some(published.object.etag.clone());
-    write_record(ctx, &change.record_key, &record).await?;
-    Ok(published_result(change, &published, "created", "replaced"))
+    record
 }
 
 /// The summary line of a published image and the checksum its dependents see.
@@ -441,15 +451,8 @@ async fn publish_packer(
         ctx.progress.as_ref(),
     )
     .await?;
-    let mut record = new_record(
-        spec,
-        published.checksum.clone(),
-        published.size,
-        deps,
-        crate::timefmt::now_rfc3339(),
-    );
+    let mut record = record_of(spec, &published, deps);
     record.source.packer_version = Some(build.packer_version.clone());
-    record.object_etag = Some(published.object.etag.clone());
     write_record(ctx, &change.record_key, &record).await?;
     // Dropping the build removes its scratch directory.
     drop(build);
