@@ -225,6 +225,95 @@ mod tests {
         assert!(store.head(LOCK_KEY).await.unwrap().is_none());
     }
 
+    /// A store that accepts `If-None-Match: *` and overwrites anyway, as some S3-compatible
+    /// services do.
+    #[derive(Debug)]
+    struct IgnoresConditions(FsStore);
+
+    #[async_trait::async_trait]
+    impl Store for IgnoresConditions {
+        fn url(&self) -> String {
+            self.0.url()
+        }
+        async fn list_page(&self, p: &str, c: Option<String>) -> store::Result<store::ListPage> {
+            self.0.list_page(p, c).await
+        }
+        async fn head(&self, k: &str) -> store::Result<Option<store::ObjectMeta>> {
+            self.0.head(k).await
+        }
+        async fn get(&self, k: &str) -> store::Result<Option<store::GetObject>> {
+            self.0.get(k).await
+        }
+        async fn put(
+            &self,
+            k: &str,
+            b: Bytes,
+            mut o: PutOptions,
+        ) -> store::Result<store::ObjectMeta> {
+            o.mode = PutMode::Overwrite;
+            self.0.put(k, b, o).await
+        }
+        async fn delete(&self, k: &str) -> store::Result<()> {
+            self.0.delete(k).await
+        }
+        async fn create_multipart(&self, k: &str, o: PutOptions) -> store::Result<String> {
+            self.0.create_multipart(k, o).await
+        }
+        async fn upload_part(
+            &self,
+            k: &str,
+            u: &str,
+            n: u32,
+            b: Bytes,
+        ) -> store::Result<store::UploadedPart> {
+            self.0.upload_part(k, u, n, b).await
+        }
+        async fn complete_multipart(
+            &self,
+            k: &str,
+            u: &str,
+            p: Vec<store::UploadedPart>,
+        ) -> store::Result<store::ObjectMeta> {
+            self.0.complete_multipart(k, u, p).await
+        }
+        async fn abort_multipart(&self, k: &str, u: &str) -> store::Result<()> {
+            self.0.abort_multipart(k, u).await
+        }
+        async fn list_uploads(&self, p: &str) -> store::Result<Option<Vec<(String, String)>>> {
+            self.0.list_uploads(p).await
+        }
+        async fn url_for(&self, k: &str, e: Duration) -> store::Result<String> {
+            self.0.url_for(k, e).await
+        }
+        async fn set_metadata(
+            &self,
+            k: &str,
+            m: std::collections::BTreeMap<String, String>,
+        ) -> store::Result<store::ObjectMeta> {
+            self.0.set_metadata(k, m).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lock_the_store_cannot_enforce_is_refused_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(IgnoresConditions(FsStore::new(dir.path())));
+        let err = acquire(store.clone(), "apply", Duration::ZERO, true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LockError::NotEnforced), "{err}");
+        assert!(err.hint().unwrap().contains("--lock=false"));
+        assert!(
+            store.head(LOCK_KEY).await.unwrap().is_none(),
+            "the useless lock is not left behind"
+        );
+        // Without verification (--lock=false is the caller's choice) nothing is probed.
+        let lock = acquire(store.clone(), "apply", Duration::ZERO, false)
+            .await
+            .unwrap();
+        lock.release().await.unwrap();
+    }
+
     #[tokio::test]
     async fn force_unlock_needs_the_right_id() {
         let dir = tempfile::tempdir().unwrap();
