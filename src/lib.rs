@@ -23,3 +23,4 @@ pub mod state;
 pub mod store;
 pub mod template_hash;
 pub mod timefmt;
+pub mod units;

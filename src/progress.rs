@@ -124,7 +124,7 @@ impl Lines {
 }
 
 fn mib(bytes: u64) -> String {
-    crate::commands::list::human_size(bytes)
+    crate::units::human_size(bytes)
 }
 
 impl Progress for Lines {

@@ -276,42 +276,52 @@ impl Lab {
     }
 
     /// Runs `labctl ARGS --manifest … --store …`.
-    pub fn labctl(&self, args: &[&str]) -> Run {
-        let child = self.spawn(args);
-        finish(child, args)
-    }
-
-    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+    /// Starts `labctl ARGS --manifest …` (and `--store …` with `with_store`), with extra
+    /// environment variables.
+    fn spawn_with(
+        &self,
+        args: &[&str],
+        with_store: bool,
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
         let manifest = self.manifest_path().display().to_string();
         let store = self.store_arg();
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--manifest", &manifest, "--store", &store]);
-        self.command(&all).spawn().expect("labctl runs")
+        all.extend(["--manifest", &manifest]);
+        if with_store {
+            all.extend(["--store", &store]);
+        }
+        let mut cmd = self.command(&all);
+        cmd.envs(env.iter().copied());
+        cmd.spawn().expect("labctl runs")
+    }
+
+    /// Runs `labctl ARGS --manifest … --store …`.
+    pub fn labctl(&self, args: &[&str]) -> Run {
+        self.labctl_env(args, &[])
+    }
+
+    /// Runs labctl with extra environment variables.
+    pub fn labctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        finish(self.spawn_with(args, true, env), args)
+    }
+
+    /// Runs labctl with only `--manifest` (commands without a store: validate, pin).
+    pub fn labctl_no_store(&self, args: &[&str]) -> Run {
+        finish(self.spawn_with(args, false, &[]), args)
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_with(args, true, &[])
     }
 
     pub fn apply(&self) -> Run {
-        self.labctl(&["apply", "--auto-approve", "--part-size", "5"])
+        self.apply_with_env(&[])
     }
 
     /// `apply` with extra environment (e.g. a `PKR_VAR_` secret).
     pub fn apply_with_env(&self, env: &[(&str, &str)]) -> Run {
-        let manifest = self.manifest_path().display().to_string();
-        let store = self.store_arg();
-        let args = [
-            "apply",
-            "--auto-approve",
-            "--part-size",
-            "5",
-            "--manifest",
-            &manifest,
-            "--store",
-            &store,
-        ];
-        let mut cmd = self.command(&args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        finish(cmd.spawn().expect("labctl runs"), &args)
+        self.labctl_env(&["apply", "--auto-approve", "--part-size", "5"], env)
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
@@ -392,27 +402,6 @@ impl Lab {
         self.runtime
             .block_on(store.put(key, bytes::Bytes::copy_from_slice(body), options))
             .unwrap();
-    }
-
-    /// Runs labctl with only `--manifest` (commands without a store: validate, pin).
-    pub fn labctl_no_store(&self, args: &[&str]) -> Run {
-        let manifest = self.manifest_path().display().to_string();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--manifest", &manifest]);
-        finish(self.command(&all).spawn().expect("labctl runs"), &all)
-    }
-
-    /// Runs labctl with extra environment variables.
-    pub fn labctl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let manifest = self.manifest_path().display().to_string();
-        let store = self.store_arg();
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--manifest", &manifest, "--store", &store]);
-        let mut cmd = self.command(&all);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        finish(cmd.spawn().expect("labctl runs"), &all)
     }
 
     pub fn put(&self, key: &str, body: &[u8]) {

@@ -4,6 +4,7 @@
 
 use crate::harness::*;
 use crate::support::fixture::Faults;
+use crate::support::plan_rows::{actions, row, Row};
 
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
@@ -82,35 +83,10 @@ fn expected_gateway(iso: &[u8], marker: &str) -> Vec<u8> {
     out
 }
 
-fn plan_actions(lab: &Lab) -> Vec<(String, String, Vec<String>)> {
+fn plan_actions(lab: &Lab) -> Vec<Row> {
     let run = lab.labctl(&["plan", "--json"]);
     assert_eq!(run.code, 0, "{}", run.output());
-    let plan: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-    plan["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap().to_string(),
-                c["action"].as_str().unwrap().to_string(),
-                c["reasons"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.as_str().unwrap().to_string())
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
-fn row(name: &str, action: &str, reasons: &[&str]) -> (String, String, Vec<String>) {
-    (
-        name.into(),
-        action.into(),
-        reasons.iter().map(|s| s.to_string()).collect(),
-    )
+    actions(&serde_json::from_str(&run.stdout).unwrap())
 }
 
 fn setup(backend: Backend, iso: &[u8]) -> Lab {

@@ -76,31 +76,6 @@ pub fn labctl_in(dir: &Path, args: &[&str]) -> Run {
     run
 }
 
-/// `(name, action, reasons)` of every change in a JSON plan, in plan order.
-pub fn actions(plan: &serde_json::Value) -> Vec<(String, String, Vec<String>)> {
-    plan["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["name"].as_str().unwrap().to_string(),
-                c["action"].as_str().unwrap().to_string(),
-                c["reasons"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.as_str().unwrap().to_string())
-                    .collect(),
-            )
-        })
-        .collect()
-}
-
-pub fn row(name: &str, action: &str, reasons: &[&str]) -> (String, String, Vec<String>) {
-    (
-        name.to_string(),
-        action.to_string(),
-        reasons.iter().map(|s| s.to_string()).collect(),
-    )
-}
+#[path = "../support/plan_rows.rs"]
+mod plan_rows;
+pub use plan_rows::{actions, row};

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod plan_rows;
 pub mod proxy;
 pub mod servers;
 
