@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use labctl::checksum::Checksum;
+use labctl::consumer_index;
 use labctl::manifest::{self, Rules};
 use labctl::spec::{NormalizedSpec, SpecSource};
 use labctl::state::record::{new_record, to_json};
@@ -47,6 +48,11 @@ async fn publish(
     );
     record.ci_run = None;
     record.labctl_version = "0.1.0".into();
+    if record.sha256.is_none() {
+        // The real image's sha256 is unknown here; apply computes it beside the sha512.
+        let n = spec.name.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        record.sha256 = Some(placeholder("sha256", n));
+    }
     let meta = BTreeMap::from([
         (META_CHECKSUM.to_string(), record.checksum.to_string()),
         (META_FINGERPRINT.to_string(), record.fingerprint.to_string()),
@@ -83,6 +89,29 @@ fn output_checksum(spec: &NormalizedSpec) -> Checksum {
             let n = spec.name.bytes().fold(0u8, |a, b| a.wrapping_add(b));
             placeholder("sha512", n)
         }
+    }
+}
+
+/// The consumer index apply writes after the records, with a fixed generation time so that
+/// regenerating the examples changes nothing.
+async fn write_index(store: &FsStore) {
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store.clone());
+    let actual = labctl::state::refresh::read(store.clone(), true)
+        .await
+        .unwrap();
+    let entries = consumer_index::entries(&actual.records).entries;
+    let json = consumer_index::to_json(&consumer_index::document(&entries, UPLOADED_AT.into()));
+    for (key, body) in [
+        (consumer_index::JSON_KEY, json),
+        (
+            consumer_index::SUMS_KEY,
+            consumer_index::sha256sums(&entries).into_bytes(),
+        ),
+    ] {
+        store
+            .put(key, Bytes::from(body), PutOptions::default())
+            .await
+            .unwrap();
     }
 }
 
@@ -134,6 +163,8 @@ async fn main() {
         let sum = publish(&store, s, output_checksum(s), deps).await;
         published.insert(s.name.clone(), sum);
     }
+
+    write_index(&store).await;
 
     // drifted: one of every kind of difference.
     let dir = out.join("drifted");

@@ -44,6 +44,22 @@ pub enum Command {
     /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads
     /// and conditional writes.
     Doctor(DoctorArgs),
+    /// Check a synced copy of the bucket's images/ (e.g. on the NAS) against its SHA256SUMS,
+    /// offline (exit 0 all ok, 2 problems found, 1 error).
+    #[command(
+        long_about = "Check a synced copy of the bucket's images/ (e.g. on the NAS) against \
+the consumer index labctl apply writes there, with no network and no credentials.\n\n\
+With --public-key, SHA256SUMS.minisig must verify first (a missing or bad signature is an error). \
+Then every file SHA256SUMS lists is streamed and hashed, in parallel: each is ok, missing, \
+size-differs (e.g. a sync in progress; sizes come from index.json), content-differs or \
+unreadable; files present but not listed are reported as unlisted. Synology's @eaDir, #recycle, \
+#snapshot and .SynologyWorkingDirectory folders are ignored.\n\n\
+Exit codes: 0 every file ok, 2 problems found, 1 error (no SHA256SUMS, bad signature, \
+unreadable directory)."
+    )]
+    Verify(VerifyArgs),
+    /// List the earlier versions kept for each image (`history: N` in the manifest).
+    History(HistoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +211,41 @@ pub struct DoctorArgs {
     /// The manifest whose spec.store is used when --store is not given.
     #[arg(long, short = 'm', value_name = "PATH", default_value = DEFAULT_MANIFEST)]
     pub manifest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The directory the bucket's images/ is synced into (SHA256SUMS at its top).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The lab's minisign public key (RW…, as in spec.index.signing.minisign.publicKey):
+    /// SHA256SUMS.minisig must verify with it.
+    #[arg(long, value_name = "KEY", conflicts_with = "public_key_file")]
+    pub public_key: Option<String>,
+    /// Read the public key from a minisign `.pub` file.
+    #[arg(long, value_name = "FILE")]
+    pub public_key_file: Option<PathBuf>,
+    /// Print the report as JSON (see docs/index-json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Files hashed at once (default: the number of CPUs, at most 4).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub jobs: Option<u16>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// Only this image (by name).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The manifest whose spec.store is used when --store is not given.
+    #[arg(long, short = 'm', value_name = "PATH", default_value = DEFAULT_MANIFEST)]
+    pub manifest: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `90`, `90s`, `5m`, `1h`.

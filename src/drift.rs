@@ -24,6 +24,7 @@ pub enum Kind {
     SourceVanished,
     SourceChanged,
     SourceUnreachable,
+    IndexStale,
 }
 
 impl Kind {
@@ -38,6 +39,7 @@ impl Kind {
             Kind::SourceVanished => "source-vanished",
             Kind::SourceChanged => "source-changed",
             Kind::SourceUnreachable => "source-unreachable",
+            Kind::IndexStale => "index-stale",
         }
     }
 }
@@ -163,7 +165,9 @@ pub fn records_vs_objects(
         }
     }
     for object in images {
-        if !recorded_objects.contains(&object.key) {
+        if !recorded_objects.contains(&object.key)
+            && !crate::consumer_index::is_index_key(&object.key)
+        {
             findings.push(Finding {
                 kind: Kind::Unmanaged,
                 image: None,
@@ -173,6 +177,61 @@ pub fn records_vs_objects(
         }
     }
     findings
+}
+
+/// The consumer index against the records: what a NAS would check its copy against.
+/// Judged by the same rule apply writes it with (and plan compares it with), so a finding here is
+/// exactly what the next apply rewrites.
+pub fn index_findings(actual: &ActualState, public_key: Option<&str>) -> Vec<Finding> {
+    let implied = crate::consumer_index::entries(&actual.records);
+    let mut out: Vec<Finding> =
+        crate::consumer_index::staleness(&implied.entries, &actual.index, public_key)
+            .into_iter()
+            .map(|detail| Finding {
+                kind: Kind::IndexStale,
+                image: None,
+                key: detail
+                    .split_whitespace()
+                    .find(|w| w.starts_with(crate::manifest::IMAGES_PREFIX))
+                    .unwrap_or(crate::consumer_index::SUMS_KEY)
+                    .to_string(),
+                detail,
+            })
+            .collect();
+    for (record_key, name) in implied.lacking {
+        out.push(Finding {
+            kind: Kind::IndexStale,
+            image: Some(name),
+            key: actual.records[&record_key].object_key.clone(),
+            detail: "not in the index: its record has no sha256 yet (the next apply adds it)"
+                .into(),
+        });
+    }
+    out
+}
+
+/// Objects under `history/` that no record lists as a kept version: left by an interrupted
+/// apply or a failed trim. Nothing reads them; they only cost storage.
+pub fn unlisted_history(actual: &ActualState, history: &[ObjectMeta]) -> Vec<Finding> {
+    let listed: BTreeSet<&str> = actual
+        .records
+        .values()
+        .filter_map(|r| r.record.as_ref().ok())
+        .flat_map(|r| r.history().iter().map(|h| h.key.as_str()))
+        .collect();
+    history
+        .iter()
+        .filter(|o| !listed.contains(o.key.as_str()))
+        .map(|o| Finding {
+            kind: Kind::Unmanaged,
+            image: None,
+            key: o.key.clone(),
+            detail: format!(
+                "{} bytes under history/ that no record lists as a kept version",
+                o.size
+            ),
+        })
+        .collect()
 }
 
 /// How an object differs from what its record says was published.

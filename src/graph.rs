@@ -177,6 +177,7 @@ mod tests {
             expected: None,
             depends_on: deps.iter().map(|s| s.to_string()).collect(),
             protect: false,
+            history: 0,
         }
     }
 

@@ -29,6 +29,8 @@ fn main() -> ExitCode {
             Command::Pin(args) => commands::pin::run(args).await,
             Command::ForceUnlock(args) => commands::force_unlock::run(args).await,
             Command::Doctor(args) => commands::doctor::run(args).await,
+            Command::Verify(args) => commands::verify::run(args),
+            Command::History(args) => commands::history::run(args).await,
         }
     });
     match result {

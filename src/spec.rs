@@ -26,6 +26,13 @@ pub struct NormalizedSpec {
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub protect: bool,
+    /// How many earlier versions of the object to keep under `history/` (`history: N`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub history: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn is_false(b: &bool) -> bool {
@@ -110,6 +117,7 @@ impl NormalizedSpec {
             expected: image.published_checksum(),
             depends_on: image.dependencies(),
             protect: image.protect,
+            history: image.history,
         }
     }
 
@@ -117,8 +125,8 @@ impl NormalizedSpec {
         serde_json::to_value(self).expect("specs always serialize")
     }
 
-    /// Hash of what determines the published bytes. `name` and `protect` are left out: renaming
-    /// or protecting an image does not change its object.
+    /// Hash of what determines the published bytes. `name`, `protect` and `history` are left
+    /// out: renaming, protecting or keeping history of an image does not change its object.
     pub fn fingerprint(&self, dependencies: &BTreeMap<String, Checksum>) -> Checksum {
         #[derive(Serialize)]
         struct Content<'a> {
@@ -156,6 +164,7 @@ mod tests {
             expected: None,
             depends_on: vec![],
             protect: false,
+            history: 0,
         }
     }
 
@@ -171,6 +180,7 @@ mod tests {
         let mut renamed = spec.clone();
         renamed.name = "b".into();
         renamed.protect = true;
+        renamed.history = 3;
         let none = BTreeMap::new();
         assert_eq!(spec.fingerprint(&none), renamed.fingerprint(&none));
         let deps = BTreeMap::from([("iso".to_string(), Checksum::sha256(b"iso"))]);

@@ -83,7 +83,7 @@ for fmt in xz:xz:$xz_sum zstd:zst:$zst_sum; do
 done
 
 {
-  echo "# Benchmarks"
+  echo "## Publishing"
   echo
   echo "Publishing a generated ${size_mib} MiB image (base64 text of random bytes; xz -3 and zstd -3"
   echo "compressed) from a local HTTP server to a local s3s-fs, on this project's 2-core machine."
@@ -98,5 +98,5 @@ done
   echo
   echo "Peak RSS is the process's maximum resident set (GNU time's %M); for the baseline it is the"
   echo "largest process of the pipeline (\`bash -c\` reports the maximum over its children)."
-} > "$root/docs/benchmarks.md"
+} | scripts/bench/section.sh publish "$root/docs/benchmarks.md"
 cat "$root/docs/benchmarks.md"

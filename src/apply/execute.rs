@@ -20,7 +20,7 @@ use crate::source::checksum_list;
 use crate::source::packer;
 use crate::source::signature::{MinisignCheck, MinisignKey};
 use crate::spec::{NormalizedSpec, SpecSignature, SpecSource};
-use crate::state::record::{new_record, source_of, to_json};
+use crate::state::record::{new_record, source_of, to_json, HistoryEntry};
 use crate::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
 
 pub struct ApplyContext {
@@ -182,15 +182,34 @@ async fn run_change(
     dep_sums: BTreeMap<String, Option<Checksum>>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
+    check_history_keys(change)?;
     match change.action {
         Action::NoOp => Ok((
             "unchanged".into(),
             change.before.as_ref().and_then(|b| b.checksum.clone()),
         )),
         Action::Delete => {
+            let trimmed = change
+                .history
+                .as_ref()
+                .map(|h| h.trim.clone())
+                .unwrap_or_default();
+            // Object, kept versions, then the record: if a delete fails, the record still lists
+            // what is left, so the next prune finds it.
             ctx.store.delete(&change.key).await?;
+            for key in &trimmed {
+                ctx.store
+                    .delete(key)
+                    .await
+                    .with_context(|| format!("cannot delete the kept version `{key}`"))?;
+            }
             ctx.store.delete(&change.record_key).await?;
-            Ok((format!("deleted {}", change.key), None))
+            let with = match trimmed.len() {
+                0 => String::new(),
+                1 => " and its kept version".to_string(),
+                n => format!(" and its {n} kept versions"),
+            };
+            Ok((format!("deleted {}{with}", change.key), None))
         }
         Action::Update => update(change, dep_sums, ctx).await,
         Action::Create | Action::Replace => {
@@ -199,9 +218,15 @@ async fn run_change(
                 .get(&change.name)
                 .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?;
             let deps = known(&dep_sums)?;
+            let kept = keep_current(change, ctx).await?;
+            if let Some(entry) = &change.restore {
+                return restore(change, desired, deps, kept, entry, ctx).await;
+            }
             match &desired.spec.source {
-                SpecSource::Http { .. } => publish_http(change, desired, deps, ctx).await,
-                SpecSource::Packer { .. } => publish_packer(change, &desired.spec, deps, ctx).await,
+                SpecSource::Http { .. } => publish_http(change, desired, deps, kept, ctx).await,
+                SpecSource::Packer { .. } => {
+                    publish_packer(change, &desired.spec, deps, kept, ctx).await
+                }
             }
         }
     }
@@ -276,6 +301,7 @@ async fn publish_http(
     change: &Change,
     desired: &Desired,
     deps: BTreeMap<String, Checksum>,
+    kept: Option<HistoryEntry>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
     let spec = &desired.spec;
@@ -325,8 +351,271 @@ async fn publish_http(
     record.source.size = published.source.size;
     record.source.etag = published.source.etag.clone();
     record.source.last_modified = published.source.last_modified.clone();
+    let trimmed = with_history(&mut record, change, kept);
     write_record(ctx, &change.record_key, &record).await?;
+    delete_history(change, &trimmed, ctx).await?;
     Ok(published_result(change, &published, "created", "replaced"))
+}
+
+/// Fills in the record's history after a change and returns the history keys to delete once
+/// the record is written.
+fn with_history(
+    record: &mut crate::state::StateRecord,
+    change: &Change,
+    kept: Option<HistoryEntry>,
+) -> Vec<String> {
+    let before = change
+        .before
+        .as_ref()
+        .map(|b| b.history.as_slice())
+        .unwrap_or_default();
+    let (list, delete) = super::history::after_change(
+        kept,
+        before,
+        change.history.as_ref(),
+        record.sha256.as_ref(),
+        record.spec.history,
+    );
+    record.history = list;
+    delete
+}
+
+/// Whether `key` is a kept version of the image published at `object_key`: a plan (perhaps a
+/// hand-edited plan file) never makes apply copy from or delete anything else.
+fn is_history_of(object_key: &str, key: &str) -> bool {
+    let Some(destination) = object_key.strip_prefix(crate::manifest::IMAGES_PREFIX) else {
+        return false;
+    };
+    key.strip_prefix(crate::manifest::HISTORY_PREFIX)
+        .and_then(|rest| rest.strip_prefix(destination))
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn check_history_keys(change: &Change) -> anyhow::Result<()> {
+    let trim = change.history.iter().flat_map(|h| h.trim.iter());
+    let restore = change.restore.iter().map(|r| &r.key);
+    let listed = change
+        .before
+        .iter()
+        .flat_map(|b| b.history.iter().map(|h| &h.key));
+    for key in trim.chain(restore).chain(listed) {
+        if !is_history_of(&change.key, key) {
+            bail!(
+                "the plan names `{key}` as a kept version of `{}`, which it is not; refusing to touch it",
+                change.key
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Deleted only after the record that no longer lists them is written, so a record never names
+/// a version that is gone. The image itself is done by then: a failed delete is reported, not
+/// turned into a failed image (`labctl drift` lists kept versions no record names).
+async fn delete_history(
+    change: &Change,
+    keys: &[String],
+    ctx: &ApplyContext,
+) -> anyhow::Result<()> {
+    for key in keys {
+        if !is_history_of(&change.key, key) {
+            bail!(
+                "refusing to delete `{key}`: it is not a kept version of `{}`",
+                change.key
+            );
+        }
+        if let Err(e) = ctx.store.delete(key).await {
+            ctx.progress.line(
+                &change.name,
+                &format!("warning: cannot delete the kept version `{key}`: {e}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Copies the current object into the history (server-side) before it is overwritten, when the
+/// plan says so. Returns the new history entry.
+async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Option<HistoryEntry>> {
+    if !change.history.as_ref().is_some_and(|h| h.keep_current) {
+        return Ok(None);
+    }
+    let before = change
+        .before
+        .as_ref()
+        .ok_or_else(|| anyhow!("keeping history needs the current record"))?;
+    let checksum = before
+        .checksum
+        .clone()
+        .ok_or_else(|| anyhow!("the record of `{}` has no checksum", change.name))?;
+    let Some(object) = ctx.store.head(&change.key).await? else {
+        ctx.progress.line(
+            &change.name,
+            "the current object is gone: there is nothing to keep in the history",
+        );
+        return Ok(None);
+    };
+    // Bytes replaced behind labctl's back since the plan are not what the record describes.
+    let labelled = match object.user_metadata.get(META_CHECKSUM) {
+        Some(c) => *c == checksum.to_string(),
+        None => before.legacy,
+    };
+    if !labelled || before.size.is_some_and(|s| s != object.size) {
+        ctx.progress.line(
+            &change.name,
+            "the current object no longer matches its record: it is not kept in the history",
+        );
+        return Ok(None);
+    }
+    let sha256 = match &before.sha256 {
+        Some(s) => s.clone(),
+        None => {
+            ctx.progress.line(
+                &change.name,
+                "reading the current object back for its sha256 before keeping it",
+            );
+            let digests =
+                pipeline::hash_stored(ctx.store.as_ref(), &change.key, checksum.algorithm).await?;
+            if digests.declared != checksum {
+                ctx.progress.line(
+                    &change.name,
+                    "the current object does not hash to its record's checksum: it is not kept in the history",
+                );
+                return Ok(None);
+            }
+            digests.sha256
+        }
+    };
+    let spec = before.spec.as_ref();
+    let destination = change
+        .key
+        .strip_prefix(crate::manifest::IMAGES_PREFIX)
+        .unwrap_or(&change.key);
+    let key = crate::manifest::history_key(destination, &sha256);
+    ctx.store
+        .copy(&change.key, &key, None, Some(&object.etag))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot keep the current bytes of `{}` at `{key}`",
+                change.key
+            )
+        })?;
+    Ok(Some(HistoryEntry {
+        checksum,
+        sha256,
+        key,
+        size: object.size,
+        source_url: spec
+            .and_then(|s| s.pointer("/source/url"))
+            .and_then(|u| u.as_str())
+            .map(str::to_string),
+        uploaded_at: before
+            .uploaded_at
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+        kept_at: crate::timefmt::now_rfc3339(),
+    }))
+}
+
+/// Copies kept bytes back (a revert in Git): nothing is downloaded, so it works after the
+/// vendor deleted the file. The kept object carries the checksum it was published with; it is
+/// checked before the copy, and the copy's size after.
+async fn restore(
+    change: &Change,
+    desired: &Desired,
+    deps: BTreeMap<String, Checksum>,
+    kept: Option<HistoryEntry>,
+    entry: &HistoryEntry,
+    ctx: &ApplyContext,
+) -> ChangeResult {
+    let spec = &desired.spec;
+    let source = ctx
+        .store
+        .head(&entry.key)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "the kept version `{}` is gone from the store; plan again to download the image instead",
+                entry.key
+            )
+        })?;
+    if source.size != entry.size
+        || source.user_metadata.get(META_CHECKSUM) != Some(&entry.checksum.to_string())
+    {
+        bail!(
+            "the kept version `{}` is not what the record lists ({} bytes, {}); it was changed outside labctl",
+            entry.key,
+            entry.size,
+            entry.checksum
+        );
+    }
+    // Every byte labctl publishes is verified: the kept bytes are read back from the store
+    // (not from the vendor) and must hash to both recorded digests before the copy, which is
+    // made only while the kept object still has the ETag that was hashed.
+    ctx.progress.line(
+        &change.name,
+        &format!(
+            "checking the kept version {} before restoring it",
+            entry.key
+        ),
+    );
+    let digests = pipeline::hash_stored(ctx.store.as_ref(), &entry.key, entry.checksum.algorithm)
+        .await
+        .with_context(|| format!("cannot read the kept version `{}`", entry.key))?;
+    if digests.declared != entry.checksum || digests.sha256 != entry.sha256 {
+        bail!(
+            "the kept version `{}` hashes to {}, not to {} as the record lists: it was changed outside labctl, and nothing was restored",
+            entry.key,
+            digests.declared,
+            entry.checksum
+        );
+    }
+    let fingerprint = spec.fingerprint(&deps);
+    let object = ctx
+        .store
+        .copy(
+            &entry.key,
+            &change.key,
+            Some(object_metadata(&entry.checksum, &fingerprint)),
+            Some(&source.etag),
+        )
+        .await
+        .with_context(|| format!("cannot copy `{}` back to `{}`", entry.key, change.key))?;
+    if object.size != entry.size {
+        bail!(
+            "the copy of `{}` at `{}` has {} bytes, not {}",
+            entry.key,
+            change.key,
+            object.size,
+            entry.size
+        );
+    }
+    let mut record = new_record(
+        spec,
+        entry.checksum.clone(),
+        entry.size,
+        deps,
+        crate::timefmt::now_rfc3339(),
+    );
+    record.sha256 = Some(entry.sha256.clone());
+    record.object_etag = Some(object.etag);
+    record.source.checksum = change
+        .after
+        .as_ref()
+        .and_then(|a| a.source_checksum.clone());
+    let trimmed = with_history(&mut record, change, kept);
+    write_record(ctx, &change.record_key, &record).await?;
+    delete_history(change, &trimmed, ctx).await?;
+    Ok((
+        format!(
+            "restored from history ({} bytes, {}, verified; nothing downloaded)",
+            entry.size,
+            entry.checksum.short()
+        ),
+        Some(entry.checksum.clone()),
+    ))
 }
 
 /// The record of a freshly published object (written last, after the object is visible).
@@ -343,6 +632,7 @@ fn record_of(
         crate::timefmt::now_rfc3339(),
     );
     record.object_etag = Some(published.object.etag.clone());
+    record.sha256 = Some(published.sha256.clone());
     record
 }
 
@@ -403,6 +693,7 @@ async fn publish_packer(
     change: &Change,
     spec: &NormalizedSpec,
     deps: BTreeMap<String, Checksum>,
+    kept: Option<HistoryEntry>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
     let SpecSource::Packer {
@@ -453,7 +744,9 @@ async fn publish_packer(
     .await?;
     let mut record = record_of(spec, &published, deps);
     record.source.packer_version = Some(build.packer_version.clone());
+    let trimmed = with_history(&mut record, change, kept);
     write_record(ctx, &change.record_key, &record).await?;
+    delete_history(change, &trimmed, ctx).await?;
     // Dropping the build removes its scratch directory.
     drop(build);
     Ok(published_result(
@@ -499,12 +792,21 @@ async fn update(
     if let SpecSource::Http { checksum: c, .. } = &spec.source {
         record.source.checksum = c.parse().ok();
     }
-    let object = ctx
-        .store
-        .set_metadata(&change.key, object_metadata(&checksum, &record.fingerprint))
-        .await?;
+    // The bytes stay: so does what is known about them.
+    record.sha256 = before.sha256.clone().or(record.sha256);
+    // Rewriting metadata copies the object onto itself (a new ETag and modification time, which
+    // a NAS sync may take for new content): only when it really changes, not for a
+    // record-only change such as `history` or `protect`.
+    let wanted = object_metadata(&checksum, &record.fingerprint);
+    let object = if object.user_metadata == wanted {
+        object
+    } else {
+        ctx.store.set_metadata(&change.key, wanted).await?
+    };
     record.object_etag = Some(object.etag);
+    let trimmed = with_history(&mut record, change, None);
     write_record(ctx, &change.record_key, &record).await?;
+    delete_history(change, &trimmed, ctx).await?;
     Ok(("updated".into(), Some(checksum)))
 }
 
@@ -518,4 +820,28 @@ async fn write_record(
         .await
         .with_context(|| format!("the object was published but its record `{key}` could not be written; the next plan replaces it"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_history_of;
+
+    #[test]
+    fn only_kept_versions_of_the_same_image_are_history() {
+        let hex = "a".repeat(64);
+        assert!(is_history_of(
+            "images/vyos/x.iso",
+            &format!("history/vyos/x.iso/{hex}")
+        ));
+        for other in [
+            format!("history/vyos/y.iso/{hex}"),
+            format!("history/vyos/x.iso/{hex}/more"),
+            format!("history/vyos/x.iso.bak/{hex}"),
+            "history/vyos/x.iso/short".to_string(),
+            format!("images/vyos/x.iso/{hex}"),
+            "metadata/vyos/x.iso.json".to_string(),
+        ] {
+            assert!(!is_history_of("images/vyos/x.iso", &other), "{other}");
+        }
+    }
 }

@@ -292,6 +292,15 @@ mod tests {
         ) -> store::Result<store::ObjectMeta> {
             self.0.set_metadata(k, m).await
         }
+        async fn copy(
+            &self,
+            f: &str,
+            t: &str,
+            m: Option<std::collections::BTreeMap<String, String>>,
+            e: Option<&str>,
+        ) -> store::Result<store::ObjectMeta> {
+            self.0.copy(f, t, m, e).await
+        }
     }
 
     #[tokio::test]

@@ -19,6 +19,21 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
 
+    // A signed index needs its key: find out before anything is uploaded.
+    let signer = match &manifest.index.minisign_public_key {
+        Some(public) => match crate::signing::IndexSigner::from_env(public) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let hint = e.hint().map(str::to_string);
+                return Err(Failure {
+                    error: e.into(),
+                    hint,
+                });
+            }
+        },
+        None => None,
+    };
+
     // Decide how the plan will be approved before touching anything.
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if args.plan_file.is_none() && !args.auto_approve && !interactive {
@@ -42,7 +57,15 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         None
     };
 
-    let result = locked(args, &manifest, &graph, store.clone(), interactive).await;
+    let result = locked(
+        args,
+        &manifest,
+        &graph,
+        store.clone(),
+        interactive,
+        signer.as_ref(),
+    )
+    .await;
 
     if let Some(l) = held {
         if let Err(e) = l.release().await {
@@ -61,6 +84,7 @@ async fn locked(
     graph: &crate::graph::DependencyGraph,
     store: Arc<dyn Store>,
     interactive: bool,
+    signer: Option<&crate::signing::IndexSigner>,
 ) -> Result<ExitCode, Failure> {
     let (desired, plan) = match &args.plan_file {
         Some(path) => {
@@ -94,7 +118,7 @@ async fn locked(
             };
             let (desired, plan) = super::plan::compute(manifest, graph, &store, &request).await?;
             print!("{}", render::human::plan(&plan));
-            if !plan.summary.has_changes() {
+            if !plan.has_changes() {
                 return Ok(ExitCode::SUCCESS);
             }
             if !args.auto_approve && interactive && !confirm()? {
@@ -104,7 +128,7 @@ async fn locked(
             (desired, plan)
         }
     };
-    if !plan.summary.has_changes() {
+    if !plan.has_changes() {
         eprintln!("No changes to apply.");
         return Ok(ExitCode::SUCCESS);
     }
@@ -137,7 +161,29 @@ async fn locked(
             run.await
         }
     };
+    let cancelled = *cancel_tx.borrow();
+    let index = if cancelled {
+        eprintln!(
+            "The consumer index was not rewritten (interrupted); the next apply rewrites it."
+        );
+        None
+    } else {
+        Some(write_index(&store, &plan, signer).await)
+    };
     print_summary(&report);
+    let index_failed = match &index {
+        Some(Ok(lines)) => {
+            for line in lines {
+                println!("{line}");
+            }
+            false
+        }
+        Some(Err(e)) => {
+            println!("  {} consumer index: {e:#}", style("✗").red());
+            true
+        }
+        None => false,
+    };
     if crate::github::active() {
         for (name, _, outcome) in &report.results {
             if let Outcome::Failed(msg) = outcome {
@@ -147,11 +193,47 @@ async fn locked(
         crate::github::summary(&summary_markdown(&report));
         crate::github::plan_outputs(&plan.summary);
     }
-    Ok(if report.failed() || *cancel_tx.borrow() {
+    Ok(if report.failed() || cancelled || index_failed {
         super::exit(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Backfills missing sha256s and rewrites the consumer index; returns the lines to print.
+async fn write_index(
+    store: &Arc<dyn Store>,
+    plan: &Plan,
+    signer: Option<&crate::signing::IndexSigner>,
+) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let backfilled = apply::index::backfill(store, &plan.index.backfill).await?;
+    for line in &backfilled.done {
+        lines.push(format!("  {} {line}", style("✓").green()));
+    }
+    let written = apply::index::write(store, signer).await?;
+    lines.push(format!(
+        "  {} consumer index: {} objects in images/SHA256SUMS and images/index.json{}",
+        style("✓").green(),
+        written.objects,
+        if written.signed {
+            ", signed (images/SHA256SUMS.minisig)"
+        } else {
+            ""
+        }
+    ));
+    if !written.left_out.is_empty() {
+        lines.push(format!(
+            "  {} left out of the index (sha256 unknown): {}",
+            style("!").yellow(),
+            written.left_out.join(", ")
+        ));
+    }
+    if !backfilled.problems.is_empty() {
+        // The index was written for everything else; the apply still fails so someone looks.
+        anyhow::bail!("{}\n{}", lines.join("\n"), backfilled.problems.join("\n"));
+    }
+    Ok(lines)
 }
 
 fn summary_markdown(report: &Report) -> String {

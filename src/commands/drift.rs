@@ -6,14 +6,12 @@ use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::cli::DriftArgs;
 use crate::drift::{self, Finding, Kind, Report};
 use crate::failure::Failure;
-use crate::pipeline::hash::Hasher;
 use crate::plan::Desired;
 use crate::source::http::SourceInfo;
 use crate::spec::SpecSource;
@@ -33,7 +31,13 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     let actual = crate::state::refresh::read(store.clone(), true).await?;
     let images = store::list_all(store.as_ref(), crate::manifest::IMAGES_PREFIX).await?;
 
+    let history = store::list_all(store.as_ref(), crate::manifest::HISTORY_PREFIX).await?;
     let mut findings = drift::records_vs_objects(&desired, &actual, &images);
+    findings.extend(drift::unlisted_history(&actual, &history));
+    findings.extend(drift::index_findings(
+        &actual,
+        manifest.index.minisign_public_key.as_deref(),
+    ));
     if args.deep {
         eprintln!("Re-hashing every managed object…");
         findings.extend(deep(store.clone(), &actual).await?);
@@ -95,27 +99,12 @@ async fn deep(store: Arc<dyn Store>, actual: &ActualState) -> Result<Vec<Finding
         let name = record.name().map(str::to_string);
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await.expect("never closed");
-            let Some(object) = store.get(&key).await? else {
+            if store.head(&key).await?.is_none() {
                 return Ok(None);
-            };
-            let mut body = object.body;
-            let mut hasher = Hasher::new(expected.algorithm);
-            let mut buf = vec![0u8; 256 * 1024];
-            loop {
-                let n = body
-                    .read(&mut buf)
-                    .await
-                    .map_err(|source| store::StoreError::Io {
-                        op: "read",
-                        key: key.clone(),
-                        source,
-                    })?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
             }
-            let actual = hasher.finish();
+            let actual = crate::pipeline::hash_stored(store.as_ref(), &key, expected.algorithm)
+                .await?
+                .declared;
             Ok::<_, store::StoreError>((actual != expected).then(|| Finding {
                 kind: Kind::ContentMismatch,
                 image: name,
@@ -162,9 +151,16 @@ async fn check_sources(desired: &[Desired], actual: &ActualState) -> Vec<Finding
             url.clone(),
             d.spec.name.clone(),
         );
+        let custody = custody(d, actual);
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await.expect("never closed");
-            probe(&client, &url, &name, recorded.as_ref()).await
+            let mut finding = probe(&client, &url, &name, recorded.as_ref()).await;
+            if let Some(f) = &mut finding {
+                if f.kind == Kind::SourceVanished {
+                    f.detail.push_str(&format!("; {custody}"));
+                }
+            }
+            finding
         });
     }
     let mut out = Vec::new();
@@ -174,6 +170,44 @@ async fn check_sources(desired: &[Desired], actual: &ActualState) -> Vec<Finding
         }
     }
     out
+}
+
+/// Who still has the bytes once the vendor's file is gone: the published object (when it is the
+/// one the manifest wants) and the versions kept under history/.
+fn custody(d: &Desired, actual: &ActualState) -> String {
+    let record_key = crate::manifest::record_key(&d.spec.destination);
+    let Some(r) = actual.records.get(&record_key) else {
+        return "the bucket holds no copy either: this image cannot be published again from this URL".into();
+    };
+    let Ok(rec) = &r.record else {
+        return "the bucket's record of it is unreadable: check the object before relying on it"
+            .into();
+    };
+    let wanted = d.published();
+    let present = matches!(r.object, ObjectState::Present(_));
+    let kept = rec.history();
+    let history = match kept.len() {
+        0 => String::new(),
+        1 => "; its history keeps 1 earlier version".to_string(),
+        n => format!("; its history keeps {n} earlier versions"),
+    };
+    let restorable = wanted.is_some_and(|w| kept.iter().any(|h| h.checksum == *w));
+    if present && wanted.is_none_or(|w| w == rec.checksum()) {
+        format!(
+            "the bucket now holds the only copy ({}, {}){history}",
+            r.object_key,
+            rec.checksum().short()
+        )
+    } else if restorable {
+        format!("the bucket's history holds the only copy of the wanted bytes{history}")
+    } else if present {
+        format!(
+            "the bucket holds other bytes ({}) than the manifest wants: a replace cannot download them{history}",
+            rec.checksum().short()
+        )
+    } else {
+        format!("the object is missing from the bucket too: no copy is left{history}")
+    }
 }
 
 async fn probe(

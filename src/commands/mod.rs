@@ -5,10 +5,12 @@ pub mod doctor;
 pub mod drift;
 pub mod force_unlock;
 pub mod graph;
+pub mod history;
 pub mod list;
 pub mod pin;
 pub mod plan;
 pub mod validate;
+pub mod verify;
 
 use std::path::Path;
 use std::process::ExitCode;

@@ -52,7 +52,7 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     }
 
     // The exit code comes from the same plan value the text was rendered from.
-    if args.detailed_exitcode && plan.summary.has_changes() {
+    if args.detailed_exitcode && plan.has_changes() {
         Ok(super::exit(super::EXIT_CHANGES))
     } else {
         Ok(ExitCode::SUCCESS)
@@ -104,6 +104,7 @@ pub async fn compute(
         &PlanOptions {
             prune,
             replace: replace.to_vec(),
+            index_public_key: manifest.index.minisign_public_key.clone(),
         },
         PlanContext {
             manifest: manifest.path.display().to_string(),

@@ -114,6 +114,7 @@ pub fn parse(
         digest: Checksum::sha256(bytes),
         name: read.name,
         store: read.store,
+        index: read.index,
         images: read.images,
     };
     Ok((manifest, graph.expect("checked above")))

@@ -20,8 +20,21 @@ pub struct Manifest {
     pub digest: Checksum,
     pub name: Option<String>,
     pub store: Option<StoreConfig>,
+    /// `spec.index`: how the consumer index in `images/` is written.
+    pub index: IndexConfig,
     pub images: Vec<Image>,
 }
+
+/// `spec.index`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexConfig {
+    /// `signing.minisign.publicKey`: apply signs `images/SHA256SUMS` with the matching secret key
+    /// (from the environment) and writes `images/SHA256SUMS.minisig`.
+    pub minisign_public_key: Option<String>,
+}
+
+/// Most earlier versions an image may keep (`history: N`).
+pub const MAX_HISTORY: u32 = 100;
 
 impl Manifest {
     pub fn image(&self, name: &str) -> Option<&Image> {
@@ -54,6 +67,8 @@ pub struct Image {
     pub expected: Option<Checksum>,
     pub depends_on: Vec<String>,
     pub protect: bool,
+    /// Earlier versions of the object kept under `history/` (0: none).
+    pub history: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +219,12 @@ impl Image {
 
 pub const IMAGES_PREFIX: &str = "images/";
 pub const METADATA_PREFIX: &str = "metadata/";
+pub const HISTORY_PREFIX: &str = "history/";
+
+/// Where the bytes with `sha256` of the image at `destination` are kept once replaced.
+pub fn history_key(destination: &str, sha256: &Checksum) -> String {
+    format!("{HISTORY_PREFIX}{destination}/{}", sha256.hex())
+}
 
 pub fn object_key(destination: &str) -> String {
     format!("{IMAGES_PREFIX}{destination}")

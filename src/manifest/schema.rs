@@ -23,6 +23,7 @@ pub struct Rules {
 pub struct Read {
     pub name: Option<String>,
     pub store: Option<StoreConfig>,
+    pub index: IndexConfig,
     pub images: Vec<Image>,
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -56,6 +57,7 @@ pub fn read(root: &Node, base_dir: &Path, rules: Rules) -> Read {
     let mut out = Read {
         name: None,
         store: None,
+        index: IndexConfig::default(),
         images: Vec::new(),
         diagnostics: Vec::new(),
     };
@@ -76,8 +78,11 @@ pub fn read(root: &Node, base_dir: &Path, rules: Rules) -> Read {
         match top.get("spec") {
             None => r.error(root.loc, None, "missing required field `spec`"),
             Some(spec) => {
-                if let Some(s) = r.fields(spec, "spec", &["store", "images"], None) {
+                if let Some(s) = r.fields(spec, "spec", &["store", "index", "images"], None) {
                     out.store = s.get("store").and_then(|n| r.store(n));
+                    if let Some(n) = s.get("index") {
+                        out.index = r.index(n);
+                    }
                     match s.get("images") {
                         None => r.error(spec.loc, None, "missing required field `spec.images`"),
                         Some(images) => out.images = r.images(images),
@@ -247,6 +252,58 @@ impl Reader<'_> {
         })
     }
 
+    /// `spec.index: {signing: {minisign: {publicKey: RW…}}}`.
+    fn index(&mut self, node: &Node) -> IndexConfig {
+        let mut config = IndexConfig::default();
+        let Some(f) = self.fields(node, "spec.index", &["signing"], None) else {
+            return config;
+        };
+        let Some(signing) = f.get("signing") else {
+            return config;
+        };
+        let Some(g) = self.fields(signing, "spec.index.signing", &["minisign"], None) else {
+            return config;
+        };
+        let Some(minisign) = g.get("minisign") else {
+            self.error(
+                signing.loc,
+                None,
+                "`spec.index.signing` needs a `minisign` block",
+            );
+            return config;
+        };
+        let Some(m) = self.fields(
+            minisign,
+            "spec.index.signing.minisign",
+            &["publicKey"],
+            None,
+        ) else {
+            return config;
+        };
+        let Some(key_node) = m.get("publicKey") else {
+            self.error_hint(
+                minisign.loc,
+                None,
+                "missing required field `spec.index.signing.minisign.publicKey`",
+                "the public key is the second line of the `.pub` file `minisign -G` writes (RW…)",
+            );
+            return config;
+        };
+        let Some(key) = self.string(key_node, "spec.index.signing.minisign.publicKey", None) else {
+            return config;
+        };
+        match crate::source::signature::MinisignKey::parse(&key) {
+            Ok(_) => config.minisign_public_key = Some(key.trim().to_string()),
+            Err(e) => self.error_hint(
+                key_node.loc,
+                None,
+                e.to_string(),
+                "the public key is the second line of the `.pub` file `minisign -G` writes (RW…)",
+            ),
+        }
+        config
+    }
+
     fn images(&mut self, node: &Node) -> Vec<Image> {
         let Value::Seq(items) = &node.value else {
             self.error(
@@ -268,13 +325,14 @@ impl Reader<'_> {
     }
 
     fn image(&mut self, node: &Node) -> Option<Image> {
-        const FIELDS: [&str; 6] = [
+        const FIELDS: [&str; 7] = [
             "name",
             "source",
             "destination",
             "validation",
             "dependsOn",
             "protect",
+            "history",
         ];
         // Read the name first so that every other problem can say which image it is about.
         let name = match &node.value {
@@ -359,6 +417,35 @@ impl Reader<'_> {
             }
         };
 
+        let history = match f.get("history") {
+            None => 0,
+            Some(n) => match &n.value {
+                Value::Number(text) => match text.parse::<u32>() {
+                    Ok(v) if v <= MAX_HISTORY => v,
+                    _ => {
+                        self.error_hint(
+                            n.loc,
+                            label,
+                            format!("`history` must be a whole number from 0 to {MAX_HISTORY}, found {text}"),
+                            "history: N keeps the N most recent earlier versions of the object",
+                        );
+                        0
+                    }
+                },
+                other => {
+                    self.error(
+                        n.loc,
+                        label,
+                        format!(
+                            "`history` must be a whole number from 0 to {MAX_HISTORY}, found {}",
+                            other.kind()
+                        ),
+                    );
+                    0
+                }
+            },
+        };
+
         // Judged from the raw entry, so it is reported even when the source has other problems.
         let source_node = f.get("source");
         let source_field = |name: &str| match source_node.map(|n| &n.value) {
@@ -400,6 +487,7 @@ impl Reader<'_> {
             expected,
             depends_on,
             protect,
+            history,
         })
     }
 
@@ -759,6 +847,15 @@ impl Reader<'_> {
                 return None;
             }
         };
+        if crate::consumer_index::is_index_file(&value) {
+            self.error_hint(
+                loc,
+                image,
+                format!("destination `{value}` is the consumer index's own file"),
+                "images/SHA256SUMS, images/SHA256SUMS.minisig and images/index.json are written by labctl; pick another key",
+            );
+            return None;
+        }
         match check_relative_key(&value) {
             Ok(()) => Some(value),
             Err(why) => {

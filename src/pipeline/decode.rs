@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use crate::checksum::{Algorithm, Checksum};
 use crate::manifest::Compression;
-use crate::pipeline::hash::Hasher;
+use crate::pipeline::hash::WithSha256;
 use crate::pipeline::upload::Part;
 
 #[derive(Debug)]
@@ -61,7 +61,7 @@ pub fn run(
     compression: Option<Compression>,
     algorithm: Algorithm,
     part_size: usize,
-) -> Result<(Checksum, u64), DecodeError> {
+) -> Result<Digests, DecodeError> {
     let input = ChannelReader {
         rx,
         current: Bytes::new(),
@@ -93,6 +93,15 @@ pub enum SplitError {
     UploadStopped,
 }
 
+/// What the decoded stream hashed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// In the algorithm the manifest declares.
+    pub declared: Checksum,
+    pub sha256: Checksum,
+    pub size: u64,
+}
+
 /// Cuts `reader` into parts of `part_size` (the last one shorter, possibly empty), hashing
 /// every byte, and hands them to the uploader.
 pub fn split(
@@ -100,8 +109,8 @@ pub fn split(
     tx: &mpsc::Sender<Part>,
     algorithm: Algorithm,
     part_size: usize,
-) -> Result<(Checksum, u64), SplitError> {
-    let mut hasher = Hasher::new(algorithm);
+) -> Result<Digests, SplitError> {
+    let mut hasher = WithSha256::new(algorithm);
     let mut total = 0u64;
     let mut number = 1u32;
     loop {
@@ -129,7 +138,12 @@ pub fn split(
             return Err(SplitError::UploadStopped);
         }
         if last {
-            return Ok((hasher.finish(), total));
+            let (declared, sha256) = hasher.finish();
+            return Ok(Digests {
+                declared,
+                sha256,
+                size: total,
+            });
         }
         number += 1;
     }

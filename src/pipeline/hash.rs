@@ -34,9 +34,55 @@ impl Hasher {
     }
 }
 
+/// The declared algorithm's digest and, beside it, the sha256 that the consumer index lists
+/// (one hasher when the declared algorithm is sha256).
+#[derive(Clone)]
+pub struct WithSha256 {
+    declared: Hasher,
+    sha256: Option<Hasher>,
+}
+
+impl WithSha256 {
+    pub fn new(algorithm: Algorithm) -> WithSha256 {
+        WithSha256 {
+            declared: Hasher::new(algorithm),
+            sha256: (algorithm != Algorithm::Sha256).then(|| Hasher::new(Algorithm::Sha256)),
+        }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.declared.update(bytes);
+        if let Some(h) = &mut self.sha256 {
+            h.update(bytes);
+        }
+    }
+
+    /// `(declared, sha256)`.
+    pub fn finish(self) -> (Checksum, Checksum) {
+        let declared = self.declared.finish();
+        let sha256 = match self.sha256 {
+            Some(h) => h.finish(),
+            None => declared.clone(),
+        };
+        (declared, sha256)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_beside_the_declared_algorithm() {
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            let mut h = WithSha256::new(algorithm);
+            h.update(b"hello ");
+            h.update(b"world");
+            let (declared, sha256) = h.finish();
+            assert_eq!(declared, Checksum::of_bytes(algorithm, b"hello world"));
+            assert_eq!(sha256, Checksum::sha256(b"hello world"));
+        }
+    }
 
     #[test]
     fn incremental_equals_whole() {

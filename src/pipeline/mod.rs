@@ -67,6 +67,8 @@ pub struct HttpJob {
 #[derive(Debug, Clone)]
 pub struct Published {
     pub checksum: Checksum,
+    /// sha256 of the published bytes (the same as `checksum` when that is sha256).
+    pub sha256: Checksum,
     pub size: u64,
     pub object: ObjectMeta,
     /// What the download's server said about the file (HTTP sources only).
@@ -106,7 +108,7 @@ pub enum PipelineError {
 }
 
 enum Attempt {
-    Done(Published),
+    Done(Box<Published>),
     Restart,
 }
 
@@ -136,7 +138,7 @@ pub async fn publish_http(
         {
             Attempt::Done(mut published) => {
                 published.source = download.info().clone();
-                return Ok(published);
+                return Ok(*published);
             }
             Attempt::Restart => {
                 restarts += 1;
@@ -250,14 +252,15 @@ async fn attempt(
         }
     };
 
-    let (checksum, size, body) = verified;
+    let (digests, body) = verified;
     let object = make_visible(store, &job.key, &job.user_metadata, body).await?;
-    Ok(Attempt::Done(Published {
-        checksum,
-        size,
+    Ok(Attempt::Done(Box::new(Published {
+        checksum: digests.declared,
+        sha256: digests.sha256,
+        size: digests.size,
         object,
         source: Default::default(),
-    }))
+    })))
 }
 
 /// The last step, taken only after verification: complete the multipart upload (or PUT the
@@ -367,11 +370,11 @@ pub async fn publish_file(
             path: path.display().to_string(),
             message: "the upload stopped".into(),
         }),
-        (Ok(_), Ok((second, _))) if second != first => Err(PipelineError::OutputMismatch {
+        (Ok(_), Ok(second)) if second.declared != first => Err(PipelineError::OutputMismatch {
             expected: first.clone(),
-            actual: second,
+            actual: second.declared,
         }),
-        (Ok(body), Ok((_, size))) => Ok((body, size)),
+        (Ok(body), Ok(second)) => Ok((body, second.size)),
     };
     let (body, size) = match outcome {
         Ok(x) => x,
@@ -383,6 +386,7 @@ pub async fn publish_file(
     progress.advance(image, size);
     let object = make_visible(&store, key, &user_metadata, body).await?;
     Ok(Published {
+        sha256: first.clone(),
         checksum: first,
         size,
         object,
@@ -454,7 +458,7 @@ pub async fn hash_download(
         let output = match decoder {
             None => None,
             Some(d) => match d.await.expect("decoder thread panicked") {
-                Ok((sum, _)) => Some(sum),
+                Ok(digests) => Some(digests.declared),
                 Err(decode::DecodeError::Corrupt { format, message }) => {
                     return Err(PipelineError::Decompress { format, message })
                 }
@@ -472,13 +476,13 @@ pub async fn hash_download(
     })
 }
 
-type Verified = (Checksum, u64, upload::Uploaded);
+type Verified = (decode::Digests, upload::Uploaded);
 
 /// Both checksums must match before anything becomes visible.
 fn verify(
     job: &HttpJob,
     source: Checksum,
-    decoded: Result<(Checksum, u64), decode::DecodeError>,
+    decoded: Result<decode::Digests, decode::DecodeError>,
     uploaded: Result<upload::Uploaded, StoreError>,
 ) -> Result<Verified, PipelineError> {
     // A corrupt download usually shows first as a decompression error; the source checksum is
@@ -501,14 +505,14 @@ fn verify(
     });
     // An upload failure stops the decoder too; report the cause, not the symptom.
     let uploaded = uploaded?;
-    let (output, size) = decoded?;
-    if output != job.expected {
+    let digests = decoded?;
+    if digests.declared != job.expected {
         return Err(PipelineError::OutputMismatch {
             expected: job.expected.clone(),
-            actual: output,
+            actual: digests.declared,
         });
     }
-    Ok((output, size, uploaded))
+    Ok((digests, uploaded))
 }
 
 async fn abort(store: &Arc<dyn Store>, key: &str, upload_id: &Mutex<Option<String>>) {
@@ -517,4 +521,41 @@ async fn abort(store: &Arc<dyn Store>, key: &str, upload_id: &Mutex<Option<Strin
         // Best effort: a failed abort leaves an invisible upload that `doctor` can list.
         let _ = store.abort_multipart(key, &id).await;
     }
+}
+
+/// Streams a stored object back and hashes it: in `algorithm`, in sha256, and its size. Memory
+/// stays at one read buffer whatever the object's size.
+pub async fn hash_stored(
+    store: &dyn Store,
+    key: &str,
+    algorithm: crate::checksum::Algorithm,
+) -> Result<decode::Digests, StoreError> {
+    use tokio::io::AsyncReadExt;
+    let object = store.get(key).await?.ok_or_else(|| StoreError::Backend {
+        op: "read",
+        key: key.to_string(),
+        message: "no such object".into(),
+    })?;
+    let mut body = object.body;
+    let mut hasher = hash::WithSha256::new(algorithm);
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = body.read(&mut buf).await.map_err(|source| StoreError::Io {
+            op: "read",
+            key: key.to_string(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let (declared, sha256) = hasher.finish();
+    Ok(decode::Digests {
+        declared,
+        sha256,
+        size,
+    })
 }

@@ -54,7 +54,7 @@ impl Desired {
 
     /// Whether the published bytes are known before apply (`validation.expected` or a pinned
     /// source checksum).
-    fn published(&self) -> Option<&Checksum> {
+    pub fn published(&self) -> Option<&Checksum> {
         match &self.spec.source {
             SpecSource::Http {
                 decompress: None, ..
@@ -70,6 +70,8 @@ pub struct PlanOptions {
     pub prune: bool,
     /// Images to replace even if nothing changed (`--replace NAME`).
     pub replace: Vec<String>,
+    /// `spec.index.signing.minisign.publicKey`: the consumer index is signed with its key.
+    pub index_public_key: Option<String>,
 }
 
 /// Context that is copied into the plan but does not influence the actions.
@@ -139,16 +141,36 @@ pub fn compute(
         };
         let protected = matches!(&r.record, Ok(rec) if rec.protect());
         if options.prune && !protected {
+            let before = before_of(r);
+            let mut reasons = vec![reason];
+            let history = (!before.history.is_empty()).then(|| {
+                reasons.push(format!(
+                    "its {} kept version{} under history/ {} deleted with it",
+                    before.history.len(),
+                    if before.history.len() == 1 { "" } else { "s" },
+                    if before.history.len() == 1 {
+                        "is"
+                    } else {
+                        "are"
+                    },
+                ));
+                HistoryPlan {
+                    trim: before.history.iter().map(|h| h.key.clone()).collect(),
+                    ..Default::default()
+                }
+            });
             changes.push(Change {
                 name,
                 key: r.object_key.clone(),
                 record_key: record_key.clone(),
                 action: Action::Delete,
-                reasons: vec![reason],
+                reasons,
                 depends_on: Vec::new(),
-                before: Some(before_of(r)),
+                before: Some(before),
                 after: None,
                 field_changes: Vec::new(),
+                restore: None,
+                history,
             });
         } else {
             orphans.push(Orphan {
@@ -176,6 +198,7 @@ pub fn compute(
         }
     }
     summary.orphaned = orphans.len();
+    let index = index_plan(&changes, actual, options);
 
     Plan {
         format_version: FORMAT_VERSION.to_string(),
@@ -193,34 +216,128 @@ pub fn compute(
             .iter()
             .map(|(k, r)| (k.clone(), r.etag.clone()))
             .collect(),
+        index,
+    }
+}
+
+/// The keys of the consumer index, in the order apply writes them: the JSON index first, then
+/// the checksum list, then its signature, so that a reader that finds a signature finds the
+/// list it signs already in place.
+pub fn index_files(signed: bool) -> Vec<String> {
+    let mut files = vec![
+        crate::consumer_index::JSON_KEY.to_string(),
+        crate::consumer_index::SUMS_KEY.to_string(),
+    ];
+    if signed {
+        files.push(crate::consumer_index::SIGNATURE_KEY.to_string());
+    }
+    files
+}
+
+/// Whether apply rewrites the consumer index, and why. It does after any image change; with
+/// none, when the index in the store is missing, out of date or signed otherwise than the
+/// manifest says, or when objects must be read back for their sha256.
+fn index_plan(changes: &[Change], actual: &ActualState, options: &PlanOptions) -> IndexPlan {
+    let signed = options.index_public_key.is_some();
+    let changing: BTreeSet<&str> = changes
+        .iter()
+        .filter(|c| matches!(c.action, Action::Create | Action::Replace | Action::Delete))
+        .map(|c| c.record_key.as_str())
+        .collect();
+    let implied = crate::consumer_index::entries(&actual.records);
+    let backfill: Vec<Backfill> = implied
+        .lacking
+        .iter()
+        .filter(|(record_key, _)| !changing.contains(record_key.as_str()))
+        .map(|(record_key, name)| Backfill {
+            name: name.clone(),
+            key: actual.records[record_key].object_key.clone(),
+            record_key: record_key.clone(),
+        })
+        .collect();
+
+    let mut reasons = Vec::new();
+    let changed = changes.iter().filter(|c| c.action != Action::NoOp).count();
+    if changed > 0 {
+        reasons.push(format!(
+            "{changed} image{} change{}",
+            if changed == 1 { "" } else { "s" },
+            if changed == 1 { "s" } else { "" }
+        ));
+    } else {
+        reasons.extend(crate::consumer_index::staleness(
+            &implied.entries,
+            &actual.index,
+            options.index_public_key.as_deref(),
+        ));
+    }
+    for b in &backfill {
+        reasons.push(format!(
+            "the sha256 of {} is computed by reading {} back once (its record has only a {} checksum)",
+            b.name,
+            b.key,
+            actual.records[&b.record_key]
+                .record
+                .as_ref()
+                .map(|r| r.checksum().algorithm.name())
+                .unwrap_or("different")
+        ));
+    }
+    dedup(&mut reasons);
+    let write = !reasons.is_empty();
+    IndexPlan {
+        action: if write {
+            IndexAction::Write
+        } else {
+            IndexAction::NoOp
+        },
+        reasons,
+        files: if write {
+            index_files(signed)
+        } else {
+            Vec::new()
+        },
+        deletes: if write && !signed && actual.index.signature.is_some() {
+            vec![crate::consumer_index::SIGNATURE_KEY.to_string()]
+        } else {
+            Vec::new()
+        },
+        backfill,
+        signed,
     }
 }
 
 fn before_of(r: &ActualRecord) -> Before {
     match &r.record {
-        Ok(Record::Current(rec)) => Before {
+        Ok(record @ Record::Current(rec)) => Before {
             checksum: Some(rec.checksum.clone()),
+            sha256: record.sha256(),
             size: Some(rec.size),
             fingerprint: Some(rec.fingerprint.clone()),
             uploaded_at: Some(rec.uploaded_at.clone()),
             legacy: false,
             spec: Some(rec.spec.to_json()),
+            history: rec.history.clone(),
         },
-        Ok(Record::Legacy(l)) => Before {
+        Ok(record @ Record::Legacy(l)) => Before {
             checksum: Some(l.checksum.clone()),
+            sha256: record.sha256(),
             size: l.size,
             fingerprint: None,
             uploaded_at: l.uploaded_at.clone(),
             legacy: true,
             spec: None,
+            history: Vec::new(),
         },
         Err(_) => Before {
             checksum: None,
+            sha256: None,
             size: None,
             fingerprint: None,
             uploaded_at: None,
             legacy: false,
             spec: None,
+            history: Vec::new(),
         },
     }
 }
@@ -231,6 +348,7 @@ fn field_reason(path: &str) -> (&'static str, bool) {
     match path {
         "name" => ("name changed", !content),
         "protect" => ("protect changed", !content),
+        "history" => ("history changed", !content),
         "expected" => ("checksum changed", content),
         "destination" => ("destination changed", content),
         "dependsOn" => ("dependencies changed", content),
@@ -293,6 +411,8 @@ fn plan_image(
         before: actual.map(before_of),
         after: Some(after),
         field_changes: Vec::new(),
+        restore: None,
+        history: None,
     };
 
     let Some(actual) = actual else {
@@ -349,7 +469,80 @@ fn plan_image(
         change.action = Action::Update;
         change.reasons = metadata;
     }
+    plan_history(d, actual, &mut change);
     change
+}
+
+/// Restores from and keeps into the history: a replace whose wanted bytes are kept is a copy
+/// back; a replace keeps the current bytes first when the image has `history: N`; every change
+/// trims to the N newest.
+fn plan_history(d: &Desired, actual: &ActualRecord, change: &mut Change) {
+    let Ok(record) = &actual.record else { return };
+    let kept = record.history();
+    let limit = d.spec.history;
+    if change.action == Action::Replace {
+        let wanted = d.published();
+        // Matched on the declared checksum, so the restored record says exactly what the
+        // manifest asks for.
+        let restore = wanted.and_then(|w| kept.iter().find(|h| h.checksum == *w));
+        if let Some(entry) = restore {
+            change.reasons.push("restore from history".into());
+            change.restore = Some(entry.clone());
+        }
+    }
+    // Bytes someone else wrote are not what the record describes: keeping them under the
+    // record's checksum would be a lie.
+    let object_trusted = !change
+        .reasons
+        .iter()
+        .any(|r| r == "object modified outside labctl" || r == "object missing from store");
+    // Replacing bytes with the same bytes (`--replace`, drift repair) keeps nothing.
+    let bytes_change = d.published().is_none_or(|p| p != record.checksum());
+    let keep_current =
+        change.action == Action::Replace && limit > 0 && object_trusted && bytes_change;
+    let current_sha256 = record.sha256();
+    let keep_key = keep_current
+        .then(|| {
+            current_sha256
+                .as_ref()
+                .map(|s| crate::manifest::history_key(&d.spec.destination, s))
+        })
+        .flatten();
+    if !matches!(change.action, Action::Replace | Action::Update) {
+        return;
+    }
+    // Newest first: the current bytes (if kept), then what was kept before, without the bytes
+    // that become current again and without a second copy of the same bytes.
+    let becomes_current = change.restore.as_ref().map(|r| r.sha256.clone());
+    let mut after: Vec<String> = Vec::new();
+    if let Some(k) = &keep_key {
+        after.push(k.clone());
+    }
+    let mut trim = Vec::new();
+    for h in kept {
+        let duplicate = after.contains(&h.key);
+        let restored = becomes_current.as_ref() == Some(&h.sha256);
+        if duplicate {
+            continue;
+        }
+        if restored
+            || after.len() + usize::from(keep_current && keep_key.is_none()) >= limit as usize
+        {
+            trim.push(h.key.clone());
+        } else {
+            after.push(h.key.clone());
+        }
+    }
+    let plan = HistoryPlan {
+        keep_current,
+        keep_key,
+        trim,
+        kept: after.len() + usize::from(keep_current && current_sha256.is_none()),
+        limit,
+    };
+    if !plan.is_empty() {
+        change.history = Some(plan);
+    }
 }
 
 fn compare_current(

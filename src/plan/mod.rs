@@ -12,13 +12,15 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use engine::index_files;
 pub use engine::{compute, Desired, PlanContext, PlanOptions};
 pub use fields::FieldChange;
 
 use crate::checksum::Checksum;
+use crate::state::record::HistoryEntry;
 
 /// Version of the JSON plan format. Additive changes bump the minor version.
-pub const FORMAT_VERSION: &str = "1.1";
+pub const FORMAT_VERSION: &str = "1.2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
@@ -87,6 +89,44 @@ pub struct Plan {
     pub orphans: Vec<Orphan>,
     /// ETag of every record read: apply refuses the plan if any of them moved.
     pub prior_state: BTreeMap<String, String>,
+    /// The consumer index in `images/` (added in format 1.2).
+    #[serde(default)]
+    pub index: IndexPlan,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IndexAction {
+    /// Rewritten after every image change is done.
+    Write,
+    #[default]
+    NoOp,
+}
+
+/// What apply does to `images/SHA256SUMS`, `images/index.json` and the signature.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPlan {
+    pub action: IndexAction,
+    pub reasons: Vec<String>,
+    /// The keys written, in the order they are written.
+    pub files: Vec<String>,
+    /// Keys deleted (a signature once signing is no longer configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<String>,
+    /// Objects read back once to learn their sha256, because their record has only another
+    /// algorithm's checksum.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backfill: Vec<Backfill>,
+    /// Whether `SHA256SUMS` is signed (`spec.index.signing`).
+    #[serde(default)]
+    pub signed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backfill {
+    pub name: String,
+    pub key: String,
+    pub record_key: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,12 +159,46 @@ pub struct Change {
     /// Spec fields that differ between the record and the manifest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub field_changes: Vec<FieldChange>,
+    /// A replace that copies earlier bytes back from the history instead of downloading or
+    /// building them (added in format 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<HistoryEntry>,
+    /// What happens to the image's kept versions (added in format 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryPlan>,
+}
+
+/// Kept versions of an image (`history: N`) through one change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPlan {
+    /// The current object is copied into the history (server-side) before it is overwritten.
+    pub keep_current: bool,
+    /// Its key, when the record knows the object's sha256 (else apply reads it first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_key: Option<String>,
+    /// Kept versions deleted after the change: beyond `history: N`, the one restored (it is the
+    /// current object again), or all of them when the image is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trim: Vec<String>,
+    /// How many versions are kept afterwards.
+    pub kept: usize,
+    /// `history: N` as the manifest says now (0 for a delete).
+    pub limit: u32,
+}
+
+impl HistoryPlan {
+    pub fn is_empty(&self) -> bool {
+        !self.keep_current && self.trim.is_empty()
+    }
 }
 
 /// What the store holds now, from the record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Before {
     pub checksum: Option<Checksum>,
+    /// The stored bytes' sha256, when the record knows it (added in format 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Checksum>,
     pub size: Option<u64>,
     pub fingerprint: Option<Checksum>,
     pub uploaded_at: Option<String>,
@@ -132,6 +206,9 @@ pub struct Before {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub legacy: bool,
     pub spec: Option<serde_json::Value>,
+    /// Kept earlier versions, newest first (added in format 1.2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
 }
 
 /// What the store will hold after apply. `null` values listed in `unknown` are known only after
@@ -165,12 +242,23 @@ impl Plan {
         self.changes.iter().find(|c| c.name == name)
     }
 
+    /// Whether apply would change anything: an image, or the consumer index alone.
+    pub fn has_changes(&self) -> bool {
+        self.summary.has_changes() || self.index.action == IndexAction::Write
+    }
+
     /// `Plan: 1 to create, 2 to replace, 0 to update, 0 to delete.`
     pub fn summary_line(&self) -> String {
         let s = &self.summary;
-        format!(
+        let line = format!(
             "Plan: {} to create, {} to replace, {} to update, {} to delete.",
             s.create, s.replace, s.update, s.delete
-        )
+        );
+        // With image changes the index is always rewritten; alone, it must not read as nothing.
+        if !s.has_changes() && self.index.action == IndexAction::Write {
+            format!("{line} The consumer index is rewritten.")
+        } else {
+            line
+        }
     }
 }

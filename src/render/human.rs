@@ -3,7 +3,7 @@
 
 use console::style;
 
-use crate::plan::{Action, Change, Plan};
+use crate::plan::{Action, Change, HistoryPlan, IndexAction, IndexPlan, Plan};
 use crate::render::spec_diff;
 
 pub fn plan(plan: &Plan) -> String {
@@ -19,17 +19,23 @@ pub fn plan(plan: &Plan) -> String {
             style("Note:").yellow().bold()
         ));
     }
-    if changed.is_empty() {
+    if changed.is_empty() && plan.index.action == IndexAction::NoOp {
         out.push_str(&format!(
             "{} The store matches the manifest.\n",
             style("No changes.").green().bold()
         ));
+    } else if changed.is_empty() {
+        out.push_str("labctl will perform the following actions:\n");
     } else {
         out.push_str("labctl will perform the following actions:\n");
         for c in &changed {
             out.push('\n');
             change(&mut out, c);
         }
+    }
+    if plan.index.action == IndexAction::Write {
+        out.push('\n');
+        index(&mut out, &plan.index);
     }
     let unchanged = plan.summary.no_op;
     if unchanged > 0 && !changed.is_empty() {
@@ -63,6 +69,55 @@ pub fn plan(plan: &Plan) -> String {
     out
 }
 
+/// The consumer index, on its own line: it changes whenever an image does, and on its own when
+/// it is missing or out of date.
+fn index(out: &mut String, index: &IndexPlan) {
+    out.push_str(&format!(
+        "  {} {} will be rewritten\n",
+        style("#").dim(),
+        style("the consumer index").bold()
+    ));
+    out.push_str(&format!(
+        "{:>5} index  {}\n",
+        style("~").yellow().bold(),
+        index.files.join(", ")
+    ));
+    let pad = "        ";
+    if !index.reasons.is_empty() {
+        out.push_str(&format!(
+            "{pad}{} {}\n",
+            style("because").dim(),
+            index.reasons.join("; ")
+        ));
+    }
+    for key in &index.deletes {
+        out.push_str(&format!("{pad}{} {key} is deleted\n", style("-").red()));
+    }
+}
+
+fn history(out: &mut String, h: &HistoryPlan, pad: &str) {
+    if h.keep_current {
+        out.push_str(&format!(
+            "{pad}history: the current bytes are kept at {} (server-side copy)\n",
+            h.keep_key
+                .as_deref()
+                .unwrap_or("history/… (sha256 read from the object first)")
+        ));
+    }
+    for key in &h.trim {
+        out.push_str(&format!(
+            "{pad}history: {} {key} is deleted\n",
+            style("-").red()
+        ));
+    }
+    if h.limit > 0 {
+        out.push_str(&format!(
+            "{pad}history: {} of {} kept afterwards\n",
+            h.kept, h.limit
+        ));
+    }
+}
+
 fn symbol(action: Action) -> console::StyledObject<&'static str> {
     let s = style(action.symbol());
     match action {
@@ -90,6 +145,15 @@ fn change(out: &mut String, c: &Change) {
             style("because").dim(),
             c.reasons.join(", ")
         ));
+    }
+    if let Some(r) = &c.restore {
+        out.push_str(&format!(
+            "{pad}restored from {} by a server-side copy: nothing is downloaded\n",
+            r.key
+        ));
+    }
+    if let Some(h) = &c.history {
+        history(out, h, pad);
     }
     if let Some(after) = &c.after {
         if c.action != Action::Update {

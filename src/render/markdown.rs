@@ -1,7 +1,7 @@
 //! The plan as a pull-request comment: a summary line, then one collapsible section per change,
 //! destructive changes first, never longer than GitHub accepts.
 
-use crate::plan::{Action, Change, Plan};
+use crate::plan::{Action, Change, IndexAction, Plan};
 use crate::render::spec_diff;
 
 /// GitHub rejects comments over 65,536 characters.
@@ -34,6 +34,18 @@ pub fn plan_within(plan: &Plan, limit: usize) -> String {
         "| create | replace | update | delete | unchanged | orphaned |\n|---:|---:|---:|---:|---:|---:|\n| {} | {} | {} | {} | {} | {} |\n\n",
         s.create, s.replace, s.update, s.delete, s.no_op, s.orphaned
     ));
+    if plan.index.action == IndexAction::Write {
+        head.push_str(&format!(
+            "Consumer index rewritten ({}): {}\n\n",
+            plan.index
+                .files
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            html_escape(&plan.index.reasons.join("; "))
+        ));
+    }
 
     let mut changes: Vec<&Change> = plan
         .changes
@@ -92,7 +104,9 @@ pub fn plan_within(plan: &Plan, limit: usize) -> String {
 }
 
 fn headline(plan: &Plan) -> String {
-    if plan.summary.has_changes() {
+    if !plan.summary.has_changes() && plan.index.action == IndexAction::Write {
+        "the consumer index is rewritten".to_string()
+    } else if plan.summary.has_changes() {
         let s = &plan.summary;
         format!(
             "{} to create, {} to replace, {} to update, {} to delete",
@@ -120,6 +134,23 @@ fn section(c: &Change) -> String {
         html_escape(&c.reasons.join(", "))
     );
     s.push_str(&format!("- key: `{}`\n", c.key));
+    if let Some(r) = &c.restore {
+        s.push_str(&format!(
+            "- restored from `{}` by a server-side copy (nothing downloaded)\n",
+            r.key
+        ));
+    }
+    if let Some(h) = &c.history {
+        if h.keep_current {
+            s.push_str(&format!(
+                "- history: current bytes kept at `{}`\n",
+                h.keep_key.as_deref().unwrap_or("history/…")
+            ));
+        }
+        for key in &h.trim {
+            s.push_str(&format!("- history: `{key}` deleted\n"));
+        }
+    }
     if let Some(after) = &c.after {
         let before = c.before.as_ref().and_then(|b| b.checksum.as_ref());
         let now = after
@@ -203,6 +234,8 @@ mod tests {
                 uploaded_at: None,
                 legacy: false,
                 spec: Some(old.clone()),
+                sha256: None,
+                history: vec![],
             }),
             after: Some(After {
                 checksum: Some(Checksum::sha256(b"a")),
@@ -213,6 +246,8 @@ mod tests {
                 unknown: vec![],
             }),
             field_changes: crate::plan::fields::diff(&old, &spec),
+            restore: None,
+            history: None,
         }
     }
 
@@ -237,6 +272,7 @@ mod tests {
             store: "file:///s".into(),
             refreshed: true,
             prune: false,
+            index: Default::default(),
             summary: Summary {
                 update: n / 2,
                 replace: n - n / 2,
@@ -273,6 +309,35 @@ mod tests {
         let md = plan(&big_plan(3));
         assert!(!md.contains("not shown"));
         assert_eq!(md.matches("<details>").count(), 3);
+    }
+
+    #[test]
+    fn an_index_rewrite_is_shown_even_without_image_changes() {
+        let mut p = big_plan(0);
+        p.index = crate::plan::IndexPlan {
+            action: IndexAction::Write,
+            reasons: vec!["images/SHA256SUMS is missing".into()],
+            files: crate::plan::index_files(true),
+            ..Default::default()
+        };
+        let md = plan(&p);
+        assert!(
+            md.contains("### labctl plan: the consumer index is rewritten"),
+            "{md}"
+        );
+        assert!(
+            md.contains("Consumer index rewritten (`images/index.json`, `images/SHA256SUMS`, `images/SHA256SUMS.minisig`): images/SHA256SUMS is missing"),
+            "{md}"
+        );
+        let human = crate::render::human::plan(&p);
+        assert!(
+            human.contains("the consumer index will be rewritten"),
+            "{human}"
+        );
+        assert!(
+            human.contains("because images/SHA256SUMS is missing"),
+            "{human}"
+        );
     }
 
     #[test]

@@ -42,11 +42,25 @@ pub struct Build {
     pub packer_version: String,
 }
 
-/// Values of `PKR_VAR_*` variables: never printed.
+/// Values of `PKR_VAR_*` variables and of the index signing key: never printed.
 pub fn secrets() -> Vec<String> {
     std::env::vars()
-        .filter(|(k, v)| k.starts_with("PKR_VAR_") && v.len() >= 4)
-        .map(|(_, v)| v)
+        .filter(|(k, v)| {
+            (k.starts_with("PKR_VAR_")
+                || k == crate::signing::SECRET_KEY_VAR
+                || k == crate::signing::PASSWORD_VAR)
+                && v.len() >= 4
+        })
+        .flat_map(|(_, v)| {
+            // A key file's lines are printed one at a time, if at all: redact each.
+            let lines: Vec<String> = v
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.len() >= 16)
+                .map(str::to_string)
+                .collect();
+            std::iter::once(v).chain(lines)
+        })
         .collect()
 }
 
@@ -227,6 +241,9 @@ async fn run(
         .current_dir(dir)
         .env("CHECKPOINT_DISABLE", "1")
         .env("PACKER_NO_COLOR", "1")
+        // The index signing key is labctl's, not the build's.
+        .env_remove(crate::signing::SECRET_KEY_VAR)
+        .env_remove(crate::signing::PASSWORD_VAR)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -22,9 +22,14 @@ pub struct StateRecord {
     pub name: String,
     /// The object key, relative to the store prefix (`images/…`).
     pub key: String,
-    /// Checksum of the stored bytes.
+    /// Checksum of the stored bytes, in the algorithm the manifest declares.
     pub checksum: Checksum,
     pub size: u64,
+    /// sha256 of the stored bytes, whatever the declared algorithm: what the consumer index
+    /// (`images/SHA256SUMS`) lists. Absent in records written before it existed; apply fills it
+    /// in by reading the object back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Checksum>,
     pub fingerprint: Checksum,
     /// The object's ETag right after labctl wrote it (drift compares it with a HEAD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,6 +45,27 @@ pub struct StateRecord {
     pub labctl_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ci_run: Option<CiRun>,
+    /// Earlier bytes of this image kept under `history/` (`history: N`), newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+}
+
+/// One earlier version of an image, kept by a server-side copy before it was replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// In the algorithm the manifest declared when these bytes were published.
+    pub checksum: Checksum,
+    pub sha256: Checksum,
+    /// `history/<destination>/<sha256 hex>`
+    pub key: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_url: Option<String>,
+    /// When these bytes were first published.
+    pub uploaded_at: String,
+    /// When they were moved into the history.
+    pub kept_at: String,
 }
 
 /// Where the bytes came from, as acquired (non-secret values only).
@@ -108,6 +134,8 @@ impl CiRun {
 pub struct LegacyRecord {
     pub name: Option<String>,
     pub checksum: Checksum,
+    /// Added by labctl when it computed it for the consumer index.
+    pub sha256: Option<Checksum>,
     pub size: Option<u64>,
     pub uploaded_at: Option<String>,
     pub source_url: Option<String>,
@@ -151,6 +179,52 @@ impl Record {
     pub fn protect(&self) -> bool {
         matches!(self, Record::Current(r) if r.protect)
     }
+
+    /// The sha256 of the stored bytes, when the record knows it.
+    pub fn sha256(&self) -> Option<Checksum> {
+        let (checksum, sha256) = match self {
+            Record::Current(r) => (&r.checksum, &r.sha256),
+            Record::Legacy(l) => (&l.checksum, &l.sha256),
+        };
+        match checksum.algorithm {
+            crate::checksum::Algorithm::Sha256 => Some(checksum.clone()),
+            crate::checksum::Algorithm::Sha512 => sha256.clone(),
+        }
+    }
+
+    pub fn source_url(&self) -> Option<&str> {
+        match self {
+            Record::Current(r) => r.source.url.as_deref(),
+            Record::Legacy(l) => l.source_url.as_deref(),
+        }
+    }
+
+    pub fn history(&self) -> &[HistoryEntry] {
+        match self {
+            Record::Current(r) => &r.history,
+            Record::Legacy(_) => &[],
+        }
+    }
+}
+
+/// Adds the sha256 (and, for records that lack it, the size) that reading the object back
+/// produced to a record's JSON, leaving every other field as it was.
+pub fn with_sha256(bytes: &[u8], sha256: &Checksum, size: u64) -> Result<Vec<u8>, RecordError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| RecordError::NotJson(e.to_string()))?;
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| RecordError::Invalid("a record is a JSON object".into()))?;
+    object.insert(
+        "sha256".into(),
+        serde_json::Value::String(sha256.to_string()),
+    );
+    object
+        .entry("size")
+        .or_insert(serde_json::Value::from(size));
+    let mut out = serde_json::to_vec_pretty(&value).expect("JSON values serialize");
+    out.push(b'\n');
+    Ok(out)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -186,9 +260,17 @@ pub fn parse(bytes: &[u8]) -> Result<Record, RecordError> {
         serde_json::from_slice(bytes).map_err(|e| RecordError::NotJson(e.to_string()))?;
     match value.get("schemaVersion") {
         Some(v) => match v.as_u64() {
-            Some(1) => serde_json::from_value::<StateRecord>(value)
-                .map(|r| Record::Current(Box::new(r)))
-                .map_err(|e| RecordError::Invalid(e.to_string())),
+            Some(1) => {
+                let r = serde_json::from_value::<StateRecord>(value)
+                    .map_err(|e| RecordError::Invalid(e.to_string()))?;
+                let mut sha256s = r.sha256.iter().chain(r.history.iter().map(|h| &h.sha256));
+                if sha256s.any(|c| c.algorithm != crate::checksum::Algorithm::Sha256) {
+                    return Err(RecordError::Invalid(
+                        "a `sha256` field holds another algorithm's digest".into(),
+                    ));
+                }
+                Ok(Record::Current(Box::new(r)))
+            }
             Some(n) => Err(RecordError::NewerSchema(n)),
             None => Err(RecordError::Invalid(format!(
                 "schemaVersion must be a number, found {v}"
@@ -220,6 +302,9 @@ fn parse_legacy(value: &serde_json::Value) -> Result<LegacyRecord, RecordError> 
     };
     Ok(LegacyRecord {
         name: text("name"),
+        sha256: text("sha256")
+            .and_then(|s| s.parse::<Checksum>().ok())
+            .filter(|c| c.algorithm == crate::checksum::Algorithm::Sha256),
         checksum,
         size: value.get("size").and_then(|v| v.as_u64()),
         uploaded_at: text("uploadedAt"),
@@ -272,6 +357,8 @@ pub fn new_record(
         schema_version: SCHEMA_VERSION,
         name: spec.name.clone(),
         key: crate::manifest::object_key(&spec.destination),
+        sha256: (checksum.algorithm == crate::checksum::Algorithm::Sha256)
+            .then(|| checksum.clone()),
         checksum,
         size,
         fingerprint: spec.fingerprint(&dependencies),
@@ -283,6 +370,7 @@ pub fn new_record(
         uploaded_at,
         labctl_version: env!("CARGO_PKG_VERSION").to_string(),
         ci_run: CiRun::from_env(),
+        history: Vec::new(),
     }
 }
 
@@ -303,6 +391,7 @@ mod tests {
             name: "vyos-gateway".into(),
             key: "images/vyos/gw.raw".into(),
             checksum: checksum.clone(),
+            sha256: Some(checksum.clone()),
             size: 5,
             fingerprint: Checksum::sha256(b"fp"),
             object_etag: Some("\"abc\"".into()),
@@ -318,6 +407,7 @@ mod tests {
                 expected: None,
                 depends_on: vec!["iso".into()],
                 protect: true,
+                history: 2,
             },
             source: RecordSource {
                 kind: "packer".into(),
@@ -333,6 +423,15 @@ mod tests {
                 id: "42".into(),
                 url: None,
             }),
+            history: vec![HistoryEntry {
+                checksum: Checksum::sha256(b"old"),
+                sha256: Checksum::sha256(b"old"),
+                key: format!("history/vyos/gw.raw/{}", Checksum::sha256(b"old").hex()),
+                size: 3,
+                source_url: None,
+                uploaded_at: "2026-11-01T09:00:00Z".into(),
+                kept_at: "2026-11-26T09:00:00Z".into(),
+            }],
         }
     }
 
@@ -366,6 +465,50 @@ mod tests {
             panic!()
         };
         assert_eq!(l.source_url.as_deref(), Some("https://u"));
+    }
+
+    #[test]
+    fn sha256_is_the_checksum_or_the_added_field() {
+        let mut record = sample();
+        record.sha256 = None;
+        assert_eq!(
+            Record::Current(Box::new(record.clone())).sha256(),
+            Some(record.checksum.clone())
+        );
+        record.checksum = Checksum::of_bytes(crate::checksum::Algorithm::Sha512, b"bytes");
+        assert_eq!(Record::Current(Box::new(record.clone())).sha256(), None);
+
+        let added = with_sha256(&to_json(&record), &Checksum::sha256(b"bytes"), 99).unwrap();
+        let back = parse(&added).unwrap();
+        assert_eq!(back.sha256(), Some(Checksum::sha256(b"bytes")));
+        assert_eq!(back.size(), Some(5), "an existing size is kept");
+
+        let legacy = format!(
+            r#"{{"name":"old","checksum":"{}"}}"#,
+            Checksum::of_bytes(crate::checksum::Algorithm::Sha512, b"x")
+        );
+        let added = with_sha256(legacy.as_bytes(), &Checksum::sha256(b"x"), 1).unwrap();
+        let Record::Legacy(l) = parse(&added).unwrap() else {
+            panic!("still a legacy record")
+        };
+        assert_eq!(l.sha256, Some(Checksum::sha256(b"x")));
+        assert_eq!(l.size, Some(1), "a missing size is filled in");
+    }
+
+    #[test]
+    fn a_sha256_field_must_hold_a_sha256() {
+        let mut record = sample();
+        record.sha256 = Some(Checksum::of_bytes(crate::checksum::Algorithm::Sha512, b"x"));
+        assert!(matches!(
+            parse(&to_json(&record)),
+            Err(RecordError::Invalid(_))
+        ));
+        let mut record = sample();
+        record.history[0].sha256 = Checksum::of_bytes(crate::checksum::Algorithm::Sha512, b"x");
+        assert!(matches!(
+            parse(&to_json(&record)),
+            Err(RecordError::Invalid(_))
+        ));
     }
 
     #[test]

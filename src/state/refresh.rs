@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::consumer_index::{self, IndexFiles, MAX_INDEX_BYTES};
 use crate::manifest::model::{destination_of_record_key, object_key, METADATA_PREFIX};
 use crate::state::record::{self, Record, MAX_RECORD_BYTES};
 use crate::store::{self, ObjectMeta, Store, StoreError};
@@ -41,6 +42,8 @@ pub struct ActualState {
     pub records: BTreeMap<String, ActualRecord>,
     /// Whether objects were HEADed.
     pub refreshed: bool,
+    /// The consumer index files in `images/`.
+    pub index: IndexFiles,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,7 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
     let mut state = ActualState {
         records: BTreeMap::new(),
         refreshed: head_objects,
+        index: read_index(store.as_ref()).await.map_err(wrap)?,
     };
     while let Some(joined) = tasks.join_next().await {
         if let Some(r) = joined.expect("refresh task panicked").map_err(wrap)? {
@@ -110,4 +114,21 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
         }
     }
     Ok(state)
+}
+
+/// The consumer index files as they are in the store. One that is larger than any index labctl
+/// writes is read as far as the limit, which is enough to see that it is not the expected one.
+pub async fn read_index(store: &dyn Store) -> Result<IndexFiles, StoreError> {
+    let read = |key: &'static str| async move {
+        Ok::<_, StoreError>(
+            store::get_bytes(store, key, MAX_INDEX_BYTES)
+                .await?
+                .map(|(_, bytes)| bytes),
+        )
+    };
+    Ok(IndexFiles {
+        sums: read(consumer_index::SUMS_KEY).await?,
+        json: read(consumer_index::JSON_KEY).await?,
+        signature: read(consumer_index::SIGNATURE_KEY).await?,
+    })
 }

@@ -467,6 +467,62 @@ impl Store for FsStore {
         .await
     }
 
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        user_metadata: Option<BTreeMap<String, String>>,
+        source_etag: Option<&str>,
+    ) -> Result<ObjectMeta> {
+        let store = self.clone();
+        let (from, to) = (from.to_string(), to.to_string());
+        let source_etag = source_etag.map(str::to_string);
+        blocking(move || {
+            let source = store.path_of(&from)?;
+            let target = store.path_of(&to)?;
+            if let Some(etag) = source_etag {
+                let now = head_sync(&store, &from)?.map(|m| m.etag);
+                if now.as_deref() != Some(etag.as_str()) {
+                    return Err(StoreError::Backend {
+                        op: "copy",
+                        key: from,
+                        message: "the object changed since it was checked".into(),
+                    });
+                }
+            }
+            let metadata = match user_metadata {
+                Some(m) => m,
+                None => read_meta(&store.meta_path(&from)),
+            };
+            let copied = write_atomic(
+                &target,
+                |out| {
+                    let mut f = std::fs::File::open(&source)?;
+                    std::io::copy(&mut f, out).map(|_| ())
+                },
+                false,
+            );
+            match copied {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.is_file() => {
+                    return Err(StoreError::Backend {
+                        op: "copy",
+                        key: from,
+                        message: "no such object".into(),
+                    })
+                }
+                Err(e) => return Err(io_err("copy to", &to)(e)),
+            }
+            write_meta(&store, &to, &metadata).map_err(io_err("copy to", &to))?;
+            head_sync(&store, &to)?.ok_or_else(|| StoreError::Backend {
+                op: "copy to",
+                key: to.clone(),
+                message: "the copy vanished right after it was written".into(),
+            })
+        })
+        .await
+    }
+
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
         let dir = self.upload_dir(upload_id);
         match tokio::fs::remove_dir_all(&dir).await {

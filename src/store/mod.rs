@@ -148,6 +148,20 @@ pub trait Store: Send + Sync + fmt::Debug {
         key: &str,
         user_metadata: BTreeMap<String, String>,
     ) -> Result<ObjectMeta>;
+
+    /// Copies `from` to `to` inside the store, without the bytes passing through labctl
+    /// (CopyObject, or UploadPartCopy for objects above the single-copy limit; a file copy on
+    /// a directory). `user_metadata` replaces the copy's metadata; `None` keeps the source's.
+    /// With `source_etag`, the copy is made only while `from` still has that ETag
+    /// (`x-amz-copy-source-if-match`), so bytes checked before are the bytes copied. The copy
+    /// appears at `to` whole or not at all.
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        user_metadata: Option<BTreeMap<String, String>>,
+        source_etag: Option<&str>,
+    ) -> Result<ObjectMeta>;
 }
 
 /// Every key under `prefix`, following continuation tokens.

@@ -40,6 +40,8 @@ pub struct S3Store {
     client: Client,
     settings: S3Settings,
     pub credentials: CredentialSource,
+    /// Objects above this size are copied part by part (S3 refuses CopyObject above 5 GiB).
+    single_copy_limit: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +125,110 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             settings,
             credentials,
+            single_copy_limit: MAX_SINGLE_COPY,
         })
+    }
+
+    /// A lower single-copy limit, so that tests exercise the part-by-part copy on small objects.
+    pub fn with_single_copy_limit(mut self, limit: u64) -> S3Store {
+        self.single_copy_limit = limit.clamp(1, MAX_SINGLE_COPY);
+        self
+    }
+
+    /// Server-side copy of `from` (its current size `size`) to `to`.
+    async fn copy_object(
+        &self,
+        op: &'static str,
+        from: &str,
+        to: &str,
+        size: u64,
+        user_metadata: Option<&BTreeMap<String, String>>,
+        source_etag: Option<&str>,
+    ) -> Result<()> {
+        let source = copy_source(self.bucket(), &self.full_key(from)?);
+        let full_to = self.full_key(to)?;
+        if size <= self.single_copy_limit {
+            let directive = match user_metadata {
+                Some(_) => MetadataDirective::Replace,
+                None => MetadataDirective::Copy,
+            };
+            self.client
+                .copy_object()
+                .bucket(self.bucket())
+                .key(&full_to)
+                .copy_source(&source)
+                .set_copy_source_if_match(source_etag.map(str::to_string))
+                .metadata_directive(directive)
+                .set_metadata(user_metadata.and_then(to_hashmap))
+                .send()
+                .await
+                .map_err(|e| backend(op, to, e))?;
+            return Ok(());
+        }
+        // Part by part; the copy appears only on completion. UploadPartCopy does not carry the
+        // source's metadata, so the new upload is created with it.
+        let metadata = match user_metadata {
+            Some(m) => m.clone(),
+            None => {
+                self.head(from)
+                    .await?
+                    .ok_or_else(|| StoreError::Backend {
+                        op,
+                        key: from.to_string(),
+                        message: "no such object".into(),
+                    })?
+                    .user_metadata
+            }
+        };
+        let id = self
+            .create_multipart(
+                to,
+                PutOptions {
+                    user_metadata: metadata,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let part = self.single_copy_limit.clamp(MIN_COPY_PART, COPY_PART);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        let mut number = 1;
+        while start < size {
+            let end = (start + part).min(size) - 1;
+            let copied = self
+                .client
+                .upload_part_copy()
+                .bucket(self.bucket())
+                .key(&full_to)
+                .upload_id(&id)
+                .part_number(number)
+                .copy_source(&source)
+                .set_copy_source_if_match(source_etag.map(str::to_string))
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .send()
+                .await;
+            match copied {
+                Ok(o) => parts.push(UploadedPart {
+                    part_number: number as u32,
+                    etag: o
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .unwrap_or_default()
+                        .to_string(),
+                }),
+                Err(e) => {
+                    let _ = self.abort_multipart(to, &id).await;
+                    return Err(backend(op, to, e));
+                }
+            }
+            start = end + 1;
+            number += 1;
+        }
+        if let Err(e) = self.complete_multipart(to, &id, parts).await {
+            let _ = self.abort_multipart(to, &id).await;
+            return Err(e);
+        }
+        Ok(())
     }
 
     pub fn client(&self) -> &Client {
@@ -265,6 +370,8 @@ fn copy_source(bucket: &str, key: &str) -> String {
 /// S3 refuses CopyObject above 5 GiB; larger objects are copied part by part.
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 const COPY_PART: u64 = 1024 * 1024 * 1024;
+/// S3's minimum for every part but the last, copied parts included.
+const MIN_COPY_PART: u64 = 5 * 1024 * 1024;
 
 #[async_trait]
 impl Store for S3Store {
@@ -526,77 +633,60 @@ impl Store for S3Store {
         key: &str,
         user_metadata: BTreeMap<String, String>,
     ) -> Result<ObjectMeta> {
-        let full = self.full_key(key)?;
         let current = self.head(key).await?.ok_or_else(|| StoreError::Backend {
             op: "set metadata of",
             key: key.to_string(),
             message: "no such object".into(),
         })?;
-        let source = copy_source(self.bucket(), &full);
-        if current.size <= MAX_SINGLE_COPY {
-            self.client
-                .copy_object()
-                .bucket(self.bucket())
-                .key(&full)
-                .copy_source(&source)
-                .metadata_directive(MetadataDirective::Replace)
-                .set_metadata(to_hashmap(&user_metadata))
-                .send()
-                .await
-                .map_err(|e| backend("set metadata of", key, e))?;
-        } else {
-            // Copy onto itself part by part; the new object appears only on completion.
-            let id = self
-                .create_multipart(
-                    key,
-                    PutOptions {
-                        user_metadata: user_metadata.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            let mut parts = Vec::new();
-            let mut start = 0;
-            let mut number = 1;
-            while start < current.size {
-                let end = (start + COPY_PART).min(current.size) - 1;
-                let copied = self
-                    .client
-                    .upload_part_copy()
-                    .bucket(self.bucket())
-                    .key(&full)
-                    .upload_id(&id)
-                    .part_number(number)
-                    .copy_source(&source)
-                    .copy_source_range(format!("bytes={start}-{end}"))
-                    .send()
-                    .await;
-                match copied {
-                    Ok(o) => parts.push(UploadedPart {
-                        part_number: number as u32,
-                        etag: o
-                            .copy_part_result()
-                            .and_then(|r| r.e_tag())
-                            .unwrap_or_default()
-                            .to_string(),
-                    }),
-                    Err(e) => {
-                        let _ = self.abort_multipart(key, &id).await;
-                        return Err(backend("set metadata of", key, e));
-                    }
-                }
-                start = end + 1;
-                number += 1;
-            }
-            if let Err(e) = self.complete_multipart(key, &id, parts).await {
-                let _ = self.abort_multipart(key, &id).await;
-                return Err(e);
-            }
-        }
+        // Copying an object onto itself with new metadata is how S3 edits metadata.
+        self.copy_object(
+            "set metadata of",
+            key,
+            key,
+            current.size,
+            Some(&user_metadata),
+            Some(&current.etag),
+        )
+        .await?;
         self.head(key).await?.ok_or_else(|| StoreError::Backend {
             op: "set metadata of",
             key: key.to_string(),
             message: "object vanished".into(),
+        })
+    }
+
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        user_metadata: Option<BTreeMap<String, String>>,
+        source_etag: Option<&str>,
+    ) -> Result<ObjectMeta> {
+        let source = self.head(from).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy",
+            key: from.to_string(),
+            message: "no such object".into(),
+        })?;
+        if source_etag.is_some_and(|e| e != source.etag) {
+            return Err(StoreError::Backend {
+                op: "copy",
+                key: from.to_string(),
+                message: "the object changed since it was checked".into(),
+            });
+        }
+        self.copy_object(
+            "copy to",
+            from,
+            to,
+            source.size,
+            user_metadata.as_ref(),
+            source_etag,
+        )
+        .await?;
+        self.head(to).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy to",
+            key: to.to_string(),
+            message: "the copy is not there after the store confirmed it".into(),
         })
     }
 }

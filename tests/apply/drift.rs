@@ -105,6 +105,9 @@ fn every_bucket_drift_kind_is_reported(backend: Backend) {
                 "record-unreadable".to_string(),
                 "metadata/junk/x.img.json".to_string()
             ),
+            // The index still lists the object that is gone: what a NAS would trip over.
+            ("index-stale".to_string(), "images/SHA256SUMS".to_string()),
+            ("index-stale".to_string(), "images/index.json".to_string()),
         ]
     );
     let human = lab.labctl(&["drift"]);
@@ -114,7 +117,7 @@ fn every_bucket_drift_kind_is_reported(backend: Backend) {
         "{}",
         human.output()
     );
-    assert!(human.stdout.contains("Drift: 1 object-missing, 1 object-modified, 1 orphan, 1 record-unreadable, 1 unmanaged."), "{}", human.output());
+    assert!(human.stdout.contains("Drift: 2 index-stale, 1 object-missing, 1 object-modified, 1 orphan, 1 record-unreadable, 1 unmanaged."), "{}", human.output());
 
     // The plan keeps reporting bucket-side drift as replacements.
     let plan = lab.labctl(&["plan", "--detailed-exitcode"]);

@@ -311,6 +311,12 @@ impl Lab {
         finish(self.spawn_with(args, false, &[]), args)
     }
 
+    /// Runs labctl with exactly `args` (commands that take neither a manifest nor a store:
+    /// verify).
+    pub fn labctl_bare(&self, args: &[&str]) -> Run {
+        finish(self.command(args).spawn().expect("labctl runs"), args)
+    }
+
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         self.spawn_with(args, true, &[])
     }

@@ -7,5 +7,6 @@ mod support;
 mod cases;
 mod drift;
 mod harness;
+mod nas;
 mod packer;
 mod sources;

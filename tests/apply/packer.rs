@@ -56,6 +56,7 @@ build {{
       "cp output/iso.bin output/gateway.raw",
       "echo 'gateway {marker} from ${{var.iso_checksum}}' >> output/gateway.raw",
       "printf '%s' \"$PKR_VAR_build_secret\" | sha256sum | cut -c1-64 >> output/gateway.raw",
+      "echo \"index signing key in the build: $${{LABCTL_MINISIGN_SECRET_KEY:-none}}\"",
     ]
   }}
 }}
@@ -108,7 +109,11 @@ fn builds_from_the_published_iso_and_keeps_secrets_out(backend: Backend) {
         plan.output()
     );
 
-    let run = lab.apply_with_env(&[("PKR_VAR_build_secret", SECRET)]);
+    let signing_key = "labctl-index-signing-key-stand-in";
+    let run = lab.apply_with_env(&[
+        ("PKR_VAR_build_secret", SECRET),
+        ("LABCTL_MINISIGN_SECRET_KEY", signing_key),
+    ]);
     assert_eq!(run.code, 0, "{}", run.output());
     assert!(
         run.stderr.contains("[gateway] "),
@@ -118,6 +123,12 @@ fn builds_from_the_published_iso_and_keeps_secrets_out(backend: Backend) {
     assert!(
         !run.output().contains(SECRET),
         "the secret is never printed"
+    );
+    assert!(
+        run.output()
+            .contains("index signing key in the build: none"),
+        "the build never sees the index signing key: {}",
+        run.output()
     );
     let got = lab
         .object("test/gateway.raw")

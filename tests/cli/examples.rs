@@ -61,6 +61,11 @@ fn in_sync_store_has_no_changes() {
     let expected: Vec<_> = ALL.iter().map(|n| row(n, "no-op", &[])).collect();
     assert_eq!(actions(&plan), expected);
     assert_eq!(plan["orphans"], serde_json::json!([]));
+    // The store's consumer index lists exactly its objects.
+    assert_eq!(plan["index"]["action"], "no-op", "{}", plan["index"]);
+    let sums =
+        std::fs::read_to_string(repo().join("state-examples/in-sync/images/SHA256SUMS")).unwrap();
+    assert_eq!(sums.lines().count(), ALL.len());
 }
 
 fn drifted_actions() -> Vec<(String, String, Vec<String>)> {
@@ -130,6 +135,22 @@ fn drifted_store_shows_every_kind_of_change() {
         plan["summary"],
         serde_json::json!({"create": 1, "replace": 3, "update": 2, "delete": 0, "no_op": 1, "orphaned": 1})
     );
+    // The index is rewritten after the changes; the legacy sha512 record is read back for its
+    // sha256; the rolling ISO (history: 3) keeps its current bytes before it is replaced.
+    assert_eq!(plan["index"]["action"], "write");
+    assert_eq!(
+        plan["index"]["files"],
+        serde_json::json!(["images/index.json", "images/SHA256SUMS"])
+    );
+    assert_eq!(plan["index"]["backfill"][0]["name"], "harvester-1.4.0-iso");
+    let iso = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vyos-iso")
+        .unwrap();
+    assert_eq!(iso["history"]["keep_current"], true);
+    assert_eq!(iso["history"]["limit"], 3);
 }
 
 #[test]

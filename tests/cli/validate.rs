@@ -255,3 +255,68 @@ fn oversized_manifest_is_refused_before_parsing() {
         run.stderr
     );
 }
+
+#[test]
+fn history_and_index_signing_are_checked() {
+    let text = format!(
+        "apiVersion: labctl/v1alpha1
+kind: ImageManifest
+spec:
+  index:
+    signing:
+      minisign:
+        publicKey: RWnot-a-key
+  images:
+    - name: a
+      source: {{type: http, url: https://v/a.iso, checksum: {SUM}}}
+      destination: a.iso
+      history: 101
+    - name: b
+      source: {{type: http, url: https://v/b.iso, checksum: {SUM}}}
+      destination: b.iso
+      history: -1
+    - name: c
+      source: {{type: http, url: https://v/c.iso, checksum: {SUM}}}
+      destination: c.iso
+      history: lots
+    - name: d
+      source: {{type: http, url: https://v/d.iso, checksum: {SUM}}}
+      destination: SHA256SUMS
+"
+    );
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    let err = &run.stderr;
+    for expected in [
+        "images.yaml:7:20: invalid minisign public key",
+        "image `a`: `history` must be a whole number from 0 to 100, found 101",
+        "image `b`: `history` must be a whole number from 0 to 100, found -1",
+        "image `c`: `history` must be a whole number from 0 to 100, found a string",
+        "image `d`: destination `SHA256SUMS` is the consumer index's own file",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+
+    let key = "RWTHzK05mpexa54oQi7r0o2RTxRjn/OuK9cvajnT88JGmqO/Z4lsE3n1";
+    let good = format!(
+        "apiVersion: labctl/v1alpha1
+kind: ImageManifest
+spec:
+  index: {{signing: {{minisign: {{publicKey: {key}}}}}}}
+  images:
+    - name: a
+      source: {{type: http, url: https://v/a.iso, checksum: {SUM}}}
+      destination: a.iso
+      history: 3
+"
+    );
+    let run = validate_text(good.as_bytes());
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let typo = good.replace("signing", "signin");
+    let run = validate_text(typo.as_bytes());
+    assert!(
+        run.stderr.contains("did you mean `signing`?"),
+        "{}",
+        run.stderr
+    );
+}

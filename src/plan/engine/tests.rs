@@ -24,6 +24,7 @@ fn http(name: &str, content: &str) -> NormalizedSpec {
         expected: Some(sum(content)),
         depends_on: vec![],
         protect: false,
+        history: 0,
     }
 }
 
@@ -43,6 +44,7 @@ fn packer(name: &str, deps: &[&str], template: &str) -> NormalizedSpec {
         expected: None,
         depends_on: deps.iter().map(|s| s.to_string()).collect(),
         protect: false,
+        history: 0,
     }
 }
 
@@ -55,6 +57,7 @@ fn record(spec: &NormalizedSpec, content: &str, deps: &[(&str, &str)]) -> StateR
         name: spec.name.clone(),
         key: crate::manifest::object_key(&spec.destination),
         checksum: sum(content),
+        sha256: Some(sum(content)),
         size: content.len() as u64,
         fingerprint: spec.fingerprint(&dependencies),
         object_etag: None,
@@ -68,6 +71,7 @@ fn record(spec: &NormalizedSpec, content: &str, deps: &[(&str, &str)]) -> StateR
         uploaded_at: "2026-11-01T00:00:00Z".into(),
         labctl_version: "0.1.0".into(),
         ci_run: None,
+        history: Vec::new(),
     }
 }
 
@@ -105,6 +109,7 @@ fn state(records: Vec<ActualRecord>) -> ActualState {
             .map(|r| (r.record_key.clone(), r))
             .collect(),
         refreshed: true,
+        ..Default::default()
     }
 }
 
@@ -521,6 +526,7 @@ fn replace_legacy_record_with_other_checksum() {
     let legacy = LegacyRecord {
         name: Some("talos".into()),
         checksum: sum("v1"),
+        sha256: None,
         size: Some(2),
         uploaded_at: None,
         source_url: None,
@@ -545,6 +551,7 @@ fn replace_legacy_record_of_a_build() {
     let legacy = LegacyRecord {
         name: Some("gw".into()),
         checksum: sum("x"),
+        sha256: None,
         size: None,
         uploaded_at: None,
         source_url: None,
@@ -669,6 +676,7 @@ fn update_adopts_legacy_record_with_matching_checksum() {
     let legacy = LegacyRecord {
         name: Some("talos".into()),
         checksum: sum("v1"),
+        sha256: None,
         size: Some(2),
         uploaded_at: Some("2025-12-20T00:00:00Z".into()),
         source_url: Some("https://old".into()),
@@ -838,10 +846,307 @@ fn plan_records_prior_state_and_orders_deletes_last() {
 fn plan_json_uses_the_documented_names() {
     let p = plan(&[http("a", "1")], &state(vec![]), PlanOptions::default());
     let v = serde_json::to_value(&p).unwrap();
-    assert_eq!(v["format_version"], "1.1");
+    assert_eq!(v["format_version"], "1.2");
     assert_eq!(v["changes"][0]["action"], "create");
     assert_eq!(v["summary"]["no_op"], 0);
+    assert_eq!(v["index"]["action"], "write");
+    assert_eq!(v["index"]["files"][1], "images/SHA256SUMS");
     let back: Plan = serde_json::from_value(v).unwrap();
     assert_eq!(back, p);
     assert_eq!(serde_json::to_value(Action::NoOp).unwrap(), "no-op");
+}
+
+// --- the consumer index -------------------------------------------------------------------
+
+use crate::consumer_index::{self, IndexFiles};
+
+/// The index files apply would write for these records.
+fn index_of(actual: &ActualState, signer: Option<&crate::signing::IndexSigner>) -> IndexFiles {
+    let entries = consumer_index::entries(&actual.records).entries;
+    let sums = consumer_index::sha256sums(&entries);
+    IndexFiles {
+        signature: signer.map(|s| s.sign(sums.as_bytes(), "t").unwrap().into_bytes()),
+        sums: Some(sums.into_bytes()),
+        json: Some(consumer_index::to_json(&consumer_index::document(
+            &entries,
+            "2026-11-26T00:00:00Z".into(),
+        ))),
+    }
+}
+
+#[test]
+fn index_is_written_with_every_image_change() {
+    let a = http("a", "1");
+    let mut actual = state(vec![synced(&record(&a, "1", &[]))]);
+    actual.index = index_of(&actual, None);
+    let p = plan(
+        &[a.clone(), http("b", "2")],
+        &actual,
+        PlanOptions::default(),
+    );
+    assert_eq!(p.index.action, IndexAction::Write);
+    assert_eq!(p.index.reasons, ["1 image changes"]);
+    assert_eq!(p.index.files, ["images/index.json", "images/SHA256SUMS"]);
+    assert!(p.has_changes());
+
+    let p = plan(&[a], &actual, PlanOptions::default());
+    assert_eq!(p.index.action, IndexAction::NoOp, "{:?}", p.index);
+    assert!(!p.has_changes());
+    assert_eq!(
+        p.summary_line(),
+        "Plan: 0 to create, 0 to replace, 0 to update, 0 to delete."
+    );
+}
+
+#[test]
+fn a_missing_or_stale_index_is_rewritten_on_its_own() {
+    let a = http("a", "1");
+    let actual = state(vec![synced(&record(&a, "1", &[]))]);
+    let p = plan(std::slice::from_ref(&a), &actual, PlanOptions::default());
+    assert!(!p.summary.has_changes());
+    assert_eq!(p.index.action, IndexAction::Write);
+    assert_eq!(
+        p.index.reasons,
+        [
+            "images/SHA256SUMS is missing",
+            "images/index.json is missing"
+        ]
+    );
+    assert!(p.has_changes(), "an index-only change is a change (exit 2)");
+    assert_eq!(
+        p.summary_line(),
+        "Plan: 0 to create, 0 to replace, 0 to update, 0 to delete. The consumer index is rewritten."
+    );
+
+    let mut stale = actual.clone();
+    stale.index = index_of(&actual, None);
+    stale.index.sums = Some(b"0000  other\n".to_vec());
+    let p = plan(&[a], &stale, PlanOptions::default());
+    assert_eq!(
+        p.index.reasons,
+        ["images/SHA256SUMS does not list exactly the managed objects"]
+    );
+}
+
+#[test]
+fn signing_configuration_is_part_of_the_index() {
+    let a = http("a", "1");
+    let pair = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let public = pair.pk.to_base64();
+    let signer =
+        crate::signing::IndexSigner::new(&public, &pair.sk.to_box(None).unwrap().to_string(), None)
+            .unwrap();
+    let signed_opts = || PlanOptions {
+        index_public_key: Some(public.clone()),
+        ..Default::default()
+    };
+    let mut actual = state(vec![synced(&record(&a, "1", &[]))]);
+    actual.index = index_of(&actual, None);
+    let p = plan(std::slice::from_ref(&a), &actual, signed_opts());
+    assert_eq!(p.index.reasons, ["images/SHA256SUMS.minisig is missing"]);
+    assert_eq!(p.index.files.last().unwrap(), "images/SHA256SUMS.minisig");
+    assert!(p.index.signed);
+
+    actual.index = index_of(&actual, Some(&signer));
+    let p = plan(std::slice::from_ref(&a), &actual, signed_opts());
+    assert_eq!(p.index.action, IndexAction::NoOp);
+    // Signing switched off: the stale signature goes.
+    let p = plan(&[a], &actual, PlanOptions::default());
+    assert_eq!(p.index.deletes, ["images/SHA256SUMS.minisig"]);
+}
+
+#[test]
+fn records_without_sha256_are_read_back_once() {
+    let mut a = http("a", "1");
+    let sha512 = Checksum::of_bytes(crate::checksum::Algorithm::Sha512, b"1");
+    a.expected = Some(sha512.clone());
+    let mut rec = record(&a, "1", &[]);
+    rec.checksum = sha512;
+    rec.sha256 = None;
+    let actual = state(vec![synced(&rec)]);
+    let p = plan(std::slice::from_ref(&a), &actual, PlanOptions::default());
+    assert!(!p.summary.has_changes());
+    assert_eq!(p.index.backfill.len(), 1);
+    assert_eq!(p.index.backfill[0].key, "images/a/a.img");
+    assert!(
+        p.index
+            .reasons
+            .iter()
+            .any(|r| r.contains("sha256 of a is computed by reading images/a/a.img back once (its record has only a sha512 checksum)")),
+        "{:?}",
+        p.index.reasons
+    );
+    // A replaced object gets its sha256 from the pipeline instead.
+    let p = plan(
+        &[a],
+        &actual,
+        PlanOptions {
+            replace: vec!["a".into()],
+            ..Default::default()
+        },
+    );
+    assert!(p.index.backfill.is_empty());
+}
+
+// --- history ---------------------------------------------------------------------------------
+
+fn kept(destination: &str, content: &str) -> crate::state::record::HistoryEntry {
+    crate::state::record::HistoryEntry {
+        checksum: sum(content),
+        sha256: sum(content),
+        key: crate::manifest::history_key(destination, &sum(content)),
+        size: content.len() as u64,
+        source_url: Some(format!("https://vendor.example/{content}")),
+        uploaded_at: "2026-10-01T00:00:00Z".into(),
+        kept_at: "2026-10-02T00:00:00Z".into(),
+    }
+}
+
+/// An http image with `history: n`.
+fn kept_http(name: &str, content: &str, n: u32) -> NormalizedSpec {
+    NormalizedSpec {
+        history: n,
+        ..http(name, content)
+    }
+}
+
+#[test]
+fn a_replace_keeps_the_current_bytes_and_trims_to_the_limit() {
+    let (v3, v4) = (kept_http("a", "v3", 2), kept_http("a", "v4", 2));
+    let mut rec = record(&v3, "v3", &[]);
+    rec.history = vec![kept(&v3.destination, "v2"), kept(&v3.destination, "v1")];
+    let p = plan(&[v4], &state(vec![synced(&rec)]), PlanOptions::default());
+    let c = &p.changes[0];
+    assert_eq!(c.action, Action::Replace);
+    assert_eq!(c.restore, None);
+    let h = c.history.as_ref().unwrap();
+    assert!(h.keep_current);
+    assert_eq!(
+        h.keep_key.as_deref(),
+        Some(crate::manifest::history_key(&v3.destination, &sum("v3")).as_str())
+    );
+    assert_eq!(h.trim, [kept(&v3.destination, "v1").key]);
+    assert_eq!((h.kept, h.limit), (2, 2));
+}
+
+#[test]
+fn a_revert_to_kept_bytes_is_a_restore() {
+    let (v1, v3) = (kept_http("a", "v1", 2), kept_http("a", "v3", 2));
+    let mut rec = record(&v3, "v3", &[]);
+    rec.history = vec![kept(&v3.destination, "v2"), kept(&v3.destination, "v1")];
+    let p = plan(&[v1], &state(vec![synced(&rec)]), PlanOptions::default());
+    let c = &p.changes[0];
+    assert_eq!(c.action, Action::Replace);
+    assert!(
+        c.reasons.contains(&"restore from history".to_string()),
+        "{:?}",
+        c.reasons
+    );
+    assert_eq!(
+        c.restore.as_ref().unwrap().key,
+        kept(&v3.destination, "v1").key
+    );
+    let h = c.history.as_ref().unwrap();
+    assert!(h.keep_current, "v3 is kept before v1 comes back");
+    // v1 becomes current again and leaves the history; v3 and v2 stay.
+    assert_eq!(h.trim, [kept(&v3.destination, "v1").key]);
+    assert_eq!(h.kept, 2);
+}
+
+#[test]
+fn modified_objects_are_not_kept_as_history() {
+    let (v1, v2) = (kept_http("a", "v1", 1), kept_http("a", "v2", 1));
+    let rec = record(&v1, "v1", &[]);
+    let mut entry = synced(&rec);
+    if let ObjectState::Present(meta) = &mut entry.object {
+        meta.size += 1;
+    }
+    let p = plan(&[v2], &state(vec![entry]), PlanOptions::default());
+    assert!(p.changes[0].history.is_none(), "{:?}", p.changes[0].history);
+}
+
+#[test]
+fn lowering_history_is_an_update_that_trims() {
+    let mut v1 = kept_http("a", "v1", 2);
+    let mut rec = record(&v1, "v1", &[]);
+    rec.history = vec![kept(&v1.destination, "v0"), kept(&v1.destination, "old")];
+    v1.history = 1;
+    let p = plan(
+        &[v1.clone()],
+        &state(vec![synced(&rec)]),
+        PlanOptions::default(),
+    );
+    let c = &p.changes[0];
+    assert_eq!(c.action, Action::Update);
+    assert_eq!(c.reasons, ["history changed"]);
+    assert_eq!(
+        c.history.as_ref().unwrap().trim,
+        [kept(&v1.destination, "old").key]
+    );
+}
+
+#[test]
+fn pruning_an_image_deletes_its_history_unless_protected() {
+    let gone = kept_http("gone", "x", 1);
+    let mut rec = record(&gone, "x", &[]);
+    rec.history = vec![kept(&gone.destination, "w")];
+    let p = plan(
+        &[],
+        &state(vec![synced(&rec)]),
+        PlanOptions {
+            prune: true,
+            ..Default::default()
+        },
+    );
+    let c = &p.changes[0];
+    assert_eq!(c.action, Action::Delete);
+    assert_eq!(
+        c.history.as_ref().unwrap().trim,
+        [kept(&gone.destination, "w").key]
+    );
+    assert!(
+        c.reasons[1].contains("1 kept version under history/ is deleted with it"),
+        "{:?}",
+        c.reasons
+    );
+
+    rec.protect = true;
+    let p = plan(
+        &[],
+        &state(vec![synced(&rec)]),
+        PlanOptions {
+            prune: true,
+            ..Default::default()
+        },
+    );
+    assert!(p.changes.is_empty());
+    assert!(p.orphans[0].protected);
+}
+
+#[test]
+fn replacing_the_same_bytes_keeps_nothing() {
+    let v1 = kept_http("a", "v1", 2);
+    let rec = record(&v1, "v1", &[]);
+    let p = plan(
+        &[v1],
+        &state(vec![synced(&rec)]),
+        PlanOptions {
+            replace: vec!["a".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(p.changes[0].action, Action::Replace);
+    assert!(p.changes[0].history.is_none(), "{:?}", p.changes[0].history);
+}
+
+#[test]
+fn a_restore_needs_the_declared_checksum_not_just_the_same_sha256() {
+    let v1 = kept_http("a", "v1", 2);
+    let v3 = kept_http("a", "v3", 2);
+    let mut rec = record(&v3, "v3", &[]);
+    let mut entry = kept(&v3.destination, "v1");
+    entry.checksum = Checksum::of_bytes(crate::checksum::Algorithm::Sha512, b"v1");
+    rec.history = vec![entry];
+    let p = plan(&[v1], &state(vec![synced(&rec)]), PlanOptions::default());
+    assert_eq!(p.changes[0].restore, None);
 }

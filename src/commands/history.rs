@@ -1,0 +1,124 @@
+//! `labctl history [NAME]`: the earlier versions kept for each image (`history: N`).
+
+use std::process::ExitCode;
+
+use serde::Serialize;
+
+use crate::checksum::Checksum;
+use crate::cli::HistoryArgs;
+use crate::failure::{Failure, WithHint};
+use crate::state::record::HistoryEntry;
+use crate::units::human_size;
+
+/// Version of the `labctl history --json` output.
+pub const FORMAT_VERSION: &str = "1.0";
+
+#[derive(Debug, Serialize)]
+struct Output {
+    format_version: &'static str,
+    store: String,
+    images: Vec<ImageHistory>,
+}
+
+#[derive(Debug, Serialize)]
+struct ImageHistory {
+    name: String,
+    key: String,
+    /// The current object.
+    checksum: Checksum,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<Checksum>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uploaded_at: Option<String>,
+    /// Kept versions, newest first, as the state record lists them.
+    history: Vec<HistoryEntry>,
+}
+
+pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
+    let manifest = match &args.store.store {
+        Some(_) => super::optional_manifest(&args.manifest)?,
+        None => Some(super::load_manifest(&args.manifest)?.0),
+    };
+    let store = super::open_store(args.store.store.as_deref(), manifest.as_ref()).await?;
+    let state = crate::state::refresh::read(store.clone(), false).await?;
+    let mut images: Vec<ImageHistory> = state
+        .records
+        .values()
+        .filter_map(|r| {
+            let rec = r.record.as_ref().ok()?;
+            Some(ImageHistory {
+                name: rec.name().unwrap_or(&r.object_key).to_string(),
+                key: r.object_key.clone(),
+                checksum: rec.checksum().clone(),
+                sha256: rec.sha256(),
+                size: rec.size(),
+                uploaded_at: rec.uploaded_at().map(str::to_string),
+                history: rec.history().to_vec(),
+            })
+        })
+        .filter(|i| args.name.as_ref().is_none_or(|n| *n == i.name))
+        .collect();
+    images.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(name) = &args.name {
+        if images.is_empty() {
+            return Err(anyhow::anyhow!(
+                "no image `{name}` has a record in {}",
+                store.url()
+            ))
+            .hint("`labctl list` shows the images the store has records for");
+        }
+    }
+    if args.json {
+        let out = Output {
+            format_version: FORMAT_VERSION,
+            store: store.url(),
+            images,
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("serializes")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let with_history: Vec<&ImageHistory> = if args.name.is_some() {
+        images.iter().collect()
+    } else {
+        images.iter().filter(|i| !i.history.is_empty()).collect()
+    };
+    if with_history.is_empty() {
+        println!(
+            "No kept versions in {} (an image keeps them with `history: N` in the manifest).",
+            store.url()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for i in with_history {
+        println!("{}  {}", console::style(&i.name).bold(), i.key);
+        println!(
+            "  current  {}  {}  uploaded {}",
+            i.checksum.short(),
+            i.size.map(human_size).unwrap_or_else(|| "?".into()),
+            i.uploaded_at.as_deref().unwrap_or("?")
+        );
+        if i.history.is_empty() {
+            println!("  (no kept versions)");
+        }
+        for h in &i.history {
+            println!(
+                "  kept     {}  {}  uploaded {}, kept {}  {}",
+                h.checksum.short(),
+                human_size(h.size),
+                h.uploaded_at,
+                h.kept_at,
+                h.key
+            );
+            if let Some(url) = &h.source_url {
+                println!("           from {url}");
+            }
+        }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
