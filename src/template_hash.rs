@@ -31,11 +31,21 @@ pub fn hash_dir(dir: &Path, artifact: &str) -> std::io::Result<Checksum> {
     collect(dir, dir, &ignored, &mut files)?;
     files.sort();
     let mut manifest = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
     for rel in files {
-        let content = std::fs::read(dir.join(&rel))?;
+        // Streamed: a template directory may hold large files (a seed ISO, a disk image).
+        let mut file = std::fs::File::open(dir.join(&rel))?;
+        let mut content = Sha256::new();
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            content.update(&buf[..n]);
+        }
         manifest.update(rel.as_bytes());
         manifest.update([0]);
-        manifest.update(Checksum::sha256(&content).hex().as_bytes());
+        manifest.update(to_hex(&content.finalize()).as_bytes());
         manifest.update(b"\n");
     }
     Checksum::new(

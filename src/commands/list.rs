@@ -63,26 +63,68 @@ pub async fn run(args: &ListArgs) -> Result<ExitCode, Failure> {
     })
 }
 
+/// Cells longer than this are cut with `…`: a record is data from the store, and one enormous
+/// field must not turn the table into megabytes of spaces.
+const MAX_CELL: usize = 120;
+
+fn cell(text: &str) -> String {
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().count() > MAX_CELL {
+        text.chars().take(MAX_CELL - 1).collect::<String>() + "…"
+    } else {
+        text
+    }
+}
+
 fn table(header: &[&str; 5], rows: &[[String; 5]]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| cell(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
+    // Padded by hand: `format!("{:<w$}")` panics for widths above 65,535.
     let line = |cells: Vec<&str>| {
         let mut s = cells
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.chars().count()))))
             .collect::<Vec<_>>()
             .join("  ");
         s.truncate(s.trim_end().len());
         s + "\n"
     };
     let mut out = line(header.to_vec());
-    for row in rows {
+    for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enormous_and_hostile_cells_neither_panic_nor_flood() {
+        let huge = "x".repeat(70_000);
+        let rows = vec![[
+            huge.clone(),
+            "images/a\nb".into(),
+            "1 B".into(),
+            "sha256:abc".into(),
+            huge,
+        ]];
+        let out = table(&["NAME", "KEY", "SIZE", "CHECKSUM", "UPLOADED AT"], &rows);
+        assert!(out.len() < 1_000, "{}", out.len());
+        assert_eq!(out.lines().count(), 2);
+        assert!(out.contains('…'));
+    }
 }

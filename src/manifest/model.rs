@@ -234,7 +234,11 @@ pub fn record_key(destination: &str) -> String {
     format!("{METADATA_PREFIX}{destination}.json")
 }
 
-/// The destination a record key belongs to (`metadata/a/b.raw.json` → `a/b.raw`).
+/// The destination a record key belongs to (`metadata/a/b.raw.json` → `a/b.raw`); `None` for
+/// anything else under `metadata/` (a stray `metadata/..json` is not a record of `images/.`).
 pub fn destination_of_record_key(key: &str) -> Option<&str> {
-    key.strip_prefix(METADATA_PREFIX)?.strip_suffix(".json")
+    let destination = key.strip_prefix(METADATA_PREFIX)?.strip_suffix(".json")?;
+    crate::manifest::schema::check_relative_key(destination)
+        .ok()
+        .map(|()| destination)
 }

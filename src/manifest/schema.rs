@@ -657,13 +657,14 @@ impl Reader<'_> {
                         .map(|s| (s, k.loc)),
                     (None, Some(path_node)) => {
                         let path = self.string(path_node, "signature.pgp.publicKeyFile", image)?;
-                        match std::fs::read_to_string(self.base_dir.join(&path)) {
+                        match read_inside(self.base_dir, &path, MAX_KEY_FILE_BYTES) {
                             Ok(text) => Some((text, path_node.loc)),
                             Err(e) => {
-                                self.error(
+                                self.error_hint(
                                     path_node.loc,
                                     image,
-                                    format!("cannot read the public key file `{path}`: {e}"),
+                                    format!("cannot use the public key file `{path}`: {e}"),
+                                    "file references are relative to the manifest's directory and stay inside it",
                                 );
                                 None
                             }
@@ -758,11 +759,12 @@ impl Reader<'_> {
         let path = self.required_string(f, loc, "path", "source.path", image);
         if let (Some(p), Some(n)) = (&path, f.get("path")) {
             let dir = self.base_dir.join(p);
-            if p.is_empty() || Path::new(p).is_absolute() {
-                self.error(
+            if let Err(why) = inside(self.base_dir, p) {
+                self.error_hint(
                     n.loc,
                     image,
-                    format!("`source.path` `{p}` must be a directory relative to the manifest"),
+                    format!("`source.path` `{p}` {why}"),
+                    "`source.path` is a directory relative to the manifest's directory, and stays inside it",
                 );
             } else if !dir.is_dir() {
                 self.error_hint(
@@ -1019,6 +1021,55 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// Object keys and artifact paths: relative, no `..`, no empty segments.
+/// Public key files are small; reading stops here (a pull request could name `/dev/zero`).
+pub const MAX_KEY_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Checks that `rel` names something inside `base`: relative, no `..`, and no symlink on the
+/// way that leads out. A manifest comes from a pull request: its file references must not read
+/// the runner's files.
+pub fn inside(base: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let path = Path::new(rel);
+    if rel.is_empty() || path.is_absolute() {
+        return Err("must be a path relative to the manifest's directory".into());
+    }
+    if path
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err("must not contain `..`".into());
+    }
+    let joined = base.join(path);
+    let (Ok(real_base), Ok(real)) = (base.canonicalize(), joined.canonicalize()) else {
+        // Does not exist (yet): nothing to read, and the caller says so.
+        return Ok(joined);
+    };
+    if !real.starts_with(&real_base) {
+        return Err("leads outside the manifest's directory through a symbolic link".into());
+    }
+    Ok(joined)
+}
+
+/// Reads a small regular file inside `base`, at most `limit` bytes.
+pub fn read_inside(base: &Path, rel: &str, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let path = inside(base, rel)?;
+    let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    let mut text = String::new();
+    std::fs::File::open(&path)
+        .map_err(|e| e.to_string())?
+        .take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > limit {
+        return Err(format!("is larger than {limit} bytes"));
+    }
+    Ok(text)
+}
+
 pub fn check_relative_key(key: &str) -> Result<(), &'static str> {
     if key.is_empty() {
         return Err("is empty");

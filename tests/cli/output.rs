@@ -1,6 +1,7 @@
 //! Saved plans, markdown, exit codes and error messages.
 
 use crate::util::*;
+use std::path::Path;
 
 #[test]
 fn saved_plan_is_the_json_plan_with_prior_state() {
@@ -228,4 +229,35 @@ fn corrupt_record_is_replaced_and_reported() {
     let list = labctl(&["list", "--store", store.to_str().unwrap()]);
     assert_eq!(list.code, 1, "unreadable records make list fail");
     assert!(list.stderr.contains("upgrade labctl"), "{}", list.stderr);
+}
+
+#[test]
+fn stray_files_under_metadata_do_not_break_the_plan() {
+    let store = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("state-examples/in-sync"), store.path());
+    for stray in ["..json", ".json", "notes.txt"] {
+        std::fs::write(store.path().join("metadata").join(stray), b"{oops").unwrap();
+    }
+    let run = labctl(&[
+        "plan",
+        "--offline",
+        "--store",
+        store.path().to_str().unwrap(),
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("No changes."), "{}", run.stdout);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }

@@ -320,3 +320,50 @@ spec:
         run.stderr
     );
 }
+
+#[test]
+fn file_references_stay_inside_the_manifests_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("key.asc"), "not yours").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).unwrap();
+    std::fs::create_dir(dir.path().join("keys")).unwrap();
+    let image = |name: &str, key_file: &str| {
+        format!(
+            "    - name: {name}
+      source:
+        type: http
+        url: https://v/{name}.iso
+        checksum: file:https://v/SHA256SUMS
+        signature: {{pgp: {{url: https://v/SHA256SUMS.sig, publicKeyFile: {key_file}}}}}
+      destination: {name}.iso
+"
+        )
+    };
+    let mut text = HEADER.to_string();
+    text.push_str(&image("zero", "/dev/zero"));
+    text.push_str(&image("up", "../../etc/passwd"));
+    text.push_str(&image("link", "escape/key.asc"));
+    text.push_str(&image("dir", "keys"));
+    text.push_str(
+        "    - name: gw
+      source: {type: packer, path: ../elsewhere, artifact: out/gw.raw}
+      destination: gw.raw
+",
+    );
+    let path = dir.path().join("images.yaml");
+    std::fs::write(&path, text).unwrap();
+    let run = labctl(&["validate", "--manifest", path.to_str().unwrap()]);
+    assert_eq!(run.code, 1);
+    let err = &run.stderr;
+    for expected in [
+        "image `zero`: cannot use the public key file `/dev/zero`: must be a path relative to the manifest's directory",
+        "image `up`: cannot use the public key file `../../etc/passwd`: must not contain `..`",
+        "image `link`: cannot use the public key file `escape/key.asc`: leads outside the manifest's directory through a symbolic link",
+        "image `dir`: cannot use the public key file `keys`: is not a regular file",
+        "image `gw`: `source.path` `../elsewhere` must not contain `..`",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("not yours"));
+}
