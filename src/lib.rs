@@ -12,6 +12,7 @@ pub mod drift;
 pub mod failure;
 pub mod github;
 pub mod graph;
+pub mod interrupt;
 pub mod manifest;
 pub mod pin;
 pub mod pipeline;

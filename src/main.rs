@@ -33,6 +33,9 @@ fn main() -> ExitCode {
             Command::History(args) => commands::history::run(args).await,
         }
     });
+    // A prompt's blocking read may still be waiting on stdin after an interrupt: do not wait
+    // for it on the way out.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(failure) => {

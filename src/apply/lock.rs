@@ -50,6 +50,10 @@ pub enum LockError {
     WrongId { wanted: String, held: Box<LockInfo> },
     #[error("the store is not locked")]
     NotLocked,
+    #[error("interrupted while waiting for the lock")]
+    Interrupted,
+    #[error("the lock was taken over right after it was created (it now holds ID {0}): the store does not keep conditional writes apart")]
+    Lost(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -123,6 +127,18 @@ pub async fn acquire(
     timeout: Duration,
     verify: bool,
 ) -> Result<Lock, LockError> {
+    let (_never, cancel) = tokio::sync::watch::channel(false);
+    acquire_unless(store, operation, timeout, verify, cancel).await
+}
+
+/// [`acquire`], giving up (without a lock) as soon as `cancel` turns true while it waits.
+pub async fn acquire_unless(
+    store: Arc<dyn Store>,
+    operation: &str,
+    timeout: Duration,
+    verify: bool,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<Lock, LockError> {
     let info = new_info(operation);
     let body = Bytes::from(serde_json::to_vec_pretty(&info).expect("serializes"));
     let create = PutOptions {
@@ -142,7 +158,10 @@ pub async fn acquire(
                         None => continue,
                     };
                 }
-                tokio::time::sleep(wait.min(deadline - tokio::time::Instant::now())).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(deadline - tokio::time::Instant::now())) => {}
+                    _ = cancel.wait_for(|c| *c) => return Err(LockError::Interrupted),
+                }
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
             Err(e) => return Err(e.into()),
@@ -161,7 +180,13 @@ pub async fn acquire(
             }
         }
     }
-    Ok(Lock { store, info })
+    // Read back: on a store whose conditional write is check-then-write, two runs can both be
+    // told they created it; only the one whose ID is there holds it.
+    match read(store.as_ref()).await? {
+        Some(current) if current.id == info.id => Ok(Lock { store, info }),
+        Some(current) => Err(LockError::Lost(current.id)),
+        None => Err(LockError::Lost("none: it is gone".into())),
+    }
 }
 
 impl Lock {

@@ -41,11 +41,26 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
             .hint("pass --auto-approve, or save a reviewed plan with `labctl plan --out plan.json` and run `labctl apply plan.json`");
     }
 
+    // From here on a signal stops the run cleanly instead of killing it with the lock held.
+    let signals = crate::interrupt::install().context("cannot listen for SIGINT and SIGTERM")?;
+    let cancel = crate::interrupt::as_cancel(signals.clone());
+
     let held = if args.lock {
-        match lock::acquire(store.clone(), "apply", args.lock_timeout, true).await {
+        match lock::acquire_unless(
+            store.clone(),
+            "apply",
+            args.lock_timeout,
+            true,
+            cancel.clone(),
+        )
+        .await
+        {
             Ok(l) => {
                 eprintln!("Acquired the store lock (ID {}).", l.info.id);
                 Some(l)
+            }
+            Err(LockError::Interrupted) => {
+                return Ok(super::exit(interrupted_code(&signals)));
             }
             Err(e) => return Err(lock_failure(e)),
         }
@@ -64,18 +79,43 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         store.clone(),
         interactive,
         signer.as_ref(),
+        cancel,
     )
     .await;
 
     if let Some(l) = held {
-        if let Err(e) = l.release().await {
-            eprintln!(
+        match l.release().await {
+            Ok(()) if signals.borrow().is_some() => eprintln!("Released the store lock."),
+            Ok(()) => {}
+            Err(e) => eprintln!(
                 "{} could not release the store lock: {e}",
                 style("Warning:").yellow()
-            );
+            ),
         }
     }
+    if signals.borrow().is_some() {
+        return Ok(super::exit(interrupted_code(&signals)));
+    }
     result
+}
+
+/// The exit status of a run stopped by a signal: 130 for SIGINT, 143 for SIGTERM.
+fn interrupted_code(
+    signals: &tokio::sync::watch::Receiver<Option<crate::interrupt::Signal>>,
+) -> u8 {
+    signals.borrow().map_or(1, |s| s.exit_code())
+}
+
+/// Runs `work` unless `cancel` turns true first; `None` when it did (the work is dropped: only
+/// for work that leaves nothing behind, such as reading state or waiting for an answer).
+async fn unless_cancelled<T>(
+    cancel: &mut tokio::sync::watch::Receiver<bool>,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        out = work => Some(out),
+        _ = cancel.wait_for(|c| *c) => None,
+    }
 }
 
 async fn locked(
@@ -85,8 +125,60 @@ async fn locked(
     store: Arc<dyn Store>,
     interactive: bool,
     signer: Option<&crate::signing::IndexSigner>,
+    mut cancel: tokio::sync::watch::Receiver<bool>,
 ) -> Result<ExitCode, Failure> {
-    let (desired, plan) = match &args.plan_file {
+    let prepared = unless_cancelled(
+        &mut cancel,
+        prepare(args, manifest, graph, &store, interactive),
+    )
+    .await;
+    let Some(prepared) = prepared else {
+        // Interrupted before anything was written: the caller releases the lock.
+        return Ok(super::exit(1));
+    };
+    let (desired, plan) = match prepared? {
+        Ok(ready) => ready,
+        Err(code) => return Ok(code),
+    };
+    if !plan.has_changes() {
+        eprintln!("No changes to apply.");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let ctx = Arc::new(ApplyContext {
+        store: store.clone(),
+        client: crate::source::http::client(),
+        settings: pipeline::Settings {
+            part_size: args.part_size as usize * MIB,
+            parts_in_flight: args.parts_in_flight as usize,
+            ..Default::default()
+        },
+        parallelism: args.parallelism as usize,
+        progress: Arc::from(crate::progress::for_stderr()),
+        cancel: cancel.clone(),
+        desired: desired
+            .into_iter()
+            .map(|d| (d.spec.name.clone(), d))
+            .collect::<HashMap<_, _>>(),
+        base_dir: manifest.base_dir.clone(),
+    });
+    // Not raced with the signal: on one, execute stops starting images and every transfer aborts
+    // its own multipart upload before this returns.
+    let report = apply::execute(&plan, ctx).await;
+    let cancelled = *cancel.borrow();
+    finish(&store, &plan, &report, cancelled, signer).await
+}
+
+/// Reads the plan (saved or computed now) and asks for approval. `Ok(Err(code))` ends the run
+/// without changes (nothing to do, or not approved).
+async fn prepare(
+    args: &ApplyArgs,
+    manifest: &crate::manifest::Manifest,
+    graph: &crate::graph::DependencyGraph,
+    store: &Arc<dyn Store>,
+    interactive: bool,
+) -> Result<Result<(Vec<crate::plan::Desired>, Plan), ExitCode>, Failure> {
+    Ok(Ok(match &args.plan_file {
         Some(path) => {
             let text = std::fs::read(path)
                 .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
@@ -116,61 +208,37 @@ async fn locked(
                 refresh: true,
                 offline: false,
             };
-            let (desired, plan) = super::plan::compute(manifest, graph, &store, &request).await?;
+            let (desired, plan) = super::plan::compute(manifest, graph, store, &request).await?;
             print!("{}", render::human::plan(&plan));
             if !plan.has_changes() {
-                return Ok(ExitCode::SUCCESS);
+                return Ok(Err(ExitCode::SUCCESS));
             }
-            if !args.auto_approve && interactive && !confirm()? {
+            if !args.auto_approve && interactive && !confirm().await? {
                 eprintln!("Apply cancelled.");
-                return Ok(super::exit(1));
+                return Ok(Err(super::exit(1)));
             }
             (desired, plan)
         }
-    };
-    if !plan.has_changes() {
-        eprintln!("No changes to apply.");
-        return Ok(ExitCode::SUCCESS);
-    }
+    }))
+}
 
-    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
-    let ctx = Arc::new(ApplyContext {
-        store: store.clone(),
-        client: crate::source::http::client(),
-        settings: pipeline::Settings {
-            part_size: args.part_size as usize * MIB,
-            parts_in_flight: args.parts_in_flight as usize,
-            ..Default::default()
-        },
-        parallelism: args.parallelism as usize,
-        progress: Arc::from(crate::progress::for_stderr()),
-        cancel: cancel_rx,
-        desired: desired
-            .into_iter()
-            .map(|d| (d.spec.name.clone(), d))
-            .collect::<HashMap<_, _>>(),
-        base_dir: manifest.base_dir.clone(),
-    });
-    let run = apply::execute(&plan, ctx);
-    tokio::pin!(run);
-    let report = tokio::select! {
-        report = &mut run => report,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("\nInterrupted: stopping after aborting the uploads in progress…");
-            let _ = cancel_tx.send(true);
-            run.await
-        }
-    };
-    let cancelled = *cancel_tx.borrow();
+/// After the images: the consumer index (unless interrupted), the summary, the exit status.
+async fn finish(
+    store: &Arc<dyn Store>,
+    plan: &Plan,
+    report: &Report,
+    cancelled: bool,
+    signer: Option<&crate::signing::IndexSigner>,
+) -> Result<ExitCode, Failure> {
     let index = if cancelled {
         eprintln!(
             "The consumer index was not rewritten (interrupted); the next apply rewrites it."
         );
         None
     } else {
-        Some(write_index(&store, &plan, signer).await)
+        Some(write_index(store, plan, signer).await)
     };
-    print_summary(&report);
+    print_summary(report);
     let index_failed = match &index {
         Some(Ok(lines)) => {
             for line in lines {
@@ -190,7 +258,7 @@ async fn locked(
                 crate::github::error(&format!("labctl apply: {name}"), msg);
             }
         }
-        crate::github::summary(&summary_markdown(&report));
+        crate::github::summary(&summary_markdown(report));
         crate::github::plan_outputs(&plan.summary);
     }
     Ok(if report.failed() || cancelled || index_failed {
@@ -253,16 +321,19 @@ fn summary_markdown(report: &Report) -> String {
     out
 }
 
-fn confirm() -> Result<bool, Failure> {
+/// Asks for `yes`. The read blocks a thread of its own, so a signal can end the wait.
+async fn confirm() -> Result<bool, Failure> {
     print!(
         "\nDo you want to perform these actions? Only `yes` will be accepted.\n  Enter a value: "
     );
     std::io::stdout().flush().ok();
-    let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .context("cannot read the answer")?;
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .context("cannot read the answer")?
+    .context("cannot read the answer")?;
     Ok(line.trim() == "yes")
 }
 

@@ -247,6 +247,9 @@ async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A group of its own: labctl decides when the build stops, and stopping it reaches
+        // every process the build started (shell steps, qemu), not only packer.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| PackerError::NotInstalled(e.to_string()))?;
@@ -264,7 +267,7 @@ async fn run(
                 _ => err_done = true,
             },
             _ = cancel.changed() => {
-                let _ = child.kill().await;
+                stop(&mut child).await;
                 return Err(PackerError::Cancelled);
             }
         }
@@ -281,6 +284,30 @@ async fn run(
             status: status.to_string(),
         })
     }
+}
+
+/// How long Packer gets to clean up (stop its VM, delete its scratch files) after SIGINT.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGINT to the build's process group first, as a terminal would send it, so that Packer stops
+/// qemu and cleans up; after the grace period, or once Packer is gone, whatever is left of the
+/// group is killed, so no VM or shell step outlives the run.
+async fn stop(child: &mut tokio::process::Child) {
+    let Some(group) = child.id().and_then(|p| i32::try_from(p).ok()) else {
+        let _ = child.kill().await;
+        return;
+    };
+    // SAFETY: kill(2) on the process group this process created for the build (its leader is
+    // the packer child, not yet reaped, so the group ID cannot have been reused).
+    unsafe {
+        libc::kill(-group, libc::SIGINT);
+    }
+    let _ = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+    // SAFETY: as above; a group with no members left makes kill(2) fail harmlessly (ESRCH).
+    unsafe {
+        libc::kill(-group, libc::SIGKILL);
+    }
+    let _ = child.wait().await;
 }
 
 #[cfg(test)]

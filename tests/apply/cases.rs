@@ -555,7 +555,10 @@ fn peak_memory_is_bounded() {
 on_every_store_more!(
     doctor_passes_on_a_capable_store,
     interactive_apply_asks_for_yes,
-    ctrl_c_aborts_cleanly_and_releases_the_lock
+    ctrl_c_aborts_cleanly_and_releases_the_lock,
+    sigterm_aborts_cleanly_and_releases_the_lock,
+    ctrl_c_at_the_prompt_releases_the_lock,
+    sigterm_while_waiting_for_the_lock_leaves_the_holders_lock,
 );
 
 fn doctor_passes_on_a_capable_store(backend: Backend) {
@@ -645,6 +648,15 @@ fn interactive_apply_asks_for_yes(backend: Backend) {
 }
 
 fn ctrl_c_aborts_cleanly_and_releases_the_lock(backend: Backend) {
+    interrupted_transfer(backend, "-INT", 130);
+}
+
+/// What a CI runner sends when a job is cancelled or times out.
+fn sigterm_aborts_cleanly_and_releases_the_lock(backend: Backend) {
+    interrupted_transfer(backend, "-TERM", 143);
+}
+
+fn interrupted_transfer(backend: Backend, signal: &str, code: i32) {
     let lab = Lab::new(backend);
     let body = image_bytes(23, 24 * MIB);
     lab.serve(
@@ -666,13 +678,18 @@ fn ctrl_c_aborts_cleanly_and_releases_the_lock(backend: Backend) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let run = finish(child, &args);
-    assert_eq!(run.code, 1, "{}", run.output());
-    assert!(run.stderr.contains("Interrupted"), "{}", run.output());
+    let run = finish_or_hang(child, &args);
+    assert_eq!(run.code, code, "{}", run.output());
+    assert!(run.stderr.contains("stopping"), "{}", run.output());
+    assert!(
+        run.stderr.contains("Released the store lock"),
+        "{}",
+        run.output()
+    );
     assert!(
         lab.object("test/slow.img").is_none(),
         "nothing half-written is visible"
@@ -687,4 +704,113 @@ fn ctrl_c_aborts_cleanly_and_releases_the_lock(backend: Backend) {
             "the multipart upload was aborted: {pending:?}"
         );
     }
+}
+
+/// Waits for a signalled run; a run still alive a minute later hangs (a liveness check with a
+/// generous bound, not a timing measurement).
+fn finish_or_hang(mut child: std::process::Child, args: &[&str]) -> Run {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("labctl {args:?} did not stop after the signal");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    finish(child, args)
+}
+
+/// Ctrl-C typed at the `yes` prompt, on a real terminal (a pty from `script`).
+fn ctrl_c_at_the_prompt_releases_the_lock(backend: Backend) {
+    use std::io::{Read, Write};
+    let lab = Lab::new(backend);
+    let body = image_bytes(24, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    let command = format!(
+        "{} apply --manifest {} --store {}",
+        env!("CARGO_BIN_EXE_labctl"),
+        lab.manifest_path().display(),
+        lab.store_arg()
+    );
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qec", &command, "/dev/null"])
+        .current_dir(lab.dir())
+        .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+        .env("NO_COLOR", "1")
+        .env_remove("CI")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(server) = &lab.server {
+        cmd.envs(server.env());
+    }
+    let mut child = cmd.spawn().expect("script (util-linux) runs");
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen.lock().unwrap()).contains("Enter a value:") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prompt: {}",
+            String::from_utf8_lossy(&seen.lock().unwrap())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        lab.head(".labctl/lock.json").is_some(),
+        "the lock is held at the prompt"
+    );
+    // The terminal turns ^C into SIGINT for the foreground process.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let status = child.wait().unwrap();
+    drop(stdin);
+    reader.join().unwrap();
+    let output = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(output.contains("Released the store lock"), "{output}");
+    assert!(
+        lab.head(".labctl/lock.json").is_none(),
+        "the lock is released"
+    );
+    assert!(lab.object("test/a.img").is_none(), "nothing was applied");
+}
+
+/// A run waiting for another's lock (`--lock-timeout`) stops on SIGTERM and leaves that lock.
+fn sigterm_while_waiting_for_the_lock_leaves_the_holders_lock(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(25, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    let holder = br#"{"id":"0123456789abcdef","holder":"other","host":"elsewhere","pid":1,"operation":"apply","created_at":"2026-11-26T00:00:00Z","labctl_version":"0.1.0"}"#;
+    lab.put(".labctl/lock.json", holder);
+    let args = ["apply", "--auto-approve", "--lock-timeout", "10m"];
+    let child = lab.spawn(&args);
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let run = finish_or_hang(child, &args);
+    assert_eq!(run.code, 143, "{}", run.output());
+    let lock = lab
+        .head(".labctl/lock.json")
+        .expect("the holder's lock stays");
+    assert_eq!(lock.size, holder.len() as u64);
+    assert!(lab.object("test/a.img").is_none());
 }

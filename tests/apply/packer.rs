@@ -284,3 +284,62 @@ fn failed_build_skips_dependents_and_keeps_the_old_object(backend: Backend) {
     );
     assert_eq!(lab.record("test/gateway.raw").unwrap(), old_record);
 }
+
+/// SIGTERM during a build: Packer gets SIGINT and stops its build (here a long shell step, on a
+/// VM builder the VM), the lock is released, nothing is published, and no build process is left.
+#[test]
+fn sigterm_during_a_build_stops_packer_and_releases_the_lock() {
+    let iso = image_bytes(36, 20_000);
+    let lab = setup(Backend::Fs, &iso);
+    assert_eq!(lab.apply().code, 0);
+    let started = lab.dir().join("build-started");
+    // A duration no other run uses, to find this build's shell step in the process table.
+    let marker = format!("sleep {}", 100_000 + std::process::id());
+    lab.template(
+        "gateway",
+        &gateway_template("v9").replace(
+            "\"set -e\",",
+            &format!("\"set -e\", \"touch {}\", \"{marker}\",", started.display()),
+        ),
+    );
+    let args = ["apply", "--auto-approve"];
+    let child = lab.spawn(&args);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !started.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let old = lab.object("test/gateway.raw").unwrap();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let run = finish(child, &args);
+    assert_eq!(run.code, 143, "{}", run.output());
+    assert!(
+        run.stderr.contains("Released the store lock"),
+        "{}",
+        run.output()
+    );
+    assert!(lab.head(".labctl/lock.json").is_none());
+    assert_eq!(
+        lab.object("test/gateway.raw").unwrap(),
+        old,
+        "the old build stays"
+    );
+    // Give the process table a moment, then look for the build's shell step.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the build's processes are gone: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
