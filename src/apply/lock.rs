@@ -250,17 +250,21 @@ mod tests {
         assert!(store.head(LOCK_KEY).await.unwrap().is_none());
     }
 
-    /// A store that accepts `If-None-Match: *` and overwrites anyway, as some S3-compatible
-    /// services do; or (`Racing`) one whose check-then-write lets a second run's conditional
-    /// create land right after ours.
+    /// How a store's conditional create misbehaves.
     #[derive(Debug)]
-    struct IgnoresConditions(FsStore);
+    enum Quirk {
+        /// Accepts `If-None-Match: *` and overwrites anyway, as some S3-compatible services do.
+        IgnoresConditions,
+        /// Check-then-write: a second run's create lands right after ours, once, and both are
+        /// told they succeeded.
+        Racing(std::sync::atomic::AtomicBool),
+    }
 
     #[derive(Debug)]
-    struct Racing(FsStore, std::sync::atomic::AtomicBool);
+    struct Quirky(FsStore, Quirk);
 
     #[async_trait::async_trait]
-    impl Store for IgnoresConditions {
+    impl Store for Quirky {
         fn url(&self) -> String {
             self.0.url()
         }
@@ -279,83 +283,22 @@ mod tests {
             b: Bytes,
             mut o: PutOptions,
         ) -> store::Result<store::ObjectMeta> {
-            o.mode = PutMode::Overwrite;
-            self.0.put(k, b, o).await
-        }
-        async fn delete(&self, k: &str) -> store::Result<()> {
-            self.0.delete(k).await
-        }
-        async fn create_multipart(&self, k: &str, o: PutOptions) -> store::Result<String> {
-            self.0.create_multipart(k, o).await
-        }
-        async fn upload_part(
-            &self,
-            k: &str,
-            u: &str,
-            n: u32,
-            b: Bytes,
-        ) -> store::Result<store::UploadedPart> {
-            self.0.upload_part(k, u, n, b).await
-        }
-        async fn complete_multipart(
-            &self,
-            k: &str,
-            u: &str,
-            p: Vec<store::UploadedPart>,
-        ) -> store::Result<store::ObjectMeta> {
-            self.0.complete_multipart(k, u, p).await
-        }
-        async fn abort_multipart(&self, k: &str, u: &str) -> store::Result<()> {
-            self.0.abort_multipart(k, u).await
-        }
-        async fn list_uploads(&self, p: &str) -> store::Result<Option<Vec<(String, String)>>> {
-            self.0.list_uploads(p).await
-        }
-        async fn url_for(&self, k: &str, e: Duration) -> store::Result<String> {
-            self.0.url_for(k, e).await
-        }
-        async fn set_metadata(
-            &self,
-            k: &str,
-            m: std::collections::BTreeMap<String, String>,
-        ) -> store::Result<store::ObjectMeta> {
-            self.0.set_metadata(k, m).await
-        }
-        async fn copy(
-            &self,
-            f: &str,
-            t: &str,
-            m: Option<std::collections::BTreeMap<String, String>>,
-            e: Option<&str>,
-        ) -> store::Result<store::ObjectMeta> {
-            self.0.copy(f, t, m, e).await
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Store for Racing {
-        fn url(&self) -> String {
-            self.0.url()
-        }
-        async fn list_page(&self, p: &str, c: Option<String>) -> store::Result<store::ListPage> {
-            self.0.list_page(p, c).await
-        }
-        async fn head(&self, k: &str) -> store::Result<Option<store::ObjectMeta>> {
-            self.0.head(k).await
-        }
-        async fn get(&self, k: &str) -> store::Result<Option<store::GetObject>> {
-            self.0.get(k).await
-        }
-        async fn put(&self, k: &str, b: Bytes, o: PutOptions) -> store::Result<store::ObjectMeta> {
-            let written = self.0.put(k, b, o.clone()).await?;
-            if k == LOCK_KEY && !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                // The other run's create, told it succeeded too.
-                let mut other = new_info("apply");
-                other.id = "fedcba9876543210".into();
-                let body = Bytes::from(serde_json::to_vec(&other).unwrap());
-                return self.0.put(k, body, PutOptions::default()).await;
+            match &self.1 {
+                Quirk::IgnoresConditions => {
+                    o.mode = PutMode::Overwrite;
+                    self.0.put(k, b, o).await
+                }
+                Quirk::Racing(raced) => {
+                    let written = self.0.put(k, b, o).await?;
+                    if k == LOCK_KEY && !raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        let mut other = new_info("apply");
+                        other.id = "fedcba9876543210".into();
+                        let body = Bytes::from(serde_json::to_vec(&other).unwrap());
+                        return self.0.put(k, body, PutOptions::default()).await;
+                    }
+                    Ok(written)
+                }
             }
-            Ok(written)
         }
         async fn delete(&self, k: &str) -> store::Result<()> {
             self.0.delete(k).await
@@ -410,9 +353,9 @@ mod tests {
     #[tokio::test]
     async fn a_lock_taken_over_right_after_creation_is_not_ours() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(Racing(
+        let store: Arc<dyn Store> = Arc::new(Quirky(
             FsStore::new(dir.path()),
-            std::sync::atomic::AtomicBool::new(false),
+            Quirk::Racing(Default::default()),
         ));
         let err = acquire(store.clone(), "apply", Duration::ZERO, true)
             .await
@@ -429,7 +372,8 @@ mod tests {
     #[tokio::test]
     async fn a_lock_the_store_cannot_enforce_is_refused_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(IgnoresConditions(FsStore::new(dir.path())));
+        let store: Arc<dyn Store> =
+            Arc::new(Quirky(FsStore::new(dir.path()), Quirk::IgnoresConditions));
         let err = acquire(store.clone(), "apply", Duration::ZERO, true)
             .await
             .unwrap_err();

@@ -513,36 +513,23 @@ fn peak_memory_is_bounded() {
     drop(body);
     let manifest = lab.manifest_path().display().to_string();
     let store = lab.store_arg();
-    let out = std::process::Command::new("/usr/bin/time")
-        .args([
-            "-f",
-            "peak-rss-kib=%M",
-            env!("CARGO_BIN_EXE_labctl"),
-            "apply",
-            "--auto-approve",
-        ])
-        .args([
-            "--manifest",
-            &manifest,
-            "--store",
-            &store,
-            "--part-size",
-            "16",
-            "--parts-in-flight",
-            "4",
-        ])
-        .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
-        .envs(lab.server.as_ref().unwrap().env())
-        .current_dir(lab.dir())
-        .output()
-        .expect("/usr/bin/time runs (Debian package `time`)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let kib: u64 = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("peak-rss-kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in {stderr}"));
+    let kib = peak_rss_kib(
+        timed_labctl()
+            .args(["apply", "--auto-approve"])
+            .args([
+                "--manifest",
+                &manifest,
+                "--store",
+                &store,
+                "--part-size",
+                "16",
+                "--parts-in-flight",
+                "4",
+            ])
+            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+            .envs(lab.server.as_ref().unwrap().env())
+            .current_dir(lab.dir()),
+    );
     assert!(
         kib < 150 * 1024,
         "peak RSS {} MiB exceeds 150 MiB",
@@ -590,26 +577,7 @@ fn doctor_passes_on_a_capable_store(backend: Backend) {
 
 /// Runs labctl on a pseudo-terminal (util-linux `script`), feeding `answer` to the prompt.
 fn on_a_terminal(lab: &Lab, answer: &str) -> Run {
-    let manifest = lab.manifest_path().display().to_string();
-    let command = format!(
-        "{} apply --manifest {} --store {}",
-        env!("CARGO_BIN_EXE_labctl"),
-        manifest,
-        lab.store_arg()
-    );
-    let mut cmd = std::process::Command::new("script");
-    cmd.args(["-qec", &command, "/dev/null"])
-        .current_dir(lab.dir())
-        .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
-        .env("NO_COLOR", "1")
-        .env_remove("CI")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if let Some(server) = &lab.server {
-        cmd.envs(server.env());
-    }
-    let mut child = cmd.spawn().expect("script (util-linux) runs");
+    let mut child = lab.spawn_on_a_terminal();
     use std::io::Write;
     child
         .stdin
@@ -677,11 +645,7 @@ fn interrupted_transfer(backend: Backend, signal: &str, code: i32) {
     {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(&child, signal);
     let run = finish_or_hang(child, &args);
     assert_eq!(run.code, code, "{}", run.output());
     assert!(run.stderr.contains("stopping"), "{}", run.output());
@@ -727,25 +691,7 @@ fn ctrl_c_at_the_prompt_releases_the_lock(backend: Backend) {
     let body = image_bytes(24, 1000);
     lab.serve("/a.img", body.clone(), Faults::default());
     lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
-    let command = format!(
-        "{} apply --manifest {} --store {}",
-        env!("CARGO_BIN_EXE_labctl"),
-        lab.manifest_path().display(),
-        lab.store_arg()
-    );
-    let mut cmd = std::process::Command::new("script");
-    cmd.args(["-qec", &command, "/dev/null"])
-        .current_dir(lab.dir())
-        .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
-        .env("NO_COLOR", "1")
-        .env_remove("CI")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    if let Some(server) = &lab.server {
-        cmd.envs(server.env());
-    }
-    let mut child = cmd.spawn().expect("script (util-linux) runs");
+    let mut child = lab.spawn_on_a_terminal();
     let mut stdout = child.stdout.take().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let reader = {
@@ -801,11 +747,7 @@ fn sigterm_while_waiting_for_the_lock_leaves_the_holders_lock(backend: Backend) 
     let args = ["apply", "--auto-approve", "--lock-timeout", "10m"];
     let child = lab.spawn(&args);
     std::thread::sleep(Duration::from_millis(1500));
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    send_signal(&child, "-TERM");
     let run = finish_or_hang(child, &args);
     assert_eq!(run.code, 143, "{}", run.output());
     let lock = lab

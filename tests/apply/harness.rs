@@ -333,23 +333,54 @@ impl Lab {
     pub fn store(&self) -> Arc<dyn Store> {
         match self.backend {
             Backend::Fs => Arc::new(FsStore::new(self.dir.path().join("store"))),
-            _ => {
-                let settings = S3Settings {
-                    bucket: BUCKET.into(),
-                    prefix: None,
-                    endpoint: Some(self.server.as_ref().unwrap().endpoint.clone()),
-                    region: None,
-                };
-                let store = self
-                    .runtime
-                    .block_on(S3Store::connect_with(
-                        settings,
-                        Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-                    ))
-                    .unwrap();
-                Arc::new(store)
-            }
+            _ => Arc::new(self.s3_store()),
         }
+    }
+
+    /// The lab's S3 server as a store (S3 backends only).
+    pub fn s3_store(&self) -> S3Store {
+        let settings = S3Settings {
+            bucket: BUCKET.into(),
+            prefix: None,
+            endpoint: Some(
+                self.server
+                    .as_ref()
+                    .expect("an S3 backend")
+                    .endpoint
+                    .clone(),
+            ),
+            region: None,
+        };
+        self.runtime
+            .block_on(S3Store::connect_with(
+                settings,
+                Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+            ))
+            .unwrap()
+    }
+
+    /// `labctl apply` (without `--auto-approve`) on a pseudo-terminal from util-linux `script`,
+    /// with stdin, stdout and stderr piped to the test.
+    pub fn spawn_on_a_terminal(&self) -> std::process::Child {
+        let command = format!(
+            "{} apply --manifest {} --store {}",
+            env!("CARGO_BIN_EXE_labctl"),
+            self.manifest_path().display(),
+            self.store_arg()
+        );
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &command, "/dev/null"])
+            .current_dir(self.dir())
+            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+            .env("NO_COLOR", "1")
+            .env_remove("CI")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(server) = &self.server {
+            cmd.envs(server.env());
+        }
+        cmd.spawn().expect("script (util-linux) runs")
     }
 
     /// The published object's bytes, if any.
@@ -431,6 +462,40 @@ impl Lab {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// Sends `signal` (`-INT`, `-TERM`) to a running labctl.
+pub fn send_signal(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal}");
+}
+
+/// Runs `cmd` under GNU time and returns its peak resident set in KiB; the command must succeed.
+pub fn peak_rss_kib(cmd: &mut Command) -> u64 {
+    let out = cmd
+        .output()
+        .expect("/usr/bin/time runs (Debian package `time`)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{stderr}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kib="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {stderr}"))
+}
+
+/// `/usr/bin/time` set up to print what [`peak_rss_kib`] reads, then labctl.
+pub fn timed_labctl() -> Command {
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "peak-rss-kib=%M", env!("CARGO_BIN_EXE_labctl")]);
+    cmd
 }
 
 pub fn finish(child: std::process::Child, args: &[&str]) -> Run {

@@ -720,23 +720,9 @@ fn history_restores_after_the_vendor_deleted_the_file(backend: Backend) {
 /// History copies use CopyObject, and UploadPartCopy above the single-copy limit (5 GiB on S3):
 /// the limit is lowered so the part-by-part path runs on a small object.
 fn server_side_copy_above_the_single_copy_limit(backend: Backend) {
-    use labctl::store::s3::{S3Settings, S3Store};
     use labctl::store::{PutOptions, Store};
     let lab = Lab::new(backend);
-    let settings = S3Settings {
-        bucket: BUCKET.into(),
-        prefix: None,
-        endpoint: Some(lab.server.as_ref().unwrap().endpoint.clone()),
-        region: None,
-    };
-    let store = lab
-        .runtime
-        .block_on(S3Store::connect_with(
-            settings,
-            Some((ACCESS_KEY.into(), SECRET_KEY.into())),
-        ))
-        .unwrap()
-        .with_single_copy_limit(5 * 1024 * 1024);
+    let store = lab.s3_store().with_single_copy_limit(5 * 1024 * 1024);
     let body = image_bytes(99, 12 * 1024 * 1024 + 3);
     let meta = std::collections::BTreeMap::from([(
         "labctl-checksum".to_string(),
@@ -800,28 +786,12 @@ fn verify_memory_stays_flat_whatever_the_file_sizes() {
         sums.push_str(&format!("{}  {name}\n", sha256(&body).hex()));
     }
     std::fs::write(dir.path().join("SHA256SUMS"), sums).unwrap();
-    let out = Command::new("/usr/bin/time")
-        .args([
-            "-f",
-            "peak-rss-kib=%M",
-            env!("CARGO_BIN_EXE_labctl"),
-            "verify",
-        ])
-        .arg(dir.path())
-        .args(["--jobs", "3"])
-        .output()
-        .expect("/usr/bin/time runs (Debian package `time`)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{stderr}{}",
-        String::from_utf8_lossy(&out.stdout)
+    let kib = peak_rss_kib(
+        timed_labctl()
+            .arg("verify")
+            .arg(dir.path())
+            .args(["--jobs", "3"]),
     );
-    let kib: u64 = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("peak-rss-kib="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no peak RSS in {stderr}"));
     assert!(
         kib < 48 * 1024,
         "peak RSS {} MiB for 288 MiB of files",

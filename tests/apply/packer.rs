@@ -313,11 +313,7 @@ fn sigterm_during_a_build_stops_packer_and_releases_the_lock() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let old = lab.object("test/gateway.raw").unwrap();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    send_signal(&child, "-TERM");
     let run = finish(child, &args);
     assert_eq!(run.code, 143, "{}", run.output());
     assert!(
