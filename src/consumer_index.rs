@@ -319,7 +319,7 @@ mod tests {
                 record_key,
                 object_key: crate::manifest::object_key(destination),
                 etag: "\"e\"".into(),
-                record: parse(json.as_bytes()).map_err(|e| e.to_string()),
+                record: parse(json.as_bytes()).map_err(Into::into),
                 object,
             },
         )

@@ -5,16 +5,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Desired;
-use crate::state::record::Record;
+use crate::plan::{Action, Plan};
 use crate::state::{ActualState, ObjectState};
-use crate::store::{ObjectMeta, META_CHECKSUM, META_FINGERPRINT};
+use crate::store::ObjectMeta;
 
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_VERSION: &str = "1.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
+    /// The plan has a change for the image: the manifest asks for what the store does not hold.
+    UnappliedChange,
     ObjectMissing,
     ObjectModified,
     ContentMismatch,
@@ -30,6 +31,7 @@ pub enum Kind {
 impl Kind {
     pub fn name(self) -> &'static str {
         match self {
+            Kind::UnappliedChange => "unapplied-change",
             Kind::ObjectMissing => "object-missing",
             Kind::ObjectModified => "object-modified",
             Kind::ContentMismatch => "content-mismatch",
@@ -99,50 +101,78 @@ impl Report {
     }
 }
 
-/// Records against objects and the manifest: what a listing and HEADs can tell.
-pub fn records_vs_objects(
-    desired: &[Desired],
-    actual: &ActualState,
-    images: &[ObjectMeta],
-) -> Vec<Finding> {
-    let wanted: BTreeSet<String> = desired
-        .iter()
-        .map(|d| crate::manifest::record_key(&d.spec.destination))
-        .collect();
+/// The plan's changes and orphans as drift, so that drift and apply agree on what is wrong: a
+/// merge not yet applied, a failed apply, a vendor's new checksum pinned in the manifest. Reasons
+/// that a finding of its own already names (the object, an unreadable record) are left to it.
+pub fn plan_findings(plan: &Plan, actual: &ActualState) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    for change in &plan.changes {
+        if change.action == Action::NoOp {
+            continue;
+        }
+        let own: Vec<&str> = change
+            .reasons
+            .iter()
+            .map(String::as_str)
+            .filter(|r| !reported_elsewhere(r))
+            .collect();
+        if own.is_empty() {
+            continue;
+        }
+        findings.push(Finding {
+            kind: Kind::UnappliedChange,
+            image: Some(change.name.clone()),
+            key: change.key.clone(),
+            detail: format!("{}: {}", change.action, own.join("; ")),
+        });
+    }
+    for orphan in &plan.orphans {
+        let unreadable = actual
+            .records
+            .get(&orphan.record_key)
+            .is_some_and(|r| r.record.is_err());
+        if unreadable {
+            continue; // a record-unreadable finding of its own
+        }
+        findings.push(Finding {
+            kind: Kind::Orphan,
+            image: Some(orphan.name.clone()),
+            key: orphan.key.clone(),
+            detail: if orphan.protected {
+                format!("{}; the record is protected", orphan.reason)
+            } else {
+                orphan.reason.clone()
+            },
+        });
+    }
+    findings
+}
+
+fn reported_elsewhere(reason: &str) -> bool {
+    reason == crate::plan::REASON_OBJECT_MISSING
+        || reason == crate::plan::REASON_OBJECT_MODIFIED
+        || reason.starts_with(crate::plan::REASON_RECORD_CORRUPT)
+}
+
+/// Records against objects: what a listing and HEADs can tell.
+pub fn records_vs_objects(actual: &ActualState, images: &[ObjectMeta]) -> Vec<Finding> {
     let mut findings = Vec::new();
     let mut recorded_objects = BTreeSet::new();
     for (record_key, r) in &actual.records {
         recorded_objects.insert(r.object_key.clone());
-        let name = r
-            .record
-            .as_ref()
-            .ok()
-            .and_then(|rec| rec.name())
-            .map(str::to_string);
         let record = match &r.record {
             Err(why) => {
                 findings.push(Finding {
                     kind: Kind::RecordUnreadable,
                     image: None,
                     key: record_key.clone(),
-                    detail: why.clone(),
+                    detail: why.to_string(),
                 });
                 continue;
             }
             Ok(rec) => rec,
         };
-        if !wanted.contains(record_key) {
-            findings.push(Finding {
-                kind: Kind::Orphan,
-                image: name.clone(),
-                key: r.object_key.clone(),
-                detail: if record.protect() {
-                    "the image left the manifest; the record is protected".into()
-                } else {
-                    "the image left the manifest".into()
-                },
-            });
-        }
+        let name = record.name().map(str::to_string);
         match &r.object {
             ObjectState::NotChecked => {}
             ObjectState::Missing => findings.push(Finding {
@@ -152,7 +182,7 @@ pub fn records_vs_objects(
                 detail: "the record exists, the object does not".into(),
             }),
             ObjectState::Present(meta) => {
-                let differences = object_differences(record, meta);
+                let differences = record.differences_from(meta);
                 if !differences.is_empty() {
                     findings.push(Finding {
                         kind: Kind::ObjectModified,
@@ -232,36 +262,6 @@ pub fn unlisted_history(actual: &ActualState, history: &[ObjectMeta]) -> Vec<Fin
             ),
         })
         .collect()
-}
-
-/// How an object differs from what its record says was published.
-fn object_differences(record: &Record, meta: &ObjectMeta) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(size) = record.size() {
-        if size != meta.size {
-            out.push(format!("size {size} → {}", meta.size));
-        }
-    }
-    if let Record::Current(rec) = record {
-        if let Some(etag) = &rec.object_etag {
-            if *etag != meta.etag {
-                out.push(format!("ETag {etag} → {}", meta.etag));
-            }
-        }
-        let checksum = rec.checksum.to_string();
-        match meta.user_metadata.get(META_CHECKSUM) {
-            Some(c) if *c == checksum => {}
-            Some(c) => out.push(format!("labctl-checksum {checksum} → {c}")),
-            None => out.push("labctl-checksum metadata missing".into()),
-        }
-        let fingerprint = rec.fingerprint.to_string();
-        match meta.user_metadata.get(META_FINGERPRINT) {
-            Some(f) if *f == fingerprint => {}
-            Some(_) => out.push("labctl-fingerprint differs".into()),
-            None => out.push("labctl-fingerprint metadata missing".into()),
-        }
-    }
-    out
 }
 
 pub fn human(report: &Report) -> String {

@@ -34,6 +34,11 @@ impl<T, E: Into<anyhow::Error>> WithHint<T> for Result<T, E> {
 }
 
 impl Failure {
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Failure {
+        self.hint = Some(hint.into());
+        self
+    }
+
     /// A hint for errors whose fix is the same wherever they happen.
     pub fn with_default_hint(mut self) -> Failure {
         if self.hint.is_none() {

@@ -208,7 +208,8 @@ async fn prepare(
                 refresh: true,
                 offline: false,
             };
-            let (desired, plan) = super::plan::compute(manifest, graph, store, &request).await?;
+            let super::plan::Planned { desired, plan, .. } =
+                super::plan::compute(manifest, graph, store, &request).await?;
             print!("{}", render::human::plan(&plan));
             if !plan.has_changes() {
                 return Ok(Err(ExitCode::SUCCESS));

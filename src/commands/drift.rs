@@ -26,13 +26,24 @@ const SOURCE_CONCURRENCY: usize = 8;
 pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
-    let desired = crate::desired::build(&manifest, &graph)?;
-    eprintln!("Reading state from {}", store.url());
-    let actual = crate::state::refresh::read(store.clone(), true).await?;
+    // The plan apply would make, without fetching checksum lists: a vendor's list is looked at
+    // by --check-sources, not by the nightly comparison of the manifest with the store.
+    let request = super::plan::PlanRequest {
+        prune: false,
+        replace: Vec::new(),
+        refresh: true,
+        offline: true,
+    };
+    let super::plan::Planned {
+        desired,
+        actual,
+        plan,
+    } = super::plan::compute(&manifest, &graph, &store, &request).await?;
     let images = store::list_all(store.as_ref(), crate::manifest::IMAGES_PREFIX).await?;
 
     let history = store::list_all(store.as_ref(), crate::manifest::HISTORY_PREFIX).await?;
-    let mut findings = drift::records_vs_objects(&desired, &actual, &images);
+    let mut findings = drift::plan_findings(&plan, &actual);
+    findings.extend(drift::records_vs_objects(&actual, &images));
     findings.extend(drift::unlisted_history(&actual, &history));
     findings.extend(drift::index_findings(
         &actual,

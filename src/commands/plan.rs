@@ -21,7 +21,7 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
         refresh: args.refresh,
         offline: args.offline,
     };
-    let (_, plan) = compute(&manifest, &graph, &store, &request).await?;
+    let plan = compute(&manifest, &graph, &store, &request).await?.plan;
 
     let text = if args.json {
         render::json(&plan)
@@ -59,7 +59,6 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     }
 }
 
-/// Reads the store and computes the plan (shared by `plan` and `apply`).
 /// What a plan is asked for, beyond the manifest and the store.
 pub struct PlanRequest {
     pub prune: bool,
@@ -70,12 +69,21 @@ pub struct PlanRequest {
     pub offline: bool,
 }
 
+/// A plan with what it was computed from.
+pub struct Planned {
+    pub desired: Vec<Desired>,
+    pub actual: crate::state::ActualState,
+    pub plan: Plan,
+}
+
+/// Reads the store and computes the plan: the one computation behind `plan`, `apply` and
+/// `drift`, so that the three agree on what is to be done.
 pub async fn compute(
     manifest: &Manifest,
     graph: &DependencyGraph,
     store: &Arc<dyn Store>,
     request: &PlanRequest,
-) -> Result<(Vec<Desired>, Plan), Failure> {
+) -> Result<Planned, Failure> {
     let (prune, replace, refresh) = (request.prune, &request.replace, request.refresh);
     for name in replace {
         if manifest.image(name).is_none() {
@@ -111,8 +119,16 @@ pub async fn compute(
             manifest_digest: manifest.digest.clone(),
             store: store.url(),
         },
-    );
-    Ok((desired, plan))
+    )
+    .map_err(|e| {
+        let hint = e.hint();
+        Failure::from(e).with_hint(hint)
+    })?;
+    Ok(Planned {
+        desired,
+        actual,
+        plan,
+    })
 }
 
 /// Atomically, so a reader never sees half a plan.

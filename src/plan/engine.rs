@@ -7,8 +7,7 @@ use crate::plan::fields::{diff, FieldChange};
 use crate::plan::*;
 use crate::spec::{NormalizedSpec, SpecSource};
 use crate::state::record::{Record, StateRecord};
-use crate::state::{ActualRecord, ActualState, ObjectState};
-use crate::store::{META_CHECKSUM, META_FINGERPRINT};
+use crate::state::{ActualRecord, ActualState, ObjectState, Unreadable};
 
 /// One image as the manifest wants it, with what could be read from disk (template hashes)
 /// already folded into its spec.
@@ -90,13 +89,20 @@ struct Outcome {
 }
 
 /// Computes the plan. `desired` must be in dependency order (dependencies first); the plan's
-/// changes keep that order.
+/// changes keep that order. A store holding a record written by a newer labctl has no plan:
+/// this labctl cannot know what that record promises.
 pub fn compute(
     desired: &[Desired],
     actual: &ActualState,
     options: &PlanOptions,
     context: PlanContext,
-) -> Plan {
+) -> Result<Plan, PlanError> {
+    let newer = actual.newer_records();
+    if !newer.is_empty() {
+        return Err(PlanError::NewerRecords(
+            newer.into_iter().map(str::to_string).collect(),
+        ));
+    }
     let mut outcomes: HashMap<&str, Outcome> = HashMap::new();
     let mut changes = Vec::new();
     for d in desired {
@@ -140,7 +146,10 @@ pub fn compute(
             None => "image left the manifest".to_string(),
         };
         let protected = matches!(&r.record, Ok(rec) if rec.protect());
-        if options.prune && !protected {
+        // What cannot be read cannot be known to be unwanted: it may be the only trace of an
+        // image someone still boots. Only a manifest that claims the key overwrites it.
+        let corrupt = r.record.is_err();
+        if options.prune && !protected && !corrupt {
             let before = before_of(r);
             let mut reasons = vec![reason];
             let history = (!before.history.is_empty()).then(|| {
@@ -178,10 +187,19 @@ pub fn compute(
                 key: r.object_key.clone(),
                 record_key: record_key.clone(),
                 protected,
-                reason: if protected && options.prune {
-                    format!("{reason}; kept because the record is protected")
-                } else {
-                    reason
+                reason: match &r.record {
+                    Err(why) => format!(
+                        "record {why}; kept{}: labctl never deletes what it cannot read",
+                        if options.prune {
+                            " despite --prune"
+                        } else {
+                            ""
+                        }
+                    ),
+                    Ok(_) if protected && options.prune => {
+                        format!("{reason}; kept because the record is protected")
+                    }
+                    Ok(_) => reason,
                 },
             });
         }
@@ -200,7 +218,7 @@ pub fn compute(
     summary.orphaned = orphans.len();
     let index = index_plan(&changes, actual, options);
 
-    Plan {
+    Ok(Plan {
         format_version: FORMAT_VERSION.to_string(),
         labctl_version: env!("CARGO_PKG_VERSION").to_string(),
         manifest: context.manifest,
@@ -217,7 +235,7 @@ pub fn compute(
             .map(|(k, r)| (k.clone(), r.etag.clone()))
             .collect(),
         index,
-    }
+    })
 }
 
 /// The keys of the consumer index, in the order apply writes them: the JSON index first, then
@@ -428,7 +446,10 @@ fn plan_image(
     }
 
     match &actual.record {
-        Err(why) => content.push(format!("state record unreadable: {why}")),
+        Err(why @ Unreadable::Corrupt(_)) => content.push(format!(
+            "{REASON_RECORD_CORRUPT}{why}; the image is published again to rewrite it"
+        )),
+        Err(Unreadable::Newer { .. }) => unreachable!("compute refuses newer records first"),
         Ok(Record::Legacy(legacy)) => {
             match d.published() {
                 Some(p) if *p == legacy.checksum => metadata.push(
@@ -440,7 +461,7 @@ fn plan_image(
                     "record written by an earlier tool cannot be matched to this spec".into(),
                 ),
             }
-            if let Some(drift) = object_drift(&actual.object, legacy.size, None) {
+            if let Some(drift) = object_drift(&actual.object, actual.record.as_ref().ok()) {
                 content.push(drift);
             }
         }
@@ -453,7 +474,7 @@ fn plan_image(
                 &mut content,
                 &mut metadata,
             );
-            if let Some(drift) = object_drift(&actual.object, Some(rec.size), Some(rec)) {
+            if let Some(drift) = object_drift(&actual.object, actual.record.as_ref().ok()) {
                 content.push(drift);
             }
         }
@@ -495,7 +516,7 @@ fn plan_history(d: &Desired, actual: &ActualRecord, change: &mut Change) {
     let object_trusted = !change
         .reasons
         .iter()
-        .any(|r| r == "object modified outside labctl" || r == "object missing from store");
+        .any(|r| r == REASON_OBJECT_MODIFIED || r == REASON_OBJECT_MISSING);
     // Replacing bytes with the same bytes (`--replace`, drift repair) keeps nothing.
     let bytes_change = d.published().is_none_or(|p| p != record.checksum());
     let keep_current =
@@ -605,22 +626,13 @@ fn compare_current(
 }
 
 /// Compares the object found by HEAD with what the record says was published.
-fn object_drift(
-    object: &ObjectState,
-    size: Option<u64>,
-    rec: Option<&StateRecord>,
-) -> Option<String> {
+fn object_drift(object: &ObjectState, record: Option<&Record>) -> Option<String> {
     match object {
         ObjectState::NotChecked => None,
-        ObjectState::Missing => Some("object missing from store".into()),
-        ObjectState::Present(meta) => {
-            let size_differs = size.is_some_and(|s| s != meta.size);
-            let metadata_differs = rec.is_some_and(|r| {
-                meta.user_metadata.get(META_CHECKSUM) != Some(&r.checksum.to_string())
-                    || meta.user_metadata.get(META_FINGERPRINT) != Some(&r.fingerprint.to_string())
-            });
-            (size_differs || metadata_differs).then(|| "object modified outside labctl".into())
-        }
+        ObjectState::Missing => Some(REASON_OBJECT_MISSING.into()),
+        ObjectState::Present(meta) => record
+            .is_some_and(|r| !r.differences_from(meta).is_empty())
+            .then(|| REASON_OBJECT_MODIFIED.into()),
     }
 }
 

@@ -14,10 +14,40 @@ use serde::{Deserialize, Serialize};
 
 pub use engine::index_files;
 pub use engine::{compute, Desired, PlanContext, PlanOptions};
+
 pub use fields::FieldChange;
 
 use crate::checksum::Checksum;
 use crate::state::record::HistoryEntry;
+
+/// Reasons that drift reports under findings of their own.
+pub const REASON_OBJECT_MISSING: &str = "object missing from store";
+pub const REASON_OBJECT_MODIFIED: &str = "object modified outside labctl";
+pub const REASON_RECORD_CORRUPT: &str = "the state record is ";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{} written by a newer labctl: {}", plural(.0.len(), "record is", "records are"), .0.join(", "))]
+    NewerRecords(Vec<String>),
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+impl PlanError {
+    pub fn hint(&self) -> &'static str {
+        match self {
+            PlanError::NewerRecords(_) => {
+                "upgrade labctl to the version that wrote them; this one cannot tell what they promise and changes nothing"
+            }
+        }
+    }
+}
 
 /// Version of the JSON plan format. Additive changes bump the minor version.
 pub const FORMAT_VERSION: &str = "1.2";

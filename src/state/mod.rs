@@ -4,4 +4,4 @@ pub mod record;
 pub mod refresh;
 
 pub use record::{Record, RecordError, StateRecord};
-pub use refresh::{ActualRecord, ActualState, ObjectState};
+pub use refresh::{ActualRecord, ActualState, ObjectState, Unreadable};

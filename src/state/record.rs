@@ -199,6 +199,38 @@ impl Record {
         }
     }
 
+    /// How an object differs from what this record says was published: the one definition of
+    /// "modified outside labctl", shared by plan (a replace) and drift (a finding).
+    pub fn differences_from(&self, meta: &crate::store::ObjectMeta) -> Vec<String> {
+        use crate::store::{META_CHECKSUM, META_FINGERPRINT};
+        let mut out = Vec::new();
+        if let Some(size) = self.size() {
+            if size != meta.size {
+                out.push(format!("size {size} → {}", meta.size));
+            }
+        }
+        if let Record::Current(rec) = self {
+            if let Some(etag) = &rec.object_etag {
+                if *etag != meta.etag {
+                    out.push(format!("ETag {etag} → {}", meta.etag));
+                }
+            }
+            let checksum = rec.checksum.to_string();
+            match meta.user_metadata.get(META_CHECKSUM) {
+                Some(c) if *c == checksum => {}
+                Some(c) => out.push(format!("labctl-checksum {checksum} → {c}")),
+                None => out.push("labctl-checksum metadata missing".into()),
+            }
+            let fingerprint = rec.fingerprint.to_string();
+            match meta.user_metadata.get(META_FINGERPRINT) {
+                Some(f) if *f == fingerprint => {}
+                Some(_) => out.push("labctl-fingerprint differs".into()),
+                None => out.push("labctl-fingerprint metadata missing".into()),
+            }
+        }
+        out
+    }
+
     pub fn history(&self) -> &[HistoryEntry] {
         match self {
             Record::Current(r) => &r.history,

@@ -23,6 +23,49 @@ pub enum ObjectState {
     Present(ObjectMeta),
 }
 
+/// Why a record could not be read. The two are handled differently: a newer labctl's record
+/// stops every plan (this labctl cannot know what it means), a corrupt one is shown and kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Its `schemaVersion` is newer than this labctl knows.
+    Newer { schema_version: u64 },
+    /// Not JSON, too large, or not a record of any version this labctl knows.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::Newer { schema_version } => write!(
+                f,
+                "written by a newer labctl (schemaVersion {schema_version}); upgrade labctl"
+            ),
+            Unreadable::Corrupt(why) => write!(f, "corrupt: {why}"),
+        }
+    }
+}
+
+impl From<record::RecordError> for Unreadable {
+    fn from(e: record::RecordError) -> Unreadable {
+        match e {
+            record::RecordError::NewerSchema(n) => Unreadable::Newer { schema_version: n },
+            other => Unreadable::Corrupt(other.to_string()),
+        }
+    }
+}
+
+impl ActualState {
+    /// Record keys written by a newer labctl. Planning against them would mean guessing what
+    /// they say, so every command that plans refuses the store while there is one.
+    pub fn newer_records(&self) -> Vec<&str> {
+        self.records
+            .values()
+            .filter(|r| matches!(r.record, Err(Unreadable::Newer { .. })))
+            .map(|r| r.record_key.as_str())
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ActualRecord {
     /// `metadata/<destination>.json`
@@ -32,7 +75,7 @@ pub struct ActualRecord {
     /// The record's ETag when it was read (a saved plan is stale if it moved).
     pub etag: String,
     /// The record, or why it could not be read.
-    pub record: Result<Record, String>,
+    pub record: Result<Record, Unreadable>,
     pub object: ObjectState,
 }
 
@@ -81,10 +124,7 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
             let Some((_, bytes)) = fetched else {
                 return Ok(None); // deleted between list and get
             };
-            let record = record::parse(&bytes).map_err(|e| match e.hint() {
-                Some(h) => format!("{e} (hint: {h})"),
-                None => e.to_string(),
-            });
+            let record = record::parse(&bytes).map_err(Unreadable::from);
             let object = if head_objects {
                 match store.head(&object_key).await? {
                     Some(m) => ObjectState::Present(m),

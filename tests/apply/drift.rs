@@ -17,6 +17,8 @@ on_every_store!(
     deep_catches_same_size_forged_bytes,
     check_sources_catches_vanished_and_changed_upstreams,
     github_outputs_summaries_and_groups,
+    unapplied_manifest_changes_are_drift,
+    newer_records_stop_every_plan_and_corrupt_ones_survive_prune,
 );
 
 fn published(backend: Backend) -> (Lab, Vec<u8>, Vec<u8>) {
@@ -37,7 +39,7 @@ fn published(backend: Backend) -> (Lab, Vec<u8>, Vec<u8>) {
 fn findings(run: &Run) -> Vec<(String, String)> {
     let report: serde_json::Value =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.output()));
-    assert_eq!(report["format_version"], "1.0");
+    assert_eq!(report["format_version"], "1.1");
     report["findings"]
         .as_array()
         .unwrap()
@@ -268,12 +270,137 @@ fn github_outputs_summaries_and_groups(backend: Backend) {
         .unwrap()
         .contains("### labctl apply"));
 
+    // The failed image is still to be published: that is drift until an apply succeeds.
     std::fs::write(&output, "").unwrap();
     let drift = lab.labctl_env(&["drift"], &env);
-    assert_eq!(drift.code, 0, "{}", drift.output());
+    assert_eq!(drift.code, 2, "{}", drift.output());
     let outputs = std::fs::read_to_string(&output).unwrap();
     assert!(
-        outputs.contains("drift=false\n") && outputs.contains("findings=0\n"),
+        outputs.contains("drift=true\n") && outputs.contains("findings=1\n"),
         "{outputs}"
     );
+    assert!(
+        drift
+            .stdout
+            .contains("::error title=labctl drift%3A bad::unapplied-change: images/test/bad.img (create: not in store)"),
+        "{}",
+        drift.output()
+    );
+}
+
+/// Drift is the plan's changes plus what only drift looks for: a merged manifest change that was
+/// never applied (or whose apply failed) is drift, not "No drift".
+fn unapplied_manifest_changes_are_drift(backend: Backend) {
+    let (lab, _, b) = published(backend);
+    let a2 = image_bytes(43, 1000);
+    let d = image_bytes(44, 1000);
+    lab.serve("/a2.img", a2.clone(), Faults::default());
+    lab.serve("/d.img", d.clone(), Faults::default());
+    lab.write_manifest(&[
+        Entry::raw("a", "/a2.img", &a2),
+        Entry::compressed("b", "/b.img.gz", &gzip(&b), "gzip", &b),
+        Entry::raw("d", "/d.img", &d),
+    ]);
+    let run = lab.labctl(&["drift", "--json"]);
+    assert_eq!(run.code, 2, "{}", run.output());
+    assert_eq!(
+        findings(&run),
+        vec![
+            (
+                "unapplied-change".to_string(),
+                "images/test/a.img".to_string()
+            ),
+            (
+                "unapplied-change".to_string(),
+                "images/test/d.img".to_string()
+            ),
+        ]
+    );
+    let human = lab.labctl(&["drift"]);
+    assert!(
+        human.stdout.contains("replace: checksum changed"),
+        "{}",
+        human.output()
+    );
+    assert!(
+        human.stdout.contains("create: not in store"),
+        "{}",
+        human.output()
+    );
+    // Once applied, the same drift run is clean.
+    assert_eq!(lab.apply().code, 0);
+    let after = lab.labctl(&["drift"]);
+    assert_eq!(after.code, 0, "{}", after.output());
+}
+
+/// A record from a newer labctl is never guessed at: plan, apply and drift stop and say to
+/// upgrade, and nothing is replaced or pruned. A corrupt record is shown, and `--prune` keeps it.
+fn newer_records_stop_every_plan_and_corrupt_ones_survive_prune(backend: Backend) {
+    let (lab, a, _) = published(backend);
+    let record = lab.record("test/a.img").expect("record of a");
+    let mut newer = record.clone();
+    newer["schemaVersion"] = serde_json::json!(2);
+    newer["somethingNew"] = serde_json::json!({"promise": "kept"});
+    let newer_bytes = serde_json::to_vec(&newer).unwrap();
+    lab.put("metadata/test/a.img.json", &newer_bytes);
+    for args in [
+        &["plan"][..],
+        &["apply", "--auto-approve", "--prune"][..],
+        &["drift"][..],
+    ] {
+        let run = lab.labctl(args);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.output());
+        assert!(
+            run.stderr
+                .contains("1 record is written by a newer labctl: metadata/test/a.img.json"),
+            "{args:?}: {}",
+            run.output()
+        );
+        assert!(run.stderr.contains("upgrade labctl"), "{}", run.output());
+    }
+    assert_eq!(lab.object("test/a.img").as_deref(), Some(&a[..]));
+    assert_eq!(
+        lab.store_bytes("metadata/test/a.img.json"),
+        Some(newer_bytes),
+        "the newer record is left as it was"
+    );
+
+    // Back to a record this labctl knows; a corrupt record beside it, for an image the manifest
+    // no longer names, survives --prune.
+    lab.put(
+        "metadata/test/a.img.json",
+        &serde_json::to_vec(&record).unwrap(),
+    );
+    lab.put("images/test/gone.img", b"someone still boots this");
+    lab.put(
+        "metadata/test/gone.img.json",
+        b"{\"schemaVersion\": 1, \"na",
+    );
+    let plan = lab.labctl(&["plan", "--prune"]);
+    assert_eq!(plan.code, 0, "{}", plan.output());
+    assert!(
+        plan.stdout
+            .contains("labctl never deletes what it cannot read"),
+        "{}",
+        plan.output()
+    );
+    let apply = lab.labctl(&["apply", "--auto-approve", "--prune"]);
+    assert_eq!(apply.code, 0, "{}", apply.output());
+    assert_eq!(
+        lab.store_bytes("images/test/gone.img").as_deref(),
+        Some(&b"someone still boots this"[..])
+    );
+    assert!(lab.store_bytes("metadata/test/gone.img.json").is_some());
+
+    // The manifest claims the corrupt record's key: it is rewritten, with its own reason.
+    lab.put("metadata/test/a.img.json", b"not json");
+    let plan = lab.labctl(&["plan"]);
+    assert!(
+        plan.stdout
+            .contains("the state record is corrupt: record is not valid JSON"),
+        "{}",
+        plan.output()
+    );
+    assert_eq!(lab.apply().code, 0);
+    assert_eq!(lab.record("test/a.img").unwrap()["schemaVersion"], 1);
 }

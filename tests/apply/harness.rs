@@ -385,13 +385,14 @@ impl Lab {
 
     /// The published object's bytes, if any.
     pub fn object(&self, destination: &str) -> Option<Vec<u8>> {
+        self.store_bytes(&format!("images/{destination}"))
+    }
+
+    /// Any key's bytes, if it exists.
+    pub fn store_bytes(&self, key: &str) -> Option<Vec<u8>> {
         let store = self.store();
         self.runtime
-            .block_on(labctl::store::get_bytes(
-                store.as_ref(),
-                &format!("images/{destination}"),
-                1 << 30,
-            ))
+            .block_on(labctl::store::get_bytes(store.as_ref(), key, 1 << 30))
             .unwrap()
             .map(|(_, b)| b)
     }

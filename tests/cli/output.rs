@@ -202,11 +202,7 @@ fn corrupt_record_is_replaced_and_reported() {
         "{not json",
     )
     .unwrap();
-    std::fs::write(
-        store.join("metadata/vyos/future.json"),
-        r#"{"schemaVersion": 7}"#,
-    )
-    .unwrap();
+    std::fs::write(store.join("metadata/vyos/junk.json"), "[]").unwrap();
     let plan = labctl(&[
         "plan",
         "--offline",
@@ -221,11 +217,27 @@ fn corrupt_record_is_replaced_and_reported() {
         .unwrap();
     assert_eq!(iso.1, "replace");
     assert!(
-        iso.2[0].starts_with("state record unreadable: record is not valid JSON"),
+        iso.2[0].starts_with("the state record is corrupt: record is not valid JSON"),
         "{:?}",
         iso.2
     );
-    assert_eq!(plan["orphans"][0]["name"], "vyos/future");
+    assert_eq!(plan["orphans"][0]["name"], "vyos/junk");
+
+    // A record from a newer labctl is not guessed at: no plan at all.
+    std::fs::write(
+        store.join("metadata/vyos/future.json"),
+        r#"{"schemaVersion": 7}"#,
+    )
+    .unwrap();
+    let refused = labctl(&["plan", "--offline", "--store", store.to_str().unwrap()]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("1 record is written by a newer labctl: metadata/vyos/future.json"),
+        "{}",
+        refused.stderr
+    );
     let list = labctl(&["list", "--store", store.to_str().unwrap()]);
     assert_eq!(list.code, 1, "unreadable records make list fail");
     assert!(list.stderr.contains("upgrade labctl"), "{}", list.stderr);

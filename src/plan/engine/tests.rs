@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::spec::SpecSource;
 use crate::state::record::{LegacyRecord, RecordSource, SCHEMA_VERSION};
-use crate::store::ObjectMeta;
+use crate::store::{ObjectMeta, META_CHECKSUM, META_FINGERPRINT};
 
 fn sum(seed: &str) -> Checksum {
     Checksum::sha256(seed.as_bytes())
@@ -90,7 +90,7 @@ fn object_of(rec: &StateRecord) -> ObjectState {
 
 fn actual_entry(
     destination: &str,
-    record: Result<Record, String>,
+    record: Result<Record, Unreadable>,
     object: ObjectState,
 ) -> ActualRecord {
     ActualRecord {
@@ -134,6 +134,7 @@ fn plan(desired: &[NormalizedSpec], actual: &ActualState, options: PlanOptions) 
             store: "file:///tmp/store".into(),
         },
     )
+    .expect("no newer records in these states")
 }
 
 fn action_of(p: &Plan, name: &str) -> (Action, Vec<String>) {
@@ -476,17 +477,90 @@ fn replace_when_requested() {
 }
 
 #[test]
-fn replace_when_record_unreadable() {
+fn replace_when_record_corrupt_and_the_manifest_wants_its_key() {
     let spec = http("talos", "v1");
     let entry = actual_entry(
         &spec.destination,
-        Err("record is not valid JSON".into()),
+        Err(Unreadable::Corrupt("record is not valid JSON".into())),
         ObjectState::Missing,
     );
     let p = plan(&[spec], &state(vec![entry]), PlanOptions::default());
     let (action, why) = action_of(&p, "talos");
     assert_eq!(action, Action::Replace);
-    assert_eq!(why[0], "state record unreadable: record is not valid JSON");
+    assert_eq!(
+        why[0],
+        "the state record is corrupt: record is not valid JSON; the image is published again to rewrite it"
+    );
+}
+
+fn try_plan(
+    desired: &[NormalizedSpec],
+    actual: &ActualState,
+    options: PlanOptions,
+) -> Result<Plan, PlanError> {
+    let desired: Vec<Desired> = desired.iter().cloned().map(Desired::new).collect();
+    compute(
+        &desired,
+        actual,
+        &options,
+        PlanContext {
+            manifest: "images.yaml".into(),
+            manifest_digest: sum("manifest"),
+            store: "file:///tmp/store".into(),
+        },
+    )
+}
+
+#[test]
+fn a_newer_record_stops_the_plan_whether_wanted_or_orphaned() {
+    let spec = http("talos", "v1");
+    for (destination, prune) in [
+        (spec.destination.clone(), false),
+        ("old/x.img".into(), true),
+    ] {
+        let entry = actual_entry(
+            &destination,
+            Err(Unreadable::Newer { schema_version: 7 }),
+            ObjectState::Missing,
+        );
+        let err = try_plan(
+            std::slice::from_ref(&spec),
+            &state(vec![entry]),
+            PlanOptions {
+                prune,
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::NewerRecords(vec![crate::manifest::record_key(&destination)])
+        );
+        assert!(err.hint().contains("upgrade labctl"));
+    }
+}
+
+#[test]
+fn a_corrupt_orphan_survives_prune() {
+    let entry = actual_entry(
+        "junk/x.img",
+        Err(Unreadable::Corrupt("record is not valid JSON".into())),
+        ObjectState::Missing,
+    );
+    let p = plan(
+        &[],
+        &state(vec![entry]),
+        PlanOptions {
+            prune: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(p.summary.delete, 0);
+    assert_eq!(p.orphans.len(), 1);
+    assert_eq!(
+        p.orphans[0].reason,
+        "record corrupt: record is not valid JSON; kept despite --prune: labctl never deletes what it cannot read"
+    );
 }
 
 #[test]
@@ -802,7 +876,7 @@ fn moved_destination_creates_and_orphans_the_old_key() {
 fn unreadable_orphan_is_named_by_its_destination() {
     let entry = actual_entry(
         "junk/x.img",
-        Err("record is not valid JSON".into()),
+        Err(Unreadable::Corrupt("record is not valid JSON".into())),
         ObjectState::Missing,
     );
     let p = plan(&[], &state(vec![entry]), PlanOptions::default());
