@@ -255,14 +255,45 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration such as 30s, 5m or 1h"))?;
+    let n: u64 = match number.parse() {
+        Ok(n) => n,
+        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => u64::MAX,
+        Err(_) => return Err(format!("`{s}` is not a duration such as 30s, 5m or 1h")),
+    };
+    // Saturating: `--lock-timeout 99999999999999999999h` means "wait as long as it takes".
     let secs = match unit {
         "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
         _ => return Err(format!("unknown unit `{unit}` in `{s}`; use s, m or h")),
     };
     Ok(std::time::Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_and_saturate_instead_of_overflowing() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        for huge in [
+            "18446744073709551615h",
+            "99999999999999999999999m",
+            "5124095576030432h",
+        ] {
+            assert_eq!(
+                parse_duration(huge),
+                Ok(Duration::from_secs(u64::MAX)),
+                "{huge}"
+            );
+        }
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
 }

@@ -29,15 +29,16 @@ impl Signal {
     }
 }
 
-/// Listens for both signals from now on. The receiver turns to `Some` at the first signal.
-pub fn install() -> std::io::Result<watch::Receiver<Option<Signal>>> {
+/// Listens for both signals from now on. The receiver turns to `Some` at the first signal;
+/// `stopping` says what the command does then.
+pub fn install(stopping: &'static str) -> std::io::Result<watch::Receiver<Option<Signal>>> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let first = next(&mut interrupt, &mut terminate).await;
         eprintln!(
-            "\n{}: stopping — aborting the uploads in progress and releasing the lock (send it again to exit at once)",
+            "\n{}: stopping — {stopping} (send it again to exit at once)",
             first.name()
         );
         let _ = tx.send(Some(first));
@@ -58,6 +59,24 @@ async fn next(
     tokio::select! {
         _ = interrupt.recv() => Signal::Interrupt,
         _ = terminate.recv() => Signal::Terminate,
+    }
+}
+
+/// Runs a command that changes nothing in the store (plan, drift, list…) until it ends or a
+/// signal arrives. At a signal the command is dropped — its requests and temporary files with it
+/// — and the run ends with 130 or 143, as if the signal had ended it, but after cleaning up.
+pub async fn until_signal<T>(
+    command: impl std::future::Future<Output = T>,
+    interrupted: impl FnOnce(Signal) -> T,
+) -> T {
+    let mut signals = match install("nothing was changed") {
+        Ok(rx) => rx,
+        // Without a handler the default action still ends the run; nothing is held open.
+        Err(_) => return command.await,
+    };
+    tokio::select! {
+        out = command => out,
+        signal = wait(&mut signals) => interrupted(signal),
     }
 }
 

@@ -20,17 +20,15 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match &cli.command {
-            Command::Validate(args) => commands::validate::run(args),
-            Command::Plan(args) => commands::plan::run(args).await,
-            Command::Graph(args) => commands::graph::run(args),
-            Command::List(args) => commands::list::run(args).await,
+            // Apply listens for signals itself: it stops in order (uploads aborted, index left
+            // alone, lock released) rather than being dropped.
             Command::Apply(args) => commands::apply::run(args).await,
-            Command::Drift(args) => commands::drift::run(args).await,
-            Command::Pin(args) => commands::pin::run(args).await,
-            Command::ForceUnlock(args) => commands::force_unlock::run(args).await,
-            Command::Doctor(args) => commands::doctor::run(args).await,
-            Command::Verify(args) => commands::verify::run(args),
-            Command::History(args) => commands::history::run(args).await,
+            other => {
+                labctl::interrupt::until_signal(read_only(other), |signal| {
+                    Ok(ExitCode::from(signal.exit_code()))
+                })
+                .await
+            }
         }
     });
     // A prompt's blocking read may still be waiting on stdin after an interrupt: do not wait
@@ -42,6 +40,24 @@ fn main() -> ExitCode {
             eprintln!("{}", failure.with_default_hint());
             ExitCode::from(1)
         }
+    }
+}
+
+/// The commands that change nothing in the store (doctor's probe objects aside, which it
+/// deletes as it goes): dropped at a signal.
+async fn read_only(command: &Command) -> Result<ExitCode, labctl::failure::Failure> {
+    match command {
+        Command::Validate(args) => commands::validate::run(args),
+        Command::Plan(args) => commands::plan::run(args).await,
+        Command::Graph(args) => commands::graph::run(args),
+        Command::List(args) => commands::list::run(args).await,
+        Command::Apply(_) => unreachable!("apply is run by main with its own signal handling"),
+        Command::Drift(args) => commands::drift::run(args).await,
+        Command::Pin(args) => commands::pin::run(args).await,
+        Command::ForceUnlock(args) => commands::force_unlock::run(args).await,
+        Command::Doctor(args) => commands::doctor::run(args).await,
+        Command::Verify(args) => commands::verify::run(args),
+        Command::History(args) => commands::history::run(args).await,
     }
 }
 

@@ -111,10 +111,15 @@ fn new_info(operation: &str) -> LockInfo {
 }
 
 async fn read(store: &dyn Store) -> Result<Option<LockInfo>, LockError> {
+    Ok(read_with_etag(store).await?.map(|(info, _)| info))
+}
+
+/// The lock and the ETag it had when read.
+async fn read_with_etag(store: &dyn Store) -> Result<Option<(LockInfo, String)>, LockError> {
     match store::get_bytes(store, LOCK_KEY, 64 * 1024).await? {
         None => Ok(None),
-        Some((_, bytes)) => serde_json::from_slice(&bytes)
-            .map(Some)
+        Some((meta, bytes)) => serde_json::from_slice(&bytes)
+            .map(|info| Some((info, meta.etag)))
             .map_err(|e| LockError::Unreadable(e.to_string())),
     }
 }
@@ -145,13 +150,15 @@ pub async fn acquire_unless(
         mode: PutMode::CreateOnly,
         ..Default::default()
     };
-    let deadline = tokio::time::Instant::now() + timeout;
+    // A timeout too long to add to the clock waits without a deadline.
+    let deadline = tokio::time::Instant::now().checked_add(timeout);
     let mut wait = Duration::from_millis(250);
     loop {
         match store.put(LOCK_KEY, body.clone(), create.clone()).await {
             Ok(_) => break,
             Err(StoreError::AlreadyExists { .. }) => {
-                if tokio::time::Instant::now() >= deadline {
+                let now = tokio::time::Instant::now();
+                if deadline.is_some_and(|d| now >= d) {
                     return match read(store.as_ref()).await? {
                         Some(holder) => Err(LockError::Held(Box::new(holder))),
                         // Released between our attempt and the read: try once more.
@@ -159,7 +166,7 @@ pub async fn acquire_unless(
                     };
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(wait.min(deadline - tokio::time::Instant::now())) => {}
+                    _ = tokio::time::sleep(deadline.map_or(wait, |d| wait.min(d - now))) => {}
                     _ = cancel.wait_for(|c| *c) => return Err(LockError::Interrupted),
                 }
                 wait = (wait * 2).min(Duration::from_secs(5));
@@ -190,16 +197,16 @@ pub async fn acquire_unless(
 }
 
 impl Lock {
-    /// Releases the lock if it is still ours.
+    /// Releases the lock if it is still ours: deleted only while it has the ETag it had when
+    /// read as ours, so a lock someone took over in between is left alone.
     pub async fn release(self) -> Result<(), LockError> {
-        match read(self.store.as_ref()).await {
-            Ok(Some(current)) if current.id == self.info.id => {
-                self.store.delete(LOCK_KEY).await?;
+        match read_with_etag(self.store.as_ref()).await? {
+            Some((current, etag)) if current.id == self.info.id => {
+                self.store.delete_if(LOCK_KEY, &etag).await?;
                 Ok(())
             }
             // Someone force-unlocked (and maybe relocked): leave their lock alone.
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
+            _ => Ok(()),
         }
     }
 }
@@ -209,8 +216,17 @@ pub async fn force_unlock(store: &dyn Store, id: &str) -> Result<LockInfo, LockE
     match read(store).await? {
         None => Err(LockError::NotLocked),
         Some(info) if info.id == id => {
-            store.delete(LOCK_KEY).await?;
-            Ok(info)
+            // Read again with its ETag, so a lock taken between the check and the delete stays.
+            match read_with_etag(store).await? {
+                Some((again, etag)) if again.id == id => {
+                    if store.delete_if(LOCK_KEY, &etag).await? {
+                        Ok(info)
+                    } else {
+                        Err(LockError::Lost(format!("{id}: replaced while unlocking")))
+                    }
+                }
+                _ => Ok(info),
+            }
         }
         Some(info) => Err(LockError::WrongId {
             wanted: id.to_string(),
@@ -253,6 +269,9 @@ mod tests {
     /// How a store's conditional create misbehaves.
     #[derive(Debug)]
     enum Quirk {
+        /// Another run force-unlocks and takes the lock right after release reads it (the
+        /// second read of the lock: the first is the read-back in acquire).
+        TakenOverAtRelease(std::sync::atomic::AtomicUsize),
         /// Accepts `If-None-Match: *` and overwrites anyway, as some S3-compatible services do.
         IgnoresConditions,
         /// Check-then-write: a second run's create lands right after ours, once, and both are
@@ -275,7 +294,13 @@ mod tests {
             self.0.head(k).await
         }
         async fn get(&self, k: &str) -> store::Result<Option<store::GetObject>> {
-            self.0.get(k).await
+            let got = self.0.get(k).await;
+            if let Quirk::TakenOverAtRelease(reads) = &self.1 {
+                if k == LOCK_KEY && reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+                    self.0.put(k, other_lock(), PutOptions::default()).await?;
+                }
+            }
+            got
         }
         async fn put(
             &self,
@@ -284,6 +309,7 @@ mod tests {
             mut o: PutOptions,
         ) -> store::Result<store::ObjectMeta> {
             match &self.1 {
+                Quirk::TakenOverAtRelease(_) => self.0.put(k, b, o).await,
                 Quirk::IgnoresConditions => {
                     o.mode = PutMode::Overwrite;
                     self.0.put(k, b, o).await
@@ -291,10 +317,7 @@ mod tests {
                 Quirk::Racing(raced) => {
                     let written = self.0.put(k, b, o).await?;
                     if k == LOCK_KEY && !raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                        let mut other = new_info("apply");
-                        other.id = "fedcba9876543210".into();
-                        let body = Bytes::from(serde_json::to_vec(&other).unwrap());
-                        return self.0.put(k, body, PutOptions::default()).await;
+                        return self.0.put(k, other_lock(), PutOptions::default()).await;
                     }
                     Ok(written)
                 }
@@ -302,6 +325,9 @@ mod tests {
         }
         async fn delete(&self, k: &str) -> store::Result<()> {
             self.0.delete(k).await
+        }
+        async fn delete_if(&self, k: &str, e: &str) -> store::Result<bool> {
+            self.0.delete_if(k, e).await
         }
         async fn create_multipart(&self, k: &str, o: PutOptions) -> store::Result<String> {
             self.0.create_multipart(k, o).await
@@ -348,6 +374,49 @@ mod tests {
         ) -> store::Result<store::ObjectMeta> {
             self.0.copy(f, t, m, e).await
         }
+    }
+
+    fn other_lock() -> Bytes {
+        let mut other = new_info("apply");
+        other.id = "fedcba9876543210".into();
+        Bytes::from(serde_json::to_vec(&other).unwrap())
+    }
+
+    #[tokio::test]
+    async fn release_leaves_a_lock_taken_over_after_it_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(Quirky(
+            FsStore::new(dir.path()),
+            Quirk::TakenOverAtRelease(Default::default()),
+        ));
+        let lock = acquire(store.clone(), "apply", Duration::ZERO, false)
+            .await
+            .unwrap();
+        lock.release().await.unwrap();
+        let held = read(store.as_ref()).await.unwrap().expect("the other lock");
+        assert_eq!(held.id, "fedcba9876543210");
+    }
+
+    #[tokio::test]
+    async fn any_lock_timeout_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+        let _held = acquire(store.clone(), "apply", Duration::ZERO, false)
+            .await
+            .unwrap();
+        // Waits without a deadline: interrupted here, it must not have overflowed the clock.
+        let (cancel_tx, cancel) = tokio::sync::watch::channel(false);
+        let waiting = tokio::spawn(acquire_unless(
+            store.clone(),
+            "apply",
+            Duration::MAX,
+            false,
+            cancel,
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel_tx.send(true).unwrap();
+        let err = waiting.await.expect("no panic").unwrap_err();
+        assert!(matches!(err, LockError::Interrupted), "{err}");
     }
 
     #[tokio::test]

@@ -42,7 +42,9 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     }
 
     // From here on a signal stops the run cleanly instead of killing it with the lock held.
-    let signals = crate::interrupt::install().context("cannot listen for SIGINT and SIGTERM")?;
+    let signals =
+        crate::interrupt::install("aborting the uploads in progress and releasing the lock")
+            .context("cannot listen for SIGINT and SIGTERM")?;
     let cancel = crate::interrupt::as_cancel(signals.clone());
 
     let held = if args.lock {

@@ -309,6 +309,15 @@ impl Store for FsStore {
         .await
     }
 
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool> {
+        // A directory has no conditional delete; one labctl process per store directory makes
+        // the check and the delete close enough.
+        match self.head(key).await? {
+            Some(meta) if meta.etag != etag => Ok(false),
+            _ => self.delete(key).await.map(|()| true),
+        }
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let store = self.clone();
         let key = key.to_string();

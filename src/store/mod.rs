@@ -112,6 +112,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// Deletes `key` only while its ETag is `etag` (`If-Match`); `Ok(false)` when it has
+    /// another, i.e. someone rewrote it since it was read. A missing key counts as deleted. A
+    /// store that ignores the condition deletes unconditionally, so callers check what they
+    /// read first and this narrows the window to nothing where the store supports it.
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool>;
+
     /// Starts a multipart upload; nothing is visible at `key` until [`Store::complete_multipart`].
     async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<String>;
 

@@ -505,6 +505,24 @@ impl Store for S3Store {
         }
     }
 
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(self.bucket())
+            .key(full)
+            .if_match(etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(true),
+            Err(e) if status(&e) == Some(412) => Ok(false),
+            Err(e) => Err(backend("delete", key, e)),
+        }
+    }
+
     async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<String> {
         let full = self.full_key(key)?;
         let out = self

@@ -4,6 +4,7 @@
 
 use crate::harness::*;
 use crate::support::fixture::Faults;
+use std::time::Duration;
 
 const HEADER: &str = "apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n";
 
@@ -476,4 +477,64 @@ spec:
     let run = lab.apply();
     assert_eq!(run.code, 0, "{}", run.output());
     assert!(lab.object("talos/metal-amd64.raw").unwrap() == disk);
+}
+
+/// A plan stuck on a slow checksum list (the list takes 30 s to arrive) ends at SIGINT/SIGTERM, with the
+/// code a shell expects, leaving no temporary file beside a saved plan.
+#[test]
+fn signals_end_a_plan_cleanly() {
+    let lab = Lab::new(Backend::Fs);
+    let body = image_bytes(50, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    let mut list = format!("{}  a.img\n", sha256(&body).hex()).into_bytes();
+    // Filler lines make the list 1 MiB, sent over ~30 s.
+    while list.len() < 1 << 20 {
+        list.extend_from_slice(
+            format!("{}  filler-{}.img\n", "0".repeat(64), list.len()).as_bytes(),
+        );
+    }
+    lab.serve(
+        "/SUMS",
+        list,
+        Faults {
+            delay_per_mib: Duration::from_secs(30),
+            ..Default::default()
+        },
+    );
+    lab.write_manifest_text(&format!(
+        "{HEADER}{}",
+        image(
+            "a",
+            &lab.fixture.url("/a.img"),
+            &format!("file:{}", lab.fixture.url("/SUMS")),
+            ""
+        )
+    ));
+    let saved = lab.dir().join("plans");
+    std::fs::create_dir_all(&saved).unwrap();
+    let out = saved.join("plan.json");
+    for (args, signal, code) in [
+        (vec!["plan", "--out", out.to_str().unwrap()], "-TERM", 143),
+        (vec!["plan"], "-INT", 130),
+    ] {
+        let before = lab.fixture.bytes_sent("/SUMS");
+        let child = lab.spawn(&args);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while lab.fixture.bytes_sent("/SUMS") == before && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        send_signal(&child, signal);
+        let run = finish(child, &args);
+        assert_eq!(run.code, code, "{args:?}: {}", run.output());
+        assert!(
+            run.stderr.contains("stopping — nothing was changed"),
+            "{}",
+            run.output()
+        );
+        assert_eq!(
+            std::fs::read_dir(&saved).unwrap().count(),
+            0,
+            "nothing is left where the plan would have been saved"
+        );
+    }
 }
