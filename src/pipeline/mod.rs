@@ -194,6 +194,8 @@ async fn attempt(
     };
     let mut failure: Option<PipelineError> = None;
     let mut restart = false;
+    // Whether the whole download went through: only then does its checksum mean anything.
+    let mut complete = false;
     loop {
         if *cancel.borrow() {
             failure = Some(PipelineError::Cancelled);
@@ -214,7 +216,10 @@ async fn attempt(
                 restart = true;
                 break;
             }
-            Ok(None) => break,
+            Ok(None) => {
+                complete = true;
+                break;
+            }
             Err(e) => {
                 failure = Some(e.into());
                 break;
@@ -231,7 +236,7 @@ async fn attempt(
     let outcome = match (failure, restart) {
         (Some(e), _) => Err(e),
         (None, true) => Ok(None),
-        (None, false) => verify(job, source.finish(), decoded, uploaded).and_then(|v| {
+        (None, false) => verify(job, complete, source.finish(), decoded, uploaded).and_then(|v| {
             // The signature is checked after the checksum, before anything becomes visible.
             let verified = signature.as_mut().is_none_or(|s| s.finalize().is_ok());
             match &job.minisign {
@@ -478,16 +483,19 @@ pub async fn hash_download(
 
 type Verified = (decode::Digests, upload::Uploaded);
 
-/// Both checksums must match before anything becomes visible.
+/// Both checksums must match before anything becomes visible. `complete` says whether the whole
+/// download was read; when a later stage stopped early, its error is the cause, and a checksum
+/// over part of the download says nothing.
 fn verify(
     job: &HttpJob,
+    complete: bool,
     source: Checksum,
     decoded: Result<decode::Digests, decode::DecodeError>,
     uploaded: Result<upload::Uploaded, StoreError>,
 ) -> Result<Verified, PipelineError> {
     // A corrupt download usually shows first as a decompression error; the source checksum is
-    // the more useful message, so it is checked first.
-    if source != job.source_checksum {
+    // the more useful message, so it is checked first when there is one.
+    if complete && source != job.source_checksum {
         return Err(PipelineError::SourceMismatch {
             url: job.url.clone(),
             expected: job.source_checksum.clone(),
@@ -506,6 +514,16 @@ fn verify(
     // An upload failure stops the decoder too; report the cause, not the symptom.
     let uploaded = uploaded?;
     let digests = decoded?;
+    if !complete {
+        // The decoder finished without reading everything: bytes after the compressed stream.
+        return Err(PipelineError::Decompress {
+            format: job.decompress.map_or("raw", Compression::name),
+            message: format!(
+                "the compressed stream ended before the download from {} did: it has trailing data",
+                job.url
+            ),
+        });
+    }
     if digests.declared != job.expected {
         return Err(PipelineError::OutputMismatch {
             expected: job.expected.clone(),

@@ -486,6 +486,49 @@ fn s3_errors_are_retried(backend: Backend) {
     assert!(lab.record("test/a.img").is_some());
 }
 
+/// A store that refuses a part mid-upload (a bucket policy, a quota) is named as the cause: the
+/// operation, the key and the store's error code — not a checksum mismatch of the vendor's
+/// download, whose bytes were never all read.
+fn store_refusal_mid_upload_names_its_cause(backend: Backend) {
+    let lab = Lab::new(backend);
+    let proxy = Proxy::start(&lab.server.as_ref().unwrap().endpoint);
+    let lab = Lab {
+        endpoint: Some(proxy.endpoint.clone()),
+        ..lab
+    };
+    let body = image_bytes(21, 40 * MIB);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    proxy.refuse("partNumber=2", 1, 403, "AccessDenied");
+    let run = lab.labctl(&["apply", "--auto-approve", "--part-size", "5"]);
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.stderr
+            .contains("upload part `images/test/a.img` failed: AccessDenied (HTTP 403)"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        !run.output().contains("checksum mismatch"),
+        "{}",
+        run.output()
+    );
+    assert!(lab.object("test/a.img").is_none());
+    if let Some(pending) = lab.pending_uploads() {
+        assert!(pending.is_empty(), "the upload was aborted: {pending:?}");
+    }
+}
+
+#[test]
+fn store_refusal_mid_upload_names_its_cause_s3s_fs() {
+    store_refusal_mid_upload_names_its_cause(Backend::S3sFs);
+}
+
+#[test]
+fn store_refusal_mid_upload_names_its_cause_moto() {
+    store_refusal_mid_upload_names_its_cause(Backend::Moto);
+}
+
 #[test]
 fn s3_errors_are_retried_s3s_fs() {
     s3_errors_are_retried(Backend::S3sFs);

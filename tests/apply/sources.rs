@@ -538,3 +538,30 @@ fn signals_end_a_plan_cleanly() {
         );
     }
 }
+
+/// A wrong `decompress` is named as such — the data is gzip, not xz — rather than reported as a
+/// checksum mismatch of a download that was never read to its end.
+#[test]
+fn a_wrong_decompress_format_is_named() {
+    let lab = Lab::new(Backend::Fs);
+    let plain = image_bytes(51, 24 * 1024 * 1024);
+    let gz = gzip(&plain);
+    lab.serve("/a.img.gz", gz.clone(), Faults::default());
+    let mut entry = Entry::compressed("a", "/a.img.gz", &gz, "gzip", &plain);
+    entry.decompress = Some("xz");
+    lab.write_manifest(&[entry]);
+    let run = lab.apply();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.output()
+            .contains("xz decompression failed: the download is not xz data: it is gzip data"),
+        "{}",
+        run.output()
+    );
+    assert!(
+        !run.output().contains("checksum mismatch"),
+        "{}",
+        run.output()
+    );
+    assert!(lab.object("test/a.img").is_none());
+}

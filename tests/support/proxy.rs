@@ -1,5 +1,5 @@
-//! A proxy in front of an S3 test server that answers chosen requests with 503, so tests see
-//! the SDK's retries work against a real server.
+//! A proxy in front of an S3 test server that answers chosen requests with an S3 error (503 by
+//! default), so tests see the SDK's retries — and a store's refusals — against a real server.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -7,10 +7,17 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+struct Rule {
+    pattern: String,
+    remaining: u32,
+    status: u16,
+    code: &'static str,
+}
+
 #[derive(Default)]
 struct State {
-    /// Requests whose request line contains the pattern get 503 while `remaining > 0`.
-    rules: Vec<(String, u32)>,
+    /// Requests whose request line contains the pattern get the error while `remaining > 0`.
+    rules: Vec<Rule>,
     injected: u32,
     requests: Vec<String>,
 }
@@ -40,11 +47,18 @@ impl Proxy {
 
     /// Answer the next `times` requests whose request line contains `pattern` with 503.
     pub fn fail(&self, pattern: &str, times: u32) {
-        self.state
-            .lock()
-            .unwrap()
-            .rules
-            .push((pattern.to_string(), times));
+        self.refuse(pattern, times, 503, "ServiceUnavailable");
+    }
+
+    /// Answer the next `times` requests whose request line contains `pattern` with an S3 error
+    /// `code` and HTTP `status` (e.g. 403 AccessDenied, as a bucket policy would).
+    pub fn refuse(&self, pattern: &str, times: u32, status: u16, code: &'static str) {
+        self.state.lock().unwrap().rules.push(Rule {
+            pattern: pattern.to_string(),
+            remaining: times,
+            status,
+            code,
+        });
     }
 
     pub fn injected(&self) -> u32 {
@@ -103,21 +117,22 @@ fn relay(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Re
         let hit = st
             .rules
             .iter_mut()
-            .find(|(p, n)| *n > 0 && request_line.contains(p.as_str()));
+            .find(|r| r.remaining > 0 && request_line.contains(r.pattern.as_str()));
         match hit {
-            Some((_, n)) => {
-                *n -= 1;
+            Some(rule) => {
+                rule.remaining -= 1;
+                let answer = (rule.status, rule.code);
                 st.injected += 1;
-                true
+                Some(answer)
             }
-            None => false,
+            None => None,
         }
     };
-    if inject {
-        let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>ServiceUnavailable</Code><Message>injected by the test proxy</Message></Error>";
+    if let Some((status, code)) = inject {
+        let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>");
         write!(
             out,
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+            "HTTP/1.1 {status} {code}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
             xml.len()
         )?;
         return Ok(());
