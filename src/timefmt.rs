@@ -1,13 +1,53 @@
-//! RFC 3339 timestamps in UTC, without a date-time dependency.
+//! RFC 3339 timestamps in UTC and HTTP dates, without a date-time dependency.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
+    rfc3339(unix_now().as_secs())
+}
+
+/// Time since the epoch (zero if the clock is before it).
+pub fn unix_now() -> Duration {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    rfc3339(secs)
+        .unwrap_or_default()
+}
+
+/// An HTTP date (`Wed, 21 Oct 2015 07:28:00 GMT`, RFC 9110's IMF-fixdate) as time since the
+/// epoch. The obsolete formats are not accepted: servers have sent IMF-fixdate for decades.
+pub fn parse_http_date(text: &str) -> Option<Duration> {
+    let mut fields = text.split_whitespace();
+    let (_weekday, day, month, year, time, zone) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    if zone != "GMT" || fields.next().is_some() {
+        return None;
+    }
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = MONTHS.iter().position(|m| *m == month)? as i64 + 1;
+    let day: i64 = day.parse().ok().filter(|d| (1..=31).contains(d))?;
+    let year: i64 = year.parse().ok().filter(|y| (1970..=9999).contains(y))?;
+    let mut hms = time.split(':').map(|f| f.parse::<u64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some() || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from civil (Howard Hinnant), the inverse of `rfc3339` below.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    Some(Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + s))
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's civil-from-days).
@@ -38,5 +78,24 @@ mod tests {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::rfc3339(1_795_683_600), "2026-11-26T09:00:00Z");
+    }
+
+    #[test]
+    fn parses_http_dates() {
+        let at = |s| super::parse_http_date(s).map(|d| d.as_secs());
+        assert_eq!(at("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(at("Tue, 29 Feb 2000 00:00:00 GMT"), Some(951_782_400));
+        assert_eq!(at("Thu, 26 Nov 2026 09:00:00 GMT"), Some(1_795_683_600));
+        for bad in [
+            "",
+            "Thu, 26 Nov 2026 09:00:00 UTC",
+            "Thu, 26 Foo 2026 09:00:00 GMT",
+            "Thu, 26 Nov 2026 25:00:00 GMT",
+            "Thu, 26 Nov 2026 09:00 GMT",
+            "Thu, 99999999999999999999 Nov 2026 09:00:00 GMT",
+            "Thu, 26 Nov 2026 09:00:00 GMT extra",
+        ] {
+            assert_eq!(at(bad), None, "{bad}");
+        }
     }
 }

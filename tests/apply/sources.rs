@@ -565,3 +565,164 @@ fn a_wrong_decompress_format_is_named() {
     );
     assert!(lab.object("test/a.img").is_none());
 }
+
+fn publish_one(lab: &Lab, path: &'static str, body: &[u8], faults: Faults) -> Run {
+    lab.serve(path, body.to_vec(), faults);
+    lab.write_manifest(&[Entry::raw("a", path, body)]);
+    lab.apply()
+}
+
+/// A link that drops every megabyte still delivers a 12 MiB image: each resume makes progress,
+/// so there is no fixed cap on how many are allowed.
+#[test]
+fn a_link_that_keeps_dropping_resumes_while_it_makes_progress() {
+    let lab = Lab::new(Backend::Fs);
+    let body = image_bytes(52, 12 * 1024 * 1024);
+    let run = publish_one(
+        &lab,
+        "/flaky.img",
+        &body,
+        Faults {
+            drop_every: Some(1024 * 1024),
+            ..Default::default()
+        },
+    );
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(lab.object("test/a.img").unwrap() == body);
+    let resumed = lab.fixture.log().iter().filter(|e| e.status == 206).count();
+    assert!(resumed >= 11, "{resumed} resumes");
+}
+
+/// A chunked body that stops before its terminating chunk is a dropped transfer (resumed), never
+/// a complete one: a checksum list cut short is not read as the whole list.
+#[test]
+fn a_chunked_body_that_ends_early_is_not_complete() {
+    let lab = Lab::new(Backend::Fs);
+    let body = image_bytes(53, 6 * 1024 * 1024);
+    let run = publish_one(
+        &lab,
+        "/chunked.img",
+        &body,
+        Faults {
+            chunked: true,
+            drop_after: Some(2 * 1024 * 1024),
+            ..Default::default()
+        },
+    );
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(lab.object("test/a.img").unwrap() == body);
+    let log = lab.fixture.log();
+    assert!(
+        log.iter().any(|e| e.status == 206
+            && e.range.as_deref() == Some(&format!("bytes={}-", 2 * 1024 * 1024)[..])),
+        "{log:?}"
+    );
+
+    // A list whose entry for the image would come after the cut.
+    let other = image_bytes(54, 1000);
+    lab.serve("/b.img", other.clone(), Faults::default());
+    let mut list = String::new();
+    for i in 0..2000 {
+        list.push_str(&format!("{}  filler-{i}.img\n", "0".repeat(64)));
+    }
+    list.push_str(&format!("{}  b.img\n", sha256(&other).hex()));
+    lab.serve(
+        "/SUMS",
+        list.clone().into_bytes(),
+        Faults {
+            chunked: true,
+            drop_every: Some(64 * 1024),
+            ..Default::default()
+        },
+    );
+    lab.write_manifest_text(&format!(
+        "{HEADER}{}",
+        image(
+            "b",
+            &lab.fixture.url("/b.img"),
+            &format!("file:{}", lab.fixture.url("/SUMS")),
+            ""
+        )
+    ));
+    let plan = lab.labctl(&["plan"]);
+    assert!(
+        plan.stderr.contains("cannot fetch the checksum list"),
+        "{}",
+        plan.output()
+    );
+    assert!(
+        !plan.output().contains("is not listed"),
+        "a list cut short is not the list: {}",
+        plan.output()
+    );
+}
+
+/// The connection drops after the last byte, before the chunked body's end: the resume asks for
+/// bytes past the end, the server answers 416 with the length, and the download is complete.
+#[test]
+fn a_416_at_the_end_completes_the_download() {
+    let lab = Lab::new(Backend::Fs);
+    let body = image_bytes(55, 3 * 1024 * 1024);
+    let run = publish_one(
+        &lab,
+        "/whole.img",
+        &body,
+        Faults {
+            chunked: true,
+            drop_after: Some(3 * 1024 * 1024),
+            ..Default::default()
+        },
+    );
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(lab.object("test/a.img").unwrap() == body);
+    assert!(
+        lab.fixture.log().iter().any(|e| e.status == 416),
+        "{:?}",
+        lab.fixture.log()
+    );
+}
+
+/// A server that asks for patience (503 + Retry-After) gets it.
+#[test]
+fn retry_after_is_honoured() {
+    let lab = Lab::new(Backend::Fs);
+    let body = image_bytes(56, 1000);
+    let run = publish_one(
+        &lab,
+        "/busy.img",
+        &body,
+        Faults {
+            fail_first: 1,
+            retry_after: Some(2),
+            ..Default::default()
+        },
+    );
+    assert_eq!(run.code, 0, "{}", run.output());
+    let log: Vec<_> = lab
+        .fixture
+        .log()
+        .into_iter()
+        .filter(|e| e.path == "/busy.img" && e.method == "GET")
+        .collect();
+    assert_eq!(log[0].status, 503);
+    // A lower bound, which a sleep always keeps (not a timing measurement).
+    assert!(
+        log[1].at.duration_since(log[0].at) >= Duration::from_secs(2),
+        "retried after {:?}",
+        log[1].at.duration_since(log[0].at)
+    );
+}
+
+/// Redirects are followed (a mirror network's usual 302) and the bytes verified as always.
+#[test]
+fn redirects_are_followed() {
+    let lab = Lab::new(Backend::Fs);
+    let body = image_bytes(57, 1000);
+    lab.serve("/mirror/a.img", body.clone(), Faults::default());
+    lab.fixture
+        .redirect("/a.img", &lab.fixture.url("/mirror/a.img"));
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    let run = lab.apply();
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert!(lab.object("test/a.img").unwrap() == body);
+}

@@ -22,6 +22,13 @@ pub struct Faults {
     pub delay_per_mib: Duration,
     /// Answer HEAD with 405, as some download servers do.
     pub refuse_head: bool,
+    /// Close every response after this many body bytes (a link that keeps dropping).
+    pub drop_every: Option<u64>,
+    /// Send the body with `Transfer-Encoding: chunked` instead of a `Content-Length`; a drop then
+    /// closes the connection without the terminating chunk.
+    pub chunked: bool,
+    /// With `fail_first`: the 503s carry `Retry-After: N` (seconds).
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +38,8 @@ pub struct LogEntry {
     pub range: Option<String>,
     pub status: u16,
     pub body_bytes: u64,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 struct File {
@@ -43,6 +52,8 @@ struct File {
 #[derive(Default)]
 struct State {
     files: HashMap<String, File>,
+    /// path → the `Location` of a 302.
+    redirects: HashMap<String, String>,
     log: Vec<LogEntry>,
 }
 
@@ -98,6 +109,15 @@ impl Fixture {
         );
     }
 
+    /// Answers `path` with `302 Found` to `location`.
+    pub fn redirect(&self, path: &str, location: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .redirects
+            .insert(path.to_string(), location.to_string());
+    }
+
     /// Stops serving `path` (it answers 404 from now on).
     pub fn remove(&self, path: &str) {
         self.state.lock().unwrap().files.remove(path);
@@ -145,6 +165,7 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let path = parts.next().unwrap_or("").to_string();
     let range = headers.get("range").cloned();
     let mut out = stream;
+    let arrived = std::time::Instant::now();
 
     // Entries are logged when the response starts and their byte count is raised before each
     // chunk is written, so the log is complete by the time the client has read the body.
@@ -156,12 +177,23 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             range: range.clone(),
             status,
             body_bytes,
+            at: arrived,
         });
         st.log.len() - 1
     };
     let add_bytes = |entry: usize, n: u64| {
         state.lock().unwrap().log[entry].body_bytes += n;
     };
+
+    let redirect = state.lock().unwrap().redirects.get(&path).cloned();
+    if let Some(location) = redirect {
+        write!(
+            out,
+            "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        log(302, 0);
+        return Ok(());
+    }
 
     // Decide under the lock, send without it.
     let decision = {
@@ -171,9 +203,10 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             Some(f) => {
                 if f.faults.fail_first > 0 {
                     f.faults.fail_first -= 1;
-                    Some(Err(()))
+                    Some(Err(f.faults.retry_after))
                 } else {
                     let drop_after = if f.dropped { None } else { f.faults.drop_after };
+                    let drop_after = drop_after.or(f.faults.drop_every);
                     if drop_after.is_some() {
                         f.dropped = true;
                     }
@@ -196,8 +229,11 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             log(404, 0);
             return Ok(());
         }
-        Some(Err(())) => {
-            write!(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        Some(Err(retry_after)) => {
+            let retry_after = retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
+            write!(out, "HTTP/1.1 503 Service Unavailable\r\n{retry_after}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
             log(503, 0);
             return Ok(());
         }
@@ -230,11 +266,21 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         });
     let (status, start, end) = match requested {
         Some((s, e)) if s < len => (206, s, e),
-        _ => (200, 0, len.saturating_sub(1)),
+        Some(_) => {
+            write!(out, "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+            log(416, 0);
+            return Ok(());
+        }
+        None => (200, 0, len.saturating_sub(1)),
     };
     let count = if len == 0 { 0 } else { end - start + 1 };
+    let framing = if faults.chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {count}")
+    };
     let mut head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Length: {count}\r\nETag: {etag}\r\nLast-Modified: Wed, 01 Jan 2025 00:00:00 GMT\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {}\r\n{framing}\r\nETag: {etag}\r\nLast-Modified: Wed, 01 Jan 2025 00:00:00 GMT\r\nConnection: close\r\n",
         status,
         if status == 206 { "Partial Content" } else { "OK" }
     );
@@ -262,7 +308,14 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             chunk[(middle - pos) as usize] ^= 0xff;
         }
         add_bytes(entry, n);
-        if out.write_all(&chunk).is_err() {
+        let written = if faults.chunked {
+            write!(out, "{:x}\r\n", chunk.len())
+                .and_then(|()| out.write_all(&chunk))
+                .and_then(|()| out.write_all(b"\r\n"))
+        } else {
+            out.write_all(&chunk)
+        };
+        if written.is_err() {
             break;
         }
         sent += n;
@@ -270,6 +323,11 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         if !faults.delay_per_mib.is_zero() {
             std::thread::sleep(faults.delay_per_mib / 16);
         }
+    }
+    // A drop at or before the end leaves the terminating chunk out.
+    let dropped = drop_after.is_some_and(|d| d <= count);
+    if faults.chunked && sent == count && !dropped {
+        let _ = out.write_all(b"0\r\n\r\n");
     }
     let _ = out.flush();
     // A drop: close with the body incomplete.
