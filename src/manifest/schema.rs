@@ -789,10 +789,12 @@ impl Reader<'_> {
             match &vars.value {
                 Value::Map(entries) => {
                     for (k, v) in entries {
+                        // Exactly as written: Packer gets `1.10`, `yes` and `0x1F`, not what a
+                        // YAML parser makes of them.
                         let value = match &v.value {
                             Value::String(s) => s.clone(),
-                            Value::Number(n) => n.clone(),
-                            Value::Bool(b) => b.to_string(),
+                            Value::Number(n) => v.raw.clone().unwrap_or_else(|| n.clone()),
+                            Value::Bool(b) => v.raw.clone().unwrap_or_else(|| b.to_string()),
                             other => {
                                 self.error(
                                     v.loc,

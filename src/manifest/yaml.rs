@@ -48,13 +48,16 @@ pub struct Node {
     /// Byte offset and length of the node's text (for editing the file in place).
     pub span: Option<(usize, usize)>,
     pub value: Value,
+    /// A number's or boolean's text exactly as written (`1.10`, `0x1F`, `yes`): what a user
+    /// means when the value is handed on as text, e.g. to Packer.
+    pub raw: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub enum Value {
     Null,
     Bool(bool),
-    /// Numbers are kept as written so that `1.10` does not turn into `1.1`.
+    /// A number as the parser read it (`1.10` reads as `1.1`; [`Node::raw`] keeps the text).
     Number(String),
     String(String),
     Seq(Vec<Node>),
@@ -97,7 +100,11 @@ pub fn parse(text: &str) -> Result<Node, (Loc, String)> {
     let parsed: Result<Spanned<RawNode>, serde_saphyr::Error> =
         serde_saphyr::from_str_with_options(text, options);
     match parsed {
-        Ok(spanned) => Ok(spanned_to_node(spanned)),
+        Ok(spanned) => {
+            let mut node = spanned_to_node(spanned);
+            keep_raw_scalars(&mut node, text);
+            Ok(node)
+        }
         Err(err) => {
             let loc = err
                 .location()
@@ -108,6 +115,24 @@ pub fn parse(text: &str) -> Result<Node, (Loc, String)> {
                 .unwrap_or_default();
             Err((loc, first_line(&err)))
         }
+    }
+}
+
+/// Fills in [`Node::raw`] for numbers and booleans from their spans in `text`.
+fn keep_raw_scalars(node: &mut Node, text: &str) {
+    match &mut node.value {
+        Value::Number(_) | Value::Bool(_) => {
+            node.raw = node
+                .span
+                .and_then(|(start, len)| text.get(start..start.checked_add(len)?))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty());
+        }
+        Value::Seq(items) => items.iter_mut().for_each(|n| keep_raw_scalars(n, text)),
+        Value::Map(entries) => entries
+            .iter_mut()
+            .for_each(|(_, n)| keep_raw_scalars(n, text)),
+        Value::Null | Value::String(_) => {}
     }
 }
 
@@ -136,6 +161,7 @@ fn spanned_to_node(s: Spanned<RawNode>) -> Node {
         loc,
         span,
         value: s.value.0,
+        raw: None,
     }
 }
 
@@ -288,6 +314,23 @@ mod tests {
     fn syntax_errors_have_locations() {
         let (loc, msg) = parse("a: [1, 2\nb: 3\n").unwrap_err();
         assert!(loc.is_known(), "{msg}");
+    }
+
+    #[test]
+    fn numbers_and_booleans_keep_their_text() {
+        let node = parse("v: {a: 1.10, b: yes, c: 0x1F, d: 007, e: -0.0, f: [1e3]}\n").unwrap();
+        let Value::Map(entries) = &node.value else {
+            panic!()
+        };
+        let Value::Map(vars) = &entries[0].1.value else {
+            panic!()
+        };
+        let raw: Vec<&str> = vars.iter().filter_map(|(_, n)| n.raw.as_deref()).collect();
+        assert_eq!(raw, ["1.10", "yes", "0x1F", "007", "-0.0"]);
+        let Value::Seq(items) = &vars[5].1.value else {
+            panic!()
+        };
+        assert_eq!(items[0].raw.as_deref(), Some("1e3"));
     }
 
     #[test]

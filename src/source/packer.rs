@@ -64,6 +64,7 @@ pub fn secrets() -> Vec<String> {
         .collect()
 }
 
+/// A line of build output with the secrets and every presigned URL's credentials replaced.
 pub fn redact(line: &str, secrets: &[String]) -> String {
     let mut out = line.to_string();
     for s in secrets {
@@ -71,6 +72,58 @@ pub fn redact(line: &str, secrets: &[String]) -> String {
             out = out.replace(s.as_str(), "<redacted>");
         }
     }
+    redact_signed_urls(&out)
+}
+
+/// Query parameters that make a URL a key to the bucket (SigV4 and SigV2 presigning): whoever
+/// reads a CI log must not be able to fetch from the store with them.
+const SIGNING_PARAMETERS: [&str; 5] = [
+    "x-amz-signature=",
+    "x-amz-credential=",
+    "x-amz-security-token=",
+    "signature=",
+    "awsaccesskeyid=",
+];
+
+/// Replaces the values of [`SIGNING_PARAMETERS`] wherever they appear (a presigned URL echoed
+/// by a shell step, curl's error message, Packer's own log), keeping the rest of the URL
+/// readable.
+pub fn redact_signed_urls(line: &str) -> String {
+    let lower = line.to_ascii_lowercase();
+    let mut out = String::with_capacity(line.len());
+    let mut copied = 0;
+    let mut at = 0;
+    while at < line.len() {
+        let hit = SIGNING_PARAMETERS.iter().find(|p| {
+            lower[at..].starts_with(*p)
+                // A parameter name, not the end of a longer word; also percent-encoded
+                // inside another URL's query (`%26`, `%3F`).
+                && (at == 0
+                    || !line.as_bytes()[at - 1].is_ascii_alphanumeric()
+                    || ["%26", "%3f"].iter().any(|e| lower[..at].ends_with(e)))
+        });
+        match hit {
+            Some(p) => {
+                let value_start = at + p.len();
+                let value_end = line[value_start..]
+                    .find(|c: char| {
+                        c == '&'
+                            || c == '\''
+                            || c == '"'
+                            || c == '<'
+                            || c == '>'
+                            || c.is_whitespace()
+                    })
+                    .map_or(line.len(), |i| value_start + i);
+                out.push_str(&line[copied..value_start]);
+                out.push_str("<redacted>");
+                copied = value_end;
+                at = value_end.max(at + 1);
+            }
+            None => at += line[at..].chars().next().map_or(1, char::len_utf8),
+        }
+    }
+    out.push_str(&line[copied..]);
     out
 }
 
@@ -313,6 +366,35 @@ async fn stop(child: &mut tokio::process::Child) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redacts_presigned_urls_and_keeps_the_rest() {
+        let line = "curl: (22) The requested URL returned error: 403 http://127.0.0.1:9000/lab-images/images/vyos/v.iso?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20261126%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20261126T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=0123456789abcdef 'next'";
+        assert_eq!(
+            redact(line, &[]),
+            "curl: (22) The requested URL returned error: 403 http://127.0.0.1:9000/lab-images/images/vyos/v.iso?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=<redacted>&X-Amz-Date=20261126T000000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=<redacted> 'next'"
+        );
+        assert_eq!(
+            redact(
+                "GET /b/k?AWSAccessKeyId=AKIA&Expires=1&Signature=abc%3D",
+                &[]
+            ),
+            "GET /b/k?AWSAccessKeyId=<redacted>&Expires=1&Signature=<redacted>"
+        );
+        assert_eq!(
+            redact("url x-amz-security-token=tok", &[]),
+            "url x-amz-security-token=<redacted>"
+        );
+        // Not a parameter: words that merely contain the names stay.
+        for plain in [
+            "MySignature=1",
+            "no signatures here",
+            "ünïcode ✓ Signature",
+            "",
+        ] {
+            assert_eq!(redact(plain, &[]), plain);
+        }
+    }
 
     #[test]
     fn redacts_every_occurrence() {

@@ -339,3 +339,72 @@ fn sigterm_during_a_build_stops_packer_and_releases_the_lock() {
         String::from_utf8_lossy(&left.stdout)
     );
 }
+
+/// Variables reach `packer build` exactly as written in YAML — `1.10` is not `1.1`, `yes` is not
+/// `true`, `0x1F` is not `31` — and a presigned URL a build step echoes shows no credentials.
+#[test]
+fn variables_arrive_as_written_and_presigned_urls_are_redacted() {
+    let lab = Lab::new(Backend::S3sFs);
+    let iso = image_bytes(31, 4096);
+    lab.serve("/iso", iso.clone(), Faults::default());
+    lab.template(
+        "vars",
+        r#"
+variable "iso_url" {
+  type = string
+}
+variable "version" {
+  type = string
+}
+variable "flag" {
+  type = string
+}
+variable "mask" {
+  type = string
+}
+variable "padded" {
+  type = string
+}
+
+source "null" "vars" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.vars"]
+
+  provisioner "shell-local" {
+    inline = [
+      "set -e",
+      "mkdir -p output",
+      "printf '%s|%s|%s|%s' '${var.version}' '${var.flag}' '${var.mask}' '${var.padded}' > output/vars.raw",
+      "echo 'fetching ${var.iso_url}'",
+    ]
+  }
+}
+"#,
+    );
+    lab.write_manifest_text(&format!(
+        "apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n    - name: iso\n      source:\n        type: http\n        url: {}\n        checksum: \"{}\"\n      destination: test/iso.img\n    - name: vars\n      source:\n        type: packer\n        path: packer/vars\n        artifact: output/vars.raw\n        variables:\n          iso_url: \"{{{{ images.iso.url }}}}\"\n          version: 1.10\n          flag: yes\n          mask: 0x1F\n          padded: 007\n      destination: test/vars.raw\n",
+        lab.fixture.url("/iso"),
+        sha256(&iso)
+    ));
+    let run = lab.apply();
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_eq!(
+        lab.object("test/vars.raw").as_deref(),
+        Some(&b"1.10|yes|0x1F|007"[..])
+    );
+    let echoed = run
+        .output()
+        .lines()
+        .find(|l| l.contains("fetching "))
+        .unwrap_or_else(|| panic!("the step's echo is streamed: {}", run.output()))
+        .to_string();
+    assert!(
+        echoed.contains("X-Amz-Signature=<redacted>")
+            && echoed.contains("X-Amz-Credential=<redacted>"),
+        "{echoed}"
+    );
+    assert!(echoed.contains("/images/test/iso.img?"), "{echoed}");
+}
