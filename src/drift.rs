@@ -26,6 +26,8 @@ pub enum Kind {
     SourceChanged,
     SourceUnreachable,
     IndexStale,
+    /// An unfinished multipart upload under labctl's prefixes while no apply holds the lock.
+    StrandedUpload,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::SourceChanged => "source-changed",
             Kind::SourceUnreachable => "source-unreachable",
             Kind::IndexStale => "index-stale",
+            Kind::StrandedUpload => "stranded-upload",
         }
     }
 }
@@ -238,6 +241,22 @@ pub fn index_findings(actual: &ActualState, public_key: Option<&str>) -> Vec<Fin
         });
     }
     out
+}
+
+/// Unfinished uploads found while no apply holds the lock: left by a killed run.
+pub fn stranded_uploads(uploads: &[crate::apply::stranded::Upload]) -> Vec<Finding> {
+    uploads
+        .iter()
+        .map(|u| Finding {
+            kind: Kind::StrandedUpload,
+            image: None,
+            key: u.key.clone(),
+            detail: format!(
+                "unfinished multipart upload {} left by an interrupted run: invisible, but kept and billed until the next apply aborts it",
+                u.upload_id
+            ),
+        })
+        .collect()
 }
 
 /// Objects under `history/` that no record lists as a kept version: left by an interrupted

@@ -5,5 +5,6 @@ pub mod history;
 pub mod index;
 pub mod lock;
 pub mod stale;
+pub mod stranded;
 
 pub use execute::{execute, ApplyContext, Outcome, Report};

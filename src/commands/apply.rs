@@ -59,6 +59,7 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         {
             Ok(l) => {
                 eprintln!("Acquired the store lock (ID {}).", l.info.id);
+                clean_up_stranded_uploads(store.as_ref()).await;
                 Some(l)
             }
             Err(LockError::Interrupted) => {
@@ -381,6 +382,38 @@ fn print_summary(report: &Report) {
 }
 
 /// A lock error with its hint (who holds it, how to unlock).
+/// Aborts the uploads a killed run left behind. Holding the lock, every one found is stranded.
+/// Failures are reported and do not stop the apply: the uploads are invisible either way.
+async fn clean_up_stranded_uploads(store: &dyn Store) {
+    let warn = style("Warning:").yellow();
+    match apply::stranded::abort_all(store).await {
+        Ok(cleanup) => {
+            if cleanup.found.is_none() {
+                eprintln!("Note: this store cannot list unfinished multipart uploads, so uploads left by a killed run cannot be found; a lifecycle rule (AbortIncompleteMultipartUpload) cleans them up.");
+            }
+            if !cleanup.aborted.is_empty() {
+                let keys: Vec<&str> = cleanup.aborted.iter().map(|u| u.key.as_str()).collect();
+                eprintln!(
+                    "Aborted {} multipart upload{} left by an interrupted run: {}",
+                    keys.len(),
+                    if keys.len() == 1 { "" } else { "s" },
+                    keys.join(", ")
+                );
+            }
+            for (upload, e) in &cleanup.failed {
+                eprintln!(
+                    "{warn} could not abort the stranded upload of `{}` ({}): {e}",
+                    upload.key, upload.upload_id,
+                );
+            }
+        }
+        Err(e) => eprintln!(
+            "{warn} could not list unfinished uploads: {:#}",
+            anyhow::Error::from(e)
+        ),
+    }
+}
+
 pub fn lock_failure(e: LockError) -> Failure {
     let hint = e.hint();
     Failure {

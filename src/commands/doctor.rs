@@ -60,6 +60,18 @@ pub async fn run(args: &DoctorArgs) -> Result<ExitCode, Failure> {
     let conditional = conditional(&store, &id).await;
     let enforced = conditional.is_ok();
     checks.report("conditional create (If-None-Match: *)", conditional);
+    checks.report(
+        "unfinished uploads under images/ and history/",
+        match crate::apply::stranded::list(store.as_ref()).await {
+            Ok(Some(u)) if u.is_empty() => Ok("none".into()),
+            Ok(Some(u)) => Ok(format!(
+                "{} left by interrupted runs (or an apply running now); the next apply aborts them",
+                u.len()
+            )),
+            Ok(None) => Ok("the store cannot list them; a lifecycle rule (AbortIncompleteMultipartUpload) cleans them up".into()),
+            Err(e) => Err(err(e)),
+        },
+    );
     if !enforced {
         println!("  hint: apply cannot rely on this store's lock; run applies one at a time (a CI concurrency group) and pass --lock=false");
     }

@@ -43,6 +43,12 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
 
     let history = store::list_all(store.as_ref(), crate::manifest::HISTORY_PREFIX).await?;
     let mut findings = drift::plan_findings(&plan, &actual);
+    // While an apply holds the lock its uploads are in progress, not stranded.
+    if store.head(crate::apply::lock::LOCK_KEY).await?.is_none() {
+        if let Some(uploads) = crate::apply::stranded::list(store.as_ref()).await? {
+            findings.extend(drift::stranded_uploads(&uploads));
+        }
+    }
     findings.extend(drift::records_vs_objects(&actual, &images));
     findings.extend(drift::unlisted_history(&actual, &history));
     findings.extend(drift::index_findings(

@@ -287,6 +287,9 @@ impl S3Store {
     }
 }
 
+/// Pages of ListMultipartUploads read at most (a million uploads).
+const MAX_UPLOAD_PAGES: usize = 1_000;
+
 fn status<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
     err.raw_response().map(|r| r.status().as_u16())
 }
@@ -623,23 +626,43 @@ impl Store for S3Store {
     }
 
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
-        match self
-            .client
-            .list_multipart_uploads()
-            .bucket(self.bucket())
-            .prefix(self.list_prefix(prefix))
-            .send()
-            .await
-        {
-            Ok(out) => Ok(Some(
-                out.uploads()
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        // Pages of up to 1,000 uploads; a bounded number of them, so that a store that keeps
+        // answering "truncated" cannot keep labctl listing forever.
+        for _ in 0..MAX_UPLOAD_PAGES {
+            let page = match self
+                .client
+                .list_multipart_uploads()
+                .bucket(self.bucket())
+                .prefix(self.list_prefix(prefix))
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+            {
+                Ok(page) => page,
+                Err(e) if matches!(status(&e), Some(400 | 404 | 405 | 501)) => return Ok(None),
+                Err(e) => return Err(backend("list multipart uploads", prefix, e)),
+            };
+            out.extend(
+                page.uploads()
                     .iter()
-                    .filter_map(|u| Some((self.strip(u.key()?), u.upload_id()?.to_string())))
-                    .collect(),
-            )),
-            Err(e) if matches!(status(&e), Some(400 | 404 | 405 | 501)) => Ok(None),
-            Err(e) => Err(backend("list multipart uploads", prefix, e)),
+                    .filter_map(|u| Some((self.strip(u.key()?), u.upload_id()?.to_string()))),
+            );
+            let next = (
+                page.next_key_marker().map(str::to_string),
+                page.next_upload_id_marker().map(str::to_string),
+            );
+            if page.is_truncated() != Some(true)
+                || next.0.is_none()
+                || next == (key_marker.clone(), id_marker.clone())
+            {
+                return Ok(Some(out));
+            }
+            (key_marker, id_marker) = next;
         }
+        Ok(Some(out))
     }
 
     async fn url_for(&self, key: &str, expiry: Duration) -> Result<String> {

@@ -589,7 +589,97 @@ on_every_store_more!(
     sigterm_aborts_cleanly_and_releases_the_lock,
     ctrl_c_at_the_prompt_releases_the_lock,
     sigterm_while_waiting_for_the_lock_leaves_the_holders_lock,
+    uploads_stranded_by_kill_9_are_counted_and_aborted,
 );
+
+/// kill -9 mid-upload leaves an unfinished multipart upload (invisible, but billed). Drift and
+/// doctor count it; the next apply that holds the lock aborts it. A store that cannot list
+/// unfinished uploads (s3s-fs) is named as such.
+fn uploads_stranded_by_kill_9_are_counted_and_aborted(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(24, 24 * MIB);
+    lab.serve(
+        "/slow.img",
+        body.clone(),
+        Faults {
+            delay_per_mib: Duration::from_millis(400),
+            ..Default::default()
+        },
+    );
+    lab.write_manifest(&[Entry::raw("slow", "/slow.img", &body)]);
+    let mut child = lab.spawn(&["apply", "--auto-approve", "--part-size", "5"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while lab.fixture.bytes_sent("/slow.img") < 12 * MIB as u64
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap(); // SIGKILL: nothing runs on the way out
+    child.wait().unwrap();
+    assert!(lab.object("test/slow.img").is_none(), "nothing is visible");
+    let listable = lab.pending_uploads().is_some();
+    if listable {
+        assert_eq!(lab.pending_uploads().unwrap().len(), 1);
+    }
+
+    // The dead run's lock is still there; while it is, its uploads are not called stranded.
+    let lock: serde_json::Value =
+        serde_json::from_slice(&lab.store_bytes(".labctl/lock.json").expect("lock left")).unwrap();
+    let drift = lab.labctl(&["drift", "--json"]);
+    assert!(
+        !drift.stdout.contains("stranded-upload"),
+        "{}",
+        drift.output()
+    );
+    let unlock = lab.labctl(&["force-unlock", lock["id"].as_str().unwrap()]);
+    assert_eq!(unlock.code, 0, "{}", unlock.output());
+
+    let drift = lab.labctl(&["drift", "--json"]);
+    let doctor = lab.labctl(&["doctor"]);
+    if listable {
+        assert!(
+            drift.stdout.contains("\"kind\": \"stranded-upload\"")
+                && drift.stdout.contains("images/test/slow.img"),
+            "{}",
+            drift.output()
+        );
+        assert!(
+            doctor.stdout.contains("1 left by interrupted runs"),
+            "{}",
+            doctor.output()
+        );
+    } else {
+        assert!(
+            doctor.stdout.contains("the store cannot list them"),
+            "{}",
+            doctor.output()
+        );
+    }
+
+    // The next apply (a quick image now) aborts it first.
+    let quick = image_bytes(25, 1000);
+    lab.serve("/quick.img", quick.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("quick", "/quick.img", &quick)]);
+    let run = lab.apply();
+    assert_eq!(run.code, 0, "{}", run.output());
+    if listable {
+        assert!(
+            run.stderr.contains(
+                "Aborted 1 multipart upload left by an interrupted run: images/test/slow.img"
+            ),
+            "{}",
+            run.output()
+        );
+        assert_eq!(lab.pending_uploads(), Some(vec![]));
+    } else {
+        assert!(
+            run.stderr
+                .contains("this store cannot list unfinished multipart uploads"),
+            "{}",
+            run.output()
+        );
+    }
+}
 
 fn doctor_passes_on_a_capable_store(backend: Backend) {
     let lab = Lab::new(backend);
