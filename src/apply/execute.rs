@@ -767,6 +767,9 @@ async fn update(
         .get(&change.name)
         .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?
         .spec;
+    if let Some(adopt) = &change.adopt {
+        return adopt_object(change, spec, adopt, dep_sums, ctx).await;
+    }
     let before = change
         .before
         .as_ref()
@@ -792,8 +795,25 @@ async fn update(
     if let SpecSource::Http { checksum: c, .. } = &spec.source {
         record.source.checksum = c.parse().ok();
     }
-    // The bytes stay: so does what is known about them.
+    // The bytes stay: so does what is known about them — when they were uploaded, and what the
+    // server said about the download (unless the URL moved: those facts belong to the old one),
+    // so `drift --check-sources` keeps watching the source.
     record.sha256 = before.sha256.clone().or(record.sha256);
+    if let Some(at) = &before.uploaded_at {
+        record.uploaded_at = at.clone();
+    }
+    if let Some(previous) = current_record(ctx, &change.record_key).await? {
+        let facts = &previous.source;
+        if facts.url == record.source.url {
+            record.source.size = facts.size;
+            record.source.etag = facts.etag.clone();
+            record.source.last_modified = facts.last_modified.clone();
+        }
+        record.source.packer_version = facts.packer_version.clone();
+        if record.source.checksum.is_none() {
+            record.source.checksum = facts.checksum.clone();
+        }
+    }
     // Rewriting metadata copies the object onto itself (a new ETag and modification time, which
     // a NAS sync may take for new content): only when it really changes, not for a
     // record-only change such as `history` or `protect`.
@@ -808,6 +828,83 @@ async fn update(
     write_record(ctx, &change.record_key, &record).await?;
     delete_history(change, &trimmed, ctx).await?;
     Ok(("updated".into(), Some(checksum)))
+}
+
+/// Writes the record of an object a killed run published: only after reading it back and finding
+/// the bytes its metadata claims, and only if it is still the object the plan saw.
+async fn adopt_object(
+    change: &Change,
+    spec: &NormalizedSpec,
+    adopt: &crate::plan::Adopt,
+    dep_sums: BTreeMap<String, Option<Checksum>>,
+    ctx: &ApplyContext,
+) -> ChangeResult {
+    let deps = known(&dep_sums)?;
+    let object = ctx
+        .store
+        .head(&change.key)
+        .await?
+        .ok_or_else(|| anyhow!("object `{}` is gone since the plan; plan again", change.key))?;
+    if object.etag != adopt.etag {
+        bail!(
+            "object `{}` changed since the plan (ETag {} → {}); plan again",
+            change.key,
+            adopt.etag,
+            object.etag
+        );
+    }
+    let digests = pipeline::hash_stored(ctx.store.as_ref(), &change.key, adopt.checksum.algorithm)
+        .await
+        .with_context(|| format!("cannot read `{}` back to adopt it", change.key))?;
+    if digests.declared != adopt.checksum {
+        bail!(
+            "object `{}` claims {} in its metadata but its bytes hash to {}: not adopted; `labctl apply --replace {}` publishes it again",
+            change.key,
+            adopt.checksum,
+            digests.declared,
+            change.name
+        );
+    }
+    let mut record = new_record(
+        spec,
+        digests.declared.clone(),
+        digests.size,
+        deps,
+        crate::timefmt::now_rfc3339(),
+    );
+    record.sha256 = Some(digests.sha256);
+    record.object_etag = Some(object.etag);
+    record.source.checksum = change
+        .after
+        .as_ref()
+        .and_then(|a| a.source_checksum.clone());
+    write_record(ctx, &change.record_key, &record).await?;
+    Ok((
+        format!(
+            "adopted ({} bytes, {}, verified by reading it back; nothing downloaded)",
+            digests.size,
+            digests.declared.short()
+        ),
+        Some(digests.declared),
+    ))
+}
+
+/// The record in the store now, when it is one this labctl reads.
+async fn current_record(
+    ctx: &ApplyContext,
+    key: &str,
+) -> anyhow::Result<Option<crate::state::StateRecord>> {
+    let bytes = crate::store::get_bytes(
+        ctx.store.as_ref(),
+        key,
+        crate::state::record::MAX_RECORD_BYTES,
+    )
+    .await
+    .with_context(|| format!("cannot read the record `{key}`"))?;
+    Ok(match bytes.map(|(_, b)| crate::state::record::parse(&b)) {
+        Some(Ok(crate::state::Record::Current(r))) => Some(*r),
+        _ => None,
+    })
 }
 
 async fn write_record(

@@ -105,7 +105,13 @@ pub async fn compute(
         store.url(),
         if refresh { "" } else { " (records only)" }
     );
-    let actual = crate::state::refresh::read(store.clone(), refresh).await?;
+    let mut actual = crate::state::refresh::read(store.clone(), refresh).await?;
+    if refresh {
+        let wanted = desired
+            .iter()
+            .map(|d| crate::manifest::object_key(&d.spec.destination));
+        crate::state::refresh::head_unrecorded(store.clone(), &mut actual, wanted).await?;
+    }
     let plan = plan::compute(
         &desired,
         &actual,

@@ -107,9 +107,11 @@ pub fn compute(
     let mut changes = Vec::new();
     for d in desired {
         let actual_record = actual.records.get(&d.record_key());
-        let change = plan_image(d, actual_record, &outcomes, options);
-        let checksum = match change.action {
-            Action::Create | Action::Replace => d.published().cloned(),
+        let unrecorded = actual.unrecorded.get(&d.object_key());
+        let change = plan_image(d, actual_record, unrecorded, &outcomes, options);
+        let checksum = match (&change.adopt, change.action) {
+            (Some(adopt), _) => Some(adopt.checksum.clone()),
+            (None, Action::Create | Action::Replace) => d.published().cloned(),
             _ => change.before.as_ref().and_then(|b| b.checksum.clone()),
         };
         outcomes.insert(
@@ -180,6 +182,7 @@ pub fn compute(
                 field_changes: Vec::new(),
                 restore: None,
                 history,
+                adopt: None,
             });
         } else {
             orphans.push(Orphan {
@@ -385,6 +388,7 @@ fn field_reason(path: &str) -> (&'static str, bool) {
 fn plan_image(
     d: &Desired,
     actual: Option<&ActualRecord>,
+    unrecorded: Option<&crate::store::ObjectMeta>,
     outcomes: &HashMap<&str, Outcome>,
     options: &PlanOptions,
 ) -> Change {
@@ -431,11 +435,34 @@ fn plan_image(
         field_changes: Vec::new(),
         restore: None,
         history: None,
+        adopt: None,
     };
 
     let Some(actual) = actual else {
-        change.action = Action::Create;
-        change.reasons.push("not in store".into());
+        match unrecorded {
+            Some(meta) => match adoptable(&change, meta) {
+                Some(adopt) => {
+                    change.action = Action::Update;
+                    change.reasons.push(REASON_ADOPT.into());
+                    if let Some(after) = change.after.as_mut() {
+                        after.checksum = Some(adopt.checksum.clone());
+                        after.unknown.retain(|u| u != "checksum" && u != "size");
+                    }
+                    change.adopt = Some(adopt);
+                }
+                None => {
+                    change.action = Action::Create;
+                    change.reasons.push(
+                        "an object without a record is at its key (not published as this spec); it is overwritten"
+                            .into(),
+                    );
+                }
+            },
+            None => {
+                change.action = Action::Create;
+                change.reasons.push("not in store".into());
+            }
+        }
         return change;
     };
 
@@ -492,6 +519,29 @@ fn plan_image(
     }
     plan_history(d, actual, &mut change);
     change
+}
+
+/// An object without a record is adopted when its labctl metadata names exactly the bytes and
+/// the fingerprint this change wants: only a labctl run publishing this very spec, killed before
+/// it wrote the record, leaves that behind (uploads complete only after verification).
+fn adoptable(change: &Change, meta: &crate::store::ObjectMeta) -> Option<Adopt> {
+    use crate::store::{META_CHECKSUM, META_FINGERPRINT};
+    let after = change.after.as_ref()?;
+    let fingerprint = after.fingerprint.as_ref()?;
+    if meta.user_metadata.get(META_FINGERPRINT)? != &fingerprint.to_string() {
+        return None;
+    }
+    let claimed: Checksum = meta.user_metadata.get(META_CHECKSUM)?.parse().ok()?;
+    // Known before apply (pinned, listed): it must be those bytes. Unknown (a build): the
+    // fingerprint already says it was built from this spec and these dependencies.
+    if after.checksum.as_ref().is_some_and(|c| *c != claimed) {
+        return None;
+    }
+    Some(Adopt {
+        etag: meta.etag.clone(),
+        size: meta.size,
+        checksum: claimed,
+    })
 }
 
 /// Restores from and keeps into the history: a replace whose wanted bytes are kept is a copy

@@ -24,6 +24,7 @@ use crate::state::record::HistoryEntry;
 pub const REASON_OBJECT_MISSING: &str = "object missing from store";
 pub const REASON_OBJECT_MODIFIED: &str = "object modified outside labctl";
 pub const REASON_RECORD_CORRUPT: &str = "the state record is ";
+pub const REASON_ADOPT: &str = "published by an interrupted apply that did not write its record; adopted after reading it back (nothing is downloaded or built)";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
@@ -50,7 +51,7 @@ impl PlanError {
 }
 
 /// Version of the JSON plan format. Additive changes bump the minor version.
-pub const FORMAT_VERSION: &str = "1.2";
+pub const FORMAT_VERSION: &str = "1.3";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
@@ -196,6 +197,21 @@ pub struct Change {
     /// What happens to the image's kept versions (added in format 1.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<HistoryPlan>,
+    /// An update that adopts an object published without a record (added in format 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopt: Option<Adopt>,
+}
+
+/// An object found at the image's key without a record, whose labctl metadata already says it
+/// is exactly what the plan wants: a run was killed after publishing it and before writing the
+/// record. Apply reads it back and verifies it instead of downloading or building it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Adopt {
+    /// The object's ETag when planned: apply adopts only these bytes.
+    pub etag: String,
+    pub size: u64,
+    /// What its metadata says the bytes hash to (the declared algorithm).
+    pub checksum: Checksum,
 }
 
 /// Kept versions of an image (`history: N`) through one change.

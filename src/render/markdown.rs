@@ -248,6 +248,7 @@ mod tests {
             field_changes: crate::plan::fields::diff(&old, &spec),
             restore: None,
             history: None,
+            adopt: None,
         }
     }
 

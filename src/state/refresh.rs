@@ -87,6 +87,9 @@ pub struct ActualState {
     pub refreshed: bool,
     /// The consumer index files in `images/`.
     pub index: IndexFiles,
+    /// Objects the manifest wants that exist without a record, by object key: published by a
+    /// run that was killed before it wrote the record, or put there by someone else.
+    pub unrecorded: BTreeMap<String, ObjectMeta>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +150,7 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
         records: BTreeMap::new(),
         refreshed: head_objects,
         index: read_index(store.as_ref()).await.map_err(wrap)?,
+        unrecorded: BTreeMap::new(),
     };
     while let Some(joined) = tasks.join_next().await {
         if let Some(r) = joined.expect("refresh task panicked").map_err(wrap)? {
@@ -154,6 +158,48 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
         }
     }
     Ok(state)
+}
+
+/// HEADs the objects at `object_keys` that have no record, concurrently, and keeps the ones that
+/// exist in [`ActualState::unrecorded`].
+pub async fn head_unrecorded(
+    store: Arc<dyn Store>,
+    state: &mut ActualState,
+    object_keys: impl IntoIterator<Item = String>,
+) -> Result<(), RefreshError> {
+    let recorded: std::collections::BTreeSet<&str> = state
+        .records
+        .values()
+        .map(|r| r.object_key.as_str())
+        .collect();
+    let limit = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
+    let mut tasks = JoinSet::new();
+    for key in object_keys {
+        if recorded.contains(key.as_str()) {
+            continue;
+        }
+        let (store, limit) = (store.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            store.head(&key).await
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let head =
+            joined
+                .expect("refresh task panicked")
+                .map_err(|source| RefreshError::Store {
+                    store: store.url(),
+                    source,
+                })?;
+        if let Some(meta) = head {
+            state.unrecorded.insert(meta.key.clone(), meta);
+        }
+    }
+    Ok(())
 }
 
 /// The consumer index files as they are in the store. One that is larger than any index labctl

@@ -590,7 +590,84 @@ on_every_store_more!(
     ctrl_c_at_the_prompt_releases_the_lock,
     sigterm_while_waiting_for_the_lock_leaves_the_holders_lock,
     uploads_stranded_by_kill_9_are_counted_and_aborted,
+    an_object_published_without_its_record_is_adopted_not_downloaded,
+    an_update_keeps_what_is_known_about_the_bytes,
 );
+
+/// An update rewrites the record only: it does not claim a new upload, and it keeps what the
+/// download's server said (size, ETag, Last-Modified), which `drift --check-sources` watches.
+fn an_update_keeps_what_is_known_about_the_bytes(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(27, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    assert_ok(&lab.apply());
+    let before = lab.record("test/a.img").unwrap();
+    assert!(before["source"]["etag"].is_string(), "{before}");
+
+    let mut renamed = Entry::raw("a-renamed", "/a.img", &body);
+    renamed.destination = "test/a.img".into();
+    lab.write_manifest(&[renamed]);
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a later second, if it moved
+    let run = lab.apply();
+    assert_ok(&run);
+    assert!(run.stdout.contains("updated"), "{}", run.output());
+    let after = lab.record("test/a.img").unwrap();
+    assert_eq!(after["name"], "a-renamed");
+    assert_eq!(after["uploadedAt"], before["uploadedAt"]);
+    for fact in ["size", "etag", "lastModified", "checksum", "url"] {
+        assert_eq!(after["source"][fact], before["source"][fact], "{fact}");
+    }
+}
+
+/// A run killed after completing an upload and before writing the record leaves the object with
+/// its labctl metadata and no record. The next apply adopts it — reading it back, verifying it —
+/// without a request to the vendor. Bytes that do not match their metadata are not adopted.
+fn an_object_published_without_its_record_is_adopted_not_downloaded(backend: Backend) {
+    let lab = Lab::new(backend);
+    let body = image_bytes(26, 7 * MIB);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("a", "/a.img", &body)]);
+    assert_ok(&lab.apply());
+    let record = lab.record("test/a.img").unwrap();
+    // The state a kill between "complete the upload" and "write the record" leaves.
+    lab.delete("metadata/test/a.img.json");
+    lab.fixture.remove("/a.img");
+    lab.fixture.clear_log();
+
+    let plan = lab.labctl(&["plan", "--json"]);
+    assert_eq!(plan.code, 0, "{}", plan.output());
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(plan["changes"][0]["action"], "update");
+    assert_eq!(plan["changes"][0]["adopt"]["checksum"], record["checksum"]);
+    let run = lab.apply();
+    assert_ok(&run);
+    assert!(
+        run.stdout.contains("adopted") && run.stdout.contains("nothing downloaded"),
+        "{}",
+        run.output()
+    );
+    assert!(lab.fixture.log().is_empty(), "{:?}", lab.fixture.log());
+    let adopted = lab.record("test/a.img").expect("the record is written");
+    assert_eq!(adopted["checksum"], record["checksum"]);
+    assert_eq!(adopted["sha256"], record["sha256"]);
+    assert_eq!(adopted["size"], record["size"]);
+    let plan = lab.labctl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.output());
+
+    // Forged: other bytes under the same metadata, no record. Not adopted.
+    let metadata = lab.head("images/test/a.img").unwrap().user_metadata;
+    lab.delete("metadata/test/a.img.json");
+    lab.put_with_metadata("images/test/a.img", b"other bytes", metadata);
+    let run = lab.apply();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.output().contains("claims") && run.output().contains("not adopted"),
+        "{}",
+        run.output()
+    );
+    assert!(lab.record("test/a.img").is_none(), "nothing is recorded");
+}
 
 /// kill -9 mid-upload leaves an unfinished multipart upload (invisible, but billed). Drift and
 /// doctor count it; the next apply that holds the lock aborts it. A store that cannot list

@@ -920,7 +920,7 @@ fn plan_records_prior_state_and_orders_deletes_last() {
 fn plan_json_uses_the_documented_names() {
     let p = plan(&[http("a", "1")], &state(vec![]), PlanOptions::default());
     let v = serde_json::to_value(&p).unwrap();
-    assert_eq!(v["format_version"], "1.2");
+    assert_eq!(v["format_version"], "1.3");
     assert_eq!(v["changes"][0]["action"], "create");
     assert_eq!(v["summary"]["no_op"], 0);
     assert_eq!(v["index"]["action"], "write");
@@ -1223,4 +1223,76 @@ fn a_restore_needs_the_declared_checksum_not_just_the_same_sha256() {
     rec.history = vec![entry];
     let p = plan(&[v1], &state(vec![synced(&rec)]), PlanOptions::default());
     assert_eq!(p.changes[0].restore, None);
+}
+
+// ---- adopting what a killed run published ------------------------------------------------------
+
+/// The object a run publishing `rec`'s spec leaves when it is killed before the record.
+fn unrecorded(rec: &StateRecord) -> ActualState {
+    let ObjectState::Present(meta) = object_of(rec) else {
+        unreachable!()
+    };
+    let mut actual = state(vec![]);
+    actual.unrecorded.insert(meta.key.clone(), meta);
+    actual
+}
+
+#[test]
+fn an_object_published_without_its_record_is_adopted() {
+    let spec = http("talos", "v1");
+    let p = plan(
+        std::slice::from_ref(&spec),
+        &unrecorded(&record(&spec, "v1", &[])),
+        PlanOptions::default(),
+    );
+    let c = p.change("talos").unwrap();
+    assert_eq!(c.action, Action::Update);
+    assert_eq!(c.reasons, reasons(&[crate::plan::REASON_ADOPT]));
+    let adopt = c.adopt.as_ref().expect("adopted");
+    assert_eq!(adopt.checksum, sum("v1"));
+    assert_eq!(p.summary.update, 1);
+}
+
+#[test]
+fn a_build_without_its_record_is_adopted_by_its_fingerprint() {
+    let spec = packer("gw", &[], "template");
+    let p = plan(
+        std::slice::from_ref(&spec),
+        &unrecorded(&record(&spec, "built", &[])),
+        PlanOptions::default(),
+    );
+    let c = p.change("gw").unwrap();
+    assert_eq!(c.action, Action::Update);
+    let after = c.after.as_ref().unwrap();
+    assert_eq!(after.checksum, Some(sum("built")));
+    assert!(after.unknown.is_empty(), "{:?}", after.unknown);
+}
+
+#[test]
+fn an_object_without_a_record_that_is_not_this_spec_is_overwritten() {
+    let spec = http("talos", "v2");
+    // Published as v1: other bytes than the manifest wants now.
+    let old = record(&http("talos", "v1"), "v1", &[]);
+    let p = plan(
+        std::slice::from_ref(&spec),
+        &unrecorded(&old),
+        PlanOptions::default(),
+    );
+    let c = p.change("talos").unwrap();
+    assert_eq!(c.action, Action::Create);
+    assert!(c.adopt.is_none());
+    assert!(
+        c.reasons[0].contains("it is overwritten"),
+        "{:?}",
+        c.reasons
+    );
+
+    // Template changed: a build's fingerprint differs, so its output is not adopted.
+    let built = record(&packer("gw", &[], "old template"), "built", &[]);
+    let p = plan(
+        &[packer("gw", &[], "new template")],
+        &unrecorded(&built),
+        PlanOptions::default(),
+    );
+    assert_eq!(p.change("gw").unwrap().action, Action::Create);
 }
