@@ -142,7 +142,25 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
             if started.iter().all(|s| *s) {
                 break;
             }
-            continue; // everything left was just settled without running
+            // Nothing running and nothing could start: what is left waits on something that
+            // never finishes (a checked plan cannot get here). Skip it rather than wait forever.
+            let progressed = changes.iter().enumerate().any(|(i, c)| {
+                !started[i]
+                    && c.depends_on
+                        .iter()
+                        .filter(|d| in_plan.contains_key(d.as_str()))
+                        .all(|d| finished.contains_key(d.as_str()))
+            });
+            if !progressed {
+                for (i, change) in changes.iter().enumerate() {
+                    if std::mem::replace(&mut started[i], true) {
+                        continue;
+                    }
+                    outcomes[i] = Some(Outcome::Skipped("its dependencies never finish".into()));
+                    finished.insert(change.name.clone(), Finished::Failed);
+                }
+            }
+            continue;
         };
         let (i, result) = joined.expect("apply task panicked");
         let change = &changes[i];
@@ -380,34 +398,9 @@ fn with_history(
     delete
 }
 
-/// Whether `key` is a kept version of the image published at `object_key`: a plan (perhaps a
-/// hand-edited plan file) never makes apply copy from or delete anything else.
-fn is_history_of(object_key: &str, key: &str) -> bool {
-    let Some(destination) = object_key.strip_prefix(crate::manifest::IMAGES_PREFIX) else {
-        return false;
-    };
-    key.strip_prefix(crate::manifest::HISTORY_PREFIX)
-        .and_then(|rest| rest.strip_prefix(destination))
-        .and_then(|rest| rest.strip_prefix('/'))
-        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 fn check_history_keys(change: &Change) -> anyhow::Result<()> {
-    let trim = change.history.iter().flat_map(|h| h.trim.iter());
-    let restore = change.restore.iter().map(|r| &r.key);
-    let listed = change
-        .before
-        .iter()
-        .flat_map(|b| b.history.iter().map(|h| &h.key));
-    for key in trim.chain(restore).chain(listed) {
-        if !is_history_of(&change.key, key) {
-            bail!(
-                "the plan names `{key}` as a kept version of `{}`, which it is not; refusing to touch it",
-                change.key
-            );
-        }
-    }
-    Ok(())
+    crate::plan::check::history_keys(change)
+        .map_err(|why| anyhow!("the plan {why}; refusing to touch it"))
 }
 
 /// Deleted only after the record that no longer lists them is written, so a record never names
@@ -419,7 +412,7 @@ async fn delete_history(
     ctx: &ApplyContext,
 ) -> anyhow::Result<()> {
     for key in keys {
-        if !is_history_of(&change.key, key) {
+        if !crate::plan::check::is_history_of(&change.key, key) {
             bail!(
                 "refusing to delete `{key}`: it is not a kept version of `{}`",
                 change.key
@@ -917,28 +910,4 @@ async fn write_record(
         .await
         .with_context(|| format!("the object was published but its record `{key}` could not be written; the next plan replaces it"))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_history_of;
-
-    #[test]
-    fn only_kept_versions_of_the_same_image_are_history() {
-        let hex = "a".repeat(64);
-        assert!(is_history_of(
-            "images/vyos/x.iso",
-            &format!("history/vyos/x.iso/{hex}")
-        ));
-        for other in [
-            format!("history/vyos/y.iso/{hex}"),
-            format!("history/vyos/x.iso/{hex}/more"),
-            format!("history/vyos/x.iso.bak/{hex}"),
-            "history/vyos/x.iso/short".to_string(),
-            format!("images/vyos/x.iso/{hex}"),
-            "metadata/vyos/x.iso.json".to_string(),
-        ] {
-            assert!(!is_history_of("images/vyos/x.iso", &other), "{other}");
-        }
-    }
 }

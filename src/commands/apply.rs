@@ -183,10 +183,21 @@ async fn prepare(
 ) -> Result<Result<(Vec<crate::plan::Desired>, Plan), ExitCode>, Failure> {
     Ok(Ok(match &args.plan_file {
         Some(path) => {
-            let text = std::fs::read(path)
+            let text = read_capped(path, MAX_PLAN_BYTES)
                 .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
             let plan: Plan = serde_json::from_slice(&text)
-                .with_context(|| format!("`{}` is not a labctl plan", path.display()))?;
+                .with_context(|| format!("`{}` is not a labctl plan", path.display()))
+                .hint(
+                    "save a plan with `labctl plan --out FILE`; a plan file is not edited by hand",
+                )?;
+            crate::plan::check::check(&plan)
+                .with_context(|| {
+                    format!(
+                        "`{}` is not a plan labctl made (edited or corrupted)",
+                        path.display()
+                    )
+                })
+                .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that")?;
             let desired = crate::desired::build(manifest, graph)?;
             let records: BTreeMap<String, String> =
                 store::list_all(store.as_ref(), crate::manifest::METADATA_PREFIX)
@@ -382,6 +393,25 @@ fn print_summary(report: &Report) {
 }
 
 /// A lock error with its hint (who holds it, how to unlock).
+/// Far above any real plan (10,000 images are ~30 MB of JSON); a file beyond it is not read.
+const MAX_PLAN_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads a file, refusing one larger than `limit` (a plan path could be `/dev/zero`).
+fn read_capped(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!(
+            "larger than {} MiB: not a plan",
+            limit >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Aborts the uploads a killed run left behind. Holding the lock, every one found is stranded.
 /// Failures are reported and do not stop the apply: the uploads are invisible either way.
 async fn clean_up_stranded_uploads(store: &dyn Store) {

@@ -208,17 +208,7 @@ pub fn compute(
         }
     }
 
-    let mut summary = Summary::default();
-    for c in &changes {
-        match c.action {
-            Action::Create => summary.create += 1,
-            Action::Replace => summary.replace += 1,
-            Action::Update => summary.update += 1,
-            Action::Delete => summary.delete += 1,
-            Action::NoOp => summary.no_op += 1,
-        }
-    }
-    summary.orphaned = orphans.len();
+    let summary = crate::plan::check::counted(&changes, &orphans);
     let index = index_plan(&changes, actual, options);
 
     Ok(Plan {

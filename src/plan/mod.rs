@@ -4,6 +4,7 @@
 //! actual state, serialized as-is for `--json` and `--out`, and rendered by `render`; the exit
 //! code and every output format come from the same value.
 
+pub mod check;
 mod engine;
 pub mod fields;
 

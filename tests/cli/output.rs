@@ -273,3 +273,79 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A saved plan that was edited or corrupted is refused, each way with a message that says so,
+/// before anything runs — a dependency cycle included, which must not leave apply waiting.
+#[test]
+fn hand_edited_plan_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    copy_dir(&repo().join("state-examples/drifted"), &store);
+    let out = dir.path().join("plan.json");
+    let run = labctl(&[
+        "plan",
+        "--offline",
+        "--store",
+        store.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let second = saved["changes"][1]["name"].as_str().unwrap().to_string();
+
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "cycle",
+            Box::new(move |p| {
+                p["changes"][0]["depends_on"] = serde_json::json!([second.clone()]);
+            }),
+            "which is not an earlier change in the plan",
+        ),
+        (
+            "unknown action",
+            Box::new(|p| p["changes"][0]["action"] = "obliterate".into()),
+            "is not a labctl plan",
+        ),
+        (
+            "key outside the store",
+            Box::new(|p| p["changes"][0]["key"] = "images/../../etc/passwd".into()),
+            "key `images/../../etc/passwd`",
+        ),
+        (
+            "a record as the image",
+            Box::new(|p| p["changes"][0]["key"] = ".labctl/lock.json".into()),
+            "is not under images/",
+        ),
+        (
+            "newer format",
+            Box::new(|p| p["format_version"] = "1.999".into()),
+            "written by a newer labctl",
+        ),
+        (
+            "not JSON",
+            Box::new(|p| *p = serde_json::json!("garbage")),
+            "is not a labctl plan",
+        ),
+    ];
+    for (what, edit, expected) in cases {
+        let mut plan = saved.clone();
+        edit(&mut plan);
+        let edited = dir.path().join("edited.json");
+        std::fs::write(&edited, serde_json::to_vec(&plan).unwrap()).unwrap();
+        let run = labctl(&[
+            "apply",
+            edited.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, 1, "{what}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "{what}: {}", run.stderr);
+        assert!(
+            !store.join(".labctl/lock.json").exists(),
+            "{what}: the lock is released"
+        );
+    }
+}
