@@ -28,3 +28,6 @@ pub mod template_hash;
 pub mod timefmt;
 pub mod units;
 pub mod verify;
+
+#[cfg(test)]
+mod mutation_tests;

@@ -21,10 +21,16 @@ pub fn check(plan: &Plan) -> Result<(), Invalid> {
         return Err(Invalid(vec![why]));
     }
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut keys = BTreeSet::new();
     for (i, change) in plan.changes.iter().enumerate() {
         let at = format!("change {} (`{}`)", i + 1, change.name);
-        if seen.insert(change.name.as_str(), i).is_some() {
+        // A moved image is a change at its new key and a delete of its old one, under one
+        // name; otherwise a name, and always a key, appears once.
+        if change.action != Action::Delete && seen.insert(change.name.as_str(), i).is_some() {
             problems.push(format!("{at}: the image appears twice"));
+        }
+        if !keys.insert(change.key.as_str()) {
+            problems.push(format!("{at}: `{}` appears twice", change.key));
         }
         if let Err(why) = owned_keys(&change.key, &change.record_key) {
             problems.push(format!("{at}: {why}"));
