@@ -3,6 +3,18 @@
 
 use std::io::Write;
 
+/// The GitHub Actions run this process belongs to, if any.
+pub fn ci_run() -> Option<labctl_core::state::record::CiRun> {
+    let id = std::env::var("GITHUB_RUN_ID").ok()?;
+    let server = std::env::var("GITHUB_SERVER_URL").ok();
+    let repository = std::env::var("GITHUB_REPOSITORY").ok();
+    Some(labctl_core::state::record::CiRun::github(
+        id,
+        server.as_deref(),
+        repository.as_deref(),
+    ))
+}
+
 pub fn active() -> bool {
     std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true")
 }

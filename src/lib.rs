@@ -1,33 +1,53 @@
 //! labctl keeps an S3-compatible bucket of machine images in the state a Git-tracked manifest
 //! declares: `plan` shows what would change, `apply` makes it so.
+//!
+//! The work is split by what it may touch: `labctl-core` is pure (manifest, plan, records,
+//! drift, rendering), `labctl-store` talks to stores, `labctl-transfer` moves bytes (HTTP,
+//! Packer, the publish pipeline), and this crate is the command line: flags and environment
+//! resolved once, commands, and the views that print what they do.
 
 pub mod apply;
-pub mod checksum;
 pub mod cli;
 pub mod commands;
-pub mod consumer_index;
 pub mod desired;
-pub mod diagnostic;
-pub mod drift;
 pub mod failure;
 pub mod github;
-pub mod graph;
 pub mod interrupt;
-pub mod manifest;
-pub mod pin;
-pub mod pipeline;
-pub mod plan;
+pub mod manifest_dir;
 pub mod progress;
-pub mod render;
-pub mod signing;
-pub mod source;
-pub mod spec;
-pub mod state;
-pub mod store;
-pub mod template_hash;
-pub mod timefmt;
-pub mod units;
-pub mod verify;
+
+pub use labctl_core::{
+    checksum, consumer_index, diagnostic, drift, graph, pin, plan, render, spec, timefmt, units,
+};
+pub use labctl_store as store;
+pub use labctl_transfer::{pipeline, source, template_hash, verify};
+
+/// The manifest model and validation (core), read from a file (here).
+pub mod manifest {
+    pub use crate::manifest_dir::load;
+    pub use labctl_core::manifest::*;
+}
+
+/// Actual state as data (core), and reading it from a store.
+pub mod state {
+    pub use labctl_core::state::*;
+    pub use labctl_store::refresh;
+}
+
+/// The index signing key (core), and where it comes from (the environment, read here).
+pub mod signing {
+    pub use labctl_core::signing::*;
+
+    /// The signer for `public_key`, with the secret key (and its password, if encrypted) from
+    /// `LABCTL_MINISIGN_SECRET_KEY` / `LABCTL_MINISIGN_PASSWORD`.
+    pub fn from_env(public_key: &str) -> Result<IndexSigner, SigningError> {
+        let secret = std::env::var(SECRET_KEY_VAR)
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        let password = std::env::var(PASSWORD_VAR).ok().filter(|v| !v.is_empty());
+        IndexSigner::from_parts(public_key, secret.as_deref(), password.as_deref())
+    }
+}
 
 #[cfg(test)]
 mod mutation_tests;

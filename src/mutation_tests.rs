@@ -194,8 +194,14 @@ fn rules() -> crate::manifest::schema::Rules {
 
 fn desired_of(text: &[u8]) -> Option<Vec<Desired>> {
     let base = repo().join("images");
-    let (manifest, graph) =
-        crate::manifest::parse(text, &base.join("images.yaml"), &base, rules()).ok()?;
+    let (manifest, graph) = crate::manifest::parse(
+        text,
+        &base.join("images.yaml"),
+        &base,
+        &crate::manifest_dir::Directory(base.clone()),
+        rules(),
+    )
+    .ok()?;
     crate::desired::build(&manifest, &graph).ok()
 }
 

@@ -6,17 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Receives progress of each image's transfer. Implementations must be cheap: `advance` is
-/// called for every chunk.
-pub trait Progress: Send + Sync {
-    fn start(&self, image: &str, what: &str, total: Option<u64>);
-    fn advance(&self, image: &str, bytes: u64);
-    /// The transfer starts over (a server ignored `Range`).
-    fn restart(&self, image: &str, total: Option<u64>, why: &str);
-    fn finish(&self, image: &str, message: &str);
-    /// A line of a build's output, prefixed with the image name.
-    fn line(&self, image: &str, line: &str);
-}
+pub use labctl_transfer::progress::{Progress, Silent};
 
 /// Chooses bars for a terminal on stderr, lines otherwise.
 pub fn for_stderr() -> Box<dyn Progress> {
@@ -208,15 +198,4 @@ impl Progress for Lines {
             None => eprintln!("{image}: {message}{took}"),
         }
     }
-}
-
-/// Reports nothing (tests, `--quiet` callers).
-pub struct Silent;
-
-impl Progress for Silent {
-    fn line(&self, _: &str, _: &str) {}
-    fn start(&self, _: &str, _: &str, _: Option<u64>) {}
-    fn advance(&self, _: &str, _: u64) {}
-    fn restart(&self, _: &str, _: Option<u64>, _: &str) {}
-    fn finish(&self, _: &str, _: &str) {}
 }

@@ -34,6 +34,8 @@ pub struct ApplyContext {
     pub desired: HashMap<String, Desired>,
     /// The manifest's directory: Packer template paths are relative to it.
     pub base_dir: std::path::PathBuf,
+    /// The CI run every record written names.
+    pub ci_run: Option<crate::state::record::CiRun>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -905,8 +907,12 @@ async fn write_record(
     key: &str,
     record: &crate::state::StateRecord,
 ) -> anyhow::Result<()> {
+    let record = crate::state::StateRecord {
+        ci_run: ctx.ci_run.clone(),
+        ..record.clone()
+    };
     ctx.store
-        .put(key, Bytes::from(to_json(record)), PutOptions::default())
+        .put(key, Bytes::from(to_json(&record)), PutOptions::default())
         .await
         .with_context(|| format!("the object was published but its record `{key}` could not be written; the next plan replaces it"))?;
     Ok(())

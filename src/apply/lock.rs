@@ -104,7 +104,7 @@ fn new_info(operation: &str) -> LockInfo {
         host,
         pid: std::process::id(),
         operation: operation.to_string(),
-        run_url: crate::state::record::CiRun::from_env().and_then(|r| r.url),
+        run_url: crate::github::ci_run().and_then(|r| r.url),
         created_at: crate::timefmt::now_rfc3339(),
         labctl_version: env!("CARGO_PKG_VERSION").to_string(),
     }

@@ -1,10 +1,10 @@
 //! Apply: executes a plan, image by image in dependency order, keeping going past failures.
 
 pub mod execute;
-pub mod history;
 pub mod index;
 pub mod lock;
-pub mod stale;
-pub mod stranded;
+
+pub use labctl_core::{history, stale};
+pub use labctl_store::stranded;
 
 pub use execute::{execute, ApplyContext, Outcome, Report};

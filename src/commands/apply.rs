@@ -21,7 +21,7 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
 
     // A signed index needs its key: find out before anything is uploaded.
     let signer = match &manifest.index.minisign_public_key {
-        Some(public) => match crate::signing::IndexSigner::from_env(public) {
+        Some(public) => match crate::signing::from_env(public) {
             Ok(s) => Some(s),
             Err(e) => {
                 let hint = e.hint().map(str::to_string);
@@ -164,6 +164,7 @@ async fn locked(
             .map(|d| (d.spec.name.clone(), d))
             .collect::<HashMap<_, _>>(),
         base_dir: manifest.base_dir.clone(),
+        ci_run: crate::github::ci_run(),
     });
     // Not raced with the signal: on one, execute stops starting images and every transfer aborts
     // its own multipart upload before this returns.

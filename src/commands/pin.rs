@@ -121,8 +121,14 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
         .map_err(|(loc, msg)| anyhow::anyhow!("{}:{loc}: {msg}", path.display()))?;
     let updated = pin::apply(&text, &root, &pins)?;
     // The edited file must still be a manifest (other images may still say `pin`).
-    manifest::parse(updated.as_bytes(), path, &m.base_dir, rules)
-        .map_err(|e| anyhow::anyhow!("the edited manifest does not validate: {e}"))?;
+    manifest::parse(
+        updated.as_bytes(),
+        path,
+        &m.base_dir,
+        &crate::manifest_dir::Directory(m.base_dir.clone()),
+        rules,
+    )
+    .map_err(|e| anyhow::anyhow!("the edited manifest does not validate: {e}"))?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -1,0 +1,24 @@
+//! What labctl knows about an object in a store, as data: the store crate fills it in.
+
+use std::collections::BTreeMap;
+
+/// User metadata keys labctl sets on every object it publishes, so a refresh can compare object
+/// and record with a HEAD instead of a download.
+pub const META_CHECKSUM: &str = "labctl-checksum";
+pub const META_FINGERPRINT: &str = "labctl-fingerprint";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    /// Changes whenever the object is rewritten.
+    pub etag: String,
+    pub user_metadata: BTreeMap<String, String>,
+}
+
+/// An unfinished multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub key: String,
+    pub upload_id: String,
+}

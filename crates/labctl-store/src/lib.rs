@@ -1,0 +1,206 @@
+//! Where images and records are kept: an S3 bucket or a directory with the same layout.
+//!
+//! The trait is the narrow seam between labctl and a backend. Keys are relative to the store's
+//! prefix and always use `/`. Bodies stream in both directions: large objects are written with
+//! multipart uploads (parts of a few MiB) and read through an `AsyncRead`.
+
+pub mod fs;
+pub mod location;
+pub mod refresh;
+pub mod s3;
+pub mod stranded;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub use location::StoreLocation;
+
+pub use labctl_core::object::{ObjectMeta, Upload, META_CHECKSUM, META_FINGERPRINT};
+
+pub type Body = Pin<Box<dyn AsyncRead + Send>>;
+
+pub struct GetObject {
+    pub meta: ObjectMeta,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// Only key, size and etag are filled in: listing does not return user metadata.
+    pub objects: Vec<ObjectMeta>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PutMode {
+    #[default]
+    Overwrite,
+    /// Fail with [`StoreError::AlreadyExists`] if the key exists (`If-None-Match: *`).
+    CreateOnly,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    pub mode: PutMode,
+    pub user_metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadedPart {
+    pub part_number: u32,
+    pub etag: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("`{key}` already exists")]
+    AlreadyExists { key: String },
+    #[error("invalid key `{key}`: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("no multipart upload `{upload_id}` for `{key}`")]
+    NoSuchUpload { key: String, upload_id: String },
+    #[error("{op} `{key}` failed")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no usable S3 credentials: {message}")]
+    Credentials { message: String },
+    #[error("{op} `{key}` failed: {message}")]
+    Backend {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// A URL naming the store, for messages and plans (`file:///…`, `s3://bucket/prefix`).
+    fn url(&self) -> String;
+
+    /// One page of the keys under `prefix`, in lexicographic order.
+    async fn list_page(&self, prefix: &str, continuation: Option<String>) -> Result<ListPage>;
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+
+    async fn get(&self, key: &str) -> Result<Option<GetObject>>;
+
+    /// Writes a whole object at once (records, locks, small images).
+    async fn put(&self, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta>;
+
+    /// Deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Deletes `key` only while its ETag is `etag` (`If-Match`); `Ok(false)` when it has
+    /// another, i.e. someone rewrote it since it was read. A missing key counts as deleted. A
+    /// store that ignores the condition deletes unconditionally, so callers check what they
+    /// read first and this narrows the window to nothing where the store supports it.
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool>;
+
+    /// Starts a multipart upload; nothing is visible at `key` until [`Store::complete_multipart`].
+    async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<String>;
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<UploadedPart>;
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<UploadedPart>,
+    ) -> Result<ObjectMeta>;
+
+    /// Discards the parts of an upload. Must be called on every failure path: S3 keeps (and bills
+    /// for) unfinished uploads until they are aborted.
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()>;
+
+    /// Unfinished multipart uploads under `prefix` as `(key, upload id)`; `None` when the backend
+    /// cannot list them.
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>>;
+
+    /// A URL a local program (a Packer build) can fetch `key` from for `expiry`: presigned for
+    /// S3, `file://` for a directory.
+    async fn url_for(&self, key: &str, expiry: std::time::Duration) -> Result<String>;
+
+    /// Replaces an object's user metadata without rewriting its bytes through labctl.
+    async fn set_metadata(
+        &self,
+        key: &str,
+        user_metadata: BTreeMap<String, String>,
+    ) -> Result<ObjectMeta>;
+
+    /// Copies `from` to `to` inside the store, without the bytes passing through labctl
+    /// (CopyObject, or UploadPartCopy for objects above the single-copy limit; a file copy on
+    /// a directory). `user_metadata` replaces the copy's metadata; `None` keeps the source's.
+    /// With `source_etag`, the copy is made only while `from` still has that ETag
+    /// (`x-amz-copy-source-if-match`), so bytes checked before are the bytes copied. The copy
+    /// appears at `to` whole or not at all.
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        user_metadata: Option<BTreeMap<String, String>>,
+        source_etag: Option<&str>,
+    ) -> Result<ObjectMeta>;
+}
+
+/// Every key under `prefix`, following continuation tokens.
+pub async fn list_all(store: &dyn Store, prefix: &str) -> Result<Vec<ObjectMeta>> {
+    let mut out = Vec::new();
+    let mut token = None;
+    loop {
+        let page = store.list_page(prefix, token).await?;
+        out.extend(page.objects);
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Reads a small object whole, refusing more than `limit` bytes.
+pub async fn get_bytes(
+    store: &dyn Store,
+    key: &str,
+    limit: usize,
+) -> Result<Option<(ObjectMeta, Vec<u8>)>> {
+    let Some(GetObject { meta, body }) = store.get(key).await? else {
+        return Ok(None);
+    };
+    let mut buf = Vec::new();
+    body.take(limit as u64 + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|source| StoreError::Io {
+            op: "read",
+            key: key.to_string(),
+            source,
+        })?;
+    Ok(Some((meta, buf)))
+}
+
+/// Rejects keys that could escape the store or that S3 and a filesystem would treat differently.
+pub fn check_key(key: &str) -> Result<()> {
+    labctl_core::manifest::schema::check_relative_key(key).map_err(|reason| {
+        StoreError::InvalidKey {
+            key: key.to_string(),
+            reason,
+        }
+    })
+}

@@ -1,0 +1,744 @@
+//! The S3 backend, for AWS and S3-compatible services (iDrive e2, Garage, MinIO, …).
+//!
+//! Custom endpoints get path-style addressing, and the SDK's flexible checksums are switched to
+//! "when required": several S3-compatible services reject the aws-chunked uploads with trailing
+//! checksums the SDK sends by default. labctl verifies content with its own sha256/sha512 anyway.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::*;
+
+/// Where the bucket is and how to reach it, after `--store`, `E2_*` and `spec.store` were merged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Settings {
+    pub bucket: String,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+}
+
+/// Where the credentials came from, for `doctor` (never the values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    E2Env,
+    AwsChain,
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    settings: S3Settings,
+    pub credentials: CredentialSource,
+    /// Objects above this size are copied part by part (S3 refuses CopyObject above 5 GiB).
+    single_copy_limit: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3ConfigError {
+    #[error("store endpoint `{0}` must use https:// (plain http is accepted only on loopback addresses)")]
+    InsecureEndpoint(String),
+    #[error("E2_ACCESS_KEY is set but E2_SECRET_KEY is not (or the other way round)")]
+    HalfCredentials,
+}
+
+impl S3Store {
+    /// Connects with `E2_ACCESS_KEY`/`E2_SECRET_KEY` when set, else the AWS credential chain.
+    pub async fn connect(settings: S3Settings) -> std::result::Result<S3Store, S3ConfigError> {
+        let key = std::env::var("E2_ACCESS_KEY")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let secret = std::env::var("E2_SECRET_KEY")
+            .ok()
+            .filter(|v| !v.is_empty());
+        let keys = match (key, secret) {
+            (Some(k), Some(s)) => Some((k, s)),
+            (None, None) => None,
+            _ => return Err(S3ConfigError::HalfCredentials),
+        };
+        S3Store::connect_with(settings, keys).await
+    }
+
+    /// Connects with the given access key and secret, or the AWS credential chain.
+    pub async fn connect_with(
+        settings: S3Settings,
+        keys: Option<(String, String)>,
+    ) -> std::result::Result<S3Store, S3ConfigError> {
+        if let Some(endpoint) = &settings.endpoint {
+            if !endpoint.starts_with("https://")
+                && !labctl_core::manifest::schema::is_loopback_http(endpoint)
+            {
+                return Err(S3ConfigError::InsecureEndpoint(endpoint.clone()));
+            }
+        }
+        let region = settings
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let retry = aws_sdk_s3::config::retry::RetryConfig::standard()
+            .with_max_attempts(5)
+            .with_initial_backoff(Duration::from_millis(200));
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(120))
+            .build();
+
+        let (mut builder, credentials) = match keys {
+            Some((k, s)) => (
+                aws_sdk_s3::Config::builder()
+                    .behavior_version(BehaviorVersion::latest())
+                    .credentials_provider(Credentials::new(k, s, None, None, "E2_ACCESS_KEY")),
+                CredentialSource::E2Env,
+            ),
+            None => {
+                let shared = aws_config::defaults(BehaviorVersion::latest())
+                    .region(Region::new(region.clone()))
+                    .load()
+                    .await;
+                (
+                    aws_sdk_s3::config::Builder::from(&shared),
+                    CredentialSource::AwsChain,
+                )
+            }
+        };
+        builder = builder
+            .region(Region::new(region))
+            .retry_config(retry)
+            .timeout_config(timeouts)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder.endpoint_url(endpoint).force_path_style(true);
+        }
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            settings,
+            credentials,
+            single_copy_limit: MAX_SINGLE_COPY,
+        })
+    }
+
+    /// A lower single-copy limit, so that tests exercise the part-by-part copy on small objects.
+    pub fn with_single_copy_limit(mut self, limit: u64) -> S3Store {
+        self.single_copy_limit = limit.clamp(1, MAX_SINGLE_COPY);
+        self
+    }
+
+    /// Server-side copy of `from` (its current size `size`) to `to`.
+    async fn copy_object(
+        &self,
+        op: &'static str,
+        from: &str,
+        to: &str,
+        size: u64,
+        user_metadata: Option<&BTreeMap<String, String>>,
+        source_etag: Option<&str>,
+    ) -> Result<()> {
+        let source = copy_source(self.bucket(), &self.full_key(from)?);
+        let full_to = self.full_key(to)?;
+        if size <= self.single_copy_limit {
+            let directive = match user_metadata {
+                Some(_) => MetadataDirective::Replace,
+                None => MetadataDirective::Copy,
+            };
+            self.client
+                .copy_object()
+                .bucket(self.bucket())
+                .key(&full_to)
+                .copy_source(&source)
+                .set_copy_source_if_match(source_etag.map(str::to_string))
+                .metadata_directive(directive)
+                .set_metadata(user_metadata.and_then(to_hashmap))
+                .send()
+                .await
+                .map_err(|e| backend(op, to, e))?;
+            return Ok(());
+        }
+        // Part by part; the copy appears only on completion. UploadPartCopy does not carry the
+        // source's metadata, so the new upload is created with it.
+        let metadata = match user_metadata {
+            Some(m) => m.clone(),
+            None => {
+                self.head(from)
+                    .await?
+                    .ok_or_else(|| StoreError::Backend {
+                        op,
+                        key: from.to_string(),
+                        message: "no such object".into(),
+                    })?
+                    .user_metadata
+            }
+        };
+        let id = self
+            .create_multipart(
+                to,
+                PutOptions {
+                    user_metadata: metadata,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let part = self.single_copy_limit.clamp(MIN_COPY_PART, COPY_PART);
+        let mut parts = Vec::new();
+        let mut start = 0;
+        let mut number = 1;
+        while start < size {
+            let end = (start + part).min(size) - 1;
+            let copied = self
+                .client
+                .upload_part_copy()
+                .bucket(self.bucket())
+                .key(&full_to)
+                .upload_id(&id)
+                .part_number(number)
+                .copy_source(&source)
+                .set_copy_source_if_match(source_etag.map(str::to_string))
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .send()
+                .await;
+            match copied {
+                Ok(o) => parts.push(UploadedPart {
+                    part_number: number as u32,
+                    etag: o
+                        .copy_part_result()
+                        .and_then(|r| r.e_tag())
+                        .unwrap_or_default()
+                        .to_string(),
+                }),
+                Err(e) => {
+                    let _ = self.abort_multipart(to, &id).await;
+                    return Err(backend(op, to, e));
+                }
+            }
+            start = end + 1;
+            number += 1;
+        }
+        if let Err(e) = self.complete_multipart(to, &id, parts).await {
+            let _ = self.abort_multipart(to, &id).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.settings.bucket
+    }
+
+    fn full_key(&self, key: &str) -> Result<String> {
+        check_key(key)?;
+        Ok(match &self.settings.prefix {
+            Some(p) => format!("{p}/{key}"),
+            None => key.to_string(),
+        })
+    }
+
+    fn strip(&self, full: &str) -> String {
+        match &self.settings.prefix {
+            Some(p) => full
+                .strip_prefix(p.as_str())
+                .and_then(|k| k.strip_prefix('/'))
+                .unwrap_or(full)
+                .to_string(),
+            None => full.to_string(),
+        }
+    }
+
+    fn list_prefix(&self, prefix: &str) -> String {
+        match &self.settings.prefix {
+            Some(p) => format!("{p}/{prefix}"),
+            None => prefix.to_string(),
+        }
+    }
+
+    /// A presigned GET URL of `key`, valid for `expiry`.
+    pub async fn presign_get(&self, key: &str, expiry: Duration) -> Result<String> {
+        let full = self.full_key(key)?;
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expiry).map_err(|e| {
+            StoreError::Backend {
+                op: "presign",
+                key: key.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let req = self
+            .client
+            .get_object()
+            .bucket(self.bucket())
+            .key(full)
+            .presigned(config)
+            .await
+            .map_err(|e| backend("presign", key, e))?;
+        Ok(req.uri().to_string())
+    }
+}
+
+/// Pages of ListMultipartUploads read at most (a million uploads).
+const MAX_UPLOAD_PAGES: usize = 1_000;
+
+fn status<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    err.raw_response().map(|r| r.status().as_u16())
+}
+
+fn backend<E>(
+    op: &'static str,
+    key: &str,
+    err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError
+where
+    E: std::error::Error + Send + Sync + 'static + ProvideErrorMetadata,
+{
+    let message = match (err.code(), err.message(), status(&err)) {
+        (Some(code), Some(msg), Some(http)) => format!("{code} (HTTP {http}): {msg}"),
+        (Some(code), None, Some(http)) => format!("{code} (HTTP {http})"),
+        (None, _, Some(http)) => format!("HTTP {http}"),
+        // No response: credentials, connection refused, timeout, TLS. The source chain says
+        // which; its Display texts are enough (the Debug dump is not for people).
+        _ => {
+            let mut parts = vec![err.to_string()];
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+                source = s.source();
+            }
+            let message = parts.join(": ");
+            if message.contains("credentials") {
+                return StoreError::Credentials { message };
+            }
+            message
+        }
+    };
+    StoreError::Backend {
+        op,
+        key: key.to_string(),
+        message,
+    }
+}
+
+fn to_meta(
+    key: &str,
+    size: Option<i64>,
+    etag: Option<&str>,
+    metadata: Option<&HashMap<String, String>>,
+) -> ObjectMeta {
+    ObjectMeta {
+        key: key.to_string(),
+        size: size.unwrap_or(0).max(0) as u64,
+        etag: etag.unwrap_or_default().to_string(),
+        user_metadata: metadata
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn to_hashmap(m: &BTreeMap<String, String>) -> Option<HashMap<String, String>> {
+    (!m.is_empty()).then(|| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// CopySource is `bucket/key`, URL-encoded except for `/`.
+fn copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// S3 refuses CopyObject above 5 GiB; larger objects are copied part by part.
+const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+const COPY_PART: u64 = 1024 * 1024 * 1024;
+/// S3's minimum for every part but the last, copied parts included.
+const MIN_COPY_PART: u64 = 5 * 1024 * 1024;
+
+#[async_trait]
+impl Store for S3Store {
+    fn url(&self) -> String {
+        let mut url = format!("s3://{}", self.settings.bucket);
+        if let Some(p) = &self.settings.prefix {
+            url.push('/');
+            url.push_str(p);
+        }
+        if let Some(e) = &self.settings.endpoint {
+            url.push_str(&format!(" (endpoint {e})"));
+        }
+        url
+    }
+
+    async fn list_page(&self, prefix: &str, continuation: Option<String>) -> Result<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(self.bucket())
+            .prefix(self.list_prefix(prefix))
+            .set_continuation_token(continuation)
+            .max_keys(1000)
+            .send()
+            .await
+            .map_err(|e| backend("list", prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let key = self.strip(o.key()?);
+                Some(to_meta(&key, o.size(), o.e_tag(), None))
+            })
+            .collect();
+        let next = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage { objects, next })
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(self.bucket())
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(o) => Ok(Some(to_meta(
+                key,
+                o.content_length(),
+                o.e_tag(),
+                o.metadata(),
+            ))),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(backend("head", key, e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<GetObject>> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .get_object()
+            .bucket(self.bucket())
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(o) => {
+                let meta = to_meta(key, o.content_length(), o.e_tag(), o.metadata());
+                Ok(Some(GetObject {
+                    meta,
+                    body: Box::pin(o.body.into_async_read()),
+                }))
+            }
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(backend("get", key, e)),
+        }
+    }
+
+    async fn put(&self, key: &str, body: Bytes, options: PutOptions) -> Result<ObjectMeta> {
+        let full = self.full_key(key)?;
+        let size = body.len() as i64;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(self.bucket())
+            .key(full)
+            .body(ByteStream::from(body))
+            .set_metadata(to_hashmap(&options.user_metadata));
+        if options.mode == PutMode::CreateOnly {
+            req = req.if_none_match("*");
+        }
+        match req.send().await {
+            Ok(o) => Ok(ObjectMeta {
+                key: key.to_string(),
+                size: size as u64,
+                etag: o.e_tag().unwrap_or_default().to_string(),
+                user_metadata: options.user_metadata,
+            }),
+            // 412: the key exists; 409: a concurrent conditional write won the race.
+            Err(e)
+                if options.mode == PutMode::CreateOnly && matches!(status(&e), Some(412 | 409)) =>
+            {
+                Err(StoreError::AlreadyExists {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => Err(backend("put", key, e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(self.bucket())
+            .key(full)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(backend("delete", key, e)),
+        }
+    }
+
+    async fn delete_if(&self, key: &str, etag: &str) -> Result<bool> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .delete_object()
+            .bucket(self.bucket())
+            .key(full)
+            .if_match(etag)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(true),
+            Err(e) if status(&e) == Some(412) => Ok(false),
+            Err(e) => Err(backend("delete", key, e)),
+        }
+    }
+
+    async fn create_multipart(&self, key: &str, options: PutOptions) -> Result<String> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(self.bucket())
+            .key(full)
+            .set_metadata(to_hashmap(&options.user_metadata))
+            .send()
+            .await
+            .map_err(|e| backend("create multipart upload", key, e))?;
+        out.upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StoreError::Backend {
+                op: "create multipart upload",
+                key: key.to_string(),
+                message: "the store returned no upload id".into(),
+            })
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: Bytes,
+    ) -> Result<UploadedPart> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .upload_part()
+            .bucket(self.bucket())
+            .key(full)
+            .upload_id(upload_id)
+            .part_number(part_number as i32)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| backend("upload part", key, e))?;
+        Ok(UploadedPart {
+            part_number,
+            etag: out.e_tag().unwrap_or_default().to_string(),
+        })
+    }
+
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        mut parts: Vec<UploadedPart>,
+    ) -> Result<ObjectMeta> {
+        let full = self.full_key(key)?;
+        parts.sort_by_key(|p| p.part_number);
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .iter()
+                    .map(|p| {
+                        CompletedPart::builder()
+                            .part_number(p.part_number as i32)
+                            .e_tag(&p.etag)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .build();
+        self.client
+            .complete_multipart_upload()
+            .bucket(self.bucket())
+            .key(full)
+            .upload_id(upload_id)
+            .multipart_upload(completed)
+            .send()
+            .await
+            .map_err(|e| backend("complete multipart upload", key, e))?;
+        self.head(key).await?.ok_or_else(|| StoreError::Backend {
+            op: "complete multipart upload",
+            key: key.to_string(),
+            message: "the object is not visible after completing the upload".into(),
+        })
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {
+        let full = self.full_key(key)?;
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(self.bucket())
+            .key(full)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(backend("abort multipart upload", key, e)),
+        }
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        // Pages of up to 1,000 uploads; a bounded number of them, so that a store that keeps
+        // answering "truncated" cannot keep labctl listing forever.
+        for _ in 0..MAX_UPLOAD_PAGES {
+            let page = match self
+                .client
+                .list_multipart_uploads()
+                .bucket(self.bucket())
+                .prefix(self.list_prefix(prefix))
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+            {
+                Ok(page) => page,
+                Err(e) if matches!(status(&e), Some(400 | 404 | 405 | 501)) => return Ok(None),
+                Err(e) => return Err(backend("list multipart uploads", prefix, e)),
+            };
+            out.extend(
+                page.uploads()
+                    .iter()
+                    .filter_map(|u| Some((self.strip(u.key()?), u.upload_id()?.to_string()))),
+            );
+            let next = (
+                page.next_key_marker().map(str::to_string),
+                page.next_upload_id_marker().map(str::to_string),
+            );
+            if page.is_truncated() != Some(true)
+                || next.0.is_none()
+                || next == (key_marker.clone(), id_marker.clone())
+            {
+                return Ok(Some(out));
+            }
+            (key_marker, id_marker) = next;
+        }
+        Ok(Some(out))
+    }
+
+    async fn url_for(&self, key: &str, expiry: Duration) -> Result<String> {
+        self.presign_get(key, expiry).await
+    }
+
+    async fn set_metadata(
+        &self,
+        key: &str,
+        user_metadata: BTreeMap<String, String>,
+    ) -> Result<ObjectMeta> {
+        let current = self.head(key).await?.ok_or_else(|| StoreError::Backend {
+            op: "set metadata of",
+            key: key.to_string(),
+            message: "no such object".into(),
+        })?;
+        // Copying an object onto itself with new metadata is how S3 edits metadata.
+        self.copy_object(
+            "set metadata of",
+            key,
+            key,
+            current.size,
+            Some(&user_metadata),
+            Some(&current.etag),
+        )
+        .await?;
+        self.head(key).await?.ok_or_else(|| StoreError::Backend {
+            op: "set metadata of",
+            key: key.to_string(),
+            message: "object vanished".into(),
+        })
+    }
+
+    async fn copy(
+        &self,
+        from: &str,
+        to: &str,
+        user_metadata: Option<BTreeMap<String, String>>,
+        source_etag: Option<&str>,
+    ) -> Result<ObjectMeta> {
+        let source = self.head(from).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy",
+            key: from.to_string(),
+            message: "no such object".into(),
+        })?;
+        if source_etag.is_some_and(|e| e != source.etag) {
+            return Err(StoreError::Backend {
+                op: "copy",
+                key: from.to_string(),
+                message: "the object changed since it was checked".into(),
+            });
+        }
+        self.copy_object(
+            "copy to",
+            from,
+            to,
+            source.size,
+            user_metadata.as_ref(),
+            source_etag,
+        )
+        .await?;
+        self.head(to).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy to",
+            key: to.to_string(),
+            message: "the copy is not there after the store confirmed it".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn copy_source_is_url_encoded() {
+        assert_eq!(
+            super::copy_source("b", "images/a b/c+d.raw"),
+            "b/images/a%20b/c%2Bd.raw"
+        );
+    }
+}

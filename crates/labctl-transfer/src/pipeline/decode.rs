@@ -1,0 +1,341 @@
+//! The blocking stage: decompress, hash the output, cut it into upload parts.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::pipeline::hash::WithSha256;
+use crate::pipeline::upload::Part;
+use labctl_core::checksum::{Algorithm, Checksum};
+use labctl_core::manifest::Compression;
+
+#[derive(Debug)]
+pub enum DecodeError {
+    Corrupt {
+        format: &'static str,
+        message: String,
+    },
+    UploadStopped,
+}
+
+/// Reads the downloaded chunks as a `std::io::Read`, blocking the (blocking-pool) thread.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, ()>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(bytes)) => self.current = bytes,
+                Some(Err(())) => return Err(std::io::Error::other("the download was interrupted")),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+/// The most memory xz decoding may take. `xz -9e` (a 64 MiB dictionary) needs ~65 MiB; a file
+/// that declares more was not made for decoding on a small runner, or was made to exhaust it.
+pub const XZ_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
+
+/// xz decoding on up to two threads for multi-block files, within a memory budget: past the
+/// threading budget liblzma falls back to one thread; past [`XZ_MEMORY_LIMIT`] it stops.
+fn xz_stream() -> std::io::Result<liblzma::stream::Stream> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(2) as u32;
+    liblzma::stream::MtStreamBuilder::new()
+        .threads(threads)
+        .memlimit_threading(48 * 1024 * 1024)
+        .memlimit_stop(XZ_MEMORY_LIMIT)
+        .decoder()
+        .map_err(std::io::Error::other)
+}
+
+/// How many leading bytes tell the formats apart.
+const SNIFF_BYTES: usize = 6;
+
+/// Whether `prefix` starts the way every `format` file does.
+fn has_magic(format: Compression, prefix: &[u8]) -> bool {
+    match format {
+        Compression::Xz => prefix.starts_with(b"\xFD7zXZ\x00"),
+        Compression::Gzip => prefix.starts_with(b"\x1F\x8B"),
+        // A frame, or a skippable frame (0x184D2A50..=0x184D2A5F, little-endian).
+        Compression::Zstd => {
+            prefix.starts_with(b"\x28\xB5\x2F\xFD")
+                || (prefix.len() >= 4
+                    && prefix[0] & 0xF0 == 0x50
+                    && prefix[1..4] == *b"\x2A\x4D\x18")
+        }
+    }
+}
+
+/// What the first bytes say the data is instead, for an error that names the real format.
+pub fn describe(prefix: &[u8]) -> String {
+    if let Some(actual) = [Compression::Xz, Compression::Gzip, Compression::Zstd]
+        .into_iter()
+        .find(|&f| has_magic(f, prefix))
+    {
+        return format!("it is {} data", actual.name());
+    }
+    let known: [(&[u8], &str); 4] = [
+        (b"BZh", "bzip2 data"),
+        (b"PK\x03\x04", "a zip archive"),
+        (b"QFI\xFB", "a qcow2 image"),
+        (b"<", "text starting with `<` (an HTML error page?)"),
+    ];
+    if let Some((_, what)) = known.iter().find(|(m, _)| prefix.starts_with(m)) {
+        return format!("it looks like {what}");
+    }
+    if prefix.is_empty() {
+        return "it is empty".into();
+    }
+    let hex: Vec<String> = prefix.iter().map(|b| format!("{b:02x}")).collect();
+    format!("it starts with the bytes {}", hex.join(" "))
+}
+
+/// Reads the first bytes of `input` and checks them against `format`, then gives back a reader
+/// over the whole stream.
+fn sniffed(mut input: ChannelReader, format: Compression) -> Result<impl Read, DecodeError> {
+    let mut prefix = Vec::with_capacity(SNIFF_BYTES);
+    let mut byte = [0u8; SNIFF_BYTES];
+    while prefix.len() < SNIFF_BYTES {
+        match input.read(&mut byte[..SNIFF_BYTES - prefix.len()]) {
+            Ok(0) => break,
+            Ok(n) => prefix.extend_from_slice(&byte[..n]),
+            Err(e) => {
+                return Err(DecodeError::Corrupt {
+                    format: format.name(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    if !has_magic(format, &prefix) {
+        return Err(DecodeError::Corrupt {
+            format: format.name(),
+            message: format!(
+                "the download is not {} data: {} (check `decompress` in the manifest)",
+                format.name(),
+                describe(&prefix)
+            ),
+        });
+    }
+    Ok(std::io::Cursor::new(prefix).chain(input))
+}
+
+pub fn run(
+    rx: mpsc::Receiver<Result<Bytes, ()>>,
+    tx: mpsc::Sender<Part>,
+    compression: Option<Compression>,
+    algorithm: Algorithm,
+    part_size: usize,
+) -> Result<Digests, DecodeError> {
+    let input = ChannelReader {
+        rx,
+        current: Bytes::new(),
+    };
+    let format = compression.map(Compression::name).unwrap_or("raw");
+    let corrupt = |e: std::io::Error| {
+        let over_limit = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<liblzma::stream::Error>())
+            .is_some_and(|inner| matches!(inner, liblzma::stream::Error::MemLimit));
+        DecodeError::Corrupt {
+            format,
+            message: if over_limit {
+                format!(
+                    "decoding it would take more than {} MiB of memory (its dictionary is larger than any xz preset uses); refused",
+                    XZ_MEMORY_LIMIT >> 20
+                )
+            } else {
+                e.to_string()
+            },
+        }
+    };
+    let mut reader: Box<dyn Read> = match compression {
+        None => Box::new(input),
+        Some(format @ Compression::Gzip) => {
+            Box::new(flate2::read::MultiGzDecoder::new(sniffed(input, format)?))
+        }
+        Some(format @ Compression::Zstd) => {
+            Box::new(zstd::stream::read::Decoder::new(sniffed(input, format)?).map_err(corrupt)?)
+        }
+        Some(format @ Compression::Xz) => Box::new(liblzma::read::XzDecoder::new_stream(
+            sniffed(input, format)?,
+            xz_stream().map_err(corrupt)?,
+        )),
+    };
+    split(&mut reader, &tx, algorithm, part_size).map_err(|e| match e {
+        SplitError::Read(e) => corrupt(e),
+        SplitError::UploadStopped => DecodeError::UploadStopped,
+    })
+}
+
+pub enum SplitError {
+    Read(std::io::Error),
+    UploadStopped,
+}
+
+/// What the decoded stream hashed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// In the algorithm the manifest declares.
+    pub declared: Checksum,
+    pub sha256: Checksum,
+    pub size: u64,
+}
+
+/// Cuts `reader` into parts of `part_size` (the last one shorter, possibly empty), hashing
+/// every byte, and hands them to the uploader.
+pub fn split(
+    reader: &mut dyn Read,
+    tx: &mpsc::Sender<Part>,
+    algorithm: Algorithm,
+    part_size: usize,
+) -> Result<Digests, SplitError> {
+    let mut hasher = WithSha256::new(algorithm);
+    let mut total = 0u64;
+    let mut number = 1u32;
+    loop {
+        let mut buf = vec![0u8; part_size];
+        let mut filled = 0;
+        while filled < part_size {
+            let n = reader.read(&mut buf[filled..]).map_err(SplitError::Read)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        buf.truncate(filled);
+        hasher.update(&buf);
+        total += filled as u64;
+        let last = filled < part_size;
+        if tx
+            .blocking_send(Part {
+                number,
+                data: Bytes::from(buf),
+                last,
+            })
+            .is_err()
+        {
+            return Err(SplitError::UploadStopped);
+        }
+        if last {
+            let (declared, sha256) = hasher.finish();
+            return Ok(Digests {
+                declared,
+                sha256,
+                size: total,
+            });
+        }
+        number += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(data: Vec<u8>, format: Compression) -> Result<Digests, DecodeError> {
+        let (tx_in, rx_in) = mpsc::channel(4);
+        let (tx_parts, mut rx_parts) = mpsc::channel(4);
+        let drain = std::thread::spawn(move || while rx_parts.blocking_recv().is_some() {});
+        tx_in.try_send(Ok(Bytes::from(data))).unwrap();
+        drop(tx_in);
+        let out = run(rx_in, tx_parts, Some(format), Algorithm::Sha256, 1 << 20);
+        drain.join().unwrap();
+        out
+    }
+
+    fn message(e: DecodeError) -> String {
+        match e {
+            DecodeError::Corrupt { format, message } => format!("{format}: {message}"),
+            DecodeError::UploadStopped => "upload stopped".into(),
+        }
+    }
+
+    fn xz_of(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut enc = liblzma::read::XzEncoder::new(data, 6);
+        enc.read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn names_the_format_the_data_really_has() {
+        let mut gz = Vec::new();
+        let mut enc = flate2::read::GzEncoder::new(&b"hello"[..], flate2::Compression::fast());
+        enc.read_to_end(&mut gz).unwrap();
+        let cases: [(Vec<u8>, Compression, &str); 5] = [
+            (gz, Compression::Xz, "xz: the download is not xz data: it is gzip data"),
+            (
+                xz_of(b"hello"),
+                Compression::Zstd,
+                "zstd: the download is not zstd data: it is xz data",
+            ),
+            (
+                b"<!DOCTYPE html><p>Not Found".to_vec(),
+                Compression::Gzip,
+                "gzip: the download is not gzip data: it looks like text starting with `<` (an HTML error page?)",
+            ),
+            (
+                vec![0xEB, 0x63, 0x90, 0x10, 0x8E, 0xD0, 0xBC],
+                Compression::Xz,
+                "xz: the download is not xz data: it starts with the bytes eb 63 90 10 8e d0",
+            ),
+            (Vec::new(), Compression::Zstd, "zstd: the download is not zstd data: it is empty"),
+        ];
+        for (data, format, expected) in cases {
+            let err = decode(data, format).unwrap_err();
+            let text = message(err);
+            assert!(text.starts_with(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_right_format_still_decodes() {
+        let digests = decode(xz_of(b"hello"), Compression::Xz).unwrap();
+        assert_eq!(digests.size, 5);
+        assert_eq!(digests.sha256, Checksum::sha256(b"hello"));
+    }
+
+    /// A file that declares a 1 GiB dictionary is refused before the decoder allocates it.
+    #[test]
+    fn xz_decoding_stays_under_its_memory_limit() {
+        let mut data = xz_of(b"small data, huge dictionary");
+        // Block header after the 12-byte stream header: size byte, flags, optional sizes, then
+        // the LZMA2 filter (id 0x21, 1 property byte: the dictionary size code), padding, CRC32.
+        let start = 12;
+        let header_len = (data[start] as usize + 1) * 4;
+        let flags = data[start + 1];
+        let mut pos = start + 2;
+        for present in [flags & 0x40 != 0, flags & 0x80 != 0] {
+            if present {
+                while data[pos] & 0x80 != 0 {
+                    pos += 1;
+                }
+                pos += 1;
+            }
+        }
+        assert_eq!(&data[pos..pos + 2], &[0x21, 0x01], "an LZMA2 filter");
+        data[pos + 2] = 36; // 2 << 29 bytes = 1 GiB
+        let crc_at = start + header_len - 4;
+        let mut crc = flate2::Crc::new();
+        crc.update(&data[start..crc_at]);
+        data[crc_at..crc_at + 4].copy_from_slice(&crc.sum().to_le_bytes());
+
+        let text = message(decode(data, Compression::Xz).unwrap_err());
+        assert!(
+            text.contains("would take more than 256 MiB of memory"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,579 @@
+//! The streaming publish pipeline: download → source hash → decompress (blocking thread) →
+//! output hash → multipart upload, with no temporary file.
+//!
+//! Memory is bounded by part size × (parts in flight + 2) whatever the image size: the decoder
+//! blocks when the uploader has no free slot. The object becomes visible only when both
+//! checksums matched: multipart uploads are completed (and small objects PUT) after
+//! verification, and aborted on every failure path.
+
+pub mod decode;
+pub mod hash;
+pub mod upload;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::progress::Progress;
+use crate::source::http::{Chunk, Download, DownloadError, RetryPolicy};
+use hash::Hasher;
+use labctl_core::checksum::Checksum;
+use labctl_core::manifest::Compression;
+use labctl_store::{ObjectMeta, PutOptions, Store, StoreError};
+
+pub const MIB: usize = 1024 * 1024;
+pub const DEFAULT_PART_SIZE: usize = 16 * MIB;
+/// S3's minimum for every part but the last.
+pub const MIN_PART_SIZE: usize = 5 * MIB;
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
+/// How often a download may start over from byte 0 before the image fails.
+const MAX_RESTARTS: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub part_size: usize,
+    pub parts_in_flight: usize,
+    pub retry: RetryPolicy,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            part_size: DEFAULT_PART_SIZE,
+            parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// One HTTP image to publish.
+#[derive(Debug, Clone)]
+pub struct HttpJob {
+    pub image: String,
+    pub url: String,
+    /// Of the downloaded bytes (already looked up when the manifest names a checksum list).
+    pub source_checksum: Checksum,
+    pub decompress: Option<Compression>,
+    /// Of the published bytes.
+    pub expected: Checksum,
+    pub key: String,
+    pub user_metadata: BTreeMap<String, String>,
+    /// A minisign signature the downloaded bytes must verify against.
+    pub minisign: Option<labctl_core::signature::MinisignCheck>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub checksum: Checksum,
+    /// sha256 of the published bytes (the same as `checksum` when that is sha256).
+    pub sha256: Checksum,
+    pub size: u64,
+    pub object: ObjectMeta,
+    /// What the download's server said about the file (HTTP sources only).
+    pub source: crate::source::http::SourceInfo,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error("checksum mismatch for the download from {url}: expected {expected}, got {actual}")]
+    SourceMismatch {
+        url: String,
+        expected: Checksum,
+        actual: Checksum,
+    },
+    #[error("checksum mismatch for the published bytes: expected {expected}, got {actual}")]
+    OutputMismatch {
+        expected: Checksum,
+        actual: Checksum,
+    },
+    #[error("{format} decompression failed: {message}")]
+    Decompress {
+        format: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the server at {url} ignored Range {restarts} times; giving up")]
+    TooManyRestarts { url: String, restarts: u32 },
+    #[error(transparent)]
+    Signature(labctl_core::signature::SignatureError),
+    #[error("cannot read the artifact `{path}`: {message}")]
+    Artifact { path: String, message: String },
+    #[error("cancelled")]
+    Cancelled,
+}
+
+enum Attempt {
+    Done(Box<Published>),
+    Restart,
+}
+
+/// Downloads, verifies and publishes one image. Nothing is visible at `job.key` unless this
+/// returns `Ok`.
+pub async fn publish_http(
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    job: &HttpJob,
+    settings: &Settings,
+    progress: &dyn Progress,
+    cancel: watch::Receiver<bool>,
+) -> Result<Published, PipelineError> {
+    let mut download = Download::start(client, &job.url, settings.retry).await?;
+    progress.start(&job.image, "downloading", download.total());
+    let mut restarts = 0;
+    loop {
+        match attempt(
+            &store,
+            &mut download,
+            job,
+            settings,
+            progress,
+            cancel.clone(),
+        )
+        .await?
+        {
+            Attempt::Done(mut published) => {
+                published.source = download.info().clone();
+                return Ok(*published);
+            }
+            Attempt::Restart => {
+                restarts += 1;
+                if restarts > MAX_RESTARTS {
+                    return Err(PipelineError::TooManyRestarts {
+                        url: job.url.clone(),
+                        restarts,
+                    });
+                }
+                progress.restart(
+                    &job.image,
+                    download.total(),
+                    "the server does not support resuming; starting over from byte 0",
+                );
+            }
+        }
+    }
+}
+
+async fn attempt(
+    store: &Arc<dyn Store>,
+    download: &mut Download,
+    job: &HttpJob,
+    settings: &Settings,
+    progress: &dyn Progress,
+    cancel: watch::Receiver<bool>,
+) -> Result<Attempt, PipelineError> {
+    let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
+    let (tx_parts, rx_parts) = mpsc::channel::<upload::Part>(1);
+    let (compression, algorithm, part_size) =
+        (job.decompress, job.expected.algorithm, settings.part_size);
+    let decoder = tokio::task::spawn_blocking(move || {
+        decode::run(rx_in, tx_parts, compression, algorithm, part_size)
+    });
+    let upload_id = Arc::new(Mutex::new(None::<String>));
+    let uploader = tokio::spawn(upload::run(
+        store.clone(),
+        job.key.clone(),
+        PutOptions {
+            user_metadata: job.user_metadata.clone(),
+            ..Default::default()
+        },
+        rx_parts,
+        settings.parts_in_flight,
+        upload_id.clone(),
+    ));
+
+    let mut source = Hasher::new(job.source_checksum.algorithm);
+    // Checked (mode and key) before the download started; here it only hashes.
+    let mut signature = match &job.minisign {
+        Some(check) => Some(check.verifier().map_err(PipelineError::Signature)?),
+        None => None,
+    };
+    let mut failure: Option<PipelineError> = None;
+    let mut restart = false;
+    // Whether the whole download went through: only then does its checksum mean anything.
+    let mut complete = false;
+    loop {
+        if *cancel.borrow() {
+            failure = Some(PipelineError::Cancelled);
+            break;
+        }
+        match download.next().await {
+            Ok(Some(Chunk::Data(bytes))) => {
+                source.update(&bytes);
+                if let Some(v) = signature.as_mut() {
+                    v.update(&bytes);
+                }
+                progress.advance(&job.image, bytes.len() as u64);
+                if tx_in.send(Ok(bytes)).await.is_err() {
+                    break; // the decoder stopped; its result says why
+                }
+            }
+            Ok(Some(Chunk::Restart)) => {
+                restart = true;
+                break;
+            }
+            Ok(None) => {
+                complete = true;
+                break;
+            }
+            Err(e) => {
+                failure = Some(e.into());
+                break;
+            }
+        }
+    }
+    if failure.is_some() || restart {
+        let _ = tx_in.send(Err(())).await;
+    }
+    drop(tx_in);
+    let decoded = decoder.await.expect("decoder thread panicked");
+    let uploaded = uploader.await.expect("uploader task panicked");
+
+    let outcome = match (failure, restart) {
+        (Some(e), _) => Err(e),
+        (None, true) => Ok(None),
+        (None, false) => verify(job, complete, source.finish(), decoded, uploaded).and_then(|v| {
+            // The signature is checked after the checksum, before anything becomes visible.
+            let verified = signature.as_mut().is_none_or(|s| s.finalize().is_ok());
+            match &job.minisign {
+                Some(check) if !verified => Err(PipelineError::Signature(check.bad())),
+                _ => Ok(Some(v)),
+            }
+        }),
+    };
+    let verified = match outcome {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            abort(store, &job.key, &upload_id).await;
+            return Ok(Attempt::Restart);
+        }
+        Err(e) => {
+            abort(store, &job.key, &upload_id).await;
+            return Err(e);
+        }
+    };
+
+    let (digests, body) = verified;
+    let object = make_visible(store, &job.key, &job.user_metadata, body).await?;
+    Ok(Attempt::Done(Box::new(Published {
+        checksum: digests.declared,
+        sha256: digests.sha256,
+        size: digests.size,
+        object,
+        source: Default::default(),
+    })))
+}
+
+/// The last step, taken only after verification: complete the multipart upload (or PUT the
+/// single small part).
+async fn make_visible(
+    store: &Arc<dyn Store>,
+    key: &str,
+    user_metadata: &BTreeMap<String, String>,
+    body: upload::Uploaded,
+) -> Result<ObjectMeta, PipelineError> {
+    match body {
+        upload::Uploaded::Small(bytes) => Ok(store
+            .put(
+                key,
+                bytes,
+                PutOptions {
+                    user_metadata: user_metadata.clone(),
+                    ..Default::default()
+                },
+            )
+            .await?),
+        upload::Uploaded::Multipart { upload_id, parts } => {
+            match store.complete_multipart(key, &upload_id, parts).await {
+                Ok(meta) => Ok(meta),
+                Err(e) => {
+                    let _ = store.abort_multipart(key, &upload_id).await;
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+/// Publishes a local file (a build artifact). It is hashed first, so that the object can carry
+/// its checksum as metadata, then uploaded in parallel parts and hashed again on the way: the
+/// upload completes only if the file did not change in between.
+pub async fn publish_file(
+    store: Arc<dyn Store>,
+    path: &std::path::Path,
+    image: &str,
+    key: &str,
+    fingerprint: &Checksum,
+    settings: &Settings,
+    progress: &dyn Progress,
+) -> Result<Published, PipelineError> {
+    let io = |e: std::io::Error| PipelineError::Artifact {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    progress.start(image, "hashing the artifact", Some(size));
+    let file_path = path.to_path_buf();
+    let first = tokio::task::spawn_blocking(move || -> std::io::Result<Checksum> {
+        let mut hasher = Hasher::new(labctl_core::checksum::Algorithm::Sha256);
+        let mut file = std::fs::File::open(file_path)?;
+        let mut buf = vec![0u8; MIB];
+        loop {
+            let n = std::io::Read::read(&mut file, &mut buf)?;
+            if n == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buf[..n]);
+        }
+    })
+    .await
+    .expect("hashing thread panicked")
+    .map_err(io)?;
+    let user_metadata = BTreeMap::from([
+        (labctl_store::META_CHECKSUM.to_string(), first.to_string()),
+        (
+            labctl_store::META_FINGERPRINT.to_string(),
+            fingerprint.to_string(),
+        ),
+    ]);
+    progress.restart(image, Some(size), "uploading the artifact");
+
+    let (tx_parts, rx_parts) = mpsc::channel::<upload::Part>(1);
+    let part_size = settings.part_size;
+    let file_path = path.to_path_buf();
+    let splitter = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(file_path).map_err(decode::SplitError::Read)?;
+        decode::split(
+            &mut file,
+            &tx_parts,
+            labctl_core::checksum::Algorithm::Sha256,
+            part_size,
+        )
+    });
+    let upload_id = Arc::new(Mutex::new(None::<String>));
+    let uploaded = upload::run(
+        store.clone(),
+        key.to_string(),
+        PutOptions {
+            user_metadata: user_metadata.clone(),
+            ..Default::default()
+        },
+        rx_parts,
+        settings.parts_in_flight,
+        upload_id.clone(),
+    )
+    .await;
+    let split = splitter.await.expect("upload reader panicked");
+    let outcome = match (uploaded, split) {
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), Err(decode::SplitError::Read(e))) => Err(io(e)),
+        (Ok(_), Err(decode::SplitError::UploadStopped)) => Err(PipelineError::Artifact {
+            path: path.display().to_string(),
+            message: "the upload stopped".into(),
+        }),
+        (Ok(_), Ok(second)) if second.declared != first => Err(PipelineError::OutputMismatch {
+            expected: first.clone(),
+            actual: second.declared,
+        }),
+        (Ok(body), Ok(second)) => Ok((body, second.size)),
+    };
+    let (body, size) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            abort(&store, key, &upload_id).await;
+            return Err(e);
+        }
+    };
+    progress.advance(image, size);
+    let object = make_visible(&store, key, &user_metadata, body).await?;
+    Ok(Published {
+        sha256: first.clone(),
+        checksum: first,
+        size,
+        object,
+        source: Default::default(),
+    })
+}
+
+/// Downloads `url` once and hashes it, and, with `decompress`, its decompressed output: what
+/// `labctl pin` writes into the manifest. Nothing is stored.
+pub async fn hash_download(
+    client: reqwest::Client,
+    image: &str,
+    url: &str,
+    source_algorithm: labctl_core::checksum::Algorithm,
+    decompress: Option<Compression>,
+    settings: &Settings,
+    progress: &dyn Progress,
+) -> Result<(Checksum, Option<Checksum>), PipelineError> {
+    let mut download = Download::start(client, url, settings.retry).await?;
+    progress.start(image, "downloading to pin its checksum", download.total());
+    'attempt: for _ in 0..=MAX_RESTARTS {
+        let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
+        let (tx_parts, mut rx_parts) = mpsc::channel::<upload::Part>(1);
+        let decoder = decompress.map(|format| {
+            tokio::task::spawn_blocking(move || {
+                decode::run(
+                    rx_in,
+                    tx_parts,
+                    Some(format),
+                    labctl_core::checksum::Algorithm::Sha256,
+                    MIB,
+                )
+            })
+        });
+        // Output parts are only hashed; drop them as they come.
+        let drain = tokio::spawn(async move { while rx_parts.recv().await.is_some() {} });
+        let mut tx_in = decoder.is_some().then_some(tx_in);
+        let mut source = Hasher::new(source_algorithm);
+        loop {
+            match download.next().await? {
+                Some(Chunk::Data(bytes)) => {
+                    source.update(&bytes);
+                    progress.advance(image, bytes.len() as u64);
+                    if let Some(tx) = &tx_in {
+                        if tx.send(Ok(bytes)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                Some(Chunk::Restart) => {
+                    if let Some(tx) = tx_in.take() {
+                        let _ = tx.send(Err(())).await;
+                    }
+                    if let Some(d) = decoder {
+                        let _ = d.await;
+                    }
+                    drain.abort();
+                    progress.restart(
+                        image,
+                        download.total(),
+                        "the server does not support resuming; starting over",
+                    );
+                    continue 'attempt;
+                }
+                None => break,
+            }
+        }
+        drop(tx_in);
+        let output = match decoder {
+            None => None,
+            Some(d) => match d.await.expect("decoder thread panicked") {
+                Ok(digests) => Some(digests.declared),
+                Err(decode::DecodeError::Corrupt { format, message }) => {
+                    return Err(PipelineError::Decompress { format, message })
+                }
+                Err(decode::DecodeError::UploadStopped) => {
+                    unreachable!("the drain never stops early")
+                }
+            },
+        };
+        let _ = drain.await;
+        return Ok((source.finish(), output));
+    }
+    Err(PipelineError::TooManyRestarts {
+        url: url.to_string(),
+        restarts: MAX_RESTARTS + 1,
+    })
+}
+
+type Verified = (decode::Digests, upload::Uploaded);
+
+/// Both checksums must match before anything becomes visible. `complete` says whether the whole
+/// download was read; when a later stage stopped early, its error is the cause, and a checksum
+/// over part of the download says nothing.
+fn verify(
+    job: &HttpJob,
+    complete: bool,
+    source: Checksum,
+    decoded: Result<decode::Digests, decode::DecodeError>,
+    uploaded: Result<upload::Uploaded, StoreError>,
+) -> Result<Verified, PipelineError> {
+    // A corrupt download usually shows first as a decompression error; the source checksum is
+    // the more useful message, so it is checked first when there is one.
+    if complete && source != job.source_checksum {
+        return Err(PipelineError::SourceMismatch {
+            url: job.url.clone(),
+            expected: job.source_checksum.clone(),
+            actual: source,
+        });
+    }
+    let decoded = decoded.map_err(|e| match e {
+        decode::DecodeError::Corrupt { format, message } => {
+            PipelineError::Decompress { format, message }
+        }
+        decode::DecodeError::UploadStopped => PipelineError::Decompress {
+            format: "upload",
+            message: "the uploader stopped".into(),
+        },
+    });
+    // An upload failure stops the decoder too; report the cause, not the symptom.
+    let uploaded = uploaded?;
+    let digests = decoded?;
+    if !complete {
+        // The decoder finished without reading everything: bytes after the compressed stream.
+        return Err(PipelineError::Decompress {
+            format: job.decompress.map_or("raw", Compression::name),
+            message: format!(
+                "the compressed stream ended before the download from {} did: it has trailing data",
+                job.url
+            ),
+        });
+    }
+    if digests.declared != job.expected {
+        return Err(PipelineError::OutputMismatch {
+            expected: job.expected.clone(),
+            actual: digests.declared,
+        });
+    }
+    Ok((digests, uploaded))
+}
+
+async fn abort(store: &Arc<dyn Store>, key: &str, upload_id: &Mutex<Option<String>>) {
+    let id = upload_id.lock().unwrap().take();
+    if let Some(id) = id {
+        // Best effort: a failed abort leaves an invisible upload that `doctor` can list.
+        let _ = store.abort_multipart(key, &id).await;
+    }
+}
+
+/// Streams a stored object back and hashes it: in `algorithm`, in sha256, and its size. Memory
+/// stays at one read buffer whatever the object's size.
+pub async fn hash_stored(
+    store: &dyn Store,
+    key: &str,
+    algorithm: labctl_core::checksum::Algorithm,
+) -> Result<decode::Digests, StoreError> {
+    use tokio::io::AsyncReadExt;
+    let object = store.get(key).await?.ok_or_else(|| StoreError::Backend {
+        op: "read",
+        key: key.to_string(),
+        message: "no such object".into(),
+    })?;
+    let mut body = object.body;
+    let mut hasher = hash::WithSha256::new(algorithm);
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = body.read(&mut buf).await.map_err(|source| StoreError::Io {
+            op: "read",
+            key: key.to_string(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    let (declared, sha256) = hasher.finish();
+    Ok(decode::Digests {
+        declared,
+        sha256,
+        size,
+    })
+}

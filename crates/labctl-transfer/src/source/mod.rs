@@ -1,0 +1,7 @@
+//! Where image bytes come from: HTTP downloads (and checksum lists) and Packer builds.
+
+pub mod checksum_list;
+pub mod http;
+pub mod packer;
+/// Signatures and keys are pure, and live in the core.
+pub use labctl_core::signature;

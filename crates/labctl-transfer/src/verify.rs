@@ -1,0 +1,687 @@
+//! Checking a synced copy of `images/` (the NAS's) against its consumer index, offline: the
+//! signature first, then every listed file's size and sha256, then files nobody listed.
+//!
+//! Files are streamed through a fixed buffer on a few threads, so memory stays bounded whatever
+//! the images' sizes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::hash::Hasher;
+use labctl_core::checksum::Checksum;
+use labctl_core::consumer_index::{
+    self, IndexDocument, SumsLine, JSON_NAME, MAX_INDEX_BYTES, SIGNATURE_NAME, SUMS_NAME,
+};
+
+/// Version of the `labctl verify --json` report. Additive changes bump the minor version.
+pub const FORMAT_VERSION: &str = "1.0";
+
+/// Directories a Synology volume keeps beside synced files (thumbnails, recycle bin, snapshots,
+/// Cloud Sync's scratch space): not part of the copy, never reported.
+pub const IGNORED_DIRS: [&str; 4] = [
+    "@eaDir",
+    "#recycle",
+    "#snapshot",
+    ".SynologyWorkingDirectory",
+];
+
+const READ_BUFFER: usize = 256 * 1024;
+const MAX_SIGNATURE_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    Ok,
+    Missing,
+    SizeDiffers,
+    ContentDiffers,
+    Unreadable,
+    Unlisted,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Ok => "ok",
+            Verdict::Missing => "missing",
+            Verdict::SizeDiffers => "size-differs",
+            Verdict::ContentDiffers => "content-differs",
+            Verdict::Unreadable => "unreadable",
+            Verdict::Unlisted => "unlisted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileResult {
+    /// Relative to the directory, `/`-separated.
+    pub path: String,
+    pub verdict: Verdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_size: Option<u64>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureStatus {
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_comment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub format_version: String,
+    pub labctl_version: String,
+    pub dir: String,
+    pub signature: SignatureStatus,
+    /// Whether `index.json` gave the expected sizes.
+    pub sizes_known: bool,
+    pub summary: BTreeMap<String, usize>,
+    /// Listed files in `SHA256SUMS` order, then unlisted files by path.
+    pub files: Vec<FileResult>,
+}
+
+impl Report {
+    pub fn problems(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|f| f.verdict != Verdict::Ok)
+            .count()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("`{0}` is not a directory")]
+    NotADirectory(String),
+    #[error(
+        "`{path}` is missing: this is not a synced copy of images/, or the sync has not finished"
+    )]
+    NoSums { path: String },
+    #[error("cannot read `{path}`")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{path}` is larger than {limit} bytes: not an index labctl wrote")]
+    TooLarge { path: String, limit: u64 },
+    #[error("`{path}` is not a valid SHA256SUMS file")]
+    BadSums {
+        path: String,
+        #[source]
+        source: consumer_index::SumsError,
+    },
+    #[error("invalid minisign public key: {0}")]
+    BadKey(String),
+    #[error("`{path}` is missing, but a public key was given: the index is not signed")]
+    NoSignature { path: String },
+    #[error("`{path}` is not a minisign signature: {message}")]
+    UnreadableSignature { path: String, message: String },
+    #[error("`{path}` was made by key {signed_by}, not by {key_id}")]
+    WrongKey {
+        path: String,
+        key_id: String,
+        signed_by: String,
+    },
+    #[error("`{path}` does not verify with key {key_id}: SHA256SUMS is not what was signed")]
+    BadSignature { path: String, key_id: String },
+}
+
+impl VerifyError {
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            VerifyError::NoSums { .. } => Some(
+                "point labctl verify at the folder the NAS syncs the bucket's images/ into; labctl apply writes SHA256SUMS there",
+            ),
+            VerifyError::BadSignature { .. } => Some(
+                "if a sync is running, wait for it to finish and verify again; otherwise the index was altered after labctl signed it",
+            ),
+            VerifyError::WrongKey { .. } => Some(
+                "pass the public key from the manifest's spec.index.signing.minisign.publicKey",
+            ),
+            VerifyError::NoSignature { .. } => Some(
+                "configure spec.index.signing in the manifest and apply again, or verify without --public-key",
+            ),
+            _ => None,
+        }
+    }
+}
+
+pub struct Options {
+    pub dir: PathBuf,
+    /// The lab's minisign public key (base64); with it, an unsigned index is an error.
+    pub public_key: Option<String>,
+    pub jobs: usize,
+}
+
+/// Reads at most `limit` bytes of `path`; `None` when it does not exist.
+fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, VerifyError> {
+    let display = path.display().to_string();
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(VerifyError::Read {
+                path: display,
+                source,
+            })
+        }
+    };
+    let mut buf = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|source| VerifyError::Read {
+            path: display.clone(),
+            source,
+        })?;
+    if buf.len() as u64 > limit {
+        return Err(VerifyError::TooLarge {
+            path: display,
+            limit,
+        });
+    }
+    Ok(Some(buf))
+}
+
+fn check_signature(
+    dir: &Path,
+    sums: &[u8],
+    public_key: &str,
+) -> Result<SignatureStatus, VerifyError> {
+    let key = labctl_core::signature::MinisignKey::parse(public_key)
+        .map_err(|e| VerifyError::BadKey(e.to_string()))?;
+    let path = dir.join(SIGNATURE_NAME);
+    let display = path.display().to_string();
+    let bytes =
+        read_capped(&path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| VerifyError::NoSignature {
+            path: display.clone(),
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| VerifyError::UnreadableSignature {
+        path: display.clone(),
+        message: "not text".into(),
+    })?;
+    let sig = minisign_verify::Signature::decode(&text).map_err(|e| {
+        VerifyError::UnreadableSignature {
+            path: display.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    match key.key.verify(sums, &sig, false) {
+        Ok(()) => Ok(SignatureStatus {
+            verified: true,
+            key_id: Some(key.key_id),
+            trusted_comment: Some(sig.trusted_comment().to_string()),
+        }),
+        Err(minisign_verify::Error::UnexpectedKeyId) => Err(VerifyError::WrongKey {
+            path: display,
+            key_id: key.key_id,
+            signed_by: signer_of(&text),
+        }),
+        Err(_) => Err(VerifyError::BadSignature {
+            path: display,
+            key_id: key.key_id,
+        }),
+    }
+}
+
+/// The key ID a `.minisig` names (bytes 2..10 of its second line), as minisign prints it.
+fn signer_of(text: &str) -> String {
+    use base64::Engine;
+    text.lines()
+        .nth(1)
+        .and_then(|l| {
+            base64::engine::general_purpose::STANDARD
+                .decode(l.trim())
+                .ok()
+        })
+        .filter(|raw| raw.len() >= 10)
+        .map(|raw| {
+            raw[2..10]
+                .iter()
+                .rev()
+                .map(|b| format!("{b:02X}"))
+                .collect()
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs the whole check. `Err` means verify could not do its job (exit 1); problems with the
+/// copy are in the report (exit 2).
+pub fn run(
+    options: &Options,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Report, VerifyError> {
+    let dir = &options.dir;
+    if !dir.is_dir() {
+        return Err(VerifyError::NotADirectory(dir.display().to_string()));
+    }
+    let sums_path = dir.join(SUMS_NAME);
+    let sums =
+        read_capped(&sums_path, MAX_INDEX_BYTES as u64)?.ok_or_else(|| VerifyError::NoSums {
+            path: sums_path.display().to_string(),
+        })?;
+    let signature = match &options.public_key {
+        Some(key) => check_signature(dir, &sums, key)?,
+        None => SignatureStatus {
+            verified: false,
+            key_id: None,
+            trusted_comment: None,
+        },
+    };
+    let listed =
+        consumer_index::parse_sha256sums(&sums).map_err(|source| VerifyError::BadSums {
+            path: sums_path.display().to_string(),
+            source,
+        })?;
+
+    // Sizes come from index.json, which is not signed: they only tell a short file (a sync in
+    // progress) from a changed one, and are used only where index.json agrees with SHA256SUMS.
+    let sizes: BTreeMap<String, u64> = read_capped(&dir.join(JSON_NAME), MAX_INDEX_BYTES as u64)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<IndexDocument>(&b).ok())
+        .map(|doc| {
+            doc.images
+                .into_iter()
+                .map(|e| (e.path, (e.sha256, e.size)))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .map(|by_path| {
+            listed
+                .iter()
+                .filter_map(|l| {
+                    by_path
+                        .get(&l.path)
+                        .filter(|(sha, _)| sha == l.sha256.hex())
+                        .map(|(_, size)| (l.path.clone(), *size))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let mut files = check_listed(dir, &listed, &sizes, options.jobs.max(1), progress);
+    let known: BTreeSet<&str> = listed.iter().map(|l| l.path.as_str()).collect();
+    let mut unlisted = Vec::new();
+    walk(dir, dir, &mut unlisted).map_err(|source| VerifyError::Read {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    unlisted.retain(|(p, _)| !known.contains(p.as_str()) && !consumer_index::is_index_file(p));
+    unlisted.sort();
+    for (path, size) in unlisted {
+        files.push(FileResult {
+            path,
+            verdict: Verdict::Unlisted,
+            expected_sha256: None,
+            actual_sha256: None,
+            expected_size: None,
+            actual_size: Some(size),
+            detail: "present, but not listed in SHA256SUMS".into(),
+        });
+    }
+    let mut summary = BTreeMap::new();
+    for f in &files {
+        *summary.entry(f.verdict.name().to_string()).or_insert(0) += 1;
+    }
+    Ok(Report {
+        format_version: FORMAT_VERSION.into(),
+        labctl_version: env!("CARGO_PKG_VERSION").into(),
+        dir: dir.display().to_string(),
+        signature,
+        sizes_known: !sizes.is_empty(),
+        summary,
+        files,
+    })
+}
+
+/// Hashes the listed files on `jobs` threads; results keep the listing's order.
+fn check_listed(
+    dir: &Path,
+    listed: &[SumsLine],
+    sizes: &BTreeMap<String, u64>,
+    jobs: usize,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Vec<FileResult> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<FileResult>>> = Mutex::new(vec![None; listed.len()]);
+    let progress = Mutex::new(progress);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(listed.len().max(1)) {
+            scope.spawn(|| {
+                let mut buf = vec![0u8; READ_BUFFER];
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(line) = listed.get(i) else { break };
+                    let result = check_file(dir, line, sizes.get(&line.path).copied(), &mut buf);
+                    results.lock().unwrap()[i] = Some(result);
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    (progress.lock().unwrap())(n, listed.len());
+                }
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every listed file is checked"))
+        .collect()
+}
+
+fn check_file(dir: &Path, line: &SumsLine, size: Option<u64>, buf: &mut [u8]) -> FileResult {
+    let mut result = FileResult {
+        path: line.path.clone(),
+        verdict: Verdict::Ok,
+        expected_sha256: Some(line.sha256.hex().to_string()),
+        actual_sha256: None,
+        expected_size: size,
+        actual_size: None,
+        detail: String::new(),
+    };
+    let path = dir.join(&line.path);
+    // Judged before opening: opening a FIFO someone left at a listed path would block forever.
+    let actual_size = match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => m.len(),
+        Ok(_) => {
+            result.verdict = Verdict::Unreadable;
+            result.detail = "not a regular file".into();
+            return result;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            result.verdict = Verdict::Missing;
+            result.detail = "listed in SHA256SUMS, but not in the directory".into();
+            return result;
+        }
+        Err(e) => {
+            result.verdict = Verdict::Unreadable;
+            result.detail = format!("cannot read its metadata: {e}");
+            return result;
+        }
+    };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            result.verdict = Verdict::Unreadable;
+            result.detail = format!("cannot open: {e}");
+            return result;
+        }
+    };
+    result.actual_size = Some(actual_size);
+    if let Some(expected) = size {
+        if expected != actual_size {
+            result.verdict = Verdict::SizeDiffers;
+            result.detail = format!(
+                "{actual_size} bytes, {expected} expected{}",
+                if actual_size < expected {
+                    " (a sync in progress, or a truncated copy)"
+                } else {
+                    ""
+                }
+            );
+            return result;
+        }
+    }
+    let mut hasher = Hasher::new(labctl_core::checksum::Algorithm::Sha256);
+    let mut reader = file;
+    loop {
+        match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                result.verdict = Verdict::Unreadable;
+                result.detail = format!("read failed: {e}");
+                return result;
+            }
+        }
+    }
+    let actual: Checksum = hasher.finish();
+    result.actual_sha256 = Some(actual.hex().to_string());
+    if actual != line.sha256 {
+        result.verdict = Verdict::ContentDiffers;
+        result.detail = "the sha256 of the file is not the listed one".into();
+    }
+    result
+}
+
+/// Every regular file below `root` as `(relative path, size)`, without following symlinked
+/// directories and skipping the NAS's own bookkeeping directories.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if IGNORED_DIRS.contains(&name.as_ref()) {
+                continue;
+            }
+            walk(root, &entry.path(), out)?;
+        } else {
+            let path = entry.path();
+            let rel = path.strip_prefix(root).expect("walk stays below root");
+            let rel = rel
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((rel, size));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use labctl_core::consumer_index::{document, sha256sums, to_json, IndexEntry};
+
+    fn write_copy(dir: &Path, files: &[(&str, &[u8])], with_json: bool) {
+        let mut entries: Vec<IndexEntry> = files
+            .iter()
+            .map(|(path, body)| IndexEntry {
+                name: path.to_string(),
+                path: path.to_string(),
+                size: body.len() as u64,
+                sha256: Checksum::sha256(body).hex().to_string(),
+                checksum: Checksum::sha256(body),
+                source_url: None,
+                uploaded_at: None,
+                labctl_version: None,
+            })
+            .collect();
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        for (path, body) in files {
+            let p = dir.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, body).unwrap();
+        }
+        std::fs::write(dir.join(SUMS_NAME), sha256sums(&entries)).unwrap();
+        if with_json {
+            std::fs::write(
+                dir.join(JSON_NAME),
+                to_json(&document(&entries, "2026-11-26T00:00:00Z".into())),
+            )
+            .unwrap();
+        }
+    }
+
+    fn try_verify(dir: &Path, public_key: Option<&str>) -> Result<Report, VerifyError> {
+        run(
+            &Options {
+                dir: dir.to_path_buf(),
+                public_key: public_key.map(str::to_string),
+                jobs: 3,
+            },
+            &|_, _| {},
+        )
+    }
+
+    fn verify(dir: &Path) -> Report {
+        try_verify(dir, None).unwrap()
+    }
+
+    fn verdicts(r: &Report) -> Vec<(&str, Verdict)> {
+        r.files
+            .iter()
+            .map(|f| (f.path.as_str(), f.verdict))
+            .collect()
+    }
+
+    #[test]
+    fn a_faithful_copy_is_ok() {
+        let d = tempfile::tempdir().unwrap();
+        write_copy(d.path(), &[("a/x.raw", b"xx"), ("b.iso", b"b")], true);
+        std::fs::create_dir_all(d.path().join("@eaDir/a")).unwrap();
+        std::fs::write(d.path().join("@eaDir/a/thumb"), b"t").unwrap();
+        let r = verify(d.path());
+        assert_eq!(r.problems(), 0, "{r:?}");
+        assert!(r.sizes_known);
+        assert_eq!(r.files.len(), 2);
+    }
+
+    #[test]
+    fn every_kind_of_problem_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        write_copy(
+            d.path(),
+            &[
+                ("flip.raw", b"abcdef"),
+                ("short.raw", b"abcdef"),
+                ("gone.raw", b"x"),
+                ("fine.raw", b"y"),
+            ],
+            true,
+        );
+        std::fs::write(d.path().join("flip.raw"), b"abcdeF").unwrap();
+        std::fs::write(d.path().join("short.raw"), b"abc").unwrap();
+        std::fs::remove_file(d.path().join("gone.raw")).unwrap();
+        std::fs::write(d.path().join("extra.bin"), b"?").unwrap();
+        let r = verify(d.path());
+        assert_eq!(
+            verdicts(&r),
+            [
+                ("fine.raw", Verdict::Ok),
+                ("flip.raw", Verdict::ContentDiffers),
+                ("gone.raw", Verdict::Missing),
+                ("short.raw", Verdict::SizeDiffers),
+                ("extra.bin", Verdict::Unlisted),
+            ]
+        );
+        assert_eq!(r.problems(), 4);
+    }
+
+    #[test]
+    fn without_index_json_a_short_file_differs_in_content() {
+        let d = tempfile::tempdir().unwrap();
+        write_copy(d.path(), &[("a.raw", b"abcdef")], false);
+        std::fs::write(d.path().join("a.raw"), b"abc").unwrap();
+        let r = verify(d.path());
+        assert!(!r.sizes_known);
+        assert_eq!(verdicts(&r), [("a.raw", Verdict::ContentDiffers)]);
+    }
+
+    #[test]
+    fn index_json_sizes_that_disagree_with_the_sums_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        write_copy(d.path(), &[("a.raw", b"abcdef")], true);
+        // A forged index.json cannot make a good file look bad: its entry no longer matches.
+        let forged = std::fs::read_to_string(d.path().join(JSON_NAME))
+            .unwrap()
+            .replace("\"size\": 6", "\"size\": 7")
+            .replace(Checksum::sha256(b"abcdef").hex(), &"0".repeat(64));
+        std::fs::write(d.path().join(JSON_NAME), forged).unwrap();
+        assert_eq!(verdicts(&verify(d.path())), [("a.raw", Verdict::Ok)]);
+    }
+
+    #[test]
+    fn signatures_are_checked_first() {
+        let d = tempfile::tempdir().unwrap();
+        write_copy(d.path(), &[("a.raw", b"a")], true);
+        let pair = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let public = pair.pk.to_base64();
+        let none = try_verify(d.path(), Some(&public)).unwrap_err();
+        assert!(matches!(none, VerifyError::NoSignature { .. }), "{none}");
+
+        let sums = std::fs::read(d.path().join(SUMS_NAME)).unwrap();
+        let signer = labctl_core::signing::IndexSigner::new(
+            &public,
+            &pair.sk.to_box(None).unwrap().to_string(),
+            None,
+        )
+        .unwrap();
+        std::fs::write(
+            d.path().join(SIGNATURE_NAME),
+            signer.sign(&sums, "test").unwrap(),
+        )
+        .unwrap();
+        let r = try_verify(d.path(), Some(&public)).unwrap();
+        assert!(r.signature.verified);
+        assert_eq!(r.signature.trusted_comment.as_deref(), Some("test"));
+
+        let other = minisign::KeyPair::generate_unencrypted_keypair()
+            .unwrap()
+            .pk
+            .to_base64();
+        let wrong = try_verify(d.path(), Some(&other)).unwrap_err();
+        assert!(matches!(wrong, VerifyError::WrongKey { .. }), "{wrong}");
+
+        std::fs::write(d.path().join(SUMS_NAME), [sums.as_slice(), b"\n"].concat()).unwrap();
+        let bad = try_verify(d.path(), Some(&public)).unwrap_err();
+        assert!(matches!(bad, VerifyError::BadSignature { .. }), "{bad}");
+    }
+
+    #[test]
+    fn a_listed_path_that_is_not_a_file_is_unreadable_not_a_hang() {
+        let d = tempfile::tempdir().unwrap();
+        write_copy(d.path(), &[("pipe", b"x"), ("dir", b"y")], true);
+        std::fs::remove_file(d.path().join("pipe")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(d.path().join("pipe"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        std::fs::remove_file(d.path().join("dir")).unwrap();
+        std::fs::create_dir(d.path().join("dir")).unwrap();
+        let r = verify(d.path());
+        assert_eq!(
+            verdicts(&r),
+            [("dir", Verdict::Unreadable), ("pipe", Verdict::Unreadable)]
+        );
+    }
+
+    #[test]
+    fn missing_or_hostile_sums_are_errors() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            try_verify(d.path(), None),
+            Err(VerifyError::NoSums { .. })
+        ));
+        std::fs::write(
+            d.path().join(SUMS_NAME),
+            format!("{}  ../../etc/passwd\n", "0".repeat(64)),
+        )
+        .unwrap();
+        assert!(matches!(
+            try_verify(d.path(), None),
+            Err(VerifyError::BadSums { .. })
+        ));
+    }
+}
