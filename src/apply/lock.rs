@@ -75,9 +75,46 @@ impl LockError {
 
 /// A held lock. Release it on every path; it is not released on drop.
 #[derive(Debug)]
+/// The held lock. Released by [`Lock::release`] on every normal way out (reporting a failure);
+/// if it is dropped unreleased — a panic unwinding through apply — its `Drop` releases it on the
+/// runtime.
 pub struct Lock {
     store: Arc<dyn Store>,
     pub info: LockInfo,
+    released: bool,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (store, id) = (self.store.clone(), self.info.id.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(e) = release_if_ours(store.as_ref(), &id).await {
+                        eprintln!("warning: could not release the store lock {id}: {e}; `labctl force-unlock {id}` removes it");
+                    }
+                });
+            }
+            Err(_) => eprintln!(
+                "warning: the store lock {id} was not released; `labctl force-unlock {id}` removes it"
+            ),
+        }
+    }
+}
+
+/// Deletes the lock if it still holds `id`, conditional on the ETag it had when read.
+async fn release_if_ours(store: &dyn Store, id: &str) -> Result<(), LockError> {
+    match read_with_etag(store).await? {
+        Some((current, etag)) if current.id == id => {
+            store.delete_if(LOCK_KEY, &etag).await?;
+            Ok(())
+        }
+        // Someone force-unlocked (and maybe relocked): leave their lock alone.
+        _ => Ok(()),
+    }
 }
 
 fn hostname() -> String {
@@ -190,7 +227,11 @@ pub async fn acquire_unless(
     // Read back: on a store whose conditional write is check-then-write, two runs can both be
     // told they created it; only the one whose ID is there holds it.
     match read(store.as_ref()).await? {
-        Some(current) if current.id == info.id => Ok(Lock { store, info }),
+        Some(current) if current.id == info.id => Ok(Lock {
+            store,
+            info,
+            released: false,
+        }),
         Some(current) => Err(LockError::Lost(current.id)),
         None => Err(LockError::Lost("none: it is gone".into())),
     }
@@ -199,15 +240,9 @@ pub async fn acquire_unless(
 impl Lock {
     /// Releases the lock if it is still ours: deleted only while it has the ETag it had when
     /// read as ours, so a lock someone took over in between is left alone.
-    pub async fn release(self) -> Result<(), LockError> {
-        match read_with_etag(self.store.as_ref()).await? {
-            Some((current, etag)) if current.id == self.info.id => {
-                self.store.delete_if(LOCK_KEY, &etag).await?;
-                Ok(())
-            }
-            // Someone force-unlocked (and maybe relocked): leave their lock alone.
-            _ => Ok(()),
-        }
+    pub async fn release(mut self) -> Result<(), LockError> {
+        self.released = true;
+        release_if_ours(self.store.as_ref(), &self.info.id).await
     }
 }
 
@@ -380,6 +415,25 @@ mod tests {
         let mut other = new_info("apply");
         other.id = "fedcba9876543210".into();
         Bytes::from(serde_json::to_vec(&other).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_lock_dropped_unreleased_is_released_on_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+        let s = store.clone();
+        let task = tokio::spawn(async move {
+            let _lock = acquire(s, "apply", Duration::ZERO, false).await.unwrap();
+            panic!("apply panicked while holding the lock");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        for _ in 0..100 {
+            if store.head(LOCK_KEY).await.unwrap().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(store.head(LOCK_KEY).await.unwrap().is_none());
     }
 
     #[tokio::test]

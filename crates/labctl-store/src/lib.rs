@@ -6,6 +6,7 @@
 
 pub mod fs;
 pub mod location;
+pub mod pending;
 pub mod refresh;
 pub mod s3;
 pub mod stranded;

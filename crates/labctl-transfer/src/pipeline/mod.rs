@@ -11,7 +11,7 @@ pub mod hash;
 pub mod upload;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
@@ -173,7 +173,6 @@ async fn attempt(
     let decoder = tokio::task::spawn_blocking(move || {
         decode::run(rx_in, tx_parts, compression, algorithm, part_size)
     });
-    let upload_id = Arc::new(Mutex::new(None::<String>));
     let uploader = tokio::spawn(upload::run(
         store.clone(),
         job.key.clone(),
@@ -183,7 +182,6 @@ async fn attempt(
         },
         rx_parts,
         settings.parts_in_flight,
-        upload_id.clone(),
     ));
 
     let mut source = Hasher::new(job.source_checksum.algorithm);
@@ -233,32 +231,49 @@ async fn attempt(
     let decoded = decoder.await.expect("decoder thread panicked");
     let uploaded = uploader.await.expect("uploader task panicked");
 
-    let outcome = match (failure, restart) {
-        (Some(e), _) => Err(e),
-        (None, true) => Ok(None),
-        (None, false) => verify(job, complete, source.finish(), decoded, uploaded).and_then(|v| {
-            // The signature is checked after the checksum, before anything becomes visible.
-            let verified = signature.as_mut().is_none_or(|s| s.finalize().is_ok());
-            match &job.minisign {
-                Some(check) if !verified => Err(PipelineError::Signature(check.bad())),
-                _ => Ok(Some(v)),
+    // Verified against the hashes first; only then does anything become visible. Every other
+    // way out discards what was uploaded (and a dropped future's upload aborts itself).
+    let (uploaded, upload_failed) = match uploaded {
+        Ok(u) => (Some(u), None),
+        Err(e) => (None, Some(e)),
+    };
+    let checked = match (failure, restart) {
+        (Some(e), _) => Err(Some(e)),
+        (None, true) => Err(None),
+        (None, false) => verify(job, complete, source.finish(), decoded, upload_failed)
+            .and_then(|d| {
+                // The signature is checked after the checksum, before anything becomes visible.
+                let verified = signature.as_mut().is_none_or(|s| s.finalize().is_ok());
+                match &job.minisign {
+                    Some(check) if !verified => Err(PipelineError::Signature(check.bad())),
+                    _ => Ok(d),
+                }
+            })
+            .map_err(Some),
+    };
+    let digests = match checked {
+        Ok(digests) => digests,
+        Err(why) => {
+            if let Some(u) = uploaded {
+                u.discard().await;
             }
-        }),
-    };
-    let verified = match outcome {
-        Ok(Some(v)) => v,
-        Ok(None) => {
-            abort(store, &job.key, &upload_id).await;
-            return Ok(Attempt::Restart);
-        }
-        Err(e) => {
-            abort(store, &job.key, &upload_id).await;
-            return Err(e);
+            return match why {
+                Some(e) => Err(e),
+                None => Ok(Attempt::Restart),
+            };
         }
     };
-
-    let (digests, body) = verified;
-    let object = make_visible(store, &job.key, &job.user_metadata, body).await?;
+    let object = uploaded
+        .expect("verified only with an upload")
+        .publish(
+            store,
+            &job.key,
+            PutOptions {
+                user_metadata: job.user_metadata.clone(),
+                ..Default::default()
+            },
+        )
+        .await?;
     Ok(Attempt::Done(Box::new(Published {
         checksum: digests.declared,
         sha256: digests.sha256,
@@ -266,37 +281,6 @@ async fn attempt(
         object,
         source: Default::default(),
     })))
-}
-
-/// The last step, taken only after verification: complete the multipart upload (or PUT the
-/// single small part).
-async fn make_visible(
-    store: &Arc<dyn Store>,
-    key: &str,
-    user_metadata: &BTreeMap<String, String>,
-    body: upload::Uploaded,
-) -> Result<ObjectMeta, PipelineError> {
-    match body {
-        upload::Uploaded::Small(bytes) => Ok(store
-            .put(
-                key,
-                bytes,
-                PutOptions {
-                    user_metadata: user_metadata.clone(),
-                    ..Default::default()
-                },
-            )
-            .await?),
-        upload::Uploaded::Multipart { upload_id, parts } => {
-            match store.complete_multipart(key, &upload_id, parts).await {
-                Ok(meta) => Ok(meta),
-                Err(e) => {
-                    let _ = store.abort_multipart(key, &upload_id).await;
-                    Err(e.into())
-                }
-            }
-        }
-    }
 }
 
 /// Publishes a local file (a build artifact). It is hashed first, so that the object can carry
@@ -354,42 +338,40 @@ pub async fn publish_file(
             part_size,
         )
     });
-    let upload_id = Arc::new(Mutex::new(None::<String>));
+    let options = PutOptions {
+        user_metadata,
+        ..Default::default()
+    };
     let uploaded = upload::run(
         store.clone(),
         key.to_string(),
-        PutOptions {
-            user_metadata: user_metadata.clone(),
-            ..Default::default()
-        },
+        options.clone(),
         rx_parts,
         settings.parts_in_flight,
-        upload_id.clone(),
     )
-    .await;
+    .await?;
     let split = splitter.await.expect("upload reader panicked");
-    let outcome = match (uploaded, split) {
-        (Err(e), _) => Err(e.into()),
-        (Ok(_), Err(decode::SplitError::Read(e))) => Err(io(e)),
-        (Ok(_), Err(decode::SplitError::UploadStopped)) => Err(PipelineError::Artifact {
+    let checked = match split {
+        Err(decode::SplitError::Read(e)) => Err(io(e)),
+        Err(decode::SplitError::UploadStopped) => Err(PipelineError::Artifact {
             path: path.display().to_string(),
             message: "the upload stopped".into(),
         }),
-        (Ok(_), Ok(second)) if second.declared != first => Err(PipelineError::OutputMismatch {
+        Ok(second) if second.declared != first => Err(PipelineError::OutputMismatch {
             expected: first.clone(),
             actual: second.declared,
         }),
-        (Ok(body), Ok(second)) => Ok((body, second.size)),
+        Ok(second) => Ok(second.size),
     };
-    let (body, size) = match outcome {
-        Ok(x) => x,
+    let size = match checked {
+        Ok(size) => size,
         Err(e) => {
-            abort(&store, key, &upload_id).await;
+            uploaded.discard().await;
             return Err(e);
         }
     };
     progress.advance(image, size);
-    let object = make_visible(&store, key, &user_metadata, body).await?;
+    let object = uploaded.publish(&store, key, options).await?;
     Ok(Published {
         sha256: first.clone(),
         checksum: first,
@@ -481,8 +463,6 @@ pub async fn hash_download(
     })
 }
 
-type Verified = (decode::Digests, upload::Uploaded);
-
 /// Both checksums must match before anything becomes visible. `complete` says whether the whole
 /// download was read; when a later stage stopped early, its error is the cause, and a checksum
 /// over part of the download says nothing.
@@ -491,8 +471,8 @@ fn verify(
     complete: bool,
     source: Checksum,
     decoded: Result<decode::Digests, decode::DecodeError>,
-    uploaded: Result<upload::Uploaded, StoreError>,
-) -> Result<Verified, PipelineError> {
+    upload_failed: Option<StoreError>,
+) -> Result<decode::Digests, PipelineError> {
     // A corrupt download usually shows first as a decompression error; the source checksum is
     // the more useful message, so it is checked first when there is one.
     if complete && source != job.source_checksum {
@@ -512,7 +492,9 @@ fn verify(
         },
     });
     // An upload failure stops the decoder too; report the cause, not the symptom.
-    let uploaded = uploaded?;
+    if let Some(e) = upload_failed {
+        return Err(e.into());
+    }
     let digests = decoded?;
     if !complete {
         // The decoder finished without reading everything: bytes after the compressed stream.
@@ -530,15 +512,7 @@ fn verify(
             actual: digests.declared,
         });
     }
-    Ok((digests, uploaded))
-}
-
-async fn abort(store: &Arc<dyn Store>, key: &str, upload_id: &Mutex<Option<String>>) {
-    let id = upload_id.lock().unwrap().take();
-    if let Some(id) = id {
-        // Best effort: a failed abort leaves an invisible upload that `doctor` can list.
-        let _ = store.abort_multipart(key, &id).await;
-    }
+    Ok(digests)
 }
 
 /// Streams a stored object back and hashes it: in `algorithm`, in sha256, and its size. Memory

@@ -1,12 +1,13 @@
 //! The upload stage: parts go up with a bounded number in flight; nothing is completed here.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use labctl_store::{PutOptions, Store, StoreError, UploadedPart};
+use labctl_store::pending::PendingUpload;
+use labctl_store::{ObjectMeta, PutOptions, Store, StoreError, UploadedPart};
 
 pub struct Part {
     pub number: u32,
@@ -15,29 +16,84 @@ pub struct Part {
     pub last: bool,
 }
 
+/// What was uploaded, not yet visible: made visible by [`Uploaded::publish`] after
+/// verification, or discarded. Dropped without either, a multipart upload is still aborted (by
+/// its [`PendingUpload`]).
 pub enum Uploaded {
     /// Everything fit in one part: PUT it (after verification) instead of a multipart upload.
     Small(Bytes),
     Multipart {
-        upload_id: String,
+        upload: PendingUpload,
         parts: Vec<UploadedPart>,
     },
 }
 
-/// Uploads parts as they arrive. The id of a started multipart upload is published in
-/// `upload_id` at once, so the caller can abort it whatever happens here.
+impl Uploaded {
+    /// Makes the object visible: completes the multipart upload, or PUTs the single part.
+    pub async fn publish(
+        self,
+        store: &Arc<dyn Store>,
+        key: &str,
+        options: PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
+        match self {
+            Uploaded::Small(bytes) => store.put(key, bytes, options).await,
+            Uploaded::Multipart { upload, parts } => upload.complete(parts).await,
+        }
+    }
+
+    /// Verification failed: nothing becomes visible, and the parts are aborted now (a failed
+    /// abort is reported; the next apply aborts the upload).
+    pub async fn discard(self) {
+        if let Uploaded::Multipart { upload, .. } = self {
+            if let Err(failed) = upload.abort().await {
+                eprintln!("warning: {failed}: {}", failed.source);
+            }
+        }
+    }
+}
+
+/// Uploads parts as they arrive. A multipart upload it started is aborted before an error is
+/// returned.
 pub async fn run(
     store: Arc<dyn Store>,
     key: String,
     options: PutOptions,
+    rx: mpsc::Receiver<Part>,
+    in_flight: usize,
+) -> Result<Uploaded, StoreError> {
+    let mut upload: Option<PendingUpload> = None;
+    match upload_parts(&store, &key, &options, rx, in_flight, &mut upload).await {
+        Ok(Collected::Small(small)) => Ok(Uploaded::Small(small)),
+        Ok(Collected::Parts(parts)) => match upload {
+            Some(upload) => Ok(Uploaded::Multipart { upload, parts }),
+            // The decoder stopped before sending anything; its error explains why.
+            None => Ok(Uploaded::Small(Bytes::new())),
+        },
+        Err(e) => {
+            if let Some(upload) = upload {
+                if let Err(failed) = upload.abort().await {
+                    eprintln!("warning: {failed}: {}", failed.source);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Starts the multipart upload in `upload` when there is more than one part, so that [`run`]
+/// holds it whatever happens here.
+async fn upload_parts(
+    store: &Arc<dyn Store>,
+    key: &str,
+    options: &PutOptions,
     mut rx: mpsc::Receiver<Part>,
     in_flight: usize,
-    upload_id: Arc<Mutex<Option<String>>>,
-) -> Result<Uploaded, StoreError> {
+    upload: &mut Option<PendingUpload>,
+) -> Result<Collected, StoreError> {
     let slots = Arc::new(Semaphore::new(in_flight.max(1)));
     let mut tasks: JoinSet<Result<UploadedPart, StoreError>> = JoinSet::new();
     let mut parts = Vec::new();
-    let mut id: Option<String> = None;
     loop {
         // Take a slot before receiving, so the decoder waits while all slots are busy: that is
         // what bounds memory.
@@ -46,25 +102,18 @@ pub async fn run(
             break;
         };
         if part.number == 1 && part.last {
-            return Ok(Uploaded::Small(part.data));
+            return Ok(Collected::Small(part.data));
         }
         if part.last && part.data.is_empty() {
             break;
         }
-        let upload = match &id {
-            Some(id) => id.clone(),
-            None => {
-                let new = store.create_multipart(&key, options.clone()).await?;
-                *upload_id.lock().unwrap() = Some(new.clone());
-                id = Some(new.clone());
-                new
-            }
-        };
-        let (store, key) = (store.clone(), key.clone());
+        if upload.is_none() {
+            *upload = Some(PendingUpload::start(store.clone(), key, options.clone()).await?);
+        }
+        let id = upload.as_ref().expect("started above").id().to_string();
+        let (store, key) = (store.clone(), key.to_string());
         tasks.spawn(async move {
-            let result = store
-                .upload_part(&key, &upload, part.number, part.data)
-                .await;
+            let result = store.upload_part(&key, &id, part.number, part.data).await;
             drop(permit);
             result
         });
@@ -78,9 +127,12 @@ pub async fn run(
     while let Some(done) = tasks.join_next().await {
         parts.push(done.expect("upload task panicked")?);
     }
-    match id {
-        Some(upload_id) => Ok(Uploaded::Multipart { upload_id, parts }),
-        // The decoder stopped before sending anything; its error explains why.
-        None => Ok(Uploaded::Small(Bytes::new())),
-    }
+    Ok(Collected::Parts(parts))
+}
+
+enum Collected {
+    /// One small part: no multipart upload was started.
+    Small(Bytes),
+    /// The parts uploaded into the pending upload (none if the stream stopped first).
+    Parts(Vec<UploadedPart>),
 }
