@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use labctl_transfer::progress::{Progress, Silent};
+pub use labctl_transfer::progress::{Outcome, Progress, Silent};
 
 /// Chooses bars for a terminal on stderr, lines otherwise.
 pub fn for_stderr() -> Box<dyn Progress> {
@@ -78,9 +78,9 @@ impl Progress for Bars {
         }
     }
 
-    fn finish(&self, image: &str, message: &str) {
+    fn finish(&self, image: &str, outcome: &Outcome) {
         if let Some(bar) = self.bars.lock().unwrap().remove(image) {
-            bar.finish_with_message(message.to_string());
+            bar.finish_with_message(outcome.status());
         }
     }
 }
@@ -185,7 +185,8 @@ impl Progress for Lines {
         }
     }
 
-    fn finish(&self, image: &str, message: &str) {
+    fn finish(&self, image: &str, outcome: &Outcome) {
+        let message = outcome.status();
         let state = self.state.lock().unwrap().remove(image);
         let took = state
             .map(|s| format!(" in {:.1}s", s.started.elapsed().as_secs_f64()))

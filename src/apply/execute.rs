@@ -38,13 +38,7 @@ pub struct ApplyContext {
     pub ci_run: Option<crate::state::record::CiRun>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Unchanged,
-    Done(String),
-    Failed(String),
-    Skipped(String),
-}
+pub use crate::progress::Outcome;
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -103,9 +97,9 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
                 .find(|d| matches!(finished[d.as_str()], Finished::Failed))
             {
                 let why = format!("dependency {failed} failed");
-                ctx.progress
-                    .finish(&change.name, &format!("skipped: {why}"));
-                outcomes[i] = Some(Outcome::Skipped(why));
+                let outcome = Outcome::Skipped(why);
+                ctx.progress.finish(&change.name, &outcome);
+                outcomes[i] = Some(outcome);
                 finished.insert(change.name.clone(), Finished::Failed);
                 continue;
             }
@@ -168,15 +162,16 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
         let change = &changes[i];
         match result {
             Ok((message, checksum)) => {
-                ctx.progress.finish(&change.name, &message);
-                outcomes[i] = Some(Outcome::Done(message));
+                let outcome = Outcome::Done(message);
+                ctx.progress.finish(&change.name, &outcome);
+                outcomes[i] = Some(outcome);
                 finished.insert(change.name.clone(), Finished::Ok(checksum));
             }
             Err(e) => {
                 let text = format!("{e:#}");
-                ctx.progress
-                    .finish(&change.name, &format!("failed: {text}"));
-                outcomes[i] = Some(Outcome::Failed(text));
+                let outcome = Outcome::Failed(text);
+                ctx.progress.finish(&change.name, &outcome);
+                outcomes[i] = Some(outcome);
                 finished.insert(change.name.clone(), Finished::Failed);
             }
         }

@@ -269,11 +269,6 @@ async fn finish(
         None => false,
     };
     if crate::github::active() {
-        for (name, _, outcome) in &report.results {
-            if let Outcome::Failed(msg) = outcome {
-                crate::github::error(&format!("labctl apply: {name}"), msg);
-            }
-        }
         crate::github::summary(&summary_markdown(report));
         crate::github::plan_outputs(&plan.summary);
     }
@@ -373,6 +368,12 @@ fn print_summary(report: &Report) {
             }
             Outcome::Failed(msg) => {
                 *counts.entry("failed").or_default() += 1;
+                // In GitHub Actions the annotation is the failure's line: shown in the log and on
+                // the run's page, once.
+                if crate::github::active() {
+                    crate::github::error(&format!("labctl apply: {name}"), msg);
+                    continue;
+                }
                 format!("  {} {name}: {msg}", style("✗").red())
             }
             Outcome::Skipped(msg) => {

@@ -87,7 +87,10 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
                 .hint("the source changed or the pinned checksum is wrong; fix `source.checksum` (or set it to `pin`) first");
             }
         }
-        progress.finish(&image.name, "hashed");
+        progress.finish(
+            &image.name,
+            &crate::progress::Outcome::Done("hashed".into()),
+        );
         let pinned = Pinned {
             image: image.name.clone(),
             checksum: needs_checksum.then(|| source.clone()),

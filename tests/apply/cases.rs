@@ -166,6 +166,11 @@ fn mismatch_case(backend: Backend, wrong_source: bool) {
         );
     }
     assert!(run.stdout.contains("✗ big"), "{text}");
+    assert_eq!(
+        text.matches(&format!("expected {wrong}")).count(),
+        1,
+        "the failure is told once, in the summary: {text}"
+    );
     assert!(
         lab.head(".labctl/lock.json").is_none(),
         "the lock is released after a failure"

@@ -266,6 +266,12 @@ fn github_outputs_summaries_and_groups(backend: Backend) {
         "{}",
         apply.output()
     );
+    assert_eq!(
+        apply.output().matches("checksum mismatch").count(),
+        1,
+        "a failure is told once, in its annotation: {}",
+        apply.output()
+    );
     assert!(std::fs::read_to_string(&summary)
         .unwrap()
         .contains("### labctl apply"));

@@ -8,7 +8,9 @@ pub trait Progress: Send + Sync {
     fn advance(&self, image: &str, bytes: u64);
     /// The transfer starts over (a server ignored `Range`).
     fn restart(&self, image: &str, total: Option<u64>, why: &str);
-    fn finish(&self, image: &str, message: &str);
+    /// The image's work is over. Each view shows this once; the text of a failure is left to
+    /// the summary (or the annotation), so it is printed once in every view.
+    fn finish(&self, image: &str, outcome: &Outcome);
     /// A line of a build's output, prefixed with the image name.
     fn line(&self, image: &str, line: &str);
 }
@@ -21,5 +23,27 @@ impl Progress for Silent {
     fn start(&self, _: &str, _: &str, _: Option<u64>) {}
     fn advance(&self, _: &str, _: u64) {}
     fn restart(&self, _: &str, _: Option<u64>, _: &str) {}
-    fn finish(&self, _: &str, _: &str) {}
+    fn finish(&self, _: &str, _: &Outcome) {}
+}
+
+/// How one image's work ended: the typed event every view renders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Unchanged,
+    /// What was done (`created (N bytes, sha256:…)`).
+    Done(String),
+    Failed(String),
+    Skipped(String),
+}
+
+impl Outcome {
+    /// The short status a progress view shows: a failure's text is the summary's to print.
+    pub fn status(&self) -> String {
+        match self {
+            Outcome::Unchanged => "unchanged".into(),
+            Outcome::Done(what) => what.clone(),
+            Outcome::Failed(_) => "failed".into(),
+            Outcome::Skipped(why) => format!("skipped: {why}"),
+        }
+    }
 }
