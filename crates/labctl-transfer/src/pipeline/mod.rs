@@ -158,41 +158,83 @@ pub async fn publish_http(
     }
 }
 
-async fn attempt(
-    store: &Arc<dyn Store>,
-    download: &mut Download,
-    job: &HttpJob,
-    settings: &Settings,
-    progress: &dyn Progress,
-    cancel: watch::Receiver<bool>,
-) -> Result<Attempt, PipelineError> {
-    let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
-    let (tx_parts, rx_parts) = mpsc::channel::<upload::Part>(1);
-    let (compression, algorithm, part_size) =
-        (job.decompress, job.expected.algorithm, settings.part_size);
-    let decoder = tokio::task::spawn_blocking(move || {
-        decode::run(rx_in, tx_parts, compression, algorithm, part_size)
-    });
-    let uploader = tokio::spawn(upload::run(
-        store.clone(),
-        job.key.clone(),
-        PutOptions {
-            user_metadata: job.user_metadata.clone(),
-            ..Default::default()
-        },
-        rx_parts,
-        settings.parts_in_flight,
-    ));
+/// Where the decoded bytes go.
+enum Sink<'a> {
+    /// Uploaded in parts to `key`, invisible until published.
+    Upload {
+        store: &'a Arc<dyn Store>,
+        key: &'a str,
+        options: PutOptions,
+        in_flight: usize,
+    },
+    /// Hashed only (`labctl pin`).
+    Hash,
+}
 
-    let mut source = Hasher::new(job.source_checksum.algorithm);
+/// One pass over a download: the transfer loop every HTTP image goes through, publishing or
+/// only hashing. The download feeds the source hash (and a signature check), a blocking decoder
+/// hashes and cuts the output into parts, and the sink uploads or drops them.
+struct Pass {
+    source: Checksum,
+    /// Whether the whole download was read: only then does `source` mean anything.
+    complete: bool,
+    decoded: Result<decode::Digests, decode::DecodeError>,
+    /// `None` for [`Sink::Hash`].
+    uploaded: Option<Result<upload::Uploaded, StoreError>>,
+    signature_ok: Option<bool>,
+}
+
+enum Step {
+    Passed(Pass),
+    /// The server sent the whole body again: start over.
+    Restart,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    download: &mut Download,
+    image: &str,
+    source_algorithm: labctl_core::checksum::Algorithm,
+    decompress: Option<Compression>,
+    output_algorithm: labctl_core::checksum::Algorithm,
+    part_size: usize,
+    sink: Sink<'_>,
+    minisign: Option<&labctl_core::signature::MinisignCheck>,
+    progress: &dyn Progress,
+    cancel: &watch::Receiver<bool>,
+) -> Result<Step, PipelineError> {
+    let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
+    let (tx_parts, mut rx_parts) = mpsc::channel::<upload::Part>(1);
+    let decoder = tokio::task::spawn_blocking(move || {
+        decode::run(rx_in, tx_parts, decompress, output_algorithm, part_size)
+    });
+    let uploader = match sink {
+        Sink::Upload {
+            store,
+            key,
+            options,
+            in_flight,
+        } => Some(tokio::spawn(upload::run(
+            store.clone(),
+            key.to_string(),
+            options,
+            rx_parts,
+            in_flight,
+        ))),
+        Sink::Hash => {
+            tokio::spawn(async move { while rx_parts.recv().await.is_some() {} });
+            None
+        }
+    };
+
+    let mut source = Hasher::new(source_algorithm);
     // Checked (mode and key) before the download started; here it only hashes.
-    let mut signature = match &job.minisign {
+    let mut signature = match minisign {
         Some(check) => Some(check.verifier().map_err(PipelineError::Signature)?),
         None => None,
     };
     let mut failure: Option<PipelineError> = None;
     let mut restart = false;
-    // Whether the whole download went through: only then does its checksum mean anything.
     let mut complete = false;
     loop {
         if *cancel.borrow() {
@@ -205,7 +247,7 @@ async fn attempt(
                 if let Some(v) = signature.as_mut() {
                     v.update(&bytes);
                 }
-                progress.advance(&job.image, bytes.len() as u64);
+                progress.advance(image, bytes.len() as u64);
                 if tx_in.send(Ok(bytes)).await.is_err() {
                     break; // the decoder stopped; its result says why
                 }
@@ -229,50 +271,94 @@ async fn attempt(
     }
     drop(tx_in);
     let decoded = decoder.await.expect("decoder thread panicked");
-    let uploaded = uploader.await.expect("uploader task panicked");
+    let uploaded = match uploader {
+        Some(task) => Some(task.await.expect("uploader task panicked")),
+        None => None,
+    };
+    let discard = |uploaded: Option<Result<upload::Uploaded, StoreError>>| async move {
+        if let Some(Ok(u)) = uploaded {
+            u.discard().await;
+        }
+    };
+    if let Some(e) = failure {
+        discard(uploaded).await;
+        return Err(e);
+    }
+    if restart {
+        discard(uploaded).await;
+        return Ok(Step::Restart);
+    }
+    Ok(Step::Passed(Pass {
+        source: source.finish(),
+        complete,
+        decoded,
+        uploaded,
+        signature_ok: signature.as_mut().map(|s| s.finalize().is_ok()),
+    }))
+}
 
-    // Verified against the hashes first; only then does anything become visible. Every other
-    // way out discards what was uploaded (and a dropped future's upload aborts itself).
-    let (uploaded, upload_failed) = match uploaded {
+/// One attempt at publishing: a pass, then verification, then (only then) visibility.
+async fn attempt(
+    store: &Arc<dyn Store>,
+    download: &mut Download,
+    job: &HttpJob,
+    settings: &Settings,
+    progress: &dyn Progress,
+    cancel: watch::Receiver<bool>,
+) -> Result<Attempt, PipelineError> {
+    let options = PutOptions {
+        user_metadata: job.user_metadata.clone(),
+        ..Default::default()
+    };
+    let sink = Sink::Upload {
+        store,
+        key: &job.key,
+        options: options.clone(),
+        in_flight: settings.parts_in_flight,
+    };
+    let pass = match stream(
+        download,
+        &job.image,
+        job.source_checksum.algorithm,
+        job.decompress,
+        job.expected.algorithm,
+        settings.part_size,
+        sink,
+        job.minisign.as_ref(),
+        progress,
+        &cancel,
+    )
+    .await?
+    {
+        Step::Restart => return Ok(Attempt::Restart),
+        Step::Passed(pass) => pass,
+    };
+    let (uploaded, upload_failed) = match pass.uploaded.expect("the upload sink uploads") {
         Ok(u) => (Some(u), None),
         Err(e) => (None, Some(e)),
     };
-    let checked = match (failure, restart) {
-        (Some(e), _) => Err(Some(e)),
-        (None, true) => Err(None),
-        (None, false) => verify(job, complete, source.finish(), decoded, upload_failed)
-            .and_then(|d| {
+    // Verified against the hashes first; only then does anything become visible. Every other
+    // way out discards what was uploaded (and a dropped future's upload aborts itself).
+    let checked =
+        verify(job, pass.complete, pass.source, pass.decoded, upload_failed).and_then(|digests| {
+            match (&job.minisign, pass.signature_ok) {
                 // The signature is checked after the checksum, before anything becomes visible.
-                let verified = signature.as_mut().is_none_or(|s| s.finalize().is_ok());
-                match &job.minisign {
-                    Some(check) if !verified => Err(PipelineError::Signature(check.bad())),
-                    _ => Ok(d),
-                }
-            })
-            .map_err(Some),
-    };
+                (Some(check), Some(false)) => Err(PipelineError::Signature(check.bad())),
+                _ => Ok(digests),
+            }
+        });
     let digests = match checked {
         Ok(digests) => digests,
-        Err(why) => {
+        Err(e) => {
             if let Some(u) = uploaded {
                 u.discard().await;
             }
-            return match why {
-                Some(e) => Err(e),
-                None => Ok(Attempt::Restart),
-            };
+            return Err(e);
         }
     };
     let object = uploaded
         .expect("verified only with an upload")
-        .publish(
-            store,
-            &job.key,
-            PutOptions {
-                user_metadata: job.user_metadata.clone(),
-                ..Default::default()
-            },
-        )
+        .publish(store, &job.key, options)
         .await?;
     Ok(Attempt::Done(Box::new(Published {
         checksum: digests.declared,
@@ -382,7 +468,8 @@ pub async fn publish_file(
 }
 
 /// Downloads `url` once and hashes it, and, with `decompress`, its decompressed output: what
-/// `labctl pin` writes into the manifest. Nothing is stored.
+/// `labctl pin` writes into the manifest. Nothing is stored. The same transfer loop as
+/// publishing, with a sink that only hashes.
 pub async fn hash_download(
     client: reqwest::Client,
     image: &str,
@@ -394,68 +481,51 @@ pub async fn hash_download(
 ) -> Result<(Checksum, Option<Checksum>), PipelineError> {
     let mut download = Download::start(client, url, settings.retry).await?;
     progress.start(image, "downloading to pin its checksum", download.total());
-    'attempt: for _ in 0..=MAX_RESTARTS {
-        let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
-        let (tx_parts, mut rx_parts) = mpsc::channel::<upload::Part>(1);
-        let decoder = decompress.map(|format| {
-            tokio::task::spawn_blocking(move || {
-                decode::run(
-                    rx_in,
-                    tx_parts,
-                    Some(format),
-                    labctl_core::checksum::Algorithm::Sha256,
-                    MIB,
-                )
-            })
-        });
-        // Output parts are only hashed; drop them as they come.
-        let drain = tokio::spawn(async move { while rx_parts.recv().await.is_some() {} });
-        let mut tx_in = decoder.is_some().then_some(tx_in);
-        let mut source = Hasher::new(source_algorithm);
-        loop {
-            match download.next().await? {
-                Some(Chunk::Data(bytes)) => {
-                    source.update(&bytes);
-                    progress.advance(image, bytes.len() as u64);
-                    if let Some(tx) = &tx_in {
-                        if tx.send(Ok(bytes)).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                Some(Chunk::Restart) => {
-                    if let Some(tx) = tx_in.take() {
-                        let _ = tx.send(Err(())).await;
-                    }
-                    if let Some(d) = decoder {
-                        let _ = d.await;
-                    }
-                    drain.abort();
-                    progress.restart(
-                        image,
-                        download.total(),
-                        "the server does not support resuming; starting over",
-                    );
-                    continue 'attempt;
-                }
-                None => break,
+    let (_never, cancel) = watch::channel(false);
+    for _ in 0..=MAX_RESTARTS {
+        let step = stream(
+            &mut download,
+            image,
+            source_algorithm,
+            decompress,
+            labctl_core::checksum::Algorithm::Sha256,
+            MIB,
+            Sink::Hash,
+            None,
+            progress,
+            &cancel,
+        )
+        .await?;
+        let pass = match step {
+            Step::Restart => {
+                progress.restart(
+                    image,
+                    download.total(),
+                    "the server does not support resuming; starting over",
+                );
+                continue;
             }
-        }
-        drop(tx_in);
-        let output = match decoder {
-            None => None,
-            Some(d) => match d.await.expect("decoder thread panicked") {
-                Ok(digests) => Some(digests.declared),
-                Err(decode::DecodeError::Corrupt { format, message }) => {
-                    return Err(PipelineError::Decompress { format, message })
-                }
-                Err(decode::DecodeError::UploadStopped) => {
-                    unreachable!("the drain never stops early")
-                }
-            },
+            Step::Passed(pass) => pass,
         };
-        let _ = drain.await;
-        return Ok((source.finish(), output));
+        let output = match (decompress, pass.decoded) {
+            (None, _) => None,
+            (Some(_), Ok(digests)) => Some(digests.declared),
+            (Some(_), Err(decode::DecodeError::Corrupt { format, message })) => {
+                return Err(PipelineError::Decompress { format, message })
+            }
+            (Some(_), Err(decode::DecodeError::UploadStopped)) => {
+                unreachable!("the hashing sink never stops early")
+            }
+        };
+        if !pass.complete {
+            return Err(PipelineError::Decompress {
+                format: decompress.map_or("raw", Compression::name),
+                message: format!(
+                    "the compressed stream ended before the download from {url} did: it has trailing data"
+                ),
+            });
+        }
+        return Ok((pass.source, output));
     }
     Err(PipelineError::TooManyRestarts {
         url: url.to_string(),
