@@ -5,18 +5,11 @@ use std::io::Write;
 
 /// The GitHub Actions run this process belongs to, if any.
 pub fn ci_run() -> Option<labctl_core::state::record::CiRun> {
-    let id = std::env::var("GITHUB_RUN_ID").ok()?;
-    let server = std::env::var("GITHUB_SERVER_URL").ok();
-    let repository = std::env::var("GITHUB_REPOSITORY").ok();
-    Some(labctl_core::state::record::CiRun::github(
-        id,
-        server.as_deref(),
-        repository.as_deref(),
-    ))
+    crate::settings::env().ci_run.clone()
 }
 
 pub fn active() -> bool {
-    std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true")
+    crate::settings::env().github.is_some()
 }
 
 /// Escapes a workflow command's message.
@@ -54,8 +47,8 @@ pub fn group(title: &str, lines: &[String]) {
     }
 }
 
-fn append(var: &str, text: &str) -> std::io::Result<()> {
-    let Some(path) = std::env::var_os(var) else {
+fn append(file: Option<&std::path::Path>, text: &str) -> std::io::Result<()> {
+    let Some(path) = file else {
         return Ok(());
     };
     let mut file = std::fs::OpenOptions::new()
@@ -65,10 +58,22 @@ fn append(var: &str, text: &str) -> std::io::Result<()> {
     file.write_all(text.as_bytes())
 }
 
+fn step_summary() -> Option<&'static std::path::Path> {
+    crate::settings::env()
+        .github
+        .as_ref()?
+        .step_summary
+        .as_deref()
+}
+
+fn output_file() -> Option<&'static std::path::Path> {
+    crate::settings::env().github.as_ref()?.output.as_deref()
+}
+
 /// Appends markdown to the job summary (`$GITHUB_STEP_SUMMARY`).
 pub fn summary(markdown: &str) {
     if active() {
-        if let Err(e) = append("GITHUB_STEP_SUMMARY", &format!("{markdown}\n")) {
+        if let Err(e) = append(step_summary(), &format!("{markdown}\n")) {
             eprintln!("warning: cannot write the job summary: {e}");
         }
     }
@@ -81,7 +86,7 @@ pub fn outputs(pairs: &[(&str, String)]) {
             .iter()
             .map(|(k, v)| format!("{k}={}\n", v.replace(['\n', '\r'], " ")))
             .collect();
-        if let Err(e) = append("GITHUB_OUTPUT", &text) {
+        if let Err(e) = append(output_file(), &text) {
             eprintln!("warning: cannot write step outputs: {e}");
         }
     }

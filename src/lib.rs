@@ -15,6 +15,7 @@ pub mod github;
 pub mod interrupt;
 pub mod manifest_dir;
 pub mod progress;
+pub mod settings;
 
 pub use labctl_core::{
     checksum, consumer_index, diagnostic, drift, graph, pin, plan, render, spec, timefmt, units,
@@ -41,11 +42,12 @@ pub mod signing {
     /// The signer for `public_key`, with the secret key (and its password, if encrypted) from
     /// `LABCTL_MINISIGN_SECRET_KEY` / `LABCTL_MINISIGN_PASSWORD`.
     pub fn from_env(public_key: &str) -> Result<IndexSigner, SigningError> {
-        let secret = std::env::var(SECRET_KEY_VAR)
-            .ok()
-            .filter(|v| !v.trim().is_empty());
-        let password = std::env::var(PASSWORD_VAR).ok().filter(|v| !v.is_empty());
-        IndexSigner::from_parts(public_key, secret.as_deref(), password.as_deref())
+        let env = crate::settings::env();
+        IndexSigner::from_parts(
+            public_key,
+            env.signing_key.as_deref(),
+            env.signing_password.as_deref(),
+        )
     }
 }
 

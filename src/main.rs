@@ -63,7 +63,7 @@ async fn read_only(command: &Command) -> Result<ExitCode, labctl::failure::Failu
 
 /// Colors only for a terminal, and never when `NO_COLOR` is set (https://no-color.org).
 fn configure_colors() {
-    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let no_color = labctl::settings::env().no_color;
     console::set_colors_enabled(!no_color && console::Term::stdout().is_term());
     console::set_colors_enabled_stderr(!no_color && console::Term::stderr().is_term());
 }

@@ -238,6 +238,7 @@ fn plan_and_render(desired: &[Desired], actual: &ActualState, prune: bool) -> Op
 }
 
 #[test]
+#[allow(clippy::disallowed_methods)] // the test's own knobs
 fn no_mutated_manifest_record_or_plan_panics() {
     let seed: u64 = std::env::var("LABCTL_MUTATION_SEED")
         .ok()

@@ -10,7 +10,7 @@ pub use labctl_transfer::progress::{Outcome, Progress, Silent};
 
 /// Chooses bars for a terminal on stderr, lines otherwise.
 pub fn for_stderr() -> Box<dyn Progress> {
-    if console::Term::stderr().is_term() && std::env::var_os("CI").is_none() {
+    if console::Term::stderr().is_term() && !crate::settings::env().ci {
         Box::new(Bars::new())
     } else {
         Box::new(Lines::new(Duration::from_secs(30)))

@@ -36,6 +36,8 @@ pub struct ApplyContext {
     pub base_dir: std::path::PathBuf,
     /// The CI run every record written names.
     pub ci_run: Option<crate::state::record::CiRun>,
+    /// Never printed: what build output has redacted.
+    pub secrets: Vec<String>,
 }
 
 pub use crate::progress::Outcome;
@@ -713,6 +715,7 @@ async fn publish_packer(
         &template,
         &resolved,
         artifact,
+        &ctx.secrets,
         ctx.progress.as_ref(),
         ctx.cancel.clone(),
     )

@@ -122,7 +122,7 @@ fn hostname() -> String {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| crate::settings::env().hostname.clone())
         .unwrap_or_else(|| "unknown-host".into())
 }
 
@@ -135,9 +135,10 @@ fn new_info(operation: &str) -> LockInfo {
     let id_seed = format!("{host}-{}-{nanos}", std::process::id());
     LockInfo {
         id: crate::checksum::Checksum::sha256(id_seed.as_bytes()).hex()[..16].to_string(),
-        holder: std::env::var("GITHUB_ACTOR")
-            .or_else(|_| std::env::var("USER"))
-            .unwrap_or_else(|_| "unknown".into()),
+        holder: crate::settings::env()
+            .user
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
         host,
         pid: std::process::id(),
         operation: operation.to_string(),

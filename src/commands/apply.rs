@@ -165,6 +165,16 @@ async fn locked(
             .collect::<HashMap<_, _>>(),
         base_dir: manifest.base_dir.clone(),
         ci_run: crate::github::ci_run(),
+        secrets: {
+            let env = crate::settings::env();
+            crate::source::packer::redactions(
+                env.packer_secrets
+                    .iter()
+                    .chain(&env.signing_key)
+                    .chain(&env.signing_password)
+                    .map(String::as_str),
+            )
+        },
     });
     // Not raced with the signal: on one, execute stops starting images and every transfer aborts
     // its own multipart upload before this returns.

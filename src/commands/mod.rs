@@ -27,8 +27,7 @@ pub const EXIT_CHANGES: u8 = 2;
 /// The rules that depend on the environment (test-only loopback sources).
 pub fn rules_from_env() -> Rules {
     Rules {
-        allow_insecure_loopback: std::env::var("LABCTL_ALLOW_INSECURE_LOOPBACK").as_deref()
-            == Ok("1"),
+        allow_insecure_loopback: crate::settings::env().allow_insecure_loopback,
         allow_pin: false,
     }
 }
@@ -58,37 +57,48 @@ pub fn optional_manifest(path: &Path) -> Result<Option<Manifest>, Failure> {
 }
 
 /// Opens the store named by `--store`/`LABCTL_STORE`, else `E2_BUCKET`, else the manifest's
-/// `spec.store`. `E2_ENDPOINT` overrides the manifest's endpoint.
+/// `spec.store`.
+///
+/// A store named outside the manifest is taken whole from there: `--store s3://BUCKET/PREFIX`
+/// or `E2_BUCKET` use `E2_ENDPOINT` and `E2_REGION` (else `AWS_REGION`), never the manifest's
+/// endpoint or region, which describe the manifest's own bucket. With the manifest's store,
+/// `E2_ENDPOINT` and `E2_REGION` still override its endpoint and region (a mirror of the same
+/// bucket elsewhere).
 pub async fn open_store(
     flag: Option<&str>,
     manifest: Option<&Manifest>,
 ) -> Result<Arc<dyn Store>, Failure> {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let env = &crate::settings::env().store;
     let from_manifest = manifest
         .and_then(|m| m.store.as_ref())
         .map(StoreLocation::from_config);
-    let location = match flag {
-        Some(url) => StoreLocation::parse(url)?,
-        None => match (env("E2_BUCKET"), from_manifest) {
-            (Some(bucket), Some(StoreLocation::S3 { prefix, endpoint, region, .. })) => StoreLocation::S3 {
+    let location = match (flag, &env.bucket, from_manifest) {
+        (Some(url), _, _) => StoreLocation::parse(url)?,
+        (None, Some(bucket), _) => StoreLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: None,
+            endpoint: None,
+            region: None,
+        },
+        (
+            None,
+            None,
+            Some(StoreLocation::S3 {
                 bucket,
                 prefix,
                 endpoint,
                 region,
-            },
-            (Some(bucket), _) => StoreLocation::S3 {
-                bucket,
-                prefix: None,
-                endpoint: None,
-                region: None,
-            },
-            (None, Some(location)) => location,
-            (None, None) => {
-                return Err(anyhow::anyhow!("no store given")).hint(
-                    "pass --store DIR or s3://BUCKET, set LABCTL_STORE, or add spec.store to the manifest",
-                )
-            }
+            }),
+        ) => StoreLocation::S3 {
+            bucket,
+            prefix,
+            endpoint: env.endpoint.clone().or(endpoint),
+            region: env.region.clone().or(region),
         },
+        (None, None, Some(location)) => location,
+        (None, None, None) => return Err(anyhow::anyhow!("no store given")).hint(
+            "pass --store DIR or s3://BUCKET, set LABCTL_STORE, or add spec.store to the manifest",
+        ),
     };
     match location {
         StoreLocation::Dir(dir) => {
@@ -107,19 +117,17 @@ pub async fn open_store(
             endpoint,
             region,
         } => {
-            // The manifest's endpoint and region apply to its own bucket and to --store s3://…
-            let config = manifest.and_then(|m| m.store.as_ref()).map(|c| &c.s3);
             let settings = S3Settings {
                 bucket,
                 prefix,
-                endpoint: env("E2_ENDPOINT")
-                    .or(endpoint)
-                    .or_else(|| config.and_then(|c| c.endpoint.clone())),
-                region: region.or_else(|| config.and_then(|c| c.region.clone())),
+                endpoint: endpoint.or_else(|| env.endpoint.clone()),
+                region: region.or_else(|| env.region.clone()),
             };
-            let store = S3Store::connect(settings)
-                .await
+            let keys = env
+                .keys
+                .clone()
                 .hint("set both E2_ACCESS_KEY and E2_SECRET_KEY, or neither to use the AWS credential chain")?;
+            let store = S3Store::connect_with(settings, keys).await?;
             Ok(Arc::new(store))
         }
     }

@@ -508,8 +508,8 @@ fn store_refusal_mid_upload_names_its_cause(backend: Backend) {
     let run = lab.labctl(&["apply", "--auto-approve", "--part-size", "5"]);
     assert_eq!(run.code, 1, "{}", run.output());
     assert!(
-        run.stderr
-            .contains("upload part `images/test/a.img` failed: AccessDenied (HTTP 403)"),
+        run.stdout
+            .contains("✗ a: upload part `images/test/a.img` failed: AccessDenied (HTTP 403)"),
         "{}",
         run.output()
     );

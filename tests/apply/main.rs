@@ -1,5 +1,7 @@
 //! `labctl apply` end to end: the built binary against real S3-compatible servers (s3s-fs, moto)
 //! and the filesystem store, fetching images from a fixture HTTP server that injects faults.
+// The suite reads its own configuration (server caches, paths) from the environment.
+#![allow(clippy::disallowed_methods)]
 
 #[path = "../support/mod.rs"]
 mod support;

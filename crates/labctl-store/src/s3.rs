@@ -48,27 +48,9 @@ pub struct S3Store {
 pub enum S3ConfigError {
     #[error("store endpoint `{0}` must use https:// (plain http is accepted only on loopback addresses)")]
     InsecureEndpoint(String),
-    #[error("E2_ACCESS_KEY is set but E2_SECRET_KEY is not (or the other way round)")]
-    HalfCredentials,
 }
 
 impl S3Store {
-    /// Connects with `E2_ACCESS_KEY`/`E2_SECRET_KEY` when set, else the AWS credential chain.
-    pub async fn connect(settings: S3Settings) -> std::result::Result<S3Store, S3ConfigError> {
-        let key = std::env::var("E2_ACCESS_KEY")
-            .ok()
-            .filter(|v| !v.is_empty());
-        let secret = std::env::var("E2_SECRET_KEY")
-            .ok()
-            .filter(|v| !v.is_empty());
-        let keys = match (key, secret) {
-            (Some(k), Some(s)) => Some((k, s)),
-            (None, None) => None,
-            _ => return Err(S3ConfigError::HalfCredentials),
-        };
-        S3Store::connect_with(settings, keys).await
-    }
-
     /// Connects with the given access key and secret, or the AWS credential chain.
     pub async fn connect_with(
         settings: S3Settings,
@@ -81,10 +63,10 @@ impl S3Store {
                 return Err(S3ConfigError::InsecureEndpoint(endpoint.clone()));
             }
         }
+        // The region is the caller's to resolve (flags, environment, manifest).
         let region = settings
             .region
             .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
             .unwrap_or_else(|| "us-east-1".to_string());
         let retry = aws_sdk_s3::config::retry::RetryConfig::standard()
             .with_max_attempts(5)

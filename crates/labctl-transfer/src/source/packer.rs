@@ -42,24 +42,21 @@ pub struct Build {
     pub packer_version: String,
 }
 
-/// Values of `PKR_VAR_*` variables and of the index signing key: never printed.
-pub fn secrets() -> Vec<String> {
-    std::env::vars()
-        .filter(|(k, v)| {
-            (k.starts_with("PKR_VAR_")
-                || k == labctl_core::signing::SECRET_KEY_VAR
-                || k == labctl_core::signing::PASSWORD_VAR)
-                && v.len() >= 4
-        })
-        .flat_map(|(_, v)| {
-            // A key file's lines are printed one at a time, if at all: redact each.
+/// What to redact for these secret values (`PKR_VAR_*`, the index signing key): each value,
+/// and each long line of a multi-line one — a key file's lines are printed one at a time, if at
+/// all. Values too short to be secrets are left out (they would redact ordinary words).
+pub fn redactions<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    values
+        .into_iter()
+        .filter(|v| v.len() >= 4)
+        .flat_map(|v| {
             let lines: Vec<String> = v
                 .lines()
                 .map(str::trim)
                 .filter(|l| l.len() >= 16)
                 .map(str::to_string)
                 .collect();
-            std::iter::once(v).chain(lines)
+            std::iter::once(v.to_string()).chain(lines)
         })
         .collect()
 }
@@ -206,6 +203,7 @@ pub async fn build(
     template: &Path,
     variables: &[(String, String)],
     artifact: &str,
+    secrets: &[String],
     log: &dyn crate::progress::Progress,
     mut cancel: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Build, PackerError> {
@@ -221,7 +219,6 @@ pub async fn build(
         template: template.display().to_string(),
         message: e.to_string(),
     })?;
-    let secrets = secrets();
 
     if declares_plugins(dir.path()) {
         run(
@@ -230,7 +227,7 @@ pub async fn build(
             &["init", "."],
             dir.path(),
             log,
-            &secrets,
+            secrets,
             &mut cancel,
         )
         .await?;
@@ -242,16 +239,7 @@ pub async fn build(
     }
     args.push(".".into());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(
-        image,
-        "build",
-        &args,
-        dir.path(),
-        log,
-        &secrets,
-        &mut cancel,
-    )
-    .await?;
+    run(image, "build", &args, dir.path(), log, secrets, &mut cancel).await?;
 
     let path = dir.path().join(artifact);
     if !path.is_file() {

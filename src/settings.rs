@@ -1,0 +1,111 @@
+//! Everything labctl takes from its environment, read once, when the process starts. Commands,
+//! views and the store connection ask here; no other module reads the environment (the core
+//! crate cannot, by its clippy configuration). Flags are clap's; where a flag and a variable
+//! mean the same thing, clap resolves it (`LABCTL_STORE` is `--store`).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use labctl_core::state::record::CiRun;
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    /// `CI` is set: no progress bars even on a terminal.
+    pub ci: bool,
+    /// `NO_COLOR` is set and not empty (https://no-color.org).
+    pub no_color: bool,
+    /// GitHub Actions (`GITHUB_ACTIONS=true`): annotations, groups, summaries, outputs.
+    pub github: Option<GitHub>,
+    /// The CI run records and locks name (`GITHUB_RUN_ID`, with its URL when known).
+    pub ci_run: Option<CiRun>,
+    /// Who holds a lock: `GITHUB_ACTOR`, else `USER`.
+    pub user: Option<String>,
+    /// `HOSTNAME`, when `/etc/hostname` does not say.
+    pub hostname: Option<String>,
+    /// `LABCTL_ALLOW_INSECURE_LOOPBACK=1`: `http://` sources on loopback (test servers).
+    pub allow_insecure_loopback: bool,
+    pub store: StoreEnv,
+    /// `LABCTL_MINISIGN_SECRET_KEY` / `LABCTL_MINISIGN_PASSWORD`: the index signing key.
+    pub signing_key: Option<String>,
+    pub signing_password: Option<String>,
+    /// Values of `PKR_VAR_*` (secrets for builds): never printed.
+    pub packer_secrets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GitHub {
+    pub output: Option<PathBuf>,
+    pub step_summary: Option<PathBuf>,
+}
+
+/// Where the store is, from the environment. Which wins is documented in the operations guide:
+/// a store named outside the manifest (`--store s3://…`, `E2_BUCKET`) takes nothing from the
+/// manifest's `spec.store`.
+#[derive(Debug, Clone)]
+pub struct StoreEnv {
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    /// `E2_REGION`, else `AWS_REGION`.
+    pub region: Option<String>,
+    /// `E2_ACCESS_KEY` and `E2_SECRET_KEY`; `Err` when only one is set.
+    pub keys: Result<Option<(String, String)>, HalfKeys>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("E2_ACCESS_KEY is set but E2_SECRET_KEY is not (or the other way round)")]
+pub struct HalfKeys;
+
+impl Environment {
+    /// Reads the process environment: the one place that does.
+    #[allow(clippy::disallowed_methods)]
+    pub fn from_process() -> Environment {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let github = (var("GITHUB_ACTIONS").as_deref() == Some("true")).then(|| GitHub {
+            output: var("GITHUB_OUTPUT").map(PathBuf::from),
+            step_summary: var("GITHUB_STEP_SUMMARY").map(PathBuf::from),
+        });
+        let ci_run = var("GITHUB_RUN_ID").map(|id| {
+            CiRun::github(
+                id,
+                var("GITHUB_SERVER_URL").as_deref(),
+                var("GITHUB_REPOSITORY").as_deref(),
+            )
+        });
+        let keys = match (var("E2_ACCESS_KEY"), var("E2_SECRET_KEY")) {
+            (Some(k), Some(s)) => Ok(Some((k, s))),
+            (None, None) => Ok(None),
+            _ => Err(HalfKeys),
+        };
+        let signing_key = std::env::var(labctl_core::signing::SECRET_KEY_VAR)
+            .ok()
+            .filter(|v| !v.trim().is_empty());
+        Environment {
+            ci: std::env::var_os("CI").is_some(),
+            no_color: var("NO_COLOR").is_some(),
+            github,
+            ci_run,
+            user: var("GITHUB_ACTOR").or_else(|| var("USER")),
+            hostname: var("HOSTNAME"),
+            allow_insecure_loopback: var("LABCTL_ALLOW_INSECURE_LOOPBACK").as_deref() == Some("1"),
+            store: StoreEnv {
+                bucket: var("E2_BUCKET"),
+                endpoint: var("E2_ENDPOINT"),
+                region: var("E2_REGION").or_else(|| var("AWS_REGION")),
+                keys,
+            },
+            signing_key,
+            signing_password: var(labctl_core::signing::PASSWORD_VAR),
+            packer_secrets: std::env::vars()
+                .filter(|(k, v)| k.starts_with("PKR_VAR_") && v.len() >= 4)
+                .map(|(_, v)| v)
+                .collect(),
+        }
+    }
+}
+
+static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+
+/// The environment as it was when first asked (at the start of `main`).
+pub fn env() -> &'static Environment {
+    ENVIRONMENT.get_or_init(Environment::from_process)
+}
