@@ -158,6 +158,36 @@ pub async fn publish_http(
     }
 }
 
+/// Where the bytes come from: a download (resumed, perhaps restarted) or a local file (a build
+/// artifact).
+enum Input<'a> {
+    Download(&'a mut Download),
+    File {
+        file: tokio::fs::File,
+        path: &'a std::path::Path,
+    },
+}
+
+impl Input<'_> {
+    async fn next(&mut self) -> Result<Option<Chunk>, PipelineError> {
+        match self {
+            Input::Download(d) => Ok(d.next().await?),
+            Input::File { file, path } => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = bytes::BytesMut::with_capacity(MIB);
+                let n = file
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| PipelineError::Artifact {
+                        path: path.display().to_string(),
+                        message: e.to_string(),
+                    })?;
+                Ok((n > 0).then(|| Chunk::Data(buf.freeze())))
+            }
+        }
+    }
+}
+
 /// Where the decoded bytes go.
 enum Sink<'a> {
     /// Uploaded in parts to `key`, invisible until published.
@@ -171,8 +201,8 @@ enum Sink<'a> {
     Hash,
 }
 
-/// One pass over a download: the transfer loop every HTTP image goes through, publishing or
-/// only hashing. The download feeds the source hash (and a signature check), a blocking decoder
+/// One pass over a download or a file: the transfer loop every image goes through, publishing
+/// or only hashing. The input feeds the source hash (and a signature check), a blocking decoder
 /// hashes and cuts the output into parts, and the sink uploads or drops them.
 struct Pass {
     source: Checksum,
@@ -192,7 +222,7 @@ enum Step {
 
 #[allow(clippy::too_many_arguments)]
 async fn stream(
-    download: &mut Download,
+    mut input: Input<'_>,
     image: &str,
     source_algorithm: labctl_core::checksum::Algorithm,
     decompress: Option<Compression>,
@@ -241,7 +271,7 @@ async fn stream(
             failure = Some(PipelineError::Cancelled);
             break;
         }
-        match download.next().await {
+        match input.next().await {
             Ok(Some(Chunk::Data(bytes))) => {
                 source.update(&bytes);
                 if let Some(v) = signature.as_mut() {
@@ -261,7 +291,7 @@ async fn stream(
                 break;
             }
             Err(e) => {
-                failure = Some(e.into());
+                failure = Some(e);
                 break;
             }
         }
@@ -317,7 +347,7 @@ async fn attempt(
         in_flight: settings.parts_in_flight,
     };
     let pass = match stream(
-        download,
+        Input::Download(download),
         &job.image,
         job.source_checksum.algorithm,
         job.decompress,
@@ -369,9 +399,10 @@ async fn attempt(
     })))
 }
 
-/// Publishes a local file (a build artifact). It is hashed first, so that the object can carry
-/// its checksum as metadata, then uploaded in parallel parts and hashed again on the way: the
-/// upload completes only if the file did not change in between.
+/// Publishes a local file (a build artifact) through the same transfer loop: a first pass
+/// hashes it, so that the object can carry its checksum as metadata; the second uploads it in
+/// parallel parts and hashes it again on the way: the upload completes only if the file did not
+/// change in between.
 pub async fn publish_file(
     store: Arc<dyn Store>,
     path: &std::path::Path,
@@ -381,72 +412,86 @@ pub async fn publish_file(
     settings: &Settings,
     progress: &dyn Progress,
 ) -> Result<Published, PipelineError> {
-    let io = |e: std::io::Error| PipelineError::Artifact {
-        path: path.display().to_string(),
-        message: e.to_string(),
+    let sha256 = labctl_core::checksum::Algorithm::Sha256;
+    let open = || async {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| PipelineError::Artifact {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+        Ok::<_, PipelineError>(Input::File { file, path })
     };
-    let size = std::fs::metadata(path).map_err(io)?.len();
-    progress.start(image, "hashing the artifact", Some(size));
-    let file_path = path.to_path_buf();
-    let first = tokio::task::spawn_blocking(move || -> std::io::Result<Checksum> {
-        let mut hasher = Hasher::new(labctl_core::checksum::Algorithm::Sha256);
-        let mut file = std::fs::File::open(file_path)?;
-        let mut buf = vec![0u8; MIB];
-        loop {
-            let n = std::io::Read::read(&mut file, &mut buf)?;
-            if n == 0 {
-                return Ok(hasher.finish());
-            }
-            hasher.update(&buf[..n]);
-        }
-    })
-    .await
-    .expect("hashing thread panicked")
-    .map_err(io)?;
-    let user_metadata = BTreeMap::from([
-        (labctl_store::META_CHECKSUM.to_string(), first.to_string()),
-        (
-            labctl_store::META_FINGERPRINT.to_string(),
-            fingerprint.to_string(),
-        ),
-    ]);
-    progress.restart(image, Some(size), "uploading the artifact");
-
-    let (tx_parts, rx_parts) = mpsc::channel::<upload::Part>(1);
-    let part_size = settings.part_size;
-    let file_path = path.to_path_buf();
-    let splitter = tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(file_path).map_err(decode::SplitError::Read)?;
-        decode::split(
-            &mut file,
-            &tx_parts,
-            labctl_core::checksum::Algorithm::Sha256,
-            part_size,
-        )
-    });
+    let (_never, cancel) = watch::channel(false);
+    let size = tokio::fs::metadata(path).await.ok().map(|m| m.len());
+    progress.start(image, "hashing the artifact", size);
+    let first = match stream(
+        open().await?,
+        image,
+        sha256,
+        None,
+        sha256,
+        settings.part_size,
+        Sink::Hash,
+        None,
+        progress,
+        &cancel,
+    )
+    .await?
+    {
+        Step::Passed(pass) => pass.source,
+        Step::Restart => unreachable!("a file does not restart"),
+    };
     let options = PutOptions {
-        user_metadata,
+        user_metadata: BTreeMap::from([
+            (labctl_store::META_CHECKSUM.to_string(), first.to_string()),
+            (
+                labctl_store::META_FINGERPRINT.to_string(),
+                fingerprint.to_string(),
+            ),
+        ]),
         ..Default::default()
     };
-    let uploaded = upload::run(
-        store.clone(),
-        key.to_string(),
-        options.clone(),
-        rx_parts,
-        settings.parts_in_flight,
+    progress.restart(image, size, "uploading the artifact");
+    let sink = Sink::Upload {
+        store: &store,
+        key,
+        options: options.clone(),
+        in_flight: settings.parts_in_flight,
+    };
+    let pass = match stream(
+        open().await?,
+        image,
+        sha256,
+        None,
+        sha256,
+        settings.part_size,
+        sink,
+        None,
+        progress,
+        &cancel,
     )
-    .await?;
-    let split = splitter.await.expect("upload reader panicked");
-    let checked = match split {
-        Err(decode::SplitError::Read(e)) => Err(io(e)),
-        Err(decode::SplitError::UploadStopped) => Err(PipelineError::Artifact {
+    .await?
+    {
+        Step::Passed(pass) => pass,
+        Step::Restart => unreachable!("a file does not restart"),
+    };
+    let uploaded = pass.uploaded.expect("the upload sink uploads")?;
+    let checked = match pass.decoded {
+        Err(decode::DecodeError::Corrupt { message, .. }) => Err(PipelineError::Artifact {
+            path: path.display().to_string(),
+            message,
+        }),
+        Err(decode::DecodeError::UploadStopped) => Err(PipelineError::Artifact {
             path: path.display().to_string(),
             message: "the upload stopped".into(),
         }),
-        Ok(second) if second.declared != first => Err(PipelineError::OutputMismatch {
-            expected: first.clone(),
-            actual: second.declared,
-        }),
+        Ok(second) if second.declared != first || pass.source != first => {
+            Err(PipelineError::OutputMismatch {
+                expected: first.clone(),
+                actual: second.declared,
+            })
+        }
         Ok(second) => Ok(second.size),
     };
     let size = match checked {
@@ -456,7 +501,6 @@ pub async fn publish_file(
             return Err(e);
         }
     };
-    progress.advance(image, size);
     let object = uploaded.publish(&store, key, options).await?;
     Ok(Published {
         sha256: first.clone(),
@@ -484,7 +528,7 @@ pub async fn hash_download(
     let (_never, cancel) = watch::channel(false);
     for _ in 0..=MAX_RESTARTS {
         let step = stream(
-            &mut download,
+            Input::Download(&mut download),
             image,
             source_algorithm,
             decompress,
