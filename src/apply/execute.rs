@@ -30,8 +30,8 @@ pub struct ApplyContext {
     pub parallelism: usize,
     pub progress: Arc<dyn Progress>,
     pub cancel: watch::Receiver<bool>,
-    /// Desired state by image name.
-    pub desired: HashMap<String, Desired>,
+    /// Where each image of the plan is published, by name (for `{{ images.NAME.url }}`).
+    pub destinations: HashMap<String, String>,
     /// The manifest's directory: Packer template paths are relative to it.
     pub base_dir: std::path::PathBuf,
     /// The CI run every record written names.
@@ -230,10 +230,9 @@ async fn run_change(
         }
         Action::Update => update(change, dep_sums, ctx).await,
         Action::Create | Action::Replace => {
-            let desired = ctx
-                .desired
-                .get(&change.name)
-                .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?;
+            let desired = &change
+                .desired()
+                .ok_or_else(|| anyhow!("the plan has no spec for `{}`", change.name))?;
             let deps = known(&dep_sums)?;
             let kept = keep_current(change, ctx).await?;
             if let Some(entry) = &change.restore {
@@ -659,11 +658,13 @@ async fn reference_value(
     deps: &BTreeMap<String, Checksum>,
     ctx: &ApplyContext,
 ) -> anyhow::Result<String> {
-    let dep = ctx
-        .desired
-        .get(&reference.image)
-        .ok_or_else(|| anyhow!("reference to unknown image `{}`", reference.image))?;
-    let key = crate::manifest::object_key(&dep.spec.destination);
+    let destination = ctx.destinations.get(&reference.image).ok_or_else(|| {
+        anyhow!(
+            "reference to `{}`, which the plan does not have",
+            reference.image
+        )
+    })?;
+    let key = crate::manifest::object_key(destination);
     Ok(match reference.field {
         Field::Url => ctx.store.url_for(&key, BUILD_URL_EXPIRY).await?,
         Field::Checksum => deps
@@ -755,10 +756,10 @@ async fn update(
     dep_sums: BTreeMap<String, Option<Checksum>>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
-    let spec = &ctx
-        .desired
-        .get(&change.name)
-        .ok_or_else(|| anyhow!("image `{}` is not in the manifest", change.name))?
+    let spec = &change
+        .after
+        .as_ref()
+        .ok_or_else(|| anyhow!("the plan has no spec for `{}`", change.name))?
         .spec;
     if let Some(adopt) = &change.adopt {
         return adopt_object(change, spec, adopt, dep_sums, ctx).await;

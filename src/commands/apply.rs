@@ -139,7 +139,7 @@ async fn locked(
         // Interrupted before anything was written: the caller releases the lock.
         return Ok(super::exit(1));
     };
-    let (desired, plan) = match prepared? {
+    let plan = match prepared? {
         Ok(ready) => ready,
         Err(code) => return Ok(code),
     };
@@ -159,9 +159,14 @@ async fn locked(
         parallelism: args.parallelism as usize,
         progress: Arc::from(crate::progress::for_stderr()),
         cancel: cancel.clone(),
-        desired: desired
-            .into_iter()
-            .map(|d| (d.spec.name.clone(), d))
+        // Everything else the executor needs comes from the plan's changes.
+        destinations: plan
+            .changes
+            .iter()
+            .filter_map(|c| {
+                let after = c.after.as_ref()?;
+                Some((c.name.clone(), after.spec.destination.clone()))
+            })
             .collect::<HashMap<_, _>>(),
         base_dir: manifest.base_dir.clone(),
         ci_run: crate::github::ci_run(),
@@ -191,7 +196,7 @@ async fn prepare(
     graph: &crate::graph::DependencyGraph,
     store: &Arc<dyn Store>,
     interactive: bool,
-) -> Result<Result<(Vec<crate::plan::Desired>, Plan), ExitCode>, Failure> {
+) -> Result<Result<Plan, ExitCode>, Failure> {
     Ok(Ok(match &args.plan_file {
         Some(path) => {
             let text = read_capped(path, MAX_PLAN_BYTES)
@@ -224,7 +229,7 @@ async fn prepare(
                     "make a new plan with `labctl plan --out FILE`, review it, and apply that",
                 );
             }
-            (desired, plan)
+            plan
         }
         None => {
             let request = super::plan::PlanRequest {
@@ -233,7 +238,7 @@ async fn prepare(
                 refresh: true,
                 offline: false,
             };
-            let super::plan::Planned { desired, plan, .. } =
+            let super::plan::Planned { plan, .. } =
                 super::plan::compute(manifest, graph, store, &request).await?;
             print!("{}", render::human::plan(&plan));
             if !plan.has_changes() {
@@ -243,7 +248,7 @@ async fn prepare(
                 eprintln!("Apply cancelled.");
                 return Ok(Err(super::exit(1)));
             }
-            (desired, plan)
+            plan
         }
     }))
 }

@@ -31,7 +31,7 @@ fn saved_plan_is_the_json_plan_with_prior_state() {
     ])
     .json();
     assert_eq!(saved, json, "the saved plan is the same plan");
-    assert_eq!(saved["format_version"], "1.3");
+    assert_eq!(saved["format_version"], "1.4");
     let digest = format!(
         "sha256:{}",
         labctl::checksum::Checksum::sha256(

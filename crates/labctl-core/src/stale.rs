@@ -47,14 +47,14 @@ pub fn reasons(
     }
     // The manifest is the same file, but what it points at (a Packer template) may have changed.
     for d in desired {
-        let now = d.spec.to_json();
+        let now = &d.spec;
         let planned = plan
             .changes
             .iter()
             .find(|c| c.name == d.spec.name)
             .and_then(|c| c.after.as_ref())
             .map(|a| &a.spec);
-        if planned != Some(&now) {
+        if planned != Some(now) {
             out.push(format!("the desired spec of `{}` changed", d.spec.name));
         }
     }

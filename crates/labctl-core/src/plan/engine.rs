@@ -409,7 +409,8 @@ fn plan_image(
         checksum: d.published().cloned(),
         source_checksum: d.source_checksum(),
         fingerprint,
-        spec: d.spec.to_json(),
+        spec: d.spec.clone(),
+        pgp_key: d.pgp_key.clone(),
         dependencies: deps_after,
         unknown,
     };

@@ -52,7 +52,7 @@ impl PlanError {
 }
 
 /// Version of the JSON plan format. Additive changes bump the minor version.
-pub const FORMAT_VERSION: &str = "1.3";
+pub const FORMAT_VERSION: &str = "1.4";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
@@ -268,7 +268,12 @@ pub struct After {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_checksum: Option<Checksum>,
     pub fingerprint: Option<Checksum>,
-    pub spec: serde_json::Value,
+    /// The image as the manifest wants it: what apply executes, not the manifest.
+    pub spec: crate::spec::NormalizedSpec,
+    /// The armored OpenPGP key that signs the checksum list, when the spec names one (added in
+    /// format 1.4): apply verifies the list with the key that was reviewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgp_key: Option<String>,
     pub dependencies: BTreeMap<String, Option<Checksum>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown: Vec<String>,
@@ -282,6 +287,18 @@ pub struct Orphan {
     pub record_key: String,
     pub protected: bool,
     pub reason: String,
+}
+
+impl Change {
+    /// What apply needs to make this change, taken from the plan alone.
+    pub fn desired(&self) -> Option<Desired> {
+        let after = self.after.as_ref()?;
+        Some(Desired {
+            spec: after.spec.clone(),
+            listed: after.source_checksum.clone(),
+            pgp_key: after.pgp_key.clone(),
+        })
+    }
 }
 
 impl Plan {

@@ -180,7 +180,7 @@ fn section(c: &Change) -> String {
     if let (Some(before), Some(after)) = (c.before.as_ref().and_then(|b| b.spec.as_ref()), &c.after)
     {
         if !c.field_changes.is_empty() {
-            let mut diff = spec_diff(before, &after.spec);
+            let mut diff = spec_diff(before, &after.spec.to_json());
             if diff.len() > MAX_SECTION {
                 let mut cut = MAX_SECTION;
                 while !diff.is_char_boundary(cut) {
@@ -217,9 +217,22 @@ mod tests {
     use crate::plan::{After, Before, Summary};
 
     fn change(i: usize, action: Action) -> Change {
-        let spec = serde_json::json!({"name": format!("image-{i}"), "source": {"url": format!("https://v/{i}/{}", "x".repeat(300))}});
-        let old =
-            serde_json::json!({"name": format!("image-{i}"), "source": {"url": "https://old"}});
+        let spec = crate::spec::NormalizedSpec {
+            name: format!("image-{i}"),
+            destination: format!("i/{i}.raw"),
+            source: crate::spec::SpecSource::Http {
+                url: format!("https://v/{i}/{}", "x".repeat(300)),
+                checksum: Checksum::sha256(b"a").to_string(),
+                decompress: None,
+                signature: None,
+            },
+            expected: None,
+            depends_on: vec![],
+            protect: false,
+            history: 0,
+        };
+        let mut old = spec.to_json();
+        old["source"]["url"] = "https://old".into();
         Change {
             name: format!("image-{i}"),
             key: format!("images/i/{i}.raw"),
@@ -242,10 +255,11 @@ mod tests {
                 source_checksum: None,
                 fingerprint: None,
                 spec: spec.clone(),
+                pgp_key: None,
                 dependencies: Default::default(),
                 unknown: vec![],
             }),
-            field_changes: crate::plan::fields::diff(&old, &spec),
+            field_changes: crate::plan::fields::diff(&old, &spec.to_json()),
             restore: None,
             history: None,
             adopt: None,

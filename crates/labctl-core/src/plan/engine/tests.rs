@@ -920,7 +920,7 @@ fn plan_records_prior_state_and_orders_deletes_last() {
 fn plan_json_uses_the_documented_names() {
     let p = plan(&[http("a", "1")], &state(vec![]), PlanOptions::default());
     let v = serde_json::to_value(&p).unwrap();
-    assert_eq!(v["format_version"], "1.3");
+    assert_eq!(v["format_version"], "1.4");
     assert_eq!(v["changes"][0]["action"], "create");
     assert_eq!(v["summary"]["no_op"], 0);
     assert_eq!(v["index"]["action"], "write");
