@@ -33,6 +33,8 @@ pub fn load(path: &Path, rules: Rules) -> Result<(Manifest, DependencyGraph), Lo
         path: path.to_path_buf(),
         source,
     };
+    use std::io::Read;
+    // Looked at before opening: opening a FIFO would wait for a writer.
     let meta = std::fs::metadata(path).map_err(read_err)?;
     let file = path.display().to_string();
     let invalid = |d: Diagnostic| {
@@ -41,6 +43,12 @@ pub fn load(path: &Path, rules: Rules) -> Result<(Manifest, DependencyGraph), Lo
             items: vec![d],
         })
     };
+    if !meta.is_file() {
+        return Err(invalid(Diagnostic::new(
+            Default::default(),
+            "is not a regular file".to_string(),
+        )));
+    }
     if meta.len() > MAX_MANIFEST_BYTES {
         return Err(invalid(Diagnostic::new(
             Default::default(),
@@ -51,7 +59,19 @@ pub fn load(path: &Path, rules: Rules) -> Result<(Manifest, DependencyGraph), Lo
             ),
         )));
     }
-    let bytes = std::fs::read(path).map_err(read_err)?;
+    // Read no further than the limit, whatever the size said a moment ago.
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(read_err)?
+        .take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(invalid(Diagnostic::new(
+            Default::default(),
+            format!("file is larger than {MAX_MANIFEST_BYTES} bytes, the most a manifest may be"),
+        )));
+    }
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)

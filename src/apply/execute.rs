@@ -76,6 +76,8 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
     let mut finished: HashMap<String, Finished> = HashMap::new();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
     let mut running: JoinSet<(usize, ChangeResult)> = JoinSet::new();
+    // Which change a task runs, so that a task that panics fails its image, not the apply.
+    let mut task_of: HashMap<tokio::task::Id, usize> = HashMap::new();
     let mut started = vec![false; changes.len()];
 
     loop {
@@ -131,10 +133,11 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
                 })
                 .collect();
             let (change, ctx) = (change.clone(), ctx.clone());
-            running.spawn(async move {
+            let handle = running.spawn(async move {
                 let result = run_change(&change, dep_sums, &ctx).await;
                 (i, result)
             });
+            task_of.insert(handle.id(), i);
         }
         let Some(joined) = running.join_next().await else {
             if started.iter().all(|s| *s) {
@@ -160,7 +163,21 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
             }
             continue;
         };
-        let (i, result) = joined.expect("apply task panicked");
+        let (i, result) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                let Some(&i) = task_of.get(&e.id()) else {
+                    continue;
+                };
+                (
+                    i,
+                    Err(anyhow!(
+                        "labctl failed internally while working on it ({}); nothing partial is visible, and the next apply retries it",
+                        if e.is_panic() { "a panic" } else { "cancelled" }
+                    )),
+                )
+            }
+        };
         let change = &changes[i];
         match result {
             Ok((message, checksum)) => {
@@ -728,12 +745,15 @@ async fn publish_packer(
     let fingerprint = spec.fingerprint(&deps);
     let published = pipeline::publish_file(
         ctx.store.clone(),
-        &build.artifact,
-        &change.name,
-        &change.key,
-        &fingerprint,
+        &pipeline::FileJob {
+            image: &change.name,
+            path: &build.artifact,
+            key: &change.key,
+            fingerprint: &fingerprint,
+        },
         &ctx.settings,
         ctx.progress.as_ref(),
+        ctx.cancel.clone(),
     )
     .await?;
     let mut record = record_of(spec, &published, deps);

@@ -216,11 +216,13 @@ pub async fn acquire_unless(
         match store.put(LOCK_KEY, body.clone(), create).await {
             Err(StoreError::AlreadyExists { .. }) => {}
             Ok(_) => {
-                store.delete(LOCK_KEY).await?;
+                release_if_ours(store.as_ref(), &info.id).await?;
                 return Err(LockError::NotEnforced);
             }
             Err(e) => {
-                let _ = store.delete(LOCK_KEY).await;
+                if let Err(left) = release_if_ours(store.as_ref(), &info.id).await {
+                    eprintln!("warning: could not remove the lock just taken: {left}");
+                }
                 return Err(e.into());
             }
         }

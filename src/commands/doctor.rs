@@ -10,6 +10,7 @@ use console::style;
 use crate::checksum::Checksum;
 use crate::cli::DoctorArgs;
 use crate::failure::Failure;
+use crate::store::pending::PendingUpload;
 use crate::store::{self, PutMode, PutOptions, Store, StoreError, UploadedPart};
 
 const PROBE_PREFIX: &str = ".labctl/doctor";
@@ -61,7 +62,7 @@ pub async fn run(args: &DoctorArgs) -> Result<ExitCode, Failure> {
     let enforced = conditional.is_ok();
     checks.report("conditional create (If-None-Match: *)", conditional);
     checks.report(
-        "unfinished uploads under images/ and history/",
+        "unfinished uploads labctl left (images/, history/, .labctl/doctor/)",
         match crate::apply::stranded::list(store.as_ref()).await {
             Ok(Some(u)) if u.is_empty() => Ok("none".into()),
             Ok(Some(u)) => Ok(format!(
@@ -151,28 +152,31 @@ async fn multipart(store: &Arc<dyn Store>, id: &str) -> Result<String, String> {
     let key = format!("{PROBE_PREFIX}/multipart-{id}");
     let first = Bytes::from(vec![b'a'; crate::pipeline::MIN_PART_SIZE]);
     let second = Bytes::from_static(b"end");
-    let upload = store
-        .create_multipart(&key, PutOptions::default())
+    // Held by a guard: a failure or a signal here aborts the probe upload.
+    let upload = PendingUpload::start(store.clone(), &key, PutOptions::default())
         .await
         .map_err(err)?;
     let parts: Result<Vec<UploadedPart>, StoreError> = async {
         Ok(vec![
-            store.upload_part(&key, &upload, 1, first.clone()).await?,
-            store.upload_part(&key, &upload, 2, second.clone()).await?,
+            store
+                .upload_part(&key, upload.id(), 1, first.clone())
+                .await?,
+            store
+                .upload_part(&key, upload.id(), 2, second.clone())
+                .await?,
         ])
     }
     .await;
     let parts = match parts {
         Ok(p) => p,
         Err(e) => {
-            let _ = store.abort_multipart(&key, &upload).await;
+            if let Err(failed) = upload.abort().await {
+                return Err(format!("{}; and {failed}", err(e)));
+            }
             return Err(err(e));
         }
     };
-    let done = store
-        .complete_multipart(&key, &upload, parts)
-        .await
-        .map_err(err)?;
+    let done = upload.complete(parts).await.map_err(err)?;
     let expected = (first.len() + second.len()) as u64;
     let result = if done.size == expected {
         Ok(format!("two parts ({} bytes) completed", expected))
@@ -188,15 +192,18 @@ async fn multipart(store: &Arc<dyn Store>, id: &str) -> Result<String, String> {
 
 async fn abort(store: &Arc<dyn Store>, id: &str) -> Result<String, String> {
     let key = format!("{PROBE_PREFIX}/aborted-{id}");
-    let upload = store
-        .create_multipart(&key, PutOptions::default())
+    let pending = PendingUpload::start(store.clone(), &key, PutOptions::default())
         .await
         .map_err(err)?;
+    let upload = pending.id().to_string();
     store
         .upload_part(&key, &upload, 1, Bytes::from_static(b"x"))
         .await
         .map_err(err)?;
-    store.abort_multipart(&key, &upload).await.map_err(err)?;
+    pending.abort().await.map_err(|e| {
+        let what = e.to_string();
+        format!("{what}: {}", err(e.source))
+    })?;
     if store.head(&key).await.map_err(err)?.is_some() {
         return Err("an aborted upload became visible".into());
     }

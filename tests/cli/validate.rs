@@ -367,3 +367,19 @@ fn file_references_stay_inside_the_manifests_directory() {
     }
     assert!(!err.contains("not yours"));
 }
+
+/// A manifest path that is not a regular file (a symlink to /dev/zero in a pull request, a FIFO)
+/// is refused without reading it.
+#[test]
+fn a_manifest_that_is_not_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("images.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+    let run = labctl(&["validate", "--manifest", link.to_str().unwrap()]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not a regular file"),
+        "{}",
+        run.stderr
+    );
+}

@@ -6,8 +6,9 @@
 
 use crate::{Store, StoreError, Upload};
 
-/// Where labctl uploads: published images and kept versions.
-pub const PREFIXES: [&str; 2] = [
+/// Where labctl uploads: published images, kept versions, and `doctor`'s probes.
+pub const PREFIXES: [&str; 3] = [
+    ".labctl/doctor/",
     labctl_core::manifest::IMAGES_PREFIX,
     labctl_core::manifest::HISTORY_PREFIX,
 ];

@@ -20,7 +20,7 @@ pub fn hash_dir(dir: &Path, artifact: &str) -> std::io::Result<Checksum> {
     } else {
         ignored.push(artifact.to_string());
     }
-    if let Ok(text) = std::fs::read_to_string(dir.join(IGNORE_FILE)) {
+    if let Some(text) = read_small_file(&dir.join(IGNORE_FILE), 64 * 1024) {
         ignored.extend(
             text.lines()
                 .map(|l| l.trim().trim_end_matches('/').to_string())
@@ -90,6 +90,23 @@ fn collect(
         }
     }
     Ok(())
+}
+
+/// A regular file's text, at most `limit` bytes; `None` for anything else (missing, a symlink,
+/// a device, larger). Template directories come from pull requests.
+pub fn read_small_file(path: &Path, limit: u64) -> Option<String> {
+    use std::io::Read;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > limit {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(limit)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 #[cfg(test)]

@@ -48,6 +48,16 @@ impl Default for Settings {
     }
 }
 
+/// One build artifact to publish.
+#[derive(Debug, Clone, Copy)]
+pub struct FileJob<'a> {
+    pub image: &'a str,
+    pub path: &'a std::path::Path,
+    pub key: &'a str,
+    /// Goes into the object's metadata beside the checksum.
+    pub fingerprint: &'a Checksum,
+}
+
 /// One HTTP image to publish.
 #[derive(Debug, Clone)]
 pub struct HttpJob {
@@ -266,12 +276,23 @@ async fn stream(
     let mut failure: Option<PipelineError> = None;
     let mut restart = false;
     let mut complete = false;
-    loop {
-        if *cancel.borrow() {
-            failure = Some(PipelineError::Cancelled);
-            break;
+    // A signal must not wait for a slow server (a read timeout, a Retry-After).
+    let mut cancelled = cancel.clone();
+    let on_cancel = async move {
+        if cancelled.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
         }
-        match input.next().await {
+    };
+    tokio::pin!(on_cancel);
+    loop {
+        let next = tokio::select! {
+            next = input.next() => next,
+            () = &mut on_cancel => {
+                failure = Some(PipelineError::Cancelled);
+                break;
+            }
+        };
+        match next {
             Ok(Some(Chunk::Data(bytes))) => {
                 source.update(&bytes);
                 if let Some(v) = signature.as_mut() {
@@ -405,13 +426,17 @@ async fn attempt(
 /// change in between.
 pub async fn publish_file(
     store: Arc<dyn Store>,
-    path: &std::path::Path,
-    image: &str,
-    key: &str,
-    fingerprint: &Checksum,
+    job: &FileJob<'_>,
     settings: &Settings,
     progress: &dyn Progress,
+    cancel: watch::Receiver<bool>,
 ) -> Result<Published, PipelineError> {
+    let FileJob {
+        image,
+        path,
+        key,
+        fingerprint,
+    } = *job;
     let sha256 = labctl_core::checksum::Algorithm::Sha256;
     let open = || async {
         let file = tokio::fs::File::open(path)
@@ -422,7 +447,6 @@ pub async fn publish_file(
             })?;
         Ok::<_, PipelineError>(Input::File { file, path })
     };
-    let (_never, cancel) = watch::channel(false);
     let size = tokio::fs::metadata(path).await.ok().map(|m| m.len());
     progress.start(image, "hashing the artifact", size);
     let first = match stream(

@@ -167,10 +167,13 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
+        // Symbolic links are not followed: a template from a pull request must not pull the
+        // runner's files into the build.
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             std::fs::create_dir_all(&target)?;
             copy_tree(&entry.path(), &target)?;
-        } else {
+        } else if kind.is_file() {
             std::fs::copy(entry.path(), &target)?;
         }
     }
@@ -183,7 +186,10 @@ fn declares_plugins(dir: &Path) -> bool {
         .flatten()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".pkr.hcl"))
-        .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("required_plugins")))
+        .any(|e| {
+            crate::template_hash::read_small_file(&e.path(), 8 * 1024 * 1024)
+                .is_some_and(|t| t.contains("required_plugins"))
+        })
 }
 
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -282,9 +288,15 @@ async fn run(
         .current_dir(dir)
         .env("CHECKPOINT_DISABLE", "1")
         .env("PACKER_NO_COLOR", "1")
-        // The index signing key is labctl's, not the build's.
+        // The index signing key and the store's credentials are labctl's, not the build's:
+        // a build reads what it needs through presigned URLs.
         .env_remove(labctl_core::signing::SECRET_KEY_VAR)
         .env_remove(labctl_core::signing::PASSWORD_VAR)
+        .env_remove("E2_ACCESS_KEY")
+        .env_remove("E2_SECRET_KEY")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -294,6 +306,10 @@ async fn run(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| PackerError::NotInstalled(e.to_string()))?;
+    let _running = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(RunningGroup::register);
     let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
     let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
     let (mut out_done, mut err_done) = (false, false);
@@ -324,6 +340,47 @@ async fn run(
             step,
             status: status.to_string(),
         })
+    }
+}
+
+/// Process groups of the builds running now, so that exiting at once (a second signal) can take
+/// them along instead of orphaning Packer and its VM.
+static RUNNING_GROUPS: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// A build's process group in [`RUNNING_GROUPS`] while the build runs.
+struct RunningGroup(i32);
+
+impl RunningGroup {
+    fn register(group: i32) -> RunningGroup {
+        RUNNING_GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(group);
+        RunningGroup(group)
+    }
+}
+
+impl Drop for RunningGroup {
+    fn drop(&mut self) {
+        RUNNING_GROUPS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|g| *g != self.0);
+    }
+}
+
+/// Kills every running build's process group: for a process about to exit without waiting.
+pub fn kill_running_builds() {
+    let groups = RUNNING_GROUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for group in groups {
+        // SAFETY: kill(2) on a process group this process created for a build; no memory is
+        // involved.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
     }
 }
 
