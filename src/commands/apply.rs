@@ -13,7 +13,7 @@ use crate::failure::{Failure, WithHint};
 use crate::pipeline::{self, MIB};
 use crate::plan::{Action, Plan};
 use crate::render;
-use crate::store::{self, Store};
+use crate::store::Store;
 
 pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
@@ -215,13 +215,7 @@ async fn prepare(
                 })
                 .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that")?;
             let desired = crate::desired::build(manifest, graph)?;
-            let records: BTreeMap<String, String> =
-                store::list_all(store.as_ref(), crate::manifest::METADATA_PREFIX)
-                    .await?
-                    .into_iter()
-                    .filter(|o| crate::manifest::destination_of_record_key(&o.key).is_some())
-                    .map(|o| (o.key, o.etag))
-                    .collect();
+            let records = crate::state::refresh::record_etags(store.as_ref()).await?;
             let stale =
                 apply::stale::reasons(&plan, &manifest.digest, &store.url(), &desired, &records);
             if !stale.is_empty() {

@@ -8,6 +8,8 @@ macro_rules! on_every_store {
         mod drift_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
         mod drift_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
         mod drift_fs { $( #[test] fn $case() { super::$case(super::Backend::Fs) } )* }
+        mod drift_ceph { $( #[test] fn $case() { super::$case(super::Backend::Ceph) } )* }
+        mod drift_garage { $( #[test] fn $case() { super::$case(super::Backend::Garage) } )* }
     };
 }
 

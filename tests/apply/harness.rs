@@ -13,13 +13,16 @@ use labctl::store::s3::{S3Settings, S3Store};
 use labctl::store::Store;
 
 use crate::support::fixture::{Faults, Fixture};
-use crate::support::servers::{Kind, S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+use crate::support::servers::{Kind, S3Server, BUCKET, SECRET_KEY};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     S3sFs,
     Moto,
     Fs,
+    Ceph,
+    /// Ignores conditional writes: apply runs with `--lock=false` there, as the docs say.
+    Garage,
 }
 
 pub struct Lab {
@@ -160,6 +163,8 @@ impl Lab {
         let server = match backend {
             Backend::S3sFs => Some(S3Server::start(Kind::S3sFs)),
             Backend::Moto => Some(S3Server::start(Kind::Moto)),
+            Backend::Ceph => Some(S3Server::start(Kind::Ceph)),
+            Backend::Garage => Some(S3Server::start(Kind::Garage)),
             Backend::Fs => None,
         };
         let endpoint = server.as_ref().map(|s| s.endpoint.clone());
@@ -263,10 +268,15 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd.env_remove("E2_REGION").env_remove("AWS_REGION");
         if let Some(endpoint) = &self.endpoint {
-            cmd.env("E2_ACCESS_KEY", ACCESS_KEY)
-                .env("E2_SECRET_KEY", SECRET_KEY)
+            let server = self.server.as_ref().expect("an S3 backend has a server");
+            cmd.env("E2_ACCESS_KEY", &server.access_key)
+                .env("E2_SECRET_KEY", &server.secret_key)
                 .env("E2_ENDPOINT", endpoint);
+            if let Some(region) = &server.region {
+                cmd.env("E2_REGION", region);
+            }
         } else {
             cmd.env_remove("E2_ACCESS_KEY")
                 .env_remove("E2_SECRET_KEY")
@@ -287,6 +297,14 @@ impl Lab {
         let manifest = self.manifest_path().display().to_string();
         let store = self.store_arg();
         let mut all: Vec<&str> = args.to_vec();
+        // Garage ignores If-None-Match, so the lock cannot work there: its documented flow is
+        // one apply at a time (a CI concurrency group) and --lock=false.
+        if self.backend == Backend::Garage
+            && args.first() == Some(&"apply")
+            && !args.iter().any(|a| a.starts_with("--lock"))
+        {
+            all.push("--lock=false");
+        }
         all.extend(["--manifest", &manifest]);
         if with_store {
             all.extend(["--store", &store]);
@@ -339,22 +357,17 @@ impl Lab {
 
     /// The lab's S3 server as a store (S3 backends only).
     pub fn s3_store(&self) -> S3Store {
+        let server = self.server.as_ref().expect("an S3 backend");
         let settings = S3Settings {
             bucket: BUCKET.into(),
             prefix: None,
-            endpoint: Some(
-                self.server
-                    .as_ref()
-                    .expect("an S3 backend")
-                    .endpoint
-                    .clone(),
-            ),
-            region: None,
+            endpoint: Some(server.endpoint.clone()),
+            region: server.region.clone(),
         };
         self.runtime
             .block_on(S3Store::connect_with(
                 settings,
-                Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+                Some((server.access_key.clone(), server.secret_key.clone())),
             ))
             .unwrap()
     }

@@ -1,5 +1,6 @@
-//! `labctl apply` end to end: the built binary against real S3-compatible servers (s3s-fs, moto)
-//! and the filesystem store, fetching images from a fixture HTTP server that injects faults.
+//! `labctl apply` end to end: the built binary against real S3-compatible servers (s3s-fs, moto,
+//! Ceph RGW, Garage) and the filesystem store, fetching images from a fixture HTTP server that
+//! injects faults; and the store conformance suite (`stores`) against all five.
 // The suite reads its own configuration (server caches, paths) from the environment.
 #![allow(clippy::disallowed_methods)]
 
@@ -12,3 +13,4 @@ mod harness;
 mod nas;
 mod packer;
 mod sources;
+mod stores;

@@ -7,13 +7,15 @@ use std::process::Command;
 
 use crate::harness::*;
 use crate::support::fixture::Faults;
-use crate::support::servers::{ACCESS_KEY, BUCKET, SECRET_KEY};
+use crate::support::servers::BUCKET;
 
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod nas_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
         mod nas_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
         mod nas_fs { $( #[test] fn $case() { super::$case(super::Backend::Fs) } )* }
+        mod nas_ceph { $( #[test] fn $case() { super::$case(super::Backend::Ceph) } )* }
+        mod nas_garage { $( #[test] fn $case() { super::$case(super::Backend::Garage) } )* }
     };
 }
 
@@ -26,6 +28,8 @@ macro_rules! on_s3_stores {
     ($($case:ident),* $(,)?) => {
         mod nas_s3_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
         mod nas_s3_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
+        mod nas_s3_ceph { $( #[test] fn $case() { super::$case(super::Backend::Ceph) } )* }
+        mod nas_s3_garage { $( #[test] fn $case() { super::$case(super::Backend::Garage) } )* }
     };
 }
 
@@ -270,8 +274,7 @@ fn nas_copy_pulled_by_rclone_is_verified(backend: Backend) {
     assert_eq!(run.code, 0, "{}", run.output());
 
     let nas = tempfile::tempdir().unwrap();
-    let endpoint = lab.server.as_ref().unwrap().endpoint.clone();
-    let sync = rclone_sync(&endpoint, nas.path(), &[]);
+    let sync = rclone_sync(&lab, nas.path(), &[]);
     assert!(sync.status.success(), "rclone sync: {}", text(&sync));
     assert!(nas.path().join("SHA256SUMS").is_file());
     assert_eq!(std::fs::read(nas.path().join("talos/a.raw")).unwrap(), a);
@@ -347,14 +350,15 @@ fn nas_copy_pulled_by_rclone_is_verified(backend: Backend) {
     // The next sync heals the copy (download only: the extra file is the NAS's own business
     // for Cloud Sync, but `rclone sync` mirrors, so it goes too).
     // Same size and a newer local time: compare by checksum, as a careful sync does.
-    let resync = rclone_sync(&endpoint, nas.path(), &["--checksum"]);
+    let resync = rclone_sync(&lab, nas.path(), &["--checksum"]);
     assert!(resync.status.success(), "rclone sync: {}", text(&resync));
     let healed = lab.labctl_bare(&["verify", &dir]);
     assert_eq!(healed.code, 0, "{}", healed.output());
 }
 
 /// `rclone sync` of the bucket's `images/` into `dir`: one direction, bucket to NAS.
-fn rclone_sync(endpoint: &str, dir: &Path, extra: &[&str]) -> std::process::Output {
+fn rclone_sync(lab: &Lab, dir: &Path, extra: &[&str]) -> std::process::Output {
+    let server = lab.server.as_ref().expect("an S3 backend");
     Command::new("rclone")
         .args([
             "sync",
@@ -370,10 +374,13 @@ fn rclone_sync(endpoint: &str, dir: &Path, extra: &[&str]) -> std::process::Outp
         .env("RCLONE_CONFIG_LAB_TYPE", "s3")
         .env("RCLONE_CONFIG_LAB_PROVIDER", "Other")
         .env("RCLONE_CONFIG_LAB_ENV_AUTH", "false")
-        .env("RCLONE_CONFIG_LAB_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("RCLONE_CONFIG_LAB_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("RCLONE_CONFIG_LAB_ENDPOINT", endpoint)
-        .env("RCLONE_CONFIG_LAB_REGION", "us-east-1")
+        .env("RCLONE_CONFIG_LAB_ACCESS_KEY_ID", &server.access_key)
+        .env("RCLONE_CONFIG_LAB_SECRET_ACCESS_KEY", &server.secret_key)
+        .env("RCLONE_CONFIG_LAB_ENDPOINT", &server.endpoint)
+        .env(
+            "RCLONE_CONFIG_LAB_REGION",
+            server.region.as_deref().unwrap_or("us-east-1"),
+        )
         .env("RCLONE_CONFIG_LAB_FORCE_PATH_STYLE", "true")
         // The AWS SDK inside rclone refuses a custom CA bundle on a plain-http endpoint.
         .env_remove("AWS_CA_BUNDLE")

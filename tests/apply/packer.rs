@@ -11,6 +11,8 @@ macro_rules! on_every_store {
         mod packer_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
         mod packer_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
         mod packer_fs { $( #[test] fn $case() { super::$case(super::Backend::Fs) } )* }
+        mod packer_ceph { $( #[test] fn $case() { super::$case(super::Backend::Ceph) } )* }
+        mod packer_garage { $( #[test] fn $case() { super::$case(super::Backend::Garage) } )* }
     };
 }
 

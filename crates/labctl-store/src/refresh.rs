@@ -49,7 +49,7 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
                 .await
                 .expect("semaphore is never closed");
             let fetched = store::get_bytes(store.as_ref(), &item.key, MAX_RECORD_BYTES).await?;
-            let Some((_, bytes)) = fetched else {
+            let Some((fetched_meta, bytes)) = fetched else {
                 return Ok(None); // deleted between list and get
             };
             let record = record::parse(&bytes).map_err(Unreadable::from);
@@ -64,8 +64,13 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
             Ok::<_, StoreError>(Some(ActualRecord {
                 record_key: item.key,
                 object_key,
-                // The listing's ETag, so a saved plan can be checked with one listing.
-                etag: item.etag,
+                // The listing's ETag, so a saved plan can be checked with one listing; the GET's
+                // where a store lists none (s3s-fs).
+                etag: if item.etag.is_empty() {
+                    fetched_meta.etag
+                } else {
+                    item.etag
+                },
                 record,
                 object,
             }))
@@ -83,6 +88,27 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
         }
     }
     Ok(state)
+}
+
+/// Every record key with its ETag: one listing, and a HEAD for each key the store lists without
+/// an ETag (s3s-fs lists none), so that a changed record is never taken for an unchanged one.
+pub async fn record_etags(store: &dyn Store) -> Result<BTreeMap<String, String>, StoreError> {
+    let mut out = BTreeMap::new();
+    for item in store::list_all(store, METADATA_PREFIX).await? {
+        if destination_of_record_key(&item.key).is_none() {
+            continue;
+        }
+        let etag = if item.etag.is_empty() {
+            match store.head(&item.key).await? {
+                Some(meta) => meta.etag,
+                None => continue, // deleted since the listing
+            }
+        } else {
+            item.etag
+        };
+        out.insert(item.key, etag);
+    }
+    Ok(out)
 }
 
 /// HEADs the objects at `object_keys` that have no record, concurrently, and keeps the ones that
