@@ -60,6 +60,28 @@ unreadable directory)."
     Verify(VerifyArgs),
     /// List the earlier versions kept for each image (`history: N` in the manifest).
     History(HistoryArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        long_about = "Print a shell completion script for labctl's commands and flags.\n\nbash: `labctl completions bash > /etc/bash_completion.d/labctl` (or `source <(labctl completions bash)` in ~/.bashrc)\nzsh: `labctl completions zsh > \"${fpath[1]}/_labctl\"`\nfish: `labctl completions fish > ~/.config/fish/completions/labctl.fish`"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), e.g. `labctl man > /usr/local/share/man/man1/labctl.1`;
+    /// with --dir, write it and one page per command (labctl-plan.1, …) there.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write labctl.1 and a page for every command into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

@@ -58,6 +58,8 @@ async fn read_only(command: &Command) -> Result<ExitCode, labctl::failure::Failu
         Command::Doctor(args) => commands::doctor::run(args).await,
         Command::Verify(args) => commands::verify::run(args),
         Command::History(args) => commands::history::run(args).await,
+        Command::Completions(args) => commands::completions::completions(args),
+        Command::Man(args) => commands::completions::man(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One function per command, each returning the process exit status.
 
 pub mod apply;
+pub mod completions;
 pub mod doctor;
 pub mod drift;
 pub mod force_unlock;

@@ -3,6 +3,7 @@
 // The suite reads its own configuration (server caches, paths) from the environment.
 #![allow(clippy::disallowed_methods)]
 
+mod conveniences;
 mod examples;
 mod output;
 mod util;
