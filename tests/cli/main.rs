@@ -6,5 +6,6 @@
 mod conveniences;
 mod examples;
 mod output;
+mod schema;
 mod util;
 mod validate;
