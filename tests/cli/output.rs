@@ -60,7 +60,7 @@ fn markdown_puts_destructive_changes_first_in_collapsible_sections() {
     ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let md = &run.stdout;
-    assert!(md.starts_with("<!-- labctl-plan -->\n### labctl plan: 1 to create, 3 to replace, 2 to update, 1 to delete"), "{md}");
+    assert!(md.starts_with("<!-- labctl-plan -->\n### labctl plan: 1 to create, 4 to replace, 1 to update, 1 to delete"), "{md}");
     assert_eq!(
         md.matches("<details>").count(),
         7,
