@@ -96,9 +96,10 @@ fn output_checksum(spec: &NormalizedSpec) -> Checksum {
 /// regenerating the examples changes nothing.
 async fn write_index(store: &FsStore) {
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(store.clone());
-    let actual = labctl::state::refresh::read(store.clone(), true)
-        .await
-        .unwrap();
+    let actual =
+        labctl::state::refresh::read(store.clone(), labctl::state::refresh::Objects::Headed)
+            .await
+            .unwrap();
     let entries = consumer_index::entries(&actual.records).entries;
     let json = consumer_index::to_json(&consumer_index::document(&entries, UPLOADED_AT.into()));
     for (key, body) in [

@@ -116,7 +116,8 @@ pub async fn write(
     store: &Arc<dyn Store>,
     signer: Option<&IndexSigner>,
 ) -> anyhow::Result<Written> {
-    let actual = crate::state::refresh::read(store.clone(), true).await?;
+    let actual =
+        crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::Headed).await?;
     let implied = consumer_index::entries(&actual.records);
     let generated_at = crate::timefmt::now_rfc3339();
     let json = consumer_index::to_json(&consumer_index::document(
@@ -146,6 +147,11 @@ pub async fn write(
     put(store, SUMS_KEY, sums.into_bytes()).await?;
     if let Some(sig) = signature {
         put(store, SIGNATURE_KEY, sig.into_bytes()).await?;
+    }
+    // The records as they now are, for the next plan's refresh (an optimization: a failure is
+    // reported and the next refresh fetches the records).
+    if let Err(e) = crate::state::refresh::write_snapshot(store.as_ref(), &actual).await {
+        eprintln!("warning: could not save the record snapshot: {e}");
     }
     Ok(Written {
         objects: implied.entries.len(),

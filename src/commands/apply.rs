@@ -229,11 +229,18 @@ async fn prepare(
             let request = super::plan::PlanRequest {
                 prune: args.prune,
                 replace: args.replace.clone(),
-                refresh: true,
+                objects: crate::state::refresh::Objects::Listed,
                 offline: false,
             };
-            let super::plan::Planned { plan, .. } =
+            let super::plan::Planned { plan, actual, .. } =
                 super::plan::compute(manifest, graph, store, &request).await?;
+            if !plan.has_changes() && actual.snapshot_misses > 0 {
+                // Nothing to change, but the next plan should not have to fetch every record.
+                if let Err(e) = crate::state::refresh::write_snapshot(store.as_ref(), &actual).await
+                {
+                    eprintln!("warning: could not save the record snapshot: {e}");
+                }
+            }
             print!("{}", render::human::plan(&plan));
             if !plan.has_changes() {
                 return Ok(Err(ExitCode::SUCCESS));

@@ -31,7 +31,8 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     let request = super::plan::PlanRequest {
         prune: false,
         replace: Vec::new(),
-        refresh: true,
+        // Every object HEADed: drift also compares the labctl metadata a listing does not show.
+        objects: crate::state::refresh::Objects::Headed,
         offline: true,
     };
     let super::plan::Planned {

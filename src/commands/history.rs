@@ -42,7 +42,9 @@ pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
         None => Some(super::load_manifest(&args.manifest)?.0),
     };
     let store = super::open_store(args.store.store.as_deref(), manifest.as_ref()).await?;
-    let state = crate::state::refresh::read(store.clone(), false).await?;
+    let state =
+        crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::NotChecked)
+            .await?;
     let mut images: Vec<ImageHistory> = state
         .records
         .values()

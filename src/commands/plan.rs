@@ -10,6 +10,7 @@ use crate::graph::DependencyGraph;
 use crate::manifest::Manifest;
 use crate::plan::{self, Desired, Plan, PlanContext, PlanOptions};
 use crate::render;
+use crate::state::refresh::Objects;
 use crate::store::Store;
 
 pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
@@ -18,7 +19,11 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     let request = PlanRequest {
         prune: args.prune,
         replace: args.replace.clone(),
-        refresh: args.refresh,
+        objects: if args.refresh {
+            Objects::Listed
+        } else {
+            Objects::NotChecked
+        },
         offline: args.offline,
     };
     let plan = compute(&manifest, &graph, &store, &request).await?.plan;
@@ -63,8 +68,8 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
 pub struct PlanRequest {
     pub prune: bool,
     pub replace: Vec<String>,
-    /// HEAD the objects.
-    pub refresh: bool,
+    /// How much to learn about the objects.
+    pub objects: Objects,
     /// Leave checksum lists unfetched.
     pub offline: bool,
 }
@@ -84,7 +89,8 @@ pub async fn compute(
     store: &Arc<dyn Store>,
     request: &PlanRequest,
 ) -> Result<Planned, Failure> {
-    let (prune, replace, refresh) = (request.prune, &request.replace, request.refresh);
+    let (prune, replace) = (request.prune, &request.replace);
+    let refresh = request.objects != Objects::NotChecked;
     for name in replace {
         if manifest.image(name).is_none() {
             return Err(anyhow::anyhow!(
@@ -105,7 +111,7 @@ pub async fn compute(
         store.url(),
         if refresh { "" } else { " (records only)" }
     );
-    let mut actual = crate::state::refresh::read(store.clone(), refresh).await?;
+    let mut actual = crate::state::refresh::read(store.clone(), request.objects).await?;
     if refresh {
         let wanted = desired
             .iter()

@@ -726,3 +726,131 @@ fn redirects_are_followed() {
     assert_eq!(run.code, 0, "{}", run.output());
     assert!(lab.object("test/a.img").unwrap() == body);
 }
+
+/// A real HTTPS server (Python's, with a CA made here) that redirects the download to plain
+/// HTTP: labctl refuses to follow it. The list or signature a downgrade could swap is the
+/// checksum the image is verified against.
+#[test]
+fn a_redirect_from_https_to_http_is_refused() {
+    let lab = Lab::new(Backend::Fs);
+    let body = image_bytes(58, 1000);
+    lab.serve("/a.img", body.clone(), Faults::default());
+    let tls = lab.dir().join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&tls)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=labctl test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+    ]);
+    std::fs::write(tls.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    let server = r#"
+import http.server, ssl, sys
+target = sys.argv[3]
+class Redirect(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    do_HEAD = do_GET
+    def log_message(self, *args):
+        pass
+httpd = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", server])
+        .arg(tls.join("leaf.pem"))
+        .arg(tls.join("leaf.key"))
+        .arg(lab.fixture.url(""))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut port,
+    )
+    .unwrap();
+    let https = format!("https://127.0.0.1:{}", port.trim());
+    lab.write_manifest_text(&format!(
+        "{HEADER}{}",
+        image(
+            "a",
+            &format!("{https}/a.img"),
+            &sha256(&body).to_string(),
+            ""
+        )
+    ));
+    let ca = tls.join("ca.pem");
+    let run = lab.apply_with_env(&[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(run.code, 1, "{}", run.output());
+    assert!(
+        run.output().contains("labctl never leaves HTTPS"),
+        "{}",
+        run.output()
+    );
+    assert!(lab.object("test/a.img").is_none());
+    assert!(
+        lab.fixture.log().is_empty(),
+        "nothing was fetched over plain HTTP: {:?}",
+        lab.fixture.log()
+    );
+}

@@ -134,7 +134,7 @@ fn the_schema_rejects_what_a_schema_can_express() {
         ))
     };
     let cases: Vec<(&str, String)> = vec![
-        ("wrong apiVersion", format!("apiVersion: labctl/v2\nkind: ImageManifest\nspec:\n  images: []\n")),
+        ("wrong apiVersion", "apiVersion: labctl/v2\nkind: ImageManifest\nspec:\n  images: []\n".to_string()),
         ("unknown top-level field", format!("{HEADER}spec:\n  images: []\nextra: 1\n")),
         ("no images", format!("{HEADER}spec: {{}}\n")),
         ("typo in a source field", image("      source:\n        type: http\n        url: https://v.example/a\n        checksun: pin\n")),

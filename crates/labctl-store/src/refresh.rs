@@ -1,5 +1,7 @@
-//! Reading actual state from a store: every record (listed with pagination, fetched
-//! concurrently) and, unless told not to, a HEAD of every object the records describe.
+//! Reading actual state from a store in O(list pages) when nothing changed: the records are
+//! listed, and fetched only when the snapshot apply left does not know them at their listed
+//! ETag; the objects are listed, and HEADed only when the listing disagrees with the record (or
+//! always, for drift).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,9 +12,15 @@ use tokio::task::JoinSet;
 use crate as store;
 use crate::{Store, StoreError};
 use labctl_core::consumer_index::{self, IndexFiles, MAX_INDEX_BYTES};
-use labctl_core::manifest::model::{destination_of_record_key, object_key, METADATA_PREFIX};
+use labctl_core::manifest::model::{
+    destination_of_record_key, object_key, IMAGES_PREFIX, METADATA_PREFIX,
+};
+use labctl_core::object::{META_CHECKSUM, META_FINGERPRINT};
 use labctl_core::state::record::{self, MAX_RECORD_BYTES};
-use labctl_core::state::{ActualRecord, ActualState, ObjectState, Unreadable};
+use labctl_core::state::{
+    ActualRecord, ActualState, ObjectState, Record, Snapshot, Unreadable, MAX_SNAPSHOT_BYTES,
+    SNAPSHOT_FORMAT, SNAPSHOT_KEY,
+};
 
 /// How many records and HEADs are in flight at once.
 pub const REFRESH_CONCURRENCY: usize = 16;
@@ -27,50 +35,119 @@ pub enum RefreshError {
     },
 }
 
-pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualState, RefreshError> {
+/// How much to learn about the objects the records describe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objects {
+    /// Nothing (`--refresh=false`, `list`, `history`).
+    NotChecked,
+    /// One listing of `images/`; a HEAD only for an object whose listed size or ETag is not what
+    /// its record says (plan and apply: O(list pages) for a store that did not change).
+    Listed,
+    /// A HEAD of every object, to compare its labctl metadata too (drift, the index).
+    Headed,
+}
+
+pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState, RefreshError> {
     let wrap = |source| RefreshError::Store {
         store: store.url(),
         source,
     };
-    let listed = store::list_all(store.as_ref(), METADATA_PREFIX)
-        .await
-        .map_err(wrap)?;
+    let list_images = async {
+        match objects {
+            Objects::Listed => store::list_all(store.as_ref(), IMAGES_PREFIX)
+                .await
+                .map(|l| {
+                    Some(
+                        l.into_iter()
+                            .map(|o| (o.key.clone(), o))
+                            .collect::<BTreeMap<_, _>>(),
+                    )
+                }),
+            _ => Ok(None),
+        }
+    };
+    let (listed, images, snapshot, index) = tokio::join!(
+        store::list_all(store.as_ref(), METADATA_PREFIX),
+        list_images,
+        read_snapshot(store.as_ref()),
+        read_index(store.as_ref()),
+    );
+    let (listed, images, index) = (
+        listed.map_err(wrap)?,
+        Arc::new(images.map_err(wrap)?),
+        index.map_err(wrap)?,
+    );
+    let snapshot = snapshot.unwrap_or_default();
     let limit = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
     let mut tasks = JoinSet::new();
+    let mut misses = 0;
     for item in listed {
         let Some(destination) = destination_of_record_key(&item.key) else {
             continue; // not a record (a stray file under metadata/)
         };
         let object_key = object_key(destination);
-        let (store, limit) = (store.clone(), limit.clone());
+        // Known at this very ETag: the snapshot's copy is the record. A store that lists no
+        // ETags (s3s-fs) gets every record fetched.
+        let known = snapshot
+            .records
+            .get(&item.key)
+            .filter(|s| !item.etag.is_empty() && s.etag == item.etag)
+            .map(|s| s.record.clone());
+        if known.is_none() {
+            misses += 1;
+        }
+        let (store, limit, images) = (store.clone(), limit.clone(), images.clone());
         tasks.spawn(async move {
             let _permit = limit
                 .acquire_owned()
                 .await
                 .expect("semaphore is never closed");
-            let fetched = store::get_bytes(store.as_ref(), &item.key, MAX_RECORD_BYTES).await?;
-            let Some((fetched_meta, bytes)) = fetched else {
-                return Ok(None); // deleted between list and get
-            };
-            let record = record::parse(&bytes).map_err(Unreadable::from);
-            let object = if head_objects {
-                match store.head(&object_key).await? {
-                    Some(m) => ObjectState::Present(m),
-                    None => ObjectState::Missing,
+            let (record, etag) = match known {
+                Some(rec) => (Ok(Record::Current(Box::new(rec))), item.etag),
+                None => {
+                    let fetched =
+                        store::get_bytes(store.as_ref(), &item.key, MAX_RECORD_BYTES).await?;
+                    let Some((fetched_meta, bytes)) = fetched else {
+                        return Ok(None); // deleted between list and get
+                    };
+                    // The listing's ETag, so a saved plan can be checked with one listing; the
+                    // GET's where a store lists none.
+                    let etag = if item.etag.is_empty() {
+                        fetched_meta.etag
+                    } else {
+                        item.etag
+                    };
+                    (record::parse(&bytes).map_err(Unreadable::from), etag)
                 }
-            } else {
-                ObjectState::NotChecked
+            };
+            let object = match objects {
+                Objects::NotChecked => ObjectState::NotChecked,
+                Objects::Headed => head(store.as_ref(), &object_key).await?,
+                Objects::Listed => {
+                    let listed = images.as_ref().as_ref().and_then(|m| m.get(&object_key));
+                    match (listed, &record) {
+                        (None, _) => ObjectState::Missing,
+                        (Some(meta), Ok(Record::Current(rec)))
+                            if rec.object_etag.as_deref() == Some(meta.etag.as_str())
+                                && rec.size == meta.size =>
+                        {
+                            // The object labctl wrote (same ETag, same size): its metadata is
+                            // the one labctl set. drift HEADs to check even that.
+                            let mut meta = meta.clone();
+                            meta.user_metadata = BTreeMap::from([
+                                (META_CHECKSUM.to_string(), rec.checksum.to_string()),
+                                (META_FINGERPRINT.to_string(), rec.fingerprint.to_string()),
+                            ]);
+                            ObjectState::Present(meta)
+                        }
+                        _ => head(store.as_ref(), &object_key).await?,
+                    }
+                }
             };
             Ok::<_, StoreError>(Some(ActualRecord {
                 record_key: item.key,
                 object_key,
-                // The listing's ETag, so a saved plan can be checked with one listing; the GET's
-                // where a store lists none (s3s-fs).
-                etag: if item.etag.is_empty() {
-                    fetched_meta.etag
-                } else {
-                    item.etag
-                },
+                etag,
                 record,
                 object,
             }))
@@ -78,8 +155,9 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
     }
     let mut state = ActualState {
         records: BTreeMap::new(),
-        refreshed: head_objects,
-        index: read_index(store.as_ref()).await.map_err(wrap)?,
+        refreshed: objects != Objects::NotChecked,
+        index,
+        snapshot_misses: misses,
         unrecorded: BTreeMap::new(),
     };
     while let Some(joined) = tasks.join_next().await {
@@ -88,6 +166,40 @@ pub async fn read(store: Arc<dyn Store>, head_objects: bool) -> Result<ActualSta
         }
     }
     Ok(state)
+}
+
+async fn head(store: &dyn Store, key: &str) -> Result<ObjectState, StoreError> {
+    Ok(match store.head(key).await? {
+        Some(m) => ObjectState::Present(m),
+        None => ObjectState::Missing,
+    })
+}
+
+/// The snapshot apply left, if it is there and readable; anything else is no snapshot (the
+/// records are then fetched, which is always correct).
+async fn read_snapshot(store: &dyn Store) -> Option<Snapshot> {
+    let (_, bytes) = store::get_bytes(store, SNAPSHOT_KEY, MAX_SNAPSHOT_BYTES)
+        .await
+        .ok()??;
+    if bytes.len() > MAX_SNAPSHOT_BYTES {
+        return None;
+    }
+    serde_json::from_slice::<Snapshot>(&bytes)
+        .ok()
+        .filter(|s| s.format == SNAPSHOT_FORMAT)
+}
+
+/// Writes the snapshot of `state` for the next refresh.
+pub async fn write_snapshot(store: &dyn Store, state: &ActualState) -> Result<(), StoreError> {
+    let body = serde_json::to_vec(&Snapshot::of(state)).expect("snapshots serialize");
+    store
+        .put(
+            SNAPSHOT_KEY,
+            bytes::Bytes::from(body),
+            crate::PutOptions::default(),
+        )
+        .await
+        .map(|_| ())
 }
 
 /// Every record key with its ETag: one listing, and a HEAD for each key the store lists without

@@ -82,7 +82,54 @@ pub struct ActualState {
     pub refreshed: bool,
     /// The consumer index files in `images/`.
     pub index: IndexFiles,
+    /// Records fetched because the snapshot did not know them at their listed ETag: apply
+    /// rewrites the snapshot when there are any.
+    pub snapshot_misses: usize,
     /// Objects the manifest wants that exist without a record, by object key: published by a
     /// run that was killed before it wrote the record, or put there by someone else.
     pub unrecorded: BTreeMap<String, ObjectMeta>,
+}
+
+/// `.labctl/records.json`: every record as apply last saw it, with the ETag it had. A refresh
+/// uses an entry only while the listing shows the record with that same ETag, so the snapshot
+/// saves fetching records and is never trusted over the store.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    pub format: u32,
+    pub records: BTreeMap<String, SnapshotEntry>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotEntry {
+    pub etag: String,
+    pub record: StateRecord,
+}
+
+pub const SNAPSHOT_KEY: &str = ".labctl/records.json";
+pub const SNAPSHOT_FORMAT: u32 = 1;
+/// 10,000 records are ~25 MB; anything far larger is not a snapshot labctl wrote.
+pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+
+impl Snapshot {
+    /// The snapshot of `state`: its current-schema records with their ETags.
+    pub fn of(state: &ActualState) -> Snapshot {
+        Snapshot {
+            format: SNAPSHOT_FORMAT,
+            records: state
+                .records
+                .values()
+                .filter(|r| !r.etag.is_empty())
+                .filter_map(|r| match &r.record {
+                    Ok(Record::Current(rec)) => Some((
+                        r.record_key.clone(),
+                        SnapshotEntry {
+                            etag: r.etag.clone(),
+                            record: (**rec).clone(),
+                        },
+                    )),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
 }
