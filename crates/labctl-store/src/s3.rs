@@ -658,7 +658,15 @@ impl Store for S3Store {
             }
             (key_marker, id_marker) = next;
         }
-        Ok(Some(out))
+        // Said, not swallowed: a partial list would look like a complete one.
+        Err(StoreError::Backend {
+            op: "list multipart uploads",
+            key: prefix.to_string(),
+            message: format!(
+                "more than {} pages of unfinished uploads; stopped listing (a lifecycle rule that aborts incomplete uploads clears them)",
+                MAX_UPLOAD_PAGES
+            ),
+        })
     }
 
     async fn url_for(&self, key: &str, expiry: Duration) -> Result<String> {
