@@ -385,3 +385,40 @@ fn garage_is_refused_for_the_lock_and_applies_with_lock_false() {
     );
     assert!(lab.object("test/a.img").unwrap() == body);
 }
+
+/// A store named outside the manifest takes nothing from the manifest's `spec.store`: its
+/// region (here one Garage would refuse the signature for) and endpoint describe another
+/// bucket. With the manifest's own store, E2_ENDPOINT and E2_REGION override it.
+#[test]
+fn a_store_named_outside_the_manifest_ignores_its_endpoint_and_region() {
+    let lab = Lab::new(Backend::Garage);
+    let body = image_bytes(61, 1000);
+    lab.serve(
+        "/a.img",
+        body.clone(),
+        crate::support::fixture::Faults::default(),
+    );
+    let manifest = |store: &str| {
+        format!(
+            "apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  store:\n{store}  images:\n    - name: a\n      source: {{type: http, url: \"{}\", checksum: \"{}\"}}\n      destination: test/a.img\n",
+            lab.fixture.url("/a.img"),
+            sha256(&body)
+        )
+    };
+    // The manifest describes another bucket, elsewhere, in another region.
+    lab.write_manifest_text(&manifest(
+        "    s3: {bucket: elsewhere, endpoint: \"https://s3.elsewhere.example\", region: nowhere-1}\n",
+    ));
+    // --store s3://lab-images (the harness passes it) with E2_ENDPOINT and E2_REGION=garage.
+    let plan = lab.labctl(&["plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.output());
+    assert!(plan.stdout.contains("+ a"), "{}", plan.output());
+
+    // The manifest's own store: E2_ENDPOINT and E2_REGION override its endpoint and region.
+    lab.write_manifest_text(&manifest(
+        "    s3: {bucket: lab-images, endpoint: \"https://s3.elsewhere.example\", region: nowhere-1}\n",
+    ));
+    let own = lab.labctl_no_store(&["plan"]);
+    assert_eq!(own.code, 0, "{}", own.output());
+    assert!(own.stdout.contains("+ a"), "{}", own.output());
+}
