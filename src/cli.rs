@@ -176,8 +176,9 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
     pub lock: bool,
-    /// Multipart upload part size in MiB (at least 5).
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = clap::value_parser!(u16).range(5..=1024))]
+    /// Multipart upload part size in MiB (at least 5); parts double every 2,000, so any image fits
+    /// S3's 10,000 parts.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u16).range(5..=1024))]
     pub part_size: u16,
     /// Parts of one image uploaded at once (memory is about part size × (this + 2)).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]

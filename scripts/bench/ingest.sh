@@ -2,7 +2,7 @@
 # labctl publishing a zstd image beside the store's own ingest of the same decompressed bytes:
 # how much of labctl's time is the store's. A generated image (base64 text of random bytes,
 # zstd -3) is served over HTTP; labctl downloads, decompresses, verifies both checksums and
-# uploads it; boto3's multipart upload_file (16 MiB parts, 4 at a time, like labctl) uploads
+# uploads it; boto3's multipart upload_file (8 MiB parts, 4 at a time, like labctl) uploads
 # the decompressed file from disk and checks nothing. Three runs each, best and peak RSS, into
 # docs/benchmarks.md. Run on demand: scripts/bench/ingest.sh [SIZE_MIB]
 set -euo pipefail
@@ -49,7 +49,7 @@ from boto3.s3.transfer import TransferConfig
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], aws_access_key_id="bench",
                   aws_secret_access_key="benchsecret", region_name="us-east-1")
 s3.upload_file(sys.argv[2], "bench", "ingest.raw",
-               Config=TransferConfig(multipart_chunksize=16 * 1024 * 1024, max_concurrency=4))
+               Config=TransferConfig(multipart_chunksize=8 * 1024 * 1024, max_concurrency=4))
 PY
 
 fresh_store() { # -> endpoint
@@ -91,7 +91,7 @@ ingest_row=$(best "store ingest alone: boto3 upload_file, no checks" \
   echo
   echo "A ${size_mib} MiB image (base64 text of random bytes, zstd -3) published by labctl from a"
   echo "local HTTP server into a fresh s3s-fs, beside boto3 uploading the same decompressed bytes"
-  echo "from disk into a fresh s3s-fs (16 MiB parts, 4 in flight for both). Best of three; peak RSS"
+  echo "from disk into a fresh s3s-fs (8 MiB parts, 4 in flight for both). Best of three; peak RSS"
   echo "is the largest of the three. labctl's part uploads are sent with an unsigned payload (the"
   echo "bytes are hashed end to end already; TLS protects them in transit), as boto3 does over HTTPS."
   echo

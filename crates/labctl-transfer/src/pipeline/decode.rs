@@ -193,8 +193,18 @@ pub struct Digests {
     pub size: u64,
 }
 
-/// Cuts `reader` into parts of `part_size` (the last one shorter, possibly empty), hashing
-/// every byte, and hands them to the uploader.
+/// Parts per size step: every this many parts the part size doubles, so that an image of
+/// unknown size never runs into S3's 10,000-part limit (8 MiB parts reach 484 GiB) while the
+/// usual image keeps small parts and little memory.
+pub const PARTS_PER_STEP: u32 = 2_000;
+
+/// The size of part `number` (1-based) when parts start at `part_size`.
+pub fn part_size_of(number: u32, part_size: usize) -> usize {
+    part_size.saturating_mul(1 << ((number - 1) / PARTS_PER_STEP).min(4))
+}
+
+/// Cuts `reader` into parts (the last one shorter, possibly empty), hashing every byte, and hands
+/// them to the uploader. Parts start at `part_size` and grow with [`part_size_of`].
 pub fn split(
     reader: &mut dyn Read,
     tx: &mpsc::Sender<Part>,
@@ -205,6 +215,7 @@ pub fn split(
     let mut total = 0u64;
     let mut number = 1u32;
     loop {
+        let part_size = part_size_of(number, part_size);
         let mut buf = vec![0u8; part_size];
         let mut filled = 0;
         while filled < part_size {
@@ -298,6 +309,17 @@ mod tests {
             let text = message(err);
             assert!(text.starts_with(expected), "{text}");
         }
+    }
+
+    #[test]
+    fn parts_grow_so_that_ten_thousand_always_suffice() {
+        let mib = 1 << 20;
+        assert_eq!(part_size_of(1, 8 * mib), 8 * mib);
+        assert_eq!(part_size_of(2_000, 8 * mib), 8 * mib);
+        assert_eq!(part_size_of(2_001, 8 * mib), 16 * mib);
+        assert_eq!(part_size_of(10_000, 8 * mib), 128 * mib);
+        let capacity: u64 = (1..=10_000).map(|n| part_size_of(n, 8 * mib) as u64).sum();
+        assert!(capacity > 480 * 1024 * mib as u64, "{capacity}");
     }
 
     #[test]
