@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Publishes a generated 1 GiB image (xz and zstd) to a local s3s-fs with labctl, and the same
-# bytes with `curl | xz -dc | aws s3 cp -`, recording wall time and peak RSS of each into
-# docs/benchmarks.md. Run on demand: scripts/bench/publish.sh [SIZE_MIB]
+# Publishes a generated 1 GiB image (xz, zstd and raw) to a local s3s-fs with labctl, and the
+# same bytes with `curl | DECOMPRESS | aws s3 cp -`, without and with sha256 tees on both sides
+# (what labctl checks), recording wall time and peak RSS of each into docs/benchmarks.md.
+# Run on demand: scripts/bench/publish.sh [SIZE_MIB]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -34,7 +35,7 @@ zstd -q -T2 -3 -k "$work/srv/image.raw"
 raw_sum=$(sha256sum "$work/srv/image.raw" | cut -d' ' -f1)
 xz_sum=$(sha256sum "$work/srv/image.raw.xz" | cut -d' ' -f1)
 zst_sum=$(sha256sum "$work/srv/image.raw.zst" | cut -d' ' -f1)
-rm "$work/srv/image.raw"
+# The raw image stays: it is published as is too.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 http_port=$(free_port); s3_port=$(free_port)
@@ -47,15 +48,17 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REG
 export LABCTL_ALLOW_INSECURE_LOOPBACK=1 CI=true
 
 manifest() { # name ext format checksum
+  local decompress="decompress: $3" expected="validation: {expected: \"sha256:$raw_sum\"}"
+  if [ "$3" = none ]; then decompress=""; expected=""; fi
   cat > "$work/images.yaml" <<YAML
 apiVersion: labctl/v1alpha1
 kind: ImageManifest
 spec:
   images:
     - name: bench-$1
-      source: {type: http, url: "http://127.0.0.1:$http_port/image.raw.$2", checksum: "sha256:$4", decompress: $3}
+      source: {type: http, url: "http://127.0.0.1:$http_port/image$2", checksum: "sha256:$4", $decompress}
       destination: bench/$1.raw
-      validation: {expected: "sha256:$raw_sum"}
+      $expected
 YAML
 }
 
@@ -72,23 +75,28 @@ measure() { # label command…
 }
 
 rows=()
-for fmt in xz:xz:$xz_sum zstd:zst:$zst_sum; do
-  IFS=: read -r name ext sum <<<"$fmt"
-  manifest "$name" "$ext" "$name" "$sum"
+for fmt in xz:.raw.xz:xz:$xz_sum zstd:.raw.zst:zstd:$zst_sum raw:.raw:none:$raw_sum; do
+  IFS=: read -r name ext format sum <<<"$fmt"
+  manifest "$name" "$ext" "$format" "$sum"
   echo "== labctl apply ($name)"
   rows+=("$(measure "labctl apply, $name" "$labctl" apply --auto-approve --manifest "$work/images.yaml" --store s3://bench)")
-  decompress="xz -dc"; [ "$name" = zstd ] && decompress="zstd -dc"
+  case $name in xz) decompress="xz -dc" ;; zstd) decompress="zstd -dc" ;; *) decompress="cat" ;; esac
+  url="http://127.0.0.1:$http_port/image$ext"
   echo "== curl | $decompress | aws s3 cp - ($name)"
-  rows+=("$(measure "curl \\| $decompress \\| aws s3 cp -" bash -c "curl -sf http://127.0.0.1:$http_port/image.raw.$ext | $decompress | aws s3 cp - s3://bench/baseline/$name.raw --endpoint-url $E2_ENDPOINT")")
+  rows+=("$(measure "curl \\| $decompress \\| aws s3 cp -" bash -c "curl -sf $url | $decompress | aws s3 cp - s3://bench/baseline/$name.raw --endpoint-url $E2_ENDPOINT")")
+  echo "== the same with sha256 tees ($name)"
+  rows+=("$(measure "curl \\| tee sha256 \\| $decompress \\| tee sha256 \\| aws s3 cp -" bash -c "curl -sf $url | tee >(sha256sum > $work/in.sum) | $decompress | tee >(sha256sum > $work/out.sum) | aws s3 cp - s3://bench/teed/$name.raw --endpoint-url $E2_ENDPOINT")")
 done
 
 {
   echo "## Publishing"
   echo
-  echo "Publishing a generated ${size_mib} MiB image (base64 text of random bytes; xz -3 and zstd -3"
-  echo "compressed) from a local HTTP server to a local s3s-fs, on this project's 2-core machine."
-  echo "labctl verifies both checksums and uploads 16 MiB parts, 4 in flight; the baseline pipes"
-  echo "curl through the decompressor into \`aws s3 cp -\` (awscli from Debian) and verifies nothing."
+  echo "Publishing a generated ${size_mib} MiB image (base64 text of random bytes; xz -3, zstd -3 and"
+  echo "raw) from a local HTTP server to a local s3s-fs, on this project's 2-core machine. labctl"
+  echo "verifies both checksums and uploads 8 MiB parts, 4 in flight; the baselines pipe curl through"
+  echo "the decompressor into \`aws s3 cp -\` (awscli from Debian), without checks and with sha256"
+  echo "tees on the download and on the output (computing, not comparing, what labctl verifies)."
+  echo "s5cmd is not packaged for Debian and could not be installed here."
   echo
   echo "Produced by \`scripts/bench/publish.sh ${size_mib}\` on $(date -u +%Y-%m-%d), labctl $("$labctl" --version | cut -d' ' -f2)."
   echo
