@@ -158,6 +158,10 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
         refreshed: objects != Objects::NotChecked,
         index,
         snapshot_misses: misses,
+        listed_objects: images
+            .as_ref()
+            .as_ref()
+            .map(|m| m.keys().cloned().collect()),
         unrecorded: BTreeMap::new(),
     };
     while let Some(joined) = tasks.join_next().await {
@@ -223,8 +227,9 @@ pub async fn record_etags(store: &dyn Store) -> Result<BTreeMap<String, String>,
     Ok(out)
 }
 
-/// HEADs the objects at `object_keys` that have no record, concurrently, and keeps the ones that
-/// exist in [`ActualState::unrecorded`].
+/// HEADs the objects at `object_keys` that have no record (and that the refresh's listing, when
+/// it made one, shows), concurrently, and keeps the ones that exist in
+/// [`ActualState::unrecorded`].
 pub async fn head_unrecorded(
     store: Arc<dyn Store>,
     state: &mut ActualState,
@@ -238,7 +243,12 @@ pub async fn head_unrecorded(
     let limit = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
     let mut tasks = JoinSet::new();
     for key in object_keys {
-        if recorded.contains(key.as_str()) {
+        let listed = state
+            .listed_objects
+            .as_ref()
+            .is_none_or(|keys| keys.contains(&key));
+        // Only objects that exist without a record need a HEAD (for their metadata).
+        if recorded.contains(key.as_str()) || !listed {
             continue;
         }
         let (store, limit) = (store.clone(), limit.clone());

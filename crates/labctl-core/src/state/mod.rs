@@ -85,6 +85,9 @@ pub struct ActualState {
     /// Records fetched because the snapshot did not know them at their listed ETag: apply
     /// rewrites the snapshot when there are any.
     pub snapshot_misses: usize,
+    /// The keys under `images/`, when the refresh listed them: an object not among them does
+    /// not exist, without a HEAD to ask.
+    pub listed_objects: Option<std::collections::BTreeSet<String>>,
     /// Objects the manifest wants that exist without a record, by object key: published by a
     /// run that was killed before it wrote the record, or put there by someone else.
     pub unrecorded: BTreeMap<String, ObjectMeta>,

@@ -217,7 +217,8 @@ enum Sink<'a> {
 /// or only hashing. The input feeds the source hash (and a signature check), a blocking decoder
 /// hashes and cuts the output into parts, and the sink uploads or drops them.
 struct Pass {
-    source: Checksum,
+    /// The input's hash, when one was asked for.
+    source: Option<Checksum>,
     /// Whether the whole download was read: only then does `source` mean anything.
     complete: bool,
     decoded: Result<decode::Digests, decode::DecodeError>,
@@ -236,7 +237,8 @@ enum Step {
 async fn stream(
     mut input: Input<'_>,
     image: &str,
-    source_algorithm: labctl_core::checksum::Algorithm,
+    // `None` when the decoder's output hash says all (a raw file: the same bytes).
+    source_algorithm: Option<labctl_core::checksum::Algorithm>,
     decompress: Option<Compression>,
     output_algorithm: labctl_core::checksum::Algorithm,
     part_size: usize,
@@ -269,7 +271,7 @@ async fn stream(
         }
     };
 
-    let mut source = Hasher::new(source_algorithm);
+    let mut source = source_algorithm.map(Hasher::new);
     // Checked (mode and key) before the download started; here it only hashes.
     let mut signature = match minisign {
         Some(check) => Some(check.verifier().map_err(PipelineError::Signature)?),
@@ -296,7 +298,9 @@ async fn stream(
         };
         match next {
             Ok(Some(Chunk::Data(bytes))) => {
-                source.update(&bytes);
+                if let Some(h) = source.as_mut() {
+                    h.update(&bytes);
+                }
                 if let Some(v) = signature.as_mut() {
                     v.update(&bytes);
                 }
@@ -342,7 +346,7 @@ async fn stream(
         return Ok(Step::Restart);
     }
     Ok(Step::Passed(Pass {
-        source: source.finish(),
+        source: source.map(Hasher::finish),
         complete,
         decoded,
         uploaded,
@@ -372,7 +376,7 @@ async fn attempt(
     let pass = match stream(
         Input::Download(download),
         &job.image,
-        job.source_checksum.algorithm,
+        Some(job.source_checksum.algorithm),
         job.decompress,
         job.expected.algorithm,
         settings.part_size,
@@ -392,14 +396,20 @@ async fn attempt(
     };
     // Verified against the hashes first; only then does anything become visible. Every other
     // way out discards what was uploaded (and a dropped future's upload aborts itself).
-    let checked =
-        verify(job, pass.complete, pass.source, pass.decoded, upload_failed).and_then(|digests| {
-            match (&job.minisign, pass.signature_ok) {
-                // The signature is checked after the checksum, before anything becomes visible.
-                (Some(check), Some(false)) => Err(PipelineError::Signature(check.bad())),
-                _ => Ok(digests),
-            }
-        });
+    let checked = verify(
+        job,
+        pass.complete,
+        pass.source.expect("HTTP sources are hashed"),
+        pass.decoded,
+        upload_failed,
+    )
+    .and_then(|digests| {
+        match (&job.minisign, pass.signature_ok) {
+            // The signature is checked after the checksum, before anything becomes visible.
+            (Some(check), Some(false)) => Err(PipelineError::Signature(check.bad())),
+            _ => Ok(digests),
+        }
+    });
     let digests = match checked {
         Ok(digests) => digests,
         Err(e) => {
@@ -451,10 +461,19 @@ pub async fn publish_file(
     };
     let size = tokio::fs::metadata(path).await.ok().map(|m| m.len());
     progress.start(image, "hashing the artifact", size);
+    // The decoder passes a raw file through unchanged: its output hash is the file's hash, so
+    // the input is not hashed a second time.
+    let artifact = |e: decode::DecodeError| PipelineError::Artifact {
+        path: path.display().to_string(),
+        message: match e {
+            decode::DecodeError::Corrupt { message, .. } => message,
+            decode::DecodeError::UploadStopped => "the upload stopped".into(),
+        },
+    };
     let first = match stream(
         open().await?,
         image,
-        sha256,
+        None,
         None,
         sha256,
         settings.part_size,
@@ -465,7 +484,7 @@ pub async fn publish_file(
     )
     .await?
     {
-        Step::Passed(pass) => pass.source,
+        Step::Passed(pass) => pass.decoded.map_err(artifact)?.declared,
         Step::Restart => unreachable!("a file does not restart"),
     };
     let options = PutOptions {
@@ -488,7 +507,7 @@ pub async fn publish_file(
     let pass = match stream(
         open().await?,
         image,
-        sha256,
+        None,
         None,
         sha256,
         settings.part_size,
@@ -503,21 +522,12 @@ pub async fn publish_file(
         Step::Restart => unreachable!("a file does not restart"),
     };
     let uploaded = pass.uploaded.expect("the upload sink uploads")?;
-    let checked = match pass.decoded {
-        Err(decode::DecodeError::Corrupt { message, .. }) => Err(PipelineError::Artifact {
-            path: path.display().to_string(),
-            message,
+    let checked = match pass.decoded.map_err(artifact) {
+        Err(e) => Err(e),
+        Ok(second) if second.declared != first => Err(PipelineError::OutputMismatch {
+            expected: first.clone(),
+            actual: second.declared,
         }),
-        Err(decode::DecodeError::UploadStopped) => Err(PipelineError::Artifact {
-            path: path.display().to_string(),
-            message: "the upload stopped".into(),
-        }),
-        Ok(second) if second.declared != first || pass.source != first => {
-            Err(PipelineError::OutputMismatch {
-                expected: first.clone(),
-                actual: second.declared,
-            })
-        }
         Ok(second) => Ok(second.size),
     };
     let size = match checked {
@@ -556,7 +566,7 @@ pub async fn hash_download(
         let step = stream(
             Input::Download(&mut download),
             image,
-            source_algorithm,
+            Some(source_algorithm),
             decompress,
             labctl_core::checksum::Algorithm::Sha256,
             MIB,
@@ -595,7 +605,7 @@ pub async fn hash_download(
                 ),
             });
         }
-        return Ok((pass.source, output));
+        return Ok((pass.source.expect("pin hashes the download"), output));
     }
     Err(PipelineError::TooManyRestarts {
         url: url.to_string(),
