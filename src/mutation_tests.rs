@@ -179,6 +179,8 @@ fn actual_from(records: &[(String, Vec<u8>)]) -> ActualState {
                 etag: "\"e\"".into(),
                 record: crate::state::record::parse(bytes).map_err(Into::into),
                 object: ObjectState::NotChecked,
+                listed: None,
+                object_listed: None,
             },
         );
     }

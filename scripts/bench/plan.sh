@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Times `labctl plan` of N unchanged images (100, 1,000, 10,000 by default) and counts the S3
 # requests it makes, against Ceph RGW (a one-node cluster, which lists ETags) and s3s-fs (which
-# lists none, so every record is fetched and every object HEADed). Writes its section of
-# docs/benchmarks.md. Run on demand: scripts/bench/plan.sh [N…]
+# lists none, so a plan goes by the listed size and time the snapshot paired with each ETag).
+# Writes its section of docs/benchmarks.md. Run on demand: scripts/bench/plan.sh [N…]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -178,10 +178,11 @@ done
   echo "\`labctl plan\` of N unchanged images (each apply left its record snapshot), best of three,"
   echo "with the S3 requests of one plan counted by a forwarding proxy. Ceph RGW (a one-node"
   echo "memstore cluster on 127.0.0.1) lists ETags, so a refresh is a few list pages, one GET of"
-  echo "\`.labctl/records.json\` and the index files. s3s-fs lists no ETags: nothing in a listing"
-  echo "proves a record unchanged, so every record is fetched and every object HEADed — the"
-  echo "store, not labctl, sets that cost. Times include the Python proxy (about a millisecond a"
-  echo "request), which inflates the request-heavy rows. 2-core machine, labctl in release mode."
+  echo "\`.labctl/records.json\` and the index files. s3s-fs lists no ETags; there a plan takes"
+  echo "a record or object as unchanged while its listed size and modification time are the ones"
+  echo "the snapshot paired with its ETag (drift still fetches and HEADs everything). Times"
+  echo "include the Python proxy (about a millisecond a request). 2-core machine, labctl in"
+  echo "release mode."
   echo
   echo "Produced by \`scripts/bench/plan.sh ${sizes[*]}\` on $(date -u +%Y-%m-%d), labctl $("$labctl" --version | cut -d' ' -f2)."
   echo

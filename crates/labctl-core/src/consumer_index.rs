@@ -321,6 +321,8 @@ mod tests {
                 etag: "\"e\"".into(),
                 record: parse(json.as_bytes()).map_err(Into::into),
                 object,
+                listed: None,
+                object_listed: None,
             },
         )
     }

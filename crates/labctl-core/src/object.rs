@@ -14,6 +14,10 @@ pub struct ObjectMeta {
     /// Changes whenever the object is rewritten.
     pub etag: String,
     pub user_metadata: BTreeMap<String, String>,
+    /// When the store last wrote the key, as its listing shows it (opaque, compared only for
+    /// equality); `None` where labctl did not list it or the store does not say. It stands in
+    /// for the ETag on a store that lists none.
+    pub listed_modified: Option<String>,
 }
 
 /// An unfinished multipart upload.

@@ -151,6 +151,7 @@ fn head_sync(store: &FsStore, key: &str) -> Result<Option<ObjectMeta>> {
             key: key.to_string(),
             size: m.len(),
             etag: etag_of(&m),
+            listed_modified: None,
             user_metadata: read_meta(&store.meta_path(key)),
         })),
         Ok(_) => Ok(None),
@@ -247,6 +248,7 @@ impl Store for FsStore {
                     .map(|(key, m)| ObjectMeta {
                         size: m.len(),
                         etag: etag_of(&m),
+                        listed_modified: None,
                         key,
                         user_metadata: BTreeMap::new(),
                     })
@@ -279,6 +281,7 @@ impl Store for FsStore {
                 key: key.to_string(),
                 size: m.len(),
                 etag: etag_of(&m),
+                listed_modified: None,
                 user_metadata: read_meta(&self.meta_path(key)),
             },
             body: Box::pin(file),

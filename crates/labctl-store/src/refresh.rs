@@ -1,7 +1,9 @@
 //! Reading actual state from a store in O(list pages) when nothing changed: the records are
 //! listed, and fetched only when the snapshot apply left does not know them at their listed
 //! ETag; the objects are listed, and HEADed only when the listing disagrees with the record (or
-//! always, for drift).
+//! always, for drift). On a store whose listings show no ETags, a plan takes the listed size
+//! and modification time instead, as the snapshot paired them with the ETag a read after that
+//! same listing found.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate as store;
-use crate::{Store, StoreError};
+use crate::{ObjectMeta, Store, StoreError};
 use labctl_core::consumer_index::{self, IndexFiles, MAX_INDEX_BYTES};
 use labctl_core::manifest::model::{
     destination_of_record_key, object_key, IMAGES_PREFIX, METADATA_PREFIX,
@@ -18,8 +20,8 @@ use labctl_core::manifest::model::{
 use labctl_core::object::{META_CHECKSUM, META_FINGERPRINT};
 use labctl_core::state::record::{self, MAX_RECORD_BYTES};
 use labctl_core::state::{
-    ActualRecord, ActualState, ObjectState, Record, Snapshot, Unreadable, MAX_SNAPSHOT_BYTES,
-    SNAPSHOT_FORMAT, SNAPSHOT_KEY,
+    ActualRecord, ActualState, ListedWrite, ObjectState, Record, Snapshot, Unreadable,
+    MAX_SNAPSHOT_BYTES, SNAPSHOT_FORMAT, SNAPSHOT_KEY,
 };
 
 /// How many records and HEADs are in flight at once.
@@ -54,7 +56,9 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
     };
     let list_images = async {
         match objects {
-            Objects::Listed => store::list_all(store.as_ref(), IMAGES_PREFIX)
+            Objects::NotChecked => Ok(None),
+            // Listed for drift too: the listing's view of each object goes into the snapshot.
+            Objects::Listed | Objects::Headed => store::list_all(store.as_ref(), IMAGES_PREFIX)
                 .await
                 .map(|l| {
                     Some(
@@ -63,7 +67,6 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
                             .collect::<BTreeMap<_, _>>(),
                     )
                 }),
-            _ => Ok(None),
         }
     };
     let (listed, images, snapshot, index) = tokio::join!(
@@ -78,6 +81,9 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
         index.map_err(wrap)?,
     );
     let snapshot = snapshot.unwrap_or_default();
+    // Drift and the index check every record at its ETag: a listed size and time is good
+    // enough to spare a plan requests, not to vouch for what consumers are told.
+    let trust_listed_writes = objects != Objects::Headed;
     let limit = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
     let mut tasks = JoinSet::new();
     let mut misses = 0;
@@ -86,24 +92,45 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
             continue; // not a record (a stray file under metadata/)
         };
         let object_key = object_key(destination);
-        // Known at this very ETag: the snapshot's copy is the record. A store that lists no
-        // ETags (s3s-fs) gets every record fetched.
-        let known = snapshot
-            .records
-            .get(&item.key)
-            .filter(|s| !item.etag.is_empty() && s.etag == item.etag)
-            .map(|s| s.record.clone());
+        let record_listed = ListedWrite::of(&item);
+        let saved = snapshot.records.get(&item.key);
+        // Known at this very ETag, or (on a store that lists none) at this very listed write:
+        // the snapshot's copy is the record.
+        let known = saved
+            .filter(|s| match &record_listed {
+                None => !item.etag.is_empty() && s.etag == item.etag,
+                Some(write) => trust_listed_writes && s.listed.as_ref() == Some(write),
+            })
+            .map(|s| (s.record.clone(), s.etag.clone()));
         if known.is_none() {
             misses += 1;
         }
-        let (store, limit, images) = (store.clone(), limit.clone(), images.clone());
+        let object_listed = images
+            .as_ref()
+            .as_ref()
+            .and_then(|m| m.get(&object_key))
+            .cloned();
+        let object_write = object_listed.as_ref().and_then(ListedWrite::of);
+        // The object's ETag: listed, or what a HEAD after an identical listing found.
+        let object_etag = match (&object_listed, &object_write) {
+            (Some(meta), None) => Some(meta.etag.clone()),
+            (Some(_), Some(write)) => saved
+                .and_then(|s| s.object.as_ref())
+                .filter(|o| trust_listed_writes && &o.listed == write)
+                .map(|o| o.etag.clone()),
+            (None, _) => None,
+        };
+        if objects == Objects::Listed && object_listed.is_some() && object_etag.is_none() {
+            misses += 1; // HEADed below
+        }
+        let (store, limit) = (store.clone(), limit.clone());
         tasks.spawn(async move {
             let _permit = limit
                 .acquire_owned()
                 .await
                 .expect("semaphore is never closed");
             let (record, etag) = match known {
-                Some(rec) => (Ok(Record::Current(Box::new(rec))), item.etag),
+                Some((rec, etag)) => (Ok(Record::Current(Box::new(rec))), etag),
                 None => {
                     let fetched =
                         store::get_bytes(store.as_ref(), &item.key, MAX_RECORD_BYTES).await?;
@@ -123,26 +150,25 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
             let object = match objects {
                 Objects::NotChecked => ObjectState::NotChecked,
                 Objects::Headed => head(store.as_ref(), &object_key).await?,
-                Objects::Listed => {
-                    let listed = images.as_ref().as_ref().and_then(|m| m.get(&object_key));
-                    match (listed, &record) {
-                        (None, _) => ObjectState::Missing,
-                        (Some(meta), Ok(Record::Current(rec)))
-                            if rec.object_etag.as_deref() == Some(meta.etag.as_str())
-                                && rec.size == meta.size =>
-                        {
-                            // The object labctl wrote (same ETag, same size): its metadata is
-                            // the one labctl set. drift HEADs to check even that.
-                            let mut meta = meta.clone();
-                            meta.user_metadata = BTreeMap::from([
+                Objects::Listed => match (object_listed, object_etag, &record) {
+                    (None, _, _) => ObjectState::Missing,
+                    (Some(meta), Some(etag), Ok(Record::Current(rec)))
+                        if rec.object_etag.as_deref() == Some(etag.as_str())
+                            && rec.size == meta.size =>
+                    {
+                        // The object labctl wrote (same ETag, same size): its metadata is
+                        // the one labctl set. drift HEADs to check even that.
+                        ObjectState::Present(ObjectMeta {
+                            etag,
+                            user_metadata: BTreeMap::from([
                                 (META_CHECKSUM.to_string(), rec.checksum.to_string()),
                                 (META_FINGERPRINT.to_string(), rec.fingerprint.to_string()),
-                            ]);
-                            ObjectState::Present(meta)
-                        }
-                        _ => head(store.as_ref(), &object_key).await?,
+                            ]),
+                            ..meta
+                        })
                     }
-                }
+                    _ => head(store.as_ref(), &object_key).await?,
+                },
             };
             Ok::<_, StoreError>(Some(ActualRecord {
                 record_key: item.key,
@@ -150,6 +176,8 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
                 etag,
                 record,
                 object,
+                listed: record_listed,
+                object_listed: object_write,
             }))
         });
     }

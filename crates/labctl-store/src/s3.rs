@@ -338,6 +338,7 @@ fn to_meta(
         key: key.to_string(),
         size: size.unwrap_or(0).max(0) as u64,
         etag: etag.unwrap_or_default().to_string(),
+        listed_modified: None,
         user_metadata: metadata
             .map(|m| {
                 m.iter()
@@ -402,7 +403,11 @@ impl Store for S3Store {
             .iter()
             .filter_map(|o| {
                 let key = self.strip(o.key()?);
-                Some(to_meta(&key, o.size(), o.e_tag(), None))
+                let mut meta = to_meta(&key, o.size(), o.e_tag(), None);
+                meta.listed_modified = o
+                    .last_modified()
+                    .map(|t| format!("{}.{:09}", t.secs(), t.subsec_nanos()));
+                Some(meta)
             })
             .collect();
         let next = if out.is_truncated() == Some(true) {
@@ -474,6 +479,7 @@ impl Store for S3Store {
                 key: key.to_string(),
                 size: size as u64,
                 etag: o.e_tag().unwrap_or_default().to_string(),
+                listed_modified: None,
                 user_metadata: options.user_metadata,
             }),
             // 412: the key exists; 409: a concurrent conditional write won the race.

@@ -72,6 +72,33 @@ pub struct ActualRecord {
     /// The record, or why it could not be read.
     pub record: Result<Record, Unreadable>,
     pub object: ObjectState,
+    /// How the listing showed the record, when it showed no ETag.
+    pub listed: Option<ListedWrite>,
+    /// How the listing showed the object, when it showed no ETag.
+    pub object_listed: Option<ListedWrite>,
+}
+
+/// A key as a listing that shows no ETags (s3s-fs) showed it: its size and when the store last
+/// wrote it. A later listing showing the same pair shows the same write, unless the key was
+/// rewritten with the same size within the store's clock tick (a millisecond on s3s-fs); drift
+/// does not rely on it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListedWrite {
+    pub size: u64,
+    pub modified: String,
+}
+
+impl ListedWrite {
+    /// The listed write of `meta`, if it was listed without an ETag but with a time.
+    pub fn of(meta: &ObjectMeta) -> Option<ListedWrite> {
+        if !meta.etag.is_empty() {
+            return None;
+        }
+        meta.listed_modified.clone().map(|modified| ListedWrite {
+            size: meta.size,
+            modified,
+        })
+    }
 }
 
 /// Everything found in the store, keyed by record key.
@@ -82,8 +109,8 @@ pub struct ActualState {
     pub refreshed: bool,
     /// The consumer index files in `images/`.
     pub index: IndexFiles,
-    /// Records fetched because the snapshot did not know them at their listed ETag: apply
-    /// rewrites the snapshot when there are any.
+    /// Records fetched (or objects HEADed on a store that lists no ETags) because the snapshot
+    /// did not know them as listed: apply rewrites the snapshot when there are any.
     pub snapshot_misses: usize,
     /// The keys under `images/`, when the refresh listed them: an object not among them does
     /// not exist, without a HEAD to ask.
@@ -94,8 +121,9 @@ pub struct ActualState {
 }
 
 /// `.labctl/records.json`: every record as apply last saw it, with the ETag it had. A refresh
-/// uses an entry only while the listing shows the record with that same ETag, so the snapshot
-/// saves fetching records and is never trusted over the store.
+/// uses an entry only while the listing shows the record with that same ETag (or, on a store
+/// that lists no ETags, the same [`ListedWrite`]), so the snapshot saves fetching records and
+/// is never trusted over the store.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub format: u32,
@@ -106,6 +134,20 @@ pub struct Snapshot {
 pub struct SnapshotEntry {
     pub etag: String,
     pub record: StateRecord,
+    /// The listing's view of the record when it was read after that listing (a store that
+    /// lists no ETags).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed: Option<ListedWrite>,
+    /// The object's ETag, as a HEAD after a listing that showed no ETag found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<ListedObject>,
+}
+
+/// An object's ETag with the [`ListedWrite`] the listing showed just before it was HEADed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListedObject {
+    pub listed: ListedWrite,
+    pub etag: String,
 }
 
 pub const SNAPSHOT_KEY: &str = ".labctl/records.json";
@@ -128,11 +170,120 @@ impl Snapshot {
                         SnapshotEntry {
                             etag: r.etag.clone(),
                             record: (**rec).clone(),
+                            listed: r.listed.clone(),
+                            object: match (&r.object, &r.object_listed) {
+                                (ObjectState::Present(meta), Some(listed))
+                                    if !meta.etag.is_empty() && meta.size == listed.size =>
+                                {
+                                    Some(ListedObject {
+                                        listed: listed.clone(),
+                                        etag: meta.etag.clone(),
+                                    })
+                                }
+                                _ => None,
+                            },
                         },
                     )),
                     _ => None,
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(etag: &str, size: u64, modified: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            key: "images/vyos/gw.raw".into(),
+            size,
+            etag: etag.into(),
+            user_metadata: BTreeMap::new(),
+            listed_modified: modified.map(str::to_string),
+        }
+    }
+
+    fn write(size: u64, modified: &str) -> ListedWrite {
+        ListedWrite {
+            size,
+            modified: modified.into(),
+        }
+    }
+
+    #[test]
+    fn a_listed_write_stands_in_only_for_a_missing_etag() {
+        assert_eq!(ListedWrite::of(&listed("\"e\"", 5, Some("1.5"))), None);
+        assert_eq!(ListedWrite::of(&listed("", 5, None)), None);
+        assert_eq!(
+            ListedWrite::of(&listed("", 5, Some("1.5"))),
+            Some(write(5, "1.5"))
+        );
+    }
+
+    fn state_with(object: ObjectState, object_listed: Option<ListedWrite>) -> ActualState {
+        let rec = record::tests::sample();
+        let key = "metadata/vyos/gw.raw.json".to_string();
+        ActualState {
+            records: BTreeMap::from([(
+                key.clone(),
+                ActualRecord {
+                    record_key: key,
+                    object_key: rec.key.clone(),
+                    etag: "\"r\"".into(),
+                    record: Ok(Record::Current(Box::new(rec))),
+                    object,
+                    listed: Some(write(900, "7.25")),
+                    object_listed,
+                },
+            )]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_snapshot_pairs_an_object_etag_with_the_write_listed_before_it() {
+        let present = ObjectState::Present(listed("\"o\"", 5, None));
+        let snap = Snapshot::of(&state_with(present.clone(), Some(write(5, "3.0"))));
+        let entry = &snap.records["metadata/vyos/gw.raw.json"];
+        assert_eq!(entry.etag, "\"r\"");
+        assert_eq!(entry.listed, Some(write(900, "7.25")));
+        assert_eq!(
+            entry.object,
+            Some(ListedObject {
+                listed: write(5, "3.0"),
+                etag: "\"o\"".into()
+            })
+        );
+        // A HEAD that saw another size saw another write: nothing is paired.
+        let other = Snapshot::of(&state_with(present.clone(), Some(write(6, "3.0"))));
+        assert_eq!(other.records["metadata/vyos/gw.raw.json"].object, None);
+        // Nor is anything paired for a store that lists ETags, or an object not HEADed.
+        for (object, object_listed) in [
+            (present, None),
+            (ObjectState::Missing, Some(write(5, "3.0"))),
+            (
+                ObjectState::Present(listed("", 5, None)),
+                Some(write(5, "3.0")),
+            ),
+        ] {
+            let snap = Snapshot::of(&state_with(object, object_listed));
+            assert_eq!(snap.records["metadata/vyos/gw.raw.json"].object, None);
+        }
+    }
+
+    #[test]
+    fn snapshots_without_listed_writes_still_read() {
+        let snap = Snapshot::of(&state_with(ObjectState::Missing, None));
+        let mut json: serde_json::Value = serde_json::to_value(&snap).unwrap();
+        let entry = &mut json["records"]["metadata/vyos/gw.raw.json"];
+        entry.as_object_mut().unwrap().remove("listed");
+        assert!(
+            entry.get("object").is_none(),
+            "absent fields are not written"
+        );
+        let back: Snapshot = serde_json::from_value(json).unwrap();
+        assert_eq!(back.records["metadata/vyos/gw.raw.json"].listed, None);
     }
 }

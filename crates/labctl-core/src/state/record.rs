@@ -411,10 +411,10 @@ pub fn to_json(record: &StateRecord) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> StateRecord {
+    pub(crate) fn sample() -> StateRecord {
         let checksum = Checksum::sha256(b"bytes");
         StateRecord {
             schema_version: SCHEMA_VERSION,

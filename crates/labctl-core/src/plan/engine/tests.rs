@@ -81,6 +81,7 @@ fn object_of(rec: &StateRecord) -> ObjectState {
         key: rec.key.clone(),
         size: rec.size,
         etag: "\"e\"".into(),
+        listed_modified: None,
         user_metadata: BTreeMap::from([
             (META_CHECKSUM.to_string(), rec.checksum.to_string()),
             (META_FINGERPRINT.to_string(), rec.fingerprint.to_string()),
@@ -99,6 +100,8 @@ fn actual_entry(
         etag: format!("\"etag-{destination}\""),
         record,
         object,
+        listed: None,
+        object_listed: None,
     }
 }
 
@@ -609,6 +612,7 @@ fn replace_legacy_record_with_other_checksum() {
         key: String::new(),
         size: 2,
         etag: String::new(),
+        listed_modified: None,
         user_metadata: BTreeMap::new(),
     });
     let entry = actual_entry(&spec.destination, Ok(Record::Legacy(legacy)), obj);
@@ -759,6 +763,7 @@ fn update_adopts_legacy_record_with_matching_checksum() {
         key: String::new(),
         size: 2,
         etag: String::new(),
+        listed_modified: None,
         user_metadata: BTreeMap::new(),
     });
     let entry = actual_entry(&spec.destination, Ok(Record::Legacy(legacy)), obj);
