@@ -8,6 +8,7 @@ use labctl_core::graph::DependencyGraph;
 use labctl_core::manifest::{
     parse, DirProblem, LoadError, Manifest, ManifestDir, Rules, MAX_MANIFEST_BYTES,
 };
+use labctl_transfer::local_file::{self, ReadError, Symlinks};
 
 /// The directory that holds the manifest. File references stay inside it.
 pub struct Directory(pub PathBuf);
@@ -33,45 +34,22 @@ pub fn load(path: &Path, rules: Rules) -> Result<(Manifest, DependencyGraph), Lo
         path: path.to_path_buf(),
         source,
     };
-    use std::io::Read;
-    // Looked at before opening: opening a FIFO would wait for a writer.
-    let meta = std::fs::metadata(path).map_err(read_err)?;
     let file = path.display().to_string();
-    let invalid = |d: Diagnostic| {
+    let invalid = |message: String| {
         LoadError::Invalid(Diagnostics {
             file: file.clone(),
-            items: vec![d],
+            items: vec![Diagnostic::new(Default::default(), message)],
         })
     };
-    if !meta.is_file() {
-        return Err(invalid(Diagnostic::new(
-            Default::default(),
-            "is not a regular file".to_string(),
-        )));
-    }
-    if meta.len() > MAX_MANIFEST_BYTES {
-        return Err(invalid(Diagnostic::new(
-            Default::default(),
-            format!(
-                "file is {} bytes; a manifest may be at most {} bytes",
-                meta.len(),
-                MAX_MANIFEST_BYTES
-            ),
-        )));
-    }
-    // Read no further than the limit, whatever the size said a moment ago.
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(read_err)?
-        .take(MAX_MANIFEST_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(invalid(Diagnostic::new(
-            Default::default(),
-            format!("file is larger than {MAX_MANIFEST_BYTES} bytes, the most a manifest may be"),
-        )));
-    }
+    let bytes =
+        local_file::read(path, MAX_MANIFEST_BYTES, Symlinks::Follow).map_err(|e| match e {
+            ReadError::NotFound => read_err(std::io::ErrorKind::NotFound.into()),
+            ReadError::Io(e) => read_err(e),
+            ReadError::NotAFile => invalid(e.to_string()),
+            ReadError::TooLarge { limit } => invalid(format!(
+                "file is larger than {limit} bytes; a manifest may be at most {limit} bytes"
+            )),
+        })?;
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -108,20 +86,6 @@ pub fn inside(base: &Path, rel: &str) -> Result<std::path::PathBuf, String> {
 
 /// Reads a small regular file inside `base`, at most `limit` bytes.
 pub fn read_inside(base: &Path, rel: &str, limit: u64) -> Result<String, String> {
-    use std::io::Read;
     let path = inside(base, rel)?;
-    let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    let mut text = String::new();
-    std::fs::File::open(&path)
-        .map_err(|e| e.to_string())?
-        .take(limit + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| e.to_string())?;
-    if text.len() as u64 > limit {
-        return Err(format!("is larger than {limit} bytes"));
-    }
-    Ok(text)
+    local_file::read_text(&path, limit, Symlinks::Follow).map_err(|e| e.to_string())
 }

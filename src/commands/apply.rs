@@ -14,6 +14,7 @@ use crate::pipeline::{self, MIB};
 use crate::plan::{Action, Plan};
 use crate::render;
 use crate::store::Store;
+use labctl_transfer::local_file::{self, Symlinks};
 
 pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
@@ -199,7 +200,7 @@ async fn prepare(
 ) -> Result<Result<Plan, ExitCode>, Failure> {
     Ok(Ok(match &args.plan_file {
         Some(path) => {
-            let text = read_capped(path, MAX_PLAN_BYTES)
+            let text = local_file::read(path, MAX_PLAN_BYTES, Symlinks::Follow)
                 .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
             let plan: Plan = serde_json::from_slice(&text)
                 .with_context(|| format!("`{}` is not a labctl plan", path.display()))
@@ -413,22 +414,6 @@ fn print_summary(report: &Report) {
 /// A lock error with its hint (who holds it, how to unlock).
 /// Far above any real plan (10,000 images are ~30 MB of JSON); a file beyond it is not read.
 const MAX_PLAN_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Reads a file, refusing one larger than `limit` (a plan path could be `/dev/zero`).
-fn read_capped(path: &std::path::Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(limit + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::other(format!(
-            "larger than {} MiB: not a plan",
-            limit >> 20
-        )));
-    }
-    Ok(bytes)
-}
 
 /// Aborts the uploads a killed run left behind. Holding the lock, every one found is stranded.
 /// Failures are reported and do not stop the apply: the uploads are invisible either way.

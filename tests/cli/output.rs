@@ -349,3 +349,34 @@ fn hand_edited_plan_files_are_refused() {
         );
     }
 }
+
+/// A plan path that is not a regular file is refused at once: a FIFO (which would wait for a
+/// writer), a device, a directory.
+#[test]
+fn plan_files_that_are_not_regular_files_are_refused_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let fifo = dir.path().join("plan.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
+        let run = labctl(&[
+            "apply",
+            path.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ]);
+        assert_eq!(run.code, 1, "{}: {}", path.display(), run.stderr);
+        assert!(
+            run.stderr.contains("is not a regular file"),
+            "{}: {}",
+            path.display(),
+            run.stderr
+        );
+        assert!(!store.join(".labctl/lock.json").exists());
+    }
+}

@@ -2,6 +2,7 @@
 //! pipeline that verifies and uploads them into a store. Also `verify`, which checks a synced
 //! copy of the published images on the machine that boots from it.
 
+pub mod local_file;
 pub mod pipeline;
 pub mod progress;
 pub mod source;

@@ -95,18 +95,7 @@ fn collect(
 /// A regular file's text, at most `limit` bytes; `None` for anything else (missing, a symlink,
 /// a device, larger). Template directories come from pull requests.
 pub fn read_small_file(path: &Path, limit: u64) -> Option<String> {
-    use std::io::Read;
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() || meta.len() > limit {
-        return None;
-    }
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(limit)
-        .read_to_string(&mut text)
-        .ok()?;
-    Some(text)
+    crate::local_file::read_text(path, limit, crate::local_file::Symlinks::Refuse).ok()
 }
 
 #[cfg(test)]

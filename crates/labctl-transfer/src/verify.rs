@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::local_file::{self, ReadError, Symlinks};
 use crate::pipeline::hash::Hasher;
 use labctl_core::checksum::Checksum;
 use labctl_core::consumer_index::{
@@ -172,30 +173,22 @@ pub struct Options {
 /// Reads at most `limit` bytes of `path`; `None` when it does not exist.
 fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, VerifyError> {
     let display = path.display().to_string();
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(VerifyError::Read {
-                path: display,
-                source,
-            })
-        }
-    };
-    let mut buf = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|source| VerifyError::Read {
-            path: display.clone(),
-            source,
-        })?;
-    if buf.len() as u64 > limit {
-        return Err(VerifyError::TooLarge {
+    match local_file::read(path, limit, Symlinks::Follow) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(ReadError::NotFound) => Ok(None),
+        Err(ReadError::TooLarge { limit }) => Err(VerifyError::TooLarge {
             path: display,
             limit,
-        });
+        }),
+        Err(e @ ReadError::NotAFile) => Err(VerifyError::Read {
+            path: display,
+            source: std::io::Error::other(e),
+        }),
+        Err(ReadError::Io(source)) => Err(VerifyError::Read {
+            path: display,
+            source,
+        }),
     }
-    Ok(Some(buf))
 }
 
 fn check_signature(
