@@ -2,8 +2,8 @@
 # labctl publishing a zstd image beside the store's own ingest of the same decompressed bytes:
 # how much of labctl's time is the store's. A generated image (base64 text of random bytes,
 # zstd -3) is served over HTTP; labctl downloads, decompresses, verifies both checksums and
-# uploads it; boto3's multipart upload_file (8 MiB parts, 4 at a time, like labctl) uploads
-# the decompressed file from disk and checks nothing. Three runs each, best and peak RSS, into
+# uploads it; `s5cmd cp` (its defaults) and boto3's multipart upload_file (8 MiB parts, 4 at a
+# time, like labctl) upload the decompressed file from disk and check nothing. Three runs each, best and peak RSS, into
 # docs/benchmarks.md. Run on demand: scripts/bench/ingest.sh [SIZE_MIB]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,6 +18,8 @@ if [ ! -x "$python" ] || [ ! -x "$cache/s3s-fs/bin/s3s-fs" ]; then
   exit 1
 fi
 command -v zstd >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd; }
+
+s5cmd=$(scripts/bench/s5cmd.sh)
 
 echo "== building labctl (release)"
 cargo build --release --locked -q
@@ -82,6 +84,10 @@ export E2_ACCESS_KEY=bench E2_SECRET_KEY=benchsecret LABCTL_ALLOW_INSECURE_LOOPB
 echo "== labctl apply (zstd)"
 labctl_row=$(best "labctl apply: download, zstd -d, both sha256, upload" \
   sh -c "\"$labctl\" apply --auto-approve --manifest \"$work/images.yaml\" --store s3://bench")
+echo "== store ingest alone (s5cmd cp of the decompressed bytes)"
+s5cmd_row=$(AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 \
+  best "store ingest alone: s5cmd cp, no checks" \
+  sh -c "\"$s5cmd\" --endpoint-url \"\$E2_ENDPOINT\" cp \"$work/image.raw\" s3://bench/ingest.raw")
 echo "== store ingest alone (boto3 upload_file of the decompressed bytes)"
 ingest_row=$(best "store ingest alone: boto3 upload_file, no checks" \
   sh -c "\"$python\" \"$work/ingest.py\" \"\$E2_ENDPOINT\" \"$work/image.raw\"")
@@ -90,16 +96,18 @@ ingest_row=$(best "store ingest alone: boto3 upload_file, no checks" \
   echo "## Publishing zstd beside the store's own ingest"
   echo
   echo "A ${size_mib} MiB image (base64 text of random bytes, zstd -3) published by labctl from a"
-  echo "local HTTP server into a fresh s3s-fs, beside boto3 uploading the same decompressed bytes"
-  echo "from disk into a fresh s3s-fs (8 MiB parts, 4 in flight for both). Best of three; peak RSS"
-  echo "is the largest of the three. labctl's part uploads are sent with an unsigned payload (the"
-  echo "bytes are hashed end to end already; TLS protects them in transit), as boto3 does over HTTPS."
+  echo "local HTTP server into a fresh s3s-fs, beside the store's ingest of the same decompressed"
+  echo "bytes from disk into a fresh s3s-fs: \`s5cmd cp\` (v2.3.0, its defaults: 50 MB parts, 5 in"
+  echo "flight) and boto3's upload_file (8 MiB parts, 4 in flight, as labctl). Best of three; peak"
+  echo "RSS is the largest of the three. labctl's part uploads are sent with an unsigned payload (the"
+  echo "bytes are hashed end to end already; TLS protects them in transit), as boto3 and s5cmd do."
   echo
   echo "Produced by \`scripts/bench/ingest.sh ${size_mib}\` on $(date -u +%Y-%m-%d), labctl $("$labctl" --version | cut -d' ' -f2)."
   echo
   echo "| run | wall time | peak RSS |"
   echo "|---|---:|---:|"
   echo "$labctl_row"
+  echo "$s5cmd_row"
   echo "$ingest_row"
 } | scripts/bench/section.sh ingest "$root/docs/benchmarks.md"
 sed -n '/bench:ingest/,/\/bench:ingest/p' "$root/docs/benchmarks.md"

