@@ -62,39 +62,8 @@ start_ceph() { # dir port -> endpoint on stdout
   local dir=$1 rgw_port=$2 mon_port fsid
   mon_port=$(free_port); fsid=$(python3 -c 'import uuid; print(uuid.uuid4())')
   mkdir -p "$dir"/{mon,osd,run,log}
-  cat > "$dir/ceph.conf" <<CONF
-[global]
-fsid = $fsid
-mon host = [v2:127.0.0.1:$mon_port]
-auth cluster required = none
-auth service required = none
-auth client required = none
-ms mon client mode = crc
-paxos propose interval = 0.1
-osd pool default size = 1
-osd pool default min size = 1
-osd pool default pg num = 8
-osd pool default pgp num = 8
-osd pool default pg autoscale mode = off
-mon max pg per osd = 1000
-mon allow pool size one = true
-mon data avail warn = 0
-mon data avail crit = 0
-osd objectstore = memstore
-memstore device bytes = 4294967296
-osd crush chooseleaf type = 0
-run dir = $dir/run
-admin socket = $dir/run/\$name.asok
-log file = $dir/log/\$name.log
-pid file = $dir/run/\$name.pid
-keyring = /dev/null
-[mon.a]
-mon data = $dir/mon
-[osd.0]
-osd data = $dir/osd
-[client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:$rgw_port
-CONF
+  sed -e "s|@FSID@|$fsid|" -e "s|@MON_PORT@|$mon_port|" -e "s|@RGW_PORT@|$rgw_port|" \
+    -e "s|@DIR@|$dir|g" "$root/tests/support/ceph.conf.in" > "$dir/ceph.conf"
   local c=(-c "$dir/ceph.conf")
   monmaptool --create --addv a "[v2:127.0.0.1:$mon_port]" --fsid "$fsid" "$dir/monmap" >/dev/null
   ceph-mon "${c[@]}" --mkfs -i a --monmap "$dir/monmap"

@@ -117,7 +117,8 @@ pub async fn write(
     signer: Option<&IndexSigner>,
 ) -> anyhow::Result<Written> {
     let actual =
-        crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::Headed).await?;
+        crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::ListedByEtag)
+            .await?;
     let implied = consumer_index::entries(&actual.records);
     let generated_at = crate::timefmt::now_rfc3339();
     let json = consumer_index::to_json(&consumer_index::document(

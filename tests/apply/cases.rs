@@ -1109,6 +1109,23 @@ fn refresh_costs_list_pages_not_images(backend: Backend) {
         "{reasons}"
     );
     assert_eq!(action_of("img6").expect("img6 is in the plan").0, "update");
+
+    // Applying those four changes HEADs no unchanged object: the consumer index is written from
+    // one more listing, not a HEAD of all N. (Where the listing shows no ETags, the index
+    // HEADs every object: its checksums go to the NAS.)
+    let before = proxy.requests().len();
+    assert_ok(&lab.apply());
+    let requests = proxy.requests().split_off(before);
+    let heads: Vec<&String> = requests.iter().filter(|r| r.starts_with("HEAD")).collect();
+    if backend != Backend::S3sFs {
+        assert!(
+            heads.len() <= 8,
+            "{} HEADs for 4 changed images of {N}: {heads:#?}",
+            heads.len()
+        );
+    }
+    let plan = lab.labctl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.output());
 }
 
 #[test]

@@ -208,47 +208,14 @@ impl S3Server {
         for sub in ["mon", "osd", "run", "log"] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
-        let d = dir.display();
         let conf = dir.join("ceph.conf");
         std::fs::write(
             &conf,
-            format!(
-                "[global]
-fsid = {fsid}
-mon host = [v2:127.0.0.1:{mon_port}]
-auth cluster required = none
-auth service required = none
-auth client required = none
-# Without it radosgw hangs on the monitor handshake.
-ms mon client mode = crc
-# Else creating a pool takes ~15 s.
-paxos propose interval = 0.1
-osd pool default size = 1
-osd pool default min size = 1
-osd pool default pg num = 8
-osd pool default pgp num = 8
-osd pool default pg autoscale mode = off
-mon max pg per osd = 1000
-mon allow pool size one = true
-mon data avail warn = 0
-mon data avail crit = 0
-osd objectstore = memstore
-memstore device bytes = 4294967296
-osd crush chooseleaf type = 0
-run dir = {d}/run
-admin socket = {d}/run/$name.asok
-log file = {d}/log/$name.log
-pid file = {d}/run/$name.pid
-keyring = /dev/null
-[mon.a]
-mon data = {d}/mon
-[osd.0]
-osd data = {d}/osd
-[client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
-rgw dns name = localhost
-"
-            ),
+            include_str!("ceph.conf.in")
+                .replace("@FSID@", &fsid)
+                .replace("@MON_PORT@", &mon_port.to_string())
+                .replace("@RGW_PORT@", &rgw_port.to_string())
+                .replace("@DIR@", &dir.display().to_string()),
         )
         .unwrap();
         let conf = conf.to_str().unwrap().to_string();

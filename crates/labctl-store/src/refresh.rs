@@ -43,10 +43,24 @@ pub enum Objects {
     /// Nothing (`--refresh=false`, `list`, `history`).
     NotChecked,
     /// One listing of `images/`; a HEAD only for an object whose listed size or ETag is not what
-    /// its record says (plan and apply: O(list pages) for a store that did not change).
+    /// its record says (plan and apply: O(list pages) for a store that did not change). On a
+    /// store that lists no ETags, the listed size and time stand in, as the snapshot paired them.
     Listed,
-    /// A HEAD of every object, to compare its labctl metadata too (drift, the index).
+    /// [`Objects::Listed`], with only ETags vouching for a record or an object: the consumer
+    /// index, whose checksums a NAS trusts.
+    ListedByEtag,
+    /// A HEAD of every object, to compare its labctl metadata too (drift).
     Headed,
+}
+
+impl Objects {
+    fn lists_images(self) -> bool {
+        self != Objects::NotChecked
+    }
+
+    fn trusts_listed_writes(self) -> bool {
+        matches!(self, Objects::NotChecked | Objects::Listed)
+    }
 }
 
 pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState, RefreshError> {
@@ -55,19 +69,19 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
         source,
     };
     let list_images = async {
-        match objects {
-            Objects::NotChecked => Ok(None),
-            // Listed for drift too: the listing's view of each object goes into the snapshot.
-            Objects::Listed | Objects::Headed => store::list_all(store.as_ref(), IMAGES_PREFIX)
-                .await
-                .map(|l| {
-                    Some(
-                        l.into_iter()
-                            .map(|o| (o.key.clone(), o))
-                            .collect::<BTreeMap<_, _>>(),
-                    )
-                }),
+        if !objects.lists_images() {
+            return Ok(None);
         }
+        // Listed for drift too: the listing's view of each object goes into the snapshot.
+        store::list_all(store.as_ref(), IMAGES_PREFIX)
+            .await
+            .map(|l| {
+                Some(
+                    l.into_iter()
+                        .map(|o| (o.key.clone(), o))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            })
     };
     let (listed, images, snapshot, index) = tokio::join!(
         store::list_all(store.as_ref(), METADATA_PREFIX),
@@ -83,7 +97,7 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
     let snapshot = snapshot.unwrap_or_default();
     // Drift and the index check every record at its ETag: a listed size and time is good
     // enough to spare a plan requests, not to vouch for what consumers are told.
-    let trust_listed_writes = objects != Objects::Headed;
+    let trust_listed_writes = objects.trusts_listed_writes();
     let limit = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
     let mut tasks = JoinSet::new();
     let mut misses = 0;
@@ -120,7 +134,8 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
                 .map(|o| o.etag.clone()),
             (None, _) => None,
         };
-        if objects == Objects::Listed && object_listed.is_some() && object_etag.is_none() {
+        let by_listing = matches!(objects, Objects::Listed | Objects::ListedByEtag);
+        if by_listing && object_listed.is_some() && object_etag.is_none() {
             misses += 1; // HEADed below
         }
         let (store, limit) = (store.clone(), limit.clone());
@@ -150,25 +165,27 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
             let object = match objects {
                 Objects::NotChecked => ObjectState::NotChecked,
                 Objects::Headed => head(store.as_ref(), &object_key).await?,
-                Objects::Listed => match (object_listed, object_etag, &record) {
-                    (None, _, _) => ObjectState::Missing,
-                    (Some(meta), Some(etag), Ok(Record::Current(rec)))
-                        if rec.object_etag.as_deref() == Some(etag.as_str())
-                            && rec.size == meta.size =>
-                    {
-                        // The object labctl wrote (same ETag, same size): its metadata is
-                        // the one labctl set. drift HEADs to check even that.
-                        ObjectState::Present(ObjectMeta {
-                            etag,
-                            user_metadata: BTreeMap::from([
-                                (META_CHECKSUM.to_string(), rec.checksum.to_string()),
-                                (META_FINGERPRINT.to_string(), rec.fingerprint.to_string()),
-                            ]),
-                            ..meta
-                        })
+                Objects::Listed | Objects::ListedByEtag => {
+                    match (object_listed, object_etag, &record) {
+                        (None, _, _) => ObjectState::Missing,
+                        (Some(meta), Some(etag), Ok(Record::Current(rec)))
+                            if rec.object_etag.as_deref() == Some(etag.as_str())
+                                && rec.size == meta.size =>
+                        {
+                            // The object labctl wrote (same ETag, same size): its metadata is
+                            // the one labctl set. drift HEADs to check even that.
+                            ObjectState::Present(ObjectMeta {
+                                etag,
+                                user_metadata: BTreeMap::from([
+                                    (META_CHECKSUM.to_string(), rec.checksum.to_string()),
+                                    (META_FINGERPRINT.to_string(), rec.fingerprint.to_string()),
+                                ]),
+                                ..meta
+                            })
+                        }
+                        _ => head(store.as_ref(), &object_key).await?,
                     }
-                    _ => head(store.as_ref(), &object_key).await?,
-                },
+                }
             };
             Ok::<_, StoreError>(Some(ActualRecord {
                 record_key: item.key,
