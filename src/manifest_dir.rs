@@ -43,8 +43,7 @@ pub fn load(path: &Path, rules: Rules) -> Result<(Manifest, DependencyGraph), Lo
     };
     let bytes =
         local_file::read(path, MAX_MANIFEST_BYTES, Symlinks::Follow).map_err(|e| match e {
-            ReadError::NotFound => read_err(std::io::ErrorKind::NotFound.into()),
-            ReadError::Io(e) => read_err(e),
+            ReadError::NotFound(e) | ReadError::Io(e) => read_err(e),
             ReadError::NotAFile => invalid(e.to_string()),
             ReadError::TooLarge { limit } => invalid(format!(
                 "file is larger than {limit} bytes; a manifest may be at most {limit} bytes"

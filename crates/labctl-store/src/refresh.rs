@@ -54,8 +54,9 @@ pub enum Objects {
 }
 
 impl Objects {
+    /// Drift HEADs every object anyway (and lists `images/` itself for what is unrecorded).
     fn lists_images(self) -> bool {
-        self != Objects::NotChecked
+        matches!(self, Objects::Listed | Objects::ListedByEtag)
     }
 
     fn trusts_listed_writes(self) -> bool {
@@ -72,7 +73,6 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
         if !objects.lists_images() {
             return Ok(None);
         }
-        // Listed for drift too: the listing's view of each object goes into the snapshot.
         store::list_all(store.as_ref(), IMAGES_PREFIX)
             .await
             .map(|l| {

@@ -9,8 +9,9 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    #[error("does not exist")]
-    NotFound,
+    /// The OS's own error, for its familiar wording.
+    #[error("{0}")]
+    NotFound(std::io::Error),
     #[error("is not a regular file")]
     NotAFile,
     #[error("is larger than {limit} bytes")]
@@ -29,7 +30,9 @@ pub enum Symlinks {
 
 /// The whole file, if it is a regular file of at most `limit` bytes.
 pub fn read(path: &Path, limit: u64, symlinks: Symlinks) -> Result<Vec<u8>, ReadError> {
-    let mut flags = libc::O_NONBLOCK;
+    // O_NONBLOCK: a FIFO opens at once instead of waiting for a writer (and is then refused);
+    // regular files ignore it. O_NOCTTY: a terminal named as a plan never becomes ours.
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
     if symlinks == Symlinks::Refuse {
         flags |= libc::O_NOFOLLOW;
     }
@@ -37,10 +40,12 @@ pub fn read(path: &Path, limit: u64, symlinks: Symlinks) -> Result<Vec<u8>, Read
         .read(true)
         .custom_flags(flags)
         .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ReadError::NotFound,
-            // O_NOFOLLOW on a link (ELOOP).
-            _ if e.raw_os_error() == Some(libc::ELOOP) => ReadError::NotAFile,
+        .map_err(|e| match e.raw_os_error() {
+            _ if e.kind() == std::io::ErrorKind::NotFound => ReadError::NotFound(e),
+            // The path is a link, refused by O_NOFOLLOW.
+            Some(libc::ELOOP) if symlinks == Symlinks::Refuse => ReadError::NotAFile,
+            // A Unix socket cannot be opened at all.
+            Some(libc::ENXIO) => ReadError::NotAFile,
             _ => ReadError::Io(e),
         })?;
     let meta = file.metadata().map_err(ReadError::Io)?;
@@ -87,7 +92,7 @@ mod tests {
         ));
         assert!(matches!(
             read(&dir.path().join("missing"), 5, Symlinks::Follow),
-            Err(ReadError::NotFound)
+            Err(ReadError::NotFound(_))
         ));
         std::fs::write(&path, [0xff, 0xfe]).unwrap();
         assert!(read_text(&path, 5, Symlinks::Follow).is_err());
@@ -122,6 +127,21 @@ mod tests {
         assert_eq!(read(&link, 5, Symlinks::Follow).unwrap(), b"x");
         assert!(matches!(
             read(&link, 5, Symlinks::Refuse),
+            Err(ReadError::NotAFile)
+        ));
+        // A loop of links is an error of its own, not "not a regular file".
+        let a = dir.path().join("loop-a");
+        let b = dir.path().join("loop-b");
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        assert!(matches!(
+            read(&a, 5, Symlinks::Follow),
+            Err(ReadError::Io(_))
+        ));
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        assert!(matches!(
+            read(&socket, 5, Symlinks::Follow),
             Err(ReadError::NotAFile)
         ));
     }

@@ -175,7 +175,7 @@ fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, VerifyError> 
     let display = path.display().to_string();
     match local_file::read(path, limit, Symlinks::Follow) {
         Ok(bytes) => Ok(Some(bytes)),
-        Err(ReadError::NotFound) => Ok(None),
+        Err(ReadError::NotFound(_)) => Ok(None),
         Err(ReadError::TooLarge { limit }) => Err(VerifyError::TooLarge {
             path: display,
             limit,
