@@ -17,6 +17,80 @@ pub fn for_stderr() -> Box<dyn Progress> {
     }
 }
 
+/// Progress of a count of things (records read while reading state): nothing while it is
+/// quick, then a bar on a terminal or a line every 30 s in a log.
+pub struct Counter {
+    what: &'static str,
+    started: Instant,
+    bar: Option<ProgressBar>,
+    /// When the last line was printed (logs).
+    printed: Mutex<Instant>,
+}
+
+/// How long a count runs before it is shown.
+const COUNTER_DELAY: Duration = Duration::from_secs(1);
+const COUNTER_LINES_EVERY: Duration = Duration::from_secs(30);
+
+impl Counter {
+    pub fn new(what: &'static str) -> Counter {
+        let bar = (console::Term::stderr().is_term() && !crate::settings::env().ci).then(|| {
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden()).with_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            )
+        });
+        if let Some(bar) = &bar {
+            bar.set_message(what);
+        }
+        let now = Instant::now();
+        Counter {
+            what,
+            started: now,
+            bar,
+            printed: Mutex::new(now),
+        }
+    }
+
+    pub fn update(&self, done: usize, total: usize) {
+        let elapsed = self.started.elapsed();
+        if elapsed < COUNTER_DELAY || done == total {
+            if let Some(bar) = &self.bar {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+            return;
+        }
+        match &self.bar {
+            Some(bar) => {
+                if bar.is_hidden() {
+                    // The rate counts from now, not from the quiet second before.
+                    bar.reset_elapsed();
+                    bar.reset_eta();
+                    bar.set_draw_target(ProgressDrawTarget::stderr());
+                }
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+            }
+            None => {
+                let mut printed = self.printed.lock().unwrap();
+                if printed.elapsed() >= COUNTER_LINES_EVERY {
+                    *printed = Instant::now();
+                    eprintln!("{}: {done}/{total}", self.what);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 pub struct Bars {
     multi: MultiProgress,
     bars: Mutex<HashMap<String, ProgressBar>>,

@@ -116,9 +116,14 @@ pub async fn write(
     store: &Arc<dyn Store>,
     signer: Option<&IndexSigner>,
 ) -> anyhow::Result<Written> {
-    let actual =
-        crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::ListedByEtag)
-            .await?;
+    let counter = crate::progress::Counter::new("Reading state for the index: records");
+    let actual = crate::state::refresh::read_reporting(
+        store.clone(),
+        crate::state::refresh::Objects::ListedByEtag,
+        &|d, t| counter.update(d, t),
+    )
+    .await?;
+    drop(counter);
     let implied = consumer_index::entries(&actual.records);
     let generated_at = crate::timefmt::now_rfc3339();
     let json = consumer_index::to_json(&consumer_index::document(

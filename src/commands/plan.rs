@@ -111,7 +111,13 @@ pub async fn compute(
         store.url(),
         if refresh { "" } else { " (records only)" }
     );
-    let mut actual = crate::state::refresh::read(store.clone(), request.objects).await?;
+    let counter = crate::progress::Counter::new("Reading state: records");
+    let mut actual =
+        crate::state::refresh::read_reporting(store.clone(), request.objects, &|d, t| {
+            counter.update(d, t)
+        })
+        .await?;
+    drop(counter);
     if refresh {
         let wanted = desired
             .iter()

@@ -65,6 +65,16 @@ impl Objects {
 }
 
 pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState, RefreshError> {
+    read_reporting(store, objects, &|_, _| {}).await
+}
+
+/// [`read`], calling `on_record(done, total)` as each listed record is read (from the snapshot or
+/// the store) and its object looked at: what a progress view of a long refresh counts.
+pub async fn read_reporting(
+    store: Arc<dyn Store>,
+    objects: Objects,
+    on_record: &(dyn Fn(usize, usize) + Sync),
+) -> Result<ActualState, RefreshError> {
     let wrap = |source| RefreshError::Store {
         store: store.url(),
         source,
@@ -209,10 +219,14 @@ pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState
             .map(|m| m.keys().cloned().collect()),
         unrecorded: BTreeMap::new(),
     };
+    let total = tasks.len();
+    let mut done = 0;
     while let Some(joined) = tasks.join_next().await {
         if let Some(r) = joined.expect("refresh task panicked").map_err(wrap)? {
             state.records.insert(r.record_key.clone(), r);
         }
+        done += 1;
+        on_record(done, total);
     }
     Ok(state)
 }
@@ -335,4 +349,47 @@ pub async fn read_index(store: &dyn Store) -> Result<IndexFiles, StoreError> {
         json: read(consumer_index::JSON_KEY).await?,
         signature: read(consumer_index::SIGNATURE_KEY).await?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::FsStore;
+    use std::sync::Mutex;
+
+    #[tokio::test]
+    async fn reports_each_record_read_once_up_to_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()).with_page_size(2));
+        for name in ["a", "b", "c", "d", "e"] {
+            store
+                .put(
+                    &format!("metadata/lab/{name}.raw.json"),
+                    bytes::Bytes::from_static(b"{}"),
+                    crate::PutOptions::default(),
+                )
+                .await
+                .unwrap();
+        }
+        // Not a record: not counted.
+        store
+            .put(
+                "metadata/notes.txt",
+                bytes::Bytes::from_static(b"x"),
+                crate::PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        let seen = Mutex::new(Vec::new());
+        let state = read_reporting(store, Objects::Listed, &|done, total| {
+            seen.lock().unwrap().push((done, total))
+        })
+        .await
+        .unwrap();
+        assert_eq!(state.records.len(), 5);
+        assert_eq!(
+            seen.into_inner().unwrap(),
+            (1..=5).map(|d| (d, 5)).collect::<Vec<_>>()
+        );
+    }
 }
