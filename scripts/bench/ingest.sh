@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# labctl publishing a zstd image beside the store's own ingest of the same decompressed bytes:
+# labctl publishing a zstd image, and the raw image, beside the store's own ingest of the same
+# (decompressed) bytes:
 # how much of labctl's time is the store's. A generated image (base64 text of random bytes,
 # zstd -3) is served over HTTP; labctl downloads, decompresses, verifies both checksums and
 # uploads it; `s5cmd cp` (its defaults) and boto3's multipart upload_file (8 MiB parts, 4 at a
@@ -35,6 +36,17 @@ zst_sum=$(sha256sum "$work/srv/image.raw.zst" | cut -d' ' -f1)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 http_port=$(free_port)
 (cd "$work/srv" && exec python3 -m http.server "$http_port" --bind 127.0.0.1 >/dev/null 2>&1) &
+# The raw image is served as it is too (a hard link: no second gigabyte on disk).
+ln "$work/image.raw" "$work/srv/image.raw"
+cat > "$work/raw.yaml" <<YAML
+apiVersion: labctl/v1alpha1
+kind: ImageManifest
+spec:
+  images:
+    - name: r
+      source: {type: http, url: "http://127.0.0.1:$http_port/image.raw", checksum: "sha256:$raw_sum"}
+      destination: bench/r.raw
+YAML
 cat > "$work/images.yaml" <<YAML
 apiVersion: labctl/v1alpha1
 kind: ImageManifest
@@ -84,6 +96,9 @@ export E2_ACCESS_KEY=bench E2_SECRET_KEY=benchsecret LABCTL_ALLOW_INSECURE_LOOPB
 echo "== labctl apply (zstd)"
 labctl_row=$(best "labctl apply: download, zstd -d, both sha256, upload" \
   sh -c "\"$labctl\" apply --auto-approve --manifest \"$work/images.yaml\" --store s3://bench")
+echo "== labctl apply (raw)"
+raw_row=$(best "labctl apply: download raw, sha256, upload" \
+  sh -c "\"$labctl\" apply --auto-approve --manifest \"$work/raw.yaml\" --store s3://bench")
 echo "== store ingest alone (s5cmd cp of the decompressed bytes)"
 s5cmd_row=$(AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=benchsecret AWS_REGION=us-east-1 \
   best "store ingest alone: s5cmd cp, no checks" \
@@ -93,11 +108,11 @@ ingest_row=$(best "store ingest alone: boto3 upload_file, no checks" \
   sh -c "\"$python\" \"$work/ingest.py\" \"\$E2_ENDPOINT\" \"$work/image.raw\"")
 
 {
-  echo "## Publishing zstd beside the store's own ingest"
+  echo "## Publishing zstd and raw beside the store's own ingest"
   echo
-  echo "A ${size_mib} MiB image (base64 text of random bytes, zstd -3) published by labctl from a"
-  echo "local HTTP server into a fresh s3s-fs, beside the store's ingest of the same decompressed"
-  echo "bytes from disk into a fresh s3s-fs: \`s5cmd cp\` (v2.3.0, its defaults: 50 MB parts, 5 in"
+  echo "A ${size_mib} MiB image (base64 text of random bytes) published by labctl from a local HTTP"
+  echo "server into a fresh s3s-fs, compressed (zstd -3) and as it is, beside the store's ingest of"
+  echo "the same bytes from disk into a fresh s3s-fs: \`s5cmd cp\` (v2.3.0, its defaults: 50 MB parts, 5 in"
   echo "flight) and boto3's upload_file (8 MiB parts, 4 in flight, as labctl). Best of three; peak"
   echo "RSS is the largest of the three. labctl's part uploads are sent with an unsigned payload (the"
   echo "bytes are hashed end to end already; TLS protects them in transit), as boto3 and s5cmd do."
@@ -107,6 +122,7 @@ ingest_row=$(best "store ingest alone: boto3 upload_file, no checks" \
   echo "| run | wall time | peak RSS |"
   echo "|---|---:|---:|"
   echo "$labctl_row"
+  echo "$raw_row"
   echo "$s5cmd_row"
   echo "$ingest_row"
 } | scripts/bench/section.sh ingest "$root/docs/benchmarks.md"
