@@ -373,10 +373,14 @@ async fn attempt(
         options: options.clone(),
         in_flight: settings.parts_in_flight,
     };
+    // A raw download whose checksum is in the declared algorithm is hashed once, by the
+    // decoder: the bytes it passes through are the bytes downloaded.
+    let same_bytes =
+        job.decompress.is_none() && job.source_checksum.algorithm == job.expected.algorithm;
     let pass = match stream(
         Input::Download(download),
         &job.image,
-        Some(job.source_checksum.algorithm),
+        (!same_bytes).then_some(job.source_checksum.algorithm),
         job.decompress,
         job.expected.algorithm,
         settings.part_size,
@@ -396,20 +400,17 @@ async fn attempt(
     };
     // Verified against the hashes first; only then does anything become visible. Every other
     // way out discards what was uploaded (and a dropped future's upload aborts itself).
-    let checked = verify(
-        job,
-        pass.complete,
-        pass.source.expect("HTTP sources are hashed"),
-        pass.decoded,
-        upload_failed,
-    )
-    .and_then(|digests| {
-        match (&job.minisign, pass.signature_ok) {
-            // The signature is checked after the checksum, before anything becomes visible.
-            (Some(check), Some(false)) => Err(PipelineError::Signature(check.bad())),
-            _ => Ok(digests),
-        }
-    });
+    let source = pass
+        .source
+        .or_else(|| pass.decoded.as_ref().ok().map(|d| d.declared.clone()));
+    let checked =
+        verify(job, pass.complete, source, pass.decoded, upload_failed).and_then(|digests| {
+            match (&job.minisign, pass.signature_ok) {
+                // The signature is checked after the checksum, before anything becomes visible.
+                (Some(check), Some(false)) => Err(PipelineError::Signature(check.bad())),
+                _ => Ok(digests),
+            }
+        });
     let digests = match checked {
         Ok(digests) => digests,
         Err(e) => {
@@ -616,16 +617,18 @@ pub async fn hash_download(
 /// Both checksums must match before anything becomes visible. `complete` says whether the whole
 /// download was read; when a later stage stopped early, its error is the cause, and a checksum
 /// over part of the download says nothing.
+/// `source` is the download's digest: `None` only when the decoder, which hashed a raw
+/// download, failed.
 fn verify(
     job: &HttpJob,
     complete: bool,
-    source: Checksum,
+    source: Option<Checksum>,
     decoded: Result<decode::Digests, decode::DecodeError>,
     upload_failed: Option<StoreError>,
 ) -> Result<decode::Digests, PipelineError> {
     // A corrupt download usually shows first as a decompression error; the source checksum is
     // the more useful message, so it is checked first when there is one.
-    if complete && source != job.source_checksum {
+    if let Some(source) = source.filter(|s| complete && *s != job.source_checksum) {
         return Err(PipelineError::SourceMismatch {
             url: job.url.clone(),
             expected: job.source_checksum.clone(),
