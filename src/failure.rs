@@ -43,7 +43,17 @@ impl Failure {
     pub fn with_default_hint(mut self) -> Failure {
         if self.hint.is_none() {
             for cause in self.error.chain() {
-                if let Some(crate::store::StoreError::Credentials { .. }) = cause.downcast_ref() {
+                use crate::apply::lock::LockError;
+                use crate::store::StoreError;
+                // A lock error wraps the store's transparently: it is not its own cause.
+                let credentials = matches!(
+                    cause.downcast_ref::<StoreError>(),
+                    Some(StoreError::Credentials { .. })
+                ) || matches!(
+                    cause.downcast_ref::<LockError>(),
+                    Some(LockError::Store(StoreError::Credentials { .. }))
+                );
+                if credentials {
                     self.hint = Some(
                         "set E2_ACCESS_KEY and E2_SECRET_KEY (or AWS credentials), or plan against a directory with --store DIR".into(),
                     );

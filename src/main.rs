@@ -6,7 +6,15 @@ use labctl::cli::{Cli, Command};
 use labctl::commands;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version succeed. A usage error is an error (1): never the 2 that
+            // tells CI "changes present" or "drift found".
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     configure_colors();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -42,8 +42,12 @@ impl std::fmt::Display for LockInfo {
 pub enum LockError {
     #[error("the store is locked by {0}")]
     Held(Box<LockInfo>),
-    #[error("the store is locked, but its lock file cannot be read: {0}")]
-    Unreadable(String),
+    #[error("the store is locked, but its lock file cannot be read: {why}")]
+    Unreadable {
+        why: String,
+        /// What `force-unlock` takes to remove exactly this file ([`unreadable_id`]).
+        id: String,
+    },
     #[error("the store accepted a second conditional create of `{LOCK_KEY}`: it does not enforce `If-None-Match: *`, so a lock cannot keep two applies apart")]
     NotEnforced,
     #[error("no lock with ID `{wanted}` (the lock is held by {held})")]
@@ -64,6 +68,9 @@ impl LockError {
             LockError::Held(info) => Some(format!(
                 "wait for that run to finish, give --lock-timeout to wait here, or if it is gone, run `labctl force-unlock {}`",
                 info.id
+            )),
+            LockError::Unreadable { id, .. } => Some(format!(
+                "if no labctl run is using the store, remove it with `labctl force-unlock {id}`"
             )),
             LockError::NotEnforced => Some(
                 "run `labctl doctor` to see what the store supports; with one apply at a time guaranteed elsewhere (a CI concurrency group), pass --lock=false".into(),
@@ -158,8 +165,28 @@ async fn read_with_etag(store: &dyn Store) -> Result<Option<(LockInfo, String)>,
         None => Ok(None),
         Some((meta, bytes)) => serde_json::from_slice(&bytes)
             .map(|info| Some((info, meta.etag)))
-            .map_err(|e| LockError::Unreadable(e.to_string())),
+            .map_err(|e| LockError::Unreadable {
+                why: e.to_string(),
+                id: unreadable_id(&bytes),
+            }),
     }
+}
+
+/// The ID a lock file that is not a lock goes by: derived from its bytes, so `force-unlock`
+/// removes exactly the file that was reported, and not one written since.
+fn unreadable_id(bytes: &[u8]) -> String {
+    format!(
+        "unreadable-{}",
+        &labctl_core::checksum::Checksum::sha256(bytes).hex()[..12]
+    )
+}
+
+/// What `force-unlock` removed.
+#[derive(Debug)]
+pub enum Removed {
+    Lock(LockInfo),
+    /// A lock file that could not be read.
+    Unreadable,
 }
 
 /// Takes the lock, waiting up to `timeout` for a holder to release it. With `verify`, also
@@ -250,7 +277,22 @@ impl Lock {
 }
 
 /// Removes the lock with `id`, whoever holds it.
-pub async fn force_unlock(store: &dyn Store, id: &str) -> Result<LockInfo, LockError> {
+pub async fn force_unlock(store: &dyn Store, id: &str) -> Result<Removed, LockError> {
+    if id.starts_with("unreadable-") {
+        if let Some((meta, bytes)) = store::get_bytes(store, LOCK_KEY, 64 * 1024).await? {
+            if serde_json::from_slice::<LockInfo>(&bytes).is_err() && unreadable_id(&bytes) == id {
+                return if store.delete_if(LOCK_KEY, &meta.etag).await? {
+                    Ok(Removed::Unreadable)
+                } else {
+                    Err(LockError::Lost(format!("{id}: replaced while unlocking")))
+                };
+            }
+        }
+    }
+    force_unlock_readable(store, id).await.map(Removed::Lock)
+}
+
+async fn force_unlock_readable(store: &dyn Store, id: &str) -> Result<LockInfo, LockError> {
     match read(store).await? {
         None => Err(LockError::NotLocked),
         Some(info) if info.id == id => {
@@ -493,6 +535,46 @@ mod tests {
         // The other run's lock is left alone.
         let held = read(store.as_ref()).await.unwrap().unwrap();
         assert_eq!(held.id, "fedcba9876543210");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_lock_file_is_named_and_removed_only_by_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(FsStore::new(dir.path()));
+        store
+            .put(
+                LOCK_KEY,
+                bytes::Bytes::from_static(br#"{"id":"deadbeef00000001"}"#),
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let err = acquire(store.clone(), "apply", Duration::ZERO, true)
+            .await
+            .unwrap_err();
+        let LockError::Unreadable { id, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(err.hint().unwrap().contains(&format!("force-unlock {id}")));
+        // Another ID, or the readable lock's own field, removes nothing.
+        assert!(force_unlock(store.as_ref(), "unreadable-000000000000")
+            .await
+            .is_err());
+        assert!(force_unlock(store.as_ref(), "deadbeef00000001")
+            .await
+            .is_err());
+        assert!(store.head(LOCK_KEY).await.unwrap().is_some());
+        assert!(matches!(
+            force_unlock(store.as_ref(), id).await.unwrap(),
+            Removed::Unreadable
+        ));
+        assert!(store.head(LOCK_KEY).await.unwrap().is_none());
+        acquire(store.clone(), "apply", Duration::ZERO, true)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -17,8 +17,27 @@ use crate::store::Store;
 use labctl_transfer::local_file::{self, Symlinks};
 
 pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
+    // A saved plan is read and checked first: before the lock, before the store is asked.
+    let saved = match &args.plan_file {
+        Some(path) => Some(read_saved_plan(path, &args.manifest.manifest)?),
+        None => None,
+    };
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
+    if let (Some(plan), Some(path)) = (&saved, &args.plan_file) {
+        if plan.store != store.url() {
+            return Err(anyhow::anyhow!(
+                "the plan was made for {}, but this apply would use {}",
+                plan.store,
+                store.url()
+            ))
+            .hint(format!(
+                "apply it to the store it was made for: labctl apply --store {} {}",
+                plan.store,
+                path.display()
+            ));
+        }
+    }
 
     // A signed index needs its key: find out before anything is uploaded.
     let signer = match &manifest.index.minisign_public_key {
@@ -78,6 +97,7 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
 
     let result = locked(
         args,
+        saved,
         &manifest,
         &graph,
         store.clone(),
@@ -122,8 +142,10 @@ async fn unless_cancelled<T>(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn locked(
     args: &ApplyArgs,
+    saved: Option<Plan>,
     manifest: &crate::manifest::Manifest,
     graph: &crate::graph::DependencyGraph,
     store: Arc<dyn Store>,
@@ -133,7 +155,7 @@ async fn locked(
 ) -> Result<ExitCode, Failure> {
     let prepared = unless_cancelled(
         &mut cancel,
-        prepare(args, manifest, graph, &store, interactive),
+        prepare(args, saved, manifest, graph, &store, interactive),
     )
     .await;
     let Some(prepared) = prepared else {
@@ -193,28 +215,14 @@ async fn locked(
 /// without changes (nothing to do, or not approved).
 async fn prepare(
     args: &ApplyArgs,
+    saved: Option<Plan>,
     manifest: &crate::manifest::Manifest,
     graph: &crate::graph::DependencyGraph,
     store: &Arc<dyn Store>,
     interactive: bool,
 ) -> Result<Result<Plan, ExitCode>, Failure> {
-    Ok(Ok(match &args.plan_file {
-        Some(path) => {
-            let text = local_file::read(path, MAX_PLAN_BYTES, Symlinks::Follow)
-                .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
-            let plan: Plan = serde_json::from_slice(&text)
-                .with_context(|| format!("`{}` is not a labctl plan", path.display()))
-                .hint(
-                    "save a plan with `labctl plan --out FILE`; a plan file is not edited by hand",
-                )?;
-            crate::plan::check::check(&plan)
-                .with_context(|| {
-                    format!(
-                        "`{}` is not a plan labctl made (edited or corrupted)",
-                        path.display()
-                    )
-                })
-                .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that")?;
+    Ok(Ok(match saved {
+        Some(plan) => {
             let desired = crate::desired::build(manifest, graph)?;
             let records = crate::state::refresh::record_etags(store.as_ref()).await?;
             let stale =
@@ -280,7 +288,7 @@ async fn finish(
             false
         }
         Some(Err(e)) => {
-            println!("  {} consumer index: {e:#}", style("✗").red());
+            eprintln!("  {} consumer index: {e:#}", style("✗").red());
             true
         }
         None => false,
@@ -391,7 +399,9 @@ fn print_summary(report: &Report) {
                     crate::github::error(&format!("labctl apply: {name}"), msg);
                     continue;
                 }
-                format!("  {} {name}: {msg}", style("✗").red())
+                // An error: on stderr, where a run whose report goes to a file still shows it.
+                eprintln!("  {} {name}: {msg}", style("✗").red());
+                continue;
             }
             Outcome::Skipped(msg) => {
                 *counts.entry("skipped").or_default() += 1;
@@ -414,6 +424,42 @@ fn print_summary(report: &Report) {
 /// A lock error with its hint (who holds it, how to unlock).
 /// Far above any real plan (10,000 images are ~30 MB of JSON); a file beyond it is not read.
 const MAX_PLAN_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Reads a saved plan, checks it is one labctl made, and that it was made from the manifest
+/// this apply reads (a plan made with `--manifest` is applied with the same `--manifest`).
+fn read_saved_plan(path: &std::path::Path, manifest: &std::path::Path) -> Result<Plan, Failure> {
+    let text = local_file::read(path, MAX_PLAN_BYTES, Symlinks::Follow)
+        .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
+    let plan: Plan = serde_json::from_slice(&text)
+        .with_context(|| format!("`{}` is not a labctl plan", path.display()))
+        .hint("save a plan with `labctl plan --out FILE`; a plan file is not edited by hand")?;
+    crate::plan::check::check(&plan)
+        .with_context(|| {
+            format!(
+                "`{}` is not a plan labctl made (edited or corrupted)",
+                path.display()
+            )
+        })
+        .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that")?;
+    // Paths as written can differ for the same file (another working directory): compared
+    // only when both name a file that exists from here.
+    let planned = std::path::Path::new(&plan.manifest);
+    if let (Ok(planned_real), Ok(now_real)) = (planned.canonicalize(), manifest.canonicalize()) {
+        if planned_real != now_real {
+            return Err(anyhow::anyhow!(
+                "the plan was made from the manifest `{}`, but this apply reads `{}`",
+                plan.manifest,
+                manifest.display()
+            ))
+            .hint(format!(
+                "apply it with the manifest it was made from: labctl apply --manifest {} {}",
+                plan.manifest,
+                path.display()
+            ));
+        }
+    }
+    Ok(plan)
+}
 
 /// Aborts the uploads a killed run left behind. Holding the lock, every one found is stranded.
 /// Failures are reported and do not stop the apply: the uploads are invisible either way.

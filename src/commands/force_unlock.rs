@@ -7,9 +7,12 @@ use crate::failure::Failure;
 pub async fn run(args: &ForceUnlockArgs) -> Result<ExitCode, Failure> {
     let manifest = super::optional_manifest(&args.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), manifest.as_ref()).await?;
-    let info = lock::force_unlock(store.as_ref(), &args.id)
+    match lock::force_unlock(store.as_ref(), &args.id)
         .await
-        .map_err(super::apply::lock_failure)?;
-    println!("Removed the lock held by {info}.");
+        .map_err(super::apply::lock_failure)?
+    {
+        lock::Removed::Lock(info) => println!("Removed the lock held by {info}."),
+        lock::Removed::Unreadable => println!("Removed the unreadable lock file."),
+    }
     Ok(ExitCode::SUCCESS)
 }

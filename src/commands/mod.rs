@@ -103,12 +103,40 @@ pub async fn open_store(
     };
     match location {
         StoreLocation::Dir(dir) => {
+            if dir.as_os_str().is_empty() {
+                // What an unset CI secret looks like: `LABCTL_STORE=` or `--store ""`.
+                return Err(anyhow::anyhow!("the store is given as an empty string"))
+                    .hint("pass --store DIR or s3://BUCKET (is a CI secret or variable unset?)");
+            }
+            if dir.exists() && !dir.is_dir() {
+                return Err(anyhow::anyhow!(
+                    "store `{}` is a file, not a directory",
+                    dir.display()
+                ))
+                .hint("a directory store is a directory with the bucket layout (images/, metadata/); s3://BUCKET names a bucket");
+            }
             if !dir.is_dir() {
                 return Err(anyhow::anyhow!(
                     "store directory `{}` does not exist",
                     dir.display()
                 ))
                 .hint("create it first (an empty directory is an empty store), or check the path");
+            }
+            // The bucket's images/ named instead of the bucket: its SHA256SUMS gives it away.
+            if dir.file_name().is_some_and(|n| n == "images")
+                && dir.join(crate::consumer_index::SUMS_NAME).is_file()
+                && dir.parent().is_some_and(|p| p.join("metadata").is_dir())
+            {
+                return Err(anyhow::anyhow!(
+                    "`{}` is the images/ folder of a store, not a store",
+                    dir.display()
+                ))
+                .hint(format!(
+                    "pass the directory that holds images/ and metadata/: --store {}",
+                    dir.parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ));
             }
             Ok(Arc::new(FsStore::new(dir)))
         }

@@ -45,9 +45,9 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
         write_plan_file(path, &render::json(&plan))
             .with_context(|| format!("cannot save the plan to `{}`", path.display()))?;
         eprintln!(
-            "Saved the plan to {}. Apply exactly this plan with: labctl apply {}",
+            "Saved the plan to {}. Apply exactly this plan with: {}",
             path.display(),
-            path.display()
+            apply_command(args, path)
         );
     }
 
@@ -62,6 +62,20 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// `labctl apply` of a saved plan, with the manifest and store the plan was made with when
+/// they were not the defaults.
+fn apply_command(args: &PlanArgs, path: &std::path::Path) -> String {
+    let mut command = "labctl apply".to_string();
+    if args.manifest.manifest != std::path::Path::new(crate::cli::DEFAULT_MANIFEST) {
+        command.push_str(&format!(" --manifest {}", args.manifest.manifest.display()));
+    }
+    if let Some(store) = &args.store.store {
+        command.push_str(&format!(" --store {store}"));
+    }
+    command.push_str(&format!(" {}", path.display()));
+    command
 }
 
 /// What a plan is asked for, beyond the manifest and the store.

@@ -202,7 +202,7 @@ fn mismatch_case(backend: Backend, wrong_source: bool) {
             "the multipart upload was aborted: {pending:?}"
         );
     }
-    assert!(run.stdout.contains("✗ big"), "{text}");
+    assert!(run.stderr.contains("✗ big"), "{text}");
     assert_eq!(
         text.matches(&format!("expected {wrong}")).count(),
         1,
@@ -467,7 +467,7 @@ fn failed_image_skips_only_its_dependents(backend: Backend) {
     ]);
     let run = lab.apply();
     assert_eq!(run.code, 1, "{}", run.output());
-    assert!(run.stdout.contains("✗ base"), "{}", run.output());
+    assert!(run.stderr.contains("✗ base"), "{}", run.output());
     assert!(
         run.stdout
             .contains("- child: skipped (dependency base failed)"),
@@ -545,7 +545,7 @@ fn store_refusal_mid_upload_names_its_cause(backend: Backend) {
     let run = lab.labctl(&["apply", "--auto-approve", "--part-size", "5"]);
     assert_eq!(run.code, 1, "{}", run.output());
     assert!(
-        run.stdout
+        run.stderr
             .contains("✗ a: upload part `images/test/a.img` failed: AccessDenied (HTTP 403)"),
         "{}",
         run.output()

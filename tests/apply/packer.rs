@@ -267,7 +267,7 @@ fn failed_build_skips_dependents_and_keeps_the_old_object(backend: Backend) {
         run.output()
     );
     assert!(
-        run.stdout.contains("✗ gateway: `packer build` failed"),
+        run.stderr.contains("✗ gateway: `packer build` failed"),
         "{}",
         run.output()
     );

@@ -204,13 +204,13 @@ fn minisign_signatures_are_verified_while_streaming() {
         .unwrap()
         .key_id;
     assert!(
-        run.stdout
+        run.stderr
             .contains(&format!("does not verify with key {key_id}")),
         "{}",
         run.output()
     );
     assert!(
-        run.stdout.contains(&lab.fixture.url("/vyos.iso.minisig")),
+        run.stderr.contains(&lab.fixture.url("/vyos.iso.minisig")),
         "{}",
         run.output()
     );
@@ -231,7 +231,7 @@ fn minisign_signatures_are_verified_while_streaming() {
     let run = lab.apply();
     assert_eq!(run.code, 1, "{}", run.output());
     assert!(
-        run.stdout.contains("not by the configured key"),
+        run.stderr.contains("not by the configured key"),
         "{}",
         run.output()
     );

@@ -58,7 +58,7 @@ fn other_shells_get_their_scripts() {
         assert!(run.stdout.contains("detailed-exitcode"), "{shell}");
     }
     let bad = labctl(&["completions", "tcsh"]);
-    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert_eq!(bad.code, 1, "a usage error is an error: {}", bad.stderr);
     assert!(bad.stderr.contains("possible values"), "{}", bad.stderr);
 }
 

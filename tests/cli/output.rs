@@ -262,6 +262,7 @@ fn stray_files_under_metadata_do_not_break_the_plan() {
 }
 
 fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let target = to.join(entry.file_name());
@@ -378,5 +379,130 @@ fn plan_files_that_are_not_regular_files_are_refused_without_waiting() {
             run.stderr
         );
         assert!(!store.join(".labctl/lock.json").exists());
+    }
+}
+
+/// A usage error is an error (1), never the 2 that CI reads as "changes" or "drift".
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    for args in [
+        &["drift", "--jsn"][..],
+        &["plan", "--detailed-exitcode", "--bogus"],
+        &["verify", "--jobs", "0", "."],
+        &[],
+    ] {
+        let run = labctl(args);
+        assert_eq!(run.code, 1, "{args:?}: {}", run.stderr);
+        assert!(!run.stderr.is_empty(), "{args:?}");
+    }
+    for args in [&["--help"][..], &["--version"], &["plan", "--help"]] {
+        let run = labctl(args);
+        assert_eq!(run.code, 0, "{args:?}: {}", run.stderr);
+        assert!(!run.stdout.is_empty(), "{args:?}");
+    }
+}
+
+/// A saved plan says how to apply it (with the manifest and store it was made with), and is
+/// applied only with those: another store or manifest is named, with the command that fits,
+/// before any lock is taken.
+#[test]
+fn a_saved_plan_is_applied_with_the_manifest_and_store_it_was_made_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    copy_dir(&repo().join("state-examples/drifted"), &store);
+    copy_dir(&repo().join("images"), &dir.path().join("lab"));
+    let manifest = dir.path().join("lab/images.yaml");
+    let out = dir.path().join("plan.json");
+    let (m, s, o) = (
+        manifest.to_str().unwrap(),
+        store.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let run = labctl(&[
+        "plan",
+        "--offline",
+        "--manifest",
+        m,
+        "--store",
+        s,
+        "--out",
+        o,
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("labctl apply --manifest {m} --store {s} {o}")),
+        "{}",
+        run.stderr
+    );
+
+    let run = labctl(&[
+        "apply",
+        "--manifest",
+        m,
+        "--store",
+        other.to_str().unwrap(),
+        o,
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the plan was made for file://"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("labctl apply --store file://"),
+        "{}",
+        run.stderr
+    );
+    assert!(!other.join(".labctl").exists(), "no lock was taken");
+
+    let run = labctl(&["apply", "--store", s, o]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "the plan was made from the manifest `{m}`, but this apply reads `images/images.yaml`"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("labctl apply --manifest {m} {o}")),
+        "{}",
+        run.stderr
+    );
+    assert!(!store.join(".labctl/lock.json").exists());
+}
+
+/// Store paths that are not a store are named for what they are.
+#[test]
+fn store_paths_that_are_not_stores_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("store.txt");
+    std::fs::write(&file, "x").unwrap();
+    let in_sync = repo().join("state-examples/in-sync");
+    let cases: [(&str, &str, &str); 3] = [
+        (file.to_str().unwrap(), "is a file, not a directory", ""),
+        ("", "the store is given as an empty string", "CI secret"),
+        (
+            &*Box::leak(
+                in_sync
+                    .join("images")
+                    .display()
+                    .to_string()
+                    .into_boxed_str(),
+            ),
+            "is the images/ folder of a store, not a store",
+            &*Box::leak(format!("--store {}", in_sync.display()).into_boxed_str()),
+        ),
+    ];
+    for (store, error, hint) in cases {
+        let run = labctl(&["plan", "--offline", "--store", store]);
+        assert_eq!(run.code, 1, "{store}: {}", run.stderr);
+        assert!(run.stderr.contains(error), "{store}: {}", run.stderr);
+        assert!(run.stderr.contains(hint), "{store}: {}", run.stderr);
     }
 }
