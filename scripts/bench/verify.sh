@@ -26,6 +26,18 @@ for i in $(seq 1 "$files"); do
   head -c $((per * 1024 * 1024)) /dev/urandom > "$dir/talos/image-$i.raw"
 done
 (cd "$dir" && find . -type f -name '*.raw' | sed 's|^\./||' | sort | xargs sha256sum > SHA256SUMS)
+# The index.json labctl writes beside it (verify checks the two agree).
+python3 - "$dir" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+images = []
+for line in open(os.path.join(d, "SHA256SUMS")):
+    sha, path = line.rstrip("\n").split("  ", 1)
+    images.append({"name": path, "path": path, "size": os.path.getsize(os.path.join(d, path)),
+                   "sha256": sha, "checksum": "sha256:" + sha})
+json.dump({"format_version": "1.0", "generated_at": "2026-11-26T00:00:00Z",
+           "labctl_version": "0.1.0", "images": images}, open(os.path.join(d, "index.json"), "w"))
+PY
 # Two halves of the list, for a parallel coreutils baseline.
 head -n $((files / 2)) "$dir/SHA256SUMS" > "$work/first"
 tail -n +$((files / 2 + 1)) "$dir/SHA256SUMS" > "$work/second"

@@ -354,6 +354,24 @@ fn nas_copy_pulled_by_rclone_is_verified(backend: Backend) {
     assert!(resync.status.success(), "rclone sync: {}", text(&resync));
     let healed = lab.labctl_bare(&["verify", &dir]);
     assert_eq!(healed.code, 0, "{}", healed.output());
+
+    // index.json is not signed: a consumer reading its sha256s relies on verify holding it to
+    // SHA256SUMS. One altered on the NAS is caught, though every file is fine.
+    let index_path = nas.path().join("index.json");
+    let index = std::fs::read_to_string(&index_path).unwrap();
+    let a_sha = sha256(&a).hex().to_string();
+    assert!(index.contains(&a_sha));
+    std::fs::write(&index_path, index.replace(&a_sha, &"0".repeat(64))).unwrap();
+    let altered = lab.labctl_bare(&["verify", &dir]);
+    assert_eq!(altered.code, 2, "{}", altered.output());
+    assert!(
+        altered
+            .stdout
+            .lines()
+            .any(|l| l.contains("index-differs") && l.contains("talos/a.raw")),
+        "{}",
+        altered.output()
+    );
 }
 
 /// `rclone sync` of the bucket's `images/` into `dir`: one direction, bucket to NAS.
@@ -786,13 +804,24 @@ fn server_side_copy_above_the_single_copy_limit(backend: Backend) {
 fn verify_memory_stays_flat_whatever_the_file_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let mut sums = String::new();
+    let mut images = Vec::new();
     for i in 0..3 {
         let body = image_bytes(100 + i, 96 * 1024 * 1024);
         let name = format!("big-{i}.raw");
         std::fs::write(dir.path().join(&name), &body).unwrap();
-        sums.push_str(&format!("{}  {name}\n", sha256(&body).hex()));
+        let sum = sha256(&body);
+        sums.push_str(&format!("{}  {name}\n", sum.hex()));
+        images.push(serde_json::json!({
+            "name": name, "path": name, "size": body.len(), "sha256": sum.hex(),
+            "checksum": sum.to_string(),
+        }));
     }
     std::fs::write(dir.path().join("SHA256SUMS"), sums).unwrap();
+    let index = serde_json::json!({
+        "format_version": "1.0", "generated_at": "2026-11-26T00:00:00Z",
+        "labctl_version": "0.1.0", "images": images,
+    });
+    std::fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
     let kib = peak_rss_kib(
         timed_labctl()
             .arg("verify")

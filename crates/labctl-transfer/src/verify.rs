@@ -20,7 +20,7 @@ use labctl_core::consumer_index::{
 };
 
 /// Version of the `labctl verify --json` report. Additive changes bump the minor version.
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_VERSION: &str = "1.1";
 
 /// Directories a Synology volume keeps beside synced files (thumbnails, recycle bin, snapshots,
 /// Cloud Sync's scratch space): not part of the copy, never reported.
@@ -43,6 +43,8 @@ pub enum Verdict {
     ContentDiffers,
     Unreadable,
     Unlisted,
+    /// `index.json` says something about the path that `SHA256SUMS` or the file does not.
+    IndexDiffers,
 }
 
 impl Verdict {
@@ -54,6 +56,7 @@ impl Verdict {
             Verdict::ContentDiffers => "content-differs",
             Verdict::Unreadable => "unreadable",
             Verdict::Unlisted => "unlisted",
+            Verdict::IndexDiffers => "index-differs",
         }
     }
 }
@@ -92,7 +95,8 @@ pub struct Report {
     /// Whether `index.json` gave the expected sizes.
     pub sizes_known: bool,
     pub summary: BTreeMap<String, usize>,
-    /// Listed files in `SHA256SUMS` order, then unlisted files by path.
+    /// Listed files in `SHA256SUMS` order, then unlisted files by path, then what `index.json`
+    /// gets wrong (about itself, or about a path).
     pub files: Vec<FileResult>,
 }
 
@@ -282,30 +286,18 @@ pub fn run(
             source,
         })?;
 
-    // Sizes come from index.json, which is not signed: they only tell a short file (a sync in
-    // progress) from a changed one, and are used only where index.json agrees with SHA256SUMS.
-    let sizes: BTreeMap<String, u64> = read_capped(&dir.join(JSON_NAME), MAX_INDEX_BYTES as u64)
-        .ok()
-        .flatten()
-        .and_then(|b| serde_json::from_slice::<IndexDocument>(&b).ok())
-        .map(|doc| {
-            doc.images
-                .into_iter()
-                .map(|e| (e.path, (e.sha256, e.size)))
-                .collect::<BTreeMap<_, _>>()
-        })
-        .map(|by_path| {
+    // index.json is not signed: it must agree with SHA256SUMS (a consumer such as Tinkerbell
+    // reads its sha256s), and its sizes are used only where it does.
+    let (index, mut index_findings) = read_index_json(dir, &listed)?;
+    let sizes: BTreeMap<String, u64> = index
+        .iter()
+        .filter(|(path, (sha, _))| {
             listed
                 .iter()
-                .filter_map(|l| {
-                    by_path
-                        .get(&l.path)
-                        .filter(|(sha, _)| sha == l.sha256.hex())
-                        .map(|(_, size)| (l.path.clone(), *size))
-                })
-                .collect()
+                .any(|l| &l.path == *path && l.sha256.hex() == sha)
         })
-        .unwrap_or_default();
+        .map(|(path, (_, size))| (path.clone(), *size))
+        .collect();
 
     let mut files = check_listed(dir, &listed, &sizes, options.jobs.max(1), progress);
     let known: BTreeSet<&str> = listed.iter().map(|l| l.path.as_str()).collect();
@@ -327,6 +319,20 @@ pub fn run(
             detail: "present, but not listed in SHA256SUMS".into(),
         });
     }
+    // A file that matches SHA256SUMS but not index.json's size: the index is what is wrong.
+    for f in &files {
+        if let (Verdict::Ok, Some(expected), Some(actual)) =
+            (f.verdict, f.expected_size, f.actual_size)
+        {
+            if expected != actual {
+                index_findings.push(index_differs(
+                    &f.path,
+                    format!("index.json says {expected} bytes; the file, which matches SHA256SUMS, has {actual}"),
+                ));
+            }
+        }
+    }
+    files.extend(index_findings);
     let mut summary = BTreeMap::new();
     for f in &files {
         *summary.entry(f.verdict.name().to_string()).or_insert(0) += 1;
@@ -340,6 +346,92 @@ pub fn run(
         summary,
         files,
     })
+}
+
+fn index_differs(path: &str, detail: String) -> FileResult {
+    FileResult {
+        path: path.to_string(),
+        verdict: Verdict::IndexDiffers,
+        expected_sha256: None,
+        actual_sha256: None,
+        expected_size: None,
+        actual_size: None,
+        detail,
+    }
+}
+
+/// `index.json` as `path -> (sha256 hex, size)`, and what it gets wrong: missing, unreadable,
+/// or disagreeing with `SHA256SUMS` about a path.
+#[allow(clippy::type_complexity)]
+fn read_index_json(
+    dir: &Path,
+    listed: &[SumsLine],
+) -> Result<(BTreeMap<String, (String, u64)>, Vec<FileResult>), VerifyError> {
+    let mut findings = Vec::new();
+    let finding = |verdict, detail: String| FileResult {
+        path: JSON_NAME.to_string(),
+        verdict,
+        expected_sha256: None,
+        actual_sha256: None,
+        expected_size: None,
+        actual_size: None,
+        detail,
+    };
+    let bytes = match read_capped(&dir.join(JSON_NAME), MAX_INDEX_BYTES as u64) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            findings.push(finding(
+                Verdict::Missing,
+                "labctl writes it beside SHA256SUMS (a sync in progress, or a partial copy)".into(),
+            ));
+            return Ok((BTreeMap::new(), findings));
+        }
+        Err(e) => {
+            findings.push(finding(Verdict::Unreadable, e.to_string()));
+            return Ok((BTreeMap::new(), findings));
+        }
+    };
+    let doc = match serde_json::from_slice::<IndexDocument>(&bytes) {
+        Ok(doc) => doc,
+        Err(e) => {
+            findings.push(finding(
+                Verdict::Unreadable,
+                format!("not an index labctl wrote: {e}"),
+            ));
+            return Ok((BTreeMap::new(), findings));
+        }
+    };
+    let index: BTreeMap<String, (String, u64)> = doc
+        .images
+        .into_iter()
+        .map(|e| (e.path, (e.sha256, e.size)))
+        .collect();
+    let sums: BTreeMap<&str, &str> = listed
+        .iter()
+        .map(|l| (l.path.as_str(), l.sha256.hex()))
+        .collect();
+    for (path, sha) in &sums {
+        match index.get(*path) {
+            None => findings.push(index_differs(
+                path,
+                "listed in SHA256SUMS, but not in index.json".into(),
+            )),
+            Some((indexed, _)) if indexed != sha => findings.push(index_differs(
+                path,
+                format!("index.json says sha256 {indexed}, SHA256SUMS says {sha}"),
+            )),
+            Some(_) => {}
+        }
+    }
+    for path in index.keys() {
+        if !sums.contains_key(path.as_str()) {
+            findings.push(index_differs(
+                path,
+                "listed in index.json, but not in SHA256SUMS".into(),
+            ));
+        }
+    }
+    Ok((index, findings))
 }
 
 /// Hashes the listed files on `jobs` threads; results keep the listing's order.
@@ -416,20 +508,6 @@ fn check_file(dir: &Path, line: &SumsLine, size: Option<u64>, buf: &mut [u8]) ->
         }
     };
     result.actual_size = Some(actual_size);
-    if let Some(expected) = size {
-        if expected != actual_size {
-            result.verdict = Verdict::SizeDiffers;
-            result.detail = format!(
-                "{actual_size} bytes, {expected} expected{}",
-                if actual_size < expected {
-                    " (a sync in progress, or a truncated copy)"
-                } else {
-                    ""
-                }
-            );
-            return result;
-        }
-    }
     let mut hasher = Hasher::new(labctl_core::checksum::Algorithm::Sha256);
     let mut reader = file;
     loop {
@@ -446,9 +524,25 @@ fn check_file(dir: &Path, line: &SumsLine, size: Option<u64>, buf: &mut [u8]) ->
     }
     let actual: Checksum = hasher.finish();
     result.actual_sha256 = Some(actual.hex().to_string());
-    if actual != line.sha256 {
-        result.verdict = Verdict::ContentDiffers;
-        result.detail = "the sha256 of the file is not the listed one".into();
+    if actual == line.sha256 {
+        return result; // whatever index.json says about its size (reported on its own)
+    }
+    match size.filter(|&expected| expected != actual_size) {
+        Some(expected) => {
+            result.verdict = Verdict::SizeDiffers;
+            result.detail = format!(
+                "{actual_size} bytes, {expected} expected{}",
+                if actual_size < expected {
+                    " (a sync in progress, or a truncated copy)"
+                } else {
+                    ""
+                }
+            );
+        }
+        None => {
+            result.verdict = Verdict::ContentDiffers;
+            result.detail = "the sha256 of the file is not the listed one".into();
+        }
     }
     result
 }
@@ -588,7 +682,13 @@ mod tests {
         std::fs::write(d.path().join("a.raw"), b"abc").unwrap();
         let r = verify(d.path());
         assert!(!r.sizes_known);
-        assert_eq!(verdicts(&r), [("a.raw", Verdict::ContentDiffers)]);
+        assert_eq!(
+            verdicts(&r),
+            [
+                ("a.raw", Verdict::ContentDiffers),
+                (JSON_NAME, Verdict::Missing)
+            ]
+        );
     }
 
     #[test]
@@ -601,7 +701,56 @@ mod tests {
             .replace("\"size\": 6", "\"size\": 7")
             .replace(Checksum::sha256(b"abcdef").hex(), &"0".repeat(64));
         std::fs::write(d.path().join(JSON_NAME), forged).unwrap();
-        assert_eq!(verdicts(&verify(d.path())), [("a.raw", Verdict::Ok)]);
+        // The file is fine; the index's disagreement is reported on its own.
+        assert_eq!(
+            verdicts(&verify(d.path())),
+            [("a.raw", Verdict::Ok), ("a.raw", Verdict::IndexDiffers)]
+        );
+    }
+
+    #[test]
+    fn index_json_must_agree_with_the_sums_and_the_files() {
+        let d = tempfile::tempdir().unwrap();
+        write_copy(d.path(), &[("a.raw", b"abcdef"), ("b.raw", b"xyz")], true);
+        let good = std::fs::read_to_string(d.path().join(JSON_NAME)).unwrap();
+        assert_eq!(verify(d.path()).problems(), 0);
+
+        // A wrong size for a file that matches SHA256SUMS: the index is wrong, not the file.
+        std::fs::write(
+            d.path().join(JSON_NAME),
+            good.replace("\"size\": 6", "\"size\": 60"),
+        )
+        .unwrap();
+        let r = verify(d.path());
+        assert_eq!(
+            verdicts(&r),
+            [
+                ("a.raw", Verdict::Ok),
+                ("b.raw", Verdict::Ok),
+                ("a.raw", Verdict::IndexDiffers)
+            ]
+        );
+        assert!(r.files[2].detail.contains("index.json says 60 bytes"));
+
+        // An entry dropped from index.json, and one it lists that SHA256SUMS does not.
+        let mut doc: serde_json::Value = serde_json::from_str(&good).unwrap();
+        let images = doc["images"].as_array_mut().unwrap();
+        images[1]["path"] = "c.raw".into();
+        std::fs::write(d.path().join(JSON_NAME), doc.to_string()).unwrap();
+        assert_eq!(
+            verdicts(&verify(d.path()))[2..],
+            [
+                ("b.raw", Verdict::IndexDiffers),
+                ("c.raw", Verdict::IndexDiffers)
+            ]
+        );
+
+        // Not an index at all.
+        std::fs::write(d.path().join(JSON_NAME), "{").unwrap();
+        assert_eq!(
+            verdicts(&verify(d.path()))[2..],
+            [(JSON_NAME, Verdict::Unreadable)]
+        );
     }
 
     #[test]
