@@ -40,15 +40,9 @@ pub async fn run(args: &ListArgs) -> Result<ExitCode, Failure> {
         rows.push([name, r.object_key.clone(), size, checksum, uploaded]);
     }
     if args.json {
-        let json: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|[name, key, size, checksum, uploaded]| {
-                serde_json::json!({"name": name, "key": key, "size": size, "checksum": checksum, "uploaded_at": uploaded})
-            })
-            .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&json).expect("serializes")
+            serde_json::to_string_pretty(&json_report(&store.url(), &state)).expect("serializes")
         );
     } else if rows.is_empty() {
         eprintln!("No records in {}.", store.url());
@@ -62,6 +56,41 @@ pub async fn run(args: &ListArgs) -> Result<ExitCode, Failure> {
         super::exit(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Version of the `labctl list --json` document. Additive changes bump the minor version.
+pub const FORMAT_VERSION: &str = "1.0";
+
+/// `labctl list --json`: the records as data (full checksums, sizes in bytes), not the table's
+/// display text. An unreadable record says why instead of what.
+fn json_report(store: &str, state: &crate::state::ActualState) -> serde_json::Value {
+    let records: Vec<serde_json::Value> = state
+        .records
+        .values()
+        .map(|r| match &r.record {
+            Ok(rec) => serde_json::json!({
+                "name": rec.name(),
+                "key": r.object_key,
+                "record_key": r.record_key,
+                "size": rec.size(),
+                "checksum": rec.checksum().to_string(),
+                "sha256": rec.sha256().map(|c| c.hex().to_string()),
+                "uploaded_at": rec.uploaded_at(),
+                "source_url": rec.source_url(),
+                "legacy": matches!(rec, Record::Legacy(_)),
+            }),
+            Err(why) => serde_json::json!({
+                "key": r.object_key,
+                "record_key": r.record_key,
+                "error": why.to_string(),
+            }),
+        })
+        .collect();
+    serde_json::json!({
+        "format_version": FORMAT_VERSION,
+        "store": store,
+        "records": records,
     })
 }
 

@@ -273,6 +273,46 @@ fn list_shows_records_as_a_table() {
     assert!(empty.stderr.contains("No records"), "{}", empty.stderr);
 }
 
+/// `list --json` is data: sizes in bytes, whole checksums, and why a record is unreadable.
+#[test]
+fn list_json_is_data_not_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path();
+    let copy = std::process::Command::new("cp")
+        .args(["-r", "state-examples/drifted/.", store.to_str().unwrap()])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    std::fs::write(store.join("metadata/broken.raw.json"), "{").unwrap();
+    let run = labctl(&["list", "--store", store.to_str().unwrap(), "--json"]);
+    assert_eq!(run.code, 1, "an unreadable record: {}", run.stderr);
+    let doc = run.json();
+    assert_eq!(doc["format_version"], "1.0");
+    let records = doc["records"].as_array().unwrap();
+    assert_eq!(records.len(), 8);
+    let iso = records
+        .iter()
+        .find(|r| r["name"] == "harvester-1.4.0-iso")
+        .unwrap();
+    assert_eq!(iso["size"], 107);
+    assert_eq!(iso["legacy"], true);
+    assert_eq!(iso["uploaded_at"], "2025-12-20T14:03:11Z");
+    assert_eq!(
+        iso["checksum"].as_str().unwrap().len(),
+        "sha512:".len() + 128
+    );
+    let broken = records
+        .iter()
+        .find(|r| r["record_key"] == "metadata/broken.raw.json")
+        .unwrap();
+    assert!(
+        broken["error"].as_str().unwrap().contains("corrupt"),
+        "{broken}"
+    );
+    assert!(broken.get("name").is_none());
+}
+
 #[test]
 fn graph_prints_dot_with_the_gateway_edge() {
     let run = labctl(&["graph"]);
