@@ -252,15 +252,23 @@ async fn run_change(
                 .ok_or_else(|| anyhow!("the plan has no spec for `{}`", change.name))?;
             let deps = known(&dep_sums)?;
             let kept = keep_current(change, ctx).await?;
-            if let Some(entry) = &change.restore {
-                return restore(change, desired, deps, kept, entry, ctx).await;
-            }
-            match &desired.spec.source {
-                SpecSource::Http { .. } => publish_http(change, desired, deps, kept, ctx).await,
-                SpecSource::Packer { .. } => {
-                    publish_packer(change, &desired.spec, deps, kept, ctx).await
+            let entry = kept.as_ref().map(|k| k.entry.clone());
+            let result = if let Some(restored) = &change.restore {
+                restore(change, desired, deps, entry, restored, ctx).await
+            } else {
+                match &desired.spec.source {
+                    SpecSource::Http { .. } => {
+                        publish_http(change, desired, deps, entry, ctx).await
+                    }
+                    SpecSource::Packer { .. } => {
+                        publish_packer(change, &desired.spec, deps, entry, ctx).await
+                    }
                 }
+            };
+            if let (Err(_), Some(kept)) = (&result, &kept) {
+                forget_unused_copy(change, kept, ctx).await;
             }
+            result
         }
     }
 }
@@ -445,7 +453,42 @@ async fn delete_history(
 
 /// Copies the current object into the history (server-side) before it is overwritten, when the
 /// plan says so. Returns the new history entry.
-async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Option<HistoryEntry>> {
+/// The current bytes, copied under `history/` before a replace.
+struct Kept {
+    entry: HistoryEntry,
+    /// This run made the copy (the key was free): it may take it back.
+    created: bool,
+    /// The ETag the current object had when it was copied.
+    source_etag: String,
+}
+
+/// After a failed replace: the copy this run made is taken back while the current bytes are
+/// still in place (no record would list it, and drift would report it as unmanaged). If the
+/// object was replaced after all (a failure after the upload completed), the copy is the only
+/// one of the old bytes left, and it stays.
+async fn forget_unused_copy(change: &Change, kept: &Kept, ctx: &ApplyContext) {
+    if !kept.created {
+        return;
+    }
+    let still_current = matches!(
+        ctx.store.head(&change.key).await,
+        Ok(Some(object)) if object.etag == kept.source_etag
+    );
+    if !still_current {
+        return;
+    }
+    if let Err(e) = ctx.store.delete(&kept.entry.key).await {
+        ctx.progress.line(
+            &change.name,
+            &format!(
+                "warning: cannot delete `{}`, the copy kept for a replace that failed: {e}",
+                kept.entry.key
+            ),
+        );
+    }
+}
+
+async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Option<Kept>> {
     if !change.history.as_ref().is_some_and(|h| h.keep_current) {
         return Ok(None);
     }
@@ -501,6 +544,7 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
         .strip_prefix(crate::manifest::IMAGES_PREFIX)
         .unwrap_or(&change.key);
     let key = crate::manifest::history_key(destination, &sha256);
+    let created = ctx.store.head(&key).await?.is_none();
     ctx.store
         .copy(&change.key, &key, None, Some(&object.etag))
         .await
@@ -510,7 +554,7 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
                 change.key
             )
         })?;
-    Ok(Some(HistoryEntry {
+    let entry = HistoryEntry {
         checksum,
         sha256,
         key,
@@ -524,6 +568,11 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
             .clone()
             .unwrap_or_else(|| "unknown".into()),
         kept_at: crate::timefmt::now_rfc3339(),
+    };
+    Ok(Some(Kept {
+        entry,
+        created,
+        source_etag: object.etag,
     }))
 }
 

@@ -22,6 +22,7 @@ macro_rules! on_every_store {
 on_every_store!(
     index_lists_exactly_the_managed_objects,
     history_restores_after_the_vendor_deleted_the_file,
+    a_failed_replace_takes_back_its_kept_copy,
 );
 
 macro_rules! on_s3_stores {
@@ -569,6 +570,51 @@ fn signed_index_is_accepted_by_minisign_and_by_verify() {
         wrong.output()
     );
     assert!(lab.fixture.log().is_empty());
+}
+
+/// A replace that fails (here: the new download does not match its checksum) keeps nothing:
+/// the current bytes stay in place, so the copy made for the history is taken back, and drift
+/// finds nothing unmanaged.
+fn a_failed_replace_takes_back_its_kept_copy(backend: Backend) {
+    let lab = Lab::new(backend);
+    let v0 = image_bytes(95, 80_000);
+    let v1 = image_bytes(96, 80_000);
+    lab.serve("/vyos-0.iso", v0.clone(), Faults::default());
+    lab.serve("/vyos-1.iso", v1.clone(), Faults::default());
+    let write = |path: &str, checksum: labctl::checksum::Checksum| {
+        lab.write_manifest_text(&manifest(
+            &lab,
+            "",
+            &[Img {
+                name: "vyos-iso",
+                path,
+                checksum: checksum.to_string(),
+                source_extra: String::new(),
+                destination: "vyos/vyos-rolling.iso",
+                extra: "      history: 2\n".into(),
+            }],
+        ));
+    };
+    write("/vyos-0.iso", sha256(&v0));
+    let first = lab.apply();
+    assert_eq!(first.code, 0, "{}", first.output());
+    // The manifest names v1's URL with a checksum the download will not match.
+    write("/vyos-1.iso", sha256(b"not what the server sends"));
+    let run = lab.apply();
+    assert_eq!(run.code, 1, "{}", run.output());
+    let kept = format!("history/vyos/vyos-rolling.iso/{}", sha256(&v0).hex());
+    assert!(lab.head(&kept).is_none(), "{}", run.output());
+    assert_eq!(lab.object("vyos/vyos-rolling.iso"), Some(v0.clone()));
+    write("/vyos-0.iso", sha256(&v0));
+    let drift = lab.labctl(&["drift"]);
+    assert_eq!(drift.code, 0, "{}", drift.output());
+
+    // A kept copy that was there before the failed run (an earlier replace kept the same
+    // bytes) is not this run's to take back.
+    lab.put(&kept, &v0);
+    write("/vyos-1.iso", sha256(b"not what the server sends"));
+    assert_eq!(lab.apply().code, 1);
+    assert!(lab.head(&kept).is_some());
 }
 
 /// v1 → v2 → v3 with `history: 2`; the vendor deletes v1; the manifest reverts to v1.
