@@ -109,6 +109,10 @@ pub struct PlanArgs {
     /// records are never deleted.
     #[arg(long)]
     pub prune: bool,
+    /// With --prune, allow a manifest that declares no images to delete every image in the
+    /// store (refused without it: an emptied manifest is more often a mistake).
+    #[arg(long, requires = "prune")]
+    pub allow_empty: bool,
     /// HEAD every object to detect drift; `--refresh=false` reads only the records.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
           num_args = 0..=1, default_missing_value = "true")]
@@ -165,6 +169,10 @@ pub struct ApplyArgs {
     /// Delete records (and objects) whose image left the manifest. Protected records stay.
     #[arg(long)]
     pub prune: bool,
+    /// With --prune, allow a manifest that declares no images to delete every image in the
+    /// store (refused without it: an emptied manifest is more often a mistake).
+    #[arg(long, requires = "prune")]
+    pub allow_empty: bool,
     /// Replace this image even if nothing changed (repeatable).
     #[arg(long, value_name = "NAME")]
     pub replace: Vec<String>,

@@ -237,6 +237,7 @@ async fn prepare(
         None => {
             let request = super::plan::PlanRequest {
                 prune: args.prune,
+                allow_empty: args.allow_empty,
                 replace: args.replace.clone(),
                 objects: crate::state::refresh::Objects::Listed,
                 offline: false,

@@ -30,6 +30,7 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     // by --check-sources, not by the nightly comparison of the manifest with the store.
     let request = super::plan::PlanRequest {
         prune: false,
+        allow_empty: false,
         replace: Vec::new(),
         // Every object HEADed: drift also compares the labctl metadata a listing does not show.
         objects: crate::state::refresh::Objects::Headed,

@@ -14,10 +14,17 @@ use crate::state::refresh::Objects;
 use crate::store::Store;
 
 pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
+    if args.out.as_deref() == Some(std::path::Path::new("-")) {
+        return Err(anyhow::anyhow!(
+            "--out takes a file to save the plan in, not `-`"
+        ))
+        .hint("print the JSON plan to stdout with --json");
+    }
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
     let request = PlanRequest {
         prune: args.prune,
+        allow_empty: args.allow_empty,
         replace: args.replace.clone(),
         objects: if args.refresh {
             Objects::Listed
@@ -81,6 +88,8 @@ fn apply_command(args: &PlanArgs, path: &std::path::Path) -> String {
 /// What a plan is asked for, beyond the manifest and the store.
 pub struct PlanRequest {
     pub prune: bool,
+    /// `--allow-empty`: an empty manifest may prune everything.
+    pub allow_empty: bool,
     pub replace: Vec<String>,
     /// How much to learn about the objects.
     pub objects: Objects,
@@ -132,6 +141,13 @@ pub async fn compute(
         })
         .await?;
     drop(counter);
+    if prune && !request.allow_empty && desired.is_empty() && !actual.records.is_empty() {
+        return Err(anyhow::anyhow!(
+            "the manifest declares no images: --prune would delete all {} in the store",
+            actual.records.len()
+        ))
+        .hint("check that the manifest is the one you meant; to delete every image, add --allow-empty");
+    }
     if refresh {
         let wanted = desired
             .iter()

@@ -772,14 +772,15 @@ fn history_restores_after_the_vendor_deleted_the_file(backend: Backend) {
     lab.write_manifest_text(
         "apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images: []\n",
     );
-    let plan = lab.labctl(&["plan", "--prune"]);
+    // (An emptied manifest prunes the whole store only when that is asked for.)
+    let plan = lab.labctl(&["plan", "--prune", "--allow-empty"]);
     assert!(
         plan.stdout
             .contains("its 2 kept versions under history/ are deleted with it"),
         "{}",
         plan.output()
     );
-    let pruned = lab.labctl(&["apply", "--auto-approve", "--prune"]);
+    let pruned = lab.labctl(&["apply", "--auto-approve", "--prune", "--allow-empty"]);
     assert_eq!(pruned.code, 0, "{}", pruned.output());
     assert!(lab
         .runtime

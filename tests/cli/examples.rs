@@ -324,3 +324,48 @@ fn graph_prints_dot_with_the_gateway_edge() {
         run.stdout
     );
 }
+
+/// An emptied manifest with --prune would delete every image: refused unless asked for.
+#[test]
+fn an_empty_manifest_prunes_everything_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("images.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images: []\n",
+    )
+    .unwrap();
+    let m = manifest.to_str().unwrap();
+    let base = [
+        "plan",
+        "--offline",
+        "--store",
+        "state-examples/in-sync",
+        "-m",
+        m,
+    ];
+    let refused = labctl(&[&base[..], &["--prune"]].concat());
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("the manifest declares no images"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("--allow-empty"),
+        "{}",
+        refused.stderr
+    );
+    let allowed = labctl(&[&base[..], &["--prune", "--allow-empty", "--json"]].concat());
+    assert_eq!(allowed.code, 0, "{}", allowed.stderr);
+    assert!(allowed.json()["summary"]["delete"].as_u64().unwrap() > 0);
+    // Without --prune nothing is deleted, so nothing needs allowing.
+    let plain = labctl(&base);
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    let stray = labctl(&[&base[..], &["--allow-empty"]].concat());
+    assert_eq!(
+        stray.code, 1,
+        "--allow-empty needs --prune: {}",
+        stray.stderr
+    );
+}

@@ -131,7 +131,8 @@ pub enum VerifyError {
         #[source]
         source: consumer_index::SumsError,
     },
-    #[error("invalid minisign public key: {0}")]
+    /// The key parser's own message (it names the key already).
+    #[error("{0}")]
     BadKey(String),
     #[error("`{path}` is missing, but a public key was given: the index is not signed")]
     NoSignature { path: String },

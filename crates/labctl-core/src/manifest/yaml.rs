@@ -148,10 +148,33 @@ fn first_line(err: &serde_saphyr::Error) -> String {
         }
     }
     // Drop a trailing " at line X column Y" the crate may add: the location is printed separately.
-    match line.find(" at line ") {
-        Some(i) => line[..i].to_string(),
-        None => line.to_string(),
+    let line = match line.find(" at line ") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    in_manifest_terms(line)
+}
+
+/// The parser speaks to programmers ("set DuplicateKeyPolicy in Options"); a manifest's author
+/// gets what is wrong with the file.
+fn in_manifest_terms(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or("")
+            .trim_start_matches(':')
+            .trim();
+        return if key.is_empty() {
+            "a key appears twice in the same mapping".into()
+        } else {
+            format!("the key `{key}` appears twice in the same mapping")
+        };
     }
+    if message.contains("recursive references require weak recursion types") {
+        return "an alias refers to the node that contains it (a recursive reference)".into();
+    }
+    message.to_string()
 }
 
 fn spanned_to_node(s: Spanned<RawNode>) -> Node {
@@ -259,6 +282,15 @@ impl<'de> Visitor<'de> for RawVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parser_jargon_becomes_what_is_wrong_with_the_file() {
+        let (_, dup) = parse("a: 1\na: 2\n").unwrap_err();
+        assert!(dup.contains("appears twice"), "{dup}");
+        assert!(!dup.contains("DuplicateKeyPolicy"), "{dup}");
+        let (_, rec) = parse("a: &x\n  b: *x\n").unwrap_err();
+        assert!(!rec.contains("weak recursion"), "{rec}");
+    }
 
     #[test]
     fn nodes_carry_locations() {
