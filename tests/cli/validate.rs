@@ -61,6 +61,34 @@ fn reports_all_problems_with_locations_and_suggestions() {
     assert!(err.contains("problems in"), "{err}");
 }
 
+/// An image with a problem of its own is still an image: depending on it is not also reported
+/// as naming an image that does not exist, while a name that really is missing still is.
+#[test]
+fn a_dependency_on_an_image_with_problems_is_not_a_missing_image() {
+    let text = format!(
+        "{HEADER}    - name: base
+      source: {{type: http, url: https://f/a.iso, checksum: 'sha256:nothex'}}
+      destination: a.iso
+    - name: child
+      source: {{type: http, url: https://f/b.iso, checksum: {SUM}}}
+      destination: b.iso
+      dependsOn: [base, ghost]
+"
+    );
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1);
+    let err = &run.stderr;
+    assert!(err.contains("image `base`: `source.checksum`"), "{err}");
+    assert!(
+        err.contains("names `ghost`, which is not an image"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("names `base`, which is not an image"),
+        "{err}"
+    );
+}
+
 #[test]
 fn unknown_top_level_and_image_fields_are_errors() {
     let text =

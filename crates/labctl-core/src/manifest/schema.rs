@@ -319,7 +319,24 @@ impl Reader<'_> {
             }
         }
         self.check_unique(items);
-        self.check_references(&images);
+        // Every name the manifest declares, including images with problems of their own: a
+        // dependency on one of those is not also "not an image in this manifest".
+        let declared: Vec<String> = items
+            .iter()
+            .filter_map(|item| match &item.value {
+                Value::Map(entries) => {
+                    entries
+                        .iter()
+                        .find(|(k, _)| k.name == "name")
+                        .and_then(|(_, v)| match &v.value {
+                            Value::String(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                }
+                _ => None,
+            })
+            .collect();
+        self.check_references(&images, &declared);
         images
     }
 
@@ -972,8 +989,8 @@ impl Reader<'_> {
         }
     }
 
-    fn check_references(&mut self, images: &[Image]) {
-        let names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+    fn check_references(&mut self, images: &[Image], declared: &[String]) {
+        let names: Vec<&str> = declared.iter().map(String::as_str).collect();
         let mut found = Vec::new();
         for image in images {
             let mentioned = image
