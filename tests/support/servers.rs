@@ -70,6 +70,17 @@ fn binary(var: &str, cached: &str, name: &str) -> PathBuf {
 
 /// Waits until `endpoint` answers HTTP at all (RGW listens before it can serve).
 fn wait_for_http(endpoint: &str, child: &mut Child, what: &str) {
+    if let Err(status) = try_wait_for_http(endpoint, child, what) {
+        panic!("{what} exited early: {status}");
+    }
+}
+
+/// [`wait_for_http`], returning the exit status of a server that exited before answering.
+fn try_wait_for_http(
+    endpoint: &str,
+    child: &mut Child,
+    what: &str,
+) -> Result<(), std::process::ExitStatus> {
     use std::io::{Read, Write};
     let addr = endpoint.trim_start_matches("http://");
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -82,11 +93,11 @@ fn wait_for_http(endpoint: &str, child: &mut Child, what: &str) {
                 && stream.read_to_string(&mut response).is_ok()
                 && response.starts_with("HTTP/1.1 200")
             {
-                return;
+                return Ok(());
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early: {status}");
+            return Err(status);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -278,9 +289,26 @@ impl S3Server {
                 &format!("--secret={SECRET_KEY}"),
             ],
         );
-        children.push(daemon("radosgw", &["-n", "client.rgw"]));
-        let endpoint = format!("http://127.0.0.1:{rgw_port}");
-        wait_for_http(&endpoint, children.last_mut().unwrap(), "radosgw");
+        // The free port can be taken between choosing and binding (exit 98, EADDRINUSE): then
+        // another one is tried.
+        let mut port = rgw_port;
+        let mut attempts = 0;
+        let endpoint = loop {
+            attempts += 1;
+            let frontend = format!("--rgw_frontends=beast endpoint=127.0.0.1:{port}");
+            let mut rgw = daemon("radosgw", &["-n", "client.rgw", &frontend]);
+            let endpoint = format!("http://127.0.0.1:{port}");
+            match try_wait_for_http(&endpoint, &mut rgw, "radosgw") {
+                Ok(()) => {
+                    children.push(rgw);
+                    break endpoint;
+                }
+                Err(status) if status.code() == Some(98) && attempts < 5 => {
+                    port = super::free_port()
+                }
+                Err(status) => panic!("radosgw exited early: {status}"),
+            }
+        };
         let server = S3Server {
             kind: Kind::Ceph,
             endpoint,
