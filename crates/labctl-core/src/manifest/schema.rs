@@ -321,21 +321,7 @@ impl Reader<'_> {
         self.check_unique(items);
         // Every name the manifest declares, including images with problems of their own: a
         // dependency on one of those is not also "not an image in this manifest".
-        let declared: Vec<String> = items
-            .iter()
-            .filter_map(|item| match &item.value {
-                Value::Map(entries) => {
-                    entries
-                        .iter()
-                        .find(|(k, _)| k.name == "name")
-                        .and_then(|(_, v)| match &v.value {
-                            Value::String(s) => Some(s.clone()),
-                            _ => None,
-                        })
-                }
-                _ => None,
-            })
-            .collect();
+        let declared: Vec<String> = items.iter().filter_map(declared_name).collect();
         self.check_references(&images, &declared);
         images
     }
@@ -351,18 +337,7 @@ impl Reader<'_> {
             "history",
         ];
         // Read the name first so that every other problem can say which image it is about.
-        let name = match &node.value {
-            Value::Map(entries) => {
-                entries
-                    .iter()
-                    .find(|(k, _)| k.name == "name")
-                    .and_then(|(_, v)| match &v.value {
-                        Value::String(s) => Some(s.clone()),
-                        _ => None,
-                    })
-            }
-            _ => None,
-        };
+        let name = declared_name(node);
         let label = name.as_deref();
         let f = self.fields(node, "an image", &FIELDS, label)?;
         let name_ok = match f.get("name") {
@@ -1026,6 +1001,20 @@ impl Reader<'_> {
         }
         self.diags.extend(found);
     }
+}
+
+/// The `name` an image entry declares, if it is a string, whatever else is wrong with it.
+fn declared_name(node: &Node) -> Option<String> {
+    let Value::Map(entries) = &node.value else {
+        return None;
+    };
+    entries
+        .iter()
+        .find(|(k, _)| k.name == "name")
+        .and_then(|(_, v)| match &v.value {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
 }
 
 fn valid_name(s: &str) -> bool {
