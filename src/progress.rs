@@ -8,9 +8,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 pub use labctl_transfer::progress::{Outcome, Progress, Silent};
 
+/// Bars for a terminal on stderr (outside CI), lines otherwise.
+fn wants_bars() -> bool {
+    console::Term::stderr().is_term() && !crate::settings::env().ci
+}
+
 /// Chooses bars for a terminal on stderr, lines otherwise.
 pub fn for_stderr() -> Box<dyn Progress> {
-    if console::Term::stderr().is_term() && !crate::settings::env().ci {
+    if wants_bars() {
         Box::new(Bars::new())
     } else {
         Box::new(Lines::new(Duration::from_secs(30)))
@@ -33,7 +38,7 @@ const COUNTER_LINES_EVERY: Duration = Duration::from_secs(30);
 
 impl Counter {
     pub fn new(what: &'static str) -> Counter {
-        let bar = (console::Term::stderr().is_term() && !crate::settings::env().ci).then(|| {
+        let bar = wants_bars().then(|| {
             ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden()).with_style(
                 ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} eta {eta}")
                     .expect("valid template")
@@ -53,17 +58,10 @@ impl Counter {
     }
 
     pub fn update(&self, done: usize, total: usize) {
-        let elapsed = self.started.elapsed();
-        if elapsed < COUNTER_DELAY || done == total {
-            if let Some(bar) = &self.bar {
-                bar.set_length(total as u64);
-                bar.set_position(done as u64);
-            }
-            return;
-        }
+        let show = self.started.elapsed() >= COUNTER_DELAY && done < total;
         match &self.bar {
             Some(bar) => {
-                if bar.is_hidden() {
+                if show && bar.is_hidden() {
                     // The rate counts from now, not from the quiet second before.
                     bar.reset_elapsed();
                     bar.reset_eta();
@@ -72,13 +70,14 @@ impl Counter {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
             }
-            None => {
+            None if show => {
                 let mut printed = self.printed.lock().unwrap();
                 if printed.elapsed() >= COUNTER_LINES_EVERY {
                     *printed = Instant::now();
                     eprintln!("{}: {done}/{total}", self.what);
                 }
             }
+            None => {}
         }
     }
 }

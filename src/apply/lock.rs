@@ -159,9 +159,12 @@ async fn read(store: &dyn Store) -> Result<Option<LockInfo>, LockError> {
     Ok(read_with_etag(store).await?.map(|(info, _)| info))
 }
 
+/// A lock file is a few hundred bytes; reading stops well past that.
+const MAX_LOCK_BYTES: usize = 64 * 1024;
+
 /// The lock and the ETag it had when read.
 async fn read_with_etag(store: &dyn Store) -> Result<Option<(LockInfo, String)>, LockError> {
-    match store::get_bytes(store, LOCK_KEY, 64 * 1024).await? {
+    match store::get_bytes(store, LOCK_KEY, MAX_LOCK_BYTES).await? {
         None => Ok(None),
         Some((meta, bytes)) => serde_json::from_slice(&bytes)
             .map(|info| Some((info, meta.etag)))
@@ -279,7 +282,7 @@ impl Lock {
 /// Removes the lock with `id`, whoever holds it.
 pub async fn force_unlock(store: &dyn Store, id: &str) -> Result<Removed, LockError> {
     if id.starts_with("unreadable-") {
-        if let Some((meta, bytes)) = store::get_bytes(store, LOCK_KEY, 64 * 1024).await? {
+        if let Some((meta, bytes)) = store::get_bytes(store, LOCK_KEY, MAX_LOCK_BYTES).await? {
             if serde_json::from_slice::<LockInfo>(&bytes).is_err() && unreadable_id(&bytes) == id {
                 return if store.delete_if(LOCK_KEY, &meta.etag).await? {
                     Ok(Removed::Unreadable)

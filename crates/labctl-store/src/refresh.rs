@@ -101,7 +101,7 @@ pub async fn read_reporting(
     );
     let (listed, images, index) = (
         listed.map_err(wrap)?,
-        Arc::new(images.map_err(wrap)?),
+        images.map_err(wrap)?,
         index.map_err(wrap)?,
     );
     let snapshot = snapshot.unwrap_or_default();
@@ -129,11 +129,7 @@ pub async fn read_reporting(
         if known.is_none() {
             misses += 1;
         }
-        let object_listed = images
-            .as_ref()
-            .as_ref()
-            .and_then(|m| m.get(&object_key))
-            .cloned();
+        let object_listed = images.as_ref().and_then(|m| m.get(&object_key)).cloned();
         let object_write = object_listed.as_ref().and_then(ListedWrite::of);
         // The object's ETag: listed, or what a HEAD after an identical listing found.
         let object_etag = match (&object_listed, &object_write) {
@@ -144,8 +140,7 @@ pub async fn read_reporting(
                 .map(|o| o.etag.clone()),
             (None, _) => None,
         };
-        let by_listing = matches!(objects, Objects::Listed | Objects::ListedByEtag);
-        if by_listing && object_listed.is_some() && object_etag.is_none() {
+        if objects.lists_images() && object_listed.is_some() && object_etag.is_none() {
             misses += 1; // HEADed below
         }
         let (store, limit) = (store.clone(), limit.clone());
@@ -213,10 +208,7 @@ pub async fn read_reporting(
         refreshed: objects != Objects::NotChecked,
         index,
         snapshot_misses: misses,
-        listed_objects: images
-            .as_ref()
-            .as_ref()
-            .map(|m| m.keys().cloned().collect()),
+        listed_objects: images.map(|m| m.into_keys().collect()),
         unrecorded: BTreeMap::new(),
     };
     let total = tasks.len();

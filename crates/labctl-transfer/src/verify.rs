@@ -289,15 +289,15 @@ pub fn run(
 
     // index.json is not signed: it must agree with SHA256SUMS (a consumer such as Tinkerbell
     // reads its sha256s), and its sizes are used only where it does.
-    let (index, mut index_findings) = read_index_json(dir, &listed)?;
-    let sizes: BTreeMap<String, u64> = index
+    let (index, mut index_findings) = read_index_json(dir, &listed);
+    let sizes: BTreeMap<String, u64> = listed
         .iter()
-        .filter(|(path, (sha, _))| {
-            listed
-                .iter()
-                .any(|l| &l.path == *path && l.sha256.hex() == sha)
+        .filter_map(|l| {
+            index
+                .get(&l.path)
+                .filter(|(sha, _)| sha == l.sha256.hex())
+                .map(|(_, size)| (l.path.clone(), *size))
         })
-        .map(|(path, (_, size))| (path.clone(), *size))
         .collect();
 
     let mut files = check_listed(dir, &listed, &sizes, options.jobs.max(1), progress);
@@ -361,13 +361,12 @@ fn index_differs(path: &str, detail: String) -> FileResult {
     }
 }
 
-/// `index.json` as `path -> (sha256 hex, size)`, and what it gets wrong: missing, unreadable,
-/// or disagreeing with `SHA256SUMS` about a path.
-#[allow(clippy::type_complexity)]
-fn read_index_json(
-    dir: &Path,
-    listed: &[SumsLine],
-) -> Result<(BTreeMap<String, (String, u64)>, Vec<FileResult>), VerifyError> {
+/// `index.json` as `path -> (sha256 hex, size)`.
+type IndexedPaths = BTreeMap<String, (String, u64)>;
+
+/// `index.json`, and what it gets wrong: missing, unreadable, or disagreeing with
+/// `SHA256SUMS` about a path. Problems with it are findings, never a failure to verify.
+fn read_index_json(dir: &Path, listed: &[SumsLine]) -> (IndexedPaths, Vec<FileResult>) {
     let mut findings = Vec::new();
     let finding = |verdict, detail: String| FileResult {
         path: JSON_NAME.to_string(),
@@ -385,11 +384,11 @@ fn read_index_json(
                 Verdict::Missing,
                 "labctl writes it beside SHA256SUMS (a sync in progress, or a partial copy)".into(),
             ));
-            return Ok((BTreeMap::new(), findings));
+            return (BTreeMap::new(), findings);
         }
         Err(e) => {
             findings.push(finding(Verdict::Unreadable, e.to_string()));
-            return Ok((BTreeMap::new(), findings));
+            return (BTreeMap::new(), findings);
         }
     };
     let doc = match serde_json::from_slice::<IndexDocument>(&bytes) {
@@ -399,10 +398,10 @@ fn read_index_json(
                 Verdict::Unreadable,
                 format!("not an index labctl wrote: {e}"),
             ));
-            return Ok((BTreeMap::new(), findings));
+            return (BTreeMap::new(), findings);
         }
     };
-    let index: BTreeMap<String, (String, u64)> = doc
+    let index: IndexedPaths = doc
         .images
         .into_iter()
         .map(|e| (e.path, (e.sha256, e.size)))
@@ -432,7 +431,7 @@ fn read_index_json(
             ));
         }
     }
-    Ok((index, findings))
+    (index, findings)
 }
 
 /// Hashes the listed files on `jobs` threads; results keep the listing's order.

@@ -289,7 +289,7 @@ mod tests {
         assert!(dup.contains("appears twice"), "{dup}");
         assert!(!dup.contains("DuplicateKeyPolicy"), "{dup}");
         let (_, rec) = parse("a: &x\n  b: *x\n").unwrap_err();
-        assert!(!rec.contains("weak recursion"), "{rec}");
+        assert!(rec.contains("recursive reference"), "{rec}");
     }
 
     #[test]
