@@ -93,6 +93,7 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
         );
         let pinned = Pinned {
             image: image.name.clone(),
+            version: None,
             checksum: needs_checksum.then(|| source.clone()),
             expected: if needs_expected { output } else { None },
         };

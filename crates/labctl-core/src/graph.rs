@@ -178,6 +178,8 @@ mod tests {
             depends_on: deps.iter().map(|s| s.to_string()).collect(),
             protect: false,
             history: 0,
+            version: None,
+            track: None,
         }
     }
 

@@ -25,3 +25,4 @@ pub mod stale;
 pub mod state;
 pub mod timefmt;
 pub mod units;
+pub mod upstream;

@@ -10,6 +10,8 @@ use crate::manifest::yaml::{Key, Node, Value};
 #[derive(Debug, Clone)]
 pub struct Pinned {
     pub image: String,
+    /// A new `version:` (`labctl bump`); the fields that say `{{ version }}` follow it.
+    pub version: Option<String>,
     /// The download's checksum, when `source.checksum` is absent or `pin`.
     pub checksum: Option<Checksum>,
     /// The published bytes' checksum, when `validation.expected` is absent or `pin`.
@@ -100,18 +102,39 @@ fn replace(source: &str, node: &Node, value: &str) -> Option<Edit> {
     })
 }
 
+/// The image's name as the manifest means it: with its `{{ version }}` written in.
+fn declared_name(image: &Node) -> Option<String> {
+    let text = |node: Option<&(Key, Node)>| match node {
+        Some((
+            _,
+            Node {
+                value: Value::String(s),
+                ..
+            },
+        )) => Some(s.clone()),
+        _ => None,
+    };
+    let name = text(entry(image, "name"))?;
+    let version = text(entry(image, "version"));
+    crate::upstream::template::expand(&name, version.as_deref()).ok()
+}
+
 /// Returns `source` with the pinned values written in.
 pub fn apply(source: &str, root: &Node, pins: &[Pinned]) -> Result<String, EditError> {
     let mut edits = Vec::new();
     for pin in pins {
         let image = images(root)
             .iter()
-            .find(|i| matches!(entry(i, "name"), Some((_, Node { value: Value::String(n), .. })) if *n == pin.image))
+            .find(|i| declared_name(i).as_deref() == Some(pin.image.as_str()))
             .ok_or_else(|| EditError::NoImage(pin.image.clone()))?;
         let located = |what| EditError::NotLocated {
             image: pin.image.clone(),
             what,
         };
+        if let Some(version) = &pin.version {
+            let (_, node) = entry(image, "version").ok_or_else(|| located("version"))?;
+            edits.push(replace(source, node, version).ok_or_else(|| located("version"))?);
+        }
         if let Some(sum) = &pin.checksum {
             let (_, source_node) = entry(image, "source").ok_or_else(|| located("source"))?;
             let edit = match entry(source_node, "checksum") {
@@ -190,16 +213,19 @@ spec:
             &root,
             &[
                 Pinned {
+                    version: None,
                     image: "talos".into(),
                     checksum: Some(sum("src")),
                     expected: Some(sum("out")),
                 },
                 Pinned {
+                    version: None,
                     image: "flow".into(),
                     checksum: Some(sum("flow")),
                     expected: None,
                 },
                 Pinned {
+                    version: None,
                     image: "inline".into(),
                     checksum: Some(sum("i")),
                     expected: Some(sum("io")),
@@ -261,6 +287,7 @@ spec:
             text,
             &root,
             &[Pinned {
+                version: None,
                 image: "a".into(),
                 checksum: Some(sum("a")),
                 expected: Some(sum("b")),
@@ -274,12 +301,68 @@ spec:
     }
 
     #[test]
+    fn a_bump_writes_the_version_and_both_digests_and_nothing_else() {
+        let text = r#"spec:
+  images:
+    # Talos from the factory.
+    - name: talos-{{ version.bare }}-metal   # the name follows the version
+      version: "v1.9.1"   # bumped by `labctl bump`
+      track: {channel: talos}
+      source:
+        type: http
+        url: https://f.example/image/abc/{{ version }}/metal-amd64.raw.zst
+        checksum: sha256:0000000000000000000000000000000000000000000000000000000000000001
+        decompress: zstd
+      destination: talos/{{ version }}/metal-amd64.raw
+      validation:
+        expected: sha256:0000000000000000000000000000000000000000000000000000000000000002 # pinned
+"#;
+        let root = yaml::parse(text).unwrap();
+        let out = apply(
+            text,
+            &root,
+            &[Pinned {
+                image: "talos-1.9.1-metal".into(),
+                version: Some("v1.10.2".into()),
+                checksum: Some(sum("src")),
+                expected: Some(sum("out")),
+            }],
+        )
+        .unwrap();
+        let expected = text
+            .replace("\"v1.9.1\"", "\"v1.10.2\"")
+            .replace(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000001",
+                &sum("src").to_string(),
+            )
+            .replace(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000002",
+                &sum("out").to_string(),
+            );
+        assert_eq!(out, expected);
+        // The templated name is matched as the manifest means it, not as written.
+        let err = apply(
+            text,
+            &root,
+            &[Pinned {
+                image: "talos-{{ version.bare }}-metal".into(),
+                version: Some("v2".into()),
+                checksum: None,
+                expected: None,
+            }],
+        )
+        .unwrap_err();
+        assert!(matches!(err, EditError::NoImage(_)));
+    }
+
+    #[test]
     fn unknown_images_are_reported() {
         let root = yaml::parse(MANIFEST).unwrap();
         let err = apply(
             MANIFEST,
             &root,
             &[Pinned {
+                version: None,
                 image: "nope".into(),
                 checksum: None,
                 expected: None,

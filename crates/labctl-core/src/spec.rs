@@ -165,6 +165,8 @@ mod tests {
             depends_on: vec![],
             protect: false,
             history: 0,
+            version: None,
+            track: None,
         }
     }
 

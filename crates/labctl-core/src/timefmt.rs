@@ -39,15 +39,67 @@ pub fn parse_http_date(text: &str) -> Option<Duration> {
     if hms.next().is_some() || h > 23 || m > 59 || s > 60 {
         return None;
     }
-    // Days from civil (Howard Hinnant), the inverse of `rfc3339` below.
+    Some(Duration::from_secs(
+        days_from_civil(year, month, day)? * 86_400 + h * 3600 + m * 60 + s,
+    ))
+}
+
+/// Days since the epoch of a civil date (Howard Hinnant), the inverse of `rfc3339` below;
+/// `None` before 1970.
+fn days_from_civil(year: i64, month: i64, day: i64) -> Option<u64> {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
     let mp = (month + 9) % 12;
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
-    Some(Duration::from_secs(days * 86_400 + h * 3600 + m * 60 + s))
+    u64::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
+/// An RFC 3339 timestamp as GitHub and most APIs write it (`2025-01-06T00:39:12Z`, fractional
+/// seconds and numeric offsets accepted) as seconds since the epoch.
+pub fn parse_rfc3339(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (date, rest) = text.split_once(['T', 't', ' '])?;
+    let mut ymd = date.split('-');
+    let year: i64 = ymd
+        .next()?
+        .parse()
+        .ok()
+        .filter(|y| (1970..=9999).contains(y))?;
+    let month: i64 = ymd.next()?.parse().ok().filter(|m| (1..=12).contains(m))?;
+    let day: i64 = ymd.next()?.parse().ok().filter(|d| (1..=31).contains(d))?;
+    if ymd.next().is_some() || rest.len() < 8 {
+        return None;
+    }
+    let (time, zone) = rest.split_at(8);
+    let mut hms = time.split(':').map(|f| f.parse::<u64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if hms.next().is_some() || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    let zone = match zone.strip_prefix('.') {
+        Some(frac) => frac.trim_start_matches(|c: char| c.is_ascii_digit()),
+        None => zone,
+    };
+    let offset: i64 = match zone {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match zone.get(..1)? {
+                "+" => 1,
+                "-" => -1,
+                _ => return None,
+            };
+            let (oh, om) = zone.get(1..)?.split_once(':')?;
+            let (oh, om): (i64, i64) = (oh.parse().ok()?, om.parse().ok()?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    let local = days_from_civil(year, month, day)? * 86_400 + h * 3600 + m * 60 + s;
+    u64::try_from(local as i64 - offset).ok()
 }
 
 /// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (Howard Hinnant's civil-from-days).
@@ -78,6 +130,31 @@ mod tests {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(super::rfc3339(1_795_683_600), "2026-11-26T09:00:00Z");
+    }
+
+    #[test]
+    fn parses_rfc3339_as_apis_write_it() {
+        for secs in [0, 951_782_400, 1_795_683_600, 1_736_123_952] {
+            assert_eq!(super::parse_rfc3339(&super::rfc3339(secs)), Some(secs));
+        }
+        assert_eq!(
+            super::parse_rfc3339("2026-11-26T10:00:00.123+01:00"),
+            Some(1_795_683_600)
+        );
+        assert_eq!(
+            super::parse_rfc3339("2026-11-26T09:00:00z"),
+            Some(1_795_683_600)
+        );
+        for bad in [
+            "",
+            "2026-11-26",
+            "2026-13-01T00:00:00Z",
+            "2026-11-26T09:00:00",
+            "1969-12-31T23:59:59Z",
+            "2026-11-26T09:00:00+5",
+        ] {
+            assert_eq!(super::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod model;
 pub mod reference;
 pub mod schema;
+mod track;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};

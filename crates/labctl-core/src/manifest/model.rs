@@ -69,6 +69,10 @@ pub struct Image {
     pub protect: bool,
     /// Earlier versions of the object kept under `history/` (0: none).
     pub history: u32,
+    /// `version:`, written into the image's fields wherever they say `{{ version }}`.
+    pub version: Option<String>,
+    /// `track:`: where new versions come from and which are accepted.
+    pub track: Option<crate::upstream::Track>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

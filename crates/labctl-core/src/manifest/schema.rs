@@ -27,19 +27,19 @@ pub struct Read {
     pub diagnostics: Vec<Diagnostic>,
 }
 
-struct Reader<'a> {
+pub(super) struct Reader<'a> {
     dir: &'a dyn super::ManifestDir,
     rules: Rules,
     diags: Vec<Diagnostic>,
 }
 
 /// The mapping at one place in the document, with unknown keys already reported.
-struct Fields<'n> {
+pub(super) struct Fields<'n> {
     entries: &'n [(Key, Node)],
 }
 
 impl<'n> Fields<'n> {
-    fn get(&self, name: &str) -> Option<&'n Node> {
+    pub(super) fn get(&self, name: &str) -> Option<&'n Node> {
         self.entries
             .iter()
             .find(|(k, _)| k.name == name)
@@ -95,11 +95,17 @@ pub fn read(root: &Node, dir: &dyn super::ManifestDir, rules: Rules) -> Read {
 }
 
 impl Reader<'_> {
-    fn error(&mut self, loc: Loc, image: Option<&str>, msg: impl Into<String>) {
+    pub(super) fn error(&mut self, loc: Loc, image: Option<&str>, msg: impl Into<String>) {
         self.diags.push(Diagnostic::new(loc, msg).image(image));
     }
 
-    fn error_hint(&mut self, loc: Loc, image: Option<&str>, msg: impl Into<String>, hint: &str) {
+    pub(super) fn error_hint(
+        &mut self,
+        loc: Loc,
+        image: Option<&str>,
+        msg: impl Into<String>,
+        hint: &str,
+    ) {
         self.diags.push(
             Diagnostic::new(loc, msg)
                 .image(image)
@@ -109,7 +115,7 @@ impl Reader<'_> {
 
     /// `node` as a mapping whose keys are all in `known`; unknown keys are reported with the
     /// closest known one, since a typo silently ignored is a setting silently lost.
-    fn fields<'n>(
+    pub(super) fn fields<'n>(
         &mut self,
         node: &'n Node,
         what: &str,
@@ -143,7 +149,12 @@ impl Reader<'_> {
         Some(Fields { entries })
     }
 
-    fn string(&mut self, node: &Node, what: &str, image: Option<&str>) -> Option<String> {
+    pub(super) fn string(
+        &mut self,
+        node: &Node,
+        what: &str,
+        image: Option<&str>,
+    ) -> Option<String> {
         match &node.value {
             Value::String(s) => Some(s.clone()),
             other => {
@@ -158,7 +169,7 @@ impl Reader<'_> {
     }
 
     /// A required string field.
-    fn required_string(
+    pub(super) fn required_string(
         &mut self,
         fields: &Fields,
         parent: Loc,
@@ -312,29 +323,35 @@ impl Reader<'_> {
             );
             return Vec::new();
         };
+        // `{{ version }}` is written into each image's fields first, so that every rule below
+        // (unique names and keys, HTTPS, references) judges what the image really says.
+        let expanded: Vec<Node> = items.iter().map(|item| self.expand_version(item)).collect();
         let mut images = Vec::new();
-        for item in items {
-            if let Some(image) = self.image(item) {
+        for (written, item) in items.iter().zip(&expanded) {
+            if let Some(image) = self.image(item, written) {
                 images.push(image);
             }
         }
-        self.check_unique(items);
+        self.check_unique(&expanded);
         // Every name the manifest declares, including images with problems of their own: a
         // dependency on one of those is not also "not an image in this manifest".
-        let declared: Vec<String> = items.iter().filter_map(declared_name).collect();
+        let declared: Vec<String> = expanded.iter().filter_map(declared_name).collect();
         self.check_references(&images, &declared);
         images
     }
 
-    fn image(&mut self, node: &Node) -> Option<Image> {
-        const FIELDS: [&str; 7] = [
+    /// `node` is the image with its version written in; `written` is it as the file has it.
+    fn image(&mut self, node: &Node, written: &Node) -> Option<Image> {
+        const FIELDS: [&str; 9] = [
             "name",
+            "version",
             "source",
             "destination",
             "validation",
             "dependsOn",
             "protect",
             "history",
+            "track",
         ];
         // Read the name first so that every other problem can say which image it is about.
         let name = declared_name(node);
@@ -466,6 +483,14 @@ impl Reader<'_> {
                 "a build's output checksum is known only after apply; remove the `validation` block",
             );
         }
+        let version = self.version(&f, label);
+        let track = match f.get("track") {
+            None => Ok(None),
+            Some(t) => self
+                .track(t, written, version.as_deref(), source.as_ref(), label)
+                .map(Some)
+                .ok_or(()),
+        };
         let source = source?;
         if !name_ok {
             return None;
@@ -479,6 +504,8 @@ impl Reader<'_> {
             depends_on,
             protect,
             history,
+            version,
+            track: track.ok()?,
         })
     }
 
@@ -690,7 +717,13 @@ impl Reader<'_> {
         }
     }
 
-    fn check_source_url(&mut self, url: &str, loc: Loc, image: Option<&str>, what: &str) {
+    pub(super) fn check_source_url(
+        &mut self,
+        url: &str,
+        loc: Loc,
+        image: Option<&str>,
+        what: &str,
+    ) {
         let lower = url.to_ascii_lowercase();
         if lower.starts_with("https://") {
             if url.len() <= "https://".len() || url["https://".len()..].starts_with('/') {
@@ -1004,7 +1037,7 @@ impl Reader<'_> {
 }
 
 /// The `name` an image entry declares, if it is a string, whatever else is wrong with it.
-fn declared_name(node: &Node) -> Option<String> {
+pub(super) fn declared_name(node: &Node) -> Option<String> {
     let Value::Map(entries) = &node.value else {
         return None;
     };
@@ -1017,7 +1050,7 @@ fn declared_name(node: &Node) -> Option<String> {
         })
 }
 
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
