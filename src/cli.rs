@@ -39,6 +39,25 @@ pub enum Command {
     /// Download sources whose checksum is `pin` (or missing) once and write their checksums
     /// into the manifest (trust on first use, reviewable in the pull request).
     Pin(PinArgs),
+    /// For every tracked image, the newest version its policy allows and why newer ones are
+    /// held back (exit 0 up to date, 2 updates available, 1 a lookup failed).
+    #[command(
+        long_about = "For every image with a `track:` block, ask its channel (the Talos Image \
+Factory, a repository's GitHub releases, Harvester's releases) what has been released, and show \
+the current version, the newest the image's policy allows, the newest overall and its age, and \
+why each newer release is held back (another minor, a pre-release, too young, marked broken, \
+an asset missing). Warns about pins that cannot last: the current version no longer listed \
+upstream (and whether the bucket still holds its bytes), marked broken, or from a URL that is \
+rebuilt in place.\n\n\
+Each channel and repository is asked once, however many images share it, all at once. \
+GitHub is asked at GITHUB_API_URL (else api.github.com) with GITHUB_TOKEN when set, unless the \
+manifest names another API.\n\n\
+Exit codes: 0 every image up to date, 2 updates available, 1 a lookup failed."
+    )]
+    Outdated(OutdatedArgs),
+    /// Download and verify the newest allowed version of tracked images, and write it into the
+    /// manifest (or show the diff).
+    Bump(BumpArgs),
     /// Remove the apply lock left by a run that is gone.
     ForceUnlock(ForceUnlockArgs),
     /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads
@@ -223,6 +242,47 @@ pub struct PinArgs {
     /// Write the checksums into the manifest (changing only those values).
     #[arg(long)]
     pub write: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OutdatedArgs {
+    /// Images to look up (default: every tracked image).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// The store, asked only whether it still holds a pin the vendor no longer lists.
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Print the report as JSON (docs/outdated-json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// How long one request to a vendor may take (it is retried as downloads are).
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BumpArgs {
+    /// Images to bump (default: every tracked image with an allowed newer version).
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    /// The store the plan of the result is computed against (--markdown).
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Write the new versions and digests into the manifest (changing only those values);
+    /// without it, print the diff.
+    #[arg(long)]
+    pub write: bool,
+    /// Print a pull-request body: per image the versions, where each digest came from, sizes,
+    /// the vendor's release notes and the plan of the result.
+    #[arg(long)]
+    pub markdown: bool,
+    /// How long one request to a vendor API may take.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub timeout: String,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ pub mod interrupt;
 pub mod manifest_dir;
 pub mod progress;
 pub mod settings;
+pub mod upstream;
 
 pub use labctl_core::{
     checksum, consumer_index, diagnostic, drift, graph, pin, plan, render, spec, timefmt, units,

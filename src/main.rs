@@ -62,6 +62,8 @@ async fn read_only(command: &Command) -> Result<ExitCode, labctl::failure::Failu
         Command::Apply(_) => unreachable!("apply is run by main with its own signal handling"),
         Command::Drift(args) => commands::drift::run(args).await,
         Command::Pin(args) => commands::pin::run(args).await,
+        Command::Outdated(args) => commands::outdated::run(args).await,
+        Command::Bump(args) => commands::bump::run(args).await,
         Command::ForceUnlock(args) => commands::force_unlock::run(args).await,
         Command::Doctor(args) => commands::doctor::run(args).await,
         Command::Verify(args) => commands::verify::run(args),

@@ -30,6 +30,10 @@ pub struct Environment {
     pub signing_password: Option<String>,
     /// Values of `PKR_VAR_*` (secrets for builds): never printed.
     pub packer_secrets: Vec<String>,
+    /// `GITHUB_API_URL` (GitHub Enterprise Server sets it), for release lookups.
+    pub github_api_url: Option<String>,
+    /// `GITHUB_TOKEN`: release lookups send it to that API only.
+    pub github_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -99,6 +103,8 @@ impl Environment {
                 .filter(|(k, v)| k.starts_with("PKR_VAR_") && v.len() >= 4)
                 .map(|(_, v)| v)
                 .collect(),
+            github_api_url: var("GITHUB_API_URL"),
+            github_token: var("GITHUB_TOKEN"),
         }
     }
 }

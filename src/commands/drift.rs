@@ -160,6 +160,7 @@ async fn check_sources(desired: &[Desired], actual: &ActualState) -> Vec<Finding
                         size: rec.source.size,
                         etag: rec.source.etag.clone(),
                         last_modified: rec.source.last_modified.clone(),
+                        content_type: None,
                     })
                 }
                 _ => None,

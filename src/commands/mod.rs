@@ -1,6 +1,7 @@
 //! One function per command, each returning the process exit status.
 
 pub mod apply;
+pub mod bump;
 pub mod completions;
 pub mod doctor;
 pub mod drift;
@@ -8,6 +9,7 @@ pub mod force_unlock;
 pub mod graph;
 pub mod history;
 pub mod list;
+pub mod outdated;
 pub mod pin;
 pub mod plan;
 pub mod validate;

@@ -1,6 +1,7 @@
 //! Real components for integration tests, started by the tests themselves on 127.0.0.1:
-//! S3-compatible servers (s3s-fs, moto), a fixture HTTP server that can inject faults, and a
-//! proxy that injects S3 errors.
+//! S3-compatible servers (s3s-fs, moto), a fixture HTTP server that can inject faults, a
+//! proxy that injects S3 errors, and vendor fixtures over TLS (GitHub, Talos Image Factory,
+//! Harvester, VyOS) answering in the shapes the vendors document.
 
 #![allow(dead_code)]
 
@@ -8,6 +9,7 @@ pub mod fixture;
 pub mod plan_rows;
 pub mod proxy;
 pub mod servers;
+pub mod vendors;
 
 use std::net::TcpListener;
 

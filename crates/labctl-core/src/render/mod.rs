@@ -12,6 +12,15 @@ pub fn json(plan: &Plan) -> String {
     s
 }
 
+/// A unified diff of a file's text before and after an edit (`labctl bump` without --write).
+pub fn text_diff(name: &str, before: &str, after: &str) -> String {
+    similar::TextDiff::from_lines(before, after)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a/{name}"), &format!("b/{name}"))
+        .to_string()
+}
+
 /// A unified diff of the record's spec against the manifest's, as pretty JSON.
 pub fn spec_diff(before: &serde_json::Value, after: &serde_json::Value) -> String {
     let old = serde_json::to_string_pretty(before).expect("serializes") + "\n";

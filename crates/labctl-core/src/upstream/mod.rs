@@ -3,7 +3,9 @@
 //! channels' answers come in as data.
 
 pub mod assess;
+pub mod listing;
 pub mod policy;
+pub mod report;
 pub mod template;
 pub mod track;
 pub mod version;

@@ -225,10 +225,12 @@ struct Pass {
     /// `None` for [`Sink::Hash`].
     uploaded: Option<Result<upload::Uploaded, StoreError>>,
     signature_ok: Option<bool>,
+    /// Bytes read from the input (the download's size when `complete`).
+    input_bytes: u64,
 }
 
 enum Step {
-    Passed(Pass),
+    Passed(Box<Pass>),
     /// The server sent the whole body again: start over.
     Restart,
 }
@@ -280,6 +282,7 @@ async fn stream(
     let mut failure: Option<PipelineError> = None;
     let mut restart = false;
     let mut complete = false;
+    let mut input_bytes = 0u64;
     // A signal must not wait for a slow server (a read timeout, a Retry-After).
     let mut cancelled = cancel.clone();
     let on_cancel = async move {
@@ -305,6 +308,7 @@ async fn stream(
                     v.update(&bytes);
                 }
                 progress.advance(image, bytes.len() as u64);
+                input_bytes += bytes.len() as u64;
                 if tx_in.send(Ok(bytes)).await.is_err() {
                     break; // the decoder stopped; its result says why
                 }
@@ -345,13 +349,14 @@ async fn stream(
         discard(uploaded).await;
         return Ok(Step::Restart);
     }
-    Ok(Step::Passed(Pass {
+    Ok(Step::Passed(Box::new(Pass {
         source: source.map(Hasher::finish),
         complete,
         decoded,
         uploaded,
         signature_ok: signature.as_mut().map(|s| s.finalize().is_ok()),
-    }))
+        input_bytes,
+    })))
 }
 
 /// One attempt at publishing: a pass, then verification, then (only then) visibility.
@@ -607,6 +612,131 @@ pub async fn hash_download(
             });
         }
         return Ok((pass.source.expect("pin hashes the download"), output));
+    }
+    Err(PipelineError::TooManyRestarts {
+        url: url.to_string(),
+        restarts: MAX_RESTARTS + 1,
+    })
+}
+
+/// What to compute over one download that is only inspected (`labctl bump`).
+#[derive(Debug, Clone, Default)]
+pub struct Inspect {
+    /// A digest of the download in this algorithm besides its sha256 (a vendor's sha512 list).
+    pub source_algorithm: Option<labctl_core::checksum::Algorithm>,
+    pub decompress: Option<Compression>,
+    pub minisign: Option<labctl_core::signature::MinisignCheck>,
+}
+
+/// What one download was, hashed every way asked in one pass.
+#[derive(Debug, Clone)]
+pub struct Inspected {
+    /// The download's sha256.
+    pub sha256: Checksum,
+    /// In [`Inspect::source_algorithm`], when asked.
+    pub source: Option<Checksum>,
+    /// Bytes downloaded.
+    pub size: u64,
+    /// The decompressed bytes, with `decompress`.
+    pub output: Option<decode::Digests>,
+    /// Whether the minisign signature verified, when one was given.
+    pub signature_ok: Option<bool>,
+    pub info: crate::source::http::SourceInfo,
+}
+
+/// Downloads `url` once and hashes it in every way `inspect` asks (with the signature checked
+/// as the bytes pass), decompressing to hash the output: nothing is stored, memory stays
+/// bounded. The caller judges the results; nothing here trusts them.
+pub async fn inspect_download(
+    client: reqwest::Client,
+    image: &str,
+    url: &str,
+    inspect: &Inspect,
+    settings: &Settings,
+    progress: &dyn Progress,
+) -> Result<Inspected, PipelineError> {
+    use labctl_core::checksum::Algorithm;
+    let mut download = Download::start(client, url, settings.retry).await?;
+    progress.start(image, "downloading to verify", download.total());
+    let (_never, cancel) = watch::channel(false);
+    // Raw: the decoder's output hash is the download's sha256. Compressed: the source hasher
+    // takes the download's sha256 and the decoder the output's (a compressed download is
+    // hashed in sha256 only: no vendor publishes another digest of one).
+    let source_algorithm = match inspect.decompress {
+        None => inspect.source_algorithm.filter(|a| *a != Algorithm::Sha256),
+        Some(_) => Some(Algorithm::Sha256),
+    };
+    for _ in 0..=MAX_RESTARTS {
+        let step = stream(
+            Input::Download(&mut download),
+            image,
+            source_algorithm,
+            inspect.decompress,
+            Algorithm::Sha256,
+            MIB,
+            Sink::Hash,
+            inspect.minisign.as_ref(),
+            progress,
+            &cancel,
+        )
+        .await?;
+        let pass = match step {
+            Step::Restart => {
+                progress.restart(
+                    image,
+                    download.total(),
+                    "the server does not support resuming; starting over",
+                );
+                continue;
+            }
+            Step::Passed(pass) => pass,
+        };
+        let digests = match pass.decoded {
+            Ok(d) => d,
+            Err(decode::DecodeError::Corrupt { format, message }) => {
+                return Err(PipelineError::Decompress { format, message })
+            }
+            Err(decode::DecodeError::UploadStopped) => {
+                unreachable!("the hashing sink never stops early")
+            }
+        };
+        if !pass.complete {
+            return Err(PipelineError::Decompress {
+                format: inspect.decompress.map_or("raw", Compression::name),
+                message: format!(
+                    "the compressed stream ended before the download from {url} did: it has trailing data"
+                ),
+            });
+        }
+        let (sha256, source, output) = match inspect.decompress {
+            None => {
+                let source = match inspect.source_algorithm {
+                    Some(Algorithm::Sha256) => Some(digests.sha256.clone()),
+                    Some(_) => pass.source,
+                    None => None,
+                };
+                (digests.sha256, source, None)
+            }
+            Some(_) => {
+                let source = pass
+                    .source
+                    .expect("the source is hashed when decompressing");
+                let sha256 = source.clone();
+                let wanted = inspect
+                    .source_algorithm
+                    .filter(|a| *a == Algorithm::Sha256)
+                    .map(|_| source);
+                (sha256, wanted, Some(digests))
+            }
+        };
+        return Ok(Inspected {
+            sha256,
+            source,
+            size: pass.input_bytes,
+            output,
+            signature_ok: pass.signature_ok,
+            info: download.info().clone(),
+        });
     }
     Err(PipelineError::TooManyRestarts {
         url: url.to_string(),

@@ -69,9 +69,22 @@ pub enum DownloadError {
     },
 }
 
+/// The client for vendor APIs (release lists, version files): the download client's rules,
+/// and a bound on each whole request, since these answers are small.
+pub fn api_client(timeout: Duration) -> Client {
+    builder()
+        .timeout(timeout)
+        .build()
+        .expect("the HTTP client can be built")
+}
+
 /// The client every download uses: TLS through rustls, timeouts on connect and on idle reads
 /// (never on a whole multi-gigabyte transfer), and redirects that never leave HTTPS.
 pub fn client() -> Client {
+    builder().build().expect("the HTTP client can be built")
+}
+
+fn builder() -> reqwest::ClientBuilder {
     Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(60))
@@ -82,8 +95,6 @@ pub fn client() -> Client {
             },
         ))
         .user_agent(concat!("labctl/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client can be built")
 }
 
 /// Redirects a download may follow.
@@ -219,6 +230,8 @@ pub struct SourceInfo {
     pub size: Option<u64>,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// `Content-Type`: an HTML page where an image was expected is an error page.
+    pub content_type: Option<String>,
 }
 
 impl SourceInfo {
@@ -233,6 +246,7 @@ impl SourceInfo {
             size,
             etag: text(ETAG),
             last_modified: text(LAST_MODIFIED),
+            content_type: text(reqwest::header::CONTENT_TYPE),
         }
     }
 }

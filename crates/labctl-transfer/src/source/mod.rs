@@ -1,5 +1,6 @@
 //! Where image bytes come from: HTTP downloads (and checksum lists) and Packer builds.
 
+pub mod channel;
 pub mod checksum_list;
 pub mod http;
 pub mod packer;

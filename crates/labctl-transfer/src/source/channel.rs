@@ -1,0 +1,371 @@
+//! Asking the vendors what they have released: the GitHub Releases API, the Talos Image
+//! Factory's version lists, Harvester's `version.yaml`. Every request goes through the download
+//! retry policy and is size-capped; every answer is parsed into the core's types or refused
+//! with what was wrong and where.
+
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LINK};
+use reqwest::{Client, StatusCode};
+
+use crate::source::http::{get_with_retry, DownloadError, RetryPolicy};
+use labctl_core::upstream::listing::{
+    parse_harvester_version, GithubRelease, HarvesterVersion, TalosVersions,
+};
+
+/// One page of releases (100 with their notes) is far below this.
+const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_SMALL_BYTES: usize = 1024 * 1024;
+/// 1,000 releases: far more than a rolling channel keeps, and a bound on a hostile API.
+const MAX_PAGES: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error("{url} did not answer with what the vendor documents: {message}")]
+    Malformed { url: String, message: String },
+    #[error("{url} answered HTTP {status}{}", .detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Refused {
+        url: String,
+        status: u16,
+        detail: Option<String>,
+    },
+    #[error("{url}: more than {MAX_PAGES} pages of releases")]
+    TooManyPages { url: String },
+}
+
+impl LookupError {
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            LookupError::Refused { status: 403 | 429, .. } => Some(
+                "GitHub limits unauthenticated calls to 60 an hour: set GITHUB_TOKEN (in Actions, `env: GITHUB_TOKEN: ${{ github.token }}`)",
+            ),
+            LookupError::Refused { status: 401, .. } => {
+                Some("GITHUB_TOKEN was refused: check that it is valid and not expired")
+            }
+            LookupError::Refused { status: 404, .. } => {
+                Some("check the repository (track.repository) or the factory URL in the manifest")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Where GitHub's API is and the token it is called with.
+#[derive(Debug, Clone)]
+pub struct GithubApi {
+    /// `GITHUB_API_URL` (GitHub Enterprise Server), else api.github.com.
+    pub default_base: String,
+    /// `GITHUB_TOKEN`: sent only to `default_base`, never to a host a manifest names.
+    pub token: Option<String>,
+}
+
+impl GithubApi {
+    fn headers_for(&self, base: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.github+json"),
+        );
+        headers.insert(
+            "X-GitHub-Api-Version",
+            HeaderValue::from_static("2022-11-28"),
+        );
+        if let Some(token) = &self.token {
+            if same_origin(base, &self.default_base) {
+                if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                    headers.insert(AUTHORIZATION, v);
+                }
+            }
+        }
+        headers
+    }
+}
+
+fn origin(url: &str) -> Option<(String, String, Option<u16>)> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some((u.scheme().to_string(), u.host_str()?.to_string(), u.port()))
+}
+
+fn same_origin(a: &str, b: &str) -> bool {
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// A GET of a small document: its body and headers. Statuses other than 2xx are `Refused`,
+/// with GitHub's `message` when the body has one.
+async fn get_small(
+    client: &Client,
+    url: &str,
+    headers: HeaderMap,
+    policy: &RetryPolicy,
+    limit: usize,
+) -> Result<(Vec<u8>, HeaderMap), LookupError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let response = match get_with_retry(client, url, headers.clone(), policy).await {
+            Ok(r) => r,
+            Err(DownloadError::Status { status, .. }) => {
+                return Err(LookupError::Refused {
+                    url: url.to_string(),
+                    status,
+                    detail: None,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let status = response.status();
+        let response_headers = response.headers().clone();
+        let mut response = response;
+        let mut body = Vec::new();
+        let cut = loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > limit {
+                        return Err(DownloadError::TooLarge {
+                            url: url.to_string(),
+                            limit,
+                        }
+                        .into());
+                    }
+                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        match cut {
+            Some(_) if attempt < policy.attempts => continue,
+            Some(source) => {
+                return Err(DownloadError::GaveUp {
+                    url: url.to_string(),
+                    attempts: attempt,
+                    source,
+                }
+                .into())
+            }
+            None => {}
+        }
+        if status == StatusCode::RANGE_NOT_SATISFIABLE || !status.is_success() {
+            return Err(LookupError::Refused {
+                url: url.to_string(),
+                status: status.as_u16(),
+                detail: github_message(&body),
+            });
+        }
+        return Ok((body, response_headers));
+    }
+}
+
+fn github_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        message: String,
+    }
+    serde_json::from_slice::<Message>(body)
+        .ok()
+        .map(|m| m.message.chars().take(200).collect())
+}
+
+fn json<T: serde::de::DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, LookupError> {
+    serde_json::from_slice(body).map_err(|e| LookupError::Malformed {
+        url: url.to_string(),
+        message: if body.trim_ascii_start().starts_with(b"<") {
+            "an HTML page, not JSON".to_string()
+        } else {
+            format!("invalid JSON ({e})")
+        },
+    })
+}
+
+/// The `rel="next"` URL of a `Link` header.
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(LINK)?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let (url, params) = part.split_once(';')?;
+        params
+            .split(';')
+            .any(|p| matches!(p.trim(), "rel=\"next\"" | "rel=next"))
+            .then(|| {
+                url.trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+    })
+}
+
+/// Every release of `repository`, newest first as the API lists them, following `Link`
+/// pagination on the same host.
+pub async fn github_releases(
+    client: &Client,
+    api: &GithubApi,
+    base: &str,
+    repository: &str,
+    policy: &RetryPolicy,
+) -> Result<Vec<GithubRelease>, LookupError> {
+    let base = base.trim_end_matches('/');
+    let first = format!("{base}/repos/{repository}/releases?per_page=100");
+    let mut url = first.clone();
+    let mut out = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let (body, headers) =
+            get_small(client, &url, api.headers_for(base), policy, MAX_PAGE_BYTES).await?;
+        let page: Vec<GithubRelease> = json(&url, &body)?;
+        out.extend(page);
+        match next_link(&headers) {
+            None => return Ok(out),
+            Some(next) if same_origin(&next, base) => url = next,
+            Some(next) => {
+                return Err(LookupError::Malformed {
+                    url,
+                    message: format!("its next page is on another host ({next})"),
+                })
+            }
+        }
+    }
+    Err(LookupError::TooManyPages { url: first })
+}
+
+/// The factory's versions and, separately, the ones it marks broken.
+pub async fn talos_versions(
+    client: &Client,
+    factory: &str,
+    policy: &RetryPolicy,
+) -> Result<TalosVersions, LookupError> {
+    let factory = factory.trim_end_matches('/');
+    let all = format!("{factory}/versions");
+    let broken = format!("{factory}/versions?broken=true");
+    let headers = || {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        h
+    };
+    let (versions, broken_list) = tokio::try_join!(
+        get_small(client, &all, headers(), policy, MAX_SMALL_BYTES),
+        get_small(client, &broken, headers(), policy, MAX_SMALL_BYTES),
+    )?;
+    let versions: Vec<String> = json(&all, &versions.0)?;
+    let mut broken: Vec<String> = json(&broken, &broken_list.0)?;
+    // A factory older than the broken list ignores the parameter and answers with every
+    // version (from which it has already left the broken ones out): that is no broken list.
+    if !broken.is_empty() && broken.iter().all(|b| versions.contains(b)) {
+        broken.clear();
+    }
+    Ok(TalosVersions { versions, broken })
+}
+
+/// A Harvester release folder's `version.yaml`.
+pub async fn harvester_version(
+    client: &Client,
+    folder: &str,
+    policy: &RetryPolicy,
+) -> Result<HarvesterVersion, LookupError> {
+    let url = format!("{}/version.yaml", folder.trim_end_matches('/'));
+    let (body, _) = get_small(client, &url, HeaderMap::new(), policy, MAX_SMALL_BYTES).await?;
+    let text = String::from_utf8_lossy(&body);
+    parse_harvester_version(&text).map_err(|e| LookupError::Malformed {
+        url,
+        message: e.to_string(),
+    })
+}
+
+/// The `Content-Length` a HEAD of `url` answers with (the Talos factory serves HEAD itself,
+/// without a redirect), retried like a download; `None` when the server gives none.
+pub async fn head_length(
+    client: &Client,
+    url: &str,
+    policy: &RetryPolicy,
+) -> Result<Option<u64>, LookupError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match client.head(url).send().await {
+            Ok(r) if r.status().is_success() => {
+                return Ok(r
+                    .headers()
+                    .get(reqwest::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok()))
+            }
+            Ok(r) if r.status().is_server_error() && attempt < policy.attempts => {}
+            Ok(r) => {
+                return Err(LookupError::Refused {
+                    url: url.to_string(),
+                    status: r.status().as_u16(),
+                    detail: None,
+                })
+            }
+            Err(_) if attempt < policy.attempts => {}
+            Err(source) => {
+                return Err(DownloadError::GaveUp {
+                    url: url.to_string(),
+                    attempts: attempt,
+                    source,
+                }
+                .into())
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250 << attempt.min(5))).await;
+    }
+}
+
+/// A small text document (a checksum list) over the same retries, refused when it is not 2xx.
+pub async fn fetch_small_text(
+    client: &Client,
+    url: &str,
+    policy: &RetryPolicy,
+) -> Result<String, LookupError> {
+    let (body, _) = get_small(client, url, HeaderMap::new(), policy, MAX_PAGE_BYTES).await?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers_name_the_next_page() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            LINK,
+            HeaderValue::from_static(
+                "<https://api.github.com/repositories/1/releases?per_page=100&page=2>; rel=\"next\", <https://api.github.com/repositories/1/releases?per_page=100&page=5>; rel=\"last\"",
+            ),
+        );
+        assert_eq!(
+            next_link(&h).as_deref(),
+            Some("https://api.github.com/repositories/1/releases?per_page=100&page=2")
+        );
+        h.insert(
+            LINK,
+            HeaderValue::from_static("<https://api.github.com/x?page=1>; rel=\"prev\""),
+        );
+        assert_eq!(next_link(&h), None);
+        assert_eq!(next_link(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn the_token_goes_only_to_the_api_it_belongs_to() {
+        let api = GithubApi {
+            default_base: "https://api.github.com".into(),
+            token: Some("t0ken".into()),
+        };
+        assert!(api
+            .headers_for("https://api.github.com/")
+            .contains_key(AUTHORIZATION));
+        assert!(!api
+            .headers_for("https://evil.example")
+            .contains_key(AUTHORIZATION));
+        assert!(!api
+            .headers_for("https://api.github.com:8443")
+            .contains_key(AUTHORIZATION));
+    }
+
+    #[test]
+    fn html_is_named_as_such() {
+        let err = json::<Vec<String>>("https://f/versions", b"  <html>busy</html>").unwrap_err();
+        assert!(err.to_string().contains("an HTML page, not JSON"), "{err}");
+        let err = json::<Vec<String>>("https://f/versions", b"{\"a\":").unwrap_err();
+        assert!(err.to_string().contains("invalid JSON"), "{err}");
+    }
+}

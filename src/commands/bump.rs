@@ -1,0 +1,827 @@
+//! `labctl bump [NAME…]`: move tracked images to the newest version their policy allows. Each
+//! new version is downloaded once and verified as apply would — signature first, then the
+//! vendor's checksum list, then GitHub's asset digest as a cross-check — and decompressed for the
+//! published digest; only then is the manifest edited (its version and digests, nothing else).
+//! Any failure writes nothing.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::checksum::{Algorithm, Checksum};
+use crate::cli::BumpArgs;
+use crate::failure::{Failure, WithHint};
+use crate::manifest::{self, HttpSource, Image, Manifest, Signature, Source, SourceChecksum};
+use crate::pin::Pinned;
+use crate::pipeline::{self, Inspect, Inspected};
+use crate::upstream::Listings;
+use labctl_core::signature::{MinisignCheck, MinisignKey};
+use labctl_core::upstream::listing::{GithubRelease, Listing};
+use labctl_core::upstream::report::Status;
+use labctl_core::upstream::track::file_name;
+use labctl_core::upstream::{Channel, Track};
+use labctl_transfer::source::channel;
+use labctl_transfer::source::http::RetryPolicy;
+
+/// Release notes longer than this are cut: a pull request is not the changelog's home.
+const MAX_NOTES: usize = 4_000;
+/// Room left in a pull-request body for the plan of the result.
+const PLAN_BUDGET: usize = 30_000;
+
+/// Where a digest written into the manifest came from: how far to trust it.
+#[derive(Debug, Clone)]
+enum Trust {
+    /// The download verified against the manifest's minisign key.
+    Signature { key_id: String },
+    /// The vendor's checksum list (and its `version.yaml`, for Harvester's ISO) listed it.
+    VendorList { url: String },
+    /// The vendor publishes nothing to check against: pinned on first use.
+    FirstUse,
+}
+
+impl Trust {
+    fn describe(&self) -> String {
+        match self {
+            Trust::Signature { key_id } => {
+                format!("signature-verified (minisign key `{key_id}`)")
+            }
+            Trust::VendorList { url } => format!("listed by the vendor ({url})"),
+            Trust::FirstUse => {
+                "pinned on first use: the vendor publishes no checksum or signature".into()
+            }
+        }
+    }
+}
+
+/// One image moved to a new version, verified.
+struct Bumped {
+    old_name: String,
+    new_name: String,
+    old_version: String,
+    new_version: String,
+    url: String,
+    size: u64,
+    published_size: Option<u64>,
+    pin: Pinned,
+    trust: Trust,
+    /// Independent checks that agreed (GitHub's digest, a size the vendor gave).
+    cross_checks: Vec<String>,
+    notes: Option<String>,
+    release_url: Option<String>,
+}
+
+/// Which check refused which bytes. Made once per image and reported: its size does not matter.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Facts(String),
+    #[error("cannot download {url}")]
+    Download {
+        url: String,
+        #[source]
+        source: pipeline::PipelineError,
+    },
+    #[error("{url} answered 200 with an HTML page (Content-Type: {content_type}), not the file: a vendor's error page")]
+    Html { url: String, content_type: String },
+    #[error("the minisign signature refused the bytes of {url}: {detail}")]
+    Signature { url: String, detail: String },
+    #[error(
+        "the vendor's list {list} says {file} is {listed}, but the download from {url} is {got}"
+    )]
+    VendorList {
+        list: String,
+        file: String,
+        url: String,
+        listed: Checksum,
+        got: Checksum,
+    },
+    #[error(
+        "GitHub's digest of the asset {asset} is {listed}, but the download from {url} is {got}"
+    )]
+    GithubDigest {
+        asset: String,
+        url: String,
+        listed: Checksum,
+        got: Checksum,
+    },
+    #[error("{what} says {expected} bytes, but {got} bytes were downloaded from {url}")]
+    Size {
+        what: String,
+        url: String,
+        expected: u64,
+        got: u64,
+    },
+}
+
+pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
+    let path = &args.manifest.manifest;
+    let (manifest, _) = super::load_manifest(path)?;
+    let images = super::outdated::select(&manifest, &args.names)?;
+    let tracked: Vec<&Image> = images.into_iter().filter(|i| i.track.is_some()).collect();
+    if tracked.is_empty() {
+        eprintln!("No image in {} has a `track:` block.", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let timeout = crate::upstream::parse_timeout(&args.timeout)
+        .map_err(anyhow::Error::msg)
+        .hint("--timeout takes seconds or minutes: 30s, 2m")?;
+    let api = crate::source::http::api_client(timeout);
+    let listings = crate::upstream::fetch(&tracked, &api).await;
+    let report =
+        super::outdated::assess_all(&tracked, &manifest, &listings, args.store.store.as_deref())
+            .await;
+
+    // Read once: the edits are made on these bytes, and they must be the ones validated.
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the manifest `{}`", path.display()))?;
+    if Checksum::sha256(text.as_bytes()) != manifest.digest {
+        return Err(anyhow::anyhow!(
+            "{} changed while labctl was reading it",
+            path.display()
+        ))
+        .hint("run labctl bump again");
+    }
+
+    let mut failures: Vec<String> = Vec::new();
+    for row in report
+        .images
+        .iter()
+        .filter(|r| r.status == Status::LookupFailed)
+    {
+        failures.push(format!(
+            "image `{}`: {}",
+            row.name,
+            row.error.as_deref().unwrap_or("the lookup failed")
+        ));
+    }
+    let client = crate::source::http::client();
+    let progress = crate::progress::for_stderr();
+    let mut bumped: Vec<Bumped> = Vec::new();
+    for row in &report.images {
+        let Some(candidate) = &row.newest_allowed else {
+            continue;
+        };
+        let image = manifest
+            .image(&row.name)
+            .expect("rows are the manifest's images");
+        let index = manifest
+            .images
+            .iter()
+            .position(|i| i.name == image.name)
+            .expect("the image is in the manifest");
+        let attempt = bump_one(
+            &manifest,
+            &text,
+            index,
+            &candidate.version,
+            &listings,
+            &client,
+            &api,
+            progress.as_ref(),
+        )
+        .await;
+        match attempt {
+            Ok(b) => {
+                progress.finish(
+                    &image.name,
+                    &crate::progress::Outcome::Done(format!("verified {}", b.new_version)),
+                );
+                bumped.push(b);
+            }
+            Err(refusal) => {
+                progress.finish(
+                    &image.name,
+                    &crate::progress::Outcome::Failed("refused".into()),
+                );
+                failures.push(format!(
+                    "image `{}` → {}: {}",
+                    image.name,
+                    candidate.version,
+                    chain(&refusal)
+                ));
+            }
+        }
+    }
+    drop(progress);
+
+    if !failures.is_empty() {
+        for f in &failures {
+            eprintln!("{} {f}", console::style("error:").red().bold());
+            crate::github::error("labctl bump", f);
+        }
+        let verified: Vec<&str> = bumped.iter().map(|b| b.old_name.as_str()).collect();
+        let mut message = format!(
+            "{} of {} image{} could not be bumped; nothing was written",
+            failures.len(),
+            failures.len() + bumped.len(),
+            if failures.len() + bumped.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
+        );
+        if !verified.is_empty() {
+            message.push_str(&format!(
+                " (these verified and can be bumped by name: labctl bump {})",
+                verified.join(" ")
+            ));
+        }
+        return Err(anyhow::anyhow!(message).into());
+    }
+    if bumped.is_empty() {
+        eprintln!("Every tracked image is at the newest version its policy allows.");
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let root = manifest::yaml::parse(&text)
+        .map_err(|(loc, msg)| anyhow::anyhow!("{}:{loc}: {msg}", path.display()))?;
+    let pins: Vec<Pinned> = bumped.iter().map(|b| b.pin.clone()).collect();
+    let updated = crate::pin::apply(&text, &root, &pins)?;
+    let (new_manifest, new_graph) = parse_text(&manifest, &updated)
+        .map_err(|e| anyhow::anyhow!("the bumped manifest does not validate: {e}"))?;
+
+    for b in &bumped {
+        eprintln!(
+            "{}: {} → {} ({})",
+            b.old_name,
+            b.old_version,
+            b.new_version,
+            b.trust.describe()
+        );
+    }
+    if args.write {
+        write_manifest(path, &updated)?;
+        eprintln!(
+            "Wrote {} bump{} into {}. Review the diff: the new digests are now trusted.",
+            bumped.len(),
+            if bumped.len() == 1 { "" } else { "s" },
+            path.display()
+        );
+    } else if !args.markdown {
+        let name = path.display().to_string();
+        print!("{}", crate::render::text_diff(&name, &text, &updated));
+        eprintln!("Run again with --write to write these changes into {name}.");
+    }
+    if args.markdown {
+        let plan = plan_markdown(&new_manifest, &new_graph, args.store.store.as_deref()).await;
+        print!("{}", markdown(&bumped, &plan));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn parse_text(
+    manifest: &Manifest,
+    text: &str,
+) -> Result<(Manifest, crate::graph::DependencyGraph), manifest::LoadError> {
+    manifest::parse(
+        text.as_bytes(),
+        &manifest.path,
+        &manifest.base_dir,
+        &crate::manifest_dir::Directory(manifest.base_dir.clone()),
+        super::rules_from_env(),
+    )
+}
+
+/// Atomically, keeping the file's permissions: a reader sees the old manifest or the new one.
+fn write_manifest(path: &std::path::Path, text: &str) -> Result<(), Failure> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).context("cannot write the manifest")?;
+    tmp.write_all(text.as_bytes())
+        .context("cannot write the manifest")?;
+    tmp.as_file().sync_all().ok();
+    let permissions = std::fs::metadata(path).map(|m| m.permissions()).ok();
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .context("cannot replace the manifest")?;
+    if let Some(p) = permissions {
+        let _ = std::fs::set_permissions(path, p);
+    }
+    Ok(())
+}
+
+/// The image at `index` moved to `version`: the new spec from the edited text, its facts from
+/// the vendor, one verified download.
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
+async fn bump_one(
+    manifest: &Manifest,
+    text: &str,
+    index: usize,
+    version: &str,
+    listings: &Listings,
+    client: &reqwest::Client,
+    api: &reqwest::Client,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Bumped, Refusal> {
+    let image = &manifest.images[index];
+    let track = image
+        .track
+        .as_ref()
+        .expect("only tracked images are bumped");
+    let Source::Http(old_http) = &image.source else {
+        unreachable!("validation tracks HTTP sources only")
+    };
+    // The new spec is what the manifest says with the new version written in: every field
+    // that carries it follows, exactly as the next plan will read them.
+    let root = manifest::yaml::parse(text).map_err(|(_, m)| Refusal::Facts(m))?;
+    let moved = crate::pin::apply(
+        text,
+        &root,
+        &[Pinned {
+            image: image.name.clone(),
+            version: Some(version.to_string()),
+            checksum: None,
+            expected: None,
+        }],
+    )
+    .map_err(|e| Refusal::Facts(e.to_string()))?;
+    let (moved, _) = parse_text(manifest, &moved).map_err(|e| {
+        Refusal::Facts(format!(
+            "with version {version} the manifest does not validate: {e}"
+        ))
+    })?;
+    let new_image = &moved.images[index];
+    let Source::Http(http) = &new_image.source else {
+        unreachable!("the source type does not change with the version")
+    };
+    let url = http.url.clone();
+
+    let release = github_release(listings, image, version);
+    let facts = facts(track, new_image, http, version, release, api).await?;
+
+    let minisign = match &http.signature {
+        Some(Signature::Minisign { url, public_key }) => {
+            let key = MinisignKey::parse(public_key).map_err(|e| Refusal::Signature {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+            let sig = channel::fetch_small_text(api, url, &RetryPolicy::default())
+                .await
+                .map_err(|e| Refusal::Facts(format!("cannot fetch the signature: {e}")))?;
+            // A signature by another key is refused here, before any byte of the image.
+            Some(
+                MinisignCheck::new(key, &sig, url).map_err(|e| Refusal::Signature {
+                    url: http.url.clone(),
+                    detail: e.to_string(),
+                })?,
+            )
+        }
+        _ => None,
+    };
+    let key_id = minisign.as_ref().map(|m| m.key.key_id.clone());
+    let written_algorithm = |c: &SourceChecksum| match c {
+        SourceChecksum::Digest(d) => Some(d.algorithm),
+        _ => None,
+    };
+    let wants_sha512 = facts
+        .listed
+        .as_ref()
+        .map(|(_, _, c)| c.algorithm == Algorithm::Sha512)
+        .unwrap_or(false)
+        || written_algorithm(&old_http.checksum) == Some(Algorithm::Sha512)
+        || (http.decompress.is_none()
+            && image.expected.as_ref().map(|e| e.algorithm) == Some(Algorithm::Sha512));
+    let inspect = Inspect {
+        source_algorithm: Some(if wants_sha512 {
+            Algorithm::Sha512
+        } else {
+            Algorithm::Sha256
+        }),
+        decompress: http.decompress,
+        minisign,
+    };
+    let inspected = pipeline::inspect_download(
+        client.clone(),
+        &new_image.name,
+        &url,
+        &inspect,
+        &pipeline::Settings::default(),
+        progress,
+    )
+    .await
+    .map_err(|source| Refusal::Download {
+        url: url.clone(),
+        source,
+    })?;
+
+    let cross_checks = judge(&url, &facts, &inspected, key_id.as_deref())?;
+
+    let in_algorithm = |a: Algorithm| match a {
+        Algorithm::Sha256 => Some(inspected.sha256.clone()),
+        Algorithm::Sha512 => inspected.source.clone().filter(|s| s.algorithm == a),
+    };
+    let checksum = match &old_http.checksum {
+        SourceChecksum::Digest(d) => Some(in_algorithm(d.algorithm).ok_or_else(|| {
+            Refusal::Facts(format!(
+                "a {} digest of a compressed download is not computed",
+                d.algorithm.name()
+            ))
+        })?),
+        SourceChecksum::List { .. } => None,
+        SourceChecksum::Pin => Some(inspected.sha256.clone()),
+    };
+    let expected = match (&inspected.output, &image.expected) {
+        (Some(out), _) => Some(out.declared.clone()),
+        (None, Some(e)) => in_algorithm(e.algorithm),
+        (None, None) => None,
+    };
+    let trust = match (&key_id, &facts.listed) {
+        (Some(key_id), _) => Trust::Signature {
+            key_id: key_id.clone(),
+        },
+        (None, Some((list, _, _))) => Trust::VendorList { url: list.clone() },
+        (None, None) => Trust::FirstUse,
+    };
+    Ok(Bumped {
+        old_name: image.name.clone(),
+        new_name: new_image.name.clone(),
+        old_version: image.version.clone().unwrap_or_default(),
+        new_version: version.to_string(),
+        url,
+        size: inspected.size,
+        published_size: inspected.output.as_ref().map(|o| o.size),
+        pin: Pinned {
+            image: image.name.clone(),
+            version: Some(version.to_string()),
+            checksum,
+            expected,
+        },
+        trust,
+        cross_checks,
+        notes: facts.notes,
+        release_url: facts.release_url,
+    })
+}
+
+fn github_release<'l>(
+    listings: &'l Listings,
+    image: &Image,
+    version: &str,
+) -> Option<&'l GithubRelease> {
+    match listings.for_image(image)?.1 {
+        Ok(Listing::Github(releases)) => releases.iter().find(|r| r.tag_name == version),
+        _ => None,
+    }
+}
+
+/// What the vendor says about the new version's file, gathered before the download.
+#[derive(Default)]
+struct Facts {
+    /// `(list URL, file name, digest)` from the vendor's checksum list.
+    listed: Option<(String, String, Checksum)>,
+    /// Harvester's `version.yaml` digest of the ISO, when this image is that ISO.
+    version_yaml: Option<(String, Checksum)>,
+    /// GitHub's asset digest and size.
+    github: Option<(String, Option<Checksum>, u64)>,
+    /// `Content-Length` of a HEAD (the Talos factory).
+    head_length: Option<u64>,
+    notes: Option<String>,
+    release_url: Option<String>,
+}
+
+#[allow(clippy::result_large_err)]
+async fn facts(
+    track: &Track,
+    image: &Image,
+    http: &HttpSource,
+    version: &str,
+    release: Option<&GithubRelease>,
+    api: &reqwest::Client,
+) -> Result<Facts, Refusal> {
+    let policy = RetryPolicy::default();
+    let url = &http.url;
+    let file = file_name(url).to_string();
+    let mut facts = Facts {
+        notes: release
+            .and_then(|r| r.body.clone())
+            .filter(|b| !b.trim().is_empty()),
+        release_url: release.and_then(|r| r.html_url.clone()),
+        ..Facts::default()
+    };
+    let asset = release.and_then(|r| r.asset(&file));
+    match &track.channel {
+        Channel::Talos { .. } => {
+            facts.head_length = channel::head_length(api, url, &policy)
+                .await
+                .map_err(|e| Refusal::Facts(format!("the factory does not serve {url}: {e}")))?;
+        }
+        Channel::Github { repository, .. } => {
+            let asset = asset.ok_or_else(|| {
+                Refusal::Facts(format!(
+                    "release {version} of {repository} has no asset `{file}`"
+                ))
+            })?;
+            // The URL comes from the vendor's data, never from a guess: the manifest's
+            // template must name the asset the release lists.
+            if asset.browser_download_url != *url {
+                return Err(Refusal::Facts(format!(
+                    "the manifest's URL for {version} is {url}, but the release lists the asset at {}",
+                    asset.browser_download_url
+                )));
+            }
+            if let Some(Signature::Minisign { url: sig, .. }) = &http.signature {
+                let sig_file = file_name(sig);
+                match release.and_then(|r| r.asset(sig_file)) {
+                    Some(a) if a.browser_download_url == *sig => {}
+                    _ => {
+                        return Err(Refusal::Facts(format!(
+                            "release {version} of {repository} lists no signature at {sig}"
+                        )))
+                    }
+                }
+            }
+        }
+        Channel::Harvester { .. } => {
+            let folder = track.folder_for(version).unwrap_or_default();
+            let doc = channel::harvester_version(api, &folder, &policy)
+                .await
+                .map_err(|e| Refusal::Facts(e.to_string()))?;
+            if doc.iso_url == *url {
+                facts.version_yaml =
+                    Some((format!("{}version.yaml", folder), doc.iso_checksum.clone()));
+            }
+            let list_url = track
+                .checksum_list_for(version)
+                .unwrap_or_else(|| format!("{folder}harvester-{version}-amd64.sha512"));
+            let list = channel::fetch_small_text(api, &list_url, &policy)
+                .await
+                .map_err(|e| Refusal::Facts(format!("cannot fetch the checksum list: {e}")))?;
+            let listed = labctl_transfer::source::checksum_list::find(&list, &list_url, &file)
+                .map_err(|e| Refusal::Facts(e.to_string()))?;
+            facts.listed = Some((list_url, file.clone(), listed));
+        }
+    }
+    if !matches!(track.channel, Channel::Harvester { .. }) {
+        if let SourceChecksum::List { url: list_url } = &http.checksum {
+            let list = channel::fetch_small_text(api, list_url, &policy)
+                .await
+                .map_err(|e| Refusal::Facts(format!("cannot fetch the checksum list: {e}")))?;
+            let listed = labctl_transfer::source::checksum_list::find(&list, list_url, &file)
+                .map_err(|e| Refusal::Facts(e.to_string()))?;
+            facts.listed = Some((list_url.clone(), file.clone(), listed));
+        }
+    }
+    if let Some(asset) = asset {
+        facts.github = Some((asset.name.clone(), asset.checksum(), asset.size));
+    }
+    let _ = image;
+    Ok(facts)
+}
+
+/// The checks, in order of authority: HTML, the signature, the vendor's list (and
+/// `version.yaml`), GitHub's digest, sizes. Returns the cross-checks that agreed.
+#[allow(clippy::result_large_err)]
+fn judge(
+    url: &str,
+    facts: &Facts,
+    got: &Inspected,
+    key_id: Option<&str>,
+) -> Result<Vec<String>, Refusal> {
+    let mut agreed = Vec::new();
+    if let Some(ct) = &got.info.content_type {
+        let html = ct.to_ascii_lowercase().starts_with("text/html");
+        if html && !file_name(url).ends_with(".html") {
+            return Err(Refusal::Html {
+                url: url.to_string(),
+                content_type: ct.clone(),
+            });
+        }
+    }
+    if got.signature_ok == Some(false) {
+        return Err(Refusal::Signature {
+            url: url.to_string(),
+            detail: format!(
+                "it does not verify with key {}",
+                key_id.unwrap_or("(unknown)")
+            ),
+        });
+    }
+    let digest_in = |c: &Checksum| match c.algorithm {
+        Algorithm::Sha256 => Some(got.sha256.clone()),
+        Algorithm::Sha512 => got
+            .source
+            .clone()
+            .filter(|s| s.algorithm == Algorithm::Sha512),
+    };
+    if let Some((list, file, listed)) = &facts.listed {
+        let actual = digest_in(listed).ok_or_else(|| {
+            Refusal::Facts(format!(
+                "the {} digest was not computed",
+                listed.algorithm.name()
+            ))
+        })?;
+        if actual != *listed {
+            return Err(Refusal::VendorList {
+                list: list.clone(),
+                file: file.clone(),
+                url: url.to_string(),
+                listed: listed.clone(),
+                got: actual,
+            });
+        }
+    }
+    if let Some((doc, listed)) = &facts.version_yaml {
+        let actual = digest_in(listed).unwrap_or_else(|| got.sha256.clone());
+        if actual != *listed {
+            return Err(Refusal::VendorList {
+                list: doc.clone(),
+                file: file_name(url).to_string(),
+                url: url.to_string(),
+                listed: listed.clone(),
+                got: actual,
+            });
+        }
+        agreed.push(format!("matches `spec.isoChecksum` in {doc}"));
+    }
+    if let Some((asset, digest, size)) = &facts.github {
+        if let Some(listed) = digest {
+            let actual = digest_in(listed).unwrap_or_else(|| got.sha256.clone());
+            if actual != *listed {
+                return Err(Refusal::GithubDigest {
+                    asset: asset.clone(),
+                    url: url.to_string(),
+                    listed: listed.clone(),
+                    got: actual,
+                });
+            }
+            agreed.push("matches GitHub's asset digest (integrity only)".into());
+        }
+        if *size != got.size {
+            return Err(Refusal::Size {
+                what: format!("GitHub's asset {asset}"),
+                url: url.to_string(),
+                expected: *size,
+                got: got.size,
+            });
+        }
+    }
+    if let Some(length) = facts.head_length {
+        if length != got.size {
+            return Err(Refusal::Size {
+                what: "the factory's Content-Length".into(),
+                url: url.to_string(),
+                expected: length,
+                got: got.size,
+            });
+        }
+        agreed.push(format!(
+            "size matches the factory's Content-Length ({length} bytes)"
+        ));
+    }
+    Ok(agreed)
+}
+
+async fn plan_markdown(
+    manifest: &Manifest,
+    graph: &crate::graph::DependencyGraph,
+    store_flag: Option<&str>,
+) -> String {
+    let store = match super::open_store(store_flag, Some(manifest)).await {
+        Ok(s) => s,
+        Err(f) => {
+            return format!(
+                "_The plan of the result could not be computed: {}._\n",
+                f.error
+            )
+        }
+    };
+    let request = super::plan::PlanRequest {
+        prune: false,
+        allow_empty: false,
+        replace: Vec::new(),
+        objects: crate::state::refresh::Objects::Listed,
+        offline: false,
+    };
+    match super::plan::compute(manifest, graph, &store, &request).await {
+        Ok(planned) => crate::render::markdown::plan_within(&planned.plan, PLAN_BUDGET)
+            .replace(crate::render::markdown::MARKER, ""),
+        Err(f) => format!(
+            "_The plan of the result could not be computed: {}._\n",
+            f.error
+        ),
+    }
+}
+
+/// The pull-request body.
+fn markdown(bumped: &[Bumped], plan: &str) -> String {
+    let mut out = String::from("<!-- labctl-bump -->\n");
+    let title: Vec<String> = bumped
+        .iter()
+        .map(|b| format!("{} {}", b.old_name, b.new_version))
+        .collect();
+    out.push_str(&format!("## labctl bump: {}\n\n", title.join(", ")));
+    out.push_str("Each new version below was downloaded once and verified by `labctl bump` before the manifest was edited. Review where each digest came from; `labctl plan` runs on this pull request as on any other.\n\n");
+    for b in bumped {
+        out.push_str(&format!(
+            "### `{}`: {} → {}\n\n",
+            b.old_name, b.old_version, b.new_version
+        ));
+        if b.new_name != b.old_name {
+            out.push_str(&format!(
+                "Renamed to `{}` (its name carries the version).\n\n",
+                b.new_name
+            ));
+        }
+        out.push_str("| | |\n|---|---|\n");
+        out.push_str(&format!("| Source | {} |\n", b.url));
+        out.push_str(&format!(
+            "| Downloaded | {} ({} bytes) |\n",
+            crate::units::human_size(b.size),
+            b.size
+        ));
+        if let Some(s) = b.published_size {
+            out.push_str(&format!(
+                "| Published (decompressed) | {} ({s} bytes) |\n",
+                crate::units::human_size(s)
+            ));
+        }
+        if let Some(c) = &b.pin.checksum {
+            out.push_str(&format!(
+                "| `source.checksum` | `{c}`: {} |\n",
+                b.trust.describe()
+            ));
+        } else {
+            out.push_str(&format!(
+                "| `source.checksum` | the vendor's list, looked up at apply: {} |\n",
+                b.trust.describe()
+            ));
+        }
+        if let Some(e) = &b.pin.expected {
+            out.push_str(&format!(
+                "| `validation.expected` | `{e}`: computed from the verified download |\n"
+            ));
+        }
+        for c in &b.cross_checks {
+            out.push_str(&format!("| Cross-check | {c} |\n"));
+        }
+        if let Some(url) = &b.release_url {
+            out.push_str(&format!("| Release | {url} |\n"));
+        }
+        out.push('\n');
+        if let Some(notes) = &b.notes {
+            out.push_str("<details><summary>Release notes</summary>\n\n");
+            out.push_str(&fenced(&cut(notes, MAX_NOTES)));
+            out.push_str("\n</details>\n\n");
+        }
+    }
+    out.push_str("<details><summary>Plan of the result</summary>\n\n");
+    out.push_str(plan.trim());
+    out.push_str("\n\n</details>\n");
+    out
+}
+
+/// At most `limit` characters, cut at a line end, saying so.
+fn cut(text: &str, limit: usize) -> String {
+    if text.chars().count() <= limit {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(limit).collect();
+    let head = head.rsplit_once('\n').map_or(head.as_str(), |(h, _)| h);
+    format!("{head}\n… (cut; the release page has the rest)")
+}
+
+/// The vendor's text inside a code fence longer than any it contains: shown, never rendered
+/// (no mentions, no links, no closing keywords acting on this repository).
+fn fenced(text: &str) -> String {
+    let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+    let fence = "`".repeat(longest.max(2) + 1);
+    format!("{fence}text\n{}\n{fence}\n", text.trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vendor_notes_are_fenced_and_cut() {
+        let notes = "## vyos-1x\n- fix @someone's bug, closes #12\n```sh\nrm -rf\n```\n";
+        let f = fenced(notes);
+        assert!(f.starts_with("````text\n"), "{f}");
+        assert!(f.ends_with("\n````\n"), "{f}");
+        let long = "line\n".repeat(2_000);
+        let c = cut(&long, 100);
+        assert!(
+            c.len() < 200 && c.ends_with("the release page has the rest)"),
+            "{c}"
+        );
+        assert_eq!(cut("short", 100), "short");
+    }
+}
