@@ -14,3 +14,4 @@ mod nas;
 mod packer;
 mod sources;
 mod stores;
+mod upstream;
