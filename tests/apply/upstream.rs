@@ -69,6 +69,15 @@ fn vyos_lab(lab: &Lab, signer: Option<&minisign::KeyPair>, served: Option<&[u8]>
     .unwrap()
     .to_bytes();
     let old_iso = image_bytes(89, 1000);
+    let old_sig_bytes = minisign::sign(
+        Some(&pair.pk),
+        &pair.sk,
+        std::io::Cursor::new(&old_iso),
+        None,
+        None,
+    )
+    .unwrap()
+    .to_bytes();
     let (old_name, old_sig) = vyos_assets(OLD);
     let (new_name, new_sig) = vyos_assets(NEW);
     let (pre_name, pre_sig) = vyos_assets(NEWER_PRE);
@@ -89,7 +98,7 @@ fn vyos_lab(lab: &Lab, signer: Option<&minisign::KeyPair>, served: Option<&[u8]>
     ];
     let old_assets = [
         asset(leak(old_name), leak_bytes(old_iso.clone())),
-        asset(leak(old_sig), leak_bytes(b"old".to_vec())),
+        asset(leak(old_sig), leak_bytes(old_sig_bytes)),
     ];
     let pre_assets = [
         asset(leak(pre_name), leak_bytes(iso.clone())),
@@ -687,4 +696,71 @@ fn failed_lookups_name_the_channel_and_write_nothing() {
         "{row}"
     );
     assert_eq!(manifest(&lab), before);
+}
+
+/// A Packer image built from the tracked ISO is not bumped: the plan of the bump shows it
+/// rebuilt because the ISO it depends on is replaced.
+#[test]
+fn a_dependent_packer_image_is_rebuilt_not_bumped() {
+    let lab = Lab::new(Backend::Fs);
+    let vyos = vyos_lab(&lab, None, None);
+    lab.template(
+        "gateway",
+        r#"
+variable "iso_checksum" {
+  type = string
+}
+
+source "null" "gateway" {
+  communicator = "none"
+}
+
+build {
+  sources = ["source.null.gateway"]
+
+  provisioner "shell-local" {
+    inline = ["mkdir -p output", "echo 'gateway from ${var.iso_checksum}' > output/gateway.raw"]
+  }
+}
+"#,
+    );
+    let text = format!(
+        "{}    - name: vyos-gateway\n      source:\n        type: packer\n        path: packer/gateway\n        artifact: output/gateway.raw\n        variables:\n          iso_checksum: \"{{{{ images.vyos-iso.checksum }}}}\"\n      destination: vyos/vyos-gateway.raw\n",
+        manifest(&lab)
+    );
+    lab.write_manifest_text(&text);
+    let applied = run(&lab, &vyos.vendor, &["apply", "--auto-approve"], &[]);
+    assert_eq!(applied.code, 0, "{}", applied.output());
+
+    let bump = run(&lab, &vyos.vendor, &["bump", "--write", "--markdown"], &[]);
+    assert_eq!(bump.code, 0, "{}", bump.output());
+    let body = &bump.stdout;
+    assert!(
+        body.contains(&format!("## labctl bump: vyos-iso {NEW}\n")),
+        "{body}"
+    );
+    assert!(
+        !body.contains("### `vyos-gateway`"),
+        "the gateway is not bumped: {body}"
+    );
+    assert!(
+        body.contains("| 0 | 2 | 0 | 0 | 0 | 0 |"),
+        "both replaced: {body}"
+    );
+    assert!(
+        body.contains("dependency vyos-iso will be replaced"),
+        "{body}"
+    );
+    let plan = run(&lab, &vyos.vendor, &["plan", "--json"], &[]);
+    let plan = json(&plan);
+    let actions: Vec<(&str, &str)> = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        [("vyos-iso", "replace"), ("vyos-gateway", "replace")]
+    );
 }
