@@ -201,7 +201,13 @@ fn a_signed_rolling_build_is_found_verified_and_written() {
     let vyos = vyos_lab(&lab, None, None);
     let before = manifest(&lab);
 
-    let out = run(&lab, &vyos.vendor, &["outdated", "--json"], &[]);
+    // A token in the environment belongs to GITHUB_API_URL's API, not to the manifest's.
+    let out = run(
+        &lab,
+        &vyos.vendor,
+        &["outdated", "--json"],
+        &[("GITHUB_TOKEN", "not-for-this-host")],
+    );
     assert_eq!(out.code, 2, "{}", out.output());
     let report = json(&out);
     let row = &report["images"][0];
@@ -551,7 +557,15 @@ fn harvester_is_checked_against_its_list_and_version_yaml() {
     let lab = Lab::new(Backend::Fs);
     let vendor = VendorServer::start(&lab.dir().join("vendors"));
     let base = vendor.base.clone();
-    let release = |tag: &str, pre: bool| {
+    // The kernel is also a GitHub asset of the release, with GitHub's digest.
+    let kernel = image_bytes(94, 50_000);
+    let kernel_asset = [Asset {
+        name: "harvester-v1.5.0-vmlinuz-amd64",
+        bytes: &kernel,
+        digest: true,
+        content_type: "application/octet-stream",
+    }];
+    let release = |tag: &str, pre: bool, assets: &[Asset]| {
         github_release(
             &base,
             "harvester/harvester",
@@ -560,20 +574,21 @@ fn harvester_is_checked_against_its_list_and_version_yaml() {
             pre,
             false,
             &format!("Harvester {tag}"),
-            &[],
+            assets,
         )
     };
     vendor.serve_github_releases(
         "harvester/harvester",
         &[
-            release("v1.6.0", false),
-            release("v1.5.1-rc1", true),
-            release("v1.5.0", false),
-            release("v1.4.1", false),
-            release("v1.4.0", false),
+            release("v1.6.0", false, &[]),
+            release("v1.5.1-rc1", true, &[]),
+            release("v1.5.0", false, &kernel_asset),
+            release("v1.4.1", false, &[]),
+            release("v1.4.0", false, &[]),
         ],
         100,
     );
+    vendor.bytes("/harvester/v1.5.0/harvester-v1.5.0-vmlinuz-amd64", &kernel);
     let iso = image_bytes(93, 200_000);
     let iso_url = format!("{base}/harvester/v1.5.0/harvester-v1.5.0-amd64.iso");
     vendor.bytes("/harvester/v1.5.0/harvester-v1.5.0-amd64.iso", &iso);
@@ -594,7 +609,7 @@ fn harvester_is_checked_against_its_list_and_version_yaml() {
         "text/plain",
         &sha512_list(&[
             ("harvester-v1.5.0-amd64.iso", &iso),
-            ("harvester-v1.5.0-vmlinuz-amd64", b"k"),
+            ("harvester-v1.5.0-vmlinuz-amd64", &kernel),
         ]),
     );
     lab.write_manifest_text(&format!(
@@ -606,24 +621,38 @@ fn harvester_is_checked_against_its_list_and_version_yaml() {
         url: {base}/harvester/{{{{ version }}}}/harvester-{{{{ version }}}}-amd64.iso
         checksum: file:{base}/harvester/{{{{ version }}}}/harvester-{{{{ version }}}}-amd64.sha512
       destination: harvester/{{{{ version }}}}/harvester-{{{{ version }}}}-amd64.iso
+    - name: harvester-{{{{ version.bare }}}}-vmlinuz
+      version: v1.4.0
+      track: {{channel: harvester, minor: next}}
+      source:
+        type: http
+        url: {base}/harvester/{{{{ version }}}}/harvester-{{{{ version }}}}-vmlinuz-amd64
+        checksum: file:{base}/harvester/{{{{ version }}}}/harvester-{{{{ version }}}}-amd64.sha512
+      destination: harvester/{{{{ version }}}}/harvester-{{{{ version }}}}-vmlinuz-amd64
 "#
     ));
     let before = manifest(&lab);
     let env = [("GITHUB_API_URL", base.as_str()), ("GITHUB_TOKEN", "t0ken")];
     let out = run(&lab, &vendor, &["outdated", "--json"], &env);
     assert_eq!(out.code, 2, "{}", out.output());
-    let row = &json(&out)["images"][0];
-    assert_eq!(row["newest_allowed"]["version"], "v1.5.0", "{row}");
-    assert!(
-        vendor.log().iter().all(|r| r.authorization),
-        "the token goes to GITHUB_API_URL"
+    let report = json(&out);
+    for row in report["images"].as_array().unwrap() {
+        assert_eq!(row["newest_allowed"]["version"], "v1.5.0", "{row}");
+    }
+    let log = vendor.log();
+    assert_eq!(
+        log.len(),
+        1,
+        "one request for the repository both images track: {log:?}"
     );
+    assert!(log[0].authorization, "the token goes to GITHUB_API_URL");
 
     let bump = run(&lab, &vendor, &["bump", "--write", "--markdown"], &env);
     assert_eq!(bump.code, 0, "{}", bump.output());
     assert_eq!(
         manifest(&lab),
-        before.replace("version: v1.4.0", "version: v1.5.0")
+        before.replace("version: v1.4.0", "version: v1.5.0"),
+        "a `file:` checksum stays a list: only the versions change"
     );
     assert!(
         bump.stdout.contains("listed by the vendor"),
@@ -635,6 +664,11 @@ fn harvester_is_checked_against_its_list_and_version_yaml() {
         "{}",
         bump.output()
     );
+    assert!(
+        bump.stdout.contains("matches GitHub's asset digest"),
+        "the kernel is cross-checked: {}",
+        bump.output()
+    );
 
     // A list that disagrees with the bytes: refused, nothing written.
     lab.write_manifest_text(&before);
@@ -642,7 +676,10 @@ fn harvester_is_checked_against_its_list_and_version_yaml() {
         "/harvester/v1.5.0/harvester-v1.5.0-amd64.sha512",
         200,
         "text/plain",
-        &sha512_list(&[("harvester-v1.5.0-amd64.iso", b"other bytes")]),
+        &sha512_list(&[
+            ("harvester-v1.5.0-amd64.iso", b"other bytes"),
+            ("harvester-v1.5.0-vmlinuz-amd64", &kernel),
+        ]),
     );
     let bump = run(&lab, &vendor, &["bump", "--write"], &env);
     assert_eq!(bump.code, 1, "{}", bump.output());
