@@ -244,34 +244,36 @@ pub struct PinArgs {
     pub write: bool,
 }
 
+/// What `outdated` and `bump` both take: which images, the manifest, the store, the timeout.
 #[derive(Debug, Args)]
-pub struct OutdatedArgs {
-    /// Images to look up (default: every tracked image).
+pub struct TrackedArgs {
+    /// Images (default: every tracked image).
     #[arg(value_name = "NAME")]
     pub names: Vec<String>,
     #[command(flatten)]
     pub manifest: ManifestArg,
-    /// The store, asked only whether it still holds a pin the vendor no longer lists.
+    /// The store: asked whether it still holds a pin the vendor no longer lists, and (bump
+    /// --markdown) what the plan of the result is.
     #[command(flatten)]
     pub store: StoreArg,
-    /// Print the report as JSON (docs/outdated-json.md).
-    #[arg(long)]
-    pub json: bool,
-    /// How long one request to a vendor may take (it is retried as downloads are).
+    /// How long one request to a vendor API may take (it is retried as downloads are).
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub timeout: String,
 }
 
 #[derive(Debug, Args)]
+pub struct OutdatedArgs {
+    #[command(flatten)]
+    pub tracked: TrackedArgs,
+    /// Print the report as JSON (docs/outdated-json.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct BumpArgs {
-    /// Images to bump (default: every tracked image with an allowed newer version).
-    #[arg(value_name = "NAME")]
-    pub names: Vec<String>,
     #[command(flatten)]
-    pub manifest: ManifestArg,
-    /// The store the plan of the result is computed against (--markdown).
-    #[command(flatten)]
-    pub store: StoreArg,
+    pub tracked: TrackedArgs,
     /// Write the new versions and digests into the manifest (changing only those values);
     /// without it, print the diff.
     #[arg(long)]
@@ -280,9 +282,6 @@ pub struct BumpArgs {
     /// the vendor's release notes and the plan of the result.
     #[arg(long)]
     pub markdown: bool,
-    /// How long one request to a vendor API may take.
-    #[arg(long, value_name = "DURATION", default_value = "30s")]
-    pub timeout: String,
 }
 
 #[derive(Debug, Args)]

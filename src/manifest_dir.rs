@@ -57,6 +57,30 @@ pub fn load(path: &Path, rules: Rules) -> Result<(Manifest, DependencyGraph), Lo
     parse(&bytes, path, &base_dir, &Directory(base_dir.clone()), rules)
 }
 
+/// Replaces the manifest with `text` atomically, keeping its permissions: a reader (or a run
+/// killed half way) sees the old file or the new one, never a part of either.
+pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write a new manifest beside {}", path.display()))?;
+    tmp.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write a new manifest beside {}", path.display()))?;
+    tmp.as_file().sync_all().ok();
+    let permissions = std::fs::metadata(path).map(|m| m.permissions()).ok();
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot replace the manifest {}", path.display()))?;
+    if let Some(p) = permissions {
+        let _ = std::fs::set_permissions(path, p);
+    }
+    Ok(())
+}
+
 /// Checks that `rel` names something inside `base`: relative, no `..`, and no symlink on the
 /// way that leads out. A manifest comes from a pull request: its file references must not read
 /// the runner's files.

@@ -4,7 +4,6 @@
 //! published digest; only then is the manifest edited (its version and digests, nothing else).
 //! Any failure writes nothing.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -115,22 +114,26 @@ enum Refusal {
 }
 
 pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
-    let path = &args.manifest.manifest;
+    let path = &args.tracked.manifest.manifest;
     let (manifest, _) = super::load_manifest(path)?;
-    let images = super::outdated::select(&manifest, &args.names)?;
+    let images = super::outdated::select(&manifest, &args.tracked.names)?;
     let tracked: Vec<&Image> = images.into_iter().filter(|i| i.track.is_some()).collect();
     if tracked.is_empty() {
         eprintln!("No image in {} has a `track:` block.", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let timeout = crate::upstream::parse_timeout(&args.timeout)
+    let timeout = crate::upstream::parse_timeout(&args.tracked.timeout)
         .map_err(anyhow::Error::msg)
         .hint("--timeout takes seconds or minutes: 30s, 2m")?;
     let api = crate::source::http::api_client(timeout);
     let listings = crate::upstream::fetch(&tracked, &api).await;
-    let report =
-        super::outdated::assess_all(&tracked, &manifest, &listings, args.store.store.as_deref())
-            .await;
+    let report = super::outdated::assess_all(
+        &tracked,
+        &manifest,
+        &listings,
+        args.tracked.store.store.as_deref(),
+    )
+    .await;
 
     // Read once: the edits are made on these bytes, and they must be the ones validated.
     let text = std::fs::read_to_string(path)
@@ -251,7 +254,7 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
         );
     }
     if args.write {
-        write_manifest(path, &updated)?;
+        crate::manifest_dir::write(path, &updated)?;
         eprintln!(
             "Wrote {} bump{} into {}. Review the diff: the new digests are now trusted.",
             bumped.len(),
@@ -264,7 +267,12 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
         eprintln!("Run again with --write to write these changes into {name}.");
     }
     if args.markdown {
-        let plan = plan_markdown(&new_manifest, &new_graph, args.store.store.as_deref()).await;
+        let plan = plan_markdown(
+            &new_manifest,
+            &new_graph,
+            args.tracked.store.store.as_deref(),
+        )
+        .await;
         print!("{}", markdown(&bumped, &plan));
     }
     Ok(ExitCode::SUCCESS)
@@ -296,26 +304,6 @@ fn parse_text(
         &crate::manifest_dir::Directory(manifest.base_dir.clone()),
         super::rules_from_env(),
     )
-}
-
-/// Atomically, keeping the file's permissions: a reader sees the old manifest or the new one.
-fn write_manifest(path: &std::path::Path, text: &str) -> Result<(), Failure> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).context("cannot write the manifest")?;
-    tmp.write_all(text.as_bytes())
-        .context("cannot write the manifest")?;
-    tmp.as_file().sync_all().ok();
-    let permissions = std::fs::metadata(path).map(|m| m.permissions()).ok();
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .context("cannot replace the manifest")?;
-    if let Some(p) = permissions {
-        let _ = std::fs::set_permissions(path, p);
-    }
-    Ok(())
 }
 
 /// The image at `index` moved to `version`: the new spec from the edited text, its facts from
@@ -407,6 +395,7 @@ async fn bump_one(
         }),
         decompress: http.decompress,
         minisign,
+        purpose: "downloading to verify",
     };
     let inspected = pipeline::inspect_download(
         client.clone(),

@@ -14,12 +14,18 @@ use labctl_core::upstream::report::{Kept, Report, Row, Warning};
 use labctl_core::upstream::track::mutable_harvester_url;
 
 pub async fn run(args: &OutdatedArgs) -> Result<ExitCode, Failure> {
-    let (manifest, _) = super::load_manifest(&args.manifest.manifest)?;
-    let images = select(&manifest, &args.names)?;
-    let timeout = crate::upstream::parse_timeout(&args.timeout)
+    let (manifest, _) = super::load_manifest(&args.tracked.manifest.manifest)?;
+    let images = select(&manifest, &args.tracked.names)?;
+    let timeout = crate::upstream::parse_timeout(&args.tracked.timeout)
         .map_err(anyhow::Error::msg)
         .hint("--timeout takes seconds or minutes: 30s, 2m")?;
-    let report = outdated(&images, &manifest, args.store.store.as_deref(), timeout).await;
+    let report = outdated(
+        &images,
+        &manifest,
+        args.tracked.store.store.as_deref(),
+        timeout,
+    )
+    .await;
     if args.json {
         println!(
             "{}",

@@ -2,7 +2,6 @@
 //! published checksum) the manifest leaves as `pin` or absent, prints what it computed, and with
 //! `--write` writes exactly those values into the manifest for review in the pull request.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -133,21 +132,7 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
         rules,
     )
     .map_err(|e| anyhow::anyhow!("the edited manifest does not validate: {e}"))?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).context("cannot write the manifest")?;
-    tmp.write_all(updated.as_bytes())
-        .context("cannot write the manifest")?;
-    tmp.as_file().sync_all().ok();
-    let permissions = std::fs::metadata(path).map(|m| m.permissions()).ok();
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .context("cannot replace the manifest")?;
-    if let Some(p) = permissions {
-        let _ = std::fs::set_permissions(path, p);
-    }
+    crate::manifest_dir::write(path, &updated)?;
     eprintln!(
         "Wrote {} checksum{} into {}. Review the diff: these values are now trusted.",
         pins.iter()

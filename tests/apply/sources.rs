@@ -735,65 +735,7 @@ fn a_redirect_from_https_to_http_is_refused() {
     let lab = Lab::new(Backend::Fs);
     let body = image_bytes(58, 1000);
     lab.serve("/a.img", body.clone(), Faults::default());
-    let tls = lab.dir().join("tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&tls)
-            .output()
-            .expect("openssl runs");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=labctl test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "leaf.key",
-        "-out",
-        "leaf.csr",
-    ]);
-    std::fs::write(tls.join("ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "leaf.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext",
-        "-out",
-        "leaf.pem",
-    ]);
+    let tls = crate::support::vendors::Tls::make(&lab.dir().join("tls"));
     let server = r#"
 import http.server, ssl, sys
 target = sys.argv[3]
@@ -815,8 +757,8 @@ httpd.serve_forever()
 "#;
     let mut child = std::process::Command::new("python3")
         .args(["-c", server])
-        .arg(tls.join("leaf.pem"))
-        .arg(tls.join("leaf.key"))
+        .arg(&tls.cert)
+        .arg(&tls.key)
         .arg(lab.fixture.url(""))
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -837,7 +779,7 @@ httpd.serve_forever()
             ""
         )
     ));
-    let ca = tls.join("ca.pem");
+    let ca = tls.ca;
     let run = lab.apply_with_env(&[("SSL_CERT_FILE", ca.to_str().unwrap())]);
     let _ = child.kill();
     let _ = child.wait();

@@ -18,7 +18,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::progress::Progress;
 use crate::source::http::{Chunk, Download, DownloadError, RetryPolicy};
-use hash::Hasher;
 use labctl_core::checksum::Checksum;
 use labctl_core::manifest::Compression;
 use labctl_store::{ObjectMeta, PutOptions, Store, StoreError};
@@ -217,8 +216,8 @@ enum Sink<'a> {
 /// or only hashing. The input feeds the source hash (and a signature check), a blocking decoder
 /// hashes and cuts the output into parts, and the sink uploads or drops them.
 struct Pass {
-    /// The input's hash, when one was asked for.
-    source: Option<Checksum>,
+    /// The input's hash, when one was asked for, and its sha256 (the same when it is one).
+    source: Option<(Checksum, Checksum)>,
     /// Whether the whole download was read: only then does `source` mean anything.
     complete: bool,
     decoded: Result<decode::Digests, decode::DecodeError>,
@@ -273,7 +272,7 @@ async fn stream(
         }
     };
 
-    let mut source = source_algorithm.map(Hasher::new);
+    let mut source = source_algorithm.map(hash::WithSha256::new);
     // Checked (mode and key) before the download started; here it only hashes.
     let mut signature = match minisign {
         Some(check) => Some(check.verifier().map_err(PipelineError::Signature)?),
@@ -350,7 +349,7 @@ async fn stream(
         return Ok(Step::Restart);
     }
     Ok(Step::Passed(Box::new(Pass {
-        source: source.map(Hasher::finish),
+        source: source.map(hash::WithSha256::finish),
         complete,
         decoded,
         uploaded,
@@ -407,6 +406,7 @@ async fn attempt(
     // way out discards what was uploaded (and a dropped future's upload aborts itself).
     let source = pass
         .source
+        .map(|(declared, _)| declared)
         .or_else(|| pass.decoded.as_ref().ok().map(|d| d.declared.clone()));
     let checked =
         verify(job, pass.complete, source, pass.decoded, upload_failed).and_then(|digests| {
@@ -565,58 +565,17 @@ pub async fn hash_download(
     settings: &Settings,
     progress: &dyn Progress,
 ) -> Result<(Checksum, Option<Checksum>), PipelineError> {
-    let mut download = Download::start(client, url, settings.retry).await?;
-    progress.start(image, "downloading to pin its checksum", download.total());
-    let (_never, cancel) = watch::channel(false);
-    for _ in 0..=MAX_RESTARTS {
-        let step = stream(
-            Input::Download(&mut download),
-            image,
-            Some(source_algorithm),
-            decompress,
-            labctl_core::checksum::Algorithm::Sha256,
-            MIB,
-            Sink::Hash,
-            None,
-            progress,
-            &cancel,
-        )
-        .await?;
-        let pass = match step {
-            Step::Restart => {
-                progress.restart(
-                    image,
-                    download.total(),
-                    "the server does not support resuming; starting over",
-                );
-                continue;
-            }
-            Step::Passed(pass) => pass,
-        };
-        let output = match (decompress, pass.decoded) {
-            (None, _) => None,
-            (Some(_), Ok(digests)) => Some(digests.declared),
-            (Some(_), Err(decode::DecodeError::Corrupt { format, message })) => {
-                return Err(PipelineError::Decompress { format, message })
-            }
-            (Some(_), Err(decode::DecodeError::UploadStopped)) => {
-                unreachable!("the hashing sink never stops early")
-            }
-        };
-        if !pass.complete {
-            return Err(PipelineError::Decompress {
-                format: decompress.map_or("raw", Compression::name),
-                message: format!(
-                    "the compressed stream ended before the download from {url} did: it has trailing data"
-                ),
-            });
-        }
-        return Ok((pass.source.expect("pin hashes the download"), output));
-    }
-    Err(PipelineError::TooManyRestarts {
-        url: url.to_string(),
-        restarts: MAX_RESTARTS + 1,
-    })
+    let inspect = Inspect {
+        source_algorithm: Some(source_algorithm),
+        decompress,
+        minisign: None,
+        purpose: "downloading to pin its checksum",
+    };
+    let inspected = inspect_download(client, image, url, &inspect, settings, progress).await?;
+    let source = inspected
+        .source
+        .expect("the download is hashed in the algorithm asked for");
+    Ok((source, inspected.output.map(|o| o.declared)))
 }
 
 /// What to compute over one download that is only inspected (`labctl bump`).
@@ -626,6 +585,8 @@ pub struct Inspect {
     pub source_algorithm: Option<labctl_core::checksum::Algorithm>,
     pub decompress: Option<Compression>,
     pub minisign: Option<labctl_core::signature::MinisignCheck>,
+    /// What the progress line says is happening.
+    pub purpose: &'static str,
 }
 
 /// What one download was, hashed every way asked in one pass.
@@ -657,14 +618,14 @@ pub async fn inspect_download(
 ) -> Result<Inspected, PipelineError> {
     use labctl_core::checksum::Algorithm;
     let mut download = Download::start(client, url, settings.retry).await?;
-    progress.start(image, "downloading to verify", download.total());
+    progress.start(image, inspect.purpose, download.total());
     let (_never, cancel) = watch::channel(false);
-    // Raw: the decoder's output hash is the download's sha256. Compressed: the source hasher
-    // takes the download's sha256 and the decoder the output's (a compressed download is
-    // hashed in sha256 only: no vendor publishes another digest of one).
+    // Raw: the decoder's output hash is the download's sha256, so only another algorithm needs
+    // a hasher of its own. Compressed: the source hashers take the download's digests and the
+    // decoder the output's.
     let source_algorithm = match inspect.decompress {
         None => inspect.source_algorithm.filter(|a| *a != Algorithm::Sha256),
-        Some(_) => Some(Algorithm::Sha256),
+        Some(_) => Some(inspect.source_algorithm.unwrap_or(Algorithm::Sha256)),
     };
     for _ in 0..=MAX_RESTARTS {
         let step = stream(
@@ -708,25 +669,20 @@ pub async fn inspect_download(
                 ),
             });
         }
-        let (sha256, source, output) = match inspect.decompress {
-            None => {
+        let (sha256, source, output) = match (inspect.decompress, pass.source) {
+            (None, hashed) => {
                 let source = match inspect.source_algorithm {
                     Some(Algorithm::Sha256) => Some(digests.sha256.clone()),
-                    Some(_) => pass.source,
+                    Some(_) => hashed.map(|(declared, _)| declared),
                     None => None,
                 };
-                (digests.sha256, source, None)
+                (digests.sha256.clone(), source, None)
             }
-            Some(_) => {
-                let source = pass
-                    .source
-                    .expect("the source is hashed when decompressing");
-                let sha256 = source.clone();
-                let wanted = inspect
-                    .source_algorithm
-                    .filter(|a| *a == Algorithm::Sha256)
-                    .map(|_| source);
-                (sha256, wanted, Some(digests))
+            (Some(_), hashed) => {
+                let (declared, sha256) =
+                    hashed.expect("a compressed download is hashed on its way in");
+                let source = inspect.source_algorithm.map(|_| declared);
+                (sha256, source, Some(digests))
             }
         };
         return Ok(Inspected {

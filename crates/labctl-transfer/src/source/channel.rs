@@ -4,9 +4,9 @@
 //! with what was wrong and where.
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LINK};
-use reqwest::{Client, StatusCode};
+use reqwest::Client;
 
-use crate::source::http::{get_with_retry, DownloadError, RetryPolicy};
+use crate::source::http::{fetch_with_headers, DownloadError, RetryPolicy};
 use labctl_core::upstream::listing::{
     parse_harvester_version, GithubRelease, HarvesterVersion, TalosVersions,
 };
@@ -23,12 +23,8 @@ pub enum LookupError {
     Download(#[from] DownloadError),
     #[error("{url} did not answer with what the vendor documents: {message}")]
     Malformed { url: String, message: String },
-    #[error("{url} answered HTTP {status}{}", .detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
-    Refused {
-        url: String,
-        status: u16,
-        detail: Option<String>,
-    },
+    #[error("{url} answered HTTP {status}")]
+    Refused { url: String, status: u16 },
     #[error("{url}: more than {MAX_PAGES} pages of releases")]
     TooManyPages { url: String },
 }
@@ -90,8 +86,8 @@ fn same_origin(a: &str, b: &str) -> bool {
     matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// A GET of a small document: its body and headers. Statuses other than 2xx are `Refused`,
-/// with GitHub's `message` when the body has one.
+/// A GET of a small document: its body and headers. A final status other than 2xx is
+/// `Refused`.
 async fn get_small(
     client: &Client,
     url: &str,
@@ -99,71 +95,15 @@ async fn get_small(
     policy: &RetryPolicy,
     limit: usize,
 ) -> Result<(Vec<u8>, HeaderMap), LookupError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let response = match get_with_retry(client, url, headers.clone(), policy).await {
-            Ok(r) => r,
-            Err(DownloadError::Status { status, .. }) => {
-                return Err(LookupError::Refused {
-                    url: url.to_string(),
-                    status,
-                    detail: None,
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let status = response.status();
-        let response_headers = response.headers().clone();
-        let mut response = response;
-        let mut body = Vec::new();
-        let cut = loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > limit {
-                        return Err(DownloadError::TooLarge {
-                            url: url.to_string(),
-                            limit,
-                        }
-                        .into());
-                    }
-                }
-                Ok(None) => break None,
-                Err(e) => break Some(e),
-            }
-        };
-        match cut {
-            Some(_) if attempt < policy.attempts => continue,
-            Some(source) => {
-                return Err(DownloadError::GaveUp {
-                    url: url.to_string(),
-                    attempts: attempt,
-                    source,
-                }
-                .into())
-            }
-            None => {}
-        }
-        if status == StatusCode::RANGE_NOT_SATISFIABLE || !status.is_success() {
-            return Err(LookupError::Refused {
+    fetch_with_headers(client, url, headers, policy, limit)
+        .await
+        .map_err(|e| match e {
+            DownloadError::Status { status, .. } => LookupError::Refused {
                 url: url.to_string(),
-                status: status.as_u16(),
-                detail: github_message(&body),
-            });
-        }
-        return Ok((body, response_headers));
-    }
-}
-
-fn github_message(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Message {
-        message: String,
-    }
-    serde_json::from_slice::<Message>(body)
-        .ok()
-        .map(|m| m.message.chars().take(200).collect())
+                status,
+            },
+            other => other.into(),
+        })
 }
 
 fn json<T: serde::de::DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, LookupError> {
@@ -292,7 +232,6 @@ pub async fn head_length(
                 return Err(LookupError::Refused {
                     url: url.to_string(),
                     status: r.status().as_u16(),
-                    detail: None,
                 })
             }
             Err(_) if attempt < policy.attempts => {}

@@ -443,10 +443,24 @@ pub async fn fetch_bytes(
     policy: &RetryPolicy,
     limit: usize,
 ) -> Result<Vec<u8>, DownloadError> {
+    fetch_with_headers(client, url, HeaderMap::new(), policy, limit)
+        .await
+        .map(|(body, _)| body)
+}
+
+/// [`fetch_bytes`] with request headers, returning the response's headers too (an API's
+/// pagination links).
+pub async fn fetch_with_headers(
+    client: &Client,
+    url: &str,
+    headers: HeaderMap,
+    policy: &RetryPolicy,
+    limit: usize,
+) -> Result<(Vec<u8>, HeaderMap), DownloadError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut resp = get_with_retry(client, url, HeaderMap::new(), policy).await?;
+        let mut resp = get_with_retry(client, url, headers.clone(), policy).await?;
         if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE {
             return Err(DownloadError::Status {
                 url: url.to_string(),
@@ -470,7 +484,7 @@ pub async fn fetch_bytes(
             }
         };
         match cut {
-            None => return Ok(out),
+            None => return Ok((out, resp.headers().clone())),
             Some(source) if attempt >= policy.attempts => {
                 return Err(DownloadError::GaveUp {
                     url: url.to_string(),
