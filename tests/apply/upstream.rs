@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{image_bytes, sha256, zstd, Backend, Lab, Run};
+use crate::harness::{image_bytes, peak_rss_kib, sha256, timed_labctl, zstd, Backend, Lab, Run};
 use crate::support::vendors::{
     github_release, sha512_list, version_yaml, vyos_assets, vyos_changelog, Asset, VendorServer,
 };
@@ -290,6 +290,8 @@ fn a_signed_rolling_build_is_found_verified_and_written() {
         again.output()
     );
     assert_eq!(manifest(&lab), expected);
+    let current = run(&lab, &vyos.vendor, &["outdated"], &[]);
+    assert_eq!(current.code, 0, "up to date now: {}", current.output());
 
     let plan = run(
         &lab,
@@ -430,6 +432,11 @@ fn a_pin_deleted_upstream_is_reported() {
 }
 
 fn talos_lab(lab: &Lab) -> (VendorServer, Vec<u8>, Vec<u8>) {
+    talos_lab_of(lab, image_bytes(92, 400_000))
+}
+
+/// The factory with `raw` as v1.9.2's image, and a manifest tracking it from v1.9.1.
+fn talos_lab_of(lab: &Lab, raw: Vec<u8>) -> (VendorServer, Vec<u8>, Vec<u8>) {
     let vendor = VendorServer::start(&lab.dir().join("vendors"));
     // /versions leaves broken versions out; ?broken=true lists them.
     vendor.serve_talos_versions(
@@ -437,7 +444,6 @@ fn talos_lab(lab: &Lab) -> (VendorServer, Vec<u8>, Vec<u8>) {
         &["v1.9.0", "v1.9.1", "v1.9.2", "v1.10.0", "v1.10.1-beta.0"],
     );
     vendor.serve_talos_versions("/versions?broken=true", &["v1.9.3"]);
-    let raw = image_bytes(92, 400_000);
     let compressed = zstd(&raw);
     vendor.bytes(
         &format!("/image/{SCHEMATIC}/v1.9.2/metal-amd64.raw.zst"),
@@ -799,5 +805,32 @@ build {
     assert_eq!(
         actions,
         [("vyos-iso", "replace"), ("vyos-gateway", "replace")]
+    );
+}
+
+/// A bump streams: a 160 MiB image is downloaded, decompressed and hashed in bounded memory.
+#[test]
+fn a_bump_verifies_in_bounded_memory() {
+    let lab = Lab::new(Backend::Fs);
+    let (vendor, raw, _) = talos_lab_of(&lab, image_bytes(95, 160 * 1024 * 1024));
+    let raw_sum = sha256(&raw);
+    drop(raw);
+    let manifest_path = lab.manifest_path().display().to_string();
+    let kib = peak_rss_kib(
+        timed_labctl()
+            .args(["bump", "--write", "--manifest", &manifest_path])
+            .env("SSL_CERT_FILE", &vendor.ca)
+            .env("NO_COLOR", "1")
+            .current_dir(lab.dir()),
+    );
+    assert!(
+        manifest(&lab).contains(&format!("expected: {raw_sum}")),
+        "{}",
+        manifest(&lab)
+    );
+    assert!(
+        kib < 150 * 1024,
+        "peak RSS {} MiB exceeds 150 MiB",
+        kib / 1024
     );
 }
