@@ -121,6 +121,7 @@ pub async fn assess_all(
                     track.channel.kind(),
                     lookup.to_string(),
                     Some(current),
+                    track.group.clone(),
                     message,
                 ));
                 continue;
@@ -134,6 +135,7 @@ pub async fn assess_all(
                     track.channel.kind(),
                     lookup.to_string(),
                     Some(current),
+                    track.group.clone(),
                     e.to_string(),
                 ));
                 continue;

@@ -87,6 +87,14 @@ spec:
         signature:
           pgp: {url: "https://vendor.example/SHA512SUMS.sig", publicKeyFile: keys/vendor.asc}
       destination: os/k
+    - name: os-{{ version.bare }}
+      version: v1.9.1
+      track: {channel: github, repository: vendor/os, api: "https://api.vendor.example", order: semver, minor: next, prereleases: false, minAge: 3d, group: os}
+      source:
+        type: http
+        url: https://vendor.example/releases/download/{{ version }}/os-amd64.iso
+        checksum: sha256:0000000000000000000000000000000000000000000000000000000000000003
+      destination: os/{{ version }}/os-amd64.iso
     - name: gw
       source:
         type: packer
@@ -133,6 +141,13 @@ fn the_schema_rejects_what_a_schema_can_express() {
             "0".repeat(64)
         ))
     };
+    let tracked = |version: &str, track: &str| {
+        image(&format!(
+            "{version}      track: {track}\n      source:\n        type: http\n        url: https://v.example/{{{{ version }}}}/a.img\n        checksum: sha256:{}\n",
+            "0".repeat(64)
+        ))
+    };
+    let v = "      version: v1.9.1\n";
     let cases: Vec<(&str, String)> = vec![
         ("wrong apiVersion", "apiVersion: labctl/v2\nkind: ImageManifest\nspec:\n  images: []\n".to_string()),
         ("unknown top-level field", format!("{HEADER}spec:\n  images: []\nextra: 1\n")),
@@ -149,6 +164,18 @@ fn the_schema_rejects_what_a_schema_can_express() {
         ("bad minisign key", http("        signature:\n          minisign: {url: \"https://v.example/a.minisig\", publicKey: notakey}\n")),
         ("pgp key twice", http("        signature:\n          pgp: {publicKey: \"-----BEGIN PGP PUBLIC KEY BLOCK-----\", publicKeyFile: k.asc}\n")),
         ("insecure store endpoint", format!("{HEADER}spec:\n  store:\n    s3: {{bucket: b, endpoint: \"http://s3.example.com\"}}\n  images: []\n")),
+        ("version not a string", tracked("      version: 1.10\n", "{channel: github, repository: v/a}")),
+        ("track without version", tracked("", "{channel: github, repository: v/a}")),
+        ("unknown channel", tracked(v, "{channel: nightly}")),
+        ("github without repository", tracked(v, "{channel: github}")),
+        ("time order on talos", tracked(v, "{channel: talos, order: time}")),
+        ("minor with time order", tracked("      version: 2025.01.06-0020-rolling\n", "{channel: github, repository: v/a, order: time, minor: next}")),
+        ("minAge without a unit", tracked(v, "{channel: github, repository: v/a, minAge: 3}")),
+        ("prereleases not boolean", tracked(v, "{channel: github, repository: v/a, prereleases: maybe}")),
+        ("unknown track field", tracked(v, "{channel: github, repository: v/a, schedule: weekly}")),
+        ("talos with a repository", tracked(v, "{channel: talos, repository: a/b}")),
+        ("unknown placeholder in a name", tracked(v, "{channel: github, repository: v/a}").replace("name: a\n", "name: a-{{ version.minor }}\n")),
+        ("tracked Packer image", image(&format!("{v}      track: {{channel: github, repository: v/a}}\n      source:\n        type: packer\n        path: p\n        artifact: o/a.raw\n"))),
     ];
     let mut bad_destinations = vec![];
     for dest in ["../escape.img", "/etc/passwd", "a//b.img", "a/./b.img"] {

@@ -179,6 +179,7 @@ impl Row {
         channel: ChannelKind,
         lookup: String,
         current: Option<String>,
+        group: Option<String>,
         error: String,
     ) -> Row {
         Row {
@@ -191,7 +192,7 @@ impl Row {
             newest: None,
             held_back: Vec::new(),
             warnings: Vec::new(),
-            group: None,
+            group,
             error: Some(error),
         }
     }
@@ -388,12 +389,14 @@ mod tests {
             ChannelKind::Github,
             "the GitHub releases of vyos/vyos-nightly-build".into(),
             Some("2025.11.30-0019-rolling".into()),
+            None,
             "timed out".into(),
         );
         let report = Report::new("0.1.0", vec![row, failed]);
         assert_eq!(report.exit_code(), 1);
         let text = report.human();
-        assert!(text.contains("talos    v1.9.1"), "{text}");
+        assert!(text.starts_with("IMAGE  CURRENT"), "{text}");
+        assert!(text.contains("\ntalos  v1.9.1  "), "{text}");
         assert!(text.contains("v1.9.4"), "{text}");
         assert!(
             text.contains("held back v1.10.0: another minor (`minor: same`)"),
