@@ -411,3 +411,34 @@ fn a_manifest_that_is_not_a_regular_file_is_refused() {
         run.stderr
     );
 }
+
+/// Destinations Synology Cloud Sync would never carry to the NAS are refused, each with the
+/// rule it breaks, the offending segment and where it is written.
+#[test]
+fn destinations_cloud_sync_would_skip_are_refused() {
+    let image = |name: &str, destination: &str| {
+        format!(
+            "    - name: {name}\n      source: {{type: http, url: https://e.example/{name}.iso, checksum: {SUM}}}\n      destination: \"{destination}\"\n"
+        )
+    };
+    let text = format!(
+        "{HEADER}{}{}{}{}{}",
+        image("fork", "vyos/._gateway.raw"),
+        image("reserved", "talos/@eaDir/metal.raw"),
+        image("trailing", "harvester/v1.4.0/initrd."),
+        image("colon", "talos/v1:9/metal.raw"),
+        image("fine", "talos/metal.raw"),
+    );
+    let run = validate_text(text.as_bytes());
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    for expected in [
+        "images.yaml:7:20: image `fork`: destination `vyos/._gateway.raw` would never reach the NAS: `._gateway.raw` begins with `._`",
+        "image `reserved`: destination `talos/@eaDir/metal.raw` would never reach the NAS: `@eaDir` is a name Synology reserves",
+        "image `trailing`: destination `harvester/v1.4.0/initrd.` would never reach the NAS: `initrd.` ends in a dot or a space",
+        "image `colon`: destination `talos/v1:9/metal.raw` would never reach the NAS: `v1:9` contains `:`",
+    ] {
+        assert!(run.stderr.contains(expected), "{expected}\n{}", run.stderr);
+    }
+    assert!(run.stderr.contains("4 problems"), "{}", run.stderr);
+    assert!(!run.stderr.contains("image `fine`"), "{}", run.stderr);
+}

@@ -1,5 +1,6 @@
 //! The manifest (`images/images.yaml`): parsing, validation and the desired-state model.
 
+pub mod cloud_sync;
 pub mod model;
 pub mod reference;
 pub mod schema;

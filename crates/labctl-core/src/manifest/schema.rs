@@ -881,7 +881,18 @@ impl Reader<'_> {
             return None;
         }
         match check_relative_key(&value) {
-            Ok(()) => Some(value),
+            Ok(()) => match super::cloud_sync::check(&value) {
+                None => Some(value),
+                Some(rule) => {
+                    self.error_hint(
+                        loc,
+                        image,
+                        format!("destination `{value}` would never reach the NAS: {rule}"),
+                        "the NAS pulls images/ with Synology Cloud Sync; pick a name it carries (docs/manifest.md lists its rules)",
+                    );
+                    None
+                }
+            },
             Err(why) => {
                 self.error_hint(
                     loc,
