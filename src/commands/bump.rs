@@ -353,7 +353,7 @@ async fn bump_one(
     let url = http.url.clone();
 
     let release = github_release(listings, image, version);
-    let facts = facts(track, new_image, http, version, release, api).await?;
+    let facts = facts(track, http, version, release, api).await?;
 
     let minisign = match &http.signature {
         Some(Signature::Minisign { url, public_key }) => {
@@ -489,7 +489,6 @@ struct Facts {
 #[allow(clippy::result_large_err)]
 async fn facts(
     track: &Track,
-    image: &Image,
     http: &HttpSource,
     version: &str,
     release: Option<&GithubRelease>,
@@ -571,7 +570,6 @@ async fn facts(
     if let Some(asset) = asset {
         facts.github = Some((asset.name.clone(), asset.checksum(), asset.size));
     }
-    let _ = image;
     Ok(facts)
 }
 

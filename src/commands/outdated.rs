@@ -109,13 +109,17 @@ pub async fn assess_all(
             .for_image(image)
             .expect("every tracked image was looked up");
         let current = image.version.clone().unwrap_or_default();
-        let listing = match answer {
-            Ok(l) => l,
-            Err(e) => {
-                let mut message = format!("{lookup}: {e}");
-                if let Some(hint) = e.hint() {
-                    message.push_str(&format!(" (hint: {hint})"));
-                }
+        let assessed = match answer {
+            Ok(listing) => assess(&current, &releases(track, listing), &track.policy, now)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(match e.hint() {
+                Some(hint) => format!("{lookup}: {e} (hint: {hint})"),
+                None => format!("{lookup}: {e}"),
+            }),
+        };
+        let assessment = match assessed {
+            Ok(a) => a,
+            Err(message) => {
                 rows.push(Row::failed(
                     &image.name,
                     track.channel.kind(),
@@ -123,20 +127,6 @@ pub async fn assess_all(
                     Some(current),
                     track.group.clone(),
                     message,
-                ));
-                continue;
-            }
-        };
-        let assessment = match assess(&current, &releases(track, listing), &track.policy, now) {
-            Ok(a) => a,
-            Err(e) => {
-                rows.push(Row::failed(
-                    &image.name,
-                    track.channel.kind(),
-                    lookup.to_string(),
-                    Some(current),
-                    track.group.clone(),
-                    e.to_string(),
                 ));
                 continue;
             }

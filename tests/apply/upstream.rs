@@ -719,8 +719,7 @@ fn failed_lookups_name_the_channel_and_write_nothing() {
         assert!(!all.contains("panicked"), "{all}");
         assert_eq!(manifest(&lab), before);
     }
-    let mut route: Value = serde_json::json!({"status": 200, "headers": {"Content-Type": "text/plain"}, "body": "[]", "delay": 5});
-    route["delay"] = 5.into();
+    let route: Value = serde_json::json!({"status": 200, "headers": {"Content-Type": "text/plain"}, "body": "[]", "delay": 5});
     vendor.route("/versions", route);
     let out = run(
         &lab,

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use hash::Hasher;
 use tokio::sync::{mpsc, watch};
 
 use crate::progress::Progress;
@@ -216,8 +217,11 @@ enum Sink<'a> {
 /// or only hashing. The input feeds the source hash (and a signature check), a blocking decoder
 /// hashes and cuts the output into parts, and the sink uploads or drops them.
 struct Pass {
-    /// The input's hash, when one was asked for, and its sha256 (the same when it is one).
-    source: Option<(Checksum, Checksum)>,
+    /// The input's hash, when one was asked for.
+    source: Option<Checksum>,
+    /// The input's sha256 beside it, when that was asked for too (only `labctl bump` needs
+    /// both; publishing hashes the input once).
+    source_sha256: Option<Checksum>,
     /// Whether the whole download was read: only then does `source` mean anything.
     complete: bool,
     decoded: Result<decode::Digests, decode::DecodeError>,
@@ -240,6 +244,8 @@ async fn stream(
     image: &str,
     // `None` when the decoder's output hash says all (a raw file: the same bytes).
     source_algorithm: Option<labctl_core::checksum::Algorithm>,
+    // Also the input's sha256, when `source_algorithm` is another.
+    source_sha256: bool,
     decompress: Option<Compression>,
     output_algorithm: labctl_core::checksum::Algorithm,
     part_size: usize,
@@ -272,7 +278,10 @@ async fn stream(
         }
     };
 
-    let mut source = source_algorithm.map(hash::WithSha256::new);
+    let mut source = source_algorithm.map(Hasher::new);
+    let sha256_beside = source_sha256
+        && source_algorithm.is_some_and(|a| a != labctl_core::checksum::Algorithm::Sha256);
+    let mut sha256 = sha256_beside.then(|| Hasher::new(labctl_core::checksum::Algorithm::Sha256));
     // Checked (mode and key) before the download started; here it only hashes.
     let mut signature = match minisign {
         Some(check) => Some(check.verifier().map_err(PipelineError::Signature)?),
@@ -301,6 +310,9 @@ async fn stream(
         match next {
             Ok(Some(Chunk::Data(bytes))) => {
                 if let Some(h) = source.as_mut() {
+                    h.update(&bytes);
+                }
+                if let Some(h) = sha256.as_mut() {
                     h.update(&bytes);
                 }
                 if let Some(v) = signature.as_mut() {
@@ -349,7 +361,12 @@ async fn stream(
         return Ok(Step::Restart);
     }
     Ok(Step::Passed(Box::new(Pass {
-        source: source.map(hash::WithSha256::finish),
+        source_sha256: match sha256 {
+            Some(h) => Some(h.finish()),
+            None if source_sha256 => source.clone().map(Hasher::finish),
+            None => None,
+        },
+        source: source.map(Hasher::finish),
         complete,
         decoded,
         uploaded,
@@ -385,6 +402,7 @@ async fn attempt(
         Input::Download(download),
         &job.image,
         (!same_bytes).then_some(job.source_checksum.algorithm),
+        false,
         job.decompress,
         job.expected.algorithm,
         settings.part_size,
@@ -406,7 +424,6 @@ async fn attempt(
     // way out discards what was uploaded (and a dropped future's upload aborts itself).
     let source = pass
         .source
-        .map(|(declared, _)| declared)
         .or_else(|| pass.decoded.as_ref().ok().map(|d| d.declared.clone()));
     let checked =
         verify(job, pass.complete, source, pass.decoded, upload_failed).and_then(|digests| {
@@ -480,6 +497,7 @@ pub async fn publish_file(
         open().await?,
         image,
         None,
+        false,
         None,
         sha256,
         settings.part_size,
@@ -514,6 +532,7 @@ pub async fn publish_file(
         open().await?,
         image,
         None,
+        false,
         None,
         sha256,
         settings.part_size,
@@ -632,6 +651,8 @@ pub async fn inspect_download(
             Input::Download(&mut download),
             image,
             source_algorithm,
+            // Raw: the decoder's output hash is the download's sha256 already.
+            inspect.decompress.is_some(),
             inspect.decompress,
             Algorithm::Sha256,
             MIB,
@@ -669,19 +690,20 @@ pub async fn inspect_download(
                 ),
             });
         }
-        let (sha256, source, output) = match (inspect.decompress, pass.source) {
-            (None, hashed) => {
+        let (sha256, source, output) = match inspect.decompress {
+            None => {
                 let source = match inspect.source_algorithm {
                     Some(Algorithm::Sha256) => Some(digests.sha256.clone()),
-                    Some(_) => hashed.map(|(declared, _)| declared),
+                    Some(_) => pass.source,
                     None => None,
                 };
                 (digests.sha256.clone(), source, None)
             }
-            (Some(_), hashed) => {
-                let (declared, sha256) =
-                    hashed.expect("a compressed download is hashed on its way in");
-                let source = inspect.source_algorithm.map(|_| declared);
+            Some(_) => {
+                let sha256 = pass
+                    .source_sha256
+                    .expect("a compressed download is hashed on its way in");
+                let source = inspect.source_algorithm.and(pass.source);
                 (sha256, source, Some(digests))
             }
         };

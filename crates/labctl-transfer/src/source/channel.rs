@@ -6,7 +6,7 @@
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LINK};
 use reqwest::Client;
 
-use crate::source::http::{fetch_with_headers, DownloadError, RetryPolicy};
+use crate::source::http::{fetch_with_headers, send_with_retry, DownloadError, RetryPolicy};
 use labctl_core::upstream::listing::{
     parse_harvester_version, GithubRelease, HarvesterVersion, TalosVersions,
 };
@@ -97,13 +97,18 @@ async fn get_small(
 ) -> Result<(Vec<u8>, HeaderMap), LookupError> {
     fetch_with_headers(client, url, headers, policy, limit)
         .await
-        .map_err(|e| match e {
-            DownloadError::Status { status, .. } => LookupError::Refused {
-                url: url.to_string(),
-                status,
-            },
-            other => other.into(),
-        })
+        .map_err(|e| refused(url, e))
+}
+
+/// A final status other than 2xx is the vendor refusing, not a transfer failing.
+fn refused(url: &str, e: DownloadError) -> LookupError {
+    match e {
+        DownloadError::Status { status, .. } => LookupError::Refused {
+            url: url.to_string(),
+            status,
+        },
+        other => other.into(),
+    }
 }
 
 fn json<T: serde::de::DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, LookupError> {
@@ -216,36 +221,14 @@ pub async fn head_length(
     url: &str,
     policy: &RetryPolicy,
 ) -> Result<Option<u64>, LookupError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match client.head(url).send().await {
-            Ok(r) if r.status().is_success() => {
-                return Ok(r
-                    .headers()
-                    .get(reqwest::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok()))
-            }
-            Ok(r) if r.status().is_server_error() && attempt < policy.attempts => {}
-            Ok(r) => {
-                return Err(LookupError::Refused {
-                    url: url.to_string(),
-                    status: r.status().as_u16(),
-                })
-            }
-            Err(_) if attempt < policy.attempts => {}
-            Err(source) => {
-                return Err(DownloadError::GaveUp {
-                    url: url.to_string(),
-                    attempts: attempt,
-                    source,
-                }
-                .into())
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(250 << attempt.min(5))).await;
-    }
+    let response = send_with_retry(client, reqwest::Method::HEAD, url, HeaderMap::new(), policy)
+        .await
+        .map_err(|e| refused(url, e))?;
+    Ok(response
+        .headers()
+        .get(reqwest::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok()))
 }
 
 /// A small text document (a checksum list) over the same retries, refused when it is not 2xx.

@@ -147,9 +147,24 @@ pub async fn get_with_retry(
     headers: HeaderMap,
     policy: &RetryPolicy,
 ) -> Result<Response, DownloadError> {
+    send_with_retry(client, reqwest::Method::GET, url, headers, policy).await
+}
+
+/// [`get_with_retry`] for any method (a HEAD that asks a server for a file's size).
+pub async fn send_with_retry(
+    client: &Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: HeaderMap,
+    policy: &RetryPolicy,
+) -> Result<Response, DownloadError> {
     let mut attempt = 0;
     loop {
-        let result = client.get(url).headers(headers.clone()).send().await;
+        let result = client
+            .request(method.clone(), url)
+            .headers(headers.clone())
+            .send()
+            .await;
         attempt += 1;
         let mut wait = policy.backoff(attempt - 1);
         match result {
