@@ -101,7 +101,11 @@ async fn write_index(store: &FsStore) {
             .await
             .unwrap();
     let entries = consumer_index::entries(&actual.records).entries;
-    let json = consumer_index::to_json(&consumer_index::document(&entries, UPLOADED_AT.into()));
+    let json = consumer_index::to_json(&consumer_index::document(
+        &entries,
+        UPLOADED_AT.into(),
+        None,
+    ));
     for (key, body) in [
         (consumer_index::JSON_KEY, json),
         (

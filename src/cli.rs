@@ -64,7 +64,8 @@ Exit codes: 0 every image up to date, 2 updates available, 1 a lookup failed."
     /// and conditional writes.
     Doctor(DoctorArgs),
     /// Check a synced copy of the bucket's images/ (e.g. on the NAS) against its SHA256SUMS,
-    /// offline (exit 0 all ok, 2 problems found, 1 error).
+    /// offline, and with --into fill the folder machines boot from with verified files only
+    /// (exit 0 all ok, 2 problems found or files pending, 1 error).
     #[command(
         long_about = "Check a synced copy of the bucket's images/ (e.g. on the NAS) against \
 the consumer index labctl apply writes there, with no network and no credentials.\n\n\
@@ -73,8 +74,20 @@ Then every file SHA256SUMS lists is streamed and hashed, in parallel: each is ok
 size-differs (e.g. a sync in progress; sizes come from index.json), content-differs or \
 unreadable; files present but not listed are reported as unlisted. Synology's @eaDir, #recycle, \
 #snapshot and .SynologyWorkingDirectory folders are ignored.\n\n\
-Exit codes: 0 every file ok, 2 problems found, 1 error (no SHA256SUMS, bad signature, \
-unreadable directory)."
+With --into SERVED, verify also fills the folder the machines boot from: a file is copied there \
+(a reflink where the filesystem has one; never a hard link) to a temporary name, verified, fsynced \
+and renamed into place only once its sha256 is the listed one, so a reader sees the previous \
+verified file or the new one, never a partial one. SERVED's SHA256SUMS and index.json always \
+describe what it holds; once every listed file is in place they are the synced ones byte for byte \
+(with the signature, when --public-key verified it), and only then do files no longer listed leave \
+— only files labctl placed (SERVED/.labctl/state.json names them). Files whose identity (device, \
+inode, size, times) is unchanged are not hashed again; --deep rehashes every served file. One run \
+at a time (a lock in SERVED/.labctl); a killed run leaves only temporary files, which the next run \
+removes.\n\n\
+Exit codes: 0 every file ok (with --into: SERVED holds the whole synced generation), 2 problems \
+found (with --into: files pending, e.g. a sync in progress; the previous verified versions stay \
+served), 1 error (no SHA256SUMS, bad signature — nothing placed —, unreadable directory, another \
+run holds SERVED, a full disk)."
     )]
     Verify(VerifyArgs),
     /// List the earlier versions kept for each image (`history: N` in the manifest).
@@ -321,6 +334,16 @@ pub struct VerifyArgs {
     /// Files hashed at once (default: the number of CPUs, at most 4).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: Option<u16>,
+    /// Fill SERVED, the folder the machines boot from, with the verified files (see above).
+    #[arg(long, value_name = "SERVED")]
+    pub into: Option<PathBuf>,
+    /// With --into: rehash every served file, even those whose identity is unchanged.
+    #[arg(long, requires = "into")]
+    pub deep: bool,
+    /// With --into: wait this long for a run that holds SERVED's lock (`90s`, `30m`; default:
+    /// refuse at once).
+    #[arg(long, value_name = "DURATION", requires = "into", value_parser = parse_duration)]
+    pub wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Args)]

@@ -22,7 +22,7 @@ pub use labctl_core::{
     checksum, consumer_index, diagnostic, drift, graph, pin, plan, render, spec, timefmt, units,
 };
 pub use labctl_store as store;
-pub use labctl_transfer::{pipeline, source, template_hash, verify};
+pub use labctl_transfer::{pipeline, serve, source, template_hash, verify};
 
 /// The manifest model and validation (core), read from a file (here).
 pub mod manifest {

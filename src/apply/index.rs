@@ -126,9 +126,11 @@ pub async fn write(
     drop(counter);
     let implied = consumer_index::entries(&actual.records);
     let generated_at = crate::timefmt::now_rfc3339();
+    let ci_run = crate::github::ci_run();
     let json = consumer_index::to_json(&consumer_index::document(
         &implied.entries,
         generated_at.clone(),
+        ci_run.clone(),
     ));
     let sums = consumer_index::sha256sums(&implied.entries);
 
@@ -142,10 +144,15 @@ pub async fn write(
     let signature = match signer {
         Some(s) => Some(s.sign(
             sums.as_bytes(),
+            // The trusted comment is signed: the generation's time and run, beyond doubt.
             &format!(
-                "SHA256SUMS of {} objects, written by labctl {} at {generated_at}",
+                "SHA256SUMS of {} objects, written by labctl {} at {generated_at}{}",
                 implied.entries.len(),
-                env!("CARGO_PKG_VERSION")
+                env!("CARGO_PKG_VERSION"),
+                ci_run
+                    .as_ref()
+                    .map(|r| format!(" by CI run {}", r.url.as_deref().unwrap_or(&r.id)))
+                    .unwrap_or_default()
             ),
         )?),
         None => None,

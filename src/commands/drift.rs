@@ -53,6 +53,7 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     }
     findings.extend(drift::records_vs_objects(&actual, &images));
     findings.extend(drift::unlisted_history(&actual, &history));
+    findings.extend(drift::unsyncable(&actual));
     findings.extend(drift::index_findings(
         &actual,
         manifest.index.minisign_public_key.as_deref(),

@@ -1,5 +1,7 @@
-//! `labctl verify DIR`: check a synced copy of `images/` offline. Exit 0 all ok, 2 problems
-//! found, 1 error (no index, bad signature, unreadable directory).
+//! `labctl verify DIR [--into SERVED]`: check a synced copy of `images/` offline, and fill the
+//! folder machines boot from with verified files. Exit 0 all ok, 2 problems found (or files
+//! pending), 1 error (no index, bad signature, unreadable directory, a busy or full served
+//! folder).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -9,6 +11,7 @@ use console::style;
 
 use crate::cli::VerifyArgs;
 use crate::failure::Failure;
+use crate::serve;
 use crate::verify::{self, Options, Report, Verdict};
 
 pub fn run(args: &VerifyArgs) -> Result<ExitCode, Failure> {
@@ -23,6 +26,9 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode, Failure> {
             .min(4)
     });
     let interactive = std::io::stderr().is_terminal();
+    if let Some(served) = &args.into {
+        return into(args, served, public_key, jobs, interactive);
+    }
     let report = verify::run(
         &Options {
             dir: args.dir.clone(),
@@ -50,12 +56,65 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode, Failure> {
     } else {
         human(&report)
     };
+    print_report(&text)?;
+    Ok(if report.problems() > 0 {
+        super::exit(super::EXIT_CHANGES)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_report(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(text.as_bytes())
         .context("cannot write the report to stdout")?;
     stdout.flush().ok();
-    Ok(if report.problems() > 0 {
+    Ok(())
+}
+
+/// `--into SERVED`.
+fn into(
+    args: &VerifyArgs,
+    served: &std::path::Path,
+    public_key: Option<String>,
+    jobs: usize,
+    interactive: bool,
+) -> Result<ExitCode, Failure> {
+    let report = serve::run(
+        &serve::Options {
+            synced: args.dir.clone(),
+            served: served.to_path_buf(),
+            public_key,
+            deep: args.deep,
+            jobs,
+            wait: args.wait.unwrap_or_default(),
+        },
+        &|phase, done, total| {
+            if interactive {
+                eprint!("\r{phase}: {done} of {total}");
+                if done == total {
+                    eprintln!();
+                }
+            }
+        },
+    )
+    .map_err(|e| {
+        let hint = e.hint().map(str::to_string);
+        Failure {
+            error: e.into(),
+            hint,
+        }
+    })?;
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).expect("serializes") + "\n"
+    } else {
+        served_human(&report)
+    };
+    print_report(&text)?;
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else if report.problems() > 0 || !report.complete {
         super::exit(super::EXIT_CHANGES)
     } else {
         ExitCode::SUCCESS
@@ -86,26 +145,98 @@ fn read_public_key_file(path: &std::path::Path) -> Result<String, Failure> {
         })
 }
 
-pub fn human(report: &Report) -> String {
-    let mut out = String::new();
-    if report.signature.verified {
-        out.push_str(&format!(
+fn signature_line(signature: &verify::SignatureStatus) -> String {
+    if signature.verified {
+        format!(
             "{} SHA256SUMS.minisig verified with key {}{}\n",
             style("✓").green(),
-            report.signature.key_id.as_deref().unwrap_or("?"),
-            report
-                .signature
+            signature.key_id.as_deref().unwrap_or("?"),
+            signature
                 .trusted_comment
                 .as_deref()
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default()
-        ));
+        )
     } else {
-        out.push_str(&format!(
+        format!(
             "{} signature not checked (no --public-key)\n",
             style("!").yellow()
-        ));
+        )
     }
+}
+
+/// Every path that changed or needs attention (current files only counted), then what the
+/// served folder holds.
+pub fn served_human(report: &serve::Report) -> String {
+    let mut out = signature_line(&report.signature);
+    for f in report
+        .files
+        .iter()
+        .filter(|f| f.status != serve::Status::Current)
+    {
+        let mark = if f.status.is_problem() {
+            style("✗").red()
+        } else {
+            style("✓").green()
+        };
+        out.push_str(&format!("{mark} {:<12} {}", f.status.name(), f.path));
+        if !f.detail.is_empty() {
+            out.push_str(&format!("  ({})", f.detail));
+        }
+        out.push('\n');
+    }
+    let counts: Vec<String> = report
+        .summary
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    let generation = |g: &serve::Generation| {
+        format!(
+            "the generation of {}{} ({} files)",
+            g.generated_at.as_deref().unwrap_or("unknown time"),
+            g.ci_run
+                .as_ref()
+                .map(|r| format!(", CI run {}", r.url.as_deref().unwrap_or(&r.id)))
+                .unwrap_or_default(),
+            g.files
+        )
+    };
+    let holds = match (&report.served_generation, report.complete) {
+        (Some(g), true) => format!("{} serves {}", report.served, generation(g)),
+        (Some(g), false) => format!(
+            "{} serves {} and the new files verified so far",
+            report.served,
+            generation(g)
+        ),
+        (None, _) => format!(
+            "{} serves the files verified so far (no generation whole yet)",
+            report.served
+        ),
+    };
+    out.push_str(&format!(
+        "\n{} {}\n{holds}\nHashed {} bytes, copied {} bytes{}.\n",
+        if report.complete {
+            style("Served:").green().bold()
+        } else {
+            style("Pending:").yellow().bold()
+        },
+        if counts.is_empty() {
+            "no files listed".to_string()
+        } else {
+            counts.join(", ")
+        },
+        report.bytes_hashed,
+        report.bytes_copied,
+        match report.temporary_files_removed {
+            0 => String::new(),
+            n => format!("; removed {n} temporary files left by an interrupted run"),
+        }
+    ));
+    out
+}
+
+pub fn human(report: &Report) -> String {
+    let mut out = signature_line(&report.signature);
     for f in &report.files {
         let mark = match f.verdict {
             Verdict::Ok => style("✓").green(),

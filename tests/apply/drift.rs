@@ -21,6 +21,7 @@ on_every_store!(
     github_outputs_summaries_and_groups,
     unapplied_manifest_changes_are_drift,
     newer_records_stop_every_plan_and_corrupt_ones_survive_prune,
+    records_cloud_sync_cannot_carry_are_unsyncable,
 );
 
 fn published(backend: Backend) -> (Lab, Vec<u8>, Vec<u8>) {
@@ -411,4 +412,28 @@ fn newer_records_stop_every_plan_and_corrupt_ones_survive_prune(backend: Backend
     );
     assert_eq!(lab.apply().code, 0);
     assert_eq!(lab.record("test/a.img").unwrap()["schemaVersion"], 1);
+}
+
+/// A record published before such destinations were refused (here: copied under a name that
+/// begins with `~`, which Cloud Sync skips) is reported: the bucket holds it, the NAS never will.
+fn records_cloud_sync_cannot_carry_are_unsyncable(backend: Backend) {
+    let (lab, a, _) = published(backend);
+    let record = lab.store_bytes("metadata/test/a.img.json").unwrap();
+    lab.put("metadata/test/~a.img.json", &record);
+    lab.put("images/test/~a.img", &a);
+    let run = lab.labctl(&["drift", "--json"]);
+    assert_eq!(run.code, 2, "{}", run.output());
+    let found = findings(&run);
+    assert!(
+        found.contains(&("unsyncable".to_string(), "images/test/~a.img".to_string())),
+        "{found:?}"
+    );
+    let human = lab.labctl(&["drift"]);
+    assert!(
+        human
+            .stdout
+            .contains("begins with `~`, which Synology Cloud Sync skips"),
+        "{}",
+        human.output()
+    );
 }

@@ -422,12 +422,14 @@ fn destinations_cloud_sync_would_skip_are_refused() {
         )
     };
     let text = format!(
-        "{HEADER}{}{}{}{}{}",
+        "{HEADER}{}{}{}{}{}{}{}",
         image("fork", "vyos/._gateway.raw"),
         image("reserved", "talos/@eaDir/metal.raw"),
         image("trailing", "harvester/v1.4.0/initrd."),
         image("colon", "talos/v1:9/metal.raw"),
         image("fine", "talos/metal.raw"),
+        image("state", ".labctl/state.json"),
+        image("nested", "talos/.labctl/fine.raw"),
     );
     let run = validate_text(text.as_bytes());
     assert_eq!(run.code, 1, "{}", run.stderr);
@@ -436,9 +438,11 @@ fn destinations_cloud_sync_would_skip_are_refused() {
         "image `reserved`: destination `talos/@eaDir/metal.raw` would never reach the NAS: `@eaDir` is a name Synology reserves",
         "image `trailing`: destination `harvester/v1.4.0/initrd.` would never reach the NAS: `initrd.` ends in a dot or a space",
         "image `colon`: destination `talos/v1:9/metal.raw` would never reach the NAS: `v1:9` contains `:`",
+        "image `state`: destination `.labctl/state.json` is inside the served folder's own `.labctl/`",
     ] {
         assert!(run.stderr.contains(expected), "{expected}\n{}", run.stderr);
     }
-    assert!(run.stderr.contains("4 problems"), "{}", run.stderr);
+    assert!(run.stderr.contains("5 problems"), "{}", run.stderr);
     assert!(!run.stderr.contains("image `fine`"), "{}", run.stderr);
+    assert!(!run.stderr.contains("image `nested`"), "{}", run.stderr);
 }

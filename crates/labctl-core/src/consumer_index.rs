@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checksum::{Algorithm, Checksum};
 use crate::manifest::IMAGES_PREFIX;
+use crate::state::record::CiRun;
 use crate::state::{ActualRecord, ObjectState};
 
 pub const SUMS_NAME: &str = "SHA256SUMS";
@@ -21,8 +22,13 @@ pub const SUMS_KEY: &str = "images/SHA256SUMS";
 pub const SIGNATURE_KEY: &str = "images/SHA256SUMS.minisig";
 pub const JSON_KEY: &str = "images/index.json";
 
-/// Version of the `index.json` format. Additive changes bump the minor version.
-pub const FORMAT_VERSION: &str = "1.0";
+/// Version of the `index.json` format. Additive changes bump the minor version (1.1 added
+/// `ci_run`).
+pub const FORMAT_VERSION: &str = "1.1";
+
+/// The folder `labctl verify --into` keeps for itself at the top of the served folder (state,
+/// lock, temporary and quarantined files): no destination may use it.
+pub const SERVED_STATE_DIR: &str = ".labctl";
 
 /// Index files are read whole; anything larger is not one labctl wrote.
 pub const MAX_INDEX_BYTES: usize = 64 * 1024 * 1024;
@@ -64,6 +70,10 @@ pub struct IndexDocument {
     pub generated_at: String,
     /// The labctl that wrote the index.
     pub labctl_version: String,
+    /// The CI run that published this generation, when apply ran in one: what the NAS's served
+    /// folder reports as the generation it holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_run: Option<CiRun>,
     /// Sorted by path, like `SHA256SUMS`.
     pub images: Vec<IndexEntry>,
 }
@@ -131,11 +141,16 @@ pub fn sha256sums(entries: &[IndexEntry]) -> String {
     out
 }
 
-pub fn document(entries: &[IndexEntry], generated_at: String) -> IndexDocument {
+pub fn document(
+    entries: &[IndexEntry],
+    generated_at: String,
+    ci_run: Option<CiRun>,
+) -> IndexDocument {
     IndexDocument {
         format_version: FORMAT_VERSION.to_string(),
         generated_at,
         labctl_version: env!("CARGO_PKG_VERSION").to_string(),
+        ci_run,
         images: entries.to_vec(),
     }
 }
@@ -254,8 +269,11 @@ pub fn staleness(
         None => reasons.push(format!("{JSON_KEY} is missing")),
         Some(b) => {
             let current = serde_json::from_slice::<IndexDocument>(b).ok();
+            // Any 1.x index describes the objects the same way: a newer minor version alone
+            // is no reason to rewrite (and re-sign) what the NAS already holds.
             let same = current.is_some_and(|d| {
-                d.format_version == FORMAT_VERSION && d.images.as_slice() == entries
+                d.format_version.split('.').next() == FORMAT_VERSION.split('.').next()
+                    && d.images.as_slice() == entries
             });
             if !same {
                 reasons.push(format!("{JSON_KEY} is out of date"));
@@ -421,13 +439,21 @@ mod tests {
         let entries = vec![entry("a.raw", b"a")];
         let fresh = IndexFiles {
             sums: Some(sha256sums(&entries).into_bytes()),
-            json: Some(to_json(&document(&entries, "2026-11-26T00:00:00Z".into()))),
+            json: Some(to_json(&document(
+                &entries,
+                "2026-11-26T00:00:00Z".into(),
+                None,
+            ))),
             signature: None,
         };
         assert!(staleness(&entries, &fresh, None).is_empty());
         // The generation time alone does not make the index out of date.
         let mut later = fresh.clone();
-        later.json = Some(to_json(&document(&entries, "2027-01-01T00:00:00Z".into())));
+        later.json = Some(to_json(&document(
+            &entries,
+            "2027-01-01T00:00:00Z".into(),
+            None,
+        )));
         assert!(staleness(&entries, &later, None).is_empty());
 
         let reasons = staleness(&entries, &IndexFiles::default(), None);

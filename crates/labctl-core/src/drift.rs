@@ -28,6 +28,9 @@ pub enum Kind {
     IndexStale,
     /// An unfinished multipart upload under labctl's prefixes while no apply holds the lock.
     StrandedUpload,
+    /// A managed object whose key Synology Cloud Sync will not carry to the NAS (published
+    /// before such destinations were refused).
+    Unsyncable,
 }
 
 impl Kind {
@@ -45,6 +48,7 @@ impl Kind {
             Kind::SourceUnreachable => "source-unreachable",
             Kind::IndexStale => "index-stale",
             Kind::StrandedUpload => "stranded-upload",
+            Kind::Unsyncable => "unsyncable",
         }
     }
 }
@@ -261,6 +265,32 @@ pub fn stranded_uploads(uploads: &[crate::object::Upload]) -> Vec<Finding> {
 
 /// Objects under `history/` that no record lists as a kept version: left by an interrupted
 /// apply or a failed trim. Nothing reads them; they only cost storage.
+/// Records whose object key Cloud Sync would skip or rename: the bucket holds the bytes, the
+/// NAS never will.
+pub fn unsyncable(actual: &ActualState) -> Vec<Finding> {
+    actual
+        .records
+        .values()
+        .filter_map(|r| {
+            let path = r.object_key.strip_prefix(crate::manifest::IMAGES_PREFIX)?;
+            let broken = crate::manifest::cloud_sync::check(path)?;
+            Some(Finding {
+                kind: Kind::Unsyncable,
+                image: r
+                    .record
+                    .as_ref()
+                    .ok()
+                    .and_then(|rec| rec.name())
+                    .map(str::to_string),
+                key: r.object_key.clone(),
+                detail: format!(
+                    "{broken}: the object is in the bucket but never reaches the NAS; move it to a destination Cloud Sync carries"
+                ),
+            })
+        })
+        .collect()
+}
+
 pub fn unlisted_history(actual: &ActualState, history: &[ObjectMeta]) -> Vec<Finding> {
     let listed: BTreeSet<&str> = actual
         .records

@@ -5,6 +5,7 @@
 pub mod local_file;
 pub mod pipeline;
 pub mod progress;
+pub mod serve;
 pub mod source;
 pub mod template_hash;
 pub mod verify;

@@ -176,7 +176,7 @@ pub struct Options {
 }
 
 /// Reads at most `limit` bytes of `path`; `None` when it does not exist.
-fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, VerifyError> {
+pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, VerifyError> {
     let display = path.display().to_string();
     match local_file::read(path, limit, Symlinks::Follow) {
         Ok(bytes) => Ok(Some(bytes)),
@@ -196,7 +196,7 @@ fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, VerifyError> 
     }
 }
 
-fn check_signature(
+pub(crate) fn check_signature(
     dir: &Path,
     sums: &[u8],
     public_key: &str,
@@ -556,7 +556,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::Resul
         let name = name.to_string_lossy();
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            if IGNORED_DIRS.contains(&name.as_ref()) {
+            // The served folder's own state, when verify checks a folder `--into` fills.
+            let served_state = dir == root && name == consumer_index::SERVED_STATE_DIR;
+            if IGNORED_DIRS.contains(&name.as_ref()) || served_state {
                 continue;
             }
             walk(root, &entry.path(), out)?;
@@ -604,7 +606,7 @@ mod tests {
         if with_json {
             std::fs::write(
                 dir.join(JSON_NAME),
-                to_json(&document(&entries, "2026-11-26T00:00:00Z".into())),
+                to_json(&document(&entries, "2026-11-26T00:00:00Z".into(), None)),
             )
             .unwrap();
         }

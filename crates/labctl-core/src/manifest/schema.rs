@@ -880,6 +880,15 @@ impl Reader<'_> {
             );
             return None;
         }
+        if value.split('/').next() == Some(crate::consumer_index::SERVED_STATE_DIR) {
+            self.error_hint(
+                loc,
+                image,
+                format!("destination `{value}` is inside the served folder's own `.labctl/`"),
+                "labctl verify --into keeps its state, lock and temporary files there on the NAS; pick another key",
+            );
+            return None;
+        }
         match check_relative_key(&value) {
             Ok(()) => match super::cloud_sync::check(&value) {
                 None => Some(value),

@@ -949,6 +949,7 @@ fn index_of(actual: &ActualState, signer: Option<&crate::signing::IndexSigner>) 
         json: Some(consumer_index::to_json(&consumer_index::document(
             &entries,
             "2026-11-26T00:00:00Z".into(),
+            None,
         ))),
     }
 }

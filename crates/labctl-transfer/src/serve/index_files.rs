@@ -1,0 +1,182 @@
+//! The served folder's own `SHA256SUMS`, `.minisig` and `index.json`, which always describe what
+//! it holds: built from labctl's state while a generation is still arriving, the synced files
+//! byte for byte once it is whole. Files no longer listed leave only after that.
+
+use std::path::Path;
+
+use super::state::{Generation, KnownHash};
+use super::{place, Announced, FileReport, Run, ServeError, Status, STATE_DIR};
+use labctl_core::consumer_index::{
+    self, IndexDocument, IndexEntry, JSON_NAME, MAX_INDEX_BYTES, SIGNATURE_NAME, SUMS_NAME,
+};
+
+impl Run<'_> {
+    /// Writes the served index, removes what the whole generation no longer lists, and saves
+    /// the state (with only the hashes of files this run looked at).
+    pub(super) fn finish(
+        &mut self,
+        announced: &Announced,
+        rows: &mut [FileReport],
+        whole: bool,
+    ) -> Result<(), ServeError> {
+        if whole {
+            self.write_whole_index(announced)?;
+            for r in rows.iter_mut().filter(|r| r.status == Status::Retained) {
+                self.remove(r);
+            }
+            self.state.generation = Some(Generation {
+                sums_sha256: announced.generation().sums_sha256,
+                generated_at: announced.json.as_ref().map(|(_, d)| d.generated_at.clone()),
+                ci_run: announced.json.as_ref().and_then(|(_, d)| d.ci_run.clone()),
+                trusted_comment: announced.signature.trusted_comment.clone(),
+                files: announced.listed.len(),
+            });
+        } else {
+            self.write_interim_index()?;
+        }
+        self.state.hashes = self
+            .cache
+            .iter()
+            .filter(|(id, _)| self.seen.contains(id))
+            .map(|(identity, sha256)| KnownHash {
+                identity: *identity,
+                sha256: sha256.clone(),
+            })
+            .collect();
+        self.save_state()
+    }
+
+    /// The synced `SHA256SUMS` and signature byte for byte; `index.json` too when it agrees
+    /// with them, else one built from what was verified.
+    fn write_whole_index(&self, announced: &Announced) -> Result<(), ServeError> {
+        let signature = if announced.signature.verified {
+            announced.signature_bytes.as_deref()
+        } else {
+            None
+        };
+        self.write_sums(&announced.sums, signature)?;
+        match &announced.json {
+            Some((bytes, _)) => self.write_if_changed(JSON_NAME, bytes),
+            None => self.write_built_json(),
+        }
+    }
+
+    /// A list of exactly the files labctl serves now, unsigned (the signature signs another
+    /// list); `index.json` to match.
+    fn write_interim_index(&self) -> Result<(), ServeError> {
+        let sums = consumer_index::sha256sums(&self.entries());
+        let current = self.read_served(SUMS_NAME);
+        if current.as_deref() != Some(sums.as_bytes()) {
+            self.write_sums(sums.as_bytes(), None)?;
+        }
+        self.write_built_json()
+    }
+
+    /// `SHA256SUMS`, and the signature that goes with it (or none). A stale signature goes
+    /// first: a moment without one is better than one that does not match.
+    fn write_sums(&self, sums: &[u8], signature: Option<&[u8]>) -> Result<(), ServeError> {
+        let changed = self.read_served(SUMS_NAME).as_deref() != Some(sums);
+        let signature_path = self.folders.served.join(SIGNATURE_NAME);
+        if changed || signature.is_none() {
+            match std::fs::remove_file(&signature_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ServeError::Index {
+                        path: signature_path.display().to_string(),
+                        source: e,
+                    })
+                }
+                _ => {}
+            }
+        }
+        self.write_if_changed(SUMS_NAME, sums)?;
+        if let Some(sig) = signature {
+            self.write_if_changed(SIGNATURE_NAME, sig)?;
+        }
+        Ok(())
+    }
+
+    fn write_built_json(&self) -> Result<(), ServeError> {
+        let entries = self.entries();
+        let current = self
+            .read_served(JSON_NAME)
+            .and_then(|b| serde_json::from_slice::<IndexDocument>(&b).ok());
+        // Rewritten only when what it lists changes: a run that changes nothing writes nothing.
+        if current.is_some_and(|d| d.images == entries) {
+            return Ok(());
+        }
+        let doc = consumer_index::document(&entries, labctl_core::timefmt::now_rfc3339(), None);
+        self.write_if_changed(JSON_NAME, &consumer_index::to_json(&doc))
+    }
+
+    /// What the served `index.json` lists: every file labctl serves, by path.
+    fn entries(&self) -> Vec<IndexEntry> {
+        // The state is a BTreeMap: already in path order, as SHA256SUMS is.
+        self.state
+            .files
+            .values()
+            .map(|p| {
+                let mut e = p.entry.clone();
+                e.size = p.size;
+                e
+            })
+            .collect()
+    }
+
+    fn read_served(&self, name: &str) -> Option<Vec<u8>> {
+        crate::verify::read_capped(&self.folders.served.join(name), MAX_INDEX_BYTES as u64)
+            .ok()
+            .flatten()
+    }
+
+    fn write_if_changed(&self, name: &str, body: &[u8]) -> Result<(), ServeError> {
+        if self.read_served(name).as_deref() == Some(body) {
+            return Ok(());
+        }
+        let path = self.folders.served.join(name);
+        place::write_atomically(&self.folders.tmp, &path, body).map_err(|source| {
+            if place::is_no_space(&source) {
+                ServeError::NoSpace {
+                    path: name.to_string(),
+                    source,
+                }
+            } else {
+                ServeError::Index {
+                    path: path.display().to_string(),
+                    source,
+                }
+            }
+        })
+    }
+
+    /// Removes a file the whole generation no longer lists, and folders it leaves empty.
+    fn remove(&mut self, r: &mut FileReport) {
+        let path = self.folders.served_path(&r.path);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                r.status = Status::Removed;
+                r.detail = "no longer listed; removed once the new generation was whole".into();
+                r.served_sha256 = None;
+                self.state.files.remove(&r.path);
+                remove_empty_parents(&self.folders.served, &path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                r.status = Status::Removed;
+                self.state.files.remove(&r.path);
+            }
+            Err(e) => {
+                r.status = Status::Failed;
+                r.detail = format!("no longer listed, but cannot be removed: {e}");
+            }
+        }
+    }
+}
+
+fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d == root || d.ends_with(STATE_DIR) || std::fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}

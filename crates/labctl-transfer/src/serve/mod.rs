@@ -1,0 +1,775 @@
+//! `labctl verify SYNCED --into SERVED`: the folder machines boot from, holding only verified
+//! bytes. The synced folder (Cloud Sync's copy of `images/`) may be mid-sync, mixed between
+//! generations, truncated or altered; the served folder converges on its signed `SHA256SUMS`
+//! one verified file at a time, and is whole and consistent at every instant in between.
+//!
+//! What it guarantees:
+//! - a file enters the served folder only as a complete file whose sha256 is the listed one
+//!   (see [`place`]); until then, the previous verified version stays served;
+//! - the served `SHA256SUMS` and `index.json` describe what the served folder holds; once every
+//!   listed file is in place they are the synced ones, byte for byte, with the signature;
+//! - files no longer listed leave only once the new generation is whole, and only files labctl
+//!   placed (its state, `.labctl/state.json`, names them);
+//! - one run at a time ([`lock`]); a run killed anywhere leaves only temporary files in
+//!   `.labctl/tmp`, which the next run removes.
+
+mod assess;
+mod converge;
+pub mod identity;
+mod index_files;
+mod lock;
+pub mod place;
+mod state;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::verify::{self, SignatureStatus, VerifyError};
+use assess::{HashCache, ServedSide, SyncedSide};
+use identity::Identity;
+use labctl_core::consumer_index::{
+    self, IndexDocument, IndexEntry, SumsLine, JSON_NAME, MAX_INDEX_BYTES, SIGNATURE_NAME,
+    SUMS_NAME,
+};
+pub use lock::LockError;
+pub use place::Method;
+pub use state::Generation;
+use state::{Placed, ServedState, StateError};
+
+/// Version of the `labctl verify --into --json` report. Additive changes bump the minor version.
+pub const FORMAT_VERSION: &str = "1.0";
+/// labctl's own folder inside the served folder: state, lock, temporary and quarantined files.
+pub const STATE_DIR: &str = consumer_index::SERVED_STATE_DIR;
+
+pub struct Options {
+    pub synced: PathBuf,
+    pub served: PathBuf,
+    /// With a key, `SYNCED/SHA256SUMS.minisig` must verify or nothing is placed.
+    pub public_key: Option<String>,
+    /// Rehash every served file, whatever the identity cache says.
+    pub deep: bool,
+    /// Served files checked at once.
+    pub jobs: usize,
+    /// How long to wait for another run that holds the served folder's lock.
+    pub wait: Duration,
+}
+
+/// What happened to one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Served with the listed bytes already.
+    Current,
+    /// Newly served.
+    Placed,
+    /// Served in place of an earlier generation's file.
+    Replaced,
+    /// The served copy had been altered; verified bytes were put back.
+    Repaired,
+    /// The synced copy does not verify yet; the previous verified version (if any) stays served.
+    Pending,
+    /// A file labctl did not place holds other bytes at the path: left alone.
+    Conflict,
+    /// Not listed any more; kept until the new generation is whole.
+    Retained,
+    /// Not listed any more, and removed once the new generation was whole.
+    Removed,
+    /// The served copy was altered and no verified bytes could replace it: moved out of the
+    /// served folder rather than served wrong.
+    Quarantined,
+    /// Could not be placed (an I/O error other than a full disk).
+    Failed,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Current => "current",
+            Status::Placed => "placed",
+            Status::Replaced => "replaced",
+            Status::Repaired => "repaired",
+            Status::Pending => "pending",
+            Status::Conflict => "conflict",
+            Status::Retained => "retained",
+            Status::Removed => "removed",
+            Status::Quarantined => "quarantined",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Serving the listed bytes.
+    fn serves_listed(self) -> bool {
+        matches!(
+            self,
+            Status::Current | Status::Placed | Status::Replaced | Status::Repaired
+        )
+    }
+
+    /// Needs attention (exit 2), or could not be done (exit 1).
+    pub fn is_problem(self) -> bool {
+        matches!(
+            self,
+            Status::Pending | Status::Conflict | Status::Quarantined | Status::Failed
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileReport {
+    /// Relative to both folders, `/`-separated.
+    pub path: String,
+    pub status: Status,
+    /// The listed sha256 (absent for paths no longer listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// What the served folder holds at the path after the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    pub detail: String,
+}
+
+/// The generation the synced folder announces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedGeneration {
+    pub sums_sha256: String,
+    pub files: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ci_run: Option<labctl_core::state::record::CiRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub format_version: String,
+    pub labctl_version: String,
+    pub synced: String,
+    pub served: String,
+    pub signature: SignatureStatus,
+    /// The served folder holds exactly the synced generation.
+    pub complete: bool,
+    /// The last generation the served folder held whole (this run's, when `complete`).
+    pub served_generation: Option<Generation>,
+    pub synced_generation: SyncedGeneration,
+    pub bytes_hashed: u64,
+    pub bytes_copied: u64,
+    pub temporary_files_removed: usize,
+    pub summary: BTreeMap<String, usize>,
+    /// Listed paths in `SHA256SUMS` order, then paths no longer listed.
+    pub files: Vec<FileReport>,
+}
+
+impl Report {
+    pub fn problems(&self) -> usize {
+        self.files.iter().filter(|f| f.status.is_problem()).count()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.files.iter().any(|f| f.status == Status::Failed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Synced(#[from] VerifyError),
+    #[error("`{synced}` and `{served}` overlap: the served folder must be a folder of its own, outside the synced one")]
+    Overlap { synced: String, served: String },
+    #[error("cannot prepare the served folder `{path}`")]
+    Prepare {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("the served folder's filesystem has {available} bytes free; placing the new files needs {needed}: nothing was placed")]
+    DiskFull { needed: u64, available: u64 },
+    #[error("the served folder's filesystem filled up while placing `{path}`; it still serves what it served before that file")]
+    NoSpace {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the served index file `{path}`")]
+    Index {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServeError {
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ServeError::Synced(e) => e.hint(),
+            ServeError::Lock(LockError::Busy { .. }) => Some(
+                "a run that is still hashing or copying holds it; pass --wait 30m to queue behind it, or schedule runs further apart",
+            ),
+            ServeError::State(StateError::Corrupt { .. }) => Some(
+                "delete the state file: the next run hashes the served files again and keeps those that hold listed bytes",
+            ),
+            ServeError::State(StateError::Newer { .. }) => Some("upgrade labctl on the NAS"),
+            ServeError::DiskFull { .. } | ServeError::NoSpace { .. } => Some(
+                "free space on the served folder's volume (or put it on a larger one) and run again",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// Progress: `done` of `total` steps of `phase`.
+pub type Progress<'a> = &'a (dyn Fn(&str, usize, usize) + Sync);
+
+/// The folders of one run.
+struct Folders {
+    synced: PathBuf,
+    served: PathBuf,
+    state: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Folders {
+    fn prepare(options: &Options) -> Result<Folders, ServeError> {
+        let prepare = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ServeError::Prepare {
+                path: path.display().to_string(),
+                source,
+            }
+        };
+        if !options.synced.is_dir() {
+            return Err(VerifyError::NotADirectory(options.synced.display().to_string()).into());
+        }
+        let synced = options
+            .synced
+            .canonicalize()
+            .map_err(prepare(&options.synced))?;
+        std::fs::create_dir_all(&options.served).map_err(prepare(&options.served))?;
+        let served = options
+            .served
+            .canonicalize()
+            .map_err(prepare(&options.served))?;
+        if synced.starts_with(&served) || served.starts_with(&synced) {
+            return Err(ServeError::Overlap {
+                synced: synced.display().to_string(),
+                served: served.display().to_string(),
+            });
+        }
+        let state = served.join(STATE_DIR);
+        let tmp = state.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(prepare(&tmp))?;
+        Ok(Folders {
+            synced,
+            served,
+            state,
+            tmp,
+        })
+    }
+
+    fn served_path(&self, rel: &str) -> PathBuf {
+        self.served.join(rel)
+    }
+}
+
+/// The synced folder's announced generation.
+struct Announced {
+    sums: Vec<u8>,
+    signature: SignatureStatus,
+    signature_bytes: Option<Vec<u8>>,
+    listed: Vec<SumsLine>,
+    /// `index.json`'s entries that agree with `SHA256SUMS`.
+    entries: BTreeMap<String, IndexEntry>,
+    /// `index.json` as synced, when it agrees with `SHA256SUMS` entirely.
+    json: Option<(Vec<u8>, IndexDocument)>,
+}
+
+impl Announced {
+    fn read(folders: &Folders, public_key: Option<&str>) -> Result<Announced, ServeError> {
+        let dir = &folders.synced;
+        let sums_path = dir.join(SUMS_NAME);
+        let sums = verify::read_capped(&sums_path, MAX_INDEX_BYTES as u64)?.ok_or_else(|| {
+            VerifyError::NoSums {
+                path: sums_path.display().to_string(),
+            }
+        })?;
+        let (signature, signature_bytes) = match public_key {
+            Some(key) => {
+                let status = verify::check_signature(dir, &sums, key)?;
+                let bytes = verify::read_capped(&dir.join(SIGNATURE_NAME), 64 * 1024)?;
+                (status, bytes)
+            }
+            None => (
+                SignatureStatus {
+                    verified: false,
+                    key_id: None,
+                    trusted_comment: None,
+                },
+                None,
+            ),
+        };
+        let listed =
+            consumer_index::parse_sha256sums(&sums).map_err(|source| VerifyError::BadSums {
+                path: sums_path.display().to_string(),
+                source,
+            })?;
+        // index.json is not signed, and may belong to another generation than SHA256SUMS
+        // while a sync runs: only what agrees with the signed list is used.
+        let doc = verify::read_capped(&dir.join(JSON_NAME), MAX_INDEX_BYTES as u64)
+            .ok()
+            .flatten()
+            .and_then(|bytes| {
+                serde_json::from_slice::<IndexDocument>(&bytes)
+                    .ok()
+                    .map(|d| (bytes, d))
+            });
+        let wanted: BTreeMap<&str, &str> = listed
+            .iter()
+            .map(|l| (l.path.as_str(), l.sha256.hex()))
+            .collect();
+        let entries: BTreeMap<String, IndexEntry> = doc
+            .iter()
+            .flat_map(|(_, d)| d.images.iter())
+            .filter(|e| wanted.get(e.path.as_str()) == Some(&e.sha256.as_str()))
+            .map(|e| (e.path.clone(), e.clone()))
+            .collect();
+        let json =
+            doc.filter(|(_, d)| d.images.len() == wanted.len() && entries.len() == wanted.len());
+        Ok(Announced {
+            sums,
+            signature,
+            signature_bytes,
+            listed,
+            entries,
+            json,
+        })
+    }
+
+    fn generation(&self) -> SyncedGeneration {
+        SyncedGeneration {
+            sums_sha256: labctl_core::checksum::Checksum::sha256(&self.sums)
+                .hex()
+                .to_string(),
+            files: self.listed.len(),
+            generated_at: self.json.as_ref().map(|(_, d)| d.generated_at.clone()),
+            ci_run: self.json.as_ref().and_then(|(_, d)| d.ci_run.clone()),
+        }
+    }
+
+    /// What the served `index.json` says about a listed file.
+    fn entry(&self, line: &SumsLine, size: u64) -> IndexEntry {
+        self.entries
+            .get(&line.path)
+            .cloned()
+            .unwrap_or_else(|| IndexEntry {
+                name: line.path.clone(),
+                path: line.path.clone(),
+                size,
+                sha256: line.sha256.hex().to_string(),
+                checksum: line.sha256.clone(),
+                source_url: None,
+                uploaded_at: None,
+                labctl_version: None,
+            })
+    }
+}
+
+/// One run's bookkeeping.
+struct Run<'a> {
+    folders: Folders,
+    options: &'a Options,
+    state: ServedState,
+    cache: HashCache,
+    /// Identities looked at this run: the cache keeps only these.
+    seen: BTreeSet<Identity>,
+    bytes_hashed: u64,
+    bytes_copied: u64,
+}
+
+/// A listed file to copy from the synced folder.
+struct Copy {
+    row: usize,
+    line: SumsLine,
+    size: u64,
+    /// What the served folder holds at the path now.
+    before: ServedSide,
+}
+
+pub fn run(options: &Options, progress: Progress) -> Result<Report, ServeError> {
+    let folders = Folders::prepare(options)?;
+    let _lock =
+        lock::ServedLock::acquire(&lock::path(&folders.state), &folders.served, options.wait)?;
+    let temporary_files_removed = clear(&folders.tmp).map_err(|source| ServeError::Prepare {
+        path: folders.tmp.display().to_string(),
+        source,
+    })?;
+    let state = ServedState::load(&folders.state)?;
+    // Nothing is placed unless the signature verified (when a key is given).
+    let announced = Announced::read(&folders, options.public_key.as_deref())?;
+    let cache: HashCache = state
+        .hashes
+        .iter()
+        .map(|h| (h.identity, h.sha256.clone()))
+        .collect();
+    let mut run = Run {
+        folders,
+        options,
+        state,
+        cache,
+        seen: BTreeSet::new(),
+        bytes_hashed: 0,
+        bytes_copied: 0,
+    };
+    let (mut rows, copies) = run.assess(&announced, progress);
+    let placed = run.place_all(&announced, copies, &mut rows, progress);
+    let whole = placed.is_ok()
+        && announced
+            .listed
+            .iter()
+            .enumerate()
+            .all(|(i, _)| rows[i].status.serves_listed());
+    let finished = run.finish(&announced, &mut rows, whole);
+    placed?;
+    finished?;
+    let mut summary = BTreeMap::new();
+    for r in &rows {
+        *summary.entry(r.status.name().to_string()).or_insert(0) += 1;
+    }
+    Ok(Report {
+        format_version: FORMAT_VERSION.into(),
+        labctl_version: env!("CARGO_PKG_VERSION").into(),
+        synced: run.folders.synced.display().to_string(),
+        served: run.folders.served.display().to_string(),
+        signature: announced.signature.clone(),
+        complete: whole && !rows.iter().any(|r| r.status.is_problem()),
+        served_generation: run.state.generation.clone(),
+        synced_generation: announced.generation(),
+        bytes_hashed: run.bytes_hashed,
+        bytes_copied: run.bytes_copied,
+        temporary_files_removed,
+        summary,
+        files: rows,
+    })
+}
+
+/// Removes what killed runs left in the temporary folder (the lock is held: nothing in it is
+/// in use).
+fn clear(tmp: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(tmp)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+fn row(path: &str, status: Status) -> FileReport {
+    FileReport {
+        path: path.to_string(),
+        status,
+        sha256: None,
+        served_sha256: None,
+        size: None,
+        method: None,
+        detail: String::new(),
+    }
+}
+
+/// Paths the served folder keeps for itself, or that would overwrite its index.
+fn reserved(path: &str) -> bool {
+    consumer_index::is_index_file(path)
+        || path == STATE_DIR
+        || path.starts_with(&format!("{STATE_DIR}/"))
+}
+
+impl Run<'_> {
+    fn learn(&mut self, look: &assess::ServedLook) {
+        self.bytes_hashed += look.bytes_hashed;
+        if let Some((identity, sha)) = &look.learned {
+            self.cache.insert(*identity, sha.clone());
+        }
+        if let ServedSide::Ours { identity, .. }
+        | ServedSide::Altered {
+            identity: Some(identity),
+            ..
+        }
+        | ServedSide::Foreign {
+            identity: Some(identity),
+            ..
+        } = &look.side
+        {
+            self.seen.insert(*identity);
+        }
+    }
+
+    /// Looks at every listed path and every path labctl placed before, hashing on
+    /// `options.jobs` threads only what the cache cannot vouch for. Returns the rows (listed
+    /// paths first) and the files to copy.
+    fn assess(
+        &mut self,
+        announced: &Announced,
+        progress: Progress,
+    ) -> (Vec<FileReport>, Vec<Copy>) {
+        let listed: BTreeSet<&str> = announced.listed.iter().map(|l| l.path.as_str()).collect();
+        let mut paths: Vec<String> = announced.listed.iter().map(|l| l.path.clone()).collect();
+        let unlisted: Vec<String> = self
+            .state
+            .files
+            .keys()
+            .filter(|p| !listed.contains(p.as_str()))
+            .cloned()
+            .collect();
+        paths.extend(unlisted);
+        let looks = self.look_at_served(&paths, progress);
+        let mut rows = Vec::new();
+        let mut copies = Vec::new();
+        for (i, (path, look)) in paths.iter().zip(looks).enumerate() {
+            self.learn(&look);
+            match announced.listed.get(i) {
+                Some(line) => {
+                    let (r, copy) = self.judge_listed(announced, line, look.side);
+                    if let Some(mut c) = copy {
+                        c.row = rows.len();
+                        copies.push(c);
+                    }
+                    rows.push(r);
+                }
+                None => rows.push(self.judge_unlisted(path, look.side)),
+            }
+        }
+        (rows, copies)
+    }
+
+    fn look_at_served(&self, paths: &[String], progress: Progress) -> Vec<assess::ServedLook> {
+        let next = AtomicUsize::new(0);
+        let done = AtomicUsize::new(0);
+        let looks: Mutex<Vec<Option<assess::ServedLook>>> = Mutex::new(vec![None; paths.len()]);
+        std::thread::scope(|scope| {
+            for _ in 0..self.options.jobs.clamp(1, paths.len().max(1)) {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(path) = paths.get(i) else { break };
+                    let look = if reserved(path) {
+                        assess::ServedLook {
+                            side: ServedSide::Absent,
+                            learned: None,
+                            bytes_hashed: 0,
+                        }
+                    } else {
+                        assess::served(
+                            &self.folders.served_path(path),
+                            self.state.files.get(path.as_str()),
+                            &self.cache,
+                            self.options.deep,
+                        )
+                    };
+                    looks.lock().unwrap()[i] = Some(look);
+                    progress(
+                        "Checking served files",
+                        done.fetch_add(1, Ordering::Relaxed) + 1,
+                        paths.len(),
+                    );
+                });
+            }
+        });
+        looks
+            .into_inner()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.expect("every path is looked at"))
+            .collect()
+    }
+
+    /// A listed path: current, to copy, or why not.
+    fn judge_listed(
+        &mut self,
+        announced: &Announced,
+        line: &SumsLine,
+        side: ServedSide,
+    ) -> (FileReport, Option<Copy>) {
+        let want = line.sha256.hex();
+        let mut r = row(&line.path, Status::Current);
+        r.sha256 = Some(want.to_string());
+        if reserved(&line.path) {
+            r.status = Status::Conflict;
+            r.detail = format!(
+                "the path is reserved for the served folder's own files ({STATE_DIR}/, the index)"
+            );
+            return (r, None);
+        }
+        match &side {
+            ServedSide::Ours {
+                sha256,
+                size,
+                identity,
+            } if sha256 == want => {
+                r.served_sha256 = Some(want.to_string());
+                r.size = Some(*size);
+                self.own(announced, line, *size, *identity);
+                return (r, None);
+            }
+            ServedSide::Altered {
+                sha256: Some(sha256),
+                identity: Some(identity),
+            }
+            | ServedSide::Foreign {
+                sha256: Some(sha256),
+                identity: Some(identity),
+            } if sha256 == want => {
+                // Already the listed bytes (a killed run's rename, or a copy made by hand).
+                let size = identity.size;
+                r.served_sha256 = Some(want.to_string());
+                r.size = Some(size);
+                r.detail = "already held the listed bytes: now labctl's".into();
+                self.own(announced, line, size, *identity);
+                return (r, None);
+            }
+            ServedSide::Foreign { sha256, .. } => {
+                r.status = Status::Conflict;
+                r.served_sha256 = sha256.clone();
+                r.detail = "a file labctl did not place holds other bytes here: move it away and run again".into();
+                return (r, None);
+            }
+            _ => {}
+        }
+        let expected_size = announced.entries.get(&line.path).map(|e| e.size);
+        let (synced, identity) = assess::synced(
+            &self.folders.synced.join(&line.path),
+            expected_size,
+            want,
+            &self.cache,
+        );
+        self.seen.extend(identity);
+        match synced {
+            SyncedSide::Candidate { size } => (
+                r,
+                Some(Copy {
+                    row: 0,
+                    line: line.clone(),
+                    size,
+                    before: side,
+                }),
+            ),
+            SyncedSide::NotYet { detail } => {
+                let r = self.not_placed(r, &side, detail);
+                (r, None)
+            }
+        }
+    }
+
+    /// A listed file that could not be placed this run: the previous version stays served,
+    /// unless it was altered (then it is quarantined, not served wrong).
+    fn not_placed(&mut self, mut r: FileReport, side: &ServedSide, detail: String) -> FileReport {
+        r.status = Status::Pending;
+        match side {
+            ServedSide::Ours { sha256, size, .. } => {
+                r.served_sha256 = Some(sha256.clone());
+                r.size = Some(*size);
+                r.detail = format!("{detail}; the previous verified version stays served");
+            }
+            ServedSide::Altered { .. } => {
+                let path = r.path.clone();
+                return self.quarantine(r, &path, &detail);
+            }
+            _ => r.detail = detail,
+        }
+        r
+    }
+
+    /// Moves an altered served file into `.labctl/quarantine/` and forgets it.
+    fn quarantine(&mut self, mut r: FileReport, path: &str, why: &str) -> FileReport {
+        let stamp = labctl_core::timefmt::now_rfc3339().replace(':', "");
+        let dest = self
+            .folders
+            .state
+            .join("quarantine")
+            .join(&stamp)
+            .join(path);
+        let moved = dest
+            .parent()
+            .map(std::fs::create_dir_all)
+            .unwrap_or(Ok(()))
+            .and_then(|()| std::fs::rename(self.folders.served_path(path), &dest));
+        self.state.files.remove(path);
+        match moved {
+            Ok(()) => {
+                r.status = Status::Quarantined;
+                r.served_sha256 = None;
+                r.detail = format!(
+                    "the served copy was altered and no verified bytes replace it ({why}): moved to {}",
+                    dest.display()
+                );
+            }
+            Err(e) => {
+                r.status = Status::Failed;
+                r.detail =
+                    format!("the served copy was altered ({why}) and cannot be moved away: {e}");
+            }
+        }
+        r
+    }
+
+    /// A path labctl placed that is no longer listed.
+    fn judge_unlisted(&mut self, path: &str, side: ServedSide) -> FileReport {
+        let mut r = row(path, Status::Retained);
+        match side {
+            ServedSide::Ours {
+                sha256,
+                size,
+                identity,
+            } => {
+                r.served_sha256 = Some(sha256.clone());
+                r.size = Some(size);
+                r.detail = "no longer listed; served until the new generation is whole".into();
+                if let Some(p) = self.state.files.get_mut(path) {
+                    p.identity = Some(identity);
+                    p.size = size;
+                    if let Some(placing) = p.placing.take().filter(|n| n.sha256 == sha256) {
+                        p.sha256 = placing.sha256;
+                        p.entry = placing.entry;
+                    }
+                }
+                r
+            }
+            ServedSide::Absent => {
+                self.state.files.remove(path);
+                r.status = Status::Removed;
+                r.detail = "no longer listed, and already gone".into();
+                r
+            }
+            ServedSide::Altered { .. } | ServedSide::Foreign { .. } => {
+                self.quarantine(r, path, "no longer listed")
+            }
+        }
+    }
+
+    /// Records `line.path` as labctl's, holding the listed bytes.
+    fn own(&mut self, announced: &Announced, line: &SumsLine, size: u64, identity: Identity) {
+        self.state.files.insert(
+            line.path.clone(),
+            Placed {
+                sha256: line.sha256.hex().to_string(),
+                size,
+                identity: Some(identity),
+                placing: None,
+                entry: announced.entry(line, size),
+            },
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Putting bytes into the served folder so that a reader only ever sees a whole, verified file:
+//! a temporary file inside `SERVED/.labctl/tmp` (the same filesystem as every served path, so
+//! the rename is atomic), filled by a reflink where the filesystem has one or a copy otherwise,
+//! hashed as it is written, fsynced, and renamed over the served name.
+//!
+//! Never a hard link: a sync client that rewrites a synced file in place would carry its
+//! half-written bytes through a shared inode into the folder machines boot from.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::hash::Hasher;
+use labctl_core::checksum::{Algorithm, Checksum};
+
+const BUFFER: usize = 256 * 1024;
+
+/// A file in the temporary folder, removed when dropped unless it was renamed into place: every
+/// error path of a run cleans up after itself; a killed run leaves it for the next one.
+#[derive(Debug)]
+pub struct TempFile {
+    path: PathBuf,
+    file: File,
+    placed: bool,
+}
+
+impl TempFile {
+    pub fn new(tmp_dir: &Path) -> std::io::Result<TempFile> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let path = tmp_dir.join(format!(
+                "{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            match File::options().write(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    return Ok(TempFile {
+                        path,
+                        file,
+                        placed: false,
+                    })
+                }
+                // Left by an earlier process with the same pid that was killed: pick another.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Makes the bytes durable and renames them to `dest`, whose folder is created as needed;
+    /// the folder's entry is made durable too.
+    pub fn place(mut self, dest: &Path) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        let parent = dest.parent().expect("a served path has a folder");
+        std::fs::create_dir_all(parent)?;
+        std::fs::rename(&self.path, dest)?;
+        self.placed = true;
+        sync_dir(parent)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.placed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// How the bytes got into the temporary file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// A copy-on-write clone (Btrfs, XFS): instant, and later writes to the source do not
+    /// reach it.
+    Reflink,
+    Copy,
+}
+
+#[derive(Debug)]
+pub struct Copied {
+    /// Of the bytes now in the temporary file.
+    pub sha256: Checksum,
+    pub size: u64,
+    pub method: Method,
+}
+
+/// Fills `temp` from `source` and hashes what it holds. The hash is of the temporary file's
+/// bytes (read back from the clone, or hashed as they are written), so what is verified is what
+/// will be served, whatever happens to the source meanwhile.
+pub fn fill(source: &Path, temp: &mut TempFile) -> std::io::Result<Copied> {
+    let mut src = File::open(source)?;
+    let mut buf = vec![0u8; BUFFER];
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut size = 0u64;
+    if reflink(&src, &temp.file) {
+        let mut clone = File::open(&temp.path)?;
+        loop {
+            let n = read_some(&mut clone, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        return Ok(Copied {
+            sha256: hasher.finish(),
+            size,
+            method: Method::Reflink,
+        });
+    }
+    loop {
+        let n = read_some(&mut src, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        temp.file.write_all(&buf[..n])?;
+        size += n as u64;
+    }
+    Ok(Copied {
+        sha256: hasher.finish(),
+        size,
+        method: Method::Copy,
+    })
+}
+
+fn read_some(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Whether `temp` could be made a reflink of `source` (then it holds its bytes).
+pub fn try_reflink(source: &Path, temp: &mut TempFile) -> bool {
+    File::open(source).is_ok_and(|src| reflink(&src, &temp.file))
+}
+
+/// `FICLONE`: the whole file shared copy-on-write. Any failure (another filesystem, one
+/// without reflinks, a kernel without the call) means "copy instead".
+#[cfg(target_os = "linux")]
+fn reflink(src: &File, dst: &File) -> bool {
+    // SAFETY: both descriptors are open files owned by the caller for the whole call; FICLONE
+    // takes the source descriptor as its argument and shares no memory.
+    unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reflink(_: &File, _: &File) -> bool {
+    false
+}
+
+/// The sha256 of a file, streamed through a fixed buffer.
+pub fn hash_file(path: &Path) -> std::io::Result<(Checksum, u64)> {
+    let mut file = File::open(path)?;
+    let mut buf = vec![0u8; BUFFER];
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut size = 0u64;
+    loop {
+        let n = read_some(&mut file, &mut buf)?;
+        if n == 0 {
+            return Ok((hasher.finish(), size));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
+/// Replaces `dest` with `body` whole: a reader sees the old content or the new, never a mix.
+pub fn write_atomically(tmp_dir: &Path, dest: &Path, body: &[u8]) -> std::io::Result<()> {
+    let mut temp = TempFile::new(tmp_dir)?;
+    temp.file.write_all(body)?;
+    temp.place(dest)
+}
+
+/// Bytes the filesystem holding `dir` has free for an unprivileged writer.
+pub fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `stat` a buffer of the type statvfs fills.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Whether an I/O error means the filesystem is full.
+pub fn is_no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_filled_file_is_hashed_and_placed_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let tmp = d.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let src = d.path().join("src");
+        let body: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&src, &body).unwrap();
+        let mut temp = TempFile::new(&tmp).unwrap();
+        let copied = fill(&src, &mut temp).unwrap();
+        assert_eq!(copied.sha256, Checksum::sha256(&body));
+        assert_eq!(copied.size, body.len() as u64);
+        let dest = d.path().join("served/a/b.raw");
+        temp.place(&dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        // Never the same inode as the source.
+        use std::os::unix::fs::MetadataExt;
+        assert_ne!(
+            std::fs::metadata(&src).unwrap().ino(),
+            std::fs::metadata(&dest).unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn a_dropped_temporary_file_is_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let temp = TempFile::new(d.path()).unwrap();
+        let path = temp.path.clone();
+        assert!(path.exists());
+        drop(temp);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn free_space_is_known() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(available_bytes(d.path()).unwrap() > 0);
+        assert!(available_bytes(&d.path().join("nope")).is_err());
+    }
+}
