@@ -12,6 +12,7 @@ mod drift;
 mod harness;
 mod nas;
 mod packer;
+mod served;
 mod sources;
 mod stores;
 mod upstream;

@@ -40,18 +40,18 @@ on_s3_stores!(
 );
 
 /// One image of a hand-written manifest.
-struct Img<'a> {
-    name: &'a str,
-    path: &'a str,
-    checksum: String,
+pub(crate) struct Img<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) checksum: String,
     /// More lines of the source block.
-    source_extra: String,
-    destination: &'a str,
+    pub(crate) source_extra: String,
+    pub(crate) destination: &'a str,
     /// More lines of the image after `destination`.
-    extra: String,
+    pub(crate) extra: String,
 }
 
-fn manifest(lab: &Lab, spec_extra: &str, images: &[Img]) -> String {
+pub(crate) fn manifest(lab: &Lab, spec_extra: &str, images: &[Img]) -> String {
     let mut text =
         format!("apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n{spec_extra}  images:\n");
     for i in images {
@@ -68,7 +68,7 @@ fn manifest(lab: &Lab, spec_extra: &str, images: &[Img]) -> String {
     text
 }
 
-fn run_tool(program: &str, args: &[&str], dir: &Path) -> std::process::Output {
+pub(crate) fn run_tool(program: &str, args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -76,7 +76,7 @@ fn run_tool(program: &str, args: &[&str], dir: &Path) -> std::process::Output {
         .unwrap_or_else(|e| panic!("{program} must be installed (scripts/test installs it): {e}"))
 }
 
-fn text(out: &std::process::Output) -> String {
+pub(crate) fn text(out: &std::process::Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -168,7 +168,7 @@ fn index_lists_exactly_the_managed_objects(backend: Backend) {
     );
     let index: serde_json::Value =
         serde_json::from_slice(&lab.object("index.json").expect("index.json written")).unwrap();
-    assert_eq!(index["format_version"], "1.0");
+    assert_eq!(index["format_version"], "1.1");
     assert!(index["generated_at"].as_str().unwrap().ends_with('Z'));
     let images = index["images"].as_array().unwrap();
     assert_eq!(images.len(), 3);
@@ -376,46 +376,52 @@ fn nas_copy_pulled_by_rclone_is_verified(backend: Backend) {
 }
 
 /// `rclone sync` of the bucket's `images/` into `dir`: one direction, bucket to NAS.
-fn rclone_sync(lab: &Lab, dir: &Path, extra: &[&str]) -> std::process::Output {
-    let server = lab.server.as_ref().expect("an S3 backend");
-    Command::new("rclone")
-        .args([
-            "sync",
-            &format!("lab:{BUCKET}/images"),
-            &dir.display().to_string(),
-        ])
-        // rclone first HEADs `images` to see whether it names a file; s3s-fs answers a key that
-        // is a directory on its disk with 500 instead of 404, which rclone would retry with
-        // back-off for over a minute.
-        .args(["--low-level-retries", "1"])
-        .args(extra)
-        .env("RCLONE_CONFIG", "/dev/null")
-        .env("RCLONE_CONFIG_LAB_TYPE", "s3")
-        .env("RCLONE_CONFIG_LAB_PROVIDER", "Other")
-        .env("RCLONE_CONFIG_LAB_ENV_AUTH", "false")
-        .env("RCLONE_CONFIG_LAB_ACCESS_KEY_ID", &server.access_key)
-        .env("RCLONE_CONFIG_LAB_SECRET_ACCESS_KEY", &server.secret_key)
-        .env("RCLONE_CONFIG_LAB_ENDPOINT", &server.endpoint)
-        .env(
-            "RCLONE_CONFIG_LAB_REGION",
-            server.region.as_deref().unwrap_or("us-east-1"),
-        )
-        .env("RCLONE_CONFIG_LAB_FORCE_PATH_STYLE", "true")
-        // The AWS SDK inside rclone refuses a custom CA bundle on a plain-http endpoint.
-        .env_remove("AWS_CA_BUNDLE")
+pub(crate) fn rclone_sync(lab: &Lab, dir: &Path, extra: &[&str]) -> std::process::Output {
+    rclone_command(lab, dir, extra)
         .output()
         .expect("rclone must be installed (scripts/test installs it)")
 }
 
+/// The `rclone sync` command, to run or to start and interrupt.
+pub(crate) fn rclone_command(lab: &Lab, dir: &Path, extra: &[&str]) -> Command {
+    let server = lab.server.as_ref().expect("an S3 backend");
+    let mut cmd = Command::new("rclone");
+    cmd.args([
+        "sync",
+        &format!("lab:{BUCKET}/images"),
+        &dir.display().to_string(),
+    ])
+    // rclone first HEADs `images` to see whether it names a file; s3s-fs answers a key that
+    // is a directory on its disk with 500 instead of 404, which rclone would retry with
+    // back-off for over a minute.
+    .args(["--low-level-retries", "1"])
+    .args(extra)
+    .env("RCLONE_CONFIG", "/dev/null")
+    .env("RCLONE_CONFIG_LAB_TYPE", "s3")
+    .env("RCLONE_CONFIG_LAB_PROVIDER", "Other")
+    .env("RCLONE_CONFIG_LAB_ENV_AUTH", "false")
+    .env("RCLONE_CONFIG_LAB_ACCESS_KEY_ID", &server.access_key)
+    .env("RCLONE_CONFIG_LAB_SECRET_ACCESS_KEY", &server.secret_key)
+    .env("RCLONE_CONFIG_LAB_ENDPOINT", &server.endpoint)
+    .env(
+        "RCLONE_CONFIG_LAB_REGION",
+        server.region.as_deref().unwrap_or("us-east-1"),
+    )
+    .env("RCLONE_CONFIG_LAB_FORCE_PATH_STYLE", "true")
+    // The AWS SDK inside rclone refuses a custom CA bundle on a plain-http endpoint.
+    .env_remove("AWS_CA_BUNDLE");
+    cmd
+}
+
 /// Whether the stock `minisign -Vm SHA256SUMS -P KEY` accepts the signature in `dir`.
-fn minisign_accepts(dir: &Path, public: &str) -> bool {
+pub(crate) fn minisign_accepts(dir: &Path, public: &str) -> bool {
     let out = run_tool("minisign", &["-Vm", "SHA256SUMS", "-P", public], dir);
     eprintln!("minisign -V: {}", text(&out));
     out.status.success()
 }
 
 /// A key pair made by the real minisign: `(public key, secret key file contents)`.
-fn minisign_keys(dir: &Path, name: &str) -> (String, String) {
+pub(crate) fn minisign_keys(dir: &Path, name: &str) -> (String, String) {
     let out = run_tool(
         "minisign",
         &[

@@ -140,6 +140,11 @@ impl Run<'_> {
             }
         }
         self.save_state()?;
+        // The old bytes leave the served list before the new ones take their name: every line
+        // of the served SHA256SUMS stays true at every instant.
+        if !matches!(copy.before, ServedSide::Absent) {
+            self.write_interim_index(Some(&path))?;
+        }
         let dest = self.folders.served_path(&path);
         if let Err(e) = temp.place(&dest) {
             if place::is_no_space(&e) {

@@ -32,7 +32,7 @@ impl Run<'_> {
                 files: announced.listed.len(),
             });
         } else {
-            self.write_interim_index()?;
+            self.write_interim_index(None)?;
         }
         self.state.hashes = self
             .cache
@@ -57,19 +57,24 @@ impl Run<'_> {
         self.write_sums(&announced.sums, signature)?;
         match &announced.json {
             Some((bytes, _)) => self.write_if_changed(JSON_NAME, bytes),
-            None => self.write_built_json(),
+            None => self.write_built_json(self.entries()),
         }
     }
 
-    /// A list of exactly the files labctl serves now, unsigned (the signature signs another
-    /// list); `index.json` to match.
-    fn write_interim_index(&self) -> Result<(), ServeError> {
-        let sums = consumer_index::sha256sums(&self.entries());
+    /// A list of exactly the files labctl serves now (but `except`, about to be replaced),
+    /// unsigned (the signature signs another list); `index.json` to match.
+    pub(super) fn write_interim_index(&self, except: Option<&str>) -> Result<(), ServeError> {
+        let entries: Vec<IndexEntry> = self
+            .entries()
+            .into_iter()
+            .filter(|e| Some(e.path.as_str()) != except)
+            .collect();
+        let sums = consumer_index::sha256sums(&entries);
         let current = self.read_served(SUMS_NAME);
         if current.as_deref() != Some(sums.as_bytes()) {
             self.write_sums(sums.as_bytes(), None)?;
         }
-        self.write_built_json()
+        self.write_built_json(entries)
     }
 
     /// `SHA256SUMS`, and the signature that goes with it (or none). A stale signature goes
@@ -95,8 +100,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn write_built_json(&self) -> Result<(), ServeError> {
-        let entries = self.entries();
+    fn write_built_json(&self, entries: Vec<IndexEntry>) -> Result<(), ServeError> {
         let current = self
             .read_served(JSON_NAME)
             .and_then(|b| serde_json::from_slice::<IndexDocument>(&b).ok());

@@ -701,12 +701,14 @@ impl Run<'_> {
             .join("quarantine")
             .join(&stamp)
             .join(path);
-        let moved = dest
-            .parent()
-            .map(std::fs::create_dir_all)
-            .unwrap_or(Ok(()))
-            .and_then(|()| std::fs::rename(self.folders.served_path(path), &dest));
+        // Unlisted first: every line of the served SHA256SUMS stays true at every instant.
         self.state.files.remove(path);
+        let unlisted = self
+            .write_interim_index(None)
+            .map_err(|e| std::io::Error::other(e.to_string()));
+        let moved = unlisted
+            .and_then(|()| dest.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())))
+            .and_then(|()| std::fs::rename(self.folders.served_path(path), &dest));
         match moved {
             Ok(()) => {
                 r.status = Status::Quarantined;
@@ -773,3 +775,6 @@ impl Run<'_> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests;
