@@ -98,7 +98,7 @@ pub struct Copied {
 /// bytes (read back from the clone, or hashed as they are written), so what is verified is what
 /// will be served, whatever happens to the source meanwhile.
 pub fn fill(source: &Path, temp: &mut TempFile) -> std::io::Result<Copied> {
-    let mut src = File::open(source)?;
+    let mut src = open_regular(source)?;
     let mut buf = vec![0u8; BUFFER];
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut size = 0u64;
@@ -134,6 +134,23 @@ pub fn fill(source: &Path, temp: &mut TempFile) -> std::io::Result<Copied> {
     })
 }
 
+/// Opens a file to read, refusing anything but a regular file without blocking: a FIFO put in
+/// place of a synced file after it was looked at would otherwise hang the run.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
 fn read_some(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         match file.read(buf) {
@@ -145,7 +162,7 @@ fn read_some(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Whether `temp` could be made a reflink of `source` (then it holds its bytes).
 pub fn try_reflink(source: &Path, temp: &mut TempFile) -> bool {
-    File::open(source).is_ok_and(|src| reflink(&src, &temp.file))
+    open_regular(source).is_ok_and(|src| reflink(&src, &temp.file))
 }
 
 /// `FICLONE`: the whole file shared copy-on-write. Any failure (another filesystem, one
@@ -164,7 +181,7 @@ fn reflink(_: &File, _: &File) -> bool {
 
 /// The sha256 of a file, streamed through a fixed buffer.
 pub fn hash_file(path: &Path) -> std::io::Result<(Checksum, u64)> {
-    let mut file = File::open(path)?;
+    let mut file = open_regular(path)?;
     let mut buf = vec![0u8; BUFFER];
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut size = 0u64;
