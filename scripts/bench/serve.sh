@@ -68,13 +68,17 @@ measure() { # label command…
     exit 1
   fi
   read -r secs kib < "$work/time"
-  local hashed="—"
-  if [ -s "$work/run.json" ] && grep -q bytes_hashed "$work/run.json"; then
-    hashed=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"{r[\"bytes_hashed\"]/2**30:.1f} GiB hashed, {r[\"bytes_copied\"]/2**30:.1f} GiB copied")' "$work/run.json")
-  fi
-  local rate
-  rate=$(python3 -c "print(f'{$total_gib*1024/max($secs,0.01):.0f}')")
-  printf '| %s | %s s | %s MiB/s | %s | %s MiB |\n' "$label" "$secs" "$rate" "$hashed" "$((kib / 1024))"
+  python3 - "$work/run.json" "$label" "$secs" "$kib" "$total_gib" <<'PY'
+import json, sys
+path, label, secs, kib, total_gib = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+try:
+    report = json.load(open(path))
+    hashed, copied = report["bytes_hashed"], report["bytes_copied"]
+except (OSError, ValueError, KeyError):
+    hashed, copied = total_gib * 2**30, 0        # sha256sum: every byte, nothing copied
+rate = f"{hashed / 2**20 / max(secs, 0.01):.0f} MiB/s" if hashed else "—"
+print(f"| {label} | {secs:.2f} s | {hashed / 2**30:.1f} GiB | {copied / 2**30:.1f} GiB | {rate} | {kib // 1024} MiB |")
+PY
 }
 
 rows=()
@@ -95,12 +99,12 @@ rows+=("$(measure 'verify --into --deep' "$labctl" verify "$synced" --into "$ser
   echo "same ext4-like volume (no reflinks: every byte is copied). The first run hashes each file once,"
   echo "while copying it; a run with nothing new only stats the files (the identity cache) and hashes"
   echo "nothing — on a NAS this is the run the Task Scheduler repeats every five minutes; \`--deep\`"
-  echo "rehashes every served file. MiB/s is the folder's size over the wall time."
+  echo "rehashes every served file. The rate is bytes hashed over wall time."
   echo
   echo "Produced by \`scripts/bench/serve.sh ${total_gib} ${files}\` on $(date -u +%Y-%m-%d), labctl $("$labctl" --version | cut -d' ' -f2)."
   echo
-  echo "| run | wall time | rate | work | peak RSS |"
-  echo "|---|---:|---:|---|---:|"
+  echo "| run | wall time | hashed | copied | rate | peak RSS |"
+  echo "|---|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
 } | scripts/bench/section.sh serve "$root/docs/benchmarks.md"
 sed -n '/<!-- bench:serve -->/,/<!-- \/bench:serve -->/p' "$root/docs/benchmarks.md"

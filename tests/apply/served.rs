@@ -212,6 +212,47 @@ fn served_folder_follows_an_rclone_sync(backend: Backend) {
     assert!(sha256sum_accepts(&served));
     assert!(minisign_accepts(&served, &public));
 
+    // The next generation's files arrive before their index: the served folder keeps serving
+    // the generation its list names, without reading the new bytes; the index then completes it.
+    let a3 = image_bytes(96, 320_000);
+    signed_manifest(
+        &lab,
+        &public,
+        &[
+            ("a", &a3, "talos/a.raw"),
+            ("c", &c, "vyos/c.iso"),
+            ("d", &d, "d.img"),
+        ],
+    );
+    let applied = lab.apply_with_env(&env);
+    assert_eq!(applied.code, 0, "{}", applied.output());
+    let files_only = rclone_sync(
+        &lab,
+        &synced,
+        &[
+            "--checksum",
+            "--exclude",
+            "/SHA256SUMS*",
+            "--exclude",
+            "/index.json",
+        ],
+    );
+    assert!(files_only.status.success(), "{}", text(&files_only));
+    assert_eq!(std::fs::read(synced.join("talos/a.raw")).unwrap(), a3);
+    let (unchanged, report) = serve(&lab, &synced, &served, &key);
+    assert_eq!(unchanged.code, 0, "{}", unchanged.output());
+    assert_eq!(status_of(&report, "talos/a.raw"), "current");
+    assert_eq!(report["bytes_hashed"], 0);
+    assert_eq!(std::fs::read(served.join("talos/a.raw")).unwrap(), a2);
+    let index = rclone_sync(&lab, &synced, &["--checksum"]);
+    assert!(index.status.success(), "{}", text(&index));
+    let (after, report) = serve(&lab, &synced, &served, &key);
+    assert_eq!(after.code, 0, "{}", after.output());
+    assert_eq!(status_of(&report, "talos/a.raw"), "replaced");
+    assert_eq!(std::fs::read(served.join("talos/a.raw")).unwrap(), a3);
+    assert!(minisign_accepts(&served, &public));
+    let a2 = a3;
+
     // A byte flipped in the served folder is repaired from the verified synced copy.
     flip_byte(&served.join("talos/a.raw"), 1000);
     let (repaired, report) = serve(&lab, &synced, &served, &key);

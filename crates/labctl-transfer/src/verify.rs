@@ -196,11 +196,13 @@ pub(crate) fn read_capped(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, Ve
     }
 }
 
+/// The signature's status, and the bytes of `SHA256SUMS.minisig` that verified (so that a
+/// copy made afterwards is of exactly those bytes, whatever a sync does to the file meanwhile).
 pub(crate) fn check_signature(
     dir: &Path,
     sums: &[u8],
     public_key: &str,
-) -> Result<SignatureStatus, VerifyError> {
+) -> Result<(SignatureStatus, Vec<u8>), VerifyError> {
     let key = labctl_core::signature::MinisignKey::parse(public_key)
         .map_err(|e| VerifyError::BadKey(e.to_string()))?;
     let path = dir.join(SIGNATURE_NAME);
@@ -209,7 +211,7 @@ pub(crate) fn check_signature(
         read_capped(&path, MAX_SIGNATURE_BYTES)?.ok_or_else(|| VerifyError::NoSignature {
             path: display.clone(),
         })?;
-    let text = String::from_utf8(bytes).map_err(|_| VerifyError::UnreadableSignature {
+    let text = String::from_utf8(bytes.clone()).map_err(|_| VerifyError::UnreadableSignature {
         path: display.clone(),
         message: "not text".into(),
     })?;
@@ -220,11 +222,14 @@ pub(crate) fn check_signature(
         }
     })?;
     match key.key.verify(sums, &sig, false) {
-        Ok(()) => Ok(SignatureStatus {
-            verified: true,
-            key_id: Some(key.key_id),
-            trusted_comment: Some(sig.trusted_comment().to_string()),
-        }),
+        Ok(()) => Ok((
+            SignatureStatus {
+                verified: true,
+                key_id: Some(key.key_id),
+                trusted_comment: Some(sig.trusted_comment().to_string()),
+            },
+            bytes,
+        )),
         Err(minisign_verify::Error::UnexpectedKeyId) => Err(VerifyError::WrongKey {
             path: display,
             key_id: key.key_id,
@@ -274,7 +279,7 @@ pub fn run(
             path: sums_path.display().to_string(),
         })?;
     let signature = match &options.public_key {
-        Some(key) => check_signature(dir, &sums, key)?,
+        Some(key) => check_signature(dir, &sums, key)?.0,
         None => SignatureStatus {
             verified: false,
             key_id: None,

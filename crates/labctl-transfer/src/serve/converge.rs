@@ -4,7 +4,7 @@
 
 use super::assess::ServedSide;
 use super::identity::Identity;
-use super::place::{self, Method, TempFile};
+use super::place::{self, FillError, Method, PlaceError, TempFile};
 use super::state::{Placed, Replacement};
 use super::{Announced, Copy, FileReport, Progress, Run, ServeError, Status};
 
@@ -81,21 +81,16 @@ impl Run<'_> {
         let before_identity = std::fs::metadata(&source).ok().map(|m| Identity::of(&m));
         let mut temp = match TempFile::new(&self.folders.tmp) {
             Ok(t) => t,
-            Err(e) => return self.io_failure(r, &path, e),
+            Err(e) => return self.destination_failure(r, &path, e),
         };
         let copied = match place::fill(&source, &mut temp) {
             Ok(c) => c,
-            Err(e) if place::is_no_space(&e) => {
-                return Err(ServeError::NoSpace { path, source: e })
-            }
             // The sync removed or replaced it under us: a normal state while a sync runs.
-            Err(e) => {
-                return Ok(self.not_placed(
-                    r,
-                    &copy.before,
-                    format!("cannot read the synced copy: {e}"),
-                ))
+            Err(FillError::Source(e)) => {
+                let detail = format!("cannot read the synced copy: {e}");
+                return Ok(self.not_placed(r, &copy.before, detail));
             }
+            Err(FillError::Destination(e)) => return self.destination_failure(r, &path, e),
         };
         self.bytes_hashed += copied.size;
         if copied.method == Method::Copy {
@@ -117,57 +112,23 @@ impl Run<'_> {
         }
 
         let entry = announced.entry(&copy.line, copied.size);
-        // Claimed before the rename: whatever instant a kill hits, the next run knows the path
-        // (and the bytes renamed onto it) are labctl's.
-        match self.state.files.get_mut(&path) {
-            Some(p) => {
-                p.placing = Some(Replacement {
-                    sha256: want.clone(),
-                    entry: entry.clone(),
-                })
+        // Whether the served list may name the path now (settled: only files that are there).
+        let was_listed = self.state.files.contains_key(&path);
+        if let Err(e) = self.commit(&path, &want, copied.size, &entry, was_listed, temp) {
+            // Whatever failed, the claim must not outlive it: the next list is built from it.
+            self.take_back(&path, was_listed, e.renamed);
+            let _ = self.save_state();
+            if place::is_no_space(&e.source) {
+                return Err(ServeError::NoSpace {
+                    path,
+                    source: e.source,
+                });
             }
-            None => {
-                self.state.files.insert(
-                    path.clone(),
-                    Placed {
-                        sha256: want.clone(),
-                        size: copied.size,
-                        identity: None,
-                        placing: None,
-                        entry: entry.clone(),
-                    },
-                );
-            }
+            r.status = Status::Failed;
+            r.detail = format!("cannot place it in the served folder: {}", e.source);
+            r.served_sha256 = self.state.files.get(&path).map(|p| p.sha256.clone());
+            return Ok(r);
         }
-        self.save_state()?;
-        // The old bytes leave the served list before the new ones take their name: every line
-        // of the served SHA256SUMS stays true at every instant.
-        if !matches!(copy.before, ServedSide::Absent) {
-            self.write_interim_index(Some(&path))?;
-        }
-        let dest = self.folders.served_path(&path);
-        if let Err(e) = temp.place(&dest) {
-            if place::is_no_space(&e) {
-                return Err(ServeError::NoSpace { path, source: e });
-            }
-            return self.io_failure(r, &path, e);
-        }
-        let identity = std::fs::metadata(&dest).ok().map(|m| Identity::of(&m));
-        if let Some(id) = identity {
-            self.cache.insert(id, want.clone());
-            self.seen.insert(id);
-        }
-        self.state.files.insert(
-            path.clone(),
-            Placed {
-                sha256: want.clone(),
-                size: copied.size,
-                identity,
-                placing: None,
-                entry,
-            },
-        );
-        self.save_state()?;
         r.status = match copy.before {
             ServedSide::Absent => Status::Placed,
             ServedSide::Ours { .. } => Status::Replaced,
@@ -182,26 +143,104 @@ impl Run<'_> {
         Ok(r)
     }
 
-    fn io_failure(
+    /// Claims the path, unlists what it held, renames the verified bytes onto it, and records
+    /// them. Each step is durable before the next, so a kill between any two leaves a state the
+    /// next run settles (see `Run::settle`).
+    fn commit(
+        &mut self,
+        path: &str,
+        want: &str,
+        size: u64,
+        entry: &labctl_core::consumer_index::IndexEntry,
+        was_listed: bool,
+        temp: TempFile,
+    ) -> Result<(), PlaceError> {
+        let io = |e: ServeError| PlaceError {
+            renamed: false,
+            source: std::io::Error::other(e.to_string()),
+        };
+        match self.state.files.get_mut(path) {
+            Some(p) => {
+                p.placing = Some(Replacement {
+                    sha256: want.to_string(),
+                    entry: entry.clone(),
+                })
+            }
+            None => {
+                self.state.files.insert(
+                    path.to_string(),
+                    Placed {
+                        sha256: want.to_string(),
+                        size,
+                        identity: None,
+                        placing: None,
+                        entry: entry.clone(),
+                    },
+                );
+            }
+        }
+        self.save_state().map_err(io)?;
+        // The old bytes leave the served list before the new ones take their name: every line
+        // of the served SHA256SUMS stays true at every instant.
+        if was_listed {
+            self.write_interim_index(Some(path)).map_err(io)?;
+        }
+        let renamed = temp.place(&self.folders.served, path);
+        let dest = self.folders.served_path(path);
+        let identity = std::fs::metadata(&dest).ok().map(|m| Identity::of(&m));
+        if renamed.as_ref().is_ok_and(|()| identity.is_some()) {
+            let id = identity.expect("checked");
+            self.cache.insert(id, want.to_string());
+            self.seen.insert(id);
+            self.state.files.insert(
+                path.to_string(),
+                Placed {
+                    sha256: want.to_string(),
+                    size,
+                    identity,
+                    placing: None,
+                    entry: entry.clone(),
+                },
+            );
+            self.save_state().map_err(|e| PlaceError {
+                renamed: true,
+                ..io(e)
+            })?;
+        }
+        renamed
+    }
+
+    /// Undoes a claim after a failed placement: the path is the old file's again, or (for a
+    /// new path) nobody's; bytes that were renamed in stay claimed, for the next run to settle.
+    fn take_back(&mut self, path: &str, was_listed: bool, renamed: bool) {
+        if renamed {
+            return;
+        }
+        if was_listed {
+            if let Some(p) = self.state.files.get_mut(path) {
+                p.placing = None;
+            }
+        } else {
+            self.state.files.remove(path);
+        }
+    }
+
+    /// The served folder could not take the file (not the synced copy's fault).
+    fn destination_failure(
         &mut self,
         mut r: FileReport,
         path: &str,
         e: std::io::Error,
     ) -> Result<FileReport, ServeError> {
-        r.status = Status::Failed;
-        r.detail = format!("cannot place it in the served folder: {e}");
-        // Take back the claim: nothing was renamed.
-        match self.state.files.get_mut(path) {
-            Some(p) if p.identity.is_none() => {
-                self.state.files.remove(path);
-            }
-            Some(p) => {
-                p.placing = None;
-                r.served_sha256 = Some(p.sha256.clone());
-            }
-            None => {}
+        if place::is_no_space(&e) {
+            return Err(ServeError::NoSpace {
+                path: path.to_string(),
+                source: e,
+            });
         }
-        self.save_state()?;
+        r.status = Status::Failed;
+        r.detail = format!("cannot write the copy in the served folder: {e}");
+        r.served_sha256 = self.state.files.get(path).map(|p| p.sha256.clone());
         Ok(r)
     }
 

@@ -57,7 +57,17 @@ impl Run<'_> {
         self.write_sums(&announced.sums, signature)?;
         match &announced.json {
             Some((bytes, _)) => self.write_if_changed(JSON_NAME, bytes),
-            None => self.write_built_json(self.entries()),
+            // The listed files only: those no longer listed are removed right after.
+            None => {
+                let listed: std::collections::BTreeSet<&str> =
+                    announced.listed.iter().map(|l| l.path.as_str()).collect();
+                let entries = self
+                    .entries()
+                    .into_iter()
+                    .filter(|e| listed.contains(e.path.as_str()))
+                    .collect();
+                self.write_built_json(entries)
+            }
         }
     }
 

@@ -33,8 +33,7 @@ use crate::verify::{self, SignatureStatus, VerifyError};
 use assess::{HashCache, ServedSide, SyncedSide};
 use identity::Identity;
 use labctl_core::consumer_index::{
-    self, IndexDocument, IndexEntry, SumsLine, JSON_NAME, MAX_INDEX_BYTES, SIGNATURE_NAME,
-    SUMS_NAME,
+    self, IndexDocument, IndexEntry, SumsLine, JSON_NAME, MAX_INDEX_BYTES, SUMS_NAME,
 };
 pub use lock::LockError;
 pub use place::Method;
@@ -221,6 +220,9 @@ impl ServeError {
                 "delete the state file: the next run hashes the served files again and keeps those that hold listed bytes",
             ),
             ServeError::State(StateError::Newer { .. }) => Some("upgrade labctl on the NAS"),
+            ServeError::State(StateError::Write { source, .. }) if place::is_no_space(source) => {
+                Some("free space on the served folder's volume and run again")
+            }
             ServeError::DiskFull { .. } | ServeError::NoSpace { .. } => Some(
                 "free space on the served folder's volume (or put it on a larger one) and run again",
             ),
@@ -306,9 +308,8 @@ impl Announced {
         })?;
         let (signature, signature_bytes) = match public_key {
             Some(key) => {
-                let status = verify::check_signature(dir, &sums, key)?;
-                let bytes = verify::read_capped(&dir.join(SIGNATURE_NAME), 64 * 1024)?;
-                (status, bytes)
+                let (status, bytes) = verify::check_signature(dir, &sums, key)?;
+                (status, Some(bytes))
             }
             None => (
                 SignatureStatus {
@@ -518,6 +519,36 @@ impl Run<'_> {
         }
     }
 
+    /// Brings the state in line with what is at `path` before anything is judged: bytes a
+    /// killed run renamed into place become the file's own, identities are refreshed, and a
+    /// claimed path with nothing at it is forgotten (so no list ever names it).
+    fn settle(&mut self, path: &str, side: &ServedSide) {
+        match side {
+            ServedSide::Ours {
+                sha256,
+                size,
+                identity,
+            } => {
+                if let Some(p) = self.state.files.get_mut(path) {
+                    if let Some(placing) = p.placing.take().filter(|n| n.sha256 == *sha256) {
+                        p.sha256 = placing.sha256;
+                        p.entry = placing.entry;
+                    }
+                    p.identity = Some(*identity);
+                    p.size = *size;
+                }
+            }
+            ServedSide::Absent => {
+                self.state.files.remove(path);
+            }
+            ServedSide::Altered { .. } | ServedSide::Foreign { .. } => {
+                if let Some(p) = self.state.files.get_mut(path) {
+                    p.placing = None;
+                }
+            }
+        }
+    }
+
     /// Looks at every listed path and every path labctl placed before, hashing on
     /// `options.jobs` threads only what the cache cannot vouch for. Returns the rows (listed
     /// paths first) and the files to copy.
@@ -541,6 +572,7 @@ impl Run<'_> {
         let mut copies = Vec::new();
         for (i, (path, look)) in paths.iter().zip(looks).enumerate() {
             self.learn(&look);
+            self.settle(path, &look.side);
             match announced.listed.get(i) {
                 Some(line) => {
                     let (r, copy) = self.judge_listed(announced, line, look.side);
@@ -694,23 +726,30 @@ impl Run<'_> {
 
     /// Moves an altered served file into `.labctl/quarantine/` and forgets it.
     fn quarantine(&mut self, mut r: FileReport, path: &str, why: &str) -> FileReport {
-        let stamp = labctl_core::timefmt::now_rfc3339().replace(':', "");
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let folder = format!(
+            "{}-{}-{}",
+            labctl_core::timefmt::now_rfc3339().replace(':', ""),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let dest = self
             .folders
             .state
             .join("quarantine")
-            .join(&stamp)
+            .join(folder)
             .join(path);
-        // Unlisted first: every line of the served SHA256SUMS stays true at every instant.
-        self.state.files.remove(path);
-        let unlisted = self
-            .write_interim_index(None)
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        let moved = unlisted
+        // Unlisted first: every line of the served SHA256SUMS stays true at every instant. The
+        // file stays labctl's until it has left the served folder.
+        let moved = self
+            .write_interim_index(Some(path))
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|()| place::beneath(&self.folders.served, path))
             .and_then(|()| dest.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())))
             .and_then(|()| std::fs::rename(self.folders.served_path(path), &dest));
         match moved {
             Ok(()) => {
+                self.state.files.remove(path);
                 r.status = Status::Quarantined;
                 r.served_sha256 = None;
                 r.detail = format!(
@@ -731,26 +770,13 @@ impl Run<'_> {
     fn judge_unlisted(&mut self, path: &str, side: ServedSide) -> FileReport {
         let mut r = row(path, Status::Retained);
         match side {
-            ServedSide::Ours {
-                sha256,
-                size,
-                identity,
-            } => {
-                r.served_sha256 = Some(sha256.clone());
+            ServedSide::Ours { sha256, size, .. } => {
+                r.served_sha256 = Some(sha256);
                 r.size = Some(size);
                 r.detail = "no longer listed; served until the new generation is whole".into();
-                if let Some(p) = self.state.files.get_mut(path) {
-                    p.identity = Some(identity);
-                    p.size = size;
-                    if let Some(placing) = p.placing.take().filter(|n| n.sha256 == sha256) {
-                        p.sha256 = placing.sha256;
-                        p.entry = placing.entry;
-                    }
-                }
                 r
             }
             ServedSide::Absent => {
-                self.state.files.remove(path);
                 r.status = Status::Removed;
                 r.detail = "no longer listed, and already gone".into();
                 r

@@ -52,16 +52,75 @@ impl TempFile {
         }
     }
 
-    /// Makes the bytes durable and renames them to `dest`, whose folder is created as needed;
-    /// the folder's entry is made durable too.
-    pub fn place(mut self, dest: &Path) -> std::io::Result<()> {
-        self.file.sync_all()?;
+    /// Makes the bytes durable and renames them to `rel` below `root`, creating (durably) the
+    /// folders it needs; none of them may be a symbolic link. `Err` says whether the rename had
+    /// happened: a failure to make the folder entry durable comes after it.
+    pub fn place(mut self, root: &Path, rel: &str) -> Result<(), PlaceError> {
+        let before = |e| PlaceError {
+            renamed: false,
+            source: e,
+        };
+        self.file.sync_all().map_err(before)?;
+        let dest = root.join(rel);
         let parent = dest.parent().expect("a served path has a folder");
-        std::fs::create_dir_all(parent)?;
-        std::fs::rename(&self.path, dest)?;
+        beneath(root, rel).map_err(before)?;
+        create_dirs_durably(root, parent).map_err(before)?;
+        std::fs::rename(&self.path, &dest).map_err(before)?;
         self.placed = true;
-        sync_dir(parent)
+        sync_dir(parent).map_err(|e| PlaceError {
+            renamed: true,
+            source: e,
+        })
     }
+}
+
+#[derive(Debug)]
+pub struct PlaceError {
+    pub renamed: bool,
+    pub source: std::io::Error,
+}
+
+/// Creates the folders from `root` down to `dir`, fsyncing each parent whose entries changed,
+/// so that a power cut cannot lose a folder a renamed file lives in.
+fn create_dirs_durably(root: &Path, dir: &Path) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut d = dir;
+    while d != root && !d.is_dir() {
+        missing.push(d);
+        d = d.parent().unwrap_or(root);
+    }
+    for m in missing.into_iter().rev() {
+        match std::fs::create_dir(m) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        sync_dir(m.parent().unwrap_or(root))?;
+    }
+    Ok(())
+}
+
+/// Refuses a path whose folders below `root` include a symbolic link: placing, removing or
+/// quarantining through one would reach outside the served folder.
+pub fn beneath(root: &Path, rel: &str) -> std::io::Result<()> {
+    let mut dir = root.to_path_buf();
+    let segments: Vec<&str> = rel.split('/').collect();
+    for segment in &segments[..segments.len().saturating_sub(1)] {
+        dir.push(segment);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "`{}` is a symbolic link; labctl places nothing through one",
+                        dir.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 impl Drop for TempFile {
@@ -86,6 +145,14 @@ pub enum Method {
     Copy,
 }
 
+/// Which side of a copy failed: the synced source (a sync in progress) or the served
+/// destination (the served folder's problem).
+#[derive(Debug)]
+pub enum FillError {
+    Source(std::io::Error),
+    Destination(std::io::Error),
+}
+
 #[derive(Debug)]
 pub struct Copied {
     /// Of the bytes now in the temporary file.
@@ -97,15 +164,16 @@ pub struct Copied {
 /// Fills `temp` from `source` and hashes what it holds. The hash is of the temporary file's
 /// bytes (read back from the clone, or hashed as they are written), so what is verified is what
 /// will be served, whatever happens to the source meanwhile.
-pub fn fill(source: &Path, temp: &mut TempFile) -> std::io::Result<Copied> {
-    let mut src = open_regular(source)?;
+pub fn fill(source: &Path, temp: &mut TempFile) -> Result<Copied, FillError> {
+    use FillError::{Destination, Source};
+    let mut src = open_regular(source).map_err(Source)?;
     let mut buf = vec![0u8; BUFFER];
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut size = 0u64;
     if reflink(&src, &temp.file) {
-        let mut clone = File::open(&temp.path)?;
+        let mut clone = File::open(&temp.path).map_err(Destination)?;
         loop {
-            let n = read_some(&mut clone, &mut buf)?;
+            let n = read_some(&mut clone, &mut buf).map_err(Destination)?;
             if n == 0 {
                 break;
             }
@@ -119,12 +187,12 @@ pub fn fill(source: &Path, temp: &mut TempFile) -> std::io::Result<Copied> {
         });
     }
     loop {
-        let n = read_some(&mut src, &mut buf)?;
+        let n = read_some(&mut src, &mut buf).map_err(Source)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        temp.file.write_all(&buf[..n])?;
+        temp.file.write_all(&buf[..n]).map_err(Destination)?;
         size += n as u64;
     }
     Ok(Copied {
@@ -199,7 +267,10 @@ pub fn hash_file(path: &Path) -> std::io::Result<(Checksum, u64)> {
 pub fn write_atomically(tmp_dir: &Path, dest: &Path, body: &[u8]) -> std::io::Result<()> {
     let mut temp = TempFile::new(tmp_dir)?;
     temp.file.write_all(body)?;
-    temp.place(dest)
+    temp.file.sync_all()?;
+    std::fs::rename(&temp.path, dest)?;
+    temp.placed = true;
+    sync_dir(dest.parent().expect("a file has a folder"))
 }
 
 /// Bytes the filesystem holding `dir` has free for an unprivileged writer.
@@ -240,7 +311,8 @@ mod tests {
         assert_eq!(copied.sha256, Checksum::sha256(&body));
         assert_eq!(copied.size, body.len() as u64);
         let dest = d.path().join("served/a/b.raw");
-        temp.place(&dest).unwrap();
+        std::fs::create_dir(d.path().join("served")).unwrap();
+        temp.place(&d.path().join("served"), "a/b.raw").unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), body);
         assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
         // Never the same inode as the source.
@@ -259,6 +331,26 @@ mod tests {
         assert!(path.exists());
         drop(temp);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn nothing_is_placed_through_a_symbolic_link() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("served");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("talos")).unwrap();
+        let temp = TempFile::new(d.path()).unwrap();
+        let err = temp.place(&root, "talos/a.raw").unwrap_err();
+        assert!(!err.renamed);
+        assert!(
+            err.source.to_string().contains("symbolic link"),
+            "{}",
+            err.source
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        assert!(beneath(&root, "vyos/new/x.iso").is_ok());
     }
 
     #[test]

@@ -129,10 +129,24 @@ impl ServedState {
                 found: head.format,
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-            path: display,
-            message: e.to_string(),
-        })
+        let state: ServedState =
+            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: display.clone(),
+                message: e.to_string(),
+            })?;
+        // Paths from the file are about to be hashed, replaced, moved and deleted: each must be
+        // a clean relative path below the served folder, outside labctl's own.
+        if let Some(bad) = state.files.keys().find(|p| {
+            labctl_core::manifest::schema::check_relative_key(p).is_err()
+                || p.split('/').next() == Some(labctl_core::consumer_index::SERVED_STATE_DIR)
+                || labctl_core::consumer_index::is_index_file(p)
+        }) {
+            return Err(StateError::Corrupt {
+                path: display,
+                message: format!("`{bad}` is not a path labctl places"),
+            });
+        }
+        Ok(state)
     }
 
     /// Replaces the state file whole (temporary file, fsync, rename, fsync of the folder).
@@ -179,6 +193,13 @@ mod tests {
             ServedState::load(d.path()),
             Err(StateError::Corrupt { .. })
         ));
+        let escaping = r#"{"format": 1, "files": {"../etc/x": {"sha256": "a", "size": 1, "entry": {"name": "x", "path": "x", "size": 1, "sha256": "a", "checksum": "sha256:0000000000000000000000000000000000000000000000000000000000000000"}}}}"#;
+        std::fs::write(d.path().join(FILE_NAME), escaping).unwrap();
+        let err = ServedState::load(d.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("`../etc/x` is not a path"),
+            "{err}"
+        );
         std::fs::write(d.path().join(FILE_NAME), br#"{"format": 9}"#).unwrap();
         assert!(matches!(
             ServedState::load(d.path()),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::*;
 use labctl_core::checksum::Checksum;
-use labctl_core::consumer_index::{document, sha256sums, to_json};
+use labctl_core::consumer_index::{document, sha256sums, to_json, SIGNATURE_NAME};
 use labctl_core::state::record::CiRun;
 
 struct Folders2 {
@@ -405,4 +405,59 @@ fn overlapping_folders_are_refused() {
         run(&same, &|_, _, _| {}),
         Err(ServeError::Overlap { .. })
     ));
+}
+
+/// Every line of the served list is checked against the served files, as `sha256sum -c` would.
+fn served_list_is_true(f: &Folders2) {
+    let sums = String::from_utf8(served_bytes(f, SUMS_NAME).unwrap()).unwrap();
+    for line in sums.lines() {
+        let (sha, path) = line.split_once("  ").unwrap();
+        let body = served_bytes(f, path).unwrap_or_else(|| panic!("{path} is listed, not served"));
+        assert_eq!(Checksum::sha256(&body).hex(), sha, "{path}");
+    }
+}
+
+#[test]
+fn a_claim_or_a_rename_left_by_a_kill_never_reaches_the_list() {
+    let f = folders();
+    let gen1 = [("a.raw", A1)];
+    write_files(&f.synced, &gen1);
+    write_index(&f.synced, &gen1, "2026-12-01T10:00:00Z");
+    assert!(serve(&f).complete);
+    // Killed after renaming A2 over a.raw (claimed, not yet recorded), and after claiming
+    // n.raw (nothing renamed yet).
+    let state_dir = f.served.join(STATE_DIR);
+    let mut state = ServedState::load(&state_dir).unwrap();
+    state.files.get_mut("a.raw").unwrap().placing = Some(state::Replacement {
+        sha256: Checksum::sha256(A2).hex().to_string(),
+        entry: entries(&[("a.raw", A2)]).remove(0),
+    });
+    let mut claimed = state.files["a.raw"].clone();
+    claimed.identity = None;
+    claimed.placing = None;
+    claimed.entry = entries(&[("n.raw", B)]).remove(0);
+    claimed.sha256 = Checksum::sha256(B).hex().to_string();
+    state.files.insert("n.raw".into(), claimed);
+    state
+        .save(&state_dir, &f.served.join(".labctl/tmp"))
+        .unwrap();
+    std::fs::write(f.served.join("a.raw"), A2).unwrap();
+    // A later generation, not synced yet.
+    write_index(
+        &f.synced,
+        &[("a.raw", b"third"), ("n.raw", B)],
+        "2026-12-03T10:00:00Z",
+    );
+    let r = serve(&f);
+    assert_eq!(
+        statuses(&r),
+        [("a.raw", Status::Pending), ("n.raw", Status::Pending)]
+    );
+    assert_eq!(
+        r.files[0].served_sha256.as_deref(),
+        Some(Checksum::sha256(A2).hex())
+    );
+    served_list_is_true(&f);
+    let sums = String::from_utf8(served_bytes(&f, SUMS_NAME).unwrap()).unwrap();
+    assert!(!sums.contains("n.raw"), "{sums}");
 }
