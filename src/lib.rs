@@ -3,14 +3,13 @@
 //!
 //! The work is split by what it may touch: `labctl-core` is pure (manifest, plan, records,
 //! drift, rendering), `labctl-store` talks to stores, `labctl-transfer` moves bytes (HTTP,
-//! Packer, the publish pipeline), and this crate is the command line: flags and environment
-//! resolved once, commands, and the views that print what they do.
+//! Packer, the publish pipeline), `labctl-engine` plans and applies (planner, executor, lock,
+//! index writer), and this crate is the command line: flags and environment resolved once,
+//! commands, and the views that print what they do.
 
 pub mod apply;
 pub mod cli;
 pub mod commands;
-pub mod desired;
-pub mod failure;
 pub mod github;
 pub mod interrupt;
 pub mod manifest_dir;
@@ -21,6 +20,7 @@ pub mod upstream;
 pub use labctl_core::{
     checksum, consumer_index, diagnostic, drift, graph, pin, plan, render, spec, timefmt, units,
 };
+pub use labctl_engine::{desired, failure};
 pub use labctl_store as store;
 pub use labctl_transfer::{pipeline, serve, source, template_hash, verify};
 

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
         }
     };
     configure_colors();
+    labctl::settings::identify_run();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -115,3 +115,14 @@ static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 pub fn env() -> &'static Environment {
     ENVIRONMENT.get_or_init(Environment::from_process)
 }
+
+/// Tells the engine who runs it, as the lock and the consumer index name it: resolved here,
+/// from the environment, once at the start of `main`.
+pub fn identify_run() {
+    let e = env();
+    labctl_engine::set_run_identity(labctl_engine::RunIdentity {
+        user: e.user.clone(),
+        hostname: e.hostname.clone(),
+        ci_run: e.ci_run.clone(),
+    });
+}

@@ -1,10 +1,5 @@
-//! Apply: executes a plan, image by image in dependency order, keeping going past failures.
+//! Apply: the engine crate's executor, lock and index writer, under the names the commands use.
 
-pub mod execute;
-pub mod index;
-pub mod lock;
-
-pub use labctl_core::{history, stale};
-pub use labctl_store::stranded;
-
-pub use execute::{execute, ApplyContext, Outcome, Report};
+pub use labctl_engine::{
+    execute, history, index, lock, stale, stranded, ApplyContext, Outcome, Report,
+};

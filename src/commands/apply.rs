@@ -316,7 +316,10 @@ async fn write_index(
     for line in &backfilled.done {
         lines.push(format!("  {} {line}", style("✓").green()));
     }
-    let written = apply::index::write(store, signer).await?;
+    let counter = crate::progress::Counter::new("Reading state for the index: records");
+    let written = apply::index::write(store, signer, &|d, t| counter.update(d, t)).await;
+    drop(counter);
+    let written = written?;
     lines.push(format!(
         "  {} consumer index: {} objects in images/SHA256SUMS and images/index.json{}",
         style("✓").green(),

@@ -8,7 +8,6 @@ use crate::cli::PlanArgs;
 use crate::failure::{Failure, WithHint};
 use crate::graph::DependencyGraph;
 use crate::manifest::Manifest;
-use crate::plan::{self, Desired, Plan, PlanContext, PlanOptions};
 use crate::render;
 use crate::state::refresh::Objects;
 use crate::store::Store;
@@ -85,98 +84,47 @@ fn apply_command(args: &PlanArgs, path: &std::path::Path) -> String {
     command
 }
 
-/// What a plan is asked for, beyond the manifest and the store.
-pub struct PlanRequest {
-    pub prune: bool,
-    /// `--allow-empty`: an empty manifest may prune everything.
-    pub allow_empty: bool,
-    pub replace: Vec<String>,
-    /// How much to learn about the objects.
-    pub objects: Objects,
-    /// Leave checksum lists unfetched.
-    pub offline: bool,
-}
+pub use labctl_engine::planner::{PlanRequest, Planned};
 
-/// A plan with what it was computed from.
-pub struct Planned {
-    pub desired: Vec<Desired>,
-    pub actual: crate::state::ActualState,
-    pub plan: Plan,
-}
-
-/// Reads the store and computes the plan: the one computation behind `plan`, `apply` and
-/// `drift`, so that the three agree on what is to be done.
+/// Reads the store and computes the plan, reporting on stderr (warnings, a records counter).
 pub async fn compute(
     manifest: &Manifest,
     graph: &DependencyGraph,
     store: &Arc<dyn Store>,
     request: &PlanRequest,
 ) -> Result<Planned, Failure> {
-    let (prune, replace) = (request.prune, &request.replace);
-    let refresh = request.objects != Objects::NotChecked;
-    for name in replace {
-        if manifest.image(name).is_none() {
-            return Err(anyhow::anyhow!(
-                "--replace names `{name}`, which is not an image in the manifest"
-            ))
-            .hint("use an image name from the manifest");
+    labctl_engine::planner::compute(manifest, graph, store, request, &StderrEvents::default()).await
+}
+
+/// The planner's events, as every command shows them: warnings in yellow, the records counter.
+#[derive(Default)]
+pub struct StderrEvents {
+    counter: std::sync::Mutex<Option<crate::progress::Counter>>,
+}
+
+impl labctl_engine::planner::PlanEvents for StderrEvents {
+    fn warning(&self, message: &str) {
+        eprintln!("{} {message}", console::style("warning:").yellow());
+    }
+
+    fn reading_state(&self, store: &str, records_only: bool) {
+        eprintln!(
+            "Reading state from {store}{}",
+            if records_only { " (records only)" } else { "" }
+        );
+        *self.counter.lock().unwrap() =
+            Some(crate::progress::Counter::new("Reading state: records"));
+    }
+
+    fn records_read(&self, done: usize, total: usize) {
+        if let Some(c) = self.counter.lock().unwrap().as_ref() {
+            c.update(done, total);
         }
     }
-    let mut desired = crate::desired::build(manifest, graph)?;
-    if !request.offline {
-        let client = crate::source::http::client();
-        for warning in crate::desired::resolve_lists(&mut desired, &client).await? {
-            eprintln!("{} {warning}", console::style("warning:").yellow());
-        }
+
+    fn state_read(&self) {
+        self.counter.lock().unwrap().take();
     }
-    eprintln!(
-        "Reading state from {}{}",
-        store.url(),
-        if refresh { "" } else { " (records only)" }
-    );
-    let counter = crate::progress::Counter::new("Reading state: records");
-    let mut actual =
-        crate::state::refresh::read_reporting(store.clone(), request.objects, &|d, t| {
-            counter.update(d, t)
-        })
-        .await?;
-    drop(counter);
-    if prune && !request.allow_empty && desired.is_empty() && !actual.records.is_empty() {
-        return Err(anyhow::anyhow!(
-            "the manifest declares no images: --prune would delete all {} in the store",
-            actual.records.len()
-        ))
-        .hint("check that the manifest is the one you meant; to delete every image, add --allow-empty");
-    }
-    if refresh {
-        let wanted = desired
-            .iter()
-            .map(|d| crate::manifest::object_key(&d.spec.destination));
-        crate::state::refresh::head_unrecorded(store.clone(), &mut actual, wanted).await?;
-    }
-    let plan = plan::compute(
-        &desired,
-        &actual,
-        &PlanOptions {
-            prune,
-            replace: replace.to_vec(),
-            index_public_key: manifest.index.minisign_public_key.clone(),
-        },
-        PlanContext {
-            manifest: manifest.path.display().to_string(),
-            manifest_digest: manifest.digest.clone(),
-            store: store.url(),
-        },
-    )
-    .map_err(|e| {
-        let hint = e.hint();
-        Failure::from(e).with_hint(hint)
-    })?;
-    Ok(Planned {
-        desired,
-        actual,
-        plan,
-    })
 }
 
 /// Atomically, so a reader never sees half a plan.

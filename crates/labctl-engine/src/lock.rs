@@ -129,7 +129,7 @@ fn hostname() -> String {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .or_else(|| crate::settings::env().hostname.clone())
+        .or_else(|| crate::run_identity().hostname.clone())
         .unwrap_or_else(|| "unknown-host".into())
 }
 
@@ -142,14 +142,17 @@ fn new_info(operation: &str) -> LockInfo {
     let id_seed = format!("{host}-{}-{nanos}", std::process::id());
     LockInfo {
         id: crate::checksum::Checksum::sha256(id_seed.as_bytes()).hex()[..16].to_string(),
-        holder: crate::settings::env()
+        holder: crate::run_identity()
             .user
             .clone()
             .unwrap_or_else(|| "unknown".into()),
         host,
         pid: std::process::id(),
         operation: operation.to_string(),
-        run_url: crate::github::ci_run().and_then(|r| r.url),
+        run_url: crate::run_identity()
+            .ci_run
+            .as_ref()
+            .and_then(|r| r.url.clone()),
         created_at: crate::timefmt::now_rfc3339(),
         labctl_version: env!("CARGO_PKG_VERSION").to_string(),
     }

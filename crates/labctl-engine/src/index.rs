@@ -112,21 +112,23 @@ pub struct Written {
 /// Order: `index.json`, then `SHA256SUMS`, then `SHA256SUMS.minisig` (or, when signing is off,
 /// the old signature is deleted first). A sync that lands in between sees a signature that
 /// does not match the list yet: `labctl verify` reports it and the next sync heals it.
+///
+/// `records_read(done, total)` reports the reading of the records; the index names the CI run
+/// of [`crate::run_identity`].
 pub async fn write(
     store: &Arc<dyn Store>,
     signer: Option<&IndexSigner>,
+    records_read: &(dyn Fn(usize, usize) + Sync),
 ) -> anyhow::Result<Written> {
-    let counter = crate::progress::Counter::new("Reading state for the index: records");
     let actual = crate::state::refresh::read_reporting(
         store.clone(),
         crate::state::refresh::Objects::ListedByEtag,
-        &|d, t| counter.update(d, t),
+        records_read,
     )
     .await?;
-    drop(counter);
     let implied = consumer_index::entries(&actual.records);
     let generated_at = crate::timefmt::now_rfc3339();
-    let ci_run = crate::github::ci_run();
+    let ci_run = crate::run_identity().ci_run.clone();
     let json = consumer_index::to_json(&consumer_index::document(
         &implied.entries,
         generated_at.clone(),

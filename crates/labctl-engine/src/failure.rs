@@ -43,7 +43,7 @@ impl Failure {
     pub fn with_default_hint(mut self) -> Failure {
         if self.hint.is_none() {
             for cause in self.error.chain() {
-                use crate::apply::lock::LockError;
+                use crate::lock::LockError;
                 use crate::store::StoreError;
                 // A lock error wraps the store's transparently: it is not its own cause.
                 let credentials = matches!(
