@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::object::ObjectMeta;
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, Plan, Reason};
 use crate::state::{ActualState, ObjectState};
 
 pub const FORMAT_VERSION: &str = "1.1";
@@ -117,11 +117,11 @@ pub fn plan_findings(plan: &Plan, actual: &ActualState) -> Vec<Finding> {
         if change.action == Action::NoOp {
             continue;
         }
-        let own: Vec<&str> = change
+        let own: Vec<String> = change
             .reasons
             .iter()
-            .map(String::as_str)
             .filter(|r| !reported_elsewhere(r))
+            .map(Reason::to_string)
             .collect();
         if own.is_empty() {
             continue;
@@ -155,10 +155,9 @@ pub fn plan_findings(plan: &Plan, actual: &ActualState) -> Vec<Finding> {
     findings
 }
 
-fn reported_elsewhere(reason: &str) -> bool {
-    reason == crate::plan::REASON_OBJECT_MISSING
-        || reason == crate::plan::REASON_OBJECT_MODIFIED
-        || reason.starts_with(crate::plan::REASON_RECORD_CORRUPT)
+/// The object's own drift and an unreadable record have findings of their own.
+fn reported_elsewhere(reason: &Reason) -> bool {
+    reason.is_object_drift() || matches!(reason, Reason::RecordCorrupt(_))
 }
 
 /// Records against objects: what a listing and HEADs can tell.

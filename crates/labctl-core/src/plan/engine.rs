@@ -144,8 +144,8 @@ pub fn compute(
             .find(|d| d.name() == name)
             .map(|d| d.spec.destination.clone());
         let reason = match moved_to {
-            Some(dest) => format!("image now publishes to images/{dest}"),
-            None => "image left the manifest".to_string(),
+            Some(dest) => Reason::MovedTo(dest),
+            None => Reason::LeftManifest,
         };
         let protected = matches!(&r.record, Ok(rec) if rec.protect());
         // What cannot be read cannot be known to be unwanted: it may be the only trace of an
@@ -155,16 +155,7 @@ pub fn compute(
             let before = before_of(r);
             let mut reasons = vec![reason];
             let history = (!before.history.is_empty()).then(|| {
-                reasons.push(format!(
-                    "its {} kept version{} under history/ {} deleted with it",
-                    before.history.len(),
-                    if before.history.len() == 1 { "" } else { "s" },
-                    if before.history.len() == 1 {
-                        "is"
-                    } else {
-                        "are"
-                    },
-                ));
+                reasons.push(Reason::HistoryDeletedWith(before.history.len()));
                 HistoryPlan {
                     trim: before.history.iter().map(|h| h.key.clone()).collect(),
                     ..Default::default()
@@ -202,7 +193,7 @@ pub fn compute(
                     Ok(_) if protected && options.prune => {
                         format!("{reason}; kept because the record is protected")
                     }
-                    Ok(_) => reason,
+                    Ok(_) => reason.to_string(),
                 },
             });
         }
@@ -353,28 +344,6 @@ fn before_of(r: &ActualRecord) -> Before {
     }
 }
 
-/// Why each field difference matters, and whether it can change the published bytes.
-fn field_reason(path: &str) -> (&'static str, bool) {
-    let content = true;
-    match path {
-        "name" => ("name changed", !content),
-        "protect" => ("protect changed", !content),
-        "history" => ("history changed", !content),
-        "expected" => ("checksum changed", content),
-        "destination" => ("destination changed", content),
-        "dependsOn" => ("dependencies changed", content),
-        "source.type" => ("source type changed", content),
-        "source.url" => ("source url changed", content),
-        "source.checksum" => ("source checksum changed", content),
-        "source.decompress" => ("decompression changed", content),
-        "source.templateHash" => ("template changed", content),
-        "source.path" => ("template path changed", content),
-        "source.artifact" => ("artifact changed", content),
-        p if p.starts_with("source.variables.") => ("variables changed", content),
-        _ => ("spec changed", content),
-    }
-}
-
 fn plan_image(
     d: &Desired,
     actual: Option<&ActualRecord>,
@@ -400,10 +369,10 @@ fn plan_image(
         .map(|deps| d.spec.fingerprint(&deps));
     let mut unknown = Vec::new();
     if d.published().is_none() {
-        unknown.extend(["checksum".to_string(), "size".to_string()]);
+        unknown.extend([KnownAfterApply::Checksum, KnownAfterApply::Size]);
     }
     if fingerprint.is_none() {
-        unknown.push("fingerprint".to_string());
+        unknown.push(KnownAfterApply::Fingerprint);
     }
     let after = After {
         checksum: d.published().cloned(),
@@ -434,50 +403,42 @@ fn plan_image(
             Some(meta) => match adoptable(&change, meta) {
                 Some(adopt) => {
                     change.action = Action::Update;
-                    change.reasons.push(REASON_ADOPT.into());
+                    change.reasons.push(Reason::Adopt);
                     if let Some(after) = change.after.as_mut() {
                         after.checksum = Some(adopt.checksum.clone());
-                        after.unknown.retain(|u| u != "checksum" && u != "size");
+                        after.unknown.retain(|u| {
+                            !matches!(u, KnownAfterApply::Checksum | KnownAfterApply::Size)
+                        });
                     }
                     change.adopt = Some(adopt);
                 }
                 None => {
                     change.action = Action::Create;
-                    change.reasons.push(
-                        "an object without a record is at its key (not published as this spec); it is overwritten"
-                            .into(),
-                    );
+                    change.reasons.push(Reason::UnrecordedObjectOverwritten);
                 }
             },
             None => {
                 change.action = Action::Create;
-                change.reasons.push("not in store".into());
+                change.reasons.push(Reason::NotInStore);
             }
         }
         return change;
     };
 
-    let mut content: Vec<String> = Vec::new();
-    let mut metadata: Vec<String> = Vec::new();
+    let mut content: Vec<Reason> = Vec::new();
+    let mut metadata: Vec<Reason> = Vec::new();
     if options.replace.iter().any(|n| n == d.name()) {
-        content.push("replacement requested".into());
+        content.push(Reason::ReplacementRequested);
     }
 
     match &actual.record {
-        Err(why @ Unreadable::Corrupt(_)) => content.push(format!(
-            "{REASON_RECORD_CORRUPT}{why}; the image is published again to rewrite it"
-        )),
+        Err(why @ Unreadable::Corrupt(_)) => content.push(Reason::RecordCorrupt(why.to_string())),
         Err(Unreadable::Newer { .. }) => unreachable!("compute refuses newer records first"),
         Ok(Record::Legacy(legacy)) => {
             match d.published() {
-                Some(p) if *p == legacy.checksum => metadata.push(
-                    "record written by an earlier tool; checksum matches, adopting without re-upload"
-                        .into(),
-                ),
-                Some(_) => content.push("checksum changed".into()),
-                None => content.push(
-                    "record written by an earlier tool cannot be matched to this spec".into(),
-                ),
+                Some(p) if *p == legacy.checksum => metadata.push(Reason::LegacyChecksumMatches),
+                Some(_) => content.push(Reason::Field(SpecField::Checksum)),
+                None => content.push(Reason::LegacyUnmatched),
             }
             if let Some(drift) = object_drift(&actual.object, actual.record.as_ref().ok()) {
                 content.push(drift);
@@ -548,16 +509,13 @@ fn plan_history(d: &Desired, actual: &ActualRecord, change: &mut Change) {
         // manifest asks for.
         let restore = wanted.and_then(|w| kept.iter().find(|h| h.checksum == *w));
         if let Some(entry) = restore {
-            change.reasons.push("restore from history".into());
+            change.reasons.push(Reason::RestoreFromHistory);
             change.restore = Some(entry.clone());
         }
     }
     // Bytes someone else wrote are not what the record describes: keeping them under the
     // record's checksum would be a lie.
-    let object_trusted = !change
-        .reasons
-        .iter()
-        .any(|r| r == REASON_OBJECT_MODIFIED || r == REASON_OBJECT_MISSING);
+    let object_trusted = !change.reasons.iter().any(Reason::is_object_drift);
     // Replacing bytes with the same bytes (`--replace`, drift repair) keeps nothing.
     let bytes_change = d.published().is_none_or(|p| p != record.checksum());
     let keep_current =
@@ -612,8 +570,8 @@ fn compare_current(
     rec: &StateRecord,
     outcomes: &HashMap<&str, Outcome>,
     field_changes: &mut Vec<FieldChange>,
-    content: &mut Vec<String>,
-    metadata: &mut Vec<String>,
+    content: &mut Vec<Reason>,
+    metadata: &mut Vec<Reason>,
 ) {
     *field_changes = diff(&rec.spec.to_json(), &d.spec.to_json());
     // When the published checksum is pinned, the bytes change exactly when it differs from the
@@ -622,16 +580,16 @@ fn compare_current(
     let pinned = d.published();
     if let Some(p) = pinned {
         if *p != rec.checksum {
-            content.push("checksum changed".into());
+            content.push(Reason::Field(SpecField::Checksum));
         }
     }
     for fc in field_changes.iter() {
-        let (reason, affects_content) = field_reason(&fc.path);
+        let field = SpecField::of_path(&fc.path);
         match pinned {
-            None if affects_content => content.push(reason.into()),
+            None if field.affects_content() => content.push(Reason::Field(field)),
             // Decided above by comparing the checksums themselves.
-            Some(_) if reason == "checksum changed" => {}
-            _ => metadata.push(reason.into()),
+            Some(_) if field == SpecField::Checksum => {}
+            _ => metadata.push(Reason::Field(field)),
         }
     }
 
@@ -641,19 +599,17 @@ fn compare_current(
         };
         let recorded = rec.dependencies.get(dep);
         let will_change = matches!(outcome.action, Action::Create | Action::Replace);
-        let reason = match (&outcome.checksum, recorded) {
+        let how = match (&outcome.checksum, recorded) {
             (Some(now), Some(then)) if now == then => None,
-            (Some(_), Some(_)) if !will_change => Some(format!("dependency {dep} changed")),
-            (_, None) if !will_change => Some(format!("dependency {dep} added")),
-            _ => Some(format!(
-                "dependency {dep} will be {}",
-                if outcome.action == Action::Create {
-                    "created"
-                } else {
-                    "replaced"
-                }
-            )),
+            (Some(_), Some(_)) if !will_change => Some(DependencyMove::Changed),
+            (_, None) if !will_change => Some(DependencyMove::Added),
+            _ if outcome.action == Action::Create => Some(DependencyMove::WillBeCreated),
+            _ => Some(DependencyMove::WillBeReplaced),
         };
+        let reason = how.map(|how| Reason::Dependency {
+            name: dep.clone(),
+            how,
+        });
         if let Some(reason) = reason {
             // A build consumes its dependencies, so their new bytes mean new output; a pinned
             // download does not, and only its record needs the new dependency checksum.
@@ -667,17 +623,18 @@ fn compare_current(
 }
 
 /// Compares the object found by HEAD with what the record says was published.
-fn object_drift(object: &ObjectState, record: Option<&Record>) -> Option<String> {
+fn object_drift(object: &ObjectState, record: Option<&Record>) -> Option<Reason> {
     match object {
         ObjectState::NotChecked => None,
-        ObjectState::Missing => Some(REASON_OBJECT_MISSING.into()),
+        ObjectState::Missing => Some(Reason::ObjectMissing),
         ObjectState::Present(meta) => record
             .is_some_and(|r| !r.differences_from(meta).is_empty())
-            .then(|| REASON_OBJECT_MODIFIED.into()),
+            .then_some(Reason::ObjectModified),
     }
 }
 
-fn dedup(v: &mut Vec<String>) {
+/// Keeps the first of each reason, in order.
+fn dedup<T: Ord + Clone>(v: &mut Vec<T>) {
     let mut seen = BTreeSet::new();
     v.retain(|r| seen.insert(r.clone()));
 }

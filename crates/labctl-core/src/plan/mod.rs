@@ -7,6 +7,7 @@
 pub mod check;
 mod engine;
 pub mod fields;
+pub mod reason;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,11 +18,13 @@ pub use engine::index_files;
 pub use engine::{compute, Desired, PlanContext, PlanOptions};
 
 pub use fields::FieldChange;
+pub use reason::{DependencyMove, Reason, SpecField};
 
 use crate::checksum::Checksum;
 use crate::state::record::HistoryEntry;
 
-/// Reasons that drift reports under findings of their own.
+/// The texts of the reasons drift reports under findings of their own, and of adoption (what
+/// [`Reason`] prints; code compares the enum, never these).
 pub const REASON_OBJECT_MISSING: &str = "object missing from store";
 pub const REASON_OBJECT_MODIFIED: &str = "object modified outside labctl";
 pub const REASON_RECORD_CORRUPT: &str = "the state record is ";
@@ -184,7 +187,7 @@ pub struct Change {
     pub key: String,
     pub record_key: String,
     pub action: Action,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
     pub depends_on: Vec<String>,
     pub before: Option<Before>,
     pub after: Option<After>,
@@ -276,7 +279,35 @@ pub struct After {
     pub pgp_key: Option<String>,
     pub dependencies: BTreeMap<String, Option<Checksum>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unknown: Vec<String>,
+    pub unknown: Vec<KnownAfterApply>,
+}
+
+/// A value of [`After`] that only apply learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KnownAfterApply {
+    /// The published checksum (a build's output, a checksum looked up at download time).
+    Checksum,
+    Size,
+    /// A dependency's checksum is itself known only after apply.
+    Fingerprint,
+}
+
+impl KnownAfterApply {
+    pub fn name(self) -> &'static str {
+        match self {
+            KnownAfterApply::Checksum => "checksum",
+            KnownAfterApply::Size => "size",
+            KnownAfterApply::Fingerprint => "fingerprint",
+        }
+    }
+}
+
+/// Compared with the field names the plan JSON lists.
+impl PartialEq<&str> for KnownAfterApply {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -143,7 +143,7 @@ fn change(out: &mut String, c: &Change) {
         out.push_str(&format!(
             "{pad}{} {}\n",
             style("because").dim(),
-            c.reasons.join(", ")
+            crate::plan::reason::joined(&c.reasons, ", ")
         ));
     }
     if let Some(r) = &c.restore {

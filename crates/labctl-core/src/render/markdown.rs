@@ -131,7 +131,7 @@ fn section(c: &Change) -> String {
         c.action.symbol(),
         c.name,
         c.action.verb(),
-        html_escape(&c.reasons.join(", "))
+        html_escape(&crate::plan::reason::joined(&c.reasons, ", "))
     );
     s.push_str(&format!("- key: `{}`\n", c.key));
     if let Some(r) = &c.restore {

@@ -140,15 +140,15 @@ fn plan(desired: &[NormalizedSpec], actual: &ActualState, options: PlanOptions) 
     .expect("no newer records in these states")
 }
 
-fn action_of(p: &Plan, name: &str) -> (Action, Vec<String>) {
+fn action_of(p: &Plan, name: &str) -> (Action, Vec<Reason>) {
     let c = p
         .change(name)
         .unwrap_or_else(|| panic!("no change for {name}"));
     (c.action, c.reasons.clone())
 }
 
-fn reasons(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+fn reasons(v: &[&str]) -> Vec<Reason> {
+    v.iter().map(|s| Reason::parse(s)).collect()
 }
 
 // ---- create ----------------------------------------------------------------------------------
@@ -407,7 +407,7 @@ fn replace_cascades_through_unknown_build_outputs() {
     );
     let after = p.change("gw").unwrap().after.as_ref().unwrap();
     assert_eq!(after.dependencies["base"], None);
-    assert!(after.unknown.contains(&"fingerprint".to_string()));
+    assert!(after.unknown.contains(&KnownAfterApply::Fingerprint));
 }
 
 #[test]
@@ -1118,7 +1118,7 @@ fn a_revert_to_kept_bytes_is_a_restore() {
     let c = &p.changes[0];
     assert_eq!(c.action, Action::Replace);
     assert!(
-        c.reasons.contains(&"restore from history".to_string()),
+        c.reasons.contains(&"restore from history".into()),
         "{:?}",
         c.reasons
     );
@@ -1185,7 +1185,9 @@ fn pruning_an_image_deletes_its_history_unless_protected() {
         [kept(&gone.destination, "w").key]
     );
     assert!(
-        c.reasons[1].contains("1 kept version under history/ is deleted with it"),
+        c.reasons[1]
+            .to_string()
+            .contains("1 kept version under history/ is deleted with it"),
         "{:?}",
         c.reasons
     );
@@ -1288,7 +1290,7 @@ fn an_object_without_a_record_that_is_not_this_spec_is_overwritten() {
     assert_eq!(c.action, Action::Create);
     assert!(c.adopt.is_none());
     assert!(
-        c.reasons[0].contains("it is overwritten"),
+        c.reasons[0].to_string().contains("it is overwritten"),
         "{:?}",
         c.reasons
     );
