@@ -10,38 +10,21 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::{Algorithm, Checksum};
-use crate::manifest::IMAGES_PREFIX;
+use crate::layout::IMAGES_PREFIX;
 use crate::state::record::CiRun;
 use crate::state::{ActualRecord, ObjectState};
 
-pub const SUMS_NAME: &str = "SHA256SUMS";
-pub const SIGNATURE_NAME: &str = "SHA256SUMS.minisig";
-pub const JSON_NAME: &str = "index.json";
-
-pub const SUMS_KEY: &str = "images/SHA256SUMS";
-pub const SIGNATURE_KEY: &str = "images/SHA256SUMS.minisig";
-pub const JSON_KEY: &str = "images/index.json";
+pub use crate::layout::{
+    is_index_file, is_index_key, JSON_KEY, JSON_NAME, SERVED_STATE_DIR, SIGNATURE_KEY,
+    SIGNATURE_NAME, SUMS_KEY, SUMS_NAME,
+};
 
 /// Version of the `index.json` format. Additive changes bump the minor version (1.1 added
 /// `ci_run`).
 pub const FORMAT_VERSION: &str = "1.1";
 
-/// The folder `labctl verify --into` keeps for itself at the top of the served folder (state,
-/// lock, temporary and quarantined files): no destination may use it.
-pub const SERVED_STATE_DIR: &str = ".labctl";
-
 /// Index files are read whole; anything larger is not one labctl wrote.
 pub const MAX_INDEX_BYTES: usize = 64 * 1024 * 1024;
-
-/// Whether `path` (relative to `images/`) is one of the index's own files.
-pub fn is_index_file(path: &str) -> bool {
-    matches!(path, SUMS_NAME | SIGNATURE_NAME | JSON_NAME)
-}
-
-/// Whether a store key is one of the index's own files.
-pub fn is_index_key(key: &str) -> bool {
-    key.strip_prefix(IMAGES_PREFIX).is_some_and(is_index_file)
-}
 
 /// One managed object, as `index.json` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,7 +84,7 @@ pub fn entries(records: &BTreeMap<String, ActualRecord>) -> Entries {
         let Some(path) = r.object_key.strip_prefix(IMAGES_PREFIX) else {
             continue;
         };
-        if crate::manifest::schema::check_relative_key(path).is_err() || is_index_file(path) {
+        if crate::layout::check_relative_key(path).is_err() || is_index_file(path) {
             continue;
         }
         let name = record.name().unwrap_or(path).to_string();
@@ -209,7 +192,7 @@ pub fn parse_sha256sums(bytes: &[u8]) -> Result<Vec<SumsLine>, SumsError> {
         } else {
             path.to_string()
         };
-        crate::manifest::schema::check_relative_key(&path)
+        crate::layout::check_relative_key(&path)
             .map_err(|reason| fail(format!("path `{path}` {reason}")))?;
         if let Some(first) = seen.insert(path.clone(), line) {
             return Err(SumsError::Duplicate {
@@ -241,13 +224,7 @@ fn unescape(s: &str) -> Option<String> {
     Some(out)
 }
 
-/// The index files as found in the store (each `None` when absent).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IndexFiles {
-    pub sums: Option<Vec<u8>>,
-    pub json: Option<Vec<u8>>,
-    pub signature: Option<Vec<u8>>,
-}
+pub use crate::state::IndexFiles;
 
 /// Why the index in the store does not match what the records say (empty: it does).
 /// `public_key` is the manifest's `spec.index.signing.minisign.publicKey`.
@@ -330,12 +307,12 @@ mod tests {
     }
 
     fn actual(destination: &str, json: &str, object: ObjectState) -> (String, ActualRecord) {
-        let record_key = crate::manifest::record_key(destination);
+        let record_key = crate::layout::record_key(destination);
         (
             record_key.clone(),
             ActualRecord {
                 record_key,
-                object_key: crate::manifest::object_key(destination),
+                object_key: crate::layout::object_key(destination),
                 etag: "\"e\"".into(),
                 record: parse(json.as_bytes()).map_err(Into::into),
                 object,

@@ -2,7 +2,13 @@
 
 use std::fmt;
 
-use crate::manifest::yaml::Loc;
+/// A position in the manifest file, 1-based. `line == 0` means unknown. (Reading it from YAML
+/// is the manifest reader's business: `manifest::yaml`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+pub struct Loc {
+    pub line: u64,
+    pub column: u64,
+}
 
 /// One problem in a manifest: reported together with all the others, never one at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]

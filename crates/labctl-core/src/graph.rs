@@ -5,7 +5,14 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 
-use crate::manifest::model::Image;
+/// What the graph needs of an image: its name, the names it depends on, and a label for DOT.
+/// (The manifest's images implement it; the graph knows nothing else of them.)
+pub trait Node {
+    fn name(&self) -> &str;
+    fn dependencies(&self) -> Vec<String>;
+    /// The node's label in `labctl graph`.
+    fn label(&self) -> String;
+}
 
 /// Images as nodes (by their index in the manifest), an edge from each dependency to its
 /// dependents.
@@ -20,15 +27,15 @@ pub struct CycleError(pub Vec<String>);
 
 impl DependencyGraph {
     /// Builds the graph. Unknown dependency names are ignored here: validation reports them.
-    pub fn build(images: &[Image]) -> Result<DependencyGraph, CycleError> {
+    pub fn build<N: Node>(images: &[N]) -> Result<DependencyGraph, CycleError> {
         let mut graph = DiGraph::new();
         let nodes: Vec<NodeIndex> = images
             .iter()
-            .map(|i| graph.add_node(i.name.clone()))
+            .map(|i| graph.add_node(i.name().to_string()))
             .collect();
         for (i, image) in images.iter().enumerate() {
             for dep in image.dependencies() {
-                if let Some(j) = images.iter().position(|o| o.name == dep) {
+                if let Some(j) = images.iter().position(|o| o.name() == dep) {
                     graph.update_edge(nodes[j], nodes[i], ());
                 }
             }
@@ -128,25 +135,19 @@ impl DependencyGraph {
     }
 
     /// The graph in Graphviz DOT, dependencies pointing at their dependents.
-    pub fn to_dot(&self, images: &[Image]) -> String {
+    pub fn to_dot<N: Node>(&self, images: &[N]) -> String {
         let mut out = String::from("digraph images {\n  rankdir=LR;\n  node [shape=box];\n");
         for (i, image) in images.iter().enumerate() {
             out.push_str(&format!(
                 "  {} [label={}];\n",
-                dot_id(&image.name),
-                dot_id(&format!(
-                    "{}\\n{} → {}",
-                    image.name,
-                    image.source_type(),
-                    image.destination
-                ))
-                .replace("\\\\n", "\\n")
+                dot_id(image.name()),
+                dot_id(&image.label()).replace("\\\\n", "\\n")
             ));
             for dep in self.dependencies(i) {
                 out.push_str(&format!(
                     "  {} -> {};\n",
-                    dot_id(&images[dep].name),
-                    dot_id(&image.name)
+                    dot_id(images[dep].name()),
+                    dot_id(image.name())
                 ));
             }
         }

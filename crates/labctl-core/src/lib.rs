@@ -13,6 +13,7 @@ pub mod diagnostic;
 pub mod drift;
 pub mod graph;
 pub mod history;
+pub mod layout;
 pub mod manifest;
 pub mod object;
 pub mod pin;

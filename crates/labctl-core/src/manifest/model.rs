@@ -221,28 +221,28 @@ impl Image {
     }
 }
 
-pub const IMAGES_PREFIX: &str = "images/";
-pub const METADATA_PREFIX: &str = "metadata/";
-pub const HISTORY_PREFIX: &str = "history/";
+impl crate::graph::Node for Image {
+    fn name(&self) -> &str {
+        &self.name
+    }
 
-/// Where the bytes with `sha256` of the image at `destination` are kept once replaced.
-pub fn history_key(destination: &str, sha256: &Checksum) -> String {
-    format!("{HISTORY_PREFIX}{destination}/{}", sha256.hex())
+    fn dependencies(&self) -> Vec<String> {
+        Image::dependencies(self)
+    }
+
+    /// Name, source type and destination, on two lines.
+    fn label(&self) -> String {
+        format!(
+            "{}\\n{} → {}",
+            self.name,
+            self.source_type(),
+            self.destination
+        )
+    }
 }
 
-pub fn object_key(destination: &str) -> String {
-    format!("{IMAGES_PREFIX}{destination}")
-}
-
-pub fn record_key(destination: &str) -> String {
-    format!("{METADATA_PREFIX}{destination}.json")
-}
-
-/// The destination a record key belongs to (`metadata/a/b.raw.json` → `a/b.raw`); `None` for
-/// anything else under `metadata/` (a stray `metadata/..json` is not a record of `images/.`).
-pub fn destination_of_record_key(key: &str) -> Option<&str> {
-    let destination = key.strip_prefix(METADATA_PREFIX)?.strip_suffix(".json")?;
-    crate::manifest::schema::check_relative_key(destination)
-        .ok()
-        .map(|()| destination)
-}
+// The bucket's layout lives in `crate::layout`; the manifest names its keys through it.
+pub use crate::layout::{
+    destination_of_record_key, history_key, object_key, record_key, HISTORY_PREFIX, IMAGES_PREFIX,
+    METADATA_PREFIX,
+};

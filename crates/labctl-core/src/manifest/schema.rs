@@ -871,7 +871,7 @@ impl Reader<'_> {
                 return None;
             }
         };
-        if crate::consumer_index::is_index_file(&value) {
+        if crate::layout::is_index_file(&value) {
             self.error_hint(
                 loc,
                 image,
@@ -880,7 +880,7 @@ impl Reader<'_> {
             );
             return None;
         }
-        if value.split('/').next() == Some(crate::consumer_index::SERVED_STATE_DIR) {
+        if value.split('/').next() == Some(crate::layout::SERVED_STATE_DIR) {
             self.error_hint(
                 loc,
                 image,
@@ -1080,28 +1080,7 @@ pub(super) fn valid_name(s: &str) -> bool {
 /// Public key files are small; reading stops here (a pull request could name `/dev/zero`).
 pub const MAX_KEY_FILE_BYTES: u64 = 1024 * 1024;
 
-pub fn check_relative_key(key: &str) -> Result<(), &'static str> {
-    if key.is_empty() {
-        return Err("is empty");
-    }
-    if key.starts_with('/') {
-        return Err("must not start with `/`");
-    }
-    if key.contains('\\') {
-        return Err("must use `/` as separator");
-    }
-    for segment in key.split('/') {
-        match segment {
-            "" => return Err("has an empty path segment"),
-            "." | ".." => return Err("must not contain `.` or `..` segments"),
-            _ => {}
-        }
-    }
-    if key.chars().any(char::is_control) {
-        return Err("contains control characters");
-    }
-    Ok(())
-}
+pub use crate::layout::check_relative_key;
 
 /// `http://127.x.x.x…`, `http://localhost…` or `http://[::1]…`.
 pub fn is_loopback_http(url: &str) -> bool {

@@ -10,12 +10,7 @@ use std::fmt;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{Budget, Options, Spanned};
 
-/// A position in the manifest file, 1-based. `line == 0` means unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
-pub struct Loc {
-    pub line: u64,
-    pub column: u64,
-}
+pub use crate::diagnostic::Loc;
 
 impl Loc {
     fn span_of<T>(s: &Spanned<T>) -> Option<(usize, usize)> {

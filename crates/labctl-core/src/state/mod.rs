@@ -3,8 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use crate::consumer_index::IndexFiles;
 use crate::object::ObjectMeta;
+
+/// The consumer index's files as found in the store (each `None` when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexFiles {
+    pub sums: Option<Vec<u8>>,
+    pub json: Option<Vec<u8>>,
+    pub signature: Option<Vec<u8>>,
+}
 
 pub mod record;
 

@@ -385,7 +385,7 @@ pub fn new_record(
     StateRecord {
         schema_version: SCHEMA_VERSION,
         name: spec.name.clone(),
-        key: crate::manifest::object_key(&spec.destination),
+        key: crate::layout::object_key(&spec.destination),
         sha256: (checksum.algorithm == crate::checksum::Algorithm::Sha256)
             .then(|| checksum.clone()),
         checksum,

@@ -1,0 +1,111 @@
+//! The bucket's layout, in one place: where images, state records and kept versions live, the
+//! consumer index's files, labctl's own folder, and what a key may look like. A leaf module: it
+//! uses nothing of the core but checksums, so that the manifest, the records, the consumer index
+//! and the served folder all take their keys from here without importing one another.
+
+use crate::checksum::Checksum;
+
+/// Published images: what the NAS syncs.
+pub const IMAGES_PREFIX: &str = "images/";
+/// One state record per image (`metadata/<destination>.json`).
+pub const METADATA_PREFIX: &str = "metadata/";
+/// Replaced bytes kept by `history: N` (`history/<destination>/<sha256>`), never synced.
+pub const HISTORY_PREFIX: &str = "history/";
+/// labctl's own objects: the lock, the record snapshot, doctor's probes.
+pub const LABCTL_PREFIX: &str = ".labctl/";
+
+/// The consumer index, inside `images/`.
+pub const SUMS_NAME: &str = "SHA256SUMS";
+pub const SIGNATURE_NAME: &str = "SHA256SUMS.minisig";
+pub const JSON_NAME: &str = "index.json";
+pub const SUMS_KEY: &str = "images/SHA256SUMS";
+pub const SIGNATURE_KEY: &str = "images/SHA256SUMS.minisig";
+pub const JSON_KEY: &str = "images/index.json";
+
+/// The folder `labctl verify --into` keeps for itself at the top of the served folder (state,
+/// lock, temporary and quarantined files): no destination may use it.
+pub const SERVED_STATE_DIR: &str = ".labctl";
+
+/// Whether `path` (relative to `images/`) is one of the index's own files.
+pub fn is_index_file(path: &str) -> bool {
+    matches!(path, SUMS_NAME | SIGNATURE_NAME | JSON_NAME)
+}
+
+/// Whether a store key is one of the index's own files.
+pub fn is_index_key(key: &str) -> bool {
+    key.strip_prefix(IMAGES_PREFIX).is_some_and(is_index_file)
+}
+
+/// Where the bytes with `sha256` of the image at `destination` are kept once replaced.
+pub fn history_key(destination: &str, sha256: &Checksum) -> String {
+    format!("{HISTORY_PREFIX}{destination}/{}", sha256.hex())
+}
+
+pub fn object_key(destination: &str) -> String {
+    format!("{IMAGES_PREFIX}{destination}")
+}
+
+pub fn record_key(destination: &str) -> String {
+    format!("{METADATA_PREFIX}{destination}.json")
+}
+
+/// The destination a record key belongs to (`metadata/a/b.raw.json` → `a/b.raw`); `None` for
+/// anything else under `metadata/` (a stray `metadata/..json` is not a record of `images/.`).
+pub fn destination_of_record_key(key: &str) -> Option<&str> {
+    let destination = key.strip_prefix(METADATA_PREFIX)?.strip_suffix(".json")?;
+    check_relative_key(destination).ok().map(|()| destination)
+}
+
+/// Object keys and artifact paths: relative, no `..`, no empty segments.
+pub fn check_relative_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("is empty");
+    }
+    if key.starts_with('/') {
+        return Err("must not start with `/`");
+    }
+    if key.contains('\\') {
+        return Err("must use `/` as separator");
+    }
+    for segment in key.split('/') {
+        match segment {
+            "" => return Err("has an empty path segment"),
+            "." | ".." => return Err("must not contain `.` or `..` segments"),
+            _ => {}
+        }
+    }
+    if key.chars().any(char::is_control) {
+        return Err("contains control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_one_destination() {
+        let sha = Checksum::sha256(b"x");
+        assert_eq!(object_key("talos/a.raw"), "images/talos/a.raw");
+        assert_eq!(record_key("talos/a.raw"), "metadata/talos/a.raw.json");
+        assert_eq!(
+            history_key("talos/a.raw", &sha),
+            format!("history/talos/a.raw/{}", sha.hex())
+        );
+        assert_eq!(
+            destination_of_record_key("metadata/talos/a.raw.json"),
+            Some("talos/a.raw")
+        );
+        assert_eq!(destination_of_record_key("metadata/..json"), None);
+        assert!(is_index_key("images/SHA256SUMS") && !is_index_key("images/a/SHA256SUMS"));
+    }
+
+    #[test]
+    fn keys_that_escape_are_refused() {
+        for bad in ["", "/a", "a\\b", "a//b", "a/../b", "./a", "a\u{7}"] {
+            assert!(check_relative_key(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_relative_key("talos/v1.9/a.raw").is_ok());
+    }
+}
