@@ -41,16 +41,8 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
 
     // A signed index needs its key: find out before anything is uploaded.
     let signer = match &manifest.index.minisign_public_key {
-        Some(public) => match crate::signing::from_env(public) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                let hint = e.hint().map(str::to_string);
-                return Err(Failure {
-                    error: e.into(),
-                    hint,
-                });
-            }
-        },
+        // Its hint comes with it (`Failure::with_default_hint`).
+        Some(public) => Some(crate::signing::from_env(public)?),
         None => None,
     };
 
@@ -498,9 +490,5 @@ async fn clean_up_stranded_uploads(store: &dyn Store) {
 }
 
 pub fn lock_failure(e: LockError) -> Failure {
-    let hint = e.hint();
-    Failure {
-        error: e.into(),
-        hint,
-    }
+    Failure::from(e).with_default_hint()
 }

@@ -43,14 +43,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode, Failure> {
                 }
             }
         },
-    )
-    .map_err(|e| {
-        let hint = e.hint().map(str::to_string);
-        Failure {
-            error: e.into(),
-            hint,
-        }
-    })?;
+    )?;
     let text = if args.json {
         serde_json::to_string_pretty(&report).expect("serializes") + "\n"
     } else {
@@ -98,14 +91,7 @@ fn into(
                 }
             }
         },
-    )
-    .map_err(|e| {
-        let hint = e.hint().map(str::to_string);
-        Failure {
-            error: e.into(),
-            hint,
-        }
-    })?;
+    )?;
     let text = if args.json {
         serde_json::to_string_pretty(&report).expect("serializes") + "\n"
     } else {

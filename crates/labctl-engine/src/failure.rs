@@ -39,29 +39,53 @@ impl Failure {
         self
     }
 
-    /// A hint for errors whose fix is the same wherever they happen.
+    /// The hint of the first cause in the chain that has one, unless a hint was given already.
     pub fn with_default_hint(mut self) -> Failure {
         if self.hint.is_none() {
-            for cause in self.error.chain() {
-                use crate::lock::LockError;
-                use crate::store::StoreError;
-                // A lock error wraps the store's transparently: it is not its own cause.
-                let credentials = matches!(
-                    cause.downcast_ref::<StoreError>(),
-                    Some(StoreError::Credentials { .. })
-                ) || matches!(
-                    cause.downcast_ref::<LockError>(),
-                    Some(LockError::Store(StoreError::Credentials { .. }))
-                );
-                if credentials {
-                    self.hint = Some(
-                        "set E2_ACCESS_KEY and E2_SECRET_KEY (or AWS credentials), or plan against a directory with --store DIR".into(),
-                    );
-                }
-            }
+            self.hint = hint_of(&self.error);
         }
         self
     }
+}
+
+/// The one way a hint is attached: each error type with an obvious next step says it in its
+/// own `hint()`, and this asks the causes of `error` in order, so that a hint survives any
+/// `context` wrapped around the error that carries it.
+pub fn hint_of(error: &anyhow::Error) -> Option<String> {
+    use crate::lock::LockError;
+    use crate::store::StoreError;
+    use labctl_core::plan::PlanError;
+    use labctl_core::signing::SigningError;
+    use labctl_core::state::record::RecordError;
+    use labctl_transfer::serve::ServeError;
+    use labctl_transfer::source::channel::LookupError;
+    use labctl_transfer::source::packer::PackerError;
+    use labctl_transfer::verify::VerifyError;
+
+    let owned = |h: Option<&'static str>| h.map(str::to_string);
+    error.chain().find_map(|cause| {
+        if let Some(e) = cause.downcast_ref::<LockError>() {
+            e.hint()
+        } else if let Some(e) = cause.downcast_ref::<StoreError>() {
+            owned(e.hint())
+        } else if let Some(e) = cause.downcast_ref::<PlanError>() {
+            Some(e.hint().to_string())
+        } else if let Some(e) = cause.downcast_ref::<SigningError>() {
+            owned(e.hint())
+        } else if let Some(e) = cause.downcast_ref::<RecordError>() {
+            owned(e.hint())
+        } else if let Some(e) = cause.downcast_ref::<ServeError>() {
+            owned(e.hint())
+        } else if let Some(e) = cause.downcast_ref::<VerifyError>() {
+            owned(e.hint())
+        } else if let Some(e) = cause.downcast_ref::<LookupError>() {
+            owned(e.hint())
+        } else if let Some(e) = cause.downcast_ref::<PackerError>() {
+            owned(e.hint())
+        } else {
+            None
+        }
+    })
 }
 
 impl fmt::Display for Failure {

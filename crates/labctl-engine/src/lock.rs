@@ -75,6 +75,7 @@ impl LockError {
             LockError::NotEnforced => Some(
                 "run `labctl doctor` to see what the store supports; with one apply at a time guaranteed elsewhere (a CI concurrency group), pass --lock=false".into(),
             ),
+            LockError::Store(e) => e.hint().map(str::to_string),
             _ => None,
         }
     }

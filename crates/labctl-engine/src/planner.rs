@@ -111,11 +111,7 @@ pub async fn compute(
             manifest_digest: manifest.digest.clone(),
             store: store.url(),
         },
-    )
-    .map_err(|e| {
-        let hint = e.hint();
-        Failure::from(e).with_hint(hint)
-    })?;
+    )?;
     Ok(Planned {
         desired,
         actual,

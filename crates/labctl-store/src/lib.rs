@@ -73,14 +73,71 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("no usable S3 credentials: {message}")]
-    Credentials { message: String },
+    /// No credentials could be found or used (the SDK's credential chain says why).
+    #[error("no usable S3 credentials")]
+    Credentials {
+        #[source]
+        source: BoxError,
+    },
+    /// No answer: the connection failed, timed out, or the answer could not be read. The SDK's
+    /// error and its causes say which.
+    #[error("{op} `{key}` failed: {kind}")]
+    Unreachable {
+        op: &'static str,
+        key: String,
+        kind: Unreachable,
+        #[source]
+        source: BoxError,
+    },
+    /// The store answered with an error (its code, HTTP status and message).
     #[error("{op} `{key}` failed: {message}")]
     Backend {
         op: &'static str,
         key: String,
         message: String,
     },
+}
+
+/// An error from below the store, kept whole so that its causes are printed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the store gave no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    Timeout,
+    /// Connecting, TLS, or the connection dropping.
+    Connection,
+    /// An answer that could not be read as S3's.
+    BadResponse,
+    /// The request could not be built (a bad endpoint, say).
+    Request,
+}
+
+impl fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unreachable::Timeout => "the store did not answer in time",
+            Unreachable::Connection => "cannot connect to the store",
+            Unreachable::BadResponse => "the store's answer could not be read",
+            Unreachable::Request => "the request could not be made",
+        })
+    }
+}
+
+impl StoreError {
+    /// The next step, when there is an obvious one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Credentials { .. } => Some(
+                "set E2_ACCESS_KEY and E2_SECRET_KEY (or AWS credentials), or plan against a directory with --store DIR",
+            ),
+            StoreError::Unreachable {
+                kind: Unreachable::Connection | Unreachable::Timeout,
+                ..
+            } => Some("check the store's endpoint (spec.store.endpoint or E2_ENDPOINT) and the network"),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

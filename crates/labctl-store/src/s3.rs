@@ -290,6 +290,8 @@ fn status<E>(err: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Optio
     err.raw_response().map(|r| r.status().as_u16())
 }
 
+/// The store's error, classified by what the SDK says happened (never by its wording), with
+/// the SDK's error kept as the source when there was no answer to quote.
 fn backend<E>(
     op: &'static str,
     key: &str,
@@ -298,34 +300,48 @@ fn backend<E>(
 where
     E: std::error::Error + Send + Sync + 'static + ProvideErrorMetadata,
 {
-    let message = match (err.code(), err.message(), status(&err)) {
-        (Some(code), Some(msg), Some(http)) => format!("{code} (HTTP {http}): {msg}"),
-        (Some(code), None, Some(http)) => format!("{code} (HTTP {http})"),
-        (None, _, Some(http)) => format!("HTTP {http}"),
-        // No response: credentials, connection refused, timeout, TLS. The source chain says
-        // which; its Display texts are enough (the Debug dump is not for people).
-        _ => {
-            let mut parts = vec![err.to_string()];
-            let mut source = std::error::Error::source(&err);
-            while let Some(s) = source {
-                let text = s.to_string();
-                if !parts.iter().any(|p| p.contains(&text)) {
-                    parts.push(text);
-                }
-                source = s.source();
-            }
-            let message = parts.join(": ");
-            if message.contains("credentials") {
-                return StoreError::Credentials { message };
-            }
-            message
-        }
+    if let (code, message, Some(http)) = (err.code(), err.message(), status(&err)) {
+        let message = match (code, message) {
+            (Some(code), Some(msg)) => format!("{code} (HTTP {http}): {msg}"),
+            (Some(code), None) => format!("{code} (HTTP {http})"),
+            (None, _) => format!("HTTP {http}"),
+        };
+        return StoreError::Backend {
+            op,
+            key: key.to_string(),
+            message,
+        };
+    }
+    if is_credentials_error(&err) {
+        return StoreError::Credentials {
+            source: Box::new(err),
+        };
+    }
+    let kind = match &err {
+        SdkError::TimeoutError(_) => Unreachable::Timeout,
+        SdkError::DispatchFailure(d) if d.is_timeout() => Unreachable::Timeout,
+        SdkError::DispatchFailure(_) => Unreachable::Connection,
+        SdkError::ResponseError(_) | SdkError::ServiceError(_) => Unreachable::BadResponse,
+        _ => Unreachable::Request,
     };
-    StoreError::Backend {
+    StoreError::Unreachable {
         op,
         key: key.to_string(),
-        message,
+        kind,
+        source: Box::new(err),
     }
+}
+
+/// Whether the credential chain is what failed: its error type somewhere among the causes.
+fn is_credentials_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn to_meta(
