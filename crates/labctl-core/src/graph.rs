@@ -99,28 +99,39 @@ impl DependencyGraph {
     /// Manifest indices in an order where every image comes after its dependencies; among images
     /// that are ready at the same time, manifest order wins, so plans read like the manifest.
     pub fn order(&self) -> Vec<usize> {
+        let mut queue = self.ready_queue();
+        let mut out = Vec::with_capacity(self.graph.node_count());
+        while let Some(i) = queue.pop() {
+            out.push(i);
+            queue.settle(i);
+        }
+        out
+    }
+
+    /// A ready queue over the graph: what may start now, as what started settles.
+    pub fn ready_queue(&self) -> ReadyQueue {
         let n = self.graph.node_count();
-        let mut waiting: Vec<usize> = (0..n)
+        let waiting: Vec<usize> = (0..n)
             .map(|i| {
                 self.graph
                     .neighbors_directed(NodeIndex::new(i), Direction::Incoming)
                     .count()
             })
             .collect();
-        let mut ready: std::collections::BTreeSet<usize> =
-            (0..n).filter(|i| waiting[*i] == 0).collect();
-        let mut out = Vec::with_capacity(n);
-        while let Some(i) = ready.pop_first() {
-            out.push(i);
-            for e in self.graph.edges(NodeIndex::new(i)) {
-                let t = e.target().index();
-                waiting[t] -= 1;
-                if waiting[t] == 0 {
-                    ready.insert(t);
-                }
-            }
+        let dependents = (0..n)
+            .map(|i| {
+                self.graph
+                    .edges(NodeIndex::new(i))
+                    .map(|e| e.target().index())
+                    .collect()
+            })
+            .collect();
+        ReadyQueue {
+            ready: (0..n).filter(|i| waiting[*i] == 0).collect(),
+            waiting,
+            dependents,
+            settled: vec![false; n],
         }
-        out
     }
 
     /// Direct dependencies of the image at `index`, in manifest order.
@@ -153,6 +164,42 @@ impl DependencyGraph {
         }
         out.push_str("}\n");
         out
+    }
+}
+
+/// Nodes whose dependencies have all settled, lowest index (manifest or plan order) first.
+/// Whoever runs the work pops a node, runs it, and settles it — whatever its outcome: a node
+/// that failed still releases its dependents, who then decide to skip themselves.
+#[derive(Debug, Clone)]
+pub struct ReadyQueue {
+    waiting: Vec<usize>,
+    ready: std::collections::BTreeSet<usize>,
+    dependents: Vec<Vec<usize>>,
+    settled: Vec<bool>,
+}
+
+impl ReadyQueue {
+    /// The next node that may start.
+    pub fn pop(&mut self) -> Option<usize> {
+        self.ready.pop_first()
+    }
+
+    /// `index` is done: its dependents wait for one node less. Settling twice changes nothing.
+    pub fn settle(&mut self, index: usize) {
+        if std::mem::replace(&mut self.settled[index], true) {
+            return;
+        }
+        for &t in &self.dependents[index] {
+            self.waiting[t] -= 1;
+            if self.waiting[t] == 0 {
+                self.ready.insert(t);
+            }
+        }
+    }
+
+    /// Every node settled.
+    pub fn is_done(&self) -> bool {
+        self.settled.iter().all(|s| *s)
     }
 }
 
@@ -190,6 +237,29 @@ mod tests {
         let g = DependencyGraph::build(&images).unwrap();
         let names: Vec<&str> = g.order().iter().map(|i| images[*i].name.as_str()).collect();
         assert_eq!(names, ["talos", "iso", "gw"]);
+    }
+
+    #[test]
+    fn the_ready_queue_releases_dependents_as_their_dependencies_settle() {
+        let images = vec![
+            img("iso", &[]),
+            img("gw", &["iso"]),
+            img("other", &[]),
+            img("vm", &["gw", "other"]),
+        ];
+        let g = DependencyGraph::build(&images).unwrap();
+        let mut q = g.ready_queue();
+        assert_eq!((q.pop(), q.pop(), q.pop()), (Some(0), Some(2), None));
+        q.settle(2);
+        assert_eq!(q.pop(), None, "vm still waits for gw");
+        q.settle(0);
+        q.settle(0);
+        assert_eq!((q.pop(), q.pop()), (Some(1), None));
+        q.settle(1);
+        assert_eq!(q.pop(), Some(3));
+        assert!(!q.is_done());
+        q.settle(3);
+        assert!(q.is_done());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::checksum::Checksum;
+use crate::graph::{DependencyGraph, ReadyQueue};
 use crate::manifest::reference::{self, Field, Reference};
 use crate::manifest::Compression;
 use crate::pipeline::{self, HttpJob};
@@ -67,107 +68,142 @@ enum Finished {
 }
 
 pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
-    let changes = plan.changes.clone();
-    let in_plan: HashMap<&str, usize> = changes
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.name.as_str(), i))
-        .collect();
-    let mut finished: HashMap<String, Finished> = HashMap::new();
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; changes.len()];
-    let mut running: JoinSet<(usize, ChangeResult)> = JoinSet::new();
-    // Which change a task runs, so that a task that panics fails its image, not the apply.
-    let mut task_of: HashMap<tokio::task::Id, usize> = HashMap::new();
-    let mut started = vec![false; changes.len()];
+    let mut run = Scheduler::new(&plan.changes, ctx);
+    run.run().await;
+    run.report()
+}
 
-    loop {
-        let cancelled = *ctx.cancel.borrow();
-        // Start every change whose dependencies are settled, within the parallelism.
-        for (i, change) in changes.iter().enumerate() {
-            if started[i] || running.len() >= ctx.parallelism.max(1) {
-                continue;
-            }
-            let deps: Vec<&String> = change
-                .depends_on
-                .iter()
-                .filter(|d| in_plan.contains_key(d.as_str()))
-                .collect();
-            if deps.iter().any(|d| !finished.contains_key(d.as_str())) {
-                continue;
-            }
-            started[i] = true;
-            if let Some(failed) = deps
-                .iter()
-                .find(|d| matches!(finished[d.as_str()], Finished::Failed))
-            {
-                let why = format!("dependency {failed} failed");
-                let outcome = Outcome::Skipped(why);
-                ctx.progress.finish(&change.name, &outcome);
-                outcomes[i] = Some(outcome);
-                finished.insert(change.name.clone(), Finished::Failed);
-                continue;
-            }
-            if cancelled {
-                outcomes[i] = Some(Outcome::Skipped("interrupted".into()));
-                finished.insert(change.name.clone(), Finished::Failed);
-                continue;
-            }
-            if change.action == Action::NoOp {
-                let sum = change.before.as_ref().and_then(|b| b.checksum.clone());
-                outcomes[i] = Some(Outcome::Unchanged);
-                finished.insert(change.name.clone(), Finished::Ok(sum));
-                continue;
-            }
-            let dep_sums: BTreeMap<String, Option<Checksum>> = change
-                .depends_on
-                .iter()
-                .map(|d| {
-                    let sum = match finished.get(d) {
-                        Some(Finished::Ok(s)) => s.clone(),
-                        _ => change
-                            .after
-                            .as_ref()
-                            .and_then(|a| a.dependencies.get(d).cloned().flatten()),
-                    };
-                    (d.clone(), sum)
-                })
-                .collect();
-            let (change, ctx) = (change.clone(), ctx.clone());
-            let handle = running.spawn(async move {
-                let result = run_change(&change, dep_sums, &ctx).await;
-                (i, result)
-            });
-            task_of.insert(handle.id(), i);
+/// The changes of a plan, run from the dependency graph's ready queue: a change starts once
+/// every dependency in the plan has settled, up to `parallelism` at once, lowest plan index
+/// first; whatever its outcome, it then releases its dependents.
+struct Scheduler<'a> {
+    changes: &'a [Change],
+    ctx: Arc<ApplyContext>,
+    /// `None` when the plan's dependencies form a cycle (a checked plan has none).
+    queue: Option<ReadyQueue>,
+    graph: Option<DependencyGraph>,
+    finished: Vec<Option<Finished>>,
+    outcomes: Vec<Option<Outcome>>,
+    running: JoinSet<(usize, ChangeResult)>,
+    /// Which change a task runs, so that a task that panics fails its image, not the apply.
+    task_of: HashMap<tokio::task::Id, usize>,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(changes: &'a [Change], ctx: Arc<ApplyContext>) -> Scheduler<'a> {
+        let graph = DependencyGraph::build(changes).ok();
+        Scheduler {
+            changes,
+            ctx,
+            queue: graph.as_ref().map(DependencyGraph::ready_queue),
+            graph,
+            finished: vec![None; changes.len()],
+            outcomes: vec![None; changes.len()],
+            running: JoinSet::new(),
+            task_of: HashMap::new(),
         }
-        let Some(joined) = running.join_next().await else {
-            if started.iter().all(|s| *s) {
-                break;
+    }
+
+    async fn run(&mut self) {
+        if self.queue.is_none() {
+            // Nothing could ever start: skip everything rather than wait forever.
+            for i in 0..self.changes.len() {
+                self.never_finishes(i);
             }
-            // Nothing running and nothing could start: what is left waits on something that
-            // never finishes (a checked plan cannot get here). Skip it rather than wait forever.
-            let progressed = changes.iter().enumerate().any(|(i, c)| {
-                !started[i]
-                    && c.depends_on
-                        .iter()
-                        .filter(|d| in_plan.contains_key(d.as_str()))
-                        .all(|d| finished.contains_key(d.as_str()))
-            });
-            if !progressed {
-                for (i, change) in changes.iter().enumerate() {
-                    if std::mem::replace(&mut started[i], true) {
-                        continue;
-                    }
-                    outcomes[i] = Some(Outcome::Skipped("its dependencies never finish".into()));
-                    finished.insert(change.name.clone(), Finished::Failed);
+            return;
+        }
+        loop {
+            self.start_ready();
+            let Some(joined) = self.running.join_next().await else {
+                if self.queue.as_ref().is_some_and(ReadyQueue::is_done) {
+                    break;
                 }
+                // Nothing running and nothing ready, yet not done: cannot happen with an
+                // acyclic graph; skip what is left rather than wait forever.
+                for i in 0..self.changes.len() {
+                    if self.outcomes[i].is_none() {
+                        self.never_finishes(i);
+                    }
+                }
+                break;
+            };
+            self.finish(joined);
+        }
+    }
+
+    /// Starts (or settles at once) every ready change, within the parallelism.
+    fn start_ready(&mut self) {
+        while self.running.len() < self.ctx.parallelism.max(1) {
+            let Some(i) = self.queue.as_mut().and_then(ReadyQueue::pop) else {
+                return;
+            };
+            let change = &self.changes[i];
+            let failed_dependency = self
+                .dependencies(i)
+                .into_iter()
+                .find(|&d| matches!(self.finished[d], Some(Finished::Failed)));
+            if let Some(d) = failed_dependency {
+                let why = format!("dependency {} failed", self.changes[d].name);
+                self.settle(i, Outcome::Skipped(why), None);
+            } else if *self.ctx.cancel.borrow() {
+                self.outcomes[i] = Some(Outcome::Skipped("interrupted".into()));
+                self.settle_quietly(i, Finished::Failed);
+            } else if change.action == Action::NoOp {
+                let sum = change.before.as_ref().and_then(|b| b.checksum.clone());
+                self.outcomes[i] = Some(Outcome::Unchanged);
+                self.settle_quietly(i, Finished::Ok(sum));
+            } else {
+                self.spawn(i);
             }
-            continue;
-        };
+        }
+    }
+
+    /// Direct dependencies of change `i` that are in the plan.
+    fn dependencies(&self, i: usize) -> Vec<usize> {
+        self.graph
+            .as_ref()
+            .map(|g| g.dependencies(i))
+            .unwrap_or_default()
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let change = self.changes[i].clone();
+        // A dependency's checksum as it finished, or as the plan knew it.
+        let dep_sums: BTreeMap<String, Option<Checksum>> = change
+            .depends_on
+            .iter()
+            .map(|d| {
+                let finished = self
+                    .changes
+                    .iter()
+                    .position(|c| c.name == *d)
+                    .and_then(|j| match &self.finished[j] {
+                        Some(Finished::Ok(s)) => Some(s.clone()),
+                        _ => None,
+                    });
+                let sum = finished.unwrap_or_else(|| {
+                    change
+                        .after
+                        .as_ref()
+                        .and_then(|a| a.dependencies.get(d).cloned().flatten())
+                });
+                (d.clone(), sum)
+            })
+            .collect();
+        let ctx = self.ctx.clone();
+        let handle = self.running.spawn(async move {
+            let result = run_change(&change, dep_sums, &ctx).await;
+            (i, result)
+        });
+        self.task_of.insert(handle.id(), i);
+    }
+
+    fn finish(&mut self, joined: Result<(usize, ChangeResult), tokio::task::JoinError>) {
         let (i, result) = match joined {
             Ok(done) => done,
             Err(e) => {
-                let Some(&i) = task_of.get(&e.id()) else {
-                    continue;
+                let Some(&i) = self.task_of.get(&e.id()) else {
+                    return;
                 };
                 (
                     i,
@@ -178,35 +214,52 @@ pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
                 )
             }
         };
-        let change = &changes[i];
         match result {
-            Ok((message, checksum)) => {
-                let outcome = Outcome::Done(message);
-                ctx.progress.finish(&change.name, &outcome);
-                outcomes[i] = Some(outcome);
-                finished.insert(change.name.clone(), Finished::Ok(checksum));
-            }
-            Err(e) => {
-                let text = format!("{e:#}");
-                let outcome = Outcome::Failed(text);
-                ctx.progress.finish(&change.name, &outcome);
-                outcomes[i] = Some(outcome);
-                finished.insert(change.name.clone(), Finished::Failed);
-            }
+            Ok((message, checksum)) => self.settle(i, Outcome::Done(message), Some(checksum)),
+            Err(e) => self.settle(i, Outcome::Failed(format!("{e:#}")), None),
         }
     }
-    Report {
-        results: changes
-            .iter()
-            .zip(outcomes)
-            .map(|(c, o)| {
-                (
-                    c.name.clone(),
-                    c.action,
-                    o.unwrap_or(Outcome::Skipped("not run".into())),
-                )
-            })
-            .collect(),
+
+    /// Records the outcome, shows it, and releases the change's dependents. `checksum` is
+    /// `Some` for a change that succeeded.
+    fn settle(&mut self, i: usize, outcome: Outcome, checksum: Option<Option<Checksum>>) {
+        self.ctx.progress.finish(&self.changes[i].name, &outcome);
+        self.outcomes[i] = Some(outcome);
+        let finished = match checksum {
+            Some(sum) => Finished::Ok(sum),
+            None => Finished::Failed,
+        };
+        self.settle_quietly(i, finished);
+    }
+
+    fn never_finishes(&mut self, i: usize) {
+        self.outcomes[i] = Some(Outcome::Skipped("its dependencies never finish".into()));
+        self.settle_quietly(i, Finished::Failed);
+    }
+
+    /// Releases the change's dependents without showing anything.
+    fn settle_quietly(&mut self, i: usize, finished: Finished) {
+        self.finished[i] = Some(finished);
+        if let Some(q) = self.queue.as_mut() {
+            q.settle(i);
+        }
+    }
+
+    fn report(self) -> Report {
+        Report {
+            results: self
+                .changes
+                .iter()
+                .zip(self.outcomes)
+                .map(|(c, o)| {
+                    (
+                        c.name.clone(),
+                        c.action,
+                        o.unwrap_or(Outcome::Skipped("not run".into())),
+                    )
+                })
+                .collect(),
+        }
     }
 }
 

@@ -320,6 +320,21 @@ pub struct Orphan {
     pub reason: String,
 }
 
+/// A plan's changes as the dependency graph's nodes: apply runs them from its ready queue.
+impl crate::graph::Node for Change {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn dependencies(&self) -> Vec<String> {
+        self.depends_on.clone()
+    }
+
+    fn label(&self) -> String {
+        format!("{} {}", self.action, self.name)
+    }
+}
+
 impl Change {
     /// What apply needs to make this change, taken from the plan alone.
     pub fn desired(&self) -> Option<Desired> {
