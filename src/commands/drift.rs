@@ -4,8 +4,6 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, RANGE};
-use reqwest::StatusCode;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
@@ -13,7 +11,8 @@ use crate::cli::DriftArgs;
 use crate::drift::{self, Finding, Kind, Report};
 use crate::failure::Failure;
 use crate::plan::Desired;
-use crate::source::http::SourceInfo;
+use crate::source::http::{DownloadError, SourceInfo};
+use crate::source::probe::Probed;
 use crate::spec::SpecSource;
 use crate::state::record::Record;
 use crate::state::{ActualState, ObjectState};
@@ -231,6 +230,7 @@ fn custody(d: &Desired, actual: &ActualState) -> String {
     }
 }
 
+/// The vendor's answer about one source, as a finding (none when nothing changed).
 async fn probe(
     client: &reqwest::Client,
     url: &str,
@@ -245,48 +245,24 @@ async fn probe(
             detail,
         })
     };
-    let mut response = client.head(url).send().await;
-    if let Ok(r) = &response {
-        if matches!(
-            r.status(),
-            StatusCode::METHOD_NOT_ALLOWED | StatusCode::FORBIDDEN | StatusCode::NOT_IMPLEMENTED
-        ) {
-            let mut headers = HeaderMap::new();
-            headers.insert(RANGE, "bytes=0-0".parse().expect("valid"));
-            response = client.get(url).headers(headers).send().await;
-        }
-    }
-    let response = match response {
-        Ok(r) => r,
-        Err(e) => return finding(Kind::SourceUnreachable, format!("request failed: {e}")),
+    // Two tries: a nightly check should not hammer a vendor that is down.
+    let policy = crate::source::http::RetryPolicy {
+        attempts: 2,
+        ..Default::default()
     };
-    let status = response.status();
-    if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) {
-        return finding(
-            Kind::SourceVanished,
-            format!(
-                "HTTP {}: the image could not be downloaded again",
-                status.as_u16()
-            ),
-        );
-    }
-    if !status.is_success() {
-        return finding(Kind::SourceUnreachable, format!("HTTP {}", status.as_u16()));
-    }
-    let headers = response.headers();
-    // A ranged GET's whole size is in Content-Range; a HEAD's in Content-Length.
-    let size = headers
-        .get(CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit('/').next())
-        .and_then(|v| v.parse().ok())
-        .or_else(|| {
-            headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-        });
-    let now = SourceInfo::of(headers, size);
+    let now = match crate::source::probe::probe(client, url, &policy).await {
+        Ok(Probed::Serves(info)) => info,
+        Ok(Probed::Gone { status }) => {
+            return finding(
+                Kind::SourceVanished,
+                format!("HTTP {status}: the image could not be downloaded again"),
+            )
+        }
+        Err(DownloadError::Status { status, .. }) => {
+            return finding(Kind::SourceUnreachable, format!("HTTP {status}"))
+        }
+        Err(e) => return finding(Kind::SourceUnreachable, format!("request failed: {e:#}")),
+    };
     let then = recorded?;
     let mut changes = Vec::new();
     if let (Some(a), Some(b)) = (then.size, now.size) {

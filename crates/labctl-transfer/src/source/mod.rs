@@ -4,5 +4,6 @@ pub mod channel;
 pub mod checksum_list;
 pub mod http;
 pub mod packer;
+pub mod probe;
 /// Signatures and keys are pure, and live in the core.
 pub use labctl_core::signature;
