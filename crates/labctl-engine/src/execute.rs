@@ -572,24 +572,9 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
         );
         return Ok(None);
     }
-    let sha256 = match &before.sha256 {
-        Some(s) => s.clone(),
-        None => {
-            ctx.progress.line(
-                &change.name,
-                "reading the current object back for its sha256 before keeping it",
-            );
-            let digests =
-                pipeline::hash_stored(ctx.store.as_ref(), &change.key, checksum.algorithm).await?;
-            if digests.declared != checksum {
-                ctx.progress.line(
-                    &change.name,
-                    "the current object does not hash to its record's checksum: it is not kept in the history",
-                );
-                return Ok(None);
-            }
-            digests.sha256
-        }
+    let Some(sha256) = sha256_of_current(change, ctx, before.sha256.as_ref(), &checksum).await?
+    else {
+        return Ok(None);
     };
     let spec = before.spec.as_ref();
     let destination = change
@@ -629,6 +614,33 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
     }))
 }
 
+/// The sha256 of the current bytes: the record's, else read back once. `None` when they do not
+/// hash to the record's checksum (then they are not what the record describes: not kept).
+async fn sha256_of_current(
+    change: &Change,
+    ctx: &ApplyContext,
+    recorded: Option<&Checksum>,
+    checksum: &Checksum,
+) -> anyhow::Result<Option<Checksum>> {
+    if let Some(s) = recorded {
+        return Ok(Some(s.clone()));
+    }
+    ctx.progress.line(
+        &change.name,
+        "reading the current object back for its sha256 before keeping it",
+    );
+    let digests =
+        pipeline::hash_stored(ctx.store.as_ref(), &change.key, checksum.algorithm).await?;
+    if digests.declared != *checksum {
+        ctx.progress.line(
+            &change.name,
+            "the current object does not hash to its record's checksum: it is not kept in the history",
+        );
+        return Ok(None);
+    }
+    Ok(Some(digests.sha256))
+}
+
 /// Copies kept bytes back (a revert in Git): nothing is downloaded, so it works after the
 /// vendor deleted the file. The kept object carries the checksum it was published with; it is
 /// checked before the copy, and the copy's size after.
@@ -641,47 +653,7 @@ async fn restore(
     ctx: &ApplyContext,
 ) -> ChangeResult {
     let spec = &desired.spec;
-    let source = ctx
-        .store
-        .head(&entry.key)
-        .await?
-        .ok_or_else(|| {
-            anyhow!(
-                "the kept version `{}` is gone from the store; plan again to download the image instead",
-                entry.key
-            )
-        })?;
-    if source.size != entry.size
-        || source.user_metadata.get(META_CHECKSUM) != Some(&entry.checksum.to_string())
-    {
-        bail!(
-            "the kept version `{}` is not what the record lists ({} bytes, {}); it was changed outside labctl",
-            entry.key,
-            entry.size,
-            entry.checksum
-        );
-    }
-    // Every byte labctl publishes is verified: the kept bytes are read back from the store
-    // (not from the vendor) and must hash to both recorded digests before the copy, which is
-    // made only while the kept object still has the ETag that was hashed.
-    ctx.progress.line(
-        &change.name,
-        &format!(
-            "checking the kept version {} before restoring it",
-            entry.key
-        ),
-    );
-    let digests = pipeline::hash_stored(ctx.store.as_ref(), &entry.key, entry.checksum.algorithm)
-        .await
-        .with_context(|| format!("cannot read the kept version `{}`", entry.key))?;
-    if digests.declared != entry.checksum || digests.sha256 != entry.sha256 {
-        bail!(
-            "the kept version `{}` hashes to {}, not to {} as the record lists: it was changed outside labctl, and nothing was restored",
-            entry.key,
-            digests.declared,
-            entry.checksum
-        );
-    }
+    let source = check_kept(change, entry, ctx).await?;
     let fingerprint = spec.fingerprint(&deps);
     let object = ctx
         .store
@@ -726,6 +698,58 @@ async fn restore(
         ),
         Some(entry.checksum.clone()),
     ))
+}
+
+/// The kept version, checked before it is copied back: it must still be what the record lists
+/// (size and labctl metadata by HEAD), and its bytes, read back from the store, must hash to
+/// both recorded digests. Returns its metadata (the copy is made only while its ETag holds).
+async fn check_kept(
+    change: &Change,
+    entry: &HistoryEntry,
+    ctx: &ApplyContext,
+) -> anyhow::Result<crate::store::ObjectMeta> {
+    let source = ctx
+        .store
+        .head(&entry.key)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "the kept version `{}` is gone from the store; plan again to download the image instead",
+                entry.key
+            )
+        })?;
+    if source.size != entry.size
+        || source.user_metadata.get(META_CHECKSUM) != Some(&entry.checksum.to_string())
+    {
+        bail!(
+            "the kept version `{}` is not what the record lists ({} bytes, {}); it was changed outside labctl",
+            entry.key,
+            entry.size,
+            entry.checksum
+        );
+    }
+    // Every byte labctl publishes is verified: the kept bytes are read back from the store
+    // (not from the vendor) and must hash to both recorded digests before the copy, which is
+    // made only while the kept object still has the ETag that was hashed.
+    ctx.progress.line(
+        &change.name,
+        &format!(
+            "checking the kept version {} before restoring it",
+            entry.key
+        ),
+    );
+    let digests = pipeline::hash_stored(ctx.store.as_ref(), &entry.key, entry.checksum.algorithm)
+        .await
+        .with_context(|| format!("cannot read the kept version `{}`", entry.key))?;
+    if digests.declared != entry.checksum || digests.sha256 != entry.sha256 {
+        bail!(
+            "the kept version `{}` hashes to {}, not to {} as the record lists: it was changed outside labctl, and nothing was restored",
+            entry.key,
+            digests.declared,
+            entry.checksum
+        );
+    }
+    Ok(source)
 }
 
 /// The record of a freshly published object (written last, after the object is visible).

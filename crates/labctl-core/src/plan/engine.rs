@@ -124,7 +124,41 @@ pub fn compute(
         changes.push(change);
     }
 
+    let (deletes, orphans) = plan_unwanted(desired, actual, options);
+    changes.extend(deletes);
+
+    let summary = crate::plan::check::counted(&changes, &orphans);
+    let index = index_plan(&changes, actual, options);
+
+    Ok(Plan {
+        format_version: FORMAT_VERSION.to_string(),
+        labctl_version: env!("CARGO_PKG_VERSION").to_string(),
+        manifest: context.manifest,
+        manifest_digest: context.manifest_digest,
+        store: context.store,
+        refreshed: actual.refreshed,
+        prune: options.prune,
+        summary,
+        changes,
+        orphans,
+        prior_state: actual
+            .records
+            .iter()
+            .map(|(k, r)| (k.clone(), r.etag.clone()))
+            .collect(),
+        index,
+    })
+}
+
+/// Records no image of the manifest claims: deleted with `--prune` (unless protected or
+/// unreadable), kept as orphans otherwise.
+fn plan_unwanted(
+    desired: &[Desired],
+    actual: &ActualState,
+    options: &PlanOptions,
+) -> (Vec<Change>, Vec<Orphan>) {
     let wanted: BTreeSet<String> = desired.iter().map(|d| d.record_key()).collect();
+    let mut changes = Vec::new();
     let mut orphans = Vec::new();
     for (record_key, r) in &actual.records {
         if wanted.contains(record_key) {
@@ -198,28 +232,7 @@ pub fn compute(
             });
         }
     }
-
-    let summary = crate::plan::check::counted(&changes, &orphans);
-    let index = index_plan(&changes, actual, options);
-
-    Ok(Plan {
-        format_version: FORMAT_VERSION.to_string(),
-        labctl_version: env!("CARGO_PKG_VERSION").to_string(),
-        manifest: context.manifest,
-        manifest_digest: context.manifest_digest,
-        store: context.store,
-        refreshed: actual.refreshed,
-        prune: options.prune,
-        summary,
-        changes,
-        orphans,
-        prior_state: actual
-            .records
-            .iter()
-            .map(|(k, r)| (k.clone(), r.etag.clone()))
-            .collect(),
-        index,
-    })
+    (changes, orphans)
 }
 
 /// The keys of the consumer index, in the order apply writes them: the JSON index first, then
@@ -344,13 +357,9 @@ fn before_of(r: &ActualRecord) -> Before {
     }
 }
 
-fn plan_image(
-    d: &Desired,
-    actual: Option<&ActualRecord>,
-    unrecorded: Option<&crate::object::ObjectMeta>,
-    outcomes: &HashMap<&str, Outcome>,
-    options: &PlanOptions,
-) -> Change {
+/// What the store will hold after apply, as far as the plan knows it: the published checksum
+/// when pinned, the fingerprint when every dependency's checksum is known.
+fn after_of(d: &Desired, outcomes: &HashMap<&str, Outcome>) -> After {
     let deps_after: BTreeMap<String, Option<Checksum>> = d
         .spec
         .depends_on
@@ -374,7 +383,7 @@ fn plan_image(
     if fingerprint.is_none() {
         unknown.push(KnownAfterApply::Fingerprint);
     }
-    let after = After {
+    After {
         checksum: d.published().cloned(),
         source_checksum: d.source_checksum(),
         fingerprint,
@@ -382,7 +391,17 @@ fn plan_image(
         pgp_key: d.pgp_key.clone(),
         dependencies: deps_after,
         unknown,
-    };
+    }
+}
+
+fn plan_image(
+    d: &Desired,
+    actual: Option<&ActualRecord>,
+    unrecorded: Option<&crate::object::ObjectMeta>,
+    outcomes: &HashMap<&str, Outcome>,
+    options: &PlanOptions,
+) -> Change {
+    let after = after_of(d, outcomes);
     let mut change = Change {
         name: d.name().to_string(),
         key: d.object_key(),
@@ -399,29 +418,7 @@ fn plan_image(
     };
 
     let Some(actual) = actual else {
-        match unrecorded {
-            Some(meta) => match adoptable(&change, meta) {
-                Some(adopt) => {
-                    change.action = Action::Update;
-                    change.reasons.push(Reason::Adopt);
-                    if let Some(after) = change.after.as_mut() {
-                        after.checksum = Some(adopt.checksum.clone());
-                        after.unknown.retain(|u| {
-                            !matches!(u, KnownAfterApply::Checksum | KnownAfterApply::Size)
-                        });
-                    }
-                    change.adopt = Some(adopt);
-                }
-                None => {
-                    change.action = Action::Create;
-                    change.reasons.push(Reason::UnrecordedObjectOverwritten);
-                }
-            },
-            None => {
-                change.action = Action::Create;
-                change.reasons.push(Reason::NotInStore);
-            }
-        }
+        plan_unrecorded(&mut change, unrecorded);
         return change;
     };
 
@@ -471,6 +468,34 @@ fn plan_image(
     }
     plan_history(d, actual, &mut change);
     change
+}
+
+/// An image with no record: created, or adopted when an interrupted apply published exactly
+/// this spec at its key.
+fn plan_unrecorded(change: &mut Change, unrecorded: Option<&crate::object::ObjectMeta>) {
+    match unrecorded {
+        Some(meta) => match adoptable(change, meta) {
+            Some(adopt) => {
+                change.action = Action::Update;
+                change.reasons.push(Reason::Adopt);
+                if let Some(after) = change.after.as_mut() {
+                    after.checksum = Some(adopt.checksum.clone());
+                    after.unknown.retain(|u| {
+                        !matches!(u, KnownAfterApply::Checksum | KnownAfterApply::Size)
+                    });
+                }
+                change.adopt = Some(adopt);
+            }
+            None => {
+                change.action = Action::Create;
+                change.reasons.push(Reason::UnrecordedObjectOverwritten);
+            }
+        },
+        None => {
+            change.action = Action::Create;
+            change.reasons.push(Reason::NotInStore);
+        }
+    }
 }
 
 /// An object without a record is adopted when its labctl metadata names exactly the bytes and
