@@ -136,6 +136,8 @@ fn reset(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
 }
 
+/// Writes every example state in turn: a script more than a function, kept in one piece so
+/// that each state reads as the story it tells.
 #[tokio::main]
 async fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));

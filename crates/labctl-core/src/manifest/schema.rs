@@ -341,6 +341,9 @@ impl Reader<'_> {
     }
 
     /// `node` is the image with its version written in; `written` is it as the file has it.
+    ///
+    /// Long on purpose: one step per field of an image, in the order docs/manifest.md lists
+    /// them, every problem collected rather than the first returned.
     fn image(&mut self, node: &Node, written: &Node) -> Option<Image> {
         const FIELDS: [&str; 9] = [
             "name",
@@ -609,6 +612,8 @@ impl Reader<'_> {
         })
     }
 
+    /// `signature:` — minisign or PGP, each with its own fields and key sources. Long on
+    /// purpose: one arm per kind, every problem collected.
     fn signature(
         &mut self,
         node: &Node,

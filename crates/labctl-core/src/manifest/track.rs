@@ -103,6 +103,9 @@ impl Reader<'_> {
 
     /// `track:`; `written` is the image entry as the file has it (its templates), `version` the
     /// image's version, `source` its source as read.
+    ///
+    /// Long on purpose: one block per field and per channel's rule, each with its own error,
+    /// read top to bottom like the reference in docs/manifest.md.
     pub(super) fn track(
         &mut self,
         node: &Node,
@@ -291,6 +294,8 @@ impl Reader<'_> {
         })
     }
 
+    /// `policy:` — one block per field (ordering, minor, prereleases, minimum age), every
+    /// problem collected; long on purpose, like the reference it follows.
     fn policy(
         &mut self,
         f: &Fields,
