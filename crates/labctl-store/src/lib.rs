@@ -216,6 +216,28 @@ pub trait Store: Send + Sync + fmt::Debug {
         user_metadata: Option<BTreeMap<String, String>>,
         source_etag: Option<&str>,
     ) -> Result<ObjectMeta>;
+
+    /// One server-side copy as `doctor` probes it, sent as it is: no check on labctl's side
+    /// first, so that what answers is the store. A store without such requests (a directory)
+    /// makes the plain [`Store::copy`].
+    async fn probe_copy(&self, from: &str, to: &str, probe: CopyProbe) -> Result<ObjectMeta> {
+        match probe {
+            CopyProbe::ReplaceMetadata(m) => self.copy(from, to, Some(m), None).await,
+            CopyProbe::InParts { .. } => self.copy(from, to, None, None).await,
+            CopyProbe::IfMatch(etag) => self.copy(from, to, None, Some(&etag)).await,
+        }
+    }
+}
+
+/// What promotion and history rely on, one request each.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyProbe {
+    /// CopyObject with `x-amz-metadata-directive: REPLACE`.
+    ReplaceMetadata(BTreeMap<String, String>),
+    /// UploadPartCopy with `x-amz-copy-source-range`, in parts of this many bytes.
+    InParts { part_size: u64 },
+    /// CopyObject with `x-amz-copy-source-if-match`.
+    IfMatch(String),
 }
 
 /// Every key under `prefix`, following continuation tokens.

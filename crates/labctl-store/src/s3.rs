@@ -127,18 +127,18 @@ impl S3Store {
     }
 
     /// Server-side copy of `from` (its current size `size`) to `to`.
-    async fn copy_object(
-        &self,
-        op: &'static str,
-        from: &str,
-        to: &str,
-        size: u64,
-        user_metadata: Option<&BTreeMap<String, String>>,
-        source_etag: Option<&str>,
-    ) -> Result<()> {
+    async fn copy_object(&self, op: &'static str, request: CopyRequest<'_>) -> Result<()> {
+        let CopyRequest {
+            from,
+            to,
+            size,
+            user_metadata,
+            source_etag,
+            single_copy_limit,
+        } = request;
         let source = copy_source(self.bucket(), &self.full_key(from)?);
         let full_to = self.full_key(to)?;
-        if size <= self.single_copy_limit {
+        if size <= single_copy_limit {
             let directive = match user_metadata {
                 Some(_) => MetadataDirective::Replace,
                 None => MetadataDirective::Copy,
@@ -180,7 +180,7 @@ impl S3Store {
                 },
             )
             .await?;
-        let part = self.single_copy_limit.clamp(MIN_COPY_PART, COPY_PART);
+        let part = single_copy_limit.clamp(MIN_COPY_PART, COPY_PART);
         let mut parts = Vec::new();
         let mut start = 0;
         let mut number = 1;
@@ -281,6 +281,19 @@ impl S3Store {
             .map_err(|e| backend("presign", key, e))?;
         Ok(req.uri().to_string())
     }
+}
+
+/// One server-side copy: `from` (now `size` bytes) to `to`, whole up to `single_copy_limit`,
+/// part by part above it.
+struct CopyRequest<'a> {
+    from: &'a str,
+    to: &'a str,
+    size: u64,
+    /// Replaces the copy's metadata; `None` keeps the source's.
+    user_metadata: Option<&'a BTreeMap<String, String>>,
+    /// Copy only while the source has this ETag (`x-amz-copy-source-if-match`).
+    source_etag: Option<&'a str>,
+    single_copy_limit: u64,
 }
 
 /// Pages of ListMultipartUploads read at most (a million uploads).
@@ -712,11 +725,14 @@ impl Store for S3Store {
         // Copying an object onto itself with new metadata is how S3 edits metadata.
         self.copy_object(
             "set metadata of",
-            key,
-            key,
-            current.size,
-            Some(&user_metadata),
-            Some(&current.etag),
+            CopyRequest {
+                from: key,
+                to: key,
+                size: current.size,
+                user_metadata: Some(&user_metadata),
+                source_etag: Some(&current.etag),
+                single_copy_limit: self.single_copy_limit,
+            },
         )
         .await?;
         self.head(key).await?.ok_or_else(|| StoreError::Backend {
@@ -747,11 +763,45 @@ impl Store for S3Store {
         }
         self.copy_object(
             "copy to",
-            from,
-            to,
-            source.size,
-            user_metadata.as_ref(),
-            source_etag,
+            CopyRequest {
+                from,
+                to,
+                size: source.size,
+                user_metadata: user_metadata.as_ref(),
+                source_etag,
+                single_copy_limit: self.single_copy_limit,
+            },
+        )
+        .await?;
+        self.head(to).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy to",
+            key: to.to_string(),
+            message: "the copy is not there after the store confirmed it".into(),
+        })
+    }
+
+    async fn probe_copy(&self, from: &str, to: &str, probe: CopyProbe) -> Result<ObjectMeta> {
+        let source = self.head(from).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy",
+            key: from.to_string(),
+            message: "no such object".into(),
+        })?;
+        let (metadata, etag, limit) = match &probe {
+            CopyProbe::ReplaceMetadata(m) => (Some(m), None, MAX_SINGLE_COPY),
+            // Parts as small as S3 allows, so that a small object is copied in several.
+            CopyProbe::InParts { part_size } => (None, None, (*part_size).max(MIN_COPY_PART)),
+            CopyProbe::IfMatch(etag) => (None, Some(etag.as_str()), MAX_SINGLE_COPY),
+        };
+        self.copy_object(
+            "copy to",
+            CopyRequest {
+                from,
+                to,
+                size: source.size,
+                user_metadata: metadata,
+                source_etag: etag,
+                single_copy_limit: limit,
+            },
         )
         .await?;
         self.head(to).await?.ok_or_else(|| StoreError::Backend {
