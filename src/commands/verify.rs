@@ -35,14 +35,7 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode, Failure> {
             public_key,
             jobs,
         },
-        &|done, total| {
-            if interactive {
-                eprint!("\rChecked {done} of {total} files");
-                if done == total {
-                    eprintln!();
-                }
-            }
-        },
+        &|done, total| counter(interactive, "Files checked", done, total),
     )?;
     let text = if args.json {
         serde_json::to_string_pretty(&report).expect("serializes") + "\n"
@@ -55,6 +48,17 @@ pub fn run(args: &VerifyArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// `WHAT: done of total` on one line of a terminal's stderr, finished with a newline; nothing
+/// elsewhere (logs get the report).
+fn counter(interactive: bool, what: &str, done: usize, total: usize) {
+    if interactive {
+        eprint!("\r{what}: {done} of {total}");
+        if done == total {
+            eprintln!();
+        }
+    }
 }
 
 fn print_report(text: &str) -> Result<(), Failure> {
@@ -83,14 +87,7 @@ fn into(
             jobs,
             wait: args.wait.unwrap_or_default(),
         },
-        &|phase, done, total| {
-            if interactive {
-                eprint!("\r{phase}: {done} of {total}");
-                if done == total {
-                    eprintln!();
-                }
-            }
-        },
+        &|phase, done, total| counter(interactive, phase, done, total),
     )?;
     let text = if args.json {
         serde_json::to_string_pretty(&report).expect("serializes") + "\n"

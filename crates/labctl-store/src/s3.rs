@@ -227,6 +227,24 @@ impl S3Store {
         Ok(())
     }
 
+    /// The metadata of a copy's source, which must exist.
+    async fn copy_source_meta(&self, from: &str) -> Result<ObjectMeta> {
+        self.head(from).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy",
+            key: from.to_string(),
+            message: "no such object".into(),
+        })
+    }
+
+    /// The metadata of a copy the store said it made.
+    async fn copied_meta(&self, to: &str) -> Result<ObjectMeta> {
+        self.head(to).await?.ok_or_else(|| StoreError::Backend {
+            op: "copy to",
+            key: to.to_string(),
+            message: "the copy is not there after the store confirmed it".into(),
+        })
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -749,11 +767,7 @@ impl Store for S3Store {
         user_metadata: Option<BTreeMap<String, String>>,
         source_etag: Option<&str>,
     ) -> Result<ObjectMeta> {
-        let source = self.head(from).await?.ok_or_else(|| StoreError::Backend {
-            op: "copy",
-            key: from.to_string(),
-            message: "no such object".into(),
-        })?;
+        let source = self.copy_source_meta(from).await?;
         if source_etag.is_some_and(|e| e != source.etag) {
             return Err(StoreError::Backend {
                 op: "copy",
@@ -773,19 +787,11 @@ impl Store for S3Store {
             },
         )
         .await?;
-        self.head(to).await?.ok_or_else(|| StoreError::Backend {
-            op: "copy to",
-            key: to.to_string(),
-            message: "the copy is not there after the store confirmed it".into(),
-        })
+        self.copied_meta(to).await
     }
 
     async fn probe_copy(&self, from: &str, to: &str, probe: CopyProbe) -> Result<ObjectMeta> {
-        let source = self.head(from).await?.ok_or_else(|| StoreError::Backend {
-            op: "copy",
-            key: from.to_string(),
-            message: "no such object".into(),
-        })?;
+        let source = self.copy_source_meta(from).await?;
         let (metadata, etag, limit) = match &probe {
             CopyProbe::ReplaceMetadata(m) => (Some(m), None, MAX_SINGLE_COPY),
             // Parts as small as S3 allows, so that a small object is copied in several.
@@ -804,11 +810,7 @@ impl Store for S3Store {
             },
         )
         .await?;
-        self.head(to).await?.ok_or_else(|| StoreError::Backend {
-            op: "copy to",
-            key: to.to_string(),
-            message: "the copy is not there after the store confirmed it".into(),
-        })
+        self.copied_meta(to).await
     }
 }
 
