@@ -373,7 +373,7 @@ fn a_bad_signature_places_nothing() {
     // The next list is tampered with: nothing of it is placed; the served folder keeps the
     // last verified generation with its signature.
     write_files(&f.synced, &[("a.raw", A2)]);
-    let mut forged = sha256sums(&entries(&[("a.raw", A2)])).into_bytes();
+    let forged = sha256sums(&entries(&[("a.raw", A2)])).into_bytes();
     std::fs::write(f.synced.join(SUMS_NAME), &forged).unwrap();
     let err = run(&with_key, &|_, _, _| {}).unwrap_err();
     assert!(
@@ -382,7 +382,6 @@ fn a_bad_signature_places_nothing() {
     );
     assert_eq!(served_bytes(&f, "a.raw").unwrap(), A1);
     assert_eq!(served_bytes(&f, SUMS_NAME).unwrap(), sums);
-    forged.clear();
 }
 
 #[test]
