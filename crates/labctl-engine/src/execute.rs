@@ -41,7 +41,7 @@ pub struct ApplyContext {
     pub secrets: Vec<String>,
 }
 
-pub use crate::progress::Outcome;
+pub use crate::progress::{Outcome, Skip};
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -143,10 +143,10 @@ impl<'a> Scheduler<'a> {
                 .into_iter()
                 .find(|&d| matches!(self.finished[d], Some(Finished::Failed)));
             if let Some(d) = failed_dependency {
-                let why = format!("dependency {} failed", self.changes[d].name);
+                let why = Skip::DependencyFailed(self.changes[d].name.clone());
                 self.settle(i, Outcome::Skipped(why), None);
             } else if *self.ctx.cancel.borrow() {
-                self.outcomes[i] = Some(Outcome::Skipped("interrupted".into()));
+                self.outcomes[i] = Some(Outcome::Skipped(Skip::Interrupted));
                 self.settle_quietly(i, Finished::Failed);
             } else if change.action == Action::NoOp {
                 let sum = change.before.as_ref().and_then(|b| b.checksum.clone());
@@ -233,7 +233,7 @@ impl<'a> Scheduler<'a> {
     }
 
     fn never_finishes(&mut self, i: usize) {
-        self.outcomes[i] = Some(Outcome::Skipped("its dependencies never finish".into()));
+        self.outcomes[i] = Some(Outcome::Skipped(Skip::DependenciesNeverFinish));
         self.settle_quietly(i, Finished::Failed);
     }
 
@@ -255,7 +255,7 @@ impl<'a> Scheduler<'a> {
                     (
                         c.name.clone(),
                         c.action,
-                        o.unwrap_or(Outcome::Skipped("not run".into())),
+                        o.unwrap_or(Outcome::Skipped(Skip::NotRun)),
                     )
                 })
                 .collect(),

@@ -32,8 +32,33 @@ pub enum Outcome {
     Unchanged,
     /// What was done (`created (N bytes, sha256:…)`).
     Done(String),
+    /// The error, with its causes.
     Failed(String),
-    Skipped(String),
+    Skipped(Skip),
+}
+
+/// Why an image's work did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// This dependency (in the plan) failed or was skipped itself.
+    DependencyFailed(String),
+    /// A signal stopped the run before it started.
+    Interrupted,
+    /// Its dependencies can never finish (a cycle; a checked plan has none).
+    DependenciesNeverFinish,
+    /// The run ended without reaching it.
+    NotRun,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::DependencyFailed(name) => write!(f, "dependency {name} failed"),
+            Skip::Interrupted => f.write_str("interrupted"),
+            Skip::DependenciesNeverFinish => f.write_str("its dependencies never finish"),
+            Skip::NotRun => f.write_str("not run"),
+        }
+    }
 }
 
 impl Outcome {
