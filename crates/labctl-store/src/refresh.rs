@@ -112,95 +112,17 @@ pub async fn read_reporting(
     let mut tasks = JoinSet::new();
     let mut misses = 0;
     for item in listed {
-        let Some(destination) = destination_of_record_key(&item.key) else {
+        let Some(job) = RecordJob::of(item, &snapshot, images.as_ref(), trust_listed_writes) else {
             continue; // not a record (a stray file under metadata/)
         };
-        let object_key = object_key(destination);
-        let record_listed = ListedWrite::of(&item);
-        let saved = snapshot.records.get(&item.key);
-        // Known at this very ETag, or (on a store that lists none) at this very listed write:
-        // the snapshot's copy is the record.
-        let known = saved
-            .filter(|s| match &record_listed {
-                None => !item.etag.is_empty() && s.etag == item.etag,
-                Some(write) => trust_listed_writes && s.listed.as_ref() == Some(write),
-            })
-            .map(|s| (s.record.clone(), s.etag.clone()));
-        if known.is_none() {
-            misses += 1;
-        }
-        let object_listed = images.as_ref().and_then(|m| m.get(&object_key)).cloned();
-        let object_write = object_listed.as_ref().and_then(ListedWrite::of);
-        // The object's ETag: listed, or what a HEAD after an identical listing found.
-        let object_etag = match (&object_listed, &object_write) {
-            (Some(meta), None) => Some(meta.etag.clone()),
-            (Some(_), Some(write)) => saved
-                .and_then(|s| s.object.as_ref())
-                .filter(|o| trust_listed_writes && &o.listed == write)
-                .map(|o| o.etag.clone()),
-            (None, _) => None,
-        };
-        if objects.lists_images() && object_listed.is_some() && object_etag.is_none() {
-            misses += 1; // HEADed below
-        }
+        misses += job.misses(objects);
         let (store, limit) = (store.clone(), limit.clone());
         tasks.spawn(async move {
             let _permit = limit
                 .acquire_owned()
                 .await
                 .expect("semaphore is never closed");
-            let (record, etag) = match known {
-                Some((rec, etag)) => (Ok(Record::Current(Box::new(rec))), etag),
-                None => {
-                    let fetched =
-                        store::get_bytes(store.as_ref(), &item.key, MAX_RECORD_BYTES).await?;
-                    let Some((fetched_meta, bytes)) = fetched else {
-                        return Ok(None); // deleted between list and get
-                    };
-                    // The listing's ETag, so a saved plan can be checked with one listing; the
-                    // GET's where a store lists none.
-                    let etag = if item.etag.is_empty() {
-                        fetched_meta.etag
-                    } else {
-                        item.etag
-                    };
-                    (record::parse(&bytes).map_err(Unreadable::from), etag)
-                }
-            };
-            let object = match objects {
-                Objects::NotChecked => ObjectState::NotChecked,
-                Objects::Headed => head(store.as_ref(), &object_key).await?,
-                Objects::Listed | Objects::ListedByEtag => {
-                    match (object_listed, object_etag, &record) {
-                        (None, _, _) => ObjectState::Missing,
-                        (Some(meta), Some(etag), Ok(Record::Current(rec)))
-                            if rec.object_etag.as_deref() == Some(etag.as_str())
-                                && rec.size == meta.size =>
-                        {
-                            // The object labctl wrote (same ETag, same size): its metadata is
-                            // the one labctl set. drift HEADs to check even that.
-                            ObjectState::Present(ObjectMeta {
-                                etag,
-                                user_metadata: BTreeMap::from([
-                                    (META_CHECKSUM.to_string(), rec.checksum.to_string()),
-                                    (META_FINGERPRINT.to_string(), rec.fingerprint.to_string()),
-                                ]),
-                                ..meta
-                            })
-                        }
-                        _ => head(store.as_ref(), &object_key).await?,
-                    }
-                }
-            };
-            Ok::<_, StoreError>(Some(ActualRecord {
-                record_key: item.key,
-                object_key,
-                etag,
-                record,
-                object,
-                listed: record_listed,
-                object_listed: object_write,
-            }))
+            job.read(store.as_ref(), objects).await
         });
     }
     let mut state = ActualState {
@@ -221,6 +143,139 @@ pub async fn read_reporting(
         on_record(done, total);
     }
     Ok(state)
+}
+
+/// One listed record, with what the listings and the snapshot already say about it and its
+/// object: what is left to ask the store.
+struct RecordJob {
+    item: ObjectMeta,
+    object_key: String,
+    /// The snapshot's copy of the record and its ETag, when it is the record at this write.
+    known: Option<(record::StateRecord, String)>,
+    record_listed: Option<ListedWrite>,
+    object_listed: Option<ObjectMeta>,
+    object_write: Option<ListedWrite>,
+    /// The object's ETag: listed, or what a HEAD after an identical listing found.
+    object_etag: Option<String>,
+}
+
+impl RecordJob {
+    /// `None` for a key under `metadata/` that is not a record.
+    fn of(
+        item: ObjectMeta,
+        snapshot: &Snapshot,
+        images: Option<&BTreeMap<String, ObjectMeta>>,
+        trust_listed_writes: bool,
+    ) -> Option<RecordJob> {
+        let destination = destination_of_record_key(&item.key)?;
+        let object_key = object_key(destination);
+        let record_listed = ListedWrite::of(&item);
+        let saved = snapshot.records.get(&item.key);
+        // Known at this very ETag, or (on a store that lists none) at this very listed write:
+        // the snapshot's copy is the record.
+        let known = saved
+            .filter(|s| match &record_listed {
+                None => !item.etag.is_empty() && s.etag == item.etag,
+                Some(write) => trust_listed_writes && s.listed.as_ref() == Some(write),
+            })
+            .map(|s| (s.record.clone(), s.etag.clone()));
+        let object_listed = images.and_then(|m| m.get(&object_key)).cloned();
+        let object_write = object_listed.as_ref().and_then(ListedWrite::of);
+        let object_etag = match (&object_listed, &object_write) {
+            (Some(meta), None) => Some(meta.etag.clone()),
+            (Some(_), Some(write)) => saved
+                .and_then(|s| s.object.as_ref())
+                .filter(|o| trust_listed_writes && &o.listed == write)
+                .map(|o| o.etag.clone()),
+            (None, _) => None,
+        };
+        Some(RecordJob {
+            item,
+            object_key,
+            known,
+            record_listed,
+            object_listed,
+            object_write,
+            object_etag,
+        })
+    }
+
+    /// Requests the snapshot does not spare: the record's GET, the object's HEAD.
+    fn misses(&self, objects: Objects) -> usize {
+        usize::from(self.known.is_none())
+            + usize::from(
+                objects.lists_images()
+                    && self.object_listed.is_some()
+                    && self.object_etag.is_none(),
+            )
+    }
+
+    async fn read(
+        self,
+        store: &dyn Store,
+        objects: Objects,
+    ) -> Result<Option<ActualRecord>, StoreError> {
+        let RecordJob {
+            item,
+            object_key,
+            known,
+            record_listed,
+            object_listed,
+            object_write,
+            object_etag,
+        } = self;
+        let (record, etag) = match known {
+            Some((rec, etag)) => (Ok(Record::Current(Box::new(rec))), etag),
+            None => {
+                let fetched = store::get_bytes(store, &item.key, MAX_RECORD_BYTES).await?;
+                let Some((fetched_meta, bytes)) = fetched else {
+                    return Ok(None); // deleted between list and get
+                };
+                // The listing's ETag, so a saved plan can be checked with one listing; the
+                // GET's where a store lists none.
+                let etag = if item.etag.is_empty() {
+                    fetched_meta.etag
+                } else {
+                    item.etag
+                };
+                (record::parse(&bytes).map_err(Unreadable::from), etag)
+            }
+        };
+        let object = match objects {
+            Objects::NotChecked => ObjectState::NotChecked,
+            Objects::Headed => head(store, &object_key).await?,
+            Objects::Listed | Objects::ListedByEtag => {
+                match (object_listed, object_etag, &record) {
+                    (None, _, _) => ObjectState::Missing,
+                    (Some(meta), Some(etag), Ok(Record::Current(rec)))
+                        if rec.object_etag.as_deref() == Some(etag.as_str())
+                            && rec.size == meta.size =>
+                    {
+                        // The object labctl wrote (same ETag, same size): its metadata is
+                        // the one labctl set. drift HEADs to check even that.
+                        ObjectState::Present(ObjectMeta {
+                            etag,
+                            user_metadata: BTreeMap::from([
+                                (META_CHECKSUM.to_string(), rec.checksum.to_string()),
+                                (META_FINGERPRINT.to_string(), rec.fingerprint.to_string()),
+                            ]),
+                            ..meta
+                        })
+                    }
+                    _ => head(store, &object_key).await?,
+                }
+            }
+        };
+        Ok(Some(ActualRecord {
+            record_key: item.key,
+            object_key,
+            etag,
+            record,
+            object,
+            listed: record_listed,
+            object_listed: object_write,
+        }))
+    }
 }
 
 async fn head(store: &dyn Store, key: &str) -> Result<ObjectState, StoreError> {
