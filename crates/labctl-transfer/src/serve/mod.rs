@@ -396,6 +396,10 @@ struct Run<'a> {
     seen: BTreeSet<Identity>,
     bytes_hashed: u64,
     bytes_copied: u64,
+    /// Paths of the previous generation in the way of listed ones (a file where the new
+    /// generation has a folder, or a folder where it has a file): they leave once the rest of
+    /// the new generation is in place.
+    blockers: BTreeSet<String>,
 }
 
 /// A listed file to copy from the synced folder.
@@ -431,9 +435,24 @@ pub fn run(options: &Options, progress: Progress) -> Result<Report, ServeError> 
         seen: BTreeSet::new(),
         bytes_hashed: 0,
         bytes_copied: 0,
+        blockers: BTreeSet::new(),
     };
     let (mut rows, copies) = run.assess(&announced, progress);
-    let placed = run.place_all(&announced, copies, &mut rows, progress);
+    let mut placed = run.place_all(&announced, copies, &mut rows, progress);
+    let serves_all_but_blocked = |rows: &[FileReport], blocked: &BTreeSet<String>| {
+        announced.listed.iter().enumerate().all(|(i, l)| {
+            rows[i].status.serves_listed() || blocked.iter().any(|b| in_the_way(b, &l.path))
+        })
+    };
+    // Only what the previous generation has in the way is missing: it leaves now (the new
+    // generation can never be whole with it), and what it blocked is placed.
+    if placed.is_ok() && !run.blockers.is_empty() && serves_all_but_blocked(&rows, &run.blockers) {
+        let removed = run.remove_blockers();
+        let (again, copies) = run.assess(&announced, progress);
+        rows = again;
+        rows.extend(removed);
+        placed = run.place_all(&announced, copies, &mut rows, progress);
+    }
     let whole = placed.is_ok()
         && announced
             .listed
@@ -462,6 +481,26 @@ pub fn run(options: &Options, progress: Progress) -> Result<Report, ServeError> 
         summary,
         files: rows,
     })
+}
+
+/// Whether `blocker` is in the way of `path`: the path itself, or one of its folders.
+fn in_the_way(blocker: &str, path: &str) -> bool {
+    path == blocker || path.starts_with(&format!("{blocker}/"))
+}
+
+/// Regular files (and anything else not a folder) below `dir`.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => count_files(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// Removes what killed runs left in the temporary folder (the lock is held: nothing in it is
@@ -645,6 +684,17 @@ impl Run<'_> {
             );
             return (r, None);
         }
+        if let Some((blocker, removable)) = self.in_the_way_of(&line.path, announced) {
+            if removable {
+                r.status = Status::Pending;
+                r.detail = format!("`{blocker}` of the previous generation is in the way; it leaves once the rest of this generation is in place");
+                self.blockers.insert(blocker);
+            } else {
+                r.status = Status::Conflict;
+                r.detail = format!("`{blocker}`, which labctl did not place or which is still listed, is in the way: move it and run again");
+            }
+            return (r, None);
+        }
         match &side {
             ServedSide::Ours {
                 sha256,
@@ -785,6 +835,91 @@ impl Run<'_> {
                 self.quarantine(r, path, "no longer listed")
             }
         }
+    }
+
+    /// A file where `path` needs a folder (an ancestor), or a folder where it needs a file (the
+    /// path itself), and whether it may go: only labctl's own files no longer listed.
+    fn in_the_way_of(&self, path: &str, announced: &Announced) -> Option<(String, bool)> {
+        let listed = |p: &str| announced.listed.iter().any(|l| l.path == p);
+        let ours_unlisted = |p: &str| self.state.files.contains_key(p) && !listed(p);
+        let segments: Vec<&str> = path.split('/').collect();
+        for n in 1..segments.len() {
+            let ancestor = segments[..n].join("/");
+            match std::fs::symlink_metadata(self.folders.served_path(&ancestor)) {
+                Ok(m) if !m.is_dir() => {
+                    let removable = ours_unlisted(&ancestor);
+                    return Some((ancestor, removable));
+                }
+                Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        let here = std::fs::symlink_metadata(self.folders.served_path(path)).ok()?;
+        if !here.is_dir() {
+            return None;
+        }
+        let prefix = format!("{path}/");
+        let inside: Vec<&String> = self
+            .state
+            .files
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .collect();
+        // Removable only when everything in the folder is a file labctl placed that is no
+        // longer listed.
+        let removable = !inside.is_empty()
+            && inside.iter().all(|k| !listed(k))
+            && count_files(&self.folders.served_path(path)) == inside.len();
+        Some((path.to_string(), removable))
+    }
+
+    /// Takes the blockers out of the served list, then out of the folder; their rows.
+    fn remove_blockers(&mut self) -> Vec<FileReport> {
+        let blockers = std::mem::take(&mut self.blockers);
+        let gone: Vec<String> = self
+            .state
+            .files
+            .keys()
+            .filter(|k| {
+                blockers
+                    .iter()
+                    .any(|b| *k == b || k.starts_with(&format!("{b}/")))
+            })
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.state.files.remove(k);
+        }
+        let mut rows = Vec::new();
+        let unlisted = self
+            .write_interim_index(None)
+            .and_then(|()| self.save_state());
+        for b in &blockers {
+            let path = self.folders.served_path(b);
+            let result = unlisted
+                .as_ref()
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|()| place::beneath(&self.folders.served, b))
+                .and_then(|()| match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+                    Ok(_) => std::fs::remove_file(&path),
+                    Err(e) => Err(e),
+                });
+            let mut r = row(b, Status::Removed);
+            match result {
+                Ok(()) => {
+                    r.detail = "of the previous generation, in the way of this one's files: removed before placing them".into();
+                }
+                Err(e) => {
+                    r.status = Status::Failed;
+                    r.detail = format!(
+                        "in the way of this generation's files, and cannot be removed: {e}"
+                    );
+                }
+            }
+            rows.push(r);
+        }
+        rows
     }
 
     /// Records `line.path` as labctl's, holding the listed bytes.

@@ -460,3 +460,47 @@ fn a_claim_or_a_rename_left_by_a_kill_never_reaches_the_list() {
     let sums = String::from_utf8(served_bytes(&f, SUMS_NAME).unwrap()).unwrap();
     assert!(!sums.contains("n.raw"), "{sums}");
 }
+
+#[test]
+fn a_file_that_becomes_a_folder_and_back_converges() {
+    let f = folders();
+    let gen1 = [("talos/a", A1), ("c/y.raw", B)];
+    write_files(&f.synced, &gen1);
+    write_index(&f.synced, &gen1, "2026-12-01T10:00:00Z");
+    assert!(serve(&f).complete);
+
+    // The next generation has a folder where a file was, and a file where a folder was.
+    std::fs::remove_dir_all(&f.synced).unwrap();
+    std::fs::create_dir(&f.synced).unwrap();
+    let gen2 = [("talos/a/x.raw", A2), ("c", B)];
+    write_files(&f.synced, &gen2);
+    write_index(&f.synced, &gen2, "2026-12-02T10:00:00Z");
+    let r = serve(&f);
+    assert!(r.complete, "{r:#?}");
+    assert_eq!(served_bytes(&f, "talos/a/x.raw").unwrap(), A2);
+    assert_eq!(served_bytes(&f, "c").unwrap(), B);
+    let removed: Vec<&str> = r
+        .files
+        .iter()
+        .filter(|x| x.status == Status::Removed)
+        .map(|x| x.path.as_str())
+        .collect();
+    assert_eq!(removed.len(), 2, "{removed:?}");
+    served_list_is_true(&f);
+    assert_eq!(
+        served_bytes(&f, SUMS_NAME),
+        std::fs::read(f.synced.join(SUMS_NAME)).ok()
+    );
+
+    // Something labctl did not place in the way is a conflict, never removed.
+    let gen3 = [("talos/a/x.raw", A2), ("c", B), ("notes/z.raw", A1)];
+    std::fs::write(f.served.join("notes"), b"someone's notes").unwrap();
+    write_files(&f.synced, &gen3);
+    write_index(&f.synced, &gen3, "2026-12-03T10:00:00Z");
+    let r = serve(&f);
+    assert!(!r.complete);
+    let notes = r.files.iter().find(|x| x.path == "notes/z.raw").unwrap();
+    assert_eq!(notes.status, Status::Conflict, "{notes:?}");
+    assert!(notes.detail.contains("`notes`"), "{notes:?}");
+    assert_eq!(served_bytes(&f, "notes").unwrap(), b"someone's notes");
+}
