@@ -738,6 +738,21 @@ fn failed_lookups_name_the_channel_and_write_nothing() {
         "{row}"
     );
     assert_eq!(manifest(&lab), before);
+
+    // A refusal says what the server said (GitHub and the factory answer JSON with a message).
+    vendor.route(
+        "/versions",
+        serde_json::json!({"status": 404, "headers": {"Content-Type": "application/json"},
+                           "body": "{\"message\":\"schematic not found\"}"}),
+    );
+    let out = run(&lab, &vendor, &["outdated"], &[]);
+    assert_eq!(out.code, 1, "{}", out.output());
+    assert!(
+        out.output()
+            .contains("answered HTTP 404: schematic not found"),
+        "{}",
+        out.output()
+    );
 }
 
 /// A Packer image built from the tracked ISO is not bumped: the plan of the bump shows it

@@ -23,8 +23,12 @@ pub enum LookupError {
     Download(#[from] DownloadError),
     #[error("{url} did not answer with what the vendor documents: {message}")]
     Malformed { url: String, message: String },
-    #[error("{url} answered HTTP {status}")]
-    Refused { url: String, status: u16 },
+    #[error("{url} answered HTTP {status}{}", super::http::said_suffix(said))]
+    Refused {
+        url: String,
+        status: u16,
+        said: Option<String>,
+    },
     #[error("{url}: more than {MAX_PAGES} pages of releases")]
     TooManyPages { url: String },
 }
@@ -103,9 +107,10 @@ async fn get_small(
 /// A final status other than 2xx is the vendor refusing, not a transfer failing.
 fn refused(url: &str, e: DownloadError) -> LookupError {
     match e {
-        DownloadError::Status { status, .. } => LookupError::Refused {
+        DownloadError::Status { status, said, .. } => LookupError::Refused {
             url: url.to_string(),
             status,
+            said,
         },
         other => other.into(),
     }

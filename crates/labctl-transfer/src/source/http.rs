@@ -35,8 +35,14 @@ impl RetryPolicy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("GET {url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
+    #[error("GET {url} answered HTTP {status}{}", said_suffix(said))]
+    Status {
+        url: String,
+        status: u16,
+        /// What the server said about it, when it said something short and readable (GitHub's
+        /// JSON `message`, a line of text).
+        said: Option<String>,
+    },
     #[error("GET {url} failed after {attempts} attempts")]
     GaveUp {
         url: String,
@@ -187,10 +193,12 @@ pub async fn send_with_retry(
                 })
             }
             Ok(resp) => {
+                let status = resp.status().as_u16();
                 return Err(DownloadError::Status {
                     url: url.to_string(),
-                    status: resp.status().as_u16(),
-                })
+                    status,
+                    said: what_it_said(resp).await,
+                });
             }
             // A refused redirect is a decision, not a transient failure.
             Err(e) if e.is_redirect() => {
@@ -211,6 +219,42 @@ pub async fn send_with_retry(
         }
         tokio::time::sleep(wait).await;
     }
+}
+
+/// `: what the server said`, or nothing.
+pub fn said_suffix(said: &Option<String>) -> String {
+    said.as_deref()
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default()
+}
+
+/// The reason an error answer gives, read from at most 4 KiB of its body: GitHub's JSON
+/// `message` ("API rate limit exceeded for …"), else the first line of a short text; nothing
+/// for an HTML page or anything long.
+async fn what_it_said(mut resp: Response) -> Option<String> {
+    const LIMIT: usize = 4096;
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > LIMIT {
+            return None;
+        }
+    }
+    said_in(&body)
+}
+
+fn said_in(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    if let Ok(serde_json::Value::Object(o)) = serde_json::from_str(text) {
+        return o.get("message").and_then(|m| m.as_str()).map(clip);
+    }
+    let line = text.lines().next()?.trim();
+    (!line.is_empty() && !line.starts_with('<')).then(|| clip(line))
+}
+
+/// At most 200 characters, without control characters.
+fn clip(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
 pub enum Chunk {
@@ -480,6 +524,7 @@ pub async fn fetch_with_headers(
             return Err(DownloadError::Status {
                 url: url.to_string(),
                 status: resp.status().as_u16(),
+                said: None,
             });
         }
         let mut out = Vec::new();
@@ -514,6 +559,21 @@ pub async fn fetch_with_headers(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_error_answer_says_why_when_it_is_short_and_readable() {
+        let github = br#"{"message":"API rate limit exceeded for 192.0.2.1.","documentation_url":"https://docs.github.com/rest"}"#;
+        assert_eq!(
+            said_in(github).as_deref(),
+            Some("API rate limit exceeded for 192.0.2.1.")
+        );
+        assert_eq!(said_in(b"Not Found\n").as_deref(), Some("Not Found"));
+        assert_eq!(said_in(b"<html><body>404</body></html>"), None);
+        assert_eq!(said_in(b"{\"error\": 1}"), None);
+        assert_eq!(said_in(b""), None);
+        assert_eq!(said_in(&[0xff, 0xfe]), None);
+        assert_eq!(said_in("x".repeat(500).as_bytes()).unwrap().len(), 200);
+    }
+
     use super::*;
 
     fn urls(list: &[&str]) -> Vec<reqwest::Url> {
