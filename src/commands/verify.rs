@@ -61,6 +61,18 @@ fn counter(interactive: bool, what: &str, done: usize, total: usize) {
     }
 }
 
+/// `2 ok, 1 missing`, from a report's summary.
+fn counted(summary: &std::collections::BTreeMap<String, usize>) -> String {
+    if summary.is_empty() {
+        return "no files listed".into();
+    }
+    summary
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn print_report(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     stdout
@@ -168,11 +180,6 @@ pub fn served_human(report: &serve::Report) -> String {
         }
         out.push('\n');
     }
-    let counts: Vec<String> = report
-        .summary
-        .iter()
-        .map(|(k, v)| format!("{v} {k}"))
-        .collect();
     let generation = |g: &serve::Generation| {
         format!(
             "the generation of {}{} ({} files)",
@@ -203,11 +210,7 @@ pub fn served_human(report: &serve::Report) -> String {
         } else {
             style("Pending:").yellow().bold()
         },
-        if counts.is_empty() {
-            "no files listed".to_string()
-        } else {
-            counts.join(", ")
-        },
+        counted(&report.summary),
         report.bytes_hashed,
         report.bytes_copied,
         match report.temporary_files_removed {
@@ -231,11 +234,6 @@ pub fn human(report: &Report) -> String {
         }
         out.push('\n');
     }
-    let counts: Vec<String> = report
-        .summary
-        .iter()
-        .map(|(k, v)| format!("{v} {k}"))
-        .collect();
     let problems = report.problems();
     out.push_str(&format!(
         "\n{} {}\n",
@@ -244,11 +242,7 @@ pub fn human(report: &Report) -> String {
         } else {
             style("Problems found:").red().bold()
         },
-        if counts.is_empty() {
-            "no files listed".to_string()
-        } else {
-            counts.join(", ")
-        }
+        counted(&report.summary)
     ));
     out
 }

@@ -10,8 +10,10 @@ use petgraph::Direction;
 pub trait Node {
     fn name(&self) -> &str;
     fn dependencies(&self) -> Vec<String>;
-    /// The node's label in `labctl graph`.
-    fn label(&self) -> String;
+    /// The node's label in `labctl graph` (its name, unless it says more).
+    fn label(&self) -> String {
+        self.name().to_string()
+    }
 }
 
 /// Images as nodes (by their index in the manifest), an edge from each dependency to its

@@ -329,10 +329,6 @@ impl crate::graph::Node for Change {
     fn dependencies(&self) -> Vec<String> {
         self.depends_on.clone()
     }
-
-    fn label(&self) -> String {
-        format!("{} {}", self.action, self.name)
-    }
 }
 
 impl Change {
