@@ -33,6 +33,25 @@ pub enum Command {
     List(ListArgs),
     /// Make the store match the manifest (or execute a saved plan).
     Apply(ApplyArgs),
+    /// Stage units of a saved plan for a fan-out (one CI matrix leg): download or build, verify,
+    /// and upload to a content-addressed blob, without the lock; `labctl apply PLANFILE
+    /// --staged` then promotes them.
+    #[command(
+        long_about = "Stage units of a saved plan, as one leg of a fan-out over a CI matrix \
+(`labctl plan --out plan.json --matrix matrix.json` lists the units and legs).\n\n\
+Each unit's bytes are acquired exactly as apply does — downloaded (signature, checksum, \
+decompression, checksum) or built with Packer — and uploaded to \
+.labctl/blobs/<algorithm>/<hex>, named by the verified checksum, so two legs staging the same \
+content write the same key; a blob already there is not uploaded again. No lock is taken, and \
+nothing under images/, metadata/ or the index is touched. What was staged (or why it failed) \
+is recorded in .labctl/staged/<plan>/<image>.json for `labctl apply PLANFILE --staged` to \
+promote, and with --result in a local file for the leg's artifact.\n\n\
+A build that takes another unit's checksum, URL or size waits for that unit's wave: stage the \
+earlier wave first (the matrix puts it in an earlier job).\n\n\
+Exit codes: 0 every unit staged, 1 a unit failed or the plan is stale, 130/143 interrupted \
+(the upload in progress is aborted)."
+    )]
+    Stage(StageArgs),
     /// Report drift between the manifest, the records, the objects and the sources
     /// (exit 0 clean, 1 error, 2 drift).
     Drift(DriftArgs),
@@ -60,6 +79,16 @@ Exit codes: 0 every image up to date, 2 updates available, 1 a lookup failed."
     Bump(BumpArgs),
     /// Remove the apply lock left by a run that is gone.
     ForceUnlock(ForceUnlockArgs),
+    /// Remove staged blobs and stage results that no promotion came for (under the lock).
+    #[command(
+        long_about = "Remove what fan-outs left behind: blobs under .labctl/blobs/ and stage \
+results under .labctl/staged/ older than --older-than, unless a more recent stage result still \
+names the blob (a promotion may still want it). Runs under the store lock, like apply. \
+`labctl drift` reports the same leftovers.\n\n\
+Unfinished uploads of a leg that was killed (kill -9, a vanished runner) are invisible; a \
+lifecycle rule (AbortIncompleteMultipartUpload) on the bucket removes them."
+    )]
+    Cleanup(CleanupArgs),
     /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads
     /// and conditional writes.
     Doctor(DoctorArgs),
@@ -168,6 +197,10 @@ pub struct PlanArgs {
     /// Also save the plan (JSON) to FILE, for `labctl apply FILE`.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// With --out, also write the fan-out's units as GitHub Actions matrices (JSON, one per
+    /// wave, each for `strategy.matrix: ${{ fromJSON(...) }}`; see docs/fanout.md).
+    #[arg(long, value_name = "FILE", requires = "out")]
+    pub matrix: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +251,42 @@ pub struct ApplyArgs {
     pub lock: bool,
     /// Multipart upload part size in MiB (at least 5); parts double every 2,000, so any image fits
     /// S3's 10,000 parts.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u16).range(5..=1024))]
+    pub part_size: u16,
+    /// Parts of one image uploaded at once (memory is about part size × (this + 2)).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub parts_in_flight: u16,
+    /// Promote what `labctl stage` legs staged for PLANFILE instead of downloading or building:
+    /// each blob is checked by HEAD and copied server-side into images/; an image with no
+    /// staged blob fails alone (its dependents are skipped).
+    #[arg(long, requires = "plan_file")]
+    pub staged: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StageArgs {
+    #[command(flatten)]
+    pub manifest: ManifestArg,
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The plan saved with `labctl plan --out FILE` that the promotion will apply.
+    #[arg(value_name = "PLANFILE")]
+    pub plan_file: PathBuf,
+    /// The image to stage (repeatable, or comma-separated as a matrix leg's `units` gives them).
+    #[arg(
+        long = "unit",
+        value_name = "NAME",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub units: Vec<String>,
+    /// Also write what was staged (JSON) to FILE, e.g. for the leg's result artifact.
+    #[arg(long, value_name = "FILE")]
+    pub result: Option<PathBuf>,
+    /// How many of the units are staged at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallelism: u16,
+    /// Multipart upload part size in MiB (at least 5).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u16).range(5..=1024))]
     pub part_size: u16,
     /// Parts of one image uploaded at once (memory is about part size × (this + 2)).
@@ -305,6 +374,30 @@ pub struct ForceUnlockArgs {
     pub store: StoreArg,
     #[arg(long, short = 'm', value_name = "PATH", default_value = DEFAULT_MANIFEST)]
     pub manifest: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// The manifest whose spec.store is used when --store is not given.
+    #[arg(long, short = 'm', value_name = "PATH", default_value = DEFAULT_MANIFEST)]
+    pub manifest: PathBuf,
+    /// Only what was staged at least this long ago, e.g. `24h`, `7d`, `0s` (everything no
+    /// recent stage result names).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub older_than: std::time::Duration,
+    /// Show what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for another run's lock (default: do not wait).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub lock_timeout: std::time::Duration,
+    /// Take the store lock (`--lock=false` only when one run at a time is guaranteed
+    /// elsewhere).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub lock: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,7 +18,8 @@ pub mod settings;
 pub mod upstream;
 
 pub use labctl_core::{
-    checksum, consumer_index, diagnostic, drift, graph, pin, plan, render, spec, timefmt, units,
+    checksum, consumer_index, diagnostic, drift, fanout, graph, layout, pin, plan, render, spec,
+    timefmt, units,
 };
 pub use labctl_engine::{desired, failure};
 pub use labctl_store as store;

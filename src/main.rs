@@ -32,6 +32,8 @@ fn main() -> ExitCode {
             // Apply listens for signals itself: it stops in order (uploads aborted, index left
             // alone, lock released) rather than being dropped.
             Command::Apply(args) => commands::apply::run(args).await,
+            Command::Stage(args) => commands::stage::run(args).await,
+            Command::Cleanup(args) => commands::cleanup::run(args).await,
             other => {
                 labctl::interrupt::until_signal(read_only(other), |signal| {
                     Ok(ExitCode::from(signal.exit_code()))
@@ -60,7 +62,9 @@ async fn read_only(command: &Command) -> Result<ExitCode, labctl::failure::Failu
         Command::Plan(args) => commands::plan::run(args).await,
         Command::Graph(args) => commands::graph::run(args),
         Command::List(args) => commands::list::run(args).await,
-        Command::Apply(_) => unreachable!("apply is run by main with its own signal handling"),
+        Command::Apply(_) | Command::Stage(_) | Command::Cleanup(_) => {
+            unreachable!("apply, stage and cleanup are run by main with their own signal handling")
+        }
         Command::Drift(args) => commands::drift::run(args).await,
         Command::Pin(args) => commands::pin::run(args).await,
         Command::Outdated(args) => commands::outdated::run(args).await,

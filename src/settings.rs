@@ -34,6 +34,9 @@ pub struct Environment {
     pub github_api_url: Option<String>,
     /// `GITHUB_TOKEN`: release lookups send it to that API only.
     pub github_token: Option<String>,
+    /// `LABCTL_SINGLE_COPY_LIMIT` (bytes): server-side copies above it go part by part
+    /// (UploadPartCopy), for a store whose CopyObject limit is below S3's 5 GiB.
+    pub single_copy_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -105,6 +108,7 @@ impl Environment {
                 .collect(),
             github_api_url: var("GITHUB_API_URL"),
             github_token: var("GITHUB_TOKEN"),
+            single_copy_limit: var("LABCTL_SINGLE_COPY_LIMIT").and_then(|v| v.parse().ok()),
         }
     }
 }

@@ -22,21 +22,12 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         Some(path) => Some(read_saved_plan(path, &args.manifest.manifest)?),
         None => None,
     };
+    let plan_id = saved.as_ref().map(|s| s.id.clone());
+    let saved = saved.map(|s| s.plan);
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
     if let (Some(plan), Some(path)) = (&saved, &args.plan_file) {
-        if plan.store != store.url() {
-            return Err(anyhow::anyhow!(
-                "the plan was made for {}, but this apply would use {}",
-                plan.store,
-                store.url()
-            ))
-            .hint(format!(
-                "apply it to the store it was made for: labctl apply --store {} {}",
-                plan.store,
-                path.display()
-            ));
-        }
+        refuse_other_store(plan, store.as_ref(), "apply", path)?;
     }
 
     // A signed index needs its key: find out before anything is uploaded.
@@ -90,6 +81,7 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     let result = locked(
         args,
         saved,
+        plan_id.as_deref(),
         &manifest,
         &graph,
         store.clone(),
@@ -138,6 +130,7 @@ async fn unless_cancelled<T>(
 async fn locked(
     args: &ApplyArgs,
     saved: Option<Plan>,
+    plan_id: Option<&str>,
     manifest: &crate::manifest::Manifest,
     graph: &crate::graph::DependencyGraph,
     store: Arc<dyn Store>,
@@ -162,18 +155,107 @@ async fn locked(
         eprintln!("No changes to apply.");
         return Ok(ExitCode::SUCCESS);
     }
+    let staged = match (args.staged, plan_id) {
+        (true, Some(id)) => Some(Arc::new(staged_for(&plan, id, store.as_ref()).await?)),
+        _ => None,
+    };
 
-    let ctx = Arc::new(ApplyContext {
-        store: store.clone(),
+    let transfer = Transfer {
+        part_size_mib: args.part_size,
+        parts_in_flight: args.parts_in_flight,
+        parallelism: args.parallelism,
+    };
+    let ctx = Arc::new(context(
+        &plan,
+        manifest,
+        store.clone(),
+        &transfer,
+        cancel.clone(),
+        staged.clone(),
+    ));
+    // Not raced with the signal: on one, execute stops starting images and every transfer aborts
+    // its own multipart upload before this returns.
+    let report = apply::execute(&plan, ctx).await;
+    let cancelled = *cancel.borrow();
+    let code = finish(&store, &plan, &report, cancelled, signer).await;
+    if let (Some(staged), Some(id)) = (&staged, plan_id) {
+        // After the index: a promotion killed before this point leaves the blobs for the next.
+        for failed in apply::promote::forget_promoted(store.as_ref(), id, staged, &report).await {
+            eprintln!(
+                "{} could not remove a promoted blob ({failed}); `labctl cleanup` removes it later",
+                style("Warning:").yellow()
+            );
+        }
+    }
+    code
+}
+
+/// Refuses a saved plan made for another store.
+pub fn refuse_other_store(
+    plan: &Plan,
+    store: &dyn Store,
+    command: &str,
+    path: &std::path::Path,
+) -> Result<(), Failure> {
+    if plan.store == store.url() {
+        return Ok(());
+    }
+    Err(anyhow::anyhow!(
+        "the plan was made for {}, but this {command} would use {}",
+        plan.store,
+        store.url()
+    ))
+    .hint(format!(
+        "{command} it with the store it was made for: labctl {command} --store {} {}",
+        plan.store,
+        path.display()
+    ))
+}
+
+/// Refuses a saved plan when the manifest or a record changed since it was made.
+pub async fn refuse_stale(
+    plan: &Plan,
+    manifest: &crate::manifest::Manifest,
+    graph: &crate::graph::DependencyGraph,
+    store: &Arc<dyn Store>,
+) -> Result<(), Failure> {
+    let desired = crate::desired::build(manifest, graph)?;
+    let records = crate::state::refresh::record_etags(store.as_ref()).await?;
+    let stale = apply::stale::reasons(plan, &manifest.digest, &store.url(), &desired, &records);
+    if !stale.is_empty() {
+        return Err(anyhow::anyhow!("the plan is stale: {}", stale.join("; ")))
+            .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that");
+    }
+    Ok(())
+}
+
+/// How bytes move: the flags apply and stage share.
+pub struct Transfer {
+    pub part_size_mib: u16,
+    pub parts_in_flight: u16,
+    pub parallelism: u16,
+}
+
+/// What the engine needs to run the plan's changes (or stage its units).
+pub fn context(
+    plan: &Plan,
+    manifest: &crate::manifest::Manifest,
+    store: Arc<dyn Store>,
+    transfer: &Transfer,
+    cancel: tokio::sync::watch::Receiver<bool>,
+    staged: Option<Arc<BTreeMap<String, crate::fanout::StageResult>>>,
+) -> ApplyContext {
+    ApplyContext {
+        store,
         client: crate::source::http::client(),
         settings: pipeline::Settings {
-            part_size: args.part_size as usize * MIB,
-            parts_in_flight: args.parts_in_flight as usize,
+            part_size: transfer.part_size_mib as usize * MIB,
+            parts_in_flight: transfer.parts_in_flight as usize,
             ..Default::default()
         },
-        parallelism: args.parallelism as usize,
+        parallelism: transfer.parallelism as usize,
         progress: Arc::from(crate::progress::for_stderr()),
-        cancel: cancel.clone(),
+        cancel,
         // Everything else the executor needs comes from the plan's changes.
         destinations: plan
             .changes
@@ -185,6 +267,7 @@ async fn locked(
             .collect::<HashMap<_, _>>(),
         base_dir: manifest.base_dir.clone(),
         ci_run: crate::github::ci_run(),
+        staged,
         secrets: {
             let env = crate::settings::env();
             crate::source::packer::redactions(
@@ -195,12 +278,37 @@ async fn locked(
                     .map(String::as_str),
             )
         },
-    });
-    // Not raced with the signal: on one, execute stops starting images and every transfer aborts
-    // its own multipart upload before this returns.
-    let report = apply::execute(&plan, ctx).await;
-    let cancelled = *cancel.borrow();
-    finish(&store, &plan, &report, cancelled, signer).await
+    }
+}
+
+/// What the plan's legs staged, said up front: which units have a blob, which failed, which
+/// are missing.
+async fn staged_for(
+    plan: &Plan,
+    plan_id: &str,
+    store: &dyn Store,
+) -> Result<BTreeMap<String, crate::fanout::StageResult>, Failure> {
+    let warn = |m: &str| eprintln!("{} {m}", style("warning:").yellow());
+    let staged = apply::promote::staged_results(store, plan_id, &warn).await?;
+    let units = crate::fanout::units(plan);
+    let ready = units
+        .iter()
+        .filter(|u| {
+            staged
+                .get(&u.name)
+                .is_some_and(|r| r.status == crate::fanout::StageStatus::Staged)
+        })
+        .count();
+    eprintln!(
+        "Promoting plan {plan_id}: {ready} of {} staged images ready{}.",
+        units.len(),
+        if ready < units.len() {
+            " (the others fail, and their dependents are skipped)"
+        } else {
+            ""
+        }
+    );
+    Ok(staged)
 }
 
 /// Reads the plan (saved or computed now) and asks for approval. `Ok(Err(code))` ends the run
@@ -215,15 +323,7 @@ async fn prepare(
 ) -> Result<Result<Plan, ExitCode>, Failure> {
     Ok(Ok(match saved {
         Some(plan) => {
-            let desired = crate::desired::build(manifest, graph)?;
-            let records = crate::state::refresh::record_etags(store.as_ref()).await?;
-            let stale =
-                apply::stale::reasons(&plan, &manifest.digest, &store.url(), &desired, &records);
-            if !stale.is_empty() {
-                return Err(anyhow::anyhow!("the plan is stale: {}", stale.join("; "))).hint(
-                    "make a new plan with `labctl plan --out FILE`, review it, and apply that",
-                );
-            }
+            refuse_stale(&plan, manifest, graph, store).await?;
             plan
         }
         None => {
@@ -423,9 +523,13 @@ const MAX_PLAN_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Reads a saved plan, checks it is one labctl made, and that it was made from the manifest
 /// this apply reads (a plan made with `--manifest` is applied with the same `--manifest`).
-fn read_saved_plan(path: &std::path::Path, manifest: &std::path::Path) -> Result<Plan, Failure> {
+pub fn read_saved_plan(
+    path: &std::path::Path,
+    manifest: &std::path::Path,
+) -> Result<SavedPlan, Failure> {
     let text = local_file::read(path, MAX_PLAN_BYTES, Symlinks::Follow)
         .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
+    let id = crate::fanout::plan_id(&text);
     let plan: Plan = serde_json::from_slice(&text)
         .with_context(|| format!("`{}` is not a labctl plan", path.display()))
         .hint("save a plan with `labctl plan --out FILE`; a plan file is not edited by hand")?;
@@ -454,7 +558,13 @@ fn read_saved_plan(path: &std::path::Path, manifest: &std::path::Path) -> Result
             ));
         }
     }
-    Ok(plan)
+    Ok(SavedPlan { plan, id })
+}
+
+/// A plan file as read, and the name its stage results go under.
+pub struct SavedPlan {
+    pub plan: Plan,
+    pub id: String,
 }
 
 /// Aborts the uploads a killed run left behind. Holding the lock, every one found is stranded.

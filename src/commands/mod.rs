@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod bump;
+pub mod cleanup;
 pub mod completions;
 pub mod doctor;
 pub mod drift;
@@ -12,6 +13,7 @@ pub mod list;
 pub mod outdated;
 pub mod pin;
 pub mod plan;
+pub mod stage;
 pub mod validate;
 pub mod verify;
 
@@ -158,7 +160,10 @@ pub async fn open_store(
                 .keys
                 .clone()
                 .hint("set both E2_ACCESS_KEY and E2_SECRET_KEY, or neither to use the AWS credential chain")?;
-            let store = S3Store::connect_with(settings, keys).await?;
+            let mut store = S3Store::connect_with(settings, keys).await?;
+            if let Some(limit) = crate::settings::env().single_copy_limit {
+                store = store.with_single_copy_limit(limit);
+            }
             Ok(Arc::new(store))
         }
     }

@@ -48,13 +48,17 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     stdout.flush().ok();
 
     if let Some(path) = &args.out {
-        write_plan_file(path, &render::json(&plan))
+        let json = render::json(&plan);
+        write_plan_file(path, &json)
             .with_context(|| format!("cannot save the plan to `{}`", path.display()))?;
         eprintln!(
             "Saved the plan to {}. Apply exactly this plan with: {}",
             path.display(),
             apply_command(args, path)
         );
+        if let Some(matrix) = &args.matrix {
+            write_matrix(&plan, json.as_bytes(), matrix)?;
+        }
     }
 
     if crate::github::active() {
@@ -68,6 +72,34 @@ pub async fn run(args: &PlanArgs) -> Result<ExitCode, Failure> {
     } else {
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The fan-out's matrix for the plan saved as `saved` (its legs find each other under the
+/// saved bytes' ID).
+fn write_matrix(
+    plan: &crate::plan::Plan,
+    saved: &[u8],
+    path: &std::path::Path,
+) -> Result<(), Failure> {
+    let id = crate::fanout::plan_id(saved);
+    let matrix = crate::fanout::matrix(plan, &id, &crate::fanout::Limits::default());
+    let json = serde_json::to_string_pretty(&matrix).expect("a matrix serializes") + "\n";
+    write_plan_file(path, &json)
+        .with_context(|| format!("cannot save the matrix to `{}`", path.display()))?;
+    for note in &matrix.notes {
+        eprintln!("{} {note}", console::style("note:").cyan());
+    }
+    eprintln!(
+        "Saved the matrix to {}: {} unit{} to stage in {} leg{} over {} wave{} (plan {id}).",
+        path.display(),
+        matrix.units,
+        if matrix.units == 1 { "" } else { "s" },
+        matrix.legs,
+        if matrix.legs == 1 { "" } else { "s" },
+        matrix.waves.len(),
+        if matrix.waves.len() == 1 { "" } else { "s" },
+    );
+    Ok(())
 }
 
 /// `labctl apply` of a saved plan, with the manifest and store the plan was made with when

@@ -300,7 +300,7 @@ impl Lab {
         // Garage ignores If-None-Match, so the lock cannot work there: its documented flow is
         // one apply at a time (a CI concurrency group) and --lock=false.
         if self.backend == Backend::Garage
-            && args.first() == Some(&"apply")
+            && matches!(args.first(), Some(&"apply" | &"cleanup"))
             && !args.iter().any(|a| a.starts_with("--lock"))
         {
             all.push("--lock=false");
@@ -337,6 +337,29 @@ impl Lab {
 
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         self.spawn_with(args, true, &[])
+    }
+
+    /// Starts labctl with extra environment variables.
+    pub fn spawn_env(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+        self.spawn_with(args, true, env)
+    }
+
+    /// Runs labctl against `store` (another prefix or directory) instead of the lab's store.
+    pub fn labctl_at(&self, store: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut all = args.to_vec();
+        all.extend(["--store", store]);
+        finish(self.spawn_with(&all, false, env), args)
+    }
+
+    /// Every key under `prefix` (the lab's store).
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let store = self.store();
+        self.runtime
+            .block_on(labctl::store::list_all(store.as_ref(), prefix))
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
     }
 
     pub fn apply(&self) -> Run {

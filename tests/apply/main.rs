@@ -9,6 +9,7 @@ mod support;
 
 mod cases;
 mod drift;
+mod fanout;
 mod harness;
 mod nas;
 mod packer;

@@ -23,11 +23,11 @@ on_every_store!(
     failed_build_skips_dependents_and_keeps_the_old_object,
 );
 
-const SECRET: &str = "s3cr3t-gateway-password";
+pub(crate) const SECRET: &str = "s3cr3t-gateway-password";
 
 /// The gateway: the ISO's bytes, a line naming its checksum, and the sha256 of the secret (so a
 /// test can tell the secret reached the build without the secret itself appearing anywhere).
-fn gateway_template(marker: &str) -> String {
+pub(crate) fn gateway_template(marker: &str) -> String {
     format!(
         r#"
 variable "iso_url" {{
@@ -66,7 +66,7 @@ build {{
     )
 }
 
-fn gateway(depends: bool) -> Build {
+pub(crate) fn gateway(depends: bool) -> Build {
     Build {
         name: "gateway",
         template: "gateway",
@@ -79,7 +79,7 @@ fn gateway(depends: bool) -> Build {
     }
 }
 
-fn expected_gateway(iso: &[u8], marker: &str) -> Vec<u8> {
+pub(crate) fn expected_gateway(iso: &[u8], marker: &str) -> Vec<u8> {
     let mut out = iso.to_vec();
     out.extend_from_slice(format!("gateway {marker} from {}\n", sha256(iso)).as_bytes());
     out.extend_from_slice(format!("{}\n", sha256(SECRET.as_bytes()).hex()).as_bytes());

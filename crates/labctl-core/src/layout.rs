@@ -14,6 +14,40 @@ pub const HISTORY_PREFIX: &str = "history/";
 /// labctl's own objects: the lock, the record snapshot, doctor's probes.
 pub const LABCTL_PREFIX: &str = ".labctl/";
 
+/// Bytes a fan-out leg staged, awaiting promotion: `.labctl/blobs/<algorithm>/<hex>`, named by
+/// the checksum they were verified against, so the same content always lands on the same key.
+pub const BLOBS_PREFIX: &str = ".labctl/blobs/";
+/// What each leg staged for a plan: `.labctl/staged/<plan id>/<image>.json`.
+pub const STAGED_PREFIX: &str = ".labctl/staged/";
+
+/// Where bytes verified against `checksum` are staged.
+pub fn blob_key(checksum: &Checksum) -> String {
+    format!(
+        "{BLOBS_PREFIX}{}/{}",
+        checksum.algorithm.name(),
+        checksum.hex()
+    )
+}
+
+/// The checksum a blob key names; `None` for anything else under the blobs folder.
+pub fn checksum_of_blob_key(key: &str) -> Option<Checksum> {
+    let (algorithm, hex) = key.strip_prefix(BLOBS_PREFIX)?.split_once('/')?;
+    format!("{algorithm}:{hex}")
+        .parse::<Checksum>()
+        .ok()
+        .filter(|c| blob_key(c) == key)
+}
+
+/// Where a leg records what it staged of `image` for the plan `plan_id`.
+pub fn staged_result_key(plan_id: &str, image: &str) -> String {
+    format!("{STAGED_PREFIX}{plan_id}/{image}.json")
+}
+
+/// The folder of a plan's stage results.
+pub fn staged_results_prefix(plan_id: &str) -> String {
+    format!("{STAGED_PREFIX}{plan_id}/")
+}
+
 /// The consumer index, inside `images/`.
 pub const SUMS_NAME: &str = "SHA256SUMS";
 pub const SIGNATURE_NAME: &str = "SHA256SUMS.minisig";

@@ -11,6 +11,7 @@ pub mod checksum;
 pub mod consumer_index;
 pub mod diagnostic;
 pub mod drift;
+pub mod fanout;
 pub mod graph;
 pub mod history;
 pub mod layout;

@@ -20,6 +20,16 @@ pub struct ObjectMeta {
     pub listed_modified: Option<String>,
 }
 
+impl ObjectMeta {
+    /// Seconds since the listing's modification time, at `now` (seconds since the epoch);
+    /// `None` when the listing gave none.
+    pub fn listed_age(&self, now: u64) -> Option<u64> {
+        let modified = self.listed_modified.as_deref()?;
+        let secs: u64 = modified.split('.').next()?.parse().ok()?;
+        Some(now.saturating_sub(secs))
+    }
+}
+
 /// An unfinished multipart upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload {

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::checksum::Checksum;
+use crate::fanout::{StageResult, StagedBlob};
 use crate::graph::{DependencyGraph, ReadyQueue};
 use crate::manifest::reference::{self, Field, Reference};
 use crate::manifest::Compression;
@@ -39,6 +40,9 @@ pub struct ApplyContext {
     pub ci_run: Option<crate::state::record::CiRun>,
     /// Never printed: what build output has redacted.
     pub secrets: Vec<String>,
+    /// `apply --staged`: what the plan's legs staged, by image. The bytes of a create or replace
+    /// are then copied from their blob instead of downloaded or built.
+    pub staged: Option<Arc<BTreeMap<String, StageResult>>>,
 }
 
 pub use crate::progress::{Outcome, Skip};
@@ -58,7 +62,7 @@ impl Report {
 }
 
 /// A one-line summary and the checksum dependents will see, or why the change failed.
-type ChangeResult = anyhow::Result<(String, Option<Checksum>)>;
+pub(crate) type ChangeResult = anyhow::Result<(String, Option<Checksum>)>;
 
 /// What a finished image offers its dependents.
 #[derive(Clone)]
@@ -308,6 +312,8 @@ async fn run_change(
             let entry = kept.as_ref().map(|k| k.entry.clone());
             let result = if let Some(restored) = &change.restore {
                 restore(change, desired, deps, entry, restored, ctx).await
+            } else if let Some(staged) = &ctx.staged {
+                crate::promote::promote(change, desired, deps, entry, staged, ctx).await
             } else {
                 match &desired.spec.source {
                     SpecSource::Http { .. } => {
@@ -339,7 +345,10 @@ fn known(
         .collect()
 }
 
-fn object_metadata(checksum: &Checksum, fingerprint: &Checksum) -> BTreeMap<String, String> {
+pub(crate) fn object_metadata(
+    checksum: &Checksum,
+    fingerprint: &Checksum,
+) -> BTreeMap<String, String> {
     BTreeMap::from([
         (META_CHECKSUM.to_string(), checksum.to_string()),
         (META_FINGERPRINT.to_string(), fingerprint.to_string()),
@@ -391,13 +400,15 @@ async fn minisign_check(
     Ok(Some(MinisignCheck::new(key, &text, url)?))
 }
 
-async fn publish_http(
+/// The download of an HTTP image, verified against what the plan shows, going to `key`. Returns
+/// the job and the download's checksum.
+pub(crate) async fn http_job(
     change: &Change,
     desired: &Desired,
-    deps: BTreeMap<String, Checksum>,
-    kept: Option<HistoryEntry>,
+    key: String,
+    fingerprint: Option<&Checksum>,
     ctx: &ApplyContext,
-) -> ChangeResult {
+) -> anyhow::Result<(HttpJob, Checksum)> {
     let spec = &desired.spec;
     let SpecSource::Http {
         url,
@@ -420,17 +431,34 @@ async fn publish_http(
         (None, None) => source.clone(),
         (None, Some(_)) => bail!("`validation.expected` is required when `decompress` is set"),
     };
-    let fingerprint = spec.fingerprint(&deps);
+    let mut user_metadata = BTreeMap::from([(META_CHECKSUM.to_string(), expected.to_string())]);
+    if let Some(f) = fingerprint {
+        user_metadata.insert(META_FINGERPRINT.to_string(), f.to_string());
+    }
     let job = HttpJob {
         image: change.name.clone(),
         url: url.clone(),
         source_checksum: source.clone(),
         decompress,
-        expected: expected.clone(),
-        key: change.key.clone(),
-        user_metadata: object_metadata(&expected, &fingerprint),
+        expected,
+        key,
+        user_metadata,
         minisign,
     };
+    Ok((job, source))
+}
+
+async fn publish_http(
+    change: &Change,
+    desired: &Desired,
+    deps: BTreeMap<String, Checksum>,
+    kept: Option<HistoryEntry>,
+    ctx: &ApplyContext,
+) -> ChangeResult {
+    let spec = &desired.spec;
+    let fingerprint = spec.fingerprint(&deps);
+    let (job, source) =
+        http_job(change, desired, change.key.clone(), Some(&fingerprint), ctx).await?;
     let published = pipeline::publish_http(
         ctx.store.clone(),
         ctx.client.clone(),
@@ -453,7 +481,7 @@ async fn publish_http(
 
 /// Fills in the record's history after a change and returns the history keys to delete once
 /// the record is written.
-fn with_history(
+pub(crate) fn with_history(
     record: &mut crate::state::StateRecord,
     change: &Change,
     kept: Option<HistoryEntry>,
@@ -482,7 +510,7 @@ fn check_history_keys(change: &Change) -> anyhow::Result<()> {
 /// Deleted only after the record that no longer lists them is written, so a record never names
 /// a version that is gone. The image itself is done by then: a failed delete is reported, not
 /// turned into a failed image (`labctl drift` lists kept versions no record names).
-async fn delete_history(
+pub(crate) async fn delete_history(
     change: &Change,
     keys: &[String],
     ctx: &ApplyContext,
@@ -799,8 +827,19 @@ const BUILD_URL_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6 *
 async fn reference_value(
     reference: &Reference,
     deps: &BTreeMap<String, Checksum>,
+    staged: &BTreeMap<String, StagedBlob>,
     ctx: &ApplyContext,
 ) -> anyhow::Result<String> {
+    // A fan-out leg builds before its inputs are published: their staged blobs are the same
+    // bytes, verified the same way.
+    if let Some(blob) = staged.get(&reference.image) {
+        match reference.field {
+            Field::Url => return Ok(ctx.store.url_for(&blob.key, BUILD_URL_EXPIRY).await?),
+            Field::Checksum => return Ok(blob.checksum.to_string()),
+            Field::Size => return Ok(blob.size.to_string()),
+            Field::Key => {}
+        }
+    }
     let destination = ctx.destinations.get(&reference.image).ok_or_else(|| {
         anyhow!(
             "reference to `{}`, which the plan does not have",
@@ -825,13 +864,15 @@ async fn reference_value(
     })
 }
 
-async fn publish_packer(
+/// Runs the image's Packer build with its variables resolved (`staged`: inputs a fan-out leg
+/// takes from staged blobs). Dropping the build removes its scratch directory.
+pub(crate) async fn build_packer(
     change: &Change,
     spec: &NormalizedSpec,
-    deps: BTreeMap<String, Checksum>,
-    kept: Option<HistoryEntry>,
+    deps: &BTreeMap<String, Checksum>,
+    staged: &BTreeMap<String, StagedBlob>,
     ctx: &ApplyContext,
-) -> ChangeResult {
+) -> anyhow::Result<packer::Build> {
     let SpecSource::Packer {
         path,
         variables,
@@ -845,7 +886,7 @@ async fn publish_packer(
     for (name, written) in variables {
         let mut values = Vec::new();
         for r in reference::parse_all(written)? {
-            values.push(reference_value(&r, &deps, ctx).await?);
+            values.push(reference_value(&r, deps, staged, ctx).await?);
         }
         let mut values = values.into_iter();
         let value = reference::substitute(written, |_| values.next().unwrap_or_default())?;
@@ -854,7 +895,7 @@ async fn publish_packer(
     let template = ctx.base_dir.join(path);
     ctx.progress
         .start(&change.name, "building with Packer", None);
-    let build = packer::build(
+    packer::build(
         &change.name,
         &template,
         &resolved,
@@ -867,15 +908,27 @@ async fn publish_packer(
     .map_err(|e| match e.hint() {
         Some(h) => anyhow!("{e} (hint: {h})"),
         None => anyhow!(e),
-    })?;
+    })
+}
+
+async fn publish_packer(
+    change: &Change,
+    spec: &NormalizedSpec,
+    deps: BTreeMap<String, Checksum>,
+    kept: Option<HistoryEntry>,
+    ctx: &ApplyContext,
+) -> ChangeResult {
+    let build = build_packer(change, spec, &deps, &BTreeMap::new(), ctx).await?;
     let fingerprint = spec.fingerprint(&deps);
     let published = pipeline::publish_file(
         ctx.store.clone(),
         &pipeline::FileJob {
             image: &change.name,
             path: &build.artifact,
-            key: &change.key,
-            fingerprint: &fingerprint,
+            key: pipeline::FileKey::Image {
+                key: &change.key,
+                fingerprint: &fingerprint,
+            },
         },
         &ctx.settings,
         ctx.progress.as_ref(),
@@ -1047,7 +1100,7 @@ async fn current_record(
     })
 }
 
-async fn write_record(
+pub(crate) async fn write_record(
     ctx: &ApplyContext,
     key: &str,
     record: &crate::state::StateRecord,

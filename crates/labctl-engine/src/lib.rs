@@ -7,17 +7,22 @@
 //!   dependents;
 //! - [`lock`]: the store lock protocol (`.labctl/lock.json`, conditional create);
 //! - [`index`]: the consumer index written after the images;
+//! - [`stage`] and [`promote`]: the fan-out, where legs stage verified bytes without the lock
+//!   and one promotion copies them into `images/` under it;
 //! - [`failure`]: an error with its cause chain and the next step to take.
 //!
 //! The engine reads no environment: who runs it is told once ([`set_run_identity`]), progress
 //! and warnings go to the caller's [`progress::Progress`] and [`planner::PlanEvents`].
 
+pub mod cleanup;
 pub mod desired;
 pub mod execute;
 pub mod failure;
 pub mod index;
 pub mod lock;
 pub mod planner;
+pub mod promote;
+pub mod stage;
 
 use std::sync::OnceLock;
 
@@ -27,7 +32,7 @@ pub use labctl_store::stranded;
 
 // The engine's own names for the layers below it, as the command line knows them.
 pub(crate) use labctl_core::{
-    checksum, consumer_index, graph, manifest, plan, signing, spec, timefmt, units,
+    checksum, consumer_index, fanout, graph, layout, manifest, plan, signing, spec, timefmt, units,
 };
 pub(crate) use labctl_store as store;
 pub(crate) use labctl_transfer::{pipeline, progress, source, template_hash};

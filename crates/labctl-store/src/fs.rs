@@ -248,7 +248,12 @@ impl Store for FsStore {
                     .map(|(key, m)| ObjectMeta {
                         size: m.len(),
                         etag: etag_of(&m),
-                        listed_modified: None,
+                        // As S3 listings give it: seconds and nanoseconds since the epoch.
+                        listed_modified: m
+                            .modified()
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos())),
                         key,
                         user_metadata: BTreeMap::new(),
                     })

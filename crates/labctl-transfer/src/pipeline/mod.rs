@@ -55,9 +55,20 @@ impl Default for Settings {
 pub struct FileJob<'a> {
     pub image: &'a str,
     pub path: &'a std::path::Path,
-    pub key: &'a str,
-    /// Goes into the object's metadata beside the checksum.
-    pub fingerprint: &'a Checksum,
+    pub key: FileKey<'a>,
+}
+
+/// Where a build artifact goes.
+#[derive(Debug, Clone, Copy)]
+pub enum FileKey<'a> {
+    /// The image's key; the fingerprint goes into the object's metadata beside the checksum.
+    Image {
+        key: &'a str,
+        fingerprint: &'a Checksum,
+    },
+    /// The content-addressed blob of its sha256 (`.labctl/blobs/sha256/<hex>`, a fan-out leg):
+    /// not uploaded again when the same bytes are already there.
+    Blob,
 }
 
 /// One HTTP image to publish.
@@ -85,6 +96,8 @@ pub struct Published {
     pub object: ObjectMeta,
     /// What the download's server said about the file (HTTP sources only).
     pub source: crate::source::http::SourceInfo,
+    /// The same bytes were already at the key (a staged blob): nothing was uploaded.
+    pub reused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -452,6 +465,7 @@ async fn attempt(
         size: digests.size,
         object,
         source: Default::default(),
+        reused: false,
     })))
 }
 
@@ -466,12 +480,7 @@ pub async fn publish_file(
     progress: &dyn Progress,
     cancel: watch::Receiver<bool>,
 ) -> Result<Published, PipelineError> {
-    let FileJob {
-        image,
-        path,
-        key,
-        fingerprint,
-    } = *job;
+    let FileJob { image, path, key } = *job;
     let sha256 = labctl_core::checksum::Algorithm::Sha256;
     let open = || async {
         let file = tokio::fs::File::open(path)
@@ -511,14 +520,39 @@ pub async fn publish_file(
         Step::Passed(pass) => pass.decoded.map_err(artifact)?.declared,
         Step::Restart => unreachable!("a file does not restart"),
     };
-    let options = PutOptions {
-        user_metadata: BTreeMap::from([
-            (labctl_store::META_CHECKSUM.to_string(), first.to_string()),
-            (
+    let mut user_metadata =
+        BTreeMap::from([(labctl_store::META_CHECKSUM.to_string(), first.to_string())]);
+    let blob_key;
+    let key = match key {
+        FileKey::Image { key, fingerprint } => {
+            user_metadata.insert(
                 labctl_store::META_FINGERPRINT.to_string(),
                 fingerprint.to_string(),
-            ),
-        ]),
+            );
+            key
+        }
+        FileKey::Blob => {
+            blob_key = labctl_core::layout::blob_key(&first);
+            if let Some(object) = store.head(&blob_key).await? {
+                if Some(object.size) == size
+                    && object.user_metadata.get(labctl_store::META_CHECKSUM)
+                        == Some(&first.to_string())
+                {
+                    return Ok(Published {
+                        sha256: first.clone(),
+                        checksum: first,
+                        size: object.size,
+                        object,
+                        source: Default::default(),
+                        reused: true,
+                    });
+                }
+            }
+            &blob_key
+        }
+    };
+    let options = PutOptions {
+        user_metadata,
         ..Default::default()
     };
     progress.restart(image, size, "uploading the artifact");
@@ -569,6 +603,7 @@ pub async fn publish_file(
         size,
         object,
         source: Default::default(),
+        reused: false,
     })
 }
 

@@ -1,0 +1,69 @@
+//! What fan-outs leave behind: blobs staged for a promotion that never came (a cancelled
+//! workflow, a failed unit whose plan was replaced) and their stage results. A blob a recent
+//! result still names is kept, whatever its age: a promotion may still want it.
+
+use std::collections::BTreeSet;
+
+use anyhow::Context;
+
+use crate::store::{ObjectMeta, Store};
+
+/// Staged objects older than the cut-off that no recent stage result names.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Leftovers {
+    pub blobs: Vec<ObjectMeta>,
+    pub results: Vec<ObjectMeta>,
+    /// Recent (kept) results and the blobs they name.
+    pub kept: usize,
+}
+
+impl Leftovers {
+    pub fn bytes(&self) -> u64 {
+        self.blobs.iter().map(|b| b.size).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blobs.is_empty() && self.results.is_empty()
+    }
+}
+
+/// Finds the leftovers older than `older_than` seconds at `now` (seconds since the epoch). An
+/// object whose listing gives no time is never taken for old.
+pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Result<Leftovers> {
+    let old = |m: &ObjectMeta| m.listed_age(now).is_some_and(|age| age >= older_than);
+    let results = crate::store::list_all(store, crate::layout::STAGED_PREFIX)
+        .await
+        .context("cannot list the stage results")?;
+    let blobs = crate::store::list_all(store, crate::layout::BLOBS_PREFIX)
+        .await
+        .context("cannot list the staged blobs")?;
+    let (old_results, recent): (Vec<ObjectMeta>, Vec<ObjectMeta>) =
+        results.into_iter().partition(|r| old(r));
+    let mut wanted = BTreeSet::new();
+    for result in &recent {
+        // An unreadable recent result keeps nothing: it cannot be promoted either.
+        if let Ok(Some(r)) = crate::promote::read_result(store, &result.key).await {
+            wanted.extend(r.blob.map(|b| b.key));
+        }
+    }
+    let (old_blobs, kept_blobs): (Vec<ObjectMeta>, Vec<ObjectMeta>) = blobs
+        .into_iter()
+        .partition(|b| old(b) && !wanted.contains(&b.key));
+    Ok(Leftovers {
+        blobs: old_blobs,
+        results: old_results,
+        kept: recent.len() + kept_blobs.len(),
+    })
+}
+
+/// Removes the leftovers, results first (a blob without a result is still found by the next
+/// run); returns what could not be removed.
+pub async fn remove(store: &dyn Store, leftovers: &Leftovers) -> Vec<String> {
+    let mut failed = Vec::new();
+    for object in leftovers.results.iter().chain(&leftovers.blobs) {
+        if let Err(e) = store.delete(&object.key).await {
+            failed.push(format!("{}: {e}", object.key));
+        }
+    }
+    failed
+}

@@ -1,0 +1,202 @@
+//! Promotion (`apply --staged`): under the lock, each staged blob is checked by HEAD and copied
+//! server-side into `images/`, so no image byte passes through the promoting runner; the record
+//! says what a single apply's record would. Promoted blobs are removed after the index.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::checksum::Checksum;
+use crate::execute::{
+    delete_history, object_metadata, with_history, write_record, ApplyContext, ChangeResult,
+    Outcome, Report,
+};
+use crate::fanout::{StageResult, StageStatus, MAX_RESULT_BYTES};
+use crate::plan::{Change, Desired};
+use crate::state::record::{new_record, HistoryEntry};
+use crate::store::{Store, META_CHECKSUM};
+
+/// Copies the image's staged blob to its key and writes its record.
+pub(crate) async fn promote(
+    change: &Change,
+    desired: &Desired,
+    deps: BTreeMap<String, Checksum>,
+    kept: Option<HistoryEntry>,
+    staged: &BTreeMap<String, StageResult>,
+    ctx: &ApplyContext,
+) -> ChangeResult {
+    let name = &change.name;
+    let result = staged.get(name).ok_or_else(|| {
+        anyhow!("nothing was staged for `{name}` (hint: stage it with `labctl stage PLANFILE --unit {name}`, or apply the plan without --staged)")
+    })?;
+    let blob = match (result.status, &result.blob) {
+        (StageStatus::Staged, Some(blob)) => blob,
+        _ => bail!(
+            "staging `{name}` failed: {}",
+            result.error.as_deref().unwrap_or("no blob was staged")
+        ),
+    };
+    // The bytes must be what the plan shows, and a build must have taken the inputs that are
+    // published now.
+    if let Some(wanted) = change.after.as_ref().and_then(|a| a.checksum.as_ref()) {
+        if *wanted != blob.checksum {
+            bail!(
+                "the staged blob `{}` holds {}, but the plan wants {wanted}",
+                blob.key,
+                blob.checksum
+            );
+        }
+    }
+    for (input, took) in &blob.inputs {
+        if deps.get(input) != Some(took) {
+            bail!(
+                "`{name}` was built from `{input}` {took}, which is not what this promotion publishes; stage `{name}` again"
+            );
+        }
+    }
+    let object = ctx.store.head(&blob.key).await?.ok_or_else(|| {
+        anyhow!(
+            "the staged blob `{}` is gone from the store (hint: stage `{name}` again)",
+            blob.key
+        )
+    })?;
+    if object.size != blob.size
+        || object.user_metadata.get(META_CHECKSUM) != Some(&blob.checksum.to_string())
+    {
+        bail!(
+            "the staged blob `{}` is not what its stage recorded ({} bytes, {}): it was changed outside labctl; stage `{name}` again",
+            blob.key,
+            blob.size,
+            blob.checksum
+        );
+    }
+    let spec = &desired.spec;
+    let fingerprint = spec.fingerprint(&deps);
+    let copied = ctx
+        .store
+        .copy(
+            &blob.key,
+            &change.key,
+            Some(object_metadata(&blob.checksum, &fingerprint)),
+            Some(&object.etag),
+        )
+        .await
+        .with_context(|| format!("cannot copy `{}` to `{}`", blob.key, change.key))?;
+    if copied.size != blob.size {
+        bail!(
+            "the copy of `{}` at `{}` has {} bytes, not {}",
+            blob.key,
+            change.key,
+            copied.size,
+            blob.size
+        );
+    }
+    let mut record = new_record(
+        spec,
+        blob.checksum.clone(),
+        blob.size,
+        deps,
+        crate::timefmt::now_rfc3339(),
+    );
+    record.sha256 = Some(blob.sha256.clone());
+    record.object_etag = Some(copied.etag);
+    record.source.checksum = blob.source.checksum.clone();
+    record.source.size = blob.source.size;
+    record.source.etag = blob.source.etag.clone();
+    record.source.last_modified = blob.source.last_modified.clone();
+    record.source.packer_version = blob.source.packer_version.clone();
+    let trimmed = with_history(&mut record, change, kept);
+    write_record(ctx, &change.record_key, &record).await?;
+    delete_history(change, &trimmed, ctx).await?;
+    Ok((
+        format!(
+            "promoted from its staged blob ({} bytes, {}; copied in the store)",
+            blob.size,
+            blob.checksum.short()
+        ),
+        Some(blob.checksum.clone()),
+    ))
+}
+
+/// What the legs staged for the plan `plan_id`, by image. A result that cannot be read is
+/// reported by `warn` and treated as missing (its image fails).
+pub async fn staged_results(
+    store: &dyn Store,
+    plan_id: &str,
+    warn: &dyn Fn(&str),
+) -> anyhow::Result<BTreeMap<String, StageResult>> {
+    let prefix = crate::layout::staged_results_prefix(plan_id);
+    let listed = crate::store::list_all(store, &prefix)
+        .await
+        .with_context(|| format!("cannot list the stage results under `{prefix}`"))?;
+    let mut out = BTreeMap::new();
+    for object in listed {
+        match read_result(store, &object.key).await {
+            Ok(Some(result)) if result.plan == plan_id => {
+                out.insert(result.image.clone(), result);
+            }
+            Ok(Some(_)) => warn(&format!(
+                "`{}` belongs to another plan: ignored",
+                object.key
+            )),
+            Ok(None) => {}
+            Err(e) => warn(&format!("{e:#}: ignored")),
+        }
+    }
+    Ok(out)
+}
+
+/// One stage result from the store; `None` when there is none.
+pub async fn read_result(store: &dyn Store, key: &str) -> anyhow::Result<Option<StageResult>> {
+    let Some((_, bytes)) = crate::store::get_bytes(store, key, MAX_RESULT_BYTES)
+        .await
+        .with_context(|| format!("cannot read the stage result `{key}`"))?
+    else {
+        return Ok(None);
+    };
+    StageResult::parse(&bytes)
+        .map(Some)
+        .map_err(|why| anyhow!("the stage result `{key}` is unreadable: {why}"))
+}
+
+/// After promotion: the blobs of promoted images and their results leave the store; a blob
+/// another image still waits for (it failed, or was not promoted) stays. Returns what could
+/// not be deleted.
+pub async fn forget_promoted(
+    store: &dyn Store,
+    plan_id: &str,
+    staged: &BTreeMap<String, StageResult>,
+    report: &Report,
+) -> Vec<String> {
+    let promoted: Vec<&str> = report
+        .results
+        .iter()
+        .filter(|(_, _, o)| matches!(o, Outcome::Done(_)))
+        .map(|(n, _, _)| n.as_str())
+        .filter(|n| staged.contains_key(*n))
+        .collect();
+    let blob_of = |name: &str| {
+        staged
+            .get(name)
+            .and_then(|r| r.blob.as_ref())
+            .map(|b| &b.key)
+    };
+    let still_wanted: Vec<&String> = staged
+        .keys()
+        .filter(|n| !promoted.contains(&n.as_str()))
+        .filter_map(|n| blob_of(n))
+        .collect();
+    let mut failed = Vec::new();
+    for name in promoted {
+        let mut keys = vec![crate::layout::staged_result_key(plan_id, name)];
+        if let Some(blob) = blob_of(name).filter(|b| !still_wanted.contains(b)) {
+            keys.insert(0, blob.clone());
+        }
+        for key in keys {
+            if let Err(e) = store.delete(&key).await {
+                failed.push(format!("{key}: {e}"));
+            }
+        }
+    }
+    failed
+}

@@ -1,0 +1,222 @@
+//! Staging (`labctl stage`): a fan-out leg acquires one unit's bytes exactly as apply does
+//! (download or build, verify, decompress, verify) and uploads them to the content-addressed
+//! blob of their checksum, without the lock: the key is derived from the verified content, so
+//! two legs writing it write the same bytes. Nothing under `images/`, `metadata/` or the index
+//! is touched. The outcome is recorded beside the blob for promotion to find.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Context};
+use bytes::Bytes;
+
+use crate::checksum::{Algorithm, Checksum};
+use crate::execute::{build_packer, http_job, ApplyContext};
+use crate::fanout::{self, StageResult, StageStatus, StagedBlob, StagedSource};
+use crate::pipeline::{self, FileKey};
+use crate::plan::{Change, Plan};
+use crate::source::probe::{self, Probed};
+use crate::spec::SpecSource;
+use crate::store::{PutOptions, META_CHECKSUM};
+
+/// Stages `unit` of `plan` and records the outcome in the store (`.labctl/staged/<plan>/…`).
+/// A failure is a result too: it is recorded, so promotion can say why the image is missing.
+pub async fn stage(plan: &Plan, plan_id: &str, unit: &str, ctx: &ApplyContext) -> StageResult {
+    let outcome = match plan.change(unit).filter(|c| fanout::is_unit(c)) {
+        Some(change) => acquire(plan, plan_id, change, ctx).await,
+        None => Err(anyhow!("`{unit}` is not a unit of this plan")),
+    };
+    let (status, error, blob) = match outcome {
+        Ok(blob) => (StageStatus::Staged, None, Some(blob)),
+        Err(e) => (StageStatus::Failed, Some(format!("{e:#}")), None),
+    };
+    let result = StageResult {
+        format_version: fanout::FORMAT_VERSION.into(),
+        plan: plan_id.into(),
+        image: unit.into(),
+        status,
+        error,
+        blob,
+        staged_at: crate::timefmt::now_rfc3339(),
+        ci_run: ctx.ci_run.clone(),
+    };
+    let key = crate::layout::staged_result_key(plan_id, unit);
+    if let Err(e) = ctx
+        .store
+        .put(&key, Bytes::from(result.to_json()), PutOptions::default())
+        .await
+    {
+        // The blob is there; promotion cannot find it without the result: fail the leg.
+        return StageResult {
+            status: StageStatus::Failed,
+            error: Some(format!("cannot record the result at `{key}`: {e}")),
+            ..result
+        };
+    }
+    result
+}
+
+/// The values a build's references take from units staged in earlier waves.
+async fn staged_inputs(
+    plan: &Plan,
+    plan_id: &str,
+    change: &Change,
+    ctx: &ApplyContext,
+) -> anyhow::Result<BTreeMap<String, StagedBlob>> {
+    let units = fanout::units(plan);
+    let Some(unit) = units.iter().find(|u| u.name == change.name) else {
+        return Ok(BTreeMap::new());
+    };
+    let mut inputs = BTreeMap::new();
+    for need in &unit.needs {
+        let wave = units.iter().find(|u| &u.name == need).map_or(1, |u| u.wave);
+        let key = crate::layout::staged_result_key(plan_id, need);
+        let staged = crate::promote::read_result(ctx.store.as_ref(), &key)
+            .await?
+            .filter(|r| r.status == StageStatus::Staged)
+            .and_then(|r| r.blob)
+            .ok_or_else(|| {
+                anyhow!(
+                    "`{}` takes `{need}`, which is not staged yet (hint: stage wave {wave} first: labctl stage PLANFILE --unit {need})",
+                    change.name
+                )
+            })?;
+        inputs.insert(need.clone(), staged);
+    }
+    Ok(inputs)
+}
+
+async fn acquire(
+    plan: &Plan,
+    plan_id: &str,
+    change: &Change,
+    ctx: &ApplyContext,
+) -> anyhow::Result<StagedBlob> {
+    let desired = change
+        .desired()
+        .ok_or_else(|| anyhow!("the plan has no spec for `{}`", change.name))?;
+    match &desired.spec.source {
+        SpecSource::Http { .. } => {
+            let (mut job, source) = http_job(change, &desired, String::new(), None, ctx).await?;
+            job.key = crate::layout::blob_key(&job.expected);
+            if let Some(reused) = already_staged(&job, ctx).await? {
+                return Ok(StagedBlob {
+                    source: StagedSource {
+                        checksum: Some(source),
+                        ..reused.source
+                    },
+                    ..reused
+                });
+            }
+            let published = pipeline::publish_http(
+                ctx.store.clone(),
+                ctx.client.clone(),
+                &job,
+                &ctx.settings,
+                ctx.progress.as_ref(),
+                ctx.cancel.clone(),
+            )
+            .await?;
+            Ok(StagedBlob {
+                key: job.key,
+                checksum: published.checksum,
+                sha256: published.sha256,
+                size: published.size,
+                uploaded: true,
+                inputs: BTreeMap::new(),
+                source: StagedSource {
+                    checksum: Some(source),
+                    size: published.source.size,
+                    etag: published.source.etag,
+                    last_modified: published.source.last_modified,
+                    packer_version: None,
+                },
+            })
+        }
+        SpecSource::Packer { .. } => {
+            let staged = staged_inputs(plan, plan_id, change, ctx).await?;
+            // Referenced images published already keep the checksum the plan knows.
+            let mut deps: BTreeMap<String, Checksum> = change
+                .after
+                .as_ref()
+                .map(|a| {
+                    a.dependencies
+                        .iter()
+                        .filter_map(|(n, c)| Some((n.clone(), c.clone()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            deps.extend(staged.iter().map(|(n, b)| (n.clone(), b.checksum.clone())));
+            let build = build_packer(change, &desired.spec, &deps, &staged, ctx).await?;
+            let published = pipeline::publish_file(
+                ctx.store.clone(),
+                &pipeline::FileJob {
+                    image: &change.name,
+                    path: &build.artifact,
+                    key: FileKey::Blob,
+                },
+                &ctx.settings,
+                ctx.progress.as_ref(),
+                ctx.cancel.clone(),
+            )
+            .await?;
+            Ok(StagedBlob {
+                key: crate::layout::blob_key(&published.checksum),
+                checksum: published.checksum,
+                sha256: published.sha256,
+                size: published.size,
+                uploaded: !published.reused,
+                inputs: staged.into_iter().map(|(n, b)| (n, b.checksum)).collect(),
+                source: StagedSource {
+                    packer_version: Some(build.packer_version.clone()),
+                    ..Default::default()
+                },
+            })
+        }
+    }
+}
+
+/// The blob of a download whose checksum is a sha256 that another leg (or an earlier run of
+/// this one) already staged: nothing is downloaded or uploaded, and the source is only asked
+/// what its record would say about it. `None` when the blob must be staged (other algorithms
+/// name their blob by a checksum that does not give the sha256 the index needs).
+async fn already_staged(
+    job: &pipeline::HttpJob,
+    ctx: &ApplyContext,
+) -> anyhow::Result<Option<StagedBlob>> {
+    if job.expected.algorithm != Algorithm::Sha256 {
+        return Ok(None);
+    }
+    let Some(object) = ctx.store.head(&job.key).await? else {
+        return Ok(None);
+    };
+    if object.user_metadata.get(META_CHECKSUM) != Some(&job.expected.to_string()) {
+        return Ok(None);
+    }
+    ctx.progress.line(
+        &job.image,
+        &format!("already staged at {}: nothing to download", job.key),
+    );
+    let facts = match probe::probe(&ctx.client, &job.url, &ctx.settings.retry)
+        .await
+        .with_context(|| format!("cannot ask {} about the image", job.url))?
+    {
+        Probed::Serves(info) => info,
+        // The bytes are verified and staged; the record just cannot describe the download.
+        Probed::Gone { .. } => Default::default(),
+    };
+    Ok(Some(StagedBlob {
+        key: job.key.clone(),
+        checksum: job.expected.clone(),
+        sha256: job.expected.clone(),
+        size: object.size,
+        uploaded: false,
+        inputs: BTreeMap::new(),
+        source: StagedSource {
+            checksum: None,
+            size: facts.size,
+            etag: facts.etag,
+            last_modified: facts.last_modified,
+            packer_version: None,
+        },
+    }))
+}

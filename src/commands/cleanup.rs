@@ -1,0 +1,95 @@
+//! `labctl cleanup`: removes what fan-outs left behind. See `labctl_engine::cleanup`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use console::style;
+
+use crate::apply::{cleanup, lock};
+use crate::cli::CleanupArgs;
+use crate::failure::Failure;
+
+pub async fn run(args: &CleanupArgs) -> Result<ExitCode, Failure> {
+    let manifest = super::optional_manifest(&args.manifest)?;
+    let store = super::open_store(args.store.store.as_deref(), manifest.as_ref()).await?;
+    let mut signals = crate::interrupt::install("releasing the lock")
+        .context("cannot listen for SIGINT and SIGTERM")?;
+    let cancel = crate::interrupt::as_cancel(signals.clone());
+    let held = if args.lock && !args.dry_run {
+        match lock::acquire_unless(store.clone(), "cleanup", args.lock_timeout, true, cancel).await
+        {
+            Ok(l) => Some(l),
+            Err(lock::LockError::Interrupted) => {
+                return Ok(super::exit(signals.borrow().map_or(1, |s| s.exit_code())))
+            }
+            Err(e) => return Err(super::apply::lock_failure(e)),
+        }
+    } else {
+        None
+    };
+    let now = crate::timefmt::unix_now().as_secs();
+    let work = async {
+        let leftovers = cleanup::find(store.as_ref(), args.older_than.as_secs(), now).await?;
+        anyhow::Ok(sweep(store.as_ref(), &leftovers, args.dry_run).await)
+    };
+    // A signal stops between deletes (each is whole); the lock is released either way.
+    let outcome = tokio::select! {
+        done = work => Some(done),
+        _ = crate::interrupt::wait(&mut signals) => None,
+    };
+    if let Some(l) = held {
+        if let Err(e) = l.release().await {
+            eprintln!(
+                "{} could not release the store lock: {e}",
+                style("Warning:").yellow()
+            );
+        }
+    }
+    match outcome {
+        None => Ok(super::exit(signals.borrow().map_or(1, |s| s.exit_code()))),
+        Some(done) => Ok(if done? {
+            ExitCode::SUCCESS
+        } else {
+            super::exit(1)
+        }),
+    }
+}
+
+/// Removes (or lists) the leftovers; `false` when some could not be removed.
+async fn sweep(
+    store: &dyn crate::store::Store,
+    leftovers: &cleanup::Leftovers,
+    dry_run: bool,
+) -> bool {
+    let verb = if dry_run { "Would remove" } else { "Removed" };
+    for object in leftovers.results.iter().chain(&leftovers.blobs) {
+        println!(
+            "  {} {} ({} bytes)",
+            if dry_run { "-" } else { "✓" },
+            object.key,
+            object.size
+        );
+    }
+    let failed = if dry_run {
+        Vec::new()
+    } else {
+        cleanup::remove(store, leftovers).await
+    };
+    for f in &failed {
+        eprintln!("  {} {f}", style("✗").red());
+    }
+    println!(
+        "{verb} {} blob{} ({} bytes) and {} stage result{}; kept {} recent.",
+        leftovers.blobs.len(),
+        if leftovers.blobs.len() == 1 { "" } else { "s" },
+        leftovers.bytes(),
+        leftovers.results.len(),
+        if leftovers.results.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        leftovers.kept
+    );
+    failed.is_empty()
+}

@@ -1,0 +1,202 @@
+//! `labctl stage PLANFILE --unit NAME`: one fan-out leg. See `labctl_engine::stage`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use console::style;
+use tokio::task::JoinSet;
+
+use super::apply::{context, read_saved_plan, refuse_other_store, refuse_stale, Transfer};
+use crate::cli::StageArgs;
+use crate::failure::{Failure, WithHint};
+use crate::fanout::{self, StageResult, StageStatus};
+use crate::plan::Plan;
+
+pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
+    let saved = read_saved_plan(&args.plan_file, &args.manifest.manifest)?;
+    let plan = Arc::new(saved.plan);
+    let units = requested_units(&plan, &args.units, &args.plan_file)?;
+    let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
+    let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
+    refuse_other_store(&plan, store.as_ref(), "stage", &args.plan_file)?;
+    // A stale plan is never promoted: staging it would be wasted work.
+    refuse_stale(&plan, &manifest, &graph, &store).await?;
+
+    let signals = crate::interrupt::install("aborting the upload in progress")
+        .context("cannot listen for SIGINT and SIGTERM")?;
+    let cancel = crate::interrupt::as_cancel(signals.clone());
+    let transfer = Transfer {
+        part_size_mib: args.part_size,
+        parts_in_flight: args.parts_in_flight,
+        parallelism: args.parallelism,
+    };
+    let ctx = Arc::new(context(&plan, &manifest, store, &transfer, cancel, None));
+    eprintln!(
+        "Staging {} of plan {} into {}",
+        units
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        saved.id,
+        crate::layout::BLOBS_PREFIX
+    );
+
+    let results = stage_in_waves(&plan, &saved.id, &units, ctx, args.parallelism).await;
+    let interrupted = signals.borrow().map(|s| s.exit_code());
+    report(&results);
+    if let Some(path) = &args.result {
+        let document = serde_json::json!({
+            "format_version": fanout::FORMAT_VERSION,
+            "plan": saved.id,
+            "results": results,
+        });
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&document).expect("serializes") + "\n",
+        )
+        .with_context(|| format!("cannot write the result to `{}`", path.display()))?;
+    }
+    if let Some(code) = interrupted {
+        return Ok(super::exit(code));
+    }
+    Ok(if results.iter().all(|r| r.status == StageStatus::Staged) {
+        ExitCode::SUCCESS
+    } else {
+        super::exit(1)
+    })
+}
+
+/// The units asked for, with their wave; refuses a name that is not a unit of the plan.
+fn requested_units(
+    plan: &Plan,
+    asked: &[String],
+    path: &std::path::Path,
+) -> Result<Vec<(String, usize)>, Failure> {
+    let units = fanout::units(plan);
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for name in asked {
+        let Some(unit) = units.iter().find(|u| &u.name == name) else {
+            let listed: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+            let why = if plan.change(name).is_some() {
+                "has nothing to download or build in this plan"
+            } else {
+                "is not in this plan"
+            };
+            return Err(anyhow::anyhow!("`{name}` {why}")).hint(if listed.is_empty() {
+                format!(
+                    "`{}` has no units: apply it with `labctl apply {}`",
+                    path.display(),
+                    path.display()
+                )
+            } else {
+                format!("its units are: {}", listed.join(", "))
+            });
+        };
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.clone(), unit.wave));
+        }
+    }
+    Ok(out)
+}
+
+/// Stages the units wave by wave (a unit may take an earlier one's checksum), each wave's
+/// units up to `parallelism` at once; after a signal, nothing more starts.
+async fn stage_in_waves(
+    plan: &Arc<Plan>,
+    plan_id: &str,
+    units: &[(String, usize)],
+    ctx: Arc<crate::apply::ApplyContext>,
+    parallelism: u16,
+) -> Vec<StageResult> {
+    let mut by_wave: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for (name, wave) in units {
+        by_wave.entry(*wave).or_default().push(name);
+    }
+    let mut results = Vec::new();
+    for names in by_wave.values() {
+        let mut running = JoinSet::new();
+        let mut queue = names.iter();
+        loop {
+            while running.len() < parallelism.max(1) as usize && !*ctx.cancel.borrow() {
+                let Some(name) = queue.next() else { break };
+                let (plan, id, name, ctx) = (
+                    plan.clone(),
+                    plan_id.to_string(),
+                    name.to_string(),
+                    ctx.clone(),
+                );
+                running.spawn(
+                    async move { crate::apply::stage::stage(&plan, &id, &name, &ctx).await },
+                );
+            }
+            match running.join_next().await {
+                Some(Ok(result)) => {
+                    ctx.progress.finish(&result.image, &outcome_of(&result));
+                    results.push(result);
+                }
+                Some(Err(e)) => eprintln!("{} a stage task failed: {e}", style("error:").red()),
+                None => break,
+            }
+        }
+    }
+    results
+}
+
+fn outcome_of(result: &StageResult) -> crate::apply::Outcome {
+    match (&result.blob, &result.error) {
+        (Some(blob), _) => crate::apply::Outcome::Done(format!(
+            "{} {} ({} bytes, {})",
+            if blob.uploaded {
+                "staged at"
+            } else {
+                "already staged at"
+            },
+            blob.key,
+            blob.size,
+            blob.checksum.short()
+        )),
+        (None, error) => {
+            crate::apply::Outcome::Failed(error.clone().unwrap_or_else(|| "not staged".to_string()))
+        }
+    }
+}
+
+fn report(results: &[StageResult]) {
+    let staged = results
+        .iter()
+        .filter(|r| r.status == StageStatus::Staged)
+        .count();
+    let failed = results.len() - staged;
+    println!("\nStage summary:");
+    for r in results {
+        match (&r.blob, &r.error) {
+            (Some(blob), _) => println!(
+                "  {} {}: {} ({} bytes, {})",
+                style("✓").green(),
+                r.image,
+                blob.key,
+                blob.size,
+                blob.checksum.short()
+            ),
+            (None, error) => {
+                let why = error.as_deref().unwrap_or("not staged");
+                if crate::github::active() {
+                    crate::github::error(&format!("labctl stage: {}", r.image), why);
+                } else {
+                    eprintln!("  {} {}: {why}", style("✗").red(), r.image);
+                }
+            }
+        }
+    }
+    println!(
+        "Stage complete: {staged} staged{}.",
+        if failed > 0 {
+            format!(", {failed} failed")
+        } else {
+            String::new()
+        }
+    );
+}

@@ -1,0 +1,648 @@
+//! The fan-out over a CI matrix: `plan --matrix`, `labctl stage` legs started as separate
+//! processes at the same time, then one `apply --staged` promotion, on every store. What the
+//! store holds afterwards is compared with what one plain `labctl apply` leaves in another
+//! prefix of the same store.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+use crate::packer::{expected_gateway, gateway, gateway_template, SECRET};
+use crate::support::fixture::Faults;
+
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod fanout_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
+        mod fanout_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
+        mod fanout_fs { $( #[test] fn $case() { super::$case(super::Backend::Fs) } )* }
+        mod fanout_ceph { $( #[test] fn $case() { super::$case(super::Backend::Ceph) } )* }
+        mod fanout_garage { $( #[test] fn $case() { super::$case(super::Backend::Garage) } )* }
+    };
+}
+
+on_every_store!(
+    staged_legs_then_promotion_leave_the_store_as_one_apply_would,
+    the_same_unit_staged_twice_at_once,
+    a_stage_killed_mid_upload_is_staged_again,
+    a_missing_unit_fails_alone_and_skips_its_dependents,
+    a_stale_plan_is_neither_staged_nor_promoted,
+    a_killed_promotion_is_recovered_by_the_documented_steps,
+);
+
+macro_rules! on_s3_stores {
+    ($($case:ident),* $(,)?) => {
+        mod fanout_s3_s3s_fs { $( #[test] fn $case() { super::$case(super::Backend::S3sFs) } )* }
+        mod fanout_s3_moto { $( #[test] fn $case() { super::$case(super::Backend::Moto) } )* }
+        mod fanout_s3_ceph { $( #[test] fn $case() { super::$case(super::Backend::Ceph) } )* }
+        mod fanout_s3_garage { $( #[test] fn $case() { super::$case(super::Backend::Garage) } )* }
+    };
+}
+
+on_s3_stores!(an_object_above_the_single_copy_limit_is_promoted_part_by_part);
+
+const PLAN: &str = "plan.json";
+const MATRIX: &str = "matrix.json";
+
+/// Four units: a raw ISO, an xz image, a raw image pinned by sha512 (three downloads, wave 1)
+/// and a Packer build that takes the ISO's URL and checksum (wave 2).
+struct Images {
+    iso: Vec<u8>,
+    xz_plain: Vec<u8>,
+    wide: Vec<u8>,
+}
+
+impl Images {
+    fn new(seed: u64) -> Images {
+        Images {
+            iso: image_bytes(seed, 6 * 1024 * 1024 + 77),
+            xz_plain: image_bytes(seed + 1, 3 * 1024 * 1024 + 5),
+            wide: image_bytes(seed + 2, 2 * 1024 * 1024 + 3),
+        }
+    }
+
+    /// Serves the images at paths of their own (`/iso-SEED`, …) and writes the manifest, with
+    /// `history: 1` on the ISO.
+    fn install(&self, lab: &Lab, tag: &str) {
+        let iso_path: &'static str = Box::leak(format!("/iso-{tag}").into_boxed_str());
+        let xz_path: &'static str = Box::leak(format!("/xz-{tag}").into_boxed_str());
+        let wide_path: &'static str = Box::leak(format!("/wide-{tag}").into_boxed_str());
+        let packed = xz(&self.xz_plain);
+        lab.serve(iso_path, self.iso.clone(), Faults::default());
+        lab.serve(xz_path, packed.clone(), Faults::default());
+        lab.serve(wide_path, self.wide.clone(), Faults::default());
+        let mut wide = Entry::raw("wide", wide_path, &self.wide);
+        wide.checksum = sha512(&self.wide);
+        lab.write_manifest_with(
+            &[
+                Entry::raw("iso", iso_path, &self.iso),
+                Entry::compressed("packed", xz_path, &packed, "xz", &self.xz_plain),
+                wide,
+            ],
+            &[gateway(true)],
+        );
+        let text = std::fs::read_to_string(lab.manifest_path()).unwrap();
+        let text = text.replace(
+            "destination: test/iso.img\n",
+            "destination: test/iso.img\n      history: 1\n",
+        );
+        std::fs::write(lab.manifest_path(), text).unwrap();
+    }
+}
+
+fn setup(backend: Backend) -> (Lab, Images) {
+    let lab = Lab::new(backend);
+    lab.template("gateway", &gateway_template("v1"));
+    let images = Images::new(40);
+    images.install(&lab, "v1");
+    (lab, images)
+}
+
+fn plan_with_matrix(lab: &Lab) -> serde_json::Value {
+    let run = lab.labctl(&["plan", "--out", PLAN, "--matrix", MATRIX]);
+    assert_eq!(run.code, 0, "{}", run.output());
+    serde_json::from_slice(&std::fs::read(lab.dir().join(MATRIX)).unwrap()).unwrap()
+}
+
+/// The legs of wave `wave` (1-based), as the workflow would start them.
+fn legs(matrix: &serde_json::Value, wave: usize) -> Vec<String> {
+    matrix["waves"][wave - 1]["matrix"]["include"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no wave {wave} in {matrix}"))
+        .iter()
+        .map(|l| l["units"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const BUILD_ENV: &[(&str, &str)] = &[("PKR_VAR_build_secret", SECRET)];
+
+/// Starts one `labctl stage` per leg at the same moment and waits for all of them.
+fn stage_together(lab: &Lab, legs: &[String]) -> Vec<Run> {
+    let children: Vec<_> = legs
+        .iter()
+        .map(|units| {
+            let result = format!("result-{}.json", units.replace(',', "_"));
+            lab.spawn_env(
+                &["stage", PLAN, "--unit", units, "--result", &result],
+                BUILD_ENV,
+            )
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| finish(c, &["stage"]))
+        .collect()
+}
+
+fn stage_all_waves(lab: &Lab, matrix: &serde_json::Value) {
+    for wave in 1..=matrix["waves"].as_array().unwrap().len() {
+        for run in stage_together(lab, &legs(matrix, wave)) {
+            assert_eq!(run.code, 0, "{}", run.output());
+        }
+    }
+}
+
+fn promote(lab: &Lab) -> Run {
+    lab.labctl(&["apply", PLAN, "--staged"])
+}
+
+fn assert_converged(lab: &Lab) {
+    let plan = lab.labctl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.output());
+}
+
+/// The store's keys and what they hold, with what differs between two runs by nature (times,
+/// ETags, the CI run) left out. Keys are relative to `prefix`; labctl's own folder and `skip`
+/// are not compared.
+fn snapshot(
+    lab: &Lab,
+    store: &dyn labctl::store::Store,
+    prefix: &str,
+    skip: &str,
+) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    let listed = lab
+        .runtime
+        .block_on(labctl::store::list_all(store, prefix))
+        .unwrap();
+    for object in listed {
+        let key = object.key;
+        let relative = key.strip_prefix(prefix).unwrap().to_string();
+        // `.labctl-fs/` is the directory store's own (a nested one shows it).
+        if relative.starts_with(".labctl") || (!skip.is_empty() && relative.starts_with(skip)) {
+            continue;
+        }
+        let (meta, bytes) = lab
+            .runtime
+            .block_on(labctl::store::get_bytes(store, &key, 1 << 30))
+            .unwrap()
+            .unwrap();
+        let value = if relative.starts_with("metadata/") || relative == "images/index.json" {
+            let mut json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            strip_volatile(&mut json);
+            json
+        } else {
+            serde_json::json!({
+                "sha256": sha256(&bytes).to_string(),
+                "size": bytes.len(),
+                "metadata": lab.runtime.block_on(store.head(&key)).unwrap().map(|m| m.user_metadata),
+                "get_size": meta.size,
+            })
+        };
+        out.insert(relative, value);
+    }
+    out
+}
+
+fn strip_volatile(value: &mut serde_json::Value) {
+    const VOLATILE: [&str; 6] = [
+        "uploadedAt",
+        "objectEtag",
+        "keptAt",
+        "generated_at",
+        "ciRun",
+        "ci_run",
+    ];
+    match value {
+        serde_json::Value::Object(map) => {
+            for k in VOLATILE {
+                map.remove(k);
+            }
+            map.values_mut().for_each(strip_volatile);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_volatile),
+        _ => {}
+    }
+}
+
+/// Where one plain apply goes for comparison: another prefix (or directory) of the same store.
+fn single_store(lab: &Lab) -> String {
+    let store = format!("{}/single", lab.store_arg());
+    if lab.backend == Backend::Fs {
+        std::fs::create_dir_all(&store).unwrap();
+    }
+    store
+}
+
+fn apply_single(lab: &Lab) {
+    let run = lab.labctl_at(&single_store(lab), &["apply", "--auto-approve"], BUILD_ENV);
+    assert_eq!(run.code, 0, "{}", run.output());
+}
+
+fn assert_same_as_single_apply(lab: &Lab) {
+    let store = lab.store();
+    let fanned = snapshot(lab, store.as_ref(), "", "single/");
+    let single = match lab.backend {
+        Backend::Fs => {
+            let nested = labctl::store::fs::FsStore::new(lab.dir().join("store/single"));
+            snapshot(lab, &nested, "", "")
+        }
+        _ => snapshot(lab, store.as_ref(), "single/", ""),
+    };
+    assert_eq!(
+        fanned.keys().collect::<Vec<_>>(),
+        single.keys().collect::<Vec<_>>(),
+        "the same keys"
+    );
+    for (key, value) in &fanned {
+        assert_eq!(value, &single[key], "`{key}` differs from a single apply's");
+    }
+}
+
+fn staged_leftovers(lab: &Lab) -> Vec<String> {
+    let mut keys = lab.keys(".labctl/blobs/");
+    keys.extend(lab.keys(".labctl/staged/"));
+    keys
+}
+
+fn staged_legs_then_promotion_leave_the_store_as_one_apply_would(backend: Backend) {
+    let (lab, images) = setup(backend);
+    let matrix = plan_with_matrix(&lab);
+    assert_eq!(matrix["units"], 4, "{matrix}");
+    assert_eq!(legs(&matrix, 1), ["iso", "packed", "wide"], "{matrix}");
+    assert_eq!(legs(&matrix, 2), ["gateway"], "{matrix}");
+    assert_eq!(matrix["waves"][1]["matrix"]["include"][0]["kvm"], true);
+    assert_eq!(matrix["waves"][0]["matrix"]["include"][0]["kvm"], false);
+
+    // Wave 1: three legs at once; nothing is published yet.
+    for run in stage_together(&lab, &legs(&matrix, 1)) {
+        assert_eq!(run.code, 0, "{}", run.output());
+    }
+    assert!(lab.keys("images/").is_empty(), "{:?}", lab.keys("images/"));
+    assert!(lab.keys("metadata/").is_empty());
+    assert!(
+        lab.head(".labctl/lock.json").is_none(),
+        "stage takes no lock"
+    );
+    let blobs = lab.keys(".labctl/blobs/");
+    assert!(
+        blobs.contains(&format!(
+            ".labctl/blobs/sha256/{}",
+            sha256(&images.iso).hex()
+        )),
+        "{blobs:?}"
+    );
+    assert!(
+        blobs.contains(&format!(
+            ".labctl/blobs/sha256/{}",
+            sha256(&images.xz_plain).hex()
+        )),
+        "the decompressed bytes are staged: {blobs:?}"
+    );
+    assert!(
+        blobs.contains(&format!(
+            ".labctl/blobs/sha512/{}",
+            sha512(&images.wide).hex()
+        )),
+        "{blobs:?}"
+    );
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.dir().join("result-iso.json")).unwrap()).unwrap();
+    assert_eq!(result["results"][0]["status"], "staged", "{result}");
+    assert_eq!(result["results"][0]["blob"]["uploaded"], true, "{result}");
+
+    // Wave 2: the build fetches the staged ISO.
+    let runs = stage_together(&lab, &legs(&matrix, 2));
+    assert_eq!(runs[0].code, 0, "{}", runs[0].output());
+    assert!(
+        !runs[0].stdout.contains(SECRET) && !runs[0].stderr.contains(SECRET),
+        "{}",
+        runs[0].output()
+    );
+
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 0, "{}", promoted.output());
+    assert!(
+        promoted.stdout.contains("promoted from its staged blob"),
+        "{}",
+        promoted.output()
+    );
+    assert_eq!(lab.object("test/iso.img").unwrap(), images.iso);
+    assert_eq!(lab.object("test/packed.img").unwrap(), images.xz_plain);
+    assert_eq!(
+        lab.object("test/gateway.raw").unwrap(),
+        expected_gateway(&images.iso, "v1")
+    );
+    assert!(
+        staged_leftovers(&lab).is_empty(),
+        "{:?}",
+        staged_leftovers(&lab)
+    );
+    assert_converged(&lab);
+    apply_single(&lab);
+    assert_same_as_single_apply(&lab);
+
+    // A new ISO: kept in the history, and the build replaced in its wave, as apply does.
+    let v2 = Images::new(40);
+    let v2 = Images {
+        iso: image_bytes(90, 6 * 1024 * 1024 + 1),
+        ..v2
+    };
+    v2.install(&lab, "v2");
+    let matrix = plan_with_matrix(&lab);
+    assert_eq!(matrix["units"], 2, "{matrix}");
+    stage_all_waves(&lab, &matrix);
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 0, "{}", promoted.output());
+    assert_eq!(lab.object("test/iso.img").unwrap(), v2.iso);
+    assert_eq!(
+        lab.store_bytes(&format!(
+            "history/test/iso.img/{}",
+            sha256(&images.iso).hex()
+        )),
+        Some(images.iso.clone()),
+        "the replaced ISO is kept"
+    );
+    assert_converged(&lab);
+    apply_single(&lab);
+    assert_same_as_single_apply(&lab);
+    assert!(
+        staged_leftovers(&lab).is_empty(),
+        "{:?}",
+        staged_leftovers(&lab)
+    );
+}
+
+fn the_same_unit_staged_twice_at_once(backend: Backend) {
+    let (lab, images) = setup(backend);
+    plan_with_matrix(&lab);
+    let legs = vec!["iso".to_string(), "iso".to_string()];
+    for run in stage_together(&lab, &legs) {
+        assert_eq!(run.code, 0, "{}", run.output());
+    }
+    // Once more: the blob is there, nothing is downloaded.
+    let again = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
+    assert_eq!(again.code, 0, "{}", again.output());
+    assert!(
+        again.stdout.contains("already staged") || again.stderr.contains("already staged"),
+        "{}",
+        again.output()
+    );
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 1, "the other units were not staged");
+    assert_eq!(lab.object("test/iso.img").unwrap(), images.iso);
+    let record = lab.record("test/iso.img").unwrap();
+    assert_eq!(record["sha256"], sha256(&images.iso).to_string());
+    assert!(record["source"]["etag"].as_str().is_some(), "{record}");
+}
+
+/// Uploads left open by a killed leg, under the blobs folder.
+fn open_blob_uploads(lab: &Lab) -> Option<usize> {
+    lab.pending_uploads().map(|u| {
+        u.iter()
+            .filter(|(k, _)| k.starts_with(".labctl/blobs/"))
+            .count()
+    })
+}
+
+fn a_stage_killed_mid_upload_is_staged_again(backend: Backend) {
+    let lab = Lab::new(backend);
+    lab.template("gateway", &gateway_template("v1"));
+    let iso = image_bytes(7, 40 * 1024 * 1024);
+    lab.serve(
+        "/slow-iso",
+        iso.clone(),
+        Faults {
+            delay_per_mib: Duration::from_millis(60),
+            ..Faults::default()
+        },
+    );
+    lab.write_manifest(&[Entry::raw("iso", "/slow-iso", &iso)]);
+    plan_with_matrix(&lab);
+
+    // SIGTERM: the leg aborts its upload and says so in its exit code and result.
+    let child = lab.spawn(&["stage", PLAN, "--unit", "iso", "--result", "r.json"]);
+    wait_for_an_upload(&lab, &child);
+    send_signal(&child, "-TERM");
+    let run = finish(child, &["stage"]);
+    assert_eq!(run.code, 143, "{}", run.output());
+    if let Some(open) = open_blob_uploads(&lab) {
+        assert_eq!(open, 0, "a signal leaves no open upload");
+    }
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lab.dir().join("r.json")).unwrap()).unwrap();
+    assert_eq!(result["results"][0]["status"], "failed", "{result}");
+
+    // kill -9 mid-upload: nothing becomes visible; the next stage starts over and completes.
+    let mut child = lab.spawn(&["stage", PLAN, "--unit", "iso"]);
+    wait_for_an_upload(&lab, &child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(lab.keys(".labctl/blobs/").is_empty(), "no partial blob");
+    let again = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
+    assert_eq!(again.code, 0, "{}", again.output());
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 0, "{}", promoted.output());
+    assert_eq!(lab.object("test/iso.img").unwrap(), iso);
+    assert_converged(&lab);
+}
+
+/// Waits until the leg has a multipart upload open (or, on a store that cannot list them, has
+/// been downloading for a while).
+fn wait_for_an_upload(lab: &Lab, child: &std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        match open_blob_uploads(lab) {
+            Some(n) if n > 0 => return,
+            None => {
+                std::thread::sleep(Duration::from_secs(1));
+                return;
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    panic!("stage {} never started its upload", child.id());
+}
+
+fn a_missing_unit_fails_alone_and_skips_its_dependents(backend: Backend) {
+    let (lab, images) = setup(backend);
+    plan_with_matrix(&lab);
+    // The ISO's leg never ran; the build could not either (it takes the ISO).
+    for run in stage_together(&lab, &["packed".to_string(), "wide".to_string()]) {
+        assert_eq!(run.code, 0, "{}", run.output());
+    }
+    let early = lab.labctl_env(&["stage", PLAN, "--unit", "gateway"], BUILD_ENV);
+    assert_eq!(early.code, 1, "{}", early.output());
+    assert!(
+        early.output().contains("stage wave 1 first"),
+        "{}",
+        early.output()
+    );
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 1, "{}", promoted.output());
+    assert!(
+        promoted.stderr.contains("nothing was staged for `iso`"),
+        "{}",
+        promoted.output()
+    );
+    assert!(
+        promoted.output().contains("gateway: skipped"),
+        "{}",
+        promoted.output()
+    );
+    assert_eq!(lab.object("test/packed.img").unwrap(), images.xz_plain);
+    assert_eq!(lab.object("test/wide.img").unwrap(), images.wide);
+    assert!(lab.object("test/iso.img").is_none());
+    assert!(lab.object("test/gateway.raw").is_none());
+    let sums = String::from_utf8(lab.store_bytes("images/SHA256SUMS").unwrap()).unwrap();
+    assert!(
+        sums.contains("test/packed.img") && !sums.contains("test/iso.img"),
+        "{sums}"
+    );
+    // The failed build's result stays for the next promotion to report; promoted blobs left.
+    let leftovers = staged_leftovers(&lab);
+    assert!(
+        leftovers.iter().all(|k| k.contains("gateway")),
+        "{leftovers:?}"
+    );
+}
+
+fn a_stale_plan_is_neither_staged_nor_promoted(backend: Backend) {
+    let (lab, _) = setup(backend);
+    let matrix = plan_with_matrix(&lab);
+    stage_all_waves(&lab, &matrix);
+    // Someone applies in between.
+    let run = lab.labctl_env(&["apply", "--auto-approve"], BUILD_ENV);
+    assert_eq!(run.code, 0, "{}", run.output());
+    let records: Vec<(String, Option<Vec<u8>>)> = lab
+        .keys("metadata/")
+        .into_iter()
+        .map(|k| (k.clone(), lab.store_bytes(&k)))
+        .collect();
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 1, "{}", promoted.output());
+    assert!(
+        promoted.stderr.contains("the plan is stale"),
+        "{}",
+        promoted.output()
+    );
+    let after: Vec<(String, Option<Vec<u8>>)> = lab
+        .keys("metadata/")
+        .into_iter()
+        .map(|k| (k.clone(), lab.store_bytes(&k)))
+        .collect();
+    assert_eq!(records, after, "a refused promotion writes nothing");
+    assert!(lab.head(".labctl/lock.json").is_none());
+    let staged = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
+    assert_eq!(staged.code, 1, "{}", staged.output());
+    assert!(
+        staged.stderr.contains("the plan is stale"),
+        "{}",
+        staged.output()
+    );
+}
+
+/// Moments at which a promotion is killed: once it holds the lock, once it wrote a first
+/// record, once it wrote the index (before it removes the promoted blobs).
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    LockHeld,
+    FirstRecord,
+    IndexWritten,
+}
+
+fn a_killed_promotion_is_recovered_by_the_documented_steps(backend: Backend) {
+    let (lab, _) = setup(backend);
+    let mut landed = Vec::new();
+    for (round, moment) in [Moment::LockHeld, Moment::FirstRecord, Moment::IndexWritten]
+        .into_iter()
+        .enumerate()
+    {
+        let images = Images::new(100 + round as u64 * 10);
+        images.install(&lab, &format!("round{round}"));
+        let matrix = plan_with_matrix(&lab);
+        stage_all_waves(&lab, &matrix);
+        let etags = |keys: &[&str]| -> Vec<Option<String>> {
+            keys.iter().map(|k| lab.head(k).map(|m| m.etag)).collect()
+        };
+        let records = [
+            "metadata/test/iso.img.json",
+            "metadata/test/packed.img.json",
+            "metadata/test/wide.img.json",
+            "metadata/test/gateway.raw.json",
+        ];
+        let (records_before, index_before) = (etags(&records), etags(&["images/SHA256SUMS"]));
+        let mut child = lab.spawn(&["apply", PLAN, "--staged"]);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let reached = loop {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                break false;
+            }
+            let now = match moment {
+                Moment::LockHeld => lab.head(".labctl/lock.json").is_some(),
+                Moment::FirstRecord => etags(&records) != records_before,
+                Moment::IndexWritten => etags(&["images/SHA256SUMS"]) != index_before,
+            };
+            if now {
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        child.kill().ok();
+        let status = child.wait().unwrap();
+        if reached && status.code().is_none() {
+            landed.push(moment);
+        }
+        recover(&lab);
+        assert_eq!(lab.object("test/iso.img").unwrap(), images.iso);
+        assert_eq!(
+            lab.object("test/gateway.raw").unwrap(),
+            expected_gateway(&images.iso, "v1")
+        );
+        assert_converged(&lab);
+        assert!(lab.head(".labctl/lock.json").is_none());
+        assert!(
+            staged_leftovers(&lab).is_empty(),
+            "{:?}",
+            staged_leftovers(&lab)
+        );
+    }
+    assert!(!landed.is_empty(), "no kill landed during a promotion");
+    eprintln!("kills that landed mid-promotion: {landed:?}");
+}
+
+/// docs/operations.md, "A promotion was killed": unlock, plan again, stage what the new plan
+/// still needs (blobs already staged are not downloaded again), promote.
+fn recover(lab: &Lab) {
+    if let Some(lock) = lab.store_bytes(".labctl/lock.json") {
+        let lock: serde_json::Value = serde_json::from_slice(&lock).unwrap();
+        let run = lab.labctl(&["force-unlock", lock["id"].as_str().unwrap()]);
+        assert_eq!(run.code, 0, "{}", run.output());
+    }
+    let matrix = plan_with_matrix(lab);
+    if matrix["units"] == 0 {
+        let run = lab.labctl(&["apply", PLAN]);
+        assert_eq!(run.code, 0, "{}", run.output());
+        let swept = lab.labctl(&["cleanup", "--older-than", "0s"]);
+        assert_eq!(swept.code, 0, "{}", swept.output());
+        return;
+    }
+    stage_all_waves(lab, &matrix);
+    let promoted = promote(lab);
+    assert_eq!(promoted.code, 0, "{}", promoted.output());
+    // What the killed promotion's plan staged is named by no plan now.
+    let swept = lab.labctl(&["cleanup", "--older-than", "0s"]);
+    assert_eq!(swept.code, 0, "{}", swept.output());
+}
+
+fn an_object_above_the_single_copy_limit_is_promoted_part_by_part(backend: Backend) {
+    let lab = Lab::new(backend);
+    let iso = image_bytes(55, 12 * 1024 * 1024 + 9);
+    lab.serve("/big", iso.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("iso", "/big", &iso)]);
+    plan_with_matrix(&lab);
+    let staged = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
+    assert_eq!(staged.code, 0, "{}", staged.output());
+    let limit = (5 * 1024 * 1024).to_string();
+    let promoted = lab.labctl_env(
+        &["apply", PLAN, "--staged"],
+        &[("LABCTL_SINGLE_COPY_LIMIT", &limit)],
+    );
+    assert_eq!(promoted.code, 0, "{}", promoted.output());
+    assert_eq!(lab.object("test/iso.img").unwrap(), iso);
+    let etag = lab.head("images/test/iso.img").unwrap().etag;
+    assert!(
+        etag.trim_matches('"').contains('-'),
+        "a part-by-part copy has a multipart ETag, not {etag}"
+    );
+    assert_converged(&lab);
+}
