@@ -194,8 +194,9 @@ fn snapshot(
 }
 
 fn strip_volatile(value: &mut serde_json::Value) {
-    const VOLATILE: [&str; 6] = [
+    const VOLATILE: [&str; 7] = [
         "uploadedAt",
+        "uploaded_at",
         "objectEtag",
         "keptAt",
         "generated_at",
