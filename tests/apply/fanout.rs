@@ -647,3 +647,150 @@ fn an_object_above_the_single_copy_limit_is_promoted_part_by_part(backend: Backe
     );
     assert_converged(&lab);
 }
+
+/// `plan --matrix` on a plan of 300 downloads and a build: accepted by the JSON Schema of
+/// GitHub's matrix shape (docs/matrix.schema.json, checked with Python's `jsonschema`), batched
+/// within 256 legs, each wave under a job output's 1 MiB, and accepted by actionlint as the
+/// literal matrix of a workflow whose steps use the legs' fields.
+#[test]
+fn matrix_output_fits_githubs_matrix_and_passes_actionlint() {
+    let lab = Lab::new(Backend::Fs);
+    lab.template("gateway", &gateway_template("v1"));
+    let entries: Vec<Entry> = (0..300)
+        .map(|i| {
+            let name: &'static str = Box::leak(format!("image-{i:03}").into_boxed_str());
+            let path: &'static str = Box::leak(format!("/image-{i:03}").into_boxed_str());
+            Entry::raw(name, path, format!("image {i}").as_bytes())
+        })
+        .collect();
+    let mut iso = Entry::raw("iso", "/iso", b"iso");
+    iso.destination = "test/iso.img".into();
+    let mut all = entries;
+    all.push(iso);
+    lab.write_manifest_with(&all, &[gateway(true)]);
+    let matrix = plan_with_matrix(&lab);
+    assert_eq!(matrix["units"], 302, "{}", matrix["notes"]);
+    assert_eq!(matrix["batched"], true);
+    assert_eq!(matrix["waves"].as_array().unwrap().len(), 2);
+    let wave1 = &matrix["waves"][0]["matrix"]["include"];
+    assert_eq!(wave1.as_array().unwrap().len(), 256);
+    assert!(
+        matrix["notes"][0].as_str().unwrap().contains("256 legs"),
+        "{}",
+        matrix["notes"]
+    );
+    for wave in matrix["waves"].as_array().unwrap() {
+        let json = serde_json::to_string(&wave["matrix"]).unwrap();
+        assert!(json.len() <= 1024 * 1024, "{} bytes", json.len());
+    }
+
+    let schema = repo().join("docs/matrix.schema.json");
+    let out = std::process::Command::new(test_python())
+        .args(["-c", MATRIX_CHECK])
+        .arg(&schema)
+        .arg(lab.dir().join(MATRIX))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the schema is not one that accepts anything: 257 legs or a leg without units fail.
+    let mut broken = matrix.clone();
+    let include = broken["waves"][0]["matrix"]["include"]
+        .as_array_mut()
+        .unwrap();
+    include.push(include[0].clone());
+    let too_many = lab.dir().join("too-many.json");
+    std::fs::write(&too_many, broken.to_string()).unwrap();
+    let mut unnamed = matrix.clone();
+    unnamed["waves"][0]["matrix"]["include"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("units");
+    let no_units = lab.dir().join("no-units.json");
+    std::fs::write(&no_units, unnamed.to_string()).unwrap();
+    for bad in [&too_many, &no_units] {
+        let out = std::process::Command::new(test_python())
+            .args(["-c", MATRIX_CHECK])
+            .arg(&schema)
+            .arg(bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{} was accepted", bad.display());
+    }
+
+    // actionlint reads a literal matrix and checks every `matrix.*` the steps use against it.
+    let workflows = lab.dir().join("sample/.github/workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    let mut text = String::from("name: sample\non: workflow_dispatch\njobs:\n");
+    for (i, wave) in matrix["waves"].as_array().unwrap().iter().enumerate() {
+        let needs = if i == 0 {
+            String::new()
+        } else {
+            format!("    needs: stage-{i}\n")
+        };
+        text.push_str(&format!(
+            "  stage-{n}:\n{needs}    strategy:\n      fail-fast: false\n      max-parallel: 8\n      matrix: {matrix}\n    runs-on: ${{{{ matrix.kvm && 'ubuntu-24.04' || 'ubuntu-latest' }}}}\n    steps:\n      - run: labctl stage plan.json --unit \"${{{{ matrix.units }}}}\" --result \"stage-${{{{ matrix.leg }}}}.json\"\n      - run: echo \"${{{{ matrix.images[0] }}}} in wave ${{{{ matrix.wave }}}}\"\n",
+            n = i + 1,
+            matrix = wave["matrix"]
+        ));
+    }
+    std::fs::write(workflows.join("sample.yml"), &text).unwrap();
+    let lint = std::process::Command::new(repo().join("scripts/actionlint"))
+        .args(["-no-color", "-shellcheck=", "sample.yml"])
+        .current_dir(&workflows)
+        .output()
+        .expect("scripts/actionlint runs (it installs actionlint once)");
+    assert!(
+        lint.status.success(),
+        "actionlint: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    // The same workflow using a field no leg has is refused: the check is real.
+    std::fs::write(
+        workflows.join("sample.yml"),
+        text.replace("matrix.units", "matrix.unit"),
+    )
+    .unwrap();
+    let lint = std::process::Command::new(repo().join("scripts/actionlint"))
+        .args(["-no-color", "-shellcheck=", "sample.yml"])
+        .current_dir(&workflows)
+        .output()
+        .unwrap();
+    assert!(!lint.status.success(), "actionlint accepted matrix.unit");
+}
+
+const MATRIX_CHECK: &str = r#"
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+jsonschema.Draft202012Validator.check_schema(schema)
+errors = list(jsonschema.Draft202012Validator(schema).iter_errors(json.load(open(sys.argv[2]))))
+for e in errors[:5]:
+    print(list(e.path), e.message[:300])
+sys.exit(1 if errors else 0)
+"#;
+
+fn repo() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The test venv's Python (scripts/test installs it with moto, which brings jsonschema).
+fn test_python() -> std::path::PathBuf {
+    let cache = std::env::var("LABCTL_TEST_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/labctl-ci")
+        });
+    let python = cache.join("moto-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: scripts/test installs it",
+        python.display()
+    );
+    python
+}
