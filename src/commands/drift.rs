@@ -21,6 +21,9 @@ use crate::store::{self, Store};
 /// Objects re-hashed at once by `--deep`; each needs only a small read buffer.
 const DEEP_CONCURRENCY: usize = 4;
 const SOURCE_CONCURRENCY: usize = 8;
+/// A fan-out stages and promotes within a workflow run (hours at most): staged objects older
+/// than this were left by one that never promoted (`labctl cleanup`'s default too).
+const STAGED_LEFTOVER_HOURS: u64 = 24;
 
 pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
@@ -53,6 +56,14 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     findings.extend(drift::records_vs_objects(&actual, &images));
     findings.extend(drift::unlisted_history(&actual, &history));
     findings.extend(drift::unsyncable(&actual));
+    let now = crate::timefmt::unix_now().as_secs();
+    let leftovers =
+        crate::apply::cleanup::find(store.as_ref(), STAGED_LEFTOVER_HOURS * 3600, now).await?;
+    findings.extend(drift::staged_leftovers(
+        &leftovers.blobs,
+        &leftovers.results,
+        STAGED_LEFTOVER_HOURS,
+    ));
     findings.extend(drift::index_findings(
         &actual,
         manifest.index.minisign_public_key.as_deref(),

@@ -42,7 +42,7 @@ fn published(backend: Backend) -> (Lab, Vec<u8>, Vec<u8>) {
 fn findings(run: &Run) -> Vec<(String, String)> {
     let report: serde_json::Value =
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.output()));
-    assert_eq!(report["format_version"], "1.1");
+    assert_eq!(report["format_version"], "1.2");
     report["findings"]
         .as_array()
         .unwrap()

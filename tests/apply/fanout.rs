@@ -794,3 +794,88 @@ fn test_python() -> std::path::PathBuf {
     );
     python
 }
+
+/// A fan-out that never promoted leaves blobs: after a day they are drift, and `labctl cleanup`
+/// removes them (under the lock), except a blob a recent stage result still names. The
+/// directory store is used so the test can age the files (`touch -d`).
+#[test]
+fn leftovers_older_than_a_day_are_drift_and_cleanup_removes_them() {
+    let (lab, _) = setup(Backend::Fs);
+    let matrix = plan_with_matrix(&lab);
+    for run in stage_together(&lab, &legs(&matrix, 1)) {
+        assert_eq!(run.code, 0, "{}", run.output());
+    }
+    // An abandoned plan's blob and result, two days old; the fresh plan's ISO blob is old too,
+    // but its result (just written) still names it.
+    let old = sha256(b"abandoned");
+    let abandoned_blob = format!(".labctl/blobs/sha256/{}", old.hex());
+    lab.put(&abandoned_blob, b"abandoned");
+    lab.put(".labctl/staged/0123456789abcdef/gone.json", b"{}");
+    let iso_blob = lab
+        .keys(".labctl/blobs/sha256/")
+        .into_iter()
+        .find(|k| *k != abandoned_blob)
+        .unwrap();
+    for key in [
+        abandoned_blob.as_str(),
+        ".labctl/staged/0123456789abcdef/gone.json",
+        iso_blob.as_str(),
+    ] {
+        let path = lab.dir().join("store").join(key);
+        let status = std::process::Command::new("touch")
+            .args(["-d", "2 days ago"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    let drift = lab.labctl(&["drift", "--json"]);
+    assert_eq!(drift.code, 2, "{}", drift.output());
+    let report: serde_json::Value = serde_json::from_str(&drift.stdout).unwrap();
+    let mut leftovers: Vec<&str> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "staged-leftover")
+        .map(|f| f["key"].as_str().unwrap())
+        .collect();
+    leftovers.sort();
+    assert_eq!(
+        leftovers,
+        [
+            abandoned_blob.as_str(),
+            ".labctl/staged/0123456789abcdef/gone.json"
+        ],
+        "{}",
+        drift.stdout
+    );
+
+    let dry = lab.labctl(&["cleanup", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.output());
+    assert!(
+        dry.stdout.contains("Would remove 1 blob"),
+        "{}",
+        dry.output()
+    );
+    assert!(lab.head(&abandoned_blob).is_some());
+    let swept = lab.labctl(&["cleanup"]);
+    assert_eq!(swept.code, 0, "{}", swept.output());
+    assert!(lab.head(&abandoned_blob).is_none());
+    assert!(lab
+        .head(".labctl/staged/0123456789abcdef/gone.json")
+        .is_none());
+    assert!(
+        lab.head(&iso_blob).is_some(),
+        "a recent result still names it"
+    );
+    assert!(
+        lab.head(".labctl/lock.json").is_none(),
+        "the lock is released"
+    );
+    // The plan still promotes.
+    let run = lab.labctl_env(&["stage", PLAN, "--unit", "gateway"], BUILD_ENV);
+    assert_eq!(run.code, 0, "{}", run.output());
+    assert_eq!(promote(&lab).code, 0);
+    assert_converged(&lab);
+}

@@ -9,7 +9,7 @@ use crate::object::ObjectMeta;
 use crate::plan::{Action, Plan, Reason};
 use crate::state::{ActualState, ObjectState};
 
-pub const FORMAT_VERSION: &str = "1.1";
+pub const FORMAT_VERSION: &str = "1.2";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -31,6 +31,9 @@ pub enum Kind {
     /// A managed object whose key Synology Cloud Sync will not carry to the NAS (published
     /// before such destinations were refused).
     Unsyncable,
+    /// A blob staged by a fan-out leg (or its stage result) that no promotion took, older than
+    /// a day, and named by no recent stage result: `labctl cleanup` removes it.
+    StagedLeftover,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
             Kind::IndexStale => "index-stale",
             Kind::StrandedUpload => "stranded-upload",
             Kind::Unsyncable => "unsyncable",
+            Kind::StagedLeftover => "staged-leftover",
         }
     }
 }
@@ -260,6 +264,31 @@ pub fn stranded_uploads(uploads: &[crate::object::Upload]) -> Vec<Finding> {
             ),
         })
         .collect()
+}
+
+/// Staged blobs and stage results no promotion took (see `labctl cleanup`), `age_hours` old at
+/// least.
+pub fn staged_leftovers(
+    blobs: &[ObjectMeta],
+    results: &[ObjectMeta],
+    age_hours: u64,
+) -> Vec<Finding> {
+    let blob = blobs.iter().map(|b| Finding {
+        kind: Kind::StagedLeftover,
+        image: None,
+        key: b.key.clone(),
+        detail: format!(
+            "{} bytes staged more than {age_hours} h ago that no promotion took; `labctl cleanup` removes them",
+            b.size
+        ),
+    });
+    let result = results.iter().map(|r| Finding {
+        kind: Kind::StagedLeftover,
+        image: None,
+        key: r.key.clone(),
+        detail: format!("a stage result more than {age_hours} h old that no promotion took; `labctl cleanup` removes it"),
+    });
+    blob.chain(result).collect()
 }
 
 /// Objects under `history/` that no record lists as a kept version: left by an interrupted
