@@ -35,8 +35,9 @@ pub struct Environment {
     /// `GITHUB_TOKEN`: release lookups send it to that API only.
     pub github_token: Option<String>,
     /// `LABCTL_SINGLE_COPY_LIMIT` (bytes): server-side copies above it go part by part
-    /// (UploadPartCopy), for a store whose CopyObject limit is below S3's 5 GiB.
-    pub single_copy_limit: Option<u64>,
+    /// (UploadPartCopy), for a store whose CopyObject limit is below S3's 5 GiB. As written:
+    /// the store connection says what is wrong with it.
+    pub single_copy_limit: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -108,7 +109,7 @@ impl Environment {
                 .collect(),
             github_api_url: var("GITHUB_API_URL"),
             github_token: var("GITHUB_TOKEN"),
-            single_copy_limit: var("LABCTL_SINGLE_COPY_LIMIT").and_then(|v| v.parse().ok()),
+            single_copy_limit: var("LABCTL_SINGLE_COPY_LIMIT"),
         }
     }
 }

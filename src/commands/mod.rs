@@ -29,6 +29,9 @@ use crate::store::{fs::FsStore, Store, StoreLocation};
 
 pub const EXIT_CHANGES: u8 = 2;
 
+/// S3's smallest UploadPartCopy part: a lower single-copy limit could not be copied in parts.
+const MIN_COPY_LIMIT: u64 = 5 * 1024 * 1024;
+
 /// The rules that depend on the environment (test-only loopback sources).
 pub fn rules_from_env() -> Rules {
     Rules {
@@ -161,8 +164,18 @@ pub async fn open_store(
                 .clone()
                 .hint("set both E2_ACCESS_KEY and E2_SECRET_KEY, or neither to use the AWS credential chain")?;
             let mut store = S3Store::connect_with(settings, keys).await?;
-            if let Some(limit) = crate::settings::env().single_copy_limit {
-                store = store.with_single_copy_limit(limit);
+            if let Some(limit) = &crate::settings::env().single_copy_limit {
+                let bytes = limit
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|b| *b >= MIN_COPY_LIMIT)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "LABCTL_SINGLE_COPY_LIMIT is `{limit}`, not a number of bytes of at least {MIN_COPY_LIMIT} (5 MiB, S3's smallest copy part)"
+                        )
+                    })?;
+                store = store.with_single_copy_limit(bytes);
             }
             Ok(Arc::new(store))
         }

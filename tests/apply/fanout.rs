@@ -633,6 +633,16 @@ fn an_object_above_the_single_copy_limit_is_promoted_part_by_part(backend: Backe
     plan_with_matrix(&lab);
     let staged = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
     assert_eq!(staged.code, 0, "{}", staged.output());
+    let refused = lab.labctl_env(
+        &["apply", PLAN, "--staged"],
+        &[("LABCTL_SINGLE_COPY_LIMIT", "5MB")],
+    );
+    assert_eq!(refused.code, 1, "{}", refused.output());
+    assert!(
+        refused.stderr.contains("LABCTL_SINGLE_COPY_LIMIT is `5MB`"),
+        "{}",
+        refused.output()
+    );
     let limit = (5 * 1024 * 1024).to_string();
     let promoted = lab.labctl_env(
         &["apply", PLAN, "--staged"],
