@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use labctl::checksum::Checksum;
 use labctl::consumer_index;
-use labctl::manifest::{self, Rules};
-use labctl::spec::{NormalizedSpec, SpecSource};
+use labctl::manifest::{self, Compression, Rules};
+use labctl::spec::{NormalizedSpec, SpecChecksum, SpecSource};
 use labctl::state::record::{new_record, to_json};
 use labctl::store::fs::FsStore;
 use labctl::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
@@ -183,8 +183,8 @@ async fn main() {
     let mut talos = spec("talos-1.9.1-metal-amd64");
     talos.source = SpecSource::Http {
         url: "https://factory.talos.dev/image/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba/v1.9.1/metal-amd64.raw.xz".into(),
-        checksum: placeholder("sha256", 0x11).to_string(),
-        decompress: Some("xz".into()),
+        checksum: SpecChecksum::Digest(placeholder("sha256", 0x11)),
+        decompress: Some(Compression::Xz),
         signature: None,
     };
     publish(&store, &talos, output_checksum(&talos), BTreeMap::new()).await;
@@ -196,7 +196,7 @@ async fn main() {
     };
     old_iso.source = SpecSource::Http {
         url: "https://github.com/vyos/vyos-nightly-build/releases/download/2024.12.30-0021-rolling/vyos-2024.12.30-0021-rolling-generic-amd64.iso".into(),
-        checksum: placeholder("sha256", 0x13).to_string(),
+        checksum: SpecChecksum::Digest(placeholder("sha256", 0x13)),
         decompress: None,
         signature,
     };
@@ -267,8 +267,8 @@ async fn main() {
     old_talos.destination = "talos/talos-1.8.4-metal-amd64.raw".into();
     old_talos.source = SpecSource::Http {
         url: "https://factory.talos.dev/image/376567988ad370138ad8b2698212367b8edcb69b5fd68c80be1f2ec7d603b4ba/v1.8.4/metal-amd64.raw.xz".into(),
-        checksum: placeholder("sha256", 0x21).to_string(),
-        decompress: Some("xz".into()),
+        checksum: SpecChecksum::Digest(placeholder("sha256", 0x21)),
+        decompress: Some(Compression::Xz),
         signature: None,
     };
     old_talos.expected = Some(placeholder("sha256", 0x22));

@@ -188,7 +188,10 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
             Ok(b) => {
                 progress.finish(
                     &image.name,
-                    &crate::progress::Outcome::Done(format!("verified {}", b.new_version)),
+                    &crate::progress::Outcome::Done(crate::progress::Done::Said(format!(
+                        "verified {}",
+                        b.new_version
+                    ))),
                 );
                 bumped.push(b);
             }

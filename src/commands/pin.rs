@@ -88,7 +88,7 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
         }
         progress.finish(
             &image.name,
-            &crate::progress::Outcome::Done("hashed".into()),
+            &crate::progress::Outcome::Done(crate::progress::Done::Said("hashed".into())),
         );
         let pinned = Pinned {
             image: image.name.clone(),

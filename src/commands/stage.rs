@@ -147,17 +147,12 @@ async fn stage_in_waves(
 
 fn outcome_of(result: &StageResult) -> crate::apply::Outcome {
     match (&result.blob, &result.error) {
-        (Some(blob), _) => crate::apply::Outcome::Done(format!(
-            "{} {} ({} bytes, {})",
-            if blob.uploaded {
-                "staged at"
-            } else {
-                "already staged at"
-            },
-            blob.key,
-            blob.size,
-            blob.checksum.short()
-        )),
+        (Some(blob), _) => crate::apply::Outcome::Done(crate::apply::execute::Done::Staged {
+            key: blob.key.clone(),
+            size: blob.size,
+            checksum: blob.checksum.clone(),
+            uploaded: blob.uploaded,
+        }),
         (None, error) => {
             crate::apply::Outcome::Failed(error.clone().unwrap_or_else(|| "not staged".to_string()))
         }

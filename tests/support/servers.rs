@@ -422,7 +422,19 @@ root_domain = ".s3.garage.localhost"
 /// moto starts empty: a plain path-style PUT creates the bucket (moto does not check signatures).
 fn create_bucket(endpoint: &str) {
     let addr = endpoint.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
+    // moto answered the readiness probe; under load its listener can still refuse a moment
+    // longer (seen once with the whole suite on two cores).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("moto at {addr} refused the bucket creation ({e}); retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("moto at {addr} never accepted the bucket creation: {e}"),
+        }
+    };
     use std::io::{Read, Write};
     write!(
         stream,

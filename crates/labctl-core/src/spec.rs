@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checksum::Checksum;
-use crate::manifest::model::{Image, Source};
+use crate::manifest::model::{Compression, Image, Source, SourceChecksum};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,9 +45,9 @@ pub enum SpecSource {
     Http {
         url: String,
         /// `sha256:…`, `sha512:…` or `file:<url>`.
-        checksum: String,
+        checksum: SpecChecksum,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        decompress: Option<String>,
+        decompress: Option<Compression>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<SpecSignature>,
     },
@@ -61,6 +61,79 @@ pub enum SpecSource {
         /// Digest of the template directory's files.
         template_hash: Checksum,
     },
+}
+
+/// What the download must hash to, as the spec records it: on the wire the manifest's text
+/// (`sha256:…`, `sha512:…`, `file:<url>`), so plans, records and fingerprints are unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum SpecChecksum {
+    Digest(Checksum),
+    /// Looked up by file name in the checksum list at `url` when the image is acquired.
+    List {
+        url: String,
+    },
+    /// A text this labctl does not know (written by another version): kept as it is, compared
+    /// as text, and never acquired.
+    Unrecognized(String),
+}
+
+impl SpecChecksum {
+    pub fn of(manifest: &SourceChecksum) -> SpecChecksum {
+        match manifest {
+            SourceChecksum::Digest(c) => SpecChecksum::Digest(c.clone()),
+            SourceChecksum::List { url } => SpecChecksum::List { url: url.clone() },
+            // Refused by validation outside `labctl pin`, which makes no spec.
+            SourceChecksum::Pin => SpecChecksum::Unrecognized("pin".into()),
+        }
+    }
+
+    /// The pinned checksum, when there is one.
+    pub fn digest(&self) -> Option<&Checksum> {
+        match self {
+            SpecChecksum::Digest(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The checksum list's URL, when the checksum is looked up in one.
+    pub fn list_url(&self) -> Option<&str> {
+        match self {
+            SpecChecksum::List { url } => Some(url),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for SpecChecksum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecChecksum::Digest(c) => write!(f, "{c}"),
+            SpecChecksum::List { url } => write!(f, "file:{url}"),
+            SpecChecksum::Unrecognized(text) => f.write_str(text),
+        }
+    }
+}
+
+impl From<String> for SpecChecksum {
+    fn from(text: String) -> SpecChecksum {
+        if let Some(url) = text.strip_prefix("file:") {
+            return SpecChecksum::List {
+                url: url.to_string(),
+            };
+        }
+        match text.parse::<Checksum>() {
+            // Only a text that reads back the same: the wire form never changes.
+            Ok(c) if c.to_string() == text => SpecChecksum::Digest(c),
+            _ => SpecChecksum::Unrecognized(text),
+        }
+    }
+}
+
+impl From<SpecChecksum> for String {
+    fn from(c: SpecChecksum) -> String {
+        c.to_string()
+    }
 }
 
 /// A source signature as the spec records it: the key by its value (minisign) or fingerprint
@@ -84,8 +157,8 @@ impl NormalizedSpec {
         let source = match &image.source {
             Source::Http(h) => SpecSource::Http {
                 url: h.url.clone(),
-                checksum: h.checksum.to_string(),
-                decompress: h.decompress.map(|c| c.name().to_string()),
+                checksum: SpecChecksum::of(&h.checksum),
+                decompress: h.decompress,
                 signature: h.signature.as_ref().map(|s| match s {
                     crate::manifest::Signature::Minisign { url, public_key } => {
                         SpecSignature::Minisign {
@@ -149,6 +222,52 @@ impl NormalizedSpec {
 mod tests {
     use super::*;
     use crate::manifest::model::*;
+
+    /// Specs are kept in records and hashed into fingerprints: their JSON must read back to
+    /// the very same bytes, whatever a record written by another version holds.
+    #[test]
+    fn source_checksums_and_compression_keep_their_wire_text() {
+        let hex = "0".repeat(64);
+        for (text, typed) in [
+            (
+                format!("sha256:{hex}"),
+                SpecChecksum::Digest(format!("sha256:{hex}").parse().unwrap()),
+            ),
+            (
+                "file:https://v/SHA256SUMS".to_string(),
+                SpecChecksum::List {
+                    url: "https://v/SHA256SUMS".into(),
+                },
+            ),
+            (
+                "md5:abc".to_string(),
+                SpecChecksum::Unrecognized("md5:abc".into()),
+            ),
+            (
+                format!("SHA256:{hex}"),
+                SpecChecksum::Unrecognized(format!("SHA256:{hex}")),
+            ),
+        ] {
+            let json = format!(
+                r#"{{"type":"http","url":"https://v/a.iso","checksum":"{text}","decompress":"zstd"}}"#
+            );
+            let source: SpecSource = serde_json::from_str(&json).unwrap();
+            let SpecSource::Http {
+                checksum,
+                decompress,
+                ..
+            } = &source
+            else {
+                panic!("{source:?}")
+            };
+            assert_eq!(checksum, &typed);
+            assert_eq!(*decompress, Some(Compression::Zstd));
+            assert_eq!(serde_json::to_string(&source).unwrap(), json);
+        }
+        let unknown = r#"{"type":"http","url":"u","checksum":"x","decompress":"lz4"}"#;
+        let e = serde_json::from_str::<SpecSource>(unknown).unwrap_err();
+        assert!(e.to_string().contains("unknown compression `lz4`"), "{e}");
+    }
 
     fn http_image() -> Image {
         Image {

@@ -88,7 +88,7 @@ pub async fn resolve_lists(
         let SpecSource::Http { url, checksum, .. } = &d.spec.source else {
             continue;
         };
-        let Some(list_url) = checksum.strip_prefix("file:") else {
+        let Some(list_url) = checksum.list_url() else {
             continue;
         };
         let fail = |e: &dyn std::fmt::Display| anyhow::anyhow!("image `{}`: {e}", d.spec.name);

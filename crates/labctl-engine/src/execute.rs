@@ -13,7 +13,6 @@ use crate::checksum::Checksum;
 use crate::fanout::{StageResult, StagedBlob};
 use crate::graph::{DependencyGraph, ReadyQueue};
 use crate::manifest::reference::{self, Field, Reference};
-use crate::manifest::Compression;
 use crate::pipeline::{self, HttpJob};
 use crate::plan::Desired;
 use crate::plan::{Action, Change, Plan};
@@ -21,7 +20,7 @@ use crate::progress::Progress;
 use crate::source::checksum_list;
 use crate::source::packer;
 use crate::source::signature::{MinisignCheck, MinisignKey};
-use crate::spec::{NormalizedSpec, SpecSignature, SpecSource};
+use crate::spec::{NormalizedSpec, SpecChecksum, SpecSignature, SpecSource};
 use crate::state::record::{new_record, source_of, to_json, HistoryEntry};
 use crate::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
 
@@ -45,7 +44,7 @@ pub struct ApplyContext {
     pub staged: Option<Arc<BTreeMap<String, StageResult>>>,
 }
 
-pub use crate::progress::{Outcome, Skip};
+pub use crate::progress::{Done, Outcome, Published, Skip};
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -61,8 +60,8 @@ impl Report {
     }
 }
 
-/// A one-line summary and the checksum dependents will see, or why the change failed.
-pub(crate) type ChangeResult = anyhow::Result<(String, Option<Checksum>)>;
+/// What was done and the checksum dependents will see, or why the change failed.
+pub(crate) type ChangeResult = anyhow::Result<(Done, Option<Checksum>)>;
 
 /// What a finished image offers its dependents.
 #[derive(Clone)]
@@ -276,7 +275,7 @@ async fn run_change(
     check_history_keys(change)?;
     match change.action {
         Action::NoOp => Ok((
-            "unchanged".into(),
+            Done::Said("unchanged".into()),
             change.before.as_ref().and_then(|b| b.checksum.clone()),
         )),
         Action::Delete => {
@@ -295,12 +294,13 @@ async fn run_change(
                     .with_context(|| format!("cannot delete the kept version `{key}`"))?;
             }
             ctx.store.delete(&change.record_key).await?;
-            let with = match trimmed.len() {
-                0 => String::new(),
-                1 => " and its kept version".to_string(),
-                n => format!(" and its {n} kept versions"),
-            };
-            Ok((format!("deleted {}{with}", change.key), None))
+            Ok((
+                Done::Deleted {
+                    key: change.key.clone(),
+                    kept: trimmed.len(),
+                },
+                None,
+            ))
         }
         Action::Update => update(change, dep_sums, ctx).await,
         Action::Create | Action::Replace => {
@@ -366,11 +366,14 @@ async fn source_checksum(
     let SpecSource::Http { checksum, .. } = &desired.spec.source else {
         unreachable!("called for http sources")
     };
-    match (checksum.strip_prefix("file:"), planned) {
-        (None, _) => Ok(checksum.parse()?),
+    match (checksum, planned) {
+        (SpecChecksum::Digest(c), _) => Ok(c.clone()),
+        (SpecChecksum::Unrecognized(text), _) => {
+            bail!("the source checksum `{text}` is not one this labctl reads")
+        }
         // Apply does what the plan showed (and verified), even if the list changed since.
-        (Some(_), Some(planned)) => Ok(planned.clone()),
-        (Some(list_url), None) => {
+        (SpecChecksum::List { .. }, Some(planned)) => Ok(planned.clone()),
+        (SpecChecksum::List { url: list_url }, None) => {
             let pgp = crate::desired::pgp_check(desired)?;
             Ok(checksum_list::resolve(
                 &ctx.client,
@@ -425,7 +428,7 @@ pub(crate) async fn http_job(
         .and_then(|a| a.source_checksum.as_ref());
     let source = source_checksum(desired, url, planned, ctx).await?;
     let minisign = minisign_check(signature.as_ref(), ctx).await?;
-    let decompress = decompress.as_deref().and_then(Compression::from_name);
+    let decompress = *decompress;
     let expected = match (&spec.expected, decompress) {
         (Some(e), _) => e.clone(),
         (None, None) => source.clone(),
@@ -476,7 +479,12 @@ async fn publish_http(
     let trimmed = with_history(&mut record, change, kept);
     write_record(ctx, &change.record_key, &record).await?;
     delete_history(change, &trimmed, ctx).await?;
-    Ok(published_result(change, &published, "created", "replaced"))
+    Ok(published_result(
+        change,
+        &published,
+        Published::Created,
+        Published::Replaced,
+    ))
 }
 
 /// Fills in the record's history after a change and returns the history keys to delete once
@@ -719,11 +727,10 @@ async fn restore(
     write_record(ctx, &change.record_key, &record).await?;
     delete_history(change, &trimmed, ctx).await?;
     Ok((
-        format!(
-            "restored from history ({} bytes, {}, verified; nothing downloaded)",
-            entry.size,
-            entry.checksum.short()
-        ),
+        Done::Restored {
+            size: entry.size,
+            checksum: entry.checksum.clone(),
+        },
         Some(entry.checksum.clone()),
     ))
 }
@@ -798,24 +805,24 @@ fn record_of(
     record
 }
 
-/// The summary line of a published image and the checksum its dependents see.
+/// What publishing did, and the checksum dependents see.
 fn published_result(
     change: &Change,
     published: &pipeline::Published,
-    created: &str,
-    replaced: &str,
-) -> (String, Option<Checksum>) {
-    let verb = if change.action == Action::Create {
+    created: Published,
+    replaced: Published,
+) -> (Done, Option<Checksum>) {
+    let how = if change.action == Action::Create {
         created
     } else {
         replaced
     };
     (
-        format!(
-            "{verb} ({} bytes, {})",
-            published.size,
-            published.checksum.short()
-        ),
+        Done::Published {
+            how,
+            size: published.size,
+            checksum: published.checksum.clone(),
+        },
         Some(published.checksum.clone()),
     )
 }
@@ -945,8 +952,8 @@ async fn publish_packer(
     Ok(published_result(
         change,
         &published,
-        "built and published",
-        "rebuilt and replaced",
+        Published::Built,
+        Published::Rebuilt,
     ))
 }
 
@@ -986,7 +993,7 @@ async fn update(
     );
     record.source = source_of(spec);
     if let SpecSource::Http { checksum: c, .. } = &spec.source {
-        record.source.checksum = c.parse().ok();
+        record.source.checksum = c.digest().cloned();
     }
     // The bytes stay: so does what is known about them — when they were uploaded, and what the
     // server said about the download (unless the URL moved: those facts belong to the old one),
@@ -1020,7 +1027,7 @@ async fn update(
     let trimmed = with_history(&mut record, change, None);
     write_record(ctx, &change.record_key, &record).await?;
     delete_history(change, &trimmed, ctx).await?;
-    Ok(("updated".into(), Some(checksum)))
+    Ok((Done::Updated, Some(checksum)))
 }
 
 /// Writes the record of an object a killed run published: only after reading it back and finding
@@ -1073,11 +1080,10 @@ async fn adopt_object(
         .and_then(|a| a.source_checksum.clone());
     write_record(ctx, &change.record_key, &record).await?;
     Ok((
-        format!(
-            "adopted ({} bytes, {}, verified by reading it back; nothing downloaded)",
-            digests.size,
-            digests.declared.short()
-        ),
+        Done::Adopted {
+            size: digests.size,
+            checksum: digests.declared.clone(),
+        },
         Some(digests.declared),
     ))
 }

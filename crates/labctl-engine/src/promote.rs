@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 
 use crate::checksum::Checksum;
 use crate::execute::{
-    delete_history, object_metadata, with_history, write_record, ApplyContext, ChangeResult,
+    delete_history, object_metadata, with_history, write_record, ApplyContext, ChangeResult, Done,
     Outcome, Report,
 };
 use crate::fanout::{StageResult, StageStatus, MAX_RESULT_BYTES};
@@ -109,11 +109,10 @@ pub(crate) async fn promote(
     write_record(ctx, &change.record_key, &record).await?;
     delete_history(change, &trimmed, ctx).await?;
     Ok((
-        format!(
-            "promoted from its staged blob ({} bytes, {}; copied in the store)",
-            blob.size,
-            blob.checksum.short()
-        ),
+        Done::Promoted {
+            size: blob.size,
+            checksum: blob.checksum.clone(),
+        },
         Some(blob.checksum.clone()),
     ))
 }

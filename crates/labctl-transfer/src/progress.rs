@@ -1,6 +1,8 @@
 //! How transfers and builds report progress. The views (bars, CI log lines, GitHub groups) are
 //! the CLI's; this crate only calls them.
 
+use labctl_core::checksum::Checksum;
+
 /// Receives progress of each image's transfer. Implementations must be cheap: `advance` is
 /// called for every chunk.
 pub trait Progress: Send + Sync {
@@ -31,10 +33,109 @@ impl Progress for Silent {
 pub enum Outcome {
     Unchanged,
     /// What was done (`created (N bytes, sha256:…)`).
-    Done(String),
+    Done(Done),
     /// The error, with its causes.
     Failed(String),
     Skipped(Skip),
+}
+
+/// What an image's work did; its `Display` is the line every view shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Done {
+    /// Downloaded or built, verified and published.
+    Published {
+        how: Published,
+        size: u64,
+        checksum: Checksum,
+    },
+    /// Copied back from the history (a revert): nothing downloaded.
+    Restored { size: u64, checksum: Checksum },
+    /// Copied from the blob a fan-out leg staged.
+    Promoted { size: u64, checksum: Checksum },
+    /// An object a killed run published, read back and given its record.
+    Adopted { size: u64, checksum: Checksum },
+    /// Record (and metadata) only.
+    Updated,
+    /// The object, its kept versions and its record.
+    Deleted { key: String, kept: usize },
+    /// A fan-out leg's blob (`uploaded: false`: the same bytes were there already).
+    Staged {
+        key: String,
+        size: u64,
+        checksum: Checksum,
+        uploaded: bool,
+    },
+    /// A command's own word for it (`pin`: hashed; `bump`: verified 1.2.3).
+    Said(String),
+}
+
+/// How a published image came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    Created,
+    Replaced,
+    Built,
+    Rebuilt,
+}
+
+impl std::fmt::Display for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Done::Published {
+                how,
+                size,
+                checksum,
+            } => {
+                let verb = match how {
+                    Published::Created => "created",
+                    Published::Replaced => "replaced",
+                    Published::Built => "built and published",
+                    Published::Rebuilt => "rebuilt and replaced",
+                };
+                write!(f, "{verb} ({size} bytes, {})", checksum.short())
+            }
+            Done::Restored { size, checksum } => write!(
+                f,
+                "restored from history ({size} bytes, {}, verified; nothing downloaded)",
+                checksum.short()
+            ),
+            Done::Promoted { size, checksum } => write!(
+                f,
+                "promoted from its staged blob ({size} bytes, {}; copied in the store)",
+                checksum.short()
+            ),
+            Done::Adopted { size, checksum } => write!(
+                f,
+                "adopted ({size} bytes, {}, verified by reading it back; nothing downloaded)",
+                checksum.short()
+            ),
+            Done::Updated => f.write_str("updated"),
+            Done::Deleted { key, kept } => {
+                write!(f, "deleted {key}")?;
+                match kept {
+                    0 => Ok(()),
+                    1 => f.write_str(" and its kept version"),
+                    n => write!(f, " and its {n} kept versions"),
+                }
+            }
+            Done::Staged {
+                key,
+                size,
+                checksum,
+                uploaded,
+            } => write!(
+                f,
+                "{} {key} ({size} bytes, {})",
+                if *uploaded {
+                    "staged at"
+                } else {
+                    "already staged at"
+                },
+                checksum.short()
+            ),
+            Done::Said(words) => f.write_str(words),
+        }
+    }
 }
 
 /// Why an image's work did not run.
@@ -66,7 +167,7 @@ impl Outcome {
     pub fn status(&self) -> String {
         match self {
             Outcome::Unchanged => "unchanged".into(),
-            Outcome::Done(what) => what.clone(),
+            Outcome::Done(what) => what.to_string(),
             Outcome::Failed(_) => "failed".into(),
             Outcome::Skipped(why) => format!("skipped: {why}"),
         }

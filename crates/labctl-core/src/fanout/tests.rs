@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::plan::{compute, Desired, PlanContext, PlanOptions};
-use crate::spec::NormalizedSpec;
+use crate::spec::{NormalizedSpec, SpecChecksum};
 use crate::state::ActualState;
 
 fn sum(seed: &str) -> Checksum {
@@ -17,7 +17,7 @@ fn http(name: &str) -> NormalizedSpec {
         destination: format!("{name}/{name}.img"),
         source: SpecSource::Http {
             url: format!("https://vendor.example/{name}.img"),
-            checksum: sum(name).to_string(),
+            checksum: SpecChecksum::Digest(sum(name)),
             decompress: None,
             signature: None,
         },

@@ -154,6 +154,25 @@ impl Compression {
     }
 }
 
+/// As its name (`xz`), the manifest's word, in specs, records and plans.
+impl serde::Serialize for Compression {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Compression {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Compression::from_name(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown compression `{name}` (expected one of {})",
+                Compression::NAMES.join(", ")
+            ))
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackerSource {
     /// Template directory, relative to the manifest's directory.

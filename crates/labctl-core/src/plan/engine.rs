@@ -33,7 +33,7 @@ impl Desired {
     pub fn source_checksum(&self) -> Option<Checksum> {
         match &self.spec.source {
             SpecSource::Http { checksum, .. } => {
-                checksum.parse().ok().or_else(|| self.listed.clone())
+                checksum.digest().cloned().or_else(|| self.listed.clone())
             }
             SpecSource::Packer { .. } => None,
         }

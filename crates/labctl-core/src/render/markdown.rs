@@ -222,7 +222,7 @@ mod tests {
             destination: format!("i/{i}.raw"),
             source: crate::spec::SpecSource::Http {
                 url: format!("https://v/{i}/{}", "x".repeat(300)),
-                checksum: Checksum::sha256(b"a").to_string(),
+                checksum: crate::spec::SpecChecksum::Digest(Checksum::sha256(b"a")),
                 decompress: None,
                 signature: None,
             },

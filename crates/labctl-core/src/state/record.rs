@@ -86,7 +86,7 @@ pub struct RecordSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<crate::spec::SpecSignature>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decompress: Option<String>,
+    pub decompress: Option<crate::manifest::Compression>,
     /// What the server said about the download (`Content-Length`, `ETag`, `Last-Modified`), so
     /// `drift --check-sources` can tell when the vendor replaced or removed the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -353,9 +353,9 @@ pub fn source_of(spec: &NormalizedSpec) -> RecordSource {
             signature: signature.clone(),
             kind: "http".into(),
             url: Some(url.clone()),
-            checksum: checksum.parse().ok(),
-            checksum_list: checksum.strip_prefix("file:").map(str::to_string),
-            decompress: decompress.clone(),
+            checksum: checksum.digest().cloned(),
+            checksum_list: checksum.list_url().map(str::to_string),
+            decompress: *decompress,
             ..Default::default()
         },
         SpecSource::Packer {

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::checksum::Checksum;
 use crate::plan::{compute, Desired, PlanContext, PlanOptions};
-use crate::spec::{NormalizedSpec, SpecSource};
+use crate::spec::{NormalizedSpec, SpecChecksum, SpecSource};
 use crate::state::ActualState;
 
 fn http(name: &str, deps: &[&str]) -> NormalizedSpec {
@@ -12,7 +12,7 @@ fn http(name: &str, deps: &[&str]) -> NormalizedSpec {
         destination: format!("{name}/{name}.img"),
         source: SpecSource::Http {
             url: format!("https://vendor.example/{name}.img"),
-            checksum: Checksum::sha256(name.as_bytes()).to_string(),
+            checksum: SpecChecksum::Digest(Checksum::sha256(name.as_bytes())),
             decompress: None,
             signature: None,
         },

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::manifest::Compression;
 use crate::object::{ObjectMeta, META_CHECKSUM, META_FINGERPRINT};
-use crate::spec::SpecSource;
+use crate::spec::{SpecChecksum, SpecSource};
 use crate::state::record::{LegacyRecord, RecordSource, SCHEMA_VERSION};
 
 fn sum(seed: &str) -> Checksum {
@@ -17,7 +18,7 @@ fn http(name: &str, content: &str) -> NormalizedSpec {
         destination: format!("{name}/{name}.img"),
         source: SpecSource::Http {
             url: format!("https://vendor.example/{name}.img"),
-            checksum: sum(content).to_string(),
+            checksum: SpecChecksum::Digest(sum(content)),
             decompress: None,
             signature: None,
         },
@@ -572,14 +573,18 @@ fn replace_when_unpinned_source_url_changed() {
     old.expected = None;
     old.source = SpecSource::Http {
         url: "https://v/1.iso".into(),
-        checksum: "file:https://v/1.sha256".into(),
+        checksum: SpecChecksum::List {
+            url: "https://v/1.sha256".into(),
+        },
         decompress: None,
         signature: None,
     };
     let mut new = old.clone();
     new.source = SpecSource::Http {
         url: "https://v/2.iso".into(),
-        checksum: "file:https://v/2.sha256".into(),
+        checksum: SpecChecksum::List {
+            url: "https://v/2.sha256".into(),
+        },
         decompress: None,
         signature: None,
     };
@@ -657,7 +662,7 @@ fn update_when_mirror_url_changed_but_checksum_did_not() {
     let mut new = old.clone();
     new.source = SpecSource::Http {
         url: "https://mirror.example/talos.img".into(),
-        checksum: sum("v1").to_string(),
+        checksum: SpecChecksum::Digest(sum("v1")),
         decompress: None,
         signature: None,
     };
@@ -686,15 +691,15 @@ fn update_when_compression_changed_but_output_did_not() {
     let mut old = http("talos", "raw");
     old.source = SpecSource::Http {
         url: "https://f/t.raw.xz".into(),
-        checksum: sum("xz").to_string(),
-        decompress: Some("xz".into()),
+        checksum: SpecChecksum::Digest(sum("xz")),
+        decompress: Some(Compression::Xz),
         signature: None,
     };
     let mut new = old.clone();
     new.source = SpecSource::Http {
         url: "https://f/t.raw.zst".into(),
-        checksum: sum("zst").to_string(),
-        decompress: Some("zstd".into()),
+        checksum: SpecChecksum::Digest(sum("zst")),
+        decompress: Some(Compression::Zstd),
         signature: None,
     };
     let p = plan(
