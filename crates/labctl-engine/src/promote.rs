@@ -11,10 +11,10 @@ use crate::execute::{
     delete_history, object_metadata, with_history, write_record, ApplyContext, ChangeResult, Done,
     Outcome, Report,
 };
-use crate::fanout::{StageResult, StageStatus, MAX_RESULT_BYTES};
+use crate::fanout::{StageResult, StageStatus, StagedBlob, MAX_RESULT_BYTES};
 use crate::plan::{Change, Desired};
 use crate::state::record::{new_record, HistoryEntry};
-use crate::store::{Store, META_CHECKSUM};
+use crate::store::{ObjectMeta, Store, META_CHECKSUM};
 
 /// Copies the image's staged blob to its key and writes its record.
 pub(crate) async fn promote(
@@ -25,51 +25,7 @@ pub(crate) async fn promote(
     staged: &BTreeMap<String, StageResult>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
-    let name = &change.name;
-    let result = staged.get(name).ok_or_else(|| {
-        anyhow!("nothing was staged for `{name}` (hint: stage it with `labctl stage PLANFILE --unit {name}`, or apply the plan without --staged)")
-    })?;
-    let blob = match (result.status, &result.blob) {
-        (StageStatus::Staged, Some(blob)) => blob,
-        _ => bail!(
-            "staging `{name}` failed: {}",
-            result.error.as_deref().unwrap_or("no blob was staged")
-        ),
-    };
-    // The bytes must be what the plan shows, and a build must have taken the inputs that are
-    // published now.
-    if let Some(wanted) = change.after.as_ref().and_then(|a| a.checksum.as_ref()) {
-        if *wanted != blob.checksum {
-            bail!(
-                "the staged blob `{}` holds {}, but the plan wants {wanted}",
-                blob.key,
-                blob.checksum
-            );
-        }
-    }
-    for (input, took) in &blob.inputs {
-        if deps.get(input) != Some(took) {
-            bail!(
-                "`{name}` was built from `{input}` {took}, which is not what this promotion publishes; stage `{name}` again"
-            );
-        }
-    }
-    let object = ctx.store.head(&blob.key).await?.ok_or_else(|| {
-        anyhow!(
-            "the staged blob `{}` is gone from the store (hint: stage `{name}` again)",
-            blob.key
-        )
-    })?;
-    if object.size != blob.size
-        || object.user_metadata.get(META_CHECKSUM) != Some(&blob.checksum.to_string())
-    {
-        bail!(
-            "the staged blob `{}` is not what its stage recorded ({} bytes, {}): it was changed outside labctl; stage `{name}` again",
-            blob.key,
-            blob.size,
-            blob.checksum
-        );
-    }
+    let (blob, object) = checked_blob(change, &deps, staged, ctx).await?;
     let spec = &desired.spec;
     let fingerprint = spec.fingerprint(&deps);
     let copied = ctx
@@ -115,6 +71,63 @@ pub(crate) async fn promote(
         },
         Some(blob.checksum.clone()),
     ))
+}
+
+/// The image's staged blob, once its stage result, the plan and the blob itself (by HEAD: size
+/// and labctl's metadata) agree; with the object as the HEAD saw it (the copy is made only
+/// while it keeps that ETag).
+async fn checked_blob<'s>(
+    change: &Change,
+    deps: &BTreeMap<String, Checksum>,
+    staged: &'s BTreeMap<String, StageResult>,
+    ctx: &ApplyContext,
+) -> anyhow::Result<(&'s StagedBlob, ObjectMeta)> {
+    let name = &change.name;
+    let result = staged.get(name).ok_or_else(|| {
+        anyhow!("nothing was staged for `{name}` (hint: stage it with `labctl stage PLANFILE --unit {name}`, or apply the plan without --staged)")
+    })?;
+    let blob = match (result.status, &result.blob) {
+        (StageStatus::Staged, Some(blob)) => blob,
+        _ => bail!(
+            "staging `{name}` failed: {}",
+            result.error.as_deref().unwrap_or("no blob was staged")
+        ),
+    };
+    // The bytes must be what the plan shows, and a build must have taken the inputs that are
+    // published now.
+    if let Some(wanted) = change.after.as_ref().and_then(|a| a.checksum.as_ref()) {
+        if *wanted != blob.checksum {
+            bail!(
+                "the staged blob `{}` holds {}, but the plan wants {wanted}",
+                blob.key,
+                blob.checksum
+            );
+        }
+    }
+    for (input, took) in &blob.inputs {
+        if deps.get(input) != Some(took) {
+            bail!(
+                "`{name}` was built from `{input}` {took}, which is not what this promotion publishes; stage `{name}` again"
+            );
+        }
+    }
+    let object = ctx.store.head(&blob.key).await?.ok_or_else(|| {
+        anyhow!(
+            "the staged blob `{}` is gone from the store (hint: stage `{name}` again)",
+            blob.key
+        )
+    })?;
+    if object.size != blob.size
+        || object.user_metadata.get(META_CHECKSUM) != Some(&blob.checksum.to_string())
+    {
+        bail!(
+            "the staged blob `{}` is not what its stage recorded ({} bytes, {}): it was changed outside labctl; stage `{name}` again",
+            blob.key,
+            blob.size,
+            blob.checksum
+        );
+    }
+    Ok((blob, object))
 }
 
 /// What the legs staged for the plan `plan_id`, by image. A result that cannot be read is

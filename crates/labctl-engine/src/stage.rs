@@ -95,84 +95,101 @@ async fn acquire(
         .desired()
         .ok_or_else(|| anyhow!("the plan has no spec for `{}`", change.name))?;
     match &desired.spec.source {
-        SpecSource::Http { .. } => {
-            let (mut job, source) = http_job(change, &desired, String::new(), None, ctx).await?;
-            job.key = crate::layout::blob_key(&job.expected);
-            if let Some(reused) = already_staged(&job, ctx).await? {
-                return Ok(StagedBlob {
-                    source: StagedSource {
-                        checksum: Some(source),
-                        ..reused.source
-                    },
-                    ..reused
-                });
-            }
-            let published = pipeline::publish_http(
-                ctx.store.clone(),
-                ctx.client.clone(),
-                &job,
-                &ctx.settings,
-                ctx.progress.as_ref(),
-                ctx.cancel.clone(),
-            )
-            .await?;
-            Ok(StagedBlob {
-                key: job.key,
-                checksum: published.checksum,
-                sha256: published.sha256,
-                size: published.size,
-                uploaded: true,
-                inputs: BTreeMap::new(),
-                source: StagedSource {
-                    checksum: Some(source),
-                    size: published.source.size,
-                    etag: published.source.etag,
-                    last_modified: published.source.last_modified,
-                    packer_version: None,
-                },
-            })
-        }
-        SpecSource::Packer { .. } => {
-            let staged = staged_inputs(plan, plan_id, change, ctx).await?;
-            // Referenced images published already keep the checksum the plan knows.
-            let mut deps: BTreeMap<String, Checksum> = change
-                .after
-                .as_ref()
-                .map(|a| {
-                    a.dependencies
-                        .iter()
-                        .filter_map(|(n, c)| Some((n.clone(), c.clone()?)))
-                        .collect()
-                })
-                .unwrap_or_default();
-            deps.extend(staged.iter().map(|(n, b)| (n.clone(), b.checksum.clone())));
-            let build = build_packer(change, &desired.spec, &deps, &staged, ctx).await?;
-            let published = pipeline::publish_file(
-                ctx.store.clone(),
-                &pipeline::FileJob {
-                    image: &change.name,
-                    path: &build.artifact,
-                    key: FileKey::Blob,
-                },
-                &ctx.settings,
-                ctx.progress.as_ref(),
-                ctx.cancel.clone(),
-            )
-            .await?;
-            Ok(StagedBlob {
-                key: crate::layout::blob_key(&published.checksum),
-                checksum: published.checksum,
-                sha256: published.sha256,
-                size: published.size,
-                uploaded: !published.reused,
-                inputs: staged.into_iter().map(|(n, b)| (n, b.checksum)).collect(),
-                source: StagedSource {
-                    packer_version: Some(build.packer_version.clone()),
-                    ..Default::default()
-                },
-            })
-        }
+        SpecSource::Http { .. } => download(change, &desired, ctx).await,
+        SpecSource::Packer { .. } => build(plan, plan_id, change, &desired, ctx).await,
     }
+}
+
+/// Downloads, verifies and decompresses into the blob of the published checksum.
+async fn download(
+    change: &Change,
+    desired: &crate::plan::Desired,
+    ctx: &ApplyContext,
+) -> anyhow::Result<StagedBlob> {
+    let (mut job, source) = http_job(change, desired, String::new(), None, ctx).await?;
+    job.key = crate::layout::blob_key(&job.expected);
+    if let Some(reused) = already_staged(&job, ctx).await? {
+        return Ok(StagedBlob {
+            source: StagedSource {
+                checksum: Some(source),
+                ..reused.source
+            },
+            ..reused
+        });
+    }
+    let published = pipeline::publish_http(
+        ctx.store.clone(),
+        ctx.client.clone(),
+        &job,
+        &ctx.settings,
+        ctx.progress.as_ref(),
+        ctx.cancel.clone(),
+    )
+    .await?;
+    Ok(StagedBlob {
+        key: job.key,
+        checksum: published.checksum,
+        sha256: published.sha256,
+        size: published.size,
+        uploaded: true,
+        inputs: BTreeMap::new(),
+        source: StagedSource {
+            checksum: Some(source),
+            size: published.source.size,
+            etag: published.source.etag,
+            last_modified: published.source.last_modified,
+            packer_version: None,
+        },
+    })
+}
+
+/// Builds with the inputs earlier waves staged (or that are published), into the blob of the
+/// artifact's sha256.
+async fn build(
+    plan: &Plan,
+    plan_id: &str,
+    change: &Change,
+    desired: &crate::plan::Desired,
+    ctx: &ApplyContext,
+) -> anyhow::Result<StagedBlob> {
+    let staged = staged_inputs(plan, plan_id, change, ctx).await?;
+    // Referenced images published already keep the checksum the plan knows.
+    let mut deps: BTreeMap<String, Checksum> = change
+        .after
+        .as_ref()
+        .map(|a| {
+            a.dependencies
+                .iter()
+                .filter_map(|(n, c)| Some((n.clone(), c.clone()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    deps.extend(staged.iter().map(|(n, b)| (n.clone(), b.checksum.clone())));
+    let build = build_packer(change, &desired.spec, &deps, &staged, ctx).await?;
+    let published = pipeline::publish_file(
+        ctx.store.clone(),
+        &pipeline::FileJob {
+            image: &change.name,
+            path: &build.artifact,
+            key: FileKey::Blob,
+        },
+        &ctx.settings,
+        ctx.progress.as_ref(),
+        ctx.cancel.clone(),
+    )
+    .await?;
+    Ok(StagedBlob {
+        key: crate::layout::blob_key(&published.checksum),
+        checksum: published.checksum,
+        sha256: published.sha256,
+        size: published.size,
+        uploaded: !published.reused,
+        inputs: staged.into_iter().map(|(n, b)| (n, b.checksum)).collect(),
+        source: StagedSource {
+            packer_version: Some(build.packer_version.clone()),
+            ..Default::default()
+        },
+    })
 }
 
 /// The blob of a download whose checksum is a sha256 that another leg (or an earlier run of

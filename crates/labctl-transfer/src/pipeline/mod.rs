@@ -520,41 +520,11 @@ pub async fn publish_file(
         Step::Passed(pass) => pass.decoded.map_err(artifact)?.declared,
         Step::Restart => unreachable!("a file does not restart"),
     };
-    let mut user_metadata =
-        BTreeMap::from([(labctl_store::META_CHECKSUM.to_string(), first.to_string())]);
-    let blob_key;
-    let key = match key {
-        FileKey::Image { key, fingerprint } => {
-            user_metadata.insert(
-                labctl_store::META_FINGERPRINT.to_string(),
-                fingerprint.to_string(),
-            );
-            key
-        }
-        FileKey::Blob => {
-            blob_key = labctl_core::layout::blob_key(&first);
-            if let Some(object) = store.head(&blob_key).await? {
-                if Some(object.size) == size
-                    && object.user_metadata.get(labctl_store::META_CHECKSUM)
-                        == Some(&first.to_string())
-                {
-                    return Ok(Published {
-                        sha256: first.clone(),
-                        checksum: first,
-                        size: object.size,
-                        object,
-                        source: Default::default(),
-                        reused: true,
-                    });
-                }
-            }
-            &blob_key
-        }
+    let (key, options) = match file_target(&store, key, &first, size).await? {
+        Target::Upload { key, options } => (key, options),
+        Target::AlreadyThere(published) => return Ok(*published),
     };
-    let options = PutOptions {
-        user_metadata,
-        ..Default::default()
-    };
+    let key = key.as_str();
     progress.restart(image, size, "uploading the artifact");
     let sink = Sink::Upload {
         store: &store,
@@ -605,6 +575,60 @@ pub async fn publish_file(
         source: Default::default(),
         reused: false,
     })
+}
+
+/// Where an artifact goes once hashed.
+enum Target {
+    Upload {
+        key: String,
+        options: PutOptions,
+    },
+    /// Its blob holds the same bytes already (a fan-out leg staged them before).
+    AlreadyThere(Box<Published>),
+}
+
+/// The key and metadata of an artifact whose sha256 is `sha256` (`size` bytes on disk).
+async fn file_target(
+    store: &Arc<dyn Store>,
+    key: FileKey<'_>,
+    sha256: &Checksum,
+    size: Option<u64>,
+) -> Result<Target, PipelineError> {
+    let mut user_metadata =
+        BTreeMap::from([(labctl_store::META_CHECKSUM.to_string(), sha256.to_string())]);
+    let key = match key {
+        FileKey::Image { key, fingerprint } => {
+            user_metadata.insert(
+                labctl_store::META_FINGERPRINT.to_string(),
+                fingerprint.to_string(),
+            );
+            key.to_string()
+        }
+        FileKey::Blob => {
+            let blob = labctl_core::layout::blob_key(sha256);
+            if let Some(object) = store.head(&blob).await? {
+                if Some(object.size) == size
+                    && object.user_metadata.get(labctl_store::META_CHECKSUM)
+                        == Some(&sha256.to_string())
+                {
+                    return Ok(Target::AlreadyThere(Box::new(Published {
+                        sha256: sha256.clone(),
+                        checksum: sha256.clone(),
+                        size: object.size,
+                        object,
+                        source: Default::default(),
+                        reused: true,
+                    })));
+                }
+            }
+            blob
+        }
+    };
+    let options = PutOptions {
+        user_metadata,
+        ..Default::default()
+    };
+    Ok(Target::Upload { key, options })
 }
 
 /// Downloads `url` once and hashes it, and, with `decompress`, its decompressed output: what
