@@ -50,32 +50,10 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
             .context("cannot listen for SIGINT and SIGTERM")?;
     let cancel = crate::interrupt::as_cancel(signals.clone());
 
-    let held = if args.lock {
-        match lock::acquire_unless(
-            store.clone(),
-            "apply",
-            args.lock_timeout,
-            true,
-            cancel.clone(),
-        )
-        .await
-        {
-            Ok(l) => {
-                eprintln!("Acquired the store lock (ID {}).", l.info.id);
-                clean_up_stranded_uploads(store.as_ref()).await;
-                Some(l)
-            }
-            Err(LockError::Interrupted) => {
-                return Ok(super::exit(interrupted_code(&signals)));
-            }
-            Err(e) => return Err(lock_failure(e)),
-        }
-    } else {
-        eprintln!(
-            "{} running without the store lock (--lock=false).",
-            style("Warning:").yellow()
-        );
-        None
+    let held = match take_lock(args, &store, cancel.clone()).await {
+        Ok(held) => held,
+        Err(LockError::Interrupted) => return Ok(super::exit(interrupted_code(&signals))),
+        Err(e) => return Err(lock_failure(e)),
     };
 
     let result = locked(
@@ -92,19 +70,44 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     .await;
 
     if let Some(l) = held {
-        match l.release().await {
-            Ok(()) if signals.borrow().is_some() => eprintln!("Released the store lock."),
-            Ok(()) => {}
-            Err(e) => eprintln!(
-                "{} could not release the store lock: {e}",
-                style("Warning:").yellow()
-            ),
-        }
+        release(l, signals.borrow().is_some()).await;
     }
     if signals.borrow().is_some() {
         return Ok(super::exit(interrupted_code(&signals)));
     }
     result
+}
+
+/// The store lock, unless `--lock=false`; once held, uploads a killed run left are aborted.
+async fn take_lock(
+    args: &ApplyArgs,
+    store: &Arc<dyn Store>,
+    cancel: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<lock::Lock>, LockError> {
+    if !args.lock {
+        eprintln!(
+            "{} running without the store lock (--lock=false).",
+            style("Warning:").yellow()
+        );
+        return Ok(None);
+    }
+    let held =
+        lock::acquire_unless(store.clone(), "apply", args.lock_timeout, true, cancel).await?;
+    eprintln!("Acquired the store lock (ID {}).", held.info.id);
+    clean_up_stranded_uploads(store.as_ref()).await;
+    Ok(Some(held))
+}
+
+/// Releases the lock, saying so after a signal (the user waits for that line).
+pub(super) async fn release(held: lock::Lock, signalled: bool) {
+    match held.release().await {
+        Ok(()) if signalled => eprintln!("Released the store lock."),
+        Ok(()) => {}
+        Err(e) => eprintln!(
+            "{} could not release the store lock: {e}",
+            style("Warning:").yellow()
+        ),
+    }
 }
 
 /// The exit status of a run stopped by a signal: 130 for SIGINT, 143 for SIGTERM.

@@ -38,12 +38,7 @@ pub async fn run(args: &CleanupArgs) -> Result<ExitCode, Failure> {
         _ = crate::interrupt::wait(&mut signals) => None,
     };
     if let Some(l) = held {
-        if let Err(e) = l.release().await {
-            eprintln!(
-                "{} could not release the store lock: {e}",
-                style("Warning:").yellow()
-            );
-        }
+        super::apply::release(l, outcome.is_none()).await;
     }
     match outcome {
         None => Ok(super::exit(signals.borrow().map_or(1, |s| s.exit_code()))),

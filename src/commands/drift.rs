@@ -43,31 +43,13 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
         actual,
         plan,
     } = super::plan::compute(&manifest, &graph, &store, &request).await?;
-    let images = store::list_all(store.as_ref(), crate::manifest::IMAGES_PREFIX).await?;
-
-    let history = store::list_all(store.as_ref(), crate::manifest::HISTORY_PREFIX).await?;
-    let mut findings = drift::plan_findings(&plan, &actual);
-    // While an apply holds the lock its uploads are in progress, not stranded.
-    if store.head(crate::apply::lock::LOCK_KEY).await?.is_none() {
-        if let Some(uploads) = crate::apply::stranded::list(store.as_ref()).await? {
-            findings.extend(drift::stranded_uploads(&uploads));
-        }
-    }
-    findings.extend(drift::records_vs_objects(&actual, &images));
-    findings.extend(drift::unlisted_history(&actual, &history));
-    findings.extend(drift::unsyncable(&actual));
-    let now = crate::timefmt::unix_now().as_secs();
-    let leftovers =
-        crate::apply::cleanup::find(store.as_ref(), STAGED_LEFTOVER_HOURS * 3600, now).await?;
-    findings.extend(drift::staged_leftovers(
-        &leftovers.blobs,
-        &leftovers.results,
-        STAGED_LEFTOVER_HOURS,
-    ));
-    findings.extend(drift::index_findings(
+    let mut findings = bucket_findings(
+        store.as_ref(),
+        &plan,
         &actual,
         manifest.index.minisign_public_key.as_deref(),
-    ));
+    )
+    .await?;
     if args.deep {
         eprintln!("Re-hashing every managed object…");
         findings.extend(deep(store.clone(), &actual).await?);
@@ -85,16 +67,59 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
         findings,
     );
 
-    let text = if args.json {
-        serde_json::to_string_pretty(&report).expect("serializes") + "\n"
-    } else if args.markdown {
-        drift::markdown(&report)
+    show(&report, args);
+    Ok(if report.has_drift() {
+        super::exit(super::EXIT_CHANGES)
     } else {
-        drift::human(&report)
+        ExitCode::SUCCESS
+    })
+}
+
+/// What the bucket alone says, without reading an image's bytes or asking a source: the plan's
+/// changes, objects and records that disagree, stranded uploads, kept versions and staged blobs
+/// nothing names, keys Cloud Sync will not carry, and the consumer index.
+async fn bucket_findings(
+    store: &dyn Store,
+    plan: &crate::plan::Plan,
+    actual: &ActualState,
+    index_key: Option<&str>,
+) -> Result<Vec<Finding>, Failure> {
+    let images = store::list_all(store, crate::manifest::IMAGES_PREFIX).await?;
+    let history = store::list_all(store, crate::manifest::HISTORY_PREFIX).await?;
+    let mut findings = drift::plan_findings(plan, actual);
+    // While an apply holds the lock its uploads are in progress, not stranded.
+    if store.head(crate::apply::lock::LOCK_KEY).await?.is_none() {
+        if let Some(uploads) = crate::apply::stranded::list(store).await? {
+            findings.extend(drift::stranded_uploads(&uploads));
+        }
+    }
+    findings.extend(drift::records_vs_objects(actual, &images));
+    findings.extend(drift::unlisted_history(actual, &history));
+    findings.extend(drift::unsyncable(actual));
+    let now = crate::timefmt::unix_now().as_secs();
+    let leftovers = crate::apply::cleanup::find(store, STAGED_LEFTOVER_HOURS * 3600, now).await?;
+    findings.extend(drift::staged_leftovers(
+        &leftovers.blobs,
+        &leftovers.results,
+        STAGED_LEFTOVER_HOURS,
+    ));
+    findings.extend(drift::index_findings(actual, index_key));
+    Ok(findings)
+}
+
+/// The report on stdout in the format asked for; in GitHub Actions also the step summary, the
+/// job outputs and (for the human format) an annotation per finding.
+fn show(report: &Report, args: &DriftArgs) {
+    let text = if args.json {
+        serde_json::to_string_pretty(report).expect("serializes") + "\n"
+    } else if args.markdown {
+        drift::markdown(report)
+    } else {
+        drift::human(report)
     };
     print!("{text}");
     if crate::github::active() {
-        crate::github::summary(&drift::markdown(&report));
+        crate::github::summary(&drift::markdown(report));
         crate::github::outputs(&[
             ("drift", report.has_drift().to_string()),
             ("findings", report.findings.len().to_string()),
@@ -108,11 +133,6 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
             }
         }
     }
-    Ok(if report.has_drift() {
-        super::exit(super::EXIT_CHANGES)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 /// Streams every managed object back and compares its hash with the record.
