@@ -37,6 +37,25 @@ impl Checks {
         }
     }
 
+    /// The last line: whether labctl can use the store.
+    fn verdict(&self) -> String {
+        if self.failed == 0 && self.warned == 0 {
+            "The store supports everything labctl needs.".to_string()
+        } else if self.failed == 0 {
+            format!(
+                "The store supports everything labctl needs; {} check{} found a limit labctl works around (see above).",
+                self.warned,
+                if self.warned == 1 { "" } else { "s" }
+            )
+        } else {
+            format!(
+                "{} check{} failed.",
+                self.failed,
+                if self.failed == 1 { "" } else { "s" }
+            )
+        }
+    }
+
     fn report_probe(&mut self, name: &str, result: Result<Probe, String>) {
         match result {
             Ok(Probe::Holds(detail)) => self.report(name, Ok(detail)),
@@ -76,24 +95,42 @@ pub async fn run(args: &DoctorArgs) -> Result<ExitCode, Failure> {
         return Ok(super::exit(1));
     }
 
-    checks.report("write, read and metadata", write_read(&store, &id).await);
-    checks.report("multipart upload", multipart(&store, &id).await);
-    checks.report("abort multipart upload", abort(&store, &id).await);
-    let conditional = conditional(&store, &id).await;
+    probe_all(&store, &id, &mut checks).await;
+
+    // Leave nothing behind, even after failures.
+    if let Ok(left) = store::list_all(store.as_ref(), PROBE_PREFIX).await {
+        for o in left.iter().filter(|o| o.key.contains(&id)) {
+            let _ = store.delete(&o.key).await;
+        }
+    }
+    println!("{}", checks.verdict());
+    Ok(if checks.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        super::exit(1)
+    })
+}
+
+/// Every probe after the listing, each reported as it ends.
+async fn probe_all(store: &Arc<dyn Store>, id: &str, checks: &mut Checks) {
+    checks.report("write, read and metadata", write_read(store, id).await);
+    checks.report("multipart upload", multipart(store, id).await);
+    checks.report("abort multipart upload", abort(store, id).await);
+    let conditional = conditional(store, id).await;
     let enforced = conditional.is_ok();
     checks.report("conditional create (If-None-Match: *)", conditional);
     // What history and a promotion of staged images rely on: copies inside the store.
     checks.report(
         "server-side copy with new metadata (CopyObject, metadata REPLACE)",
-        copy_with_metadata(&store, &id).await,
+        copy_with_metadata(store, id).await,
     );
     checks.report(
         "part-by-part server-side copy (UploadPartCopy, x-amz-copy-source-range)",
-        copy_in_parts(&store, &id).await,
+        copy_in_parts(store, id).await,
     );
     checks.report_probe(
         "conditional copy (x-amz-copy-source-if-match)",
-        conditional_copy(&store, &id).await,
+        conditional_copy(store, id).await,
     );
     checks.report(
         "unfinished uploads labctl left (images/, history/, .labctl/doctor/)",
@@ -110,36 +147,6 @@ pub async fn run(args: &DoctorArgs) -> Result<ExitCode, Failure> {
     if !enforced {
         println!("  hint: apply cannot rely on this store's lock; run applies one at a time (a CI concurrency group) and pass --lock=false");
     }
-
-    // Leave nothing behind, even after failures.
-    if let Ok(left) = store::list_all(store.as_ref(), PROBE_PREFIX).await {
-        for o in left.iter().filter(|o| o.key.contains(&id)) {
-            let _ = store.delete(&o.key).await;
-        }
-    }
-    println!(
-        "{}",
-        if checks.failed == 0 && checks.warned == 0 {
-            "The store supports everything labctl needs.".to_string()
-        } else if checks.failed == 0 {
-            format!(
-                "The store supports everything labctl needs; {} check{} found a limit labctl works around (see above).",
-                checks.warned,
-                if checks.warned == 1 { "" } else { "s" }
-            )
-        } else {
-            format!(
-                "{} check{} failed.",
-                checks.failed,
-                if checks.failed == 1 { "" } else { "s" }
-            )
-        }
-    );
-    Ok(if checks.failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        super::exit(1)
-    })
 }
 
 fn err(e: StoreError) -> String {

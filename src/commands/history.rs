@@ -45,23 +45,7 @@ pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
     let state =
         crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::NotChecked)
             .await?;
-    let mut images: Vec<ImageHistory> = state
-        .records
-        .values()
-        .filter_map(|r| {
-            let rec = r.record.as_ref().ok()?;
-            Some(ImageHistory {
-                name: rec.name().unwrap_or(&r.object_key).to_string(),
-                key: r.object_key.clone(),
-                checksum: rec.checksum().clone(),
-                sha256: rec.sha256(),
-                size: rec.size(),
-                uploaded_at: rec.uploaded_at().map(str::to_string),
-                history: rec.history().to_vec(),
-            })
-        })
-        .filter(|i| args.name.as_ref().is_none_or(|n| *n == i.name))
-        .collect();
+    let mut images = images_of(&state, args.name.as_deref());
     images.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(name) = &args.name {
         if images.is_empty() {
@@ -84,17 +68,43 @@ pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let with_history: Vec<&ImageHistory> = if args.name.is_some() {
+    print_human(&images, args.name.is_some(), &store.url());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Each readable record's current bytes and kept versions (only `name`'s, when given).
+fn images_of(state: &crate::state::ActualState, name: Option<&str>) -> Vec<ImageHistory> {
+    state
+        .records
+        .values()
+        .filter_map(|r| {
+            let rec = r.record.as_ref().ok()?;
+            Some(ImageHistory {
+                name: rec.name().unwrap_or(&r.object_key).to_string(),
+                key: r.object_key.clone(),
+                checksum: rec.checksum().clone(),
+                sha256: rec.sha256(),
+                size: rec.size(),
+                uploaded_at: rec.uploaded_at().map(str::to_string),
+                history: rec.history().to_vec(),
+            })
+        })
+        .filter(|i| name.is_none_or(|n| n == i.name))
+        .collect()
+}
+
+/// The images that keep versions (every image asked for by name), current bytes first.
+fn print_human(images: &[ImageHistory], named: bool, store: &str) {
+    let with_history: Vec<&ImageHistory> = if named {
         images.iter().collect()
     } else {
         images.iter().filter(|i| !i.history.is_empty()).collect()
     };
     if with_history.is_empty() {
         println!(
-            "No kept versions in {} (an image keeps them with `history: N` in the manifest).",
-            store.url()
+            "No kept versions in {store} (an image keeps them with `history: N` in the manifest)."
         );
-        return Ok(ExitCode::SUCCESS);
+        return;
     }
     for i in with_history {
         println!("{}  {}", console::style(&i.name).bold(), i.key);
@@ -122,5 +132,4 @@ pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
         }
         println!();
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -34,77 +34,16 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
     }
 
     let client = crate::source::http::client();
-    let settings = pipeline::Settings::default();
     let progress = crate::progress::for_stderr();
+    let named = !args.names.is_empty();
     let mut pins = Vec::new();
     for image in &m.images {
-        if !args.names.is_empty() && !args.names.contains(&image.name) {
+        if named && !args.names.contains(&image.name) {
             continue;
         }
-        let Source::Http(http) = &image.source else {
-            if !args.names.is_empty() {
-                eprintln!(
-                    "{}: a Packer build; its checksum is known only after apply",
-                    image.name
-                );
-            }
-            continue;
-        };
-        let needs_checksum = http.checksum == SourceChecksum::Pin;
-        let needs_expected = http.decompress.is_some() && image.expected.is_none();
-        if !needs_checksum && !needs_expected {
-            if !args.names.is_empty() {
-                eprintln!("{}: already pinned", image.name);
-            }
-            continue;
+        if let Some(pinned) = pin_one(image, named, &client, progress.as_ref()).await? {
+            pins.push(pinned);
         }
-        // Hash with the pinned checksum's algorithm, to compare; sha256 for new pins.
-        let algorithm = match &http.checksum {
-            SourceChecksum::Digest(c) => c.algorithm,
-            _ => crate::checksum::Algorithm::Sha256,
-        };
-        let (source, output) = pipeline::hash_download(
-            client.clone(),
-            &image.name,
-            &http.url,
-            algorithm,
-            http.decompress,
-            &settings,
-            progress.as_ref(),
-        )
-        .await
-        .with_context(|| format!("image `{}`: cannot download {}", image.name, http.url))?;
-        // Never derive a published checksum from bytes that do not match a pinned source one.
-        if let SourceChecksum::Digest(pinned) = &http.checksum {
-            let actual = &source;
-            if actual != pinned {
-                return Err(anyhow::anyhow!(
-                    "image `{}`: the download from {} has checksum {actual}, but the manifest says {pinned}",
-                    image.name,
-                    http.url
-                ))
-                .hint("the source changed or the pinned checksum is wrong; fix `source.checksum` (or set it to `pin`) first");
-            }
-        }
-        progress.finish(
-            &image.name,
-            &crate::progress::Outcome::Done(crate::progress::Done::Said("hashed".into())),
-        );
-        let pinned = Pinned {
-            image: image.name.clone(),
-            version: None,
-            checksum: needs_checksum.then(|| source.clone()),
-            expected: if needs_expected { output } else { None },
-        };
-        let mut line = format!("{}:", pinned.image);
-        if let Some(c) = &pinned.checksum {
-            line.push_str(&format!(" source.checksum {c}"));
-        }
-        if let Some(e) = &pinned.expected {
-            line.push_str(&format!(" validation.expected {e}"));
-        }
-        println!("{line}");
-        pins.push(pinned);
     }
 
     if pins.is_empty() {
@@ -118,11 +57,97 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    write_pins(path, &m, rules, &pins)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads `image` once and returns what its manifest entry leaves to pin; `None` when
+/// nothing (a build, or pinned already; said when the image was `named`).
+async fn pin_one(
+    image: &manifest::Image,
+    named: bool,
+    client: &reqwest::Client,
+    progress: &dyn crate::progress::Progress,
+) -> Result<Option<Pinned>, Failure> {
+    let Source::Http(http) = &image.source else {
+        if named {
+            eprintln!(
+                "{}: a Packer build; its checksum is known only after apply",
+                image.name
+            );
+        }
+        return Ok(None);
+    };
+    let needs_checksum = http.checksum == SourceChecksum::Pin;
+    let needs_expected = http.decompress.is_some() && image.expected.is_none();
+    if !needs_checksum && !needs_expected {
+        if named {
+            eprintln!("{}: already pinned", image.name);
+        }
+        return Ok(None);
+    }
+    // Hash with the pinned checksum's algorithm, to compare; sha256 for new pins.
+    let algorithm = match &http.checksum {
+        SourceChecksum::Digest(c) => c.algorithm,
+        _ => crate::checksum::Algorithm::Sha256,
+    };
+    let (source, output) = pipeline::hash_download(
+        client.clone(),
+        &image.name,
+        &http.url,
+        algorithm,
+        http.decompress,
+        &pipeline::Settings::default(),
+        progress,
+    )
+    .await
+    .with_context(|| format!("image `{}`: cannot download {}", image.name, http.url))?;
+    // Never derive a published checksum from bytes that do not match a pinned source one.
+    if let SourceChecksum::Digest(pinned) = &http.checksum {
+        let actual = &source;
+        if actual != pinned {
+            return Err(anyhow::anyhow!(
+                "image `{}`: the download from {} has checksum {actual}, but the manifest says {pinned}",
+                image.name,
+                http.url
+            ))
+            .hint("the source changed or the pinned checksum is wrong; fix `source.checksum` (or set it to `pin`) first");
+        }
+    }
+    progress.finish(
+        &image.name,
+        &crate::progress::Outcome::Done(crate::progress::Done::Said("hashed".into())),
+    );
+    let pinned = Pinned {
+        image: image.name.clone(),
+        version: None,
+        checksum: needs_checksum.then(|| source.clone()),
+        expected: if needs_expected { output } else { None },
+    };
+    let mut line = format!("{}:", pinned.image);
+    if let Some(c) = &pinned.checksum {
+        line.push_str(&format!(" source.checksum {c}"));
+    }
+    if let Some(e) = &pinned.expected {
+        line.push_str(&format!(" validation.expected {e}"));
+    }
+    println!("{line}");
+    Ok(Some(pinned))
+}
+
+/// Writes the pins into the manifest, keeping its formatting, once the edited text still
+/// validates.
+fn write_pins(
+    path: &std::path::Path,
+    m: &manifest::Manifest,
+    rules: manifest::Rules,
+    pins: &[Pinned],
+) -> Result<(), Failure> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let root = manifest::yaml::parse(&text)
         .map_err(|(loc, msg)| anyhow::anyhow!("{}:{loc}: {msg}", path.display()))?;
-    let updated = pin::apply(&text, &root, &pins)?;
+    let updated = pin::apply(&text, &root, pins)?;
     // The edited file must still be a manifest (other images may still say `pin`).
     manifest::parse(
         updated.as_bytes(),
@@ -145,5 +170,5 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
         },
         path.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
