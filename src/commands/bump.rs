@@ -146,94 +146,9 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
         .hint("run labctl bump again");
     }
 
-    let mut failures: Vec<String> = Vec::new();
-    for row in report
-        .images
-        .iter()
-        .filter(|r| r.status == Status::LookupFailed)
-    {
-        failures.push(format!(
-            "image `{}`: {}",
-            row.name,
-            row.error.as_deref().unwrap_or("the lookup failed")
-        ));
-    }
-    let client = crate::source::http::client();
-    let progress = crate::progress::for_stderr();
-    let mut bumped: Vec<Bumped> = Vec::new();
-    for row in &report.images {
-        let Some(candidate) = &row.newest_allowed else {
-            continue;
-        };
-        let image = manifest
-            .image(&row.name)
-            .expect("rows are the manifest's images");
-        let index = manifest
-            .images
-            .iter()
-            .position(|i| i.name == image.name)
-            .expect("the image is in the manifest");
-        let attempt = bump_one(
-            &manifest,
-            &text,
-            index,
-            &candidate.version,
-            &listings,
-            &client,
-            &api,
-            progress.as_ref(),
-        )
-        .await;
-        match attempt {
-            Ok(b) => {
-                progress.finish(
-                    &image.name,
-                    &crate::progress::Outcome::Done(crate::progress::Done::Said(format!(
-                        "verified {}",
-                        b.new_version
-                    ))),
-                );
-                bumped.push(b);
-            }
-            Err(refusal) => {
-                progress.finish(
-                    &image.name,
-                    &crate::progress::Outcome::Failed("refused".into()),
-                );
-                failures.push(format!(
-                    "image `{}` → {}: {}",
-                    image.name,
-                    candidate.version,
-                    chain(&refusal)
-                ));
-            }
-        }
-    }
-    drop(progress);
-
+    let (bumped, failures) = verify_all(&report, &manifest, &text, &listings, &api).await;
     if !failures.is_empty() {
-        for f in &failures {
-            eprintln!("{} {f}", console::style("error:").red().bold());
-            crate::github::error("labctl bump", f);
-        }
-        let verified: Vec<&str> = bumped.iter().map(|b| b.old_name.as_str()).collect();
-        let mut message = format!(
-            "{} of {} image{} could not be bumped; nothing was written",
-            failures.len(),
-            failures.len() + bumped.len(),
-            if failures.len() + bumped.len() == 1 {
-                ""
-            } else {
-                "s"
-            }
-        );
-        if !verified.is_empty() {
-            message.push_str(&format!(
-                " (these verified and can be bumped by name: labctl bump {})",
-                verified.join(" ")
-            ));
-        }
-        return Err(anyhow::anyhow!(message).into());
+        return Err(refused(&failures, &bumped));
     }
     if bumped.is_empty() {
         eprintln!("Every tracked image is at the newest version its policy allows.");
@@ -279,6 +194,98 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
         print!("{}", markdown(&bumped, &plan));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads and verifies the newest allowed version of every image that has one: the bumps
+/// that verified, and a line for each image whose lookup or verification failed.
+async fn verify_all(
+    report: &labctl_core::upstream::report::Report,
+    manifest: &Manifest,
+    text: &str,
+    listings: &Listings,
+    api: &reqwest::Client,
+) -> (Vec<Bumped>, Vec<String>) {
+    let mut failures: Vec<String> = report
+        .images
+        .iter()
+        .filter(|r| r.status == Status::LookupFailed)
+        .map(|row| {
+            format!(
+                "image `{}`: {}",
+                row.name,
+                row.error.as_deref().unwrap_or("the lookup failed")
+            )
+        })
+        .collect();
+    let client = crate::source::http::client();
+    let progress = crate::progress::for_stderr();
+    let mut bumped: Vec<Bumped> = Vec::new();
+    for row in &report.images {
+        let Some(candidate) = &row.newest_allowed else {
+            continue;
+        };
+        let index = manifest
+            .images
+            .iter()
+            .position(|i| i.name == row.name)
+            .expect("rows are the manifest's images");
+        let name = &manifest.images[index].name;
+        let attempt = bump_one(
+            manifest,
+            text,
+            index,
+            &candidate.version,
+            listings,
+            &client,
+            api,
+            progress.as_ref(),
+        )
+        .await;
+        match attempt {
+            Ok(b) => {
+                progress.finish(
+                    name,
+                    &crate::progress::Outcome::Done(crate::progress::Done::Said(format!(
+                        "verified {}",
+                        b.new_version
+                    ))),
+                );
+                bumped.push(b);
+            }
+            Err(refusal) => {
+                progress.finish(name, &crate::progress::Outcome::Failed("refused".into()));
+                failures.push(format!(
+                    "image `{name}` → {}: {}",
+                    candidate.version,
+                    chain(&refusal)
+                ));
+            }
+        }
+    }
+    (bumped, failures)
+}
+
+/// Nothing is written when any image failed: each failure is printed (and annotated), and the
+/// error names the images that did verify, to bump them alone.
+fn refused(failures: &[String], bumped: &[Bumped]) -> Failure {
+    for f in failures {
+        eprintln!("{} {f}", console::style("error:").red().bold());
+        crate::github::error("labctl bump", f);
+    }
+    let verified: Vec<&str> = bumped.iter().map(|b| b.old_name.as_str()).collect();
+    let total = failures.len() + bumped.len();
+    let mut message = format!(
+        "{} of {total} image{} could not be bumped; nothing was written",
+        failures.len(),
+        if total == 1 { "" } else { "s" }
+    );
+    if !verified.is_empty() {
+        message.push_str(&format!(
+            " (these verified and can be bumped by name: labctl bump {})",
+            verified.join(" ")
+        ));
+    }
+    anyhow::anyhow!(message).into()
 }
 
 /// The error and its causes on one line.
