@@ -128,49 +128,17 @@ impl S3Store {
 
     /// Server-side copy of `from` (its current size `size`) to `to`.
     async fn copy_object(&self, op: &'static str, request: CopyRequest<'_>) -> Result<()> {
-        let CopyRequest {
-            from,
-            to,
-            size,
-            user_metadata,
-            source_etag,
-            single_copy_limit,
-        } = request;
-        let source = copy_source(self.bucket(), &self.full_key(from)?);
-        let full_to = self.full_key(to)?;
-        if size <= single_copy_limit {
-            let directive = match user_metadata {
-                Some(_) => MetadataDirective::Replace,
-                None => MetadataDirective::Copy,
-            };
-            self.client
-                .copy_object()
-                .bucket(self.bucket())
-                .key(&full_to)
-                .copy_source(&source)
-                .set_copy_source_if_match(source_etag.map(str::to_string))
-                .metadata_directive(directive)
-                .set_metadata(user_metadata.and_then(to_hashmap))
-                .send()
-                .await
-                .map_err(|e| backend(op, to, e))?;
-            return Ok(());
+        let source = copy_source(self.bucket(), &self.full_key(request.from)?);
+        if request.size <= request.single_copy_limit {
+            return self.copy_whole(op, &source, &request).await;
         }
         // Part by part; the copy appears only on completion. UploadPartCopy does not carry the
         // source's metadata, so the new upload is created with it.
-        let metadata = match user_metadata {
+        let metadata = match request.user_metadata {
             Some(m) => m.clone(),
-            None => {
-                self.head(from)
-                    .await?
-                    .ok_or_else(|| StoreError::Backend {
-                        op,
-                        key: from.to_string(),
-                        message: "no such object".into(),
-                    })?
-                    .user_metadata
-            }
+            None => self.copy_source_meta(request.from).await?.user_metadata,
         };
+        let to = request.to;
         let id = self
             .create_multipart(
                 to,
@@ -180,21 +148,65 @@ impl S3Store {
                 },
             )
             .await?;
-        let part = single_copy_limit.clamp(MIN_COPY_PART, COPY_PART);
+        let done = match self.copy_parts(op, &source, &id, &request).await {
+            Ok(parts) => self.complete_multipart(to, &id, parts).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if done.is_err() {
+            let _ = self.abort_multipart(to, &id).await;
+        }
+        done
+    }
+
+    /// CopyObject: the whole object in one request.
+    async fn copy_whole(
+        &self,
+        op: &'static str,
+        source: &str,
+        request: &CopyRequest<'_>,
+    ) -> Result<()> {
+        let directive = match request.user_metadata {
+            Some(_) => MetadataDirective::Replace,
+            None => MetadataDirective::Copy,
+        };
+        self.client
+            .copy_object()
+            .bucket(self.bucket())
+            .key(self.full_key(request.to)?)
+            .copy_source(source)
+            .set_copy_source_if_match(request.source_etag.map(str::to_string))
+            .metadata_directive(directive)
+            .set_metadata(request.user_metadata.and_then(to_hashmap))
+            .send()
+            .await
+            .map_err(|e| backend(op, request.to, e))?;
+        Ok(())
+    }
+
+    /// UploadPartCopy of every range of the source into the upload `id`, in order.
+    async fn copy_parts(
+        &self,
+        op: &'static str,
+        source: &str,
+        id: &str,
+        request: &CopyRequest<'_>,
+    ) -> Result<Vec<UploadedPart>> {
+        let full_to = self.full_key(request.to)?;
+        let part = request.single_copy_limit.clamp(MIN_COPY_PART, COPY_PART);
         let mut parts = Vec::new();
         let mut start = 0;
         let mut number = 1;
-        while start < size {
-            let end = (start + part).min(size) - 1;
+        while start < request.size {
+            let end = (start + part).min(request.size) - 1;
             let copied = self
                 .client
                 .upload_part_copy()
                 .bucket(self.bucket())
                 .key(&full_to)
-                .upload_id(&id)
+                .upload_id(id)
                 .part_number(number)
-                .copy_source(&source)
-                .set_copy_source_if_match(source_etag.map(str::to_string))
+                .copy_source(source)
+                .set_copy_source_if_match(request.source_etag.map(str::to_string))
                 .copy_source_range(format!("bytes={start}-{end}"))
                 .customize()
                 // The request has no body; Ceph RGW refuses it without saying so (411).
@@ -202,29 +214,20 @@ impl S3Store {
                     req.headers_mut().insert("content-length", "0");
                 })
                 .send()
-                .await;
-            match copied {
-                Ok(o) => parts.push(UploadedPart {
-                    part_number: number as u32,
-                    etag: o
-                        .copy_part_result()
-                        .and_then(|r| r.e_tag())
-                        .unwrap_or_default()
-                        .to_string(),
-                }),
-                Err(e) => {
-                    let _ = self.abort_multipart(to, &id).await;
-                    return Err(backend(op, to, e));
-                }
-            }
+                .await
+                .map_err(|e| backend(op, request.to, e))?;
+            parts.push(UploadedPart {
+                part_number: number as u32,
+                etag: copied
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap_or_default()
+                    .to_string(),
+            });
             start = end + 1;
             number += 1;
         }
-        if let Err(e) = self.complete_multipart(to, &id, parts).await {
-            let _ = self.abort_multipart(to, &id).await;
-            return Err(e);
-        }
-        Ok(())
+        Ok(parts)
     }
 
     /// The metadata of a copy's source, which must exist.
