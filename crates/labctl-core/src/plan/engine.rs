@@ -186,53 +186,59 @@ fn plan_unwanted(
         // image someone still boots. Only a manifest that claims the key overwrites it.
         let corrupt = r.record.is_err();
         if options.prune && !protected && !corrupt {
-            let before = before_of(r);
-            let mut reasons = vec![reason];
-            let history = (!before.history.is_empty()).then(|| {
-                reasons.push(Reason::HistoryDeletedWith(before.history.len()));
-                HistoryPlan {
-                    trim: before.history.iter().map(|h| h.key.clone()).collect(),
-                    ..Default::default()
-                }
-            });
-            changes.push(Change {
-                name,
-                key: r.object_key.clone(),
-                record_key: record_key.clone(),
-                action: Action::Delete,
-                reasons,
-                depends_on: Vec::new(),
-                before: Some(before),
-                after: None,
-                field_changes: Vec::new(),
-                restore: None,
-                history,
-                adopt: None,
-            });
+            changes.push(delete_of(name, record_key, r, reason));
         } else {
+            let why = match &r.record {
+                Err(why) => format!(
+                    "record {why}; kept{}: labctl never deletes what it cannot read",
+                    if options.prune {
+                        " despite --prune"
+                    } else {
+                        ""
+                    }
+                ),
+                Ok(_) if protected && options.prune => {
+                    format!("{reason}; kept because the record is protected")
+                }
+                Ok(_) => reason.to_string(),
+            };
             orphans.push(Orphan {
                 name,
                 key: r.object_key.clone(),
                 record_key: record_key.clone(),
                 protected,
-                reason: match &r.record {
-                    Err(why) => format!(
-                        "record {why}; kept{}: labctl never deletes what it cannot read",
-                        if options.prune {
-                            " despite --prune"
-                        } else {
-                            ""
-                        }
-                    ),
-                    Ok(_) if protected && options.prune => {
-                        format!("{reason}; kept because the record is protected")
-                    }
-                    Ok(_) => reason.to_string(),
-                },
+                reason: why,
             });
         }
     }
     (changes, orphans)
+}
+
+/// The delete of an unwanted record's object, kept versions and record (`--prune`).
+fn delete_of(name: String, record_key: &str, r: &ActualRecord, reason: Reason) -> Change {
+    let before = before_of(r);
+    let mut reasons = vec![reason];
+    let history = (!before.history.is_empty()).then(|| {
+        reasons.push(Reason::HistoryDeletedWith(before.history.len()));
+        HistoryPlan {
+            trim: before.history.iter().map(|h| h.key.clone()).collect(),
+            ..Default::default()
+        }
+    });
+    Change {
+        name,
+        key: r.object_key.clone(),
+        record_key: record_key.to_string(),
+        action: Action::Delete,
+        reasons,
+        depends_on: Vec::new(),
+        before: Some(before),
+        after: None,
+        field_changes: Vec::new(),
+        restore: None,
+        history,
+        adopt: None,
+    }
 }
 
 /// The keys of the consumer index, in the order apply writes them: the JSON index first, then
