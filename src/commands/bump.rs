@@ -337,25 +337,7 @@ async fn bump_one(
     let Source::Http(old_http) = &image.source else {
         unreachable!("validation tracks HTTP sources only")
     };
-    // The new spec is what the manifest says with the new version written in: every field
-    // that carries it follows, exactly as the next plan will read them.
-    let root = manifest::yaml::parse(text).map_err(|(_, m)| Refusal::Facts(m))?;
-    let moved = crate::pin::apply(
-        text,
-        &root,
-        &[Pinned {
-            image: image.name.clone(),
-            version: Some(version.to_string()),
-            checksum: None,
-            expected: None,
-        }],
-    )
-    .map_err(|e| Refusal::Facts(e.to_string()))?;
-    let (moved, _) = parse_text(manifest, &moved).map_err(|e| {
-        Refusal::Facts(format!(
-            "with version {version} the manifest does not validate: {e}"
-        ))
-    })?;
+    let moved = with_version(manifest, text, index, version)?;
     let new_image = &moved.images[index];
     let Source::Http(http) = &new_image.source else {
         unreachable!("the source type does not change with the version")
@@ -365,25 +347,7 @@ async fn bump_one(
     let release = github_release(listings, image, version);
     let facts = facts(track, http, version, release, api).await?;
 
-    let minisign = match &http.signature {
-        Some(Signature::Minisign { url, public_key }) => {
-            let key = MinisignKey::parse(public_key).map_err(|e| Refusal::Signature {
-                url: url.clone(),
-                detail: e.to_string(),
-            })?;
-            let sig = channel::fetch_small_text(api, url, &RetryPolicy::default())
-                .await
-                .map_err(|e| Refusal::Facts(format!("cannot fetch the signature: {e}")))?;
-            // A signature by another key is refused here, before any byte of the image.
-            Some(
-                MinisignCheck::new(key, &sig, url).map_err(|e| Refusal::Signature {
-                    url: http.url.clone(),
-                    detail: e.to_string(),
-                })?,
-            )
-        }
-        _ => None,
-    };
+    let minisign = minisign_of(http, api).await?;
     let key_id = minisign.as_ref().map(|m| m.key.key_id.clone());
     let written_algorithm = |c: &SourceChecksum| match c {
         SourceChecksum::Digest(d) => Some(d.algorithm),
@@ -423,25 +387,7 @@ async fn bump_one(
 
     let cross_checks = judge(&url, &facts, &inspected, key_id.as_deref())?;
 
-    let in_algorithm = |a: Algorithm| match a {
-        Algorithm::Sha256 => Some(inspected.sha256.clone()),
-        Algorithm::Sha512 => inspected.source.clone().filter(|s| s.algorithm == a),
-    };
-    let checksum = match &old_http.checksum {
-        SourceChecksum::Digest(d) => Some(in_algorithm(d.algorithm).ok_or_else(|| {
-            Refusal::Facts(format!(
-                "a {} digest of a compressed download is not computed",
-                d.algorithm.name()
-            ))
-        })?),
-        SourceChecksum::List { .. } => None,
-        SourceChecksum::Pin => Some(inspected.sha256.clone()),
-    };
-    let expected = match (&inspected.output, &image.expected) {
-        (Some(out), _) => Some(out.declared.clone()),
-        (None, Some(e)) => in_algorithm(e.algorithm),
-        (None, None) => None,
-    };
+    let (checksum, expected) = digests_to_pin(&old_http.checksum, image, &inspected)?;
     let trust = match (&key_id, &facts.listed) {
         (Some(key_id), _) => Trust::Signature {
             key_id: key_id.clone(),
@@ -468,6 +414,92 @@ async fn bump_one(
         notes: facts.notes,
         release_url: facts.release_url,
     })
+}
+
+/// The manifest with `version` written into the image at `index`: every field that carries it
+/// follows, exactly as the next plan will read them.
+#[allow(clippy::result_large_err)]
+fn with_version(
+    manifest: &Manifest,
+    text: &str,
+    index: usize,
+    version: &str,
+) -> Result<Manifest, Refusal> {
+    let image = &manifest.images[index];
+    let root = manifest::yaml::parse(text).map_err(|(_, m)| Refusal::Facts(m))?;
+    let moved = crate::pin::apply(
+        text,
+        &root,
+        &[Pinned {
+            image: image.name.clone(),
+            version: Some(version.to_string()),
+            checksum: None,
+            expected: None,
+        }],
+    )
+    .map_err(|e| Refusal::Facts(e.to_string()))?;
+    let (moved, _) = parse_text(manifest, &moved).map_err(|e| {
+        Refusal::Facts(format!(
+            "with version {version} the manifest does not validate: {e}"
+        ))
+    })?;
+    Ok(moved)
+}
+
+/// The new version's minisign signature, fetched and checked against the manifest's key before
+/// any byte of the image: a signature by another key is refused here.
+#[allow(clippy::result_large_err)]
+async fn minisign_of(
+    http: &HttpSource,
+    api: &reqwest::Client,
+) -> Result<Option<MinisignCheck>, Refusal> {
+    let Some(Signature::Minisign { url, public_key }) = &http.signature else {
+        return Ok(None);
+    };
+    let key = MinisignKey::parse(public_key).map_err(|e| Refusal::Signature {
+        url: url.clone(),
+        detail: e.to_string(),
+    })?;
+    let sig = channel::fetch_small_text(api, url, &RetryPolicy::default())
+        .await
+        .map_err(|e| Refusal::Facts(format!("cannot fetch the signature: {e}")))?;
+    Ok(Some(MinisignCheck::new(key, &sig, url).map_err(|e| {
+        Refusal::Signature {
+            url: http.url.clone(),
+            detail: e.to_string(),
+        }
+    })?))
+}
+
+/// What goes into the manifest: the source checksum in the algorithm the manifest writes it in
+/// (none for a checksum list, which stays), and the published checksum when the manifest has one
+/// or the download is decompressed.
+#[allow(clippy::result_large_err)]
+fn digests_to_pin(
+    written: &SourceChecksum,
+    image: &Image,
+    inspected: &Inspected,
+) -> Result<(Option<Checksum>, Option<Checksum>), Refusal> {
+    let in_algorithm = |a: Algorithm| match a {
+        Algorithm::Sha256 => Some(inspected.sha256.clone()),
+        Algorithm::Sha512 => inspected.source.clone().filter(|s| s.algorithm == a),
+    };
+    let checksum = match written {
+        SourceChecksum::Digest(d) => Some(in_algorithm(d.algorithm).ok_or_else(|| {
+            Refusal::Facts(format!(
+                "a {} digest of a compressed download is not computed",
+                d.algorithm.name()
+            ))
+        })?),
+        SourceChecksum::List { .. } => None,
+        SourceChecksum::Pin => Some(inspected.sha256.clone()),
+    };
+    let expected = match (&inspected.output, &image.expected) {
+        (Some(out), _) => Some(out.declared.clone()),
+        (None, Some(e)) => in_algorithm(e.algorithm),
+        (None, None) => None,
+    };
+    Ok((checksum, expected))
 }
 
 fn github_release<'l>(
