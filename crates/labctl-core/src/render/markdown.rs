@@ -18,6 +18,39 @@ pub fn plan(plan: &Plan) -> String {
 }
 
 pub fn plan_within(plan: &Plan, limit: usize) -> String {
+    let footer = "\n_Run `labctl plan` locally for the full plan._\n";
+    let sections = sections(plan);
+    let mut out = header(plan);
+    let mut shown = 0;
+    for s in &sections {
+        // Keep room for the truncation note.
+        if out.len() + s.len() + footer.len() + 200 > limit {
+            break;
+        }
+        out.push_str(s);
+        shown += 1;
+    }
+    if shown < sections.len() {
+        out.push_str(&format!(
+            "\n> **Note:** {} more section{} not shown: the comment would exceed GitHub's limit.\n{footer}",
+            sections.len() - shown,
+            if sections.len() - shown == 1 { " is" } else { "s are" }
+        ));
+    }
+    // A single enormous header cannot happen (names are short), but never exceed the limit.
+    if out.len() > limit {
+        let mut cut = limit - 100;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push_str("\n\n> **Note:** truncated.\n");
+    }
+    out
+}
+
+/// The marker, headline, summary table and the index line: always shown.
+fn header(plan: &Plan) -> String {
     let mut head = format!("{MARKER}\n### labctl plan: {}\n\n", headline(plan));
     head.push_str(&format!(
         "`{}` against `{}`{}\n\n",
@@ -46,7 +79,11 @@ pub fn plan_within(plan: &Plan, limit: usize) -> String {
             html_escape(&plan.index.reasons.join("; "))
         ));
     }
+    head
+}
 
+/// One collapsible section per change, destructive first, then the orphans kept.
+fn sections(plan: &Plan) -> Vec<String> {
     let mut changes: Vec<&Change> = plan
         .changes
         .iter()
@@ -72,35 +109,7 @@ pub fn plan_within(plan: &Plan, limit: usize) -> String {
         o.push_str("\n</details>\n\n");
         sections.push(o);
     }
-
-    let footer = "\n_Run `labctl plan` locally for the full plan._\n";
-    let mut out = head;
-    let mut shown = 0;
-    for s in &sections {
-        // Keep room for the truncation note.
-        if out.len() + s.len() + footer.len() + 200 > limit {
-            break;
-        }
-        out.push_str(s);
-        shown += 1;
-    }
-    if shown < sections.len() {
-        out.push_str(&format!(
-            "\n> **Note:** {} more section{} not shown: the comment would exceed GitHub's limit.\n{footer}",
-            sections.len() - shown,
-            if sections.len() - shown == 1 { " is" } else { "s are" }
-        ));
-    }
-    // A single enormous header cannot happen (names are short), but never exceed the limit.
-    if out.len() > limit {
-        let mut cut = limit - 100;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push_str("\n\n> **Note:** truncated.\n");
-    }
-    out
+    sections
 }
 
 fn headline(plan: &Plan) -> String {
