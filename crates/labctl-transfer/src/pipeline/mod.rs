@@ -481,83 +481,35 @@ pub async fn publish_file(
     cancel: watch::Receiver<bool>,
 ) -> Result<Published, PipelineError> {
     let FileJob { image, path, key } = *job;
-    let sha256 = labctl_core::checksum::Algorithm::Sha256;
-    let open = || async {
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(|e| PipelineError::Artifact {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        Ok::<_, PipelineError>(Input::File { file, path })
-    };
     let size = tokio::fs::metadata(path).await.ok().map(|m| m.len());
     progress.start(image, "hashing the artifact", size);
-    // The decoder passes a raw file through unchanged: its output hash is the file's hash, so
-    // the input is not hashed a second time.
-    let artifact = |e: decode::DecodeError| PipelineError::Artifact {
-        path: path.display().to_string(),
-        message: match e {
-            decode::DecodeError::Corrupt { message, .. } => message,
-            decode::DecodeError::UploadStopped => "the upload stopped".into(),
-        },
-    };
-    let first = match stream(
-        open().await?,
-        image,
-        None,
-        false,
-        None,
-        sha256,
-        settings.part_size,
-        Sink::Hash,
-        None,
-        progress,
-        &cancel,
-    )
-    .await?
-    {
-        Step::Passed(pass) => pass.decoded.map_err(artifact)?.declared,
-        Step::Restart => unreachable!("a file does not restart"),
-    };
+    let pass = |sink| file_pass(image, path, sink, settings, progress, &cancel);
+    let first = pass(Sink::Hash)
+        .await?
+        .decoded
+        .map_err(|e| artifact_error(path, e))?
+        .declared;
     let (key, options) = match file_target(&store, key, &first, size).await? {
         Target::Upload { key, options } => (key, options),
         Target::AlreadyThere(published) => return Ok(*published),
     };
     let key = key.as_str();
     progress.restart(image, size, "uploading the artifact");
-    let sink = Sink::Upload {
+    let second = pass(Sink::Upload {
         store: &store,
         key,
         options: options.clone(),
         in_flight: settings.parts_in_flight,
-    };
-    let pass = match stream(
-        open().await?,
-        image,
-        None,
-        false,
-        None,
-        sha256,
-        settings.part_size,
-        sink,
-        None,
-        progress,
-        &cancel,
-    )
-    .await?
-    {
-        Step::Passed(pass) => pass,
-        Step::Restart => unreachable!("a file does not restart"),
-    };
-    let uploaded = pass.uploaded.expect("the upload sink uploads")?;
-    let checked = match pass.decoded.map_err(artifact) {
+    })
+    .await?;
+    let uploaded = second.uploaded.expect("the upload sink uploads")?;
+    let checked = match second.decoded.map_err(|e| artifact_error(path, e)) {
         Err(e) => Err(e),
-        Ok(second) if second.declared != first => Err(PipelineError::OutputMismatch {
+        Ok(again) if again.declared != first => Err(PipelineError::OutputMismatch {
             expected: first.clone(),
-            actual: second.declared,
+            actual: again.declared,
         }),
-        Ok(second) => Ok(second.size),
+        Ok(again) => Ok(again.size),
     };
     let size = match checked {
         Ok(size) => size,
@@ -575,6 +527,52 @@ pub async fn publish_file(
         source: Default::default(),
         reused: false,
     })
+}
+
+/// One pass over a local file into `sink`, hashing it with sha256. The decoder passes a raw
+/// file through unchanged: its output hash is the file's hash, so it is not hashed twice.
+async fn file_pass(
+    image: &str,
+    path: &std::path::Path,
+    sink: Sink<'_>,
+    settings: &Settings,
+    progress: &dyn Progress,
+    cancel: &watch::Receiver<bool>,
+) -> Result<Pass, PipelineError> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| PipelineError::Artifact {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    match stream(
+        Input::File { file, path },
+        image,
+        None,
+        false,
+        None,
+        labctl_core::checksum::Algorithm::Sha256,
+        settings.part_size,
+        sink,
+        None,
+        progress,
+        cancel,
+    )
+    .await?
+    {
+        Step::Passed(pass) => Ok(*pass),
+        Step::Restart => unreachable!("a file does not restart"),
+    }
+}
+
+fn artifact_error(path: &std::path::Path, e: decode::DecodeError) -> PipelineError {
+    PipelineError::Artifact {
+        path: path.display().to_string(),
+        message: match e {
+            decode::DecodeError::Corrupt { message, .. } => message,
+            decode::DecodeError::UploadStopped => "the upload stopped".into(),
+        },
+    }
 }
 
 /// Where an artifact goes once hashed.
