@@ -528,6 +528,9 @@ struct Facts {
     release_url: Option<String>,
 }
 
+/// What the vendor says about `version` before any byte is downloaded: its checksum list (and
+/// `version.yaml`), GitHub's asset digest and size, the factory's Content-Length, the notes.
+/// Long on purpose: one block per channel, in the order docs/sources.md describes them.
 #[allow(clippy::result_large_err)]
 async fn facts(
     track: &Track,
@@ -616,7 +619,9 @@ async fn facts(
 }
 
 /// The checks, in order of authority: HTML, the signature, the vendor's list (and
-/// `version.yaml`), GitHub's digest, sizes. Returns the cross-checks that agreed.
+/// `version.yaml`), GitHub's digest, sizes. Returns the cross-checks that agreed. Long on
+/// purpose: one block per source of truth, each refusing with its own error, read top to
+/// bottom like the trust table in docs/sources.md.
 #[allow(clippy::result_large_err)]
 fn judge(
     url: &str,

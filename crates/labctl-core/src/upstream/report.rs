@@ -269,7 +269,8 @@ impl Report {
         }
     }
 
-    /// The report as a table with the reasons and warnings under each row.
+    /// The report as a table with the reasons and warnings under each row. Long on purpose:
+    /// the columns, then each row's lines, then the totals, as the terminal shows them.
     pub fn human(&self) -> String {
         let mut rows = vec![[
             "IMAGE".to_string(),

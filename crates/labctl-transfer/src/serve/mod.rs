@@ -667,7 +667,9 @@ impl Run<'_> {
             .collect()
     }
 
-    /// A listed path: current, to copy, or why not.
+    /// A listed path: current, to copy, or why not. Long on purpose: one early return per
+    /// state a listed path can be in (a reserved name, a path in the way, already served,
+    /// served and cached, altered), then the copy, each with its own report.
     fn judge_listed(
         &mut self,
         announced: &Announced,
