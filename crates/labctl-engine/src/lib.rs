@@ -5,7 +5,8 @@
 //!   `apply` and `drift`, so that they agree on what is to be done);
 //! - [`execute`]: runs a plan's changes in dependency order, a failed image skipping only its
 //!   dependents;
-//! - [`lock`]: the store lock protocol (`.labctl/lock.json`, conditional create);
+//! - [`lock`]: the store lock protocol (`.labctl/lock.json`, conditional create), which lives
+//!   with the store's other protocols in `labctl-store`;
 //! - [`index`]: the consumer index written after the images;
 //! - [`stage`] and [`promote`]: the fan-out, where legs stage verified bytes without the lock
 //!   and one promotion copies them into `images/` under it;
@@ -19,16 +20,13 @@ pub mod desired;
 pub mod execute;
 pub mod failure;
 pub mod index;
-pub mod lock;
 pub mod planner;
 pub mod promote;
 pub mod stage;
 
-use std::sync::OnceLock;
-
 pub use execute::{execute, ApplyContext, Outcome, Report};
 pub use labctl_core::{history, stale};
-pub use labctl_store::stranded;
+pub use labctl_store::{lock, stranded};
 
 // The engine's own names for the layers below it, as the command line knows them.
 pub(crate) use labctl_core::{
@@ -42,26 +40,5 @@ pub(crate) mod state {
     pub use labctl_store::refresh;
 }
 
-/// Who runs labctl, as the lock and the consumer index name it. The command line resolves it
-/// from the environment once.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RunIdentity {
-    /// `GITHUB_ACTOR`, else `USER`.
-    pub user: Option<String>,
-    /// `HOSTNAME`, when `/etc/hostname` says nothing.
-    pub hostname: Option<String>,
-    /// The CI run (`GITHUB_RUN_ID`, with its URL when known).
-    pub ci_run: Option<labctl_core::state::record::CiRun>,
-}
-
-static RUN_IDENTITY: OnceLock<RunIdentity> = OnceLock::new();
-
-/// Says who runs the engine; the first call wins (the command line makes it at startup).
-pub fn set_run_identity(identity: RunIdentity) {
-    let _ = RUN_IDENTITY.set(identity);
-}
-
-/// Who runs the engine: unknown until [`set_run_identity`] is called.
-pub fn run_identity() -> &'static RunIdentity {
-    RUN_IDENTITY.get_or_init(RunIdentity::default)
-}
+// Who runs labctl: resolved once by the command line, read by the lock and the index writer.
+pub use labctl_store::identity::{run_identity, set_run_identity, RunIdentity};

@@ -3,9 +3,14 @@
 //! The trait is the narrow seam between labctl and a backend. Keys are relative to the store's
 //! prefix and always use `/`. Bodies stream in both directions: large objects are written with
 //! multipart uploads (parts of a few MiB) and read through an `AsyncRead`.
+//!
+//! The protocols labctl runs on a store live beside it: the lock ([`lock`], a conditional
+//! create), pending and stranded multipart uploads, and reading state ([`refresh`]).
 
 pub mod fs;
+pub mod identity;
 pub mod location;
+pub mod lock;
 pub mod pending;
 pub mod refresh;
 pub mod s3;

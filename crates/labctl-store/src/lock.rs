@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{self, PutMode, PutOptions, Store, StoreError};
+use crate::{self as store, PutMode, PutOptions, Store, StoreError};
 
 pub const LOCK_KEY: &str = ".labctl/lock.json";
 
@@ -130,7 +130,7 @@ fn hostname() -> String {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .or_else(|| crate::run_identity().hostname.clone())
+        .or_else(|| crate::identity::run_identity().hostname.clone())
         .unwrap_or_else(|| "unknown-host".into())
 }
 
@@ -142,19 +142,19 @@ fn new_info(operation: &str) -> LockInfo {
     let host = hostname();
     let id_seed = format!("{host}-{}-{nanos}", std::process::id());
     LockInfo {
-        id: crate::checksum::Checksum::sha256(id_seed.as_bytes()).hex()[..16].to_string(),
-        holder: crate::run_identity()
+        id: labctl_core::checksum::Checksum::sha256(id_seed.as_bytes()).hex()[..16].to_string(),
+        holder: crate::identity::run_identity()
             .user
             .clone()
             .unwrap_or_else(|| "unknown".into()),
         host,
         pid: std::process::id(),
         operation: operation.to_string(),
-        run_url: crate::run_identity()
+        run_url: crate::identity::run_identity()
             .ci_run
             .as_ref()
             .and_then(|r| r.url.clone()),
-        created_at: crate::timefmt::now_rfc3339(),
+        created_at: labctl_core::timefmt::now_rfc3339(),
         labctl_version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
@@ -325,7 +325,7 @@ async fn force_unlock_readable(store: &dyn Store, id: &str) -> Result<LockInfo, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::fs::FsStore;
+    use crate::fs::FsStore;
 
     #[tokio::test]
     async fn second_acquire_waits_then_reports_the_holder() {
