@@ -456,11 +456,17 @@ fn wait_for_an_upload(lab: &Lab, child: &std::process::Child) {
 
 fn a_missing_unit_fails_alone_and_skips_its_dependents(backend: Backend) {
     let (lab, images) = setup(backend);
-    plan_with_matrix(&lab);
+    let matrix = plan_with_matrix(&lab);
     // The ISO's leg never ran; the build could not either (it takes the ISO).
     for run in stage_together(&lab, &["packed".to_string(), "wide".to_string()]) {
         assert_eq!(run.code, 0, "{}", run.output());
     }
+    // Another image's result put where the ISO's would be does not stand in for it.
+    let id = matrix["plan"].as_str().unwrap();
+    let packed = lab
+        .store_bytes(&format!(".labctl/staged/{id}/packed.json"))
+        .unwrap();
+    lab.put(&format!(".labctl/staged/{id}/iso.json"), &packed);
     let early = lab.labctl_env(&["stage", PLAN, "--unit", "gateway"], BUILD_ENV);
     assert_eq!(early.code, 1, "{}", early.output());
     assert!(
@@ -480,6 +486,11 @@ fn a_missing_unit_fails_alone_and_skips_its_dependents(backend: Backend) {
         "{}",
         promoted.output()
     );
+    assert!(
+        promoted.stderr.contains("describes another image or plan"),
+        "{}",
+        promoted.output()
+    );
     assert_eq!(lab.object("test/packed.img").unwrap(), images.xz_plain);
     assert_eq!(lab.object("test/wide.img").unwrap(), images.wide);
     assert!(lab.object("test/iso.img").is_none());
@@ -492,7 +503,9 @@ fn a_missing_unit_fails_alone_and_skips_its_dependents(backend: Backend) {
     // The failed build's result stays for the next promotion to report; promoted blobs left.
     let leftovers = staged_leftovers(&lab);
     assert!(
-        leftovers.iter().all(|k| k.contains("gateway")),
+        leftovers
+            .iter()
+            .all(|k| k.contains("gateway") || k.ends_with("/iso.json")),
         "{leftovers:?}"
     );
 }

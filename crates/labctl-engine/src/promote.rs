@@ -144,11 +144,15 @@ pub async fn staged_results(
     let mut out = BTreeMap::new();
     for object in listed {
         match read_result(store, &object.key).await {
-            Ok(Some(result)) if result.plan == plan_id => {
+            // A result speaks only for the image and plan its key names.
+            Ok(Some(result))
+                if result.plan == plan_id
+                    && object.key == crate::layout::staged_result_key(plan_id, &result.image) =>
+            {
                 out.insert(result.image.clone(), result);
             }
             Ok(Some(_)) => warn(&format!(
-                "`{}` belongs to another plan: ignored",
+                "`{}` describes another image or plan than its key names: ignored",
                 object.key
             )),
             Ok(None) => {}
@@ -156,6 +160,19 @@ pub async fn staged_results(
         }
     }
     Ok(out)
+}
+
+/// What was staged of `image` for the plan `plan_id`; `None` when nothing was, or when what is
+/// at its key speaks for another image or plan (a result is trusted only where its key says).
+pub async fn result_for(
+    store: &dyn Store,
+    plan_id: &str,
+    image: &str,
+) -> anyhow::Result<Option<StageResult>> {
+    let key = crate::layout::staged_result_key(plan_id, image);
+    Ok(read_result(store, &key)
+        .await?
+        .filter(|r| r.plan == plan_id && r.image == image))
 }
 
 /// One stage result from the store; `None` when there is none.

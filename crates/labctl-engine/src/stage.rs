@@ -69,8 +69,7 @@ async fn staged_inputs(
     let mut inputs = BTreeMap::new();
     for need in &unit.needs {
         let wave = units.iter().find(|u| &u.name == need).map_or(1, |u| u.wave);
-        let key = crate::layout::staged_result_key(plan_id, need);
-        let staged = crate::promote::read_result(ctx.store.as_ref(), &key)
+        let staged = crate::promote::result_for(ctx.store.as_ref(), plan_id, need)
             .await?
             .filter(|r| r.status == StageStatus::Staged)
             .and_then(|r| r.blob)
