@@ -462,15 +462,7 @@ async fn publish_http(
     let fingerprint = spec.fingerprint(&deps);
     let (job, source) =
         http_job(change, desired, change.key.clone(), Some(&fingerprint), ctx).await?;
-    let published = pipeline::publish_http(
-        ctx.store.clone(),
-        ctx.client.clone(),
-        &job,
-        &ctx.settings,
-        ctx.progress.as_ref(),
-        ctx.cancel.clone(),
-    )
-    .await?;
+    let published = run_http_job(&job, ctx).await?;
     let mut record = record_of(spec, &published, deps);
     record.source.checksum = Some(source);
     record.source.size = published.source.size;
@@ -691,25 +683,18 @@ async fn restore(
     let spec = &desired.spec;
     let source = check_kept(change, entry, ctx).await?;
     let fingerprint = spec.fingerprint(&deps);
-    let object = ctx
-        .store
-        .copy(
-            &entry.key,
-            &change.key,
-            Some(object_metadata(&entry.checksum, &fingerprint)),
-            Some(&source.etag),
-        )
-        .await
-        .with_context(|| format!("cannot copy `{}` back to `{}`", entry.key, change.key))?;
-    if object.size != entry.size {
-        bail!(
-            "the copy of `{}` at `{}` has {} bytes, not {}",
-            entry.key,
-            change.key,
-            object.size,
-            entry.size
-        );
-    }
+    let object = copy_labelled(
+        ctx,
+        Labelled {
+            from: &entry.key,
+            to: &change.key,
+            etag: &source.etag,
+            size: entry.size,
+            checksum: &entry.checksum,
+            fingerprint: &fingerprint,
+        },
+    )
+    .await?;
     let mut record = new_record(
         spec,
         entry.checksum.clone(),
@@ -733,6 +718,60 @@ async fn restore(
         },
         Some(entry.checksum.clone()),
     ))
+}
+
+/// A server-side copy of checked bytes to an image's key, with labctl's metadata.
+pub(crate) struct Labelled<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    /// The source's ETag when it was checked: the copy is made only while it holds.
+    pub etag: &'a str,
+    pub size: u64,
+    pub checksum: &'a Checksum,
+    pub fingerprint: &'a Checksum,
+}
+
+/// Makes the copy and checks its size.
+pub(crate) async fn copy_labelled(
+    ctx: &ApplyContext,
+    copy: Labelled<'_>,
+) -> anyhow::Result<crate::store::ObjectMeta> {
+    let object = ctx
+        .store
+        .copy(
+            copy.from,
+            copy.to,
+            Some(object_metadata(copy.checksum, copy.fingerprint)),
+            Some(copy.etag),
+        )
+        .await
+        .with_context(|| format!("cannot copy `{}` to `{}`", copy.from, copy.to))?;
+    if object.size != copy.size {
+        bail!(
+            "the copy of `{}` at `{}` has {} bytes, not {}",
+            copy.from,
+            copy.to,
+            object.size,
+            copy.size
+        );
+    }
+    Ok(object)
+}
+
+/// Downloads, verifies and publishes an HTTP job with the run's client, settings and progress.
+pub(crate) async fn run_http_job(
+    job: &HttpJob,
+    ctx: &ApplyContext,
+) -> Result<pipeline::Published, pipeline::PipelineError> {
+    pipeline::publish_http(
+        ctx.store.clone(),
+        ctx.client.clone(),
+        job,
+        &ctx.settings,
+        ctx.progress.as_ref(),
+        ctx.cancel.clone(),
+    )
+    .await
 }
 
 /// The kept version, checked before it is copied back: it must still be what the record lists

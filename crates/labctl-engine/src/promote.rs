@@ -8,8 +8,8 @@ use anyhow::{anyhow, bail, Context};
 
 use crate::checksum::Checksum;
 use crate::execute::{
-    delete_history, object_metadata, with_history, write_record, ApplyContext, ChangeResult, Done,
-    Outcome, Report,
+    copy_labelled, delete_history, with_history, write_record, ApplyContext, ChangeResult, Done,
+    Labelled, Outcome, Report,
 };
 use crate::fanout::{StageResult, StageStatus, StagedBlob, MAX_RESULT_BYTES};
 use crate::plan::{Change, Desired};
@@ -28,25 +28,18 @@ pub(crate) async fn promote(
     let (blob, object) = checked_blob(change, &deps, staged, ctx).await?;
     let spec = &desired.spec;
     let fingerprint = spec.fingerprint(&deps);
-    let copied = ctx
-        .store
-        .copy(
-            &blob.key,
-            &change.key,
-            Some(object_metadata(&blob.checksum, &fingerprint)),
-            Some(&object.etag),
-        )
-        .await
-        .with_context(|| format!("cannot copy `{}` to `{}`", blob.key, change.key))?;
-    if copied.size != blob.size {
-        bail!(
-            "the copy of `{}` at `{}` has {} bytes, not {}",
-            blob.key,
-            change.key,
-            copied.size,
-            blob.size
-        );
-    }
+    let copied = copy_labelled(
+        ctx,
+        Labelled {
+            from: &blob.key,
+            to: &change.key,
+            etag: &object.etag,
+            size: blob.size,
+            checksum: &blob.checksum,
+            fingerprint: &fingerprint,
+        },
+    )
+    .await?;
     let mut record = new_record(
         spec,
         blob.checksum.clone(),

@@ -116,15 +116,7 @@ async fn download(
             ..reused
         });
     }
-    let published = pipeline::publish_http(
-        ctx.store.clone(),
-        ctx.client.clone(),
-        &job,
-        &ctx.settings,
-        ctx.progress.as_ref(),
-        ctx.cancel.clone(),
-    )
-    .await?;
+    let published = crate::execute::run_http_job(&job, ctx).await?;
     Ok(StagedBlob {
         key: job.key,
         checksum: published.checksum,
