@@ -383,8 +383,8 @@ pub struct CleanupArgs {
     /// The manifest whose spec.store is used when --store is not given.
     #[arg(long, short = 'm', value_name = "PATH", default_value = DEFAULT_MANIFEST)]
     pub manifest: PathBuf,
-    /// Only what was staged at least this long ago, e.g. `24h`, `7d`, `0s` (everything no
-    /// recent stage result names).
+    /// Only what was staged at least this long ago, e.g. `24h`, `168h` (a week), `0s`
+    /// (everything no recent stage result names).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub older_than: std::time::Duration,
     /// Show what would be removed; remove nothing.
