@@ -85,8 +85,9 @@ Exit codes: 0 every image up to date, 2 updates available, 1 a lookup failed."
 results under .labctl/staged/ older than --older-than, unless a more recent stage result still \
 names the blob (a promotion may still want it). Runs under the store lock, like apply. \
 `labctl drift` reports the same leftovers.\n\n\
-Unfinished uploads of a leg that was killed (kill -9, a vanished runner) are invisible; a \
-lifecycle rule (AbortIncompleteMultipartUpload) on the bucket removes them."
+Unfinished uploads of blobs started before the cut-off (a leg that was killed: kill -9, a \
+vanished runner) are aborted too; `--older-than 0s` aborts every one, so use it only when no \
+leg is running."
     )]
     Cleanup(CleanupArgs),
     /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads

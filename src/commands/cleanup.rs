@@ -73,17 +73,21 @@ async fn sweep(
     for f in &failed {
         eprintln!("  {} {f}", style("✗").red());
     }
+    for u in &leftovers.uploads {
+        println!(
+            "  {} unfinished upload {} of {}",
+            if dry_run { "-" } else { "✓" },
+            u.upload.upload_id,
+            u.upload.key
+        );
+    }
+    let n = |count: usize, one: &str| format!("{count} {one}{}", if count == 1 { "" } else { "s" });
     println!(
-        "{verb} {} blob{} ({} bytes) and {} stage result{}; kept {} recent.",
-        leftovers.blobs.len(),
-        if leftovers.blobs.len() == 1 { "" } else { "s" },
+        "{verb} {} ({} bytes), {} and {}; kept {} recent.",
+        n(leftovers.blobs.len(), "blob"),
         leftovers.bytes(),
-        leftovers.results.len(),
-        if leftovers.results.len() == 1 {
-            ""
-        } else {
-            "s"
-        },
+        n(leftovers.results.len(), "stage result"),
+        n(leftovers.uploads.len(), "unfinished upload"),
         leftovers.kept
     );
     failed.is_empty()

@@ -101,6 +101,7 @@ async fn bucket_findings(
     findings.extend(drift::staged_leftovers(
         &leftovers.blobs,
         &leftovers.results,
+        &leftovers.uploads,
         STAGED_LEFTOVER_HOURS,
     ));
     findings.extend(drift::index_findings(actual, index_key));

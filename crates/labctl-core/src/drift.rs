@@ -266,29 +266,45 @@ pub fn stranded_uploads(uploads: &[crate::object::Upload]) -> Vec<Finding> {
         .collect()
 }
 
-/// Staged blobs and stage results no promotion took (see `labctl cleanup`), `age_hours` old at
-/// least.
+/// Staged blobs, stage results and unfinished blob uploads no promotion took (see
+/// `labctl cleanup`), `age_hours` old at least.
 pub fn staged_leftovers(
     blobs: &[ObjectMeta],
     results: &[ObjectMeta],
+    uploads: &[crate::object::StartedUpload],
     age_hours: u64,
 ) -> Vec<Finding> {
-    let blob = blobs.iter().map(|b| Finding {
+    let finding = |key: &str, detail: String| Finding {
         kind: Kind::StagedLeftover,
         image: None,
-        key: b.key.clone(),
-        detail: format!(
-            "{} bytes staged more than {age_hours} h ago that no promotion took; `labctl cleanup` removes them",
-            b.size
-        ),
+        key: key.to_string(),
+        detail,
+    };
+    let blob = blobs.iter().map(|b| {
+        finding(
+            &b.key,
+            format!(
+                "{} bytes staged more than {age_hours} h ago that no promotion took; `labctl cleanup` removes them",
+                b.size
+            ),
+        )
     });
-    let result = results.iter().map(|r| Finding {
-        kind: Kind::StagedLeftover,
-        image: None,
-        key: r.key.clone(),
-        detail: format!("a stage result more than {age_hours} h old that no promotion took; `labctl cleanup` removes it"),
+    let result = results.iter().map(|r| {
+        finding(
+            &r.key,
+            format!("a stage result more than {age_hours} h old that no promotion took; `labctl cleanup` removes it"),
+        )
     });
-    blob.chain(result).collect()
+    let upload = uploads.iter().map(|u| {
+        finding(
+            &u.upload.key,
+            format!(
+                "unfinished upload {} of a leg, idle more than {age_hours} h (a leg that was killed): invisible, but billed; `labctl cleanup` aborts it",
+                u.upload.upload_id
+            ),
+        )
+    });
+    blob.chain(result).chain(upload).collect()
 }
 
 /// Objects under `history/` that no record lists as a kept version: left by an interrupted

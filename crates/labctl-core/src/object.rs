@@ -36,3 +36,11 @@ pub struct Upload {
     pub key: String,
     pub upload_id: String,
 }
+
+/// An unfinished multipart upload and when it started (seconds since the epoch), where the
+/// store says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartedUpload {
+    pub upload: Upload,
+    pub started: Option<u64>,
+}

@@ -6,13 +6,15 @@ use std::collections::BTreeSet;
 
 use anyhow::Context;
 
-use crate::store::{ObjectMeta, Store};
+use crate::store::{ObjectMeta, StartedUpload, Store, StoreError};
 
 /// Staged objects older than the cut-off that no recent stage result names.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Leftovers {
     pub blobs: Vec<ObjectMeta>,
     pub results: Vec<ObjectMeta>,
+    /// Unfinished uploads of blobs started before the cut-off: left by a leg that was killed.
+    pub uploads: Vec<StartedUpload>,
     /// Recent (kept) results and the blobs they name.
     pub kept: usize,
 }
@@ -23,14 +25,16 @@ impl Leftovers {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty() && self.results.is_empty()
+        self.blobs.is_empty() && self.results.is_empty() && self.uploads.is_empty()
     }
 }
 
 /// Finds the leftovers older than `older_than` seconds at `now` (seconds since the epoch). An
-/// object whose listing gives no time is never taken for old.
+/// object or upload whose listing gives no time is taken for old only with a cut-off of 0
+/// (everything).
 pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Result<Leftovers> {
-    let old = |m: &ObjectMeta| m.listed_age(now).is_some_and(|age| age >= older_than);
+    let old =
+        |m: &ObjectMeta| older_than == 0 || m.listed_age(now).is_some_and(|age| age >= older_than);
     let results = crate::store::list_all(store, crate::layout::STAGED_PREFIX)
         .await
         .context("cannot list the stage results")?;
@@ -49,20 +53,45 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
     let (old_blobs, kept_blobs): (Vec<ObjectMeta>, Vec<ObjectMeta>) = blobs
         .into_iter()
         .partition(|b| old(b) && !wanted.contains(&b.key));
+    let uploads = store
+        .list_started_uploads(crate::layout::BLOBS_PREFIX)
+        .await
+        .context("cannot list the unfinished uploads of blobs")?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|u| {
+            older_than == 0
+                || u.started
+                    .is_some_and(|t| now.saturating_sub(t) >= older_than)
+        })
+        .collect();
     Ok(Leftovers {
         blobs: old_blobs,
         results: old_results,
+        uploads,
         kept: recent.len() + kept_blobs.len(),
     })
 }
 
 /// Removes the leftovers, results first (a blob without a result is still found by the next
-/// run); returns what could not be removed.
+/// run), and aborts the stalled uploads; returns what could not be removed.
 pub async fn remove(store: &dyn Store, leftovers: &Leftovers) -> Vec<String> {
     let mut failed = Vec::new();
     for object in leftovers.results.iter().chain(&leftovers.blobs) {
         if let Err(e) = store.delete(&object.key).await {
             failed.push(format!("{}: {e}", object.key));
+        }
+    }
+    for u in &leftovers.uploads {
+        match store
+            .abort_multipart(&u.upload.key, &u.upload.upload_id)
+            .await
+        {
+            Ok(()) | Err(StoreError::NoSuchUpload { .. }) => {}
+            Err(e) => failed.push(format!(
+                "the upload {} of {}: {e}",
+                u.upload.upload_id, u.upload.key
+            )),
         }
     }
     failed

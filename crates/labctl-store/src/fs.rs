@@ -431,6 +431,15 @@ impl Store for FsStore {
     }
 
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        Ok(self.list_started_uploads(prefix).await?.map(|uploads| {
+            uploads
+                .into_iter()
+                .map(|u| (u.upload.key, u.upload.upload_id))
+                .collect()
+        }))
+    }
+
+    async fn list_started_uploads(&self, prefix: &str) -> Result<Option<Vec<StartedUpload>>> {
         let dir = self.root.join(INTERNAL_DIR).join("uploads");
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&dir) {
@@ -445,11 +454,27 @@ impl Store for FsStore {
                 .and_then(|b| serde_json::from_slice(&b).ok());
             if let Some(key) = info.as_ref().and_then(|i| i["key"].as_str()) {
                 if key.starts_with(prefix) {
-                    out.push((key.to_string(), id));
+                    // Its directory changes with every part written: the upload's last activity,
+                    // which tells a stalled upload from a running one as well as its start.
+                    let started = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs());
+                    out.push(StartedUpload {
+                        upload: Upload {
+                            key: key.to_string(),
+                            upload_id: id,
+                        },
+                        started,
+                    });
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| {
+            (&a.upload.key, &a.upload.upload_id).cmp(&(&b.upload.key, &b.upload.upload_id))
+        });
         Ok(Some(out))
     }
 

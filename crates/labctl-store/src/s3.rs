@@ -682,6 +682,15 @@ impl Store for S3Store {
     }
 
     async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        Ok(self.list_started_uploads(prefix).await?.map(|uploads| {
+            uploads
+                .into_iter()
+                .map(|u| (u.upload.key, u.upload.upload_id))
+                .collect()
+        }))
+    }
+
+    async fn list_started_uploads(&self, prefix: &str) -> Result<Option<Vec<StartedUpload>>> {
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
         // Pages of up to 1,000 uploads; a bounded number of them, so that a store that keeps
@@ -701,11 +710,15 @@ impl Store for S3Store {
                 Err(e) if matches!(status(&e), Some(400 | 404 | 405 | 501)) => return Ok(None),
                 Err(e) => return Err(backend("list multipart uploads", prefix, e)),
             };
-            out.extend(
-                page.uploads()
-                    .iter()
-                    .filter_map(|u| Some((self.strip(u.key()?), u.upload_id()?.to_string()))),
-            );
+            out.extend(page.uploads().iter().filter_map(|u| {
+                Some(StartedUpload {
+                    upload: Upload {
+                        key: self.strip(u.key()?),
+                        upload_id: u.upload_id()?.to_string(),
+                    },
+                    started: u.initiated().and_then(|t| u64::try_from(t.secs()).ok()),
+                })
+            }));
             let next = (
                 page.next_key_marker().map(str::to_string),
                 page.next_upload_id_marker().map(str::to_string),
