@@ -378,6 +378,22 @@ fn the_same_unit_staged_twice_at_once(backend: Backend) {
         "{}",
         again.output()
     );
+    // A leg that fails (its source now answers 503) does not undo what another leg staged.
+    lab.serve(
+        "/iso-v1",
+        images.iso.clone(),
+        Faults {
+            fail_first: 1_000,
+            ..Faults::default()
+        },
+    );
+    let failed = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
+    assert_eq!(failed.code, 1, "{}", failed.output());
+    assert!(
+        failed.output().contains("another leg staged it"),
+        "{}",
+        failed.output()
+    );
     let promoted = promote(&lab);
     assert_eq!(promoted.code, 1, "the other units were not staged");
     assert_eq!(lab.object("test/iso.img").unwrap(), images.iso);

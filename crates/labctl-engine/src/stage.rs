@@ -40,6 +40,15 @@ pub async fn stage(plan: &Plan, plan_id: &str, unit: &str, ctx: &ApplyContext) -
         ci_run: ctx.ci_run.clone(),
     };
     let key = crate::layout::staged_result_key(plan_id, unit);
+    if result.status == StageStatus::Failed && staged_by_another(plan_id, unit, ctx).await {
+        // Another leg staged the same bytes: its result stands, and promotion takes it.
+        return StageResult {
+            error: result.error.map(|e| {
+                format!("{e} (another leg staged it: its result stands and promotion takes it)")
+            }),
+            ..result
+        };
+    }
     if let Err(e) = ctx
         .store
         .put(&key, Bytes::from(result.to_json()), PutOptions::default())
@@ -53,6 +62,20 @@ pub async fn stage(plan: &Plan, plan_id: &str, unit: &str, ctx: &ApplyContext) -
         };
     }
     result
+}
+
+/// Whether a leg already staged `unit` for this plan, with its blob still there.
+async fn staged_by_another(plan_id: &str, unit: &str, ctx: &ApplyContext) -> bool {
+    let Ok(Some(result)) = crate::promote::result_for(ctx.store.as_ref(), plan_id, unit).await
+    else {
+        return false;
+    };
+    match (&result.status, &result.blob) {
+        (StageStatus::Staged, Some(blob)) => {
+            matches!(ctx.store.head(&blob.key).await, Ok(Some(o)) if o.size == blob.size)
+        }
+        _ => false,
+    }
 }
 
 /// The values a build's references take from units staged in earlier waves.
