@@ -194,4 +194,34 @@ fn report(results: &[StageResult]) {
             String::new()
         }
     );
+    if crate::github::active() {
+        crate::github::summary(&summary_markdown(results));
+    }
+}
+
+/// The leg's table on the run's page: each image, and its blob or why it failed.
+fn summary_markdown(results: &[StageResult]) -> String {
+    let mut out = String::from("### labctl stage\n\n| image | result |\n|---|---|\n");
+    for r in results {
+        let result = match (&r.blob, &r.error) {
+            (Some(blob), _) => format!(
+                "✓ `{}` ({} bytes, {}{})",
+                blob.key,
+                blob.size,
+                blob.checksum.short(),
+                if blob.uploaded {
+                    ""
+                } else {
+                    ", already staged"
+                }
+            ),
+            (None, error) => format!("✗ {}", error.as_deref().unwrap_or("not staged")),
+        };
+        out.push_str(&format!(
+            "| {} | {} |\n",
+            r.image,
+            result.replace('|', "\\|")
+        ));
+    }
+    out
 }

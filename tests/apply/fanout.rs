@@ -387,12 +387,29 @@ fn the_same_unit_staged_twice_at_once(backend: Backend) {
             ..Faults::default()
         },
     );
-    let failed = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
+    let summary = lab.dir().join("summary.md");
+    let failed = lab.labctl_env(
+        &["stage", PLAN, "--unit", "iso"],
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
+        ],
+    );
     assert_eq!(failed.code, 1, "{}", failed.output());
     assert!(
         failed.output().contains("another leg staged it"),
         "{}",
         failed.output()
+    );
+    assert!(
+        failed.stdout.contains("::error title=labctl stage"),
+        "the failure is annotated: {}",
+        failed.output()
+    );
+    let table = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        table.contains("### labctl stage") && table.contains("| iso | ✗ "),
+        "{table}"
     );
     let promoted = promote(&lab);
     assert_eq!(promoted.code, 1, "the other units were not staged");
