@@ -430,15 +430,6 @@ impl Store for FsStore {
         .await
     }
 
-    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
-        Ok(self.list_started_uploads(prefix).await?.map(|uploads| {
-            uploads
-                .into_iter()
-                .map(|u| (u.upload.key, u.upload.upload_id))
-                .collect()
-        }))
-    }
-
     async fn list_started_uploads(&self, prefix: &str) -> Result<Option<Vec<StartedUpload>>> {
         let dir = self.root.join(INTERNAL_DIR).join("uploads");
         let mut out = Vec::new();

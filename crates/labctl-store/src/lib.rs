@@ -195,21 +195,18 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Unfinished multipart uploads under `prefix` as `(key, upload id)`; `None` when the backend
     /// cannot list them.
-    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>>;
-
-    /// [`Store::list_uploads`] with when each upload started, where the store says: what
-    /// tells an upload left by a killed run from one running now when no lock says so.
-    async fn list_started_uploads(&self, prefix: &str) -> Result<Option<Vec<StartedUpload>>> {
-        Ok(self.list_uploads(prefix).await?.map(|uploads| {
+    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        Ok(self.list_started_uploads(prefix).await?.map(|uploads| {
             uploads
                 .into_iter()
-                .map(|(key, upload_id)| StartedUpload {
-                    upload: Upload { key, upload_id },
-                    started: None,
-                })
+                .map(|u| (u.upload.key, u.upload.upload_id))
                 .collect()
         }))
     }
+
+    /// [`Store::list_uploads`] with when each upload started, where the store says: what
+    /// tells an upload left by a killed run from one running now when no lock says so.
+    async fn list_started_uploads(&self, prefix: &str) -> Result<Option<Vec<StartedUpload>>>;
 
     /// A URL a local program (a Packer build) can fetch `key` from for `expiry`: presigned for
     /// S3, `file://` for a directory.

@@ -439,8 +439,11 @@ mod tests {
         async fn abort_multipart(&self, k: &str, u: &str) -> store::Result<()> {
             self.0.abort_multipart(k, u).await
         }
-        async fn list_uploads(&self, p: &str) -> store::Result<Option<Vec<(String, String)>>> {
-            self.0.list_uploads(p).await
+        async fn list_started_uploads(
+            &self,
+            p: &str,
+        ) -> store::Result<Option<Vec<store::StartedUpload>>> {
+            self.0.list_started_uploads(p).await
         }
         async fn url_for(&self, k: &str, e: Duration) -> store::Result<String> {
             self.0.url_for(k, e).await

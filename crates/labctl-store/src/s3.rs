@@ -681,15 +681,6 @@ impl Store for S3Store {
         }
     }
 
-    async fn list_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
-        Ok(self.list_started_uploads(prefix).await?.map(|uploads| {
-            uploads
-                .into_iter()
-                .map(|u| (u.upload.key, u.upload.upload_id))
-                .collect()
-        }))
-    }
-
     async fn list_started_uploads(&self, prefix: &str) -> Result<Option<Vec<StartedUpload>>> {
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
