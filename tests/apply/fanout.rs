@@ -365,7 +365,7 @@ fn staged_legs_then_promotion_leave_the_store_as_one_apply_would(backend: Backen
 
 fn the_same_unit_staged_twice_at_once(backend: Backend) {
     let (lab, images) = setup(backend);
-    plan_with_matrix(&lab);
+    let matrix = plan_with_matrix(&lab);
     let legs = vec!["iso".to_string(), "iso".to_string()];
     for run in stage_together(&lab, &legs) {
         assert_eq!(run.code, 0, "{}", run.output());
@@ -378,7 +378,26 @@ fn the_same_unit_staged_twice_at_once(backend: Backend) {
         "{}",
         again.output()
     );
-    // A leg that fails (its source now answers 503) does not undo what another leg staged.
+    // A blob named by a sha512 is found again through this plan's result: its sha256 is there.
+    for run in 0..2 {
+        let wide = lab.labctl(&["stage", PLAN, "--unit", "wide"]);
+        assert_eq!(wide.code, 0, "{}", wide.output());
+        assert_eq!(
+            wide.output().contains("already staged"),
+            run == 1,
+            "{}",
+            wide.output()
+        );
+    }
+    // A leg that fails (its source answers 503 while it checks the blob it found) does not undo
+    // what another leg staged meanwhile: the other leg's result is written while this one
+    // retries.
+    let result_key = format!(
+        ".labctl/staged/{}/iso.json",
+        matrix["plan"].as_str().unwrap()
+    );
+    let result = lab.store_bytes(&result_key).unwrap();
+    lab.delete(&result_key);
     lab.serve(
         "/iso-v1",
         images.iso.clone(),
@@ -388,18 +407,27 @@ fn the_same_unit_staged_twice_at_once(backend: Backend) {
         },
     );
     let summary = lab.dir().join("summary.md");
-    let failed = lab.labctl_env(
+    let leg = lab.spawn_env(
         &["stage", PLAN, "--unit", "iso"],
         &[
             ("GITHUB_ACTIONS", "true"),
             ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
         ],
     );
+    // Its retries take seconds (6 attempts from 250 ms, doubling).
+    std::thread::sleep(Duration::from_millis(700));
+    lab.put(&result_key, &result);
+    let failed = finish(leg, &["stage"]);
     assert_eq!(failed.code, 1, "{}", failed.output());
     assert!(
         failed.output().contains("another leg staged it"),
         "{}",
         failed.output()
+    );
+    assert_eq!(
+        lab.store_bytes(&result_key),
+        Some(result),
+        "the result stands"
     );
     assert!(
         failed.stdout.contains("::error title=labctl stage"),

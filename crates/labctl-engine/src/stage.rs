@@ -117,19 +117,23 @@ async fn acquire(
         .desired()
         .ok_or_else(|| anyhow!("the plan has no spec for `{}`", change.name))?;
     match &desired.spec.source {
-        SpecSource::Http { .. } => download(change, &desired, ctx).await,
+        SpecSource::Http { .. } => download(plan_id, change, &desired, ctx).await,
         SpecSource::Packer { .. } => build(plan, plan_id, change, &desired, ctx).await,
     }
 }
 
 /// Downloads, verifies and decompresses into the blob of the published checksum.
 async fn download(
+    plan_id: &str,
     change: &Change,
     desired: &crate::plan::Desired,
     ctx: &ApplyContext,
 ) -> anyhow::Result<StagedBlob> {
     let (mut job, source) = http_job(change, desired, String::new(), None, ctx).await?;
     job.key = crate::layout::blob_key(&job.expected);
+    if let Some(previous) = staged_before(plan_id, &change.name, &job, ctx).await {
+        return Ok(previous);
+    }
     if let Some(reused) = already_staged(&job, ctx).await? {
         return Ok(StagedBlob {
             source: StagedSource {
@@ -203,6 +207,39 @@ async fn build(
             packer_version: Some(build.packer_version.clone()),
             ..Default::default()
         },
+    })
+}
+
+/// What an earlier run of this leg staged of the image for this plan (a re-run workflow), when
+/// its blob is still there: whatever the checksum's algorithm, its result knows the sha256.
+async fn staged_before(
+    plan_id: &str,
+    image: &str,
+    job: &pipeline::HttpJob,
+    ctx: &ApplyContext,
+) -> Option<StagedBlob> {
+    let result = crate::promote::result_for(ctx.store.as_ref(), plan_id, image)
+        .await
+        .ok()??;
+    let blob = result.blob.filter(|b| {
+        result.status == StageStatus::Staged && b.key == job.key && b.checksum == job.expected
+    })?;
+    let object = ctx.store.head(&blob.key).await.ok()??;
+    if object.size != blob.size
+        || object.user_metadata.get(META_CHECKSUM) != Some(&blob.checksum.to_string())
+    {
+        return None;
+    }
+    ctx.progress.line(
+        &job.image,
+        &format!(
+            "already staged at {} for this plan: nothing to download",
+            job.key
+        ),
+    );
+    Some(StagedBlob {
+        uploaded: false,
+        ..blob
     })
 }
 
