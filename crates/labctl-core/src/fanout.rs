@@ -370,6 +370,12 @@ impl StageResult {
         Ok(result)
     }
 
+    /// Whether this is what was staged of `image` for the plan `plan_id`: a result is trusted
+    /// only at the key of the image and plan it names.
+    pub fn speaks_for(&self, plan_id: &str, image: &str) -> bool {
+        self.plan == plan_id && self.image == image
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a stage result serializes") + "\n"
     }

@@ -21,6 +21,12 @@ pub struct ObjectMeta {
 }
 
 impl ObjectMeta {
+    /// Whether labctl's metadata says the bytes hash to `checksum` (what it checks by HEAD
+    /// before trusting a kept version, a staged blob or a build's blob).
+    pub fn labelled_with(&self, checksum: &crate::checksum::Checksum) -> bool {
+        self.user_metadata.get(META_CHECKSUM) == Some(&checksum.to_string())
+    }
+
     /// Seconds since the listing's modification time, at `now` (seconds since the epoch);
     /// `None` when the listing gave none.
     pub fn listed_age(&self, now: u64) -> Option<u64> {

@@ -33,8 +33,8 @@ impl Leftovers {
 /// object or upload whose listing gives no time is taken for old only with a cut-off of 0
 /// (everything).
 pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Result<Leftovers> {
-    let old =
-        |m: &ObjectMeta| older_than == 0 || m.listed_age(now).is_some_and(|age| age >= older_than);
+    let is_old = |age: Option<u64>| older_than == 0 || age.is_some_and(|a| a >= older_than);
+    let old = |m: &ObjectMeta| is_old(m.listed_age(now));
     let results = crate::store::list_all(store, crate::layout::STAGED_PREFIX)
         .await
         .context("cannot list the stage results")?;
@@ -59,11 +59,7 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
         .context("cannot list the unfinished uploads of blobs")?
         .unwrap_or_default()
         .into_iter()
-        .filter(|u| {
-            older_than == 0
-                || u.started
-                    .is_some_and(|t| now.saturating_sub(t) >= older_than)
-        })
+        .filter(|u| is_old(u.started.map(|t| now.saturating_sub(t))))
         .collect();
     Ok(Leftovers {
         blobs: old_blobs,

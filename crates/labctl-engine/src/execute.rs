@@ -792,9 +792,7 @@ async fn check_kept(
                 entry.key
             )
         })?;
-    if source.size != entry.size
-        || source.user_metadata.get(META_CHECKSUM) != Some(&entry.checksum.to_string())
-    {
+    if source.size != entry.size || !source.labelled_with(&entry.checksum) {
         bail!(
             "the kept version `{}` is not what the record lists ({} bytes, {}); it was changed outside labctl",
             entry.key,

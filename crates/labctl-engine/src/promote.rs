@@ -14,7 +14,7 @@ use crate::execute::{
 use crate::fanout::{StageResult, StageStatus, StagedBlob, MAX_RESULT_BYTES};
 use crate::plan::{Change, Desired};
 use crate::state::record::{new_record, HistoryEntry};
-use crate::store::{ObjectMeta, Store, META_CHECKSUM};
+use crate::store::{ObjectMeta, Store};
 
 /// Copies the image's staged blob to its key and writes its record.
 pub(crate) async fn promote(
@@ -110,9 +110,7 @@ async fn checked_blob<'s>(
             blob.key
         )
     })?;
-    if object.size != blob.size
-        || object.user_metadata.get(META_CHECKSUM) != Some(&blob.checksum.to_string())
-    {
+    if object.size != blob.size || !object.labelled_with(&blob.checksum) {
         bail!(
             "the staged blob `{}` is not what its stage recorded ({} bytes, {}): it was changed outside labctl; stage `{name}` again",
             blob.key,
@@ -136,12 +134,13 @@ pub async fn staged_results(
         .with_context(|| format!("cannot list the stage results under `{prefix}`"))?;
     let mut out = BTreeMap::new();
     for object in listed {
+        let image = object
+            .key
+            .strip_prefix(&prefix)
+            .and_then(|k| k.strip_suffix(".json"))
+            .unwrap_or_default();
         match read_result(store, &object.key).await {
-            // A result speaks only for the image and plan its key names.
-            Ok(Some(result))
-                if result.plan == plan_id
-                    && object.key == crate::layout::staged_result_key(plan_id, &result.image) =>
-            {
+            Ok(Some(result)) if result.speaks_for(plan_id, image) => {
                 out.insert(result.image.clone(), result);
             }
             Ok(Some(_)) => warn(&format!(
@@ -165,7 +164,7 @@ pub async fn result_for(
     let key = crate::layout::staged_result_key(plan_id, image);
     Ok(read_result(store, &key)
         .await?
-        .filter(|r| r.plan == plan_id && r.image == image))
+        .filter(|r| r.speaks_for(plan_id, image)))
 }
 
 /// One stage result from the store; `None` when there is none.

@@ -16,7 +16,7 @@ use crate::pipeline::{self, FileKey};
 use crate::plan::{Change, Plan};
 use crate::source::probe::{self, Probed};
 use crate::spec::SpecSource;
-use crate::store::{PutOptions, META_CHECKSUM};
+use crate::store::PutOptions;
 
 /// Stages `unit` of `plan` and records the outcome in the store (`.labctl/staged/<plan>/…`).
 /// A failure is a result too: it is recorded, so promotion can say why the image is missing.
@@ -225,9 +225,7 @@ async fn staged_before(
         result.status == StageStatus::Staged && b.key == job.key && b.checksum == job.expected
     })?;
     let object = ctx.store.head(&blob.key).await.ok()??;
-    if object.size != blob.size
-        || object.user_metadata.get(META_CHECKSUM) != Some(&blob.checksum.to_string())
-    {
+    if object.size != blob.size || !object.labelled_with(&blob.checksum) {
         return None;
     }
     ctx.progress.line(
@@ -257,7 +255,7 @@ async fn already_staged(
     let Some(object) = ctx.store.head(&job.key).await? else {
         return Ok(None);
     };
-    if object.user_metadata.get(META_CHECKSUM) != Some(&job.expected.to_string()) {
+    if !object.labelled_with(&job.expected) {
         return Ok(None);
     }
     ctx.progress.line(

@@ -126,17 +126,17 @@ impl S3Store {
         self
     }
 
-    /// Server-side copy of `from` (its current size `size`) to `to`.
+    /// Server-side copy of `from` (as `request.source` describes it now) to `to`.
     async fn copy_object(&self, op: &'static str, request: CopyRequest<'_>) -> Result<()> {
         let source = copy_source(self.bucket(), &self.full_key(request.from)?);
-        if request.size <= request.single_copy_limit {
+        if request.source.size <= request.single_copy_limit {
             return self.copy_whole(op, &source, &request).await;
         }
         // Part by part; the copy appears only on completion. UploadPartCopy does not carry the
         // source's metadata, so the new upload is created with it.
         let metadata = match request.user_metadata {
             Some(m) => m.clone(),
-            None => self.copy_source_meta(request.from).await?.user_metadata,
+            None => request.source.user_metadata.clone(),
         };
         let to = request.to;
         let id = self
@@ -196,8 +196,9 @@ impl S3Store {
         let mut parts = Vec::new();
         let mut start = 0;
         let mut number = 1;
-        while start < request.size {
-            let end = (start + part).min(request.size) - 1;
+        let size = request.source.size;
+        while start < size {
+            let end = (start + part).min(size) - 1;
             let copied = self
                 .client
                 .upload_part_copy()
@@ -309,7 +310,8 @@ impl S3Store {
 struct CopyRequest<'a> {
     from: &'a str,
     to: &'a str,
-    size: u64,
+    /// The source as it was just HEADed: its size, and the metadata a part-by-part copy keeps.
+    source: &'a ObjectMeta,
     /// Replaces the copy's metadata; `None` keeps the source's.
     user_metadata: Option<&'a BTreeMap<String, String>>,
     /// Copy only while the source has this ETag (`x-amz-copy-source-if-match`).
@@ -753,7 +755,7 @@ impl Store for S3Store {
             CopyRequest {
                 from: key,
                 to: key,
-                size: current.size,
+                source: &current,
                 user_metadata: Some(&user_metadata),
                 source_etag: Some(&current.etag),
                 single_copy_limit: self.single_copy_limit,
@@ -787,7 +789,7 @@ impl Store for S3Store {
             CopyRequest {
                 from,
                 to,
-                size: source.size,
+                source: &source,
                 user_metadata: user_metadata.as_ref(),
                 source_etag,
                 single_copy_limit: self.single_copy_limit,
@@ -810,7 +812,7 @@ impl Store for S3Store {
             CopyRequest {
                 from,
                 to,
-                size: source.size,
+                source: &source,
                 user_metadata: metadata,
                 source_etag: etag,
                 single_copy_limit: limit,

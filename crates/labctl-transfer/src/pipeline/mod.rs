@@ -605,10 +605,7 @@ async fn file_target(
         FileKey::Blob => {
             let blob = labctl_core::layout::blob_key(sha256);
             if let Some(object) = store.head(&blob).await? {
-                if Some(object.size) == size
-                    && object.user_metadata.get(labctl_store::META_CHECKSUM)
-                        == Some(&sha256.to_string())
-                {
+                if Some(object.size) == size && object.labelled_with(sha256) {
                     return Ok(Target::AlreadyThere(Box::new(Published {
                         sha256: sha256.clone(),
                         checksum: sha256.clone(),
