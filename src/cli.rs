@@ -245,6 +245,12 @@ pub struct ApplyArgs {
     /// How long to wait for another apply's lock, e.g. `30s`, `5m` (default: do not wait).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub lock_timeout: std::time::Duration,
+    /// How long the store lock lasts unless this run renews it, e.g. `5m` (at least 3s). It is
+    /// renewed every third of that while the run lives; a runner that dies stops renewing, and
+    /// another run takes the lock over once the lease has run out.
+    #[arg(long, value_name = "DURATION", env = "LABCTL_LOCK_LEASE", default_value = "5m",
+          value_parser = parse_lease)]
+    pub lock_lease: std::time::Duration,
     /// Take the store lock (`--lock=false` only when one apply at a time is guaranteed
     /// elsewhere, e.g. by a CI concurrency group).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
@@ -394,6 +400,12 @@ pub struct CleanupArgs {
     /// How long to wait for another run's lock (default: do not wait).
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub lock_timeout: std::time::Duration,
+    /// How long the store lock lasts unless this run renews it, e.g. `5m` (at least 3s). It is
+    /// renewed every third of that while the run lives; a runner that dies stops renewing, and
+    /// another run takes the lock over once the lease has run out.
+    #[arg(long, value_name = "DURATION", env = "LABCTL_LOCK_LEASE", default_value = "5m",
+          value_parser = parse_lease)]
+    pub lock_lease: std::time::Duration,
     /// Take the store lock (`--lock=false` only when one run at a time is guaranteed
     /// elsewhere).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set,
@@ -475,6 +487,24 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("unknown unit `{unit}` in `{s}`; use s, m or h")),
     };
     Ok(std::time::Duration::from_secs(secs))
+}
+
+/// A lease: a duration no shorter than the lock allows, and short enough to add to a clock.
+fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
+    let lease = parse_duration(s)?;
+    let min = labctl_store::lock::MIN_LEASE;
+    if lease < min {
+        return Err(format!(
+            "a lease shorter than {}s cannot be renewed reliably",
+            min.as_secs()
+        ));
+    }
+    if lease > std::time::Duration::from_secs(7 * 24 * 3600) {
+        return Err(
+            "a lease longer than a week (168h) would keep a dead runner's lock for as long".into(),
+        );
+    }
+    Ok(lease)
 }
 
 #[cfg(test)]

@@ -55,6 +55,11 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         Err(LockError::Interrupted) => return Ok(super::exit(interrupted_code(&signals))),
         Err(e) => return Err(lock_failure(e)),
     };
+    // Every write from here goes through the lease: a run that lost the lock writes nothing.
+    let writes = match &held {
+        Some(l) => l.fence(store.clone()),
+        None => store.clone(),
+    };
 
     let result = locked(
         args,
@@ -62,20 +67,31 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         plan_id.as_deref(),
         &manifest,
         &graph,
-        store.clone(),
+        writes,
         interactive,
         signer.as_ref(),
         cancel,
     )
     .await;
 
+    let lost = held.as_ref().and_then(lock::Lock::lost);
     if let Some(l) = held {
         release(l, signals.borrow().is_some()).await;
+    }
+    if let Some(lost) = lost {
+        return Err(lost_lock(lost));
     }
     if signals.borrow().is_some() {
         return Ok(super::exit(interrupted_code(&signals)));
     }
     result
+}
+
+/// The run's end when its lease was lost: whatever it did not finish stays for the next run.
+pub(super) fn lost_lock(lost: lock::LeaseLost) -> Failure {
+    Failure::from(anyhow::Error::from(lost)).with_hint(
+        "nothing more was made visible, recorded or indexed once the lease was lost; the run that holds the lock now finishes the work, and if none does, run apply again",
+    )
 }
 
 /// The store lock, unless `--lock=false`; once held, uploads a killed run left are aborted.
@@ -91,11 +107,29 @@ async fn take_lock(
         );
         return Ok(None);
     }
-    let held =
-        lock::acquire_unless(store.clone(), "apply", args.lock_timeout, true, cancel).await?;
-    eprintln!("Acquired the store lock (ID {}).", held.info.id);
+    let options = lock::LockOptions::new("apply", args.lock_timeout, args.lock_lease);
+    let held = lock::acquire_unless(store.clone(), &options, cancel).await?;
+    announce(&held);
     clean_up_stranded_uploads(store.as_ref()).await;
     Ok(Some(held))
+}
+
+/// Says how the lock was taken: the takeover of a dead run's lock names that run.
+pub(super) fn announce(held: &lock::Lock) {
+    match &held.took_over {
+        Some(over) => {
+            let mut said = over.to_string();
+            if let Some(first) = said.get_mut(..1) {
+                first.make_ascii_uppercase();
+            }
+            eprintln!("{} {said}.", style("Warning:").yellow());
+        }
+        None => eprintln!(
+            "Acquired the store lock (ID {}, lease {}s).",
+            held.info.id,
+            held.lease().duration.as_secs()
+        ),
+    }
 }
 
 /// Releases the lock, saying so after a signal (the user waits for that line).

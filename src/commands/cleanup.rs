@@ -16,9 +16,12 @@ pub async fn run(args: &CleanupArgs) -> Result<ExitCode, Failure> {
         .context("cannot listen for SIGINT and SIGTERM")?;
     let cancel = crate::interrupt::as_cancel(signals.clone());
     let held = if args.lock && !args.dry_run {
-        match lock::acquire_unless(store.clone(), "cleanup", args.lock_timeout, true, cancel).await
-        {
-            Ok(l) => Some(l),
+        let options = lock::LockOptions::new("cleanup", args.lock_timeout, args.lock_lease);
+        match lock::acquire_unless(store.clone(), &options, cancel).await {
+            Ok(l) => {
+                super::apply::announce(&l);
+                Some(l)
+            }
             Err(lock::LockError::Interrupted) => {
                 return Ok(super::exit(signals.borrow().map_or(1, |s| s.exit_code())))
             }
@@ -27,18 +30,26 @@ pub async fn run(args: &CleanupArgs) -> Result<ExitCode, Failure> {
     } else {
         None
     };
+    let writes = match &held {
+        Some(l) => l.fence(store.clone()),
+        None => store.clone(),
+    };
     let now = crate::timefmt::unix_now().as_secs();
     let work = async {
-        let leftovers = cleanup::find(store.as_ref(), args.older_than.as_secs(), now).await?;
-        anyhow::Ok(sweep(store.as_ref(), &leftovers, args.dry_run).await)
+        let leftovers = cleanup::find(writes.as_ref(), args.older_than.as_secs(), now).await?;
+        anyhow::Ok(sweep(writes.as_ref(), &leftovers, args.dry_run).await)
     };
     // A signal stops between deletes (each is whole); the lock is released either way.
     let outcome = tokio::select! {
         done = work => Some(done),
         _ = crate::interrupt::wait(&mut signals) => None,
     };
+    let lost = held.as_ref().and_then(lock::Lock::lost);
     if let Some(l) = held {
         super::apply::release(l, outcome.is_none()).await;
+    }
+    if let Some(lost) = lost {
+        return Err(super::apply::lost_lock(lost));
     }
     match outcome {
         None => Ok(super::exit(signals.borrow().map_or(1, |s| s.exit_code()))),

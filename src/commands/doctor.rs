@@ -132,6 +132,10 @@ async fn probe_all(store: &Arc<dyn Store>, id: &str, checks: &mut Checks) {
         "conditional copy (x-amz-copy-source-if-match)",
         conditional_copy(store, id).await,
     );
+    checks.report_probe(
+        "conditional delete (If-Match)",
+        conditional_delete(store, id).await,
+    );
     checks.report(
         "unfinished uploads labctl left (images/, history/, .labctl/doctor/)",
         match crate::apply::stranded::list(store.as_ref()).await {
@@ -355,6 +359,24 @@ async fn copy_in_parts(store: &Arc<dyn Store>, id: &str) -> Result<String, Strin
 /// Not enforced (moto, Ceph RGW Pacific) is a limit, not a failure: labctl checks the
 /// source's ETag itself right before each copy, and only a change in that moment would go
 /// unnoticed.
+/// What removes the lock file at a release: deleted only while it is the one read.
+async fn conditional_delete(store: &Arc<dyn Store>, id: &str) -> Result<Probe, String> {
+    let key = format!("{PROBE_PREFIX}/delete-if-{id}");
+    let (_, written) = probe_source(store, &key, 64).await?;
+    let stale = store.delete_if(&key, "\"0123456789abcdef\"").await;
+    let kept = store.head(&key).await.map_err(err)?.is_some();
+    let removed = store.delete_if(&key, &written.etag).await.map_err(err)?;
+    let gone = store.head(&key).await.map_err(err)?.is_none();
+    if !gone {
+        store.delete(&key).await.map_err(err)?;
+    }
+    Ok(match (stale, kept, removed && gone) {
+        (Ok(false), true, true) => Probe::Holds("enforced: kept on another ETag, deleted on its own".into()),
+        (_, _, false) => return Err("a delete conditional on the object's own ETag did not delete it".into()),
+        _ => Probe::Lacks("NOT enforced: deleted on another ETag. The lock's lease does not depend on it (each link of the lease is created once, with If-None-Match); a lock file replaced by hand in the instant of a release could be removed with it".into()),
+    })
+}
+
 async fn conditional_copy(store: &Arc<dyn Store>, id: &str) -> Result<Probe, String> {
     let from = format!("{PROBE_PREFIX}/if-match-source-{id}");
     let to = format!("{PROBE_PREFIX}/if-match-{id}");

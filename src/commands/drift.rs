@@ -88,7 +88,11 @@ async fn bucket_findings(
     let history = store::list_all(store, crate::manifest::HISTORY_PREFIX).await?;
     let mut findings = drift::plan_findings(plan, actual);
     // While an apply holds the lock its uploads are in progress, not stranded.
-    if store.head(crate::apply::lock::LOCK_KEY).await?.is_none() {
+    // A lock whose lease ran out protects nothing: its run is gone.
+    if !crate::apply::lock::held_by_a_live_run(store)
+        .await
+        .map_err(super::apply::lock_failure)?
+    {
         if let Some(uploads) = crate::apply::stranded::list(store).await? {
             findings.extend(drift::stranded_uploads(&uploads));
         }

@@ -11,7 +11,7 @@ pub async fn run(args: &ForceUnlockArgs) -> Result<ExitCode, Failure> {
         .await
         .map_err(super::apply::lock_failure)?
     {
-        lock::Removed::Lock(info) => println!("Removed the lock held by {info}."),
+        lock::Removed::Lock(holder) => println!("Removed the lock held by {holder}."),
         lock::Removed::Unreadable => println!("Removed the unreadable lock file."),
     }
     Ok(ExitCode::SUCCESS)

@@ -535,6 +535,10 @@ pub fn timed_labctl() -> Command {
     cmd
 }
 
+pub fn assert_ok(run: &Run) {
+    assert_eq!(run.code, 0, "{}", run.output());
+}
+
 pub fn finish(child: std::process::Child, args: &[&str]) -> Run {
     let out = child.wait_with_output().expect("labctl finishes");
     let run = Run {

@@ -11,6 +11,7 @@ mod cases;
 mod drift;
 mod fanout;
 mod harness;
+mod lease;
 mod nas;
 mod packer;
 mod served;

@@ -848,3 +848,95 @@ fn a_bump_verifies_in_bounded_memory() {
         kib / 1024
     );
 }
+
+/// GitHub's releases are followed through every `Link` page, far past the ten pages labctl
+/// once stopped at, up to the documented cap of 100 pages; past it the lookup fails, saying so.
+#[test]
+fn github_releases_are_followed_through_every_page_up_to_the_cap() {
+    let lab = Lab::new(Backend::Fs);
+    let vyos = vyos_lab(&lab, None, None);
+    let filler = |n: usize| {
+        github_release(
+            &vyos.vendor.base,
+            VYOS,
+            &format!("2024.{:02}.{:02}-{n:04}-rolling", 1 + n % 12, 1 + n % 28),
+            Some(&rfc3339_days_ago(400 + n as u64)),
+            false,
+            false,
+            "older",
+            &[],
+        )
+    };
+    let with_new_at = |fillers: usize| {
+        let base = &vyos.vendor.base;
+        let mut releases: Vec<Value> = (0..fillers).map(filler).collect();
+        // Newest last, as a long list of backports could put it: only the last page has it.
+        releases.push(github_release(
+            base,
+            VYOS,
+            NEW,
+            Some(&rfc3339_days_ago(3)),
+            false,
+            false,
+            "new",
+            &[],
+        ));
+        releases
+    };
+
+    // Fifteen pages of one release each: the newest is on the last.
+    vyos.vendor.serve_github_releases(VYOS, &with_new_at(14), 1);
+    let out = run(&lab, &vyos.vendor, &["outdated", "--json"], &[]);
+    assert_eq!(out.code, 0, "{}", out.output());
+    // Found on the fifteenth page (held back only because this fixture gives it no assets).
+    assert_eq!(json(&out)["images"][0]["newest"]["version"], NEW);
+    let pages = vyos
+        .vendor
+        .log()
+        .iter()
+        .filter(|r| r.path.contains("releases"))
+        .count();
+    assert_eq!(pages, 15, "every page once");
+
+    // 101 pages: past the cap, refused with what happened.
+    vyos.vendor.clear_log();
+    vyos.vendor
+        .serve_github_releases(VYOS, &with_new_at(100), 1);
+    let out = run(&lab, &vyos.vendor, &["outdated", "--json"], &[]);
+    assert_eq!(out.code, 1, "{}", out.output());
+    assert!(
+        out.output().contains("more than 100 pages of releases"),
+        "{}",
+        out.output()
+    );
+}
+
+/// A cache between the factory's two answers: `/versions` still lists a version that
+/// `?broken=true` names. It is never proposed. Only a broken list equal to `/versions` (an old
+/// factory ignoring the parameter) is no broken list.
+#[test]
+fn a_broken_talos_version_still_listed_is_never_proposed() {
+    let lab = Lab::new(Backend::Fs);
+    let (vendor, _, _) = talos_lab(&lab);
+    vendor.serve_talos_versions("/versions", &["v1.9.0", "v1.9.1", "v1.9.2", "v1.9.3"]);
+    vendor.serve_talos_versions("/versions?broken=true", &["v1.9.3"]);
+    let out = run(&lab, &vendor, &["outdated", "--json"], &[]);
+    assert_eq!(out.code, 2, "{}", out.output());
+    let row = &json(&out)["images"][0];
+    assert_eq!(row["newest_allowed"]["version"], "v1.9.2", "{row}");
+    assert_eq!(row["held_back"][0]["version"], "v1.9.3", "{row}");
+    assert_eq!(
+        row["held_back"][0]["reasons"][0]["reason"], "broken",
+        "{row}"
+    );
+
+    // An old factory: the same list twice. Nothing is broken, v1.9.3 is the newest.
+    let all = ["v1.9.0", "v1.9.1", "v1.9.2", "v1.9.3"];
+    vendor.serve_talos_versions("/versions?broken=true", &all);
+    let out = run(&lab, &vendor, &["outdated", "--json"], &[]);
+    assert_eq!(out.code, 2, "{}", out.output());
+    assert_eq!(
+        json(&out)["images"][0]["newest_allowed"]["version"],
+        "v1.9.3"
+    );
+}

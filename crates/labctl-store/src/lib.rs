@@ -67,6 +67,13 @@ pub struct UploadedPart {
 pub enum StoreError {
     #[error("`{key}` already exists")]
     AlreadyExists { key: String },
+    /// Not written: this run no longer holds the store lock, so it may not change the store.
+    #[error("{op} `{key}` refused: {why}")]
+    Fenced {
+        op: &'static str,
+        key: String,
+        why: lock::LeaseLost,
+    },
     #[error("invalid key `{key}`: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("no multipart upload `{upload_id}` for `{key}`")]

@@ -14,8 +14,10 @@ use labctl_core::upstream::listing::{
 /// One page of releases (100 with their notes) is far below this.
 const MAX_PAGE_BYTES: usize = 16 * 1024 * 1024;
 const MAX_SMALL_BYTES: usize = 1024 * 1024;
-/// 1,000 releases: far more than a rolling channel keeps, and a bound on a hostile API.
-const MAX_PAGES: usize = 10;
+/// 10,000 releases, at 100 a page: more than any channel labctl tracks keeps (VyOS's rolling
+/// builds, one a night, reach it in 27 years), and a bound on an API that never stops.
+/// docs/sources.md documents it.
+pub const MAX_PAGES: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -29,7 +31,7 @@ pub enum LookupError {
         status: u16,
         said: Option<String>,
     },
-    #[error("{url}: more than {MAX_PAGES} pages of releases")]
+    #[error("{url}: more than {MAX_PAGES} pages of releases ({} releases); labctl stops there", MAX_PAGES * 100)]
     TooManyPages { url: String },
 }
 
@@ -45,6 +47,9 @@ impl LookupError {
             LookupError::Refused { status: 404, .. } => {
                 Some("check the repository (track.repository) or the factory URL in the manifest")
             }
+            LookupError::TooManyPages { .. } => Some(
+                "the API kept naming a next page: check that track.api points at GitHub's API (or a GitHub Enterprise Server's)",
+            ),
             _ => None,
         }
     }
@@ -196,12 +201,19 @@ pub async fn talos_versions(
     )?;
     let versions: Vec<String> = json(&all, &versions.0)?;
     let mut broken: Vec<String> = json(&broken, &broken_list.0)?;
-    // A factory older than the broken list ignores the parameter and answers with every
-    // version (from which it has already left the broken ones out): that is no broken list.
-    if !broken.is_empty() && broken.iter().all(|b| versions.contains(b)) {
+    if ignored_the_broken_parameter(&versions, &broken) {
         broken.clear();
     }
     Ok(TalosVersions { versions, broken })
+}
+
+/// A factory older than the broken list ignores `?broken=true` and answers with every version
+/// again: exactly `/versions`, which is no broken list. Anything else is one, even where
+/// `/versions` still names a broken version (a cache between the two answers) — and a version
+/// on it is never proposed.
+fn ignored_the_broken_parameter(versions: &[String], broken: &[String]) -> bool {
+    let set = |v: &[String]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    !broken.is_empty() && set(versions) == set(broken)
 }
 
 /// A Harvester release folder's `version.yaml`.
@@ -294,5 +306,24 @@ mod tests {
         assert!(err.to_string().contains("an HTML page, not JSON"), "{err}");
         let err = json::<Vec<String>>("https://f/versions", b"{\"a\":").unwrap_err();
         assert!(err.to_string().contains("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn a_broken_list_is_dropped_only_when_it_repeats_every_version() {
+        let v = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let versions = v(&["v1.9.0", "v1.9.1", "v1.9.2"]);
+        // An old factory: the parameter ignored, every version again (in any order).
+        assert!(ignored_the_broken_parameter(
+            &versions,
+            &v(&["v1.9.2", "v1.9.0", "v1.9.1"])
+        ));
+        // A cache between the two answers: /versions still lists a broken one. Kept.
+        assert!(!ignored_the_broken_parameter(&versions, &v(&["v1.9.2"])));
+        assert!(!ignored_the_broken_parameter(
+            &versions,
+            &v(&["v1.9.1", "v1.9.2"])
+        ));
+        assert!(!ignored_the_broken_parameter(&versions, &v(&["v1.8.0"])));
+        assert!(!ignored_the_broken_parameter(&versions, &[]));
     }
 }
