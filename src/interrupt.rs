@@ -44,7 +44,7 @@ pub fn install(stopping: &'static str) -> std::io::Result<watch::Receiver<Option
         let _ = tx.send(Some(first));
         let second = next(&mut interrupt, &mut terminate).await;
         eprintln!(
-            "{} again: exiting now. Unfinished uploads stay invisible (the next apply aborts them and plans them again); a lock left behind needs `labctl force-unlock`.",
+            "{} again: exiting now. Unfinished uploads stay invisible (the next apply aborts them and plans them again); a lock left behind is taken over once its lease runs out (or removed with `labctl force-unlock`).",
             second.name()
         );
         // Builds run in process groups of their own: they would outlive this process.

@@ -69,7 +69,7 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
         .filter(|y| (1970..=9999).contains(y))?;
     let month: i64 = ymd.next()?.parse().ok().filter(|m| (1..=12).contains(m))?;
     let day: i64 = ymd.next()?.parse().ok().filter(|d| (1..=31).contains(d))?;
-    if ymd.next().is_some() || rest.len() < 8 {
+    if ymd.next().is_some() || rest.len() < 8 || !rest.is_char_boundary(8) {
         return None;
     }
     let (time, zone) = rest.split_at(8);

@@ -87,18 +87,30 @@ fn slot_number(key: &str) -> Option<u64> {
         .flatten()
 }
 
-/// The newest slot of a lock's chain and its number; `None` before the first renewal. A slot
-/// that cannot be read (not JSON, too large) counts as a renewal nobody can date: it still
-/// moves the chain on, so a taker watching it starts over.
-pub async fn newest(
-    store: &dyn Store,
-    lock_id: &str,
-) -> Result<Option<(u64, Option<Slot>)>, StoreError> {
+/// The newest slot of a lock's chain.
+#[derive(Debug)]
+pub enum Newest {
+    /// No slot yet: the lock file's own time starts the lease.
+    None,
+    /// Slot `n`; `None` when it cannot be read (not JSON, too large): a renewal nobody can
+    /// date, which still moves the chain on, so a taker watching it starts over.
+    Slot(u64, Option<Slot>),
+    /// Listed, but gone when read: the chain is being removed (a release, a force-unlock).
+    /// Nothing about it may be concluded; look again.
+    Moving,
+}
+
+pub async fn newest(store: &dyn Store, lock_id: &str) -> Result<Newest, StoreError> {
     let listed = store::list_all(store, &chain_prefix(lock_id)).await?;
     let Some(n) = listed.iter().filter_map(|o| slot_number(&o.key)).max() else {
-        return Ok(None);
+        return Ok(Newest::None);
     };
-    Ok(Some((n, read_slot(store, lock_id, n).await?)))
+    Ok(
+        match store::get_bytes(store, &slot_key(lock_id, n), MAX_SLOT_BYTES).await? {
+            None => Newest::Moving,
+            Some((_, bytes)) => Newest::Slot(n, serde_json::from_slice(&bytes).ok()),
+        },
+    )
 }
 
 async fn read_slot(store: &dyn Store, lock_id: &str, n: u64) -> Result<Option<Slot>, StoreError> {
@@ -191,6 +203,30 @@ impl LeaseLost {
     }
 }
 
+/// A moment measured two ways. The monotonic clock is immune to the wall clock being set, but
+/// on Linux it stops while the machine is suspended or its VM frozen, when other runs' clocks go
+/// on; the wall clock keeps counting then. The larger of the two is how long it has been.
+#[derive(Debug, Clone, Copy)]
+pub struct Since {
+    instant: Instant,
+    wall: std::time::SystemTime,
+}
+
+impl Since {
+    pub fn now() -> Since {
+        Since {
+            instant: Instant::now(),
+            wall: std::time::SystemTime::now(),
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.instant
+            .elapsed()
+            .max(self.wall.elapsed().unwrap_or_default())
+    }
+}
+
 /// The lease a run holds: which slot is its newest, when it was renewed by this process's own
 /// monotonic clock, and whether it is lost. Shared by the renewal task, every fenced write and
 /// the release.
@@ -206,20 +242,24 @@ struct State {
     newest: u64,
     /// When the request that created the newest slot was first sent: the lease can only have
     /// started later than that, at the store.
-    renewed: Instant,
+    renewed: Since,
+    /// The slot being created and when its first attempt was sent: a retry whose earlier
+    /// attempt landed after all counts from that first attempt.
+    attempt: Option<(u64, Since)>,
     lost: Option<LeaseLost>,
     /// The last renewal's error, said when the lease runs out because of it.
     last_error: Option<String>,
 }
 
 impl Lease {
-    pub(super) fn new(lock_id: &str, duration: Duration, newest: u64, since: Instant) -> Lease {
+    pub(super) fn new(lock_id: &str, duration: Duration, newest: u64, since: Since) -> Lease {
         Lease {
             duration,
             lock_id: lock_id.to_string(),
             state: Mutex::new(State {
                 newest,
                 renewed: since,
+                attempt: None,
                 lost: None,
                 last_error: None,
             }),
@@ -239,7 +279,7 @@ impl Lease {
         if let Some(lost) = &state.lost {
             return Err(lost.clone());
         }
-        if state.renewed.elapsed() + self.margin() > self.duration {
+        if state.renewed.elapsed().saturating_add(self.margin()) > self.duration {
             let why = match &state.last_error {
                 Some(e) => format!(" (the last renewal failed: {e})"),
                 None => " (the run was paused, or could not reach the store)".into(),
@@ -266,11 +306,23 @@ impl Lease {
         self.state.lock().expect("not poisoned").newest
     }
 
-    fn renewed(&self, n: u64, sent: Instant) {
+    fn renewed(&self, n: u64) {
         let mut state = self.state.lock().expect("not poisoned");
+        let sent = match state.attempt.take() {
+            Some((slot, first)) if slot == n => first,
+            _ => Since::now(),
+        };
         state.newest = n;
         state.renewed = sent;
         state.last_error = None;
+    }
+
+    /// Notes that slot `n` is being asked for now, unless an earlier attempt already was.
+    fn attempting(&self, n: u64) {
+        let mut state = self.state.lock().expect("not poisoned");
+        if !matches!(state.attempt, Some((slot, _)) if slot == n) {
+            state.attempt = Some((n, Since::now()));
+        }
     }
 
     fn lose(&self, why: LeaseLost) {
@@ -302,12 +354,12 @@ impl Lease {
         {
             return Err(ExtendError::Lost);
         }
-        let sent = Instant::now();
         let mut n = self.newest() + 1;
         loop {
+            self.attempting(n);
             match claim(store, &self.lock_id, n, &Slot::now(kind, owner)).await {
                 Ok(Claim::Won) => {
-                    self.renewed(n, sent);
+                    self.renewed(n);
                     return Ok(());
                 }
                 Ok(Claim::Lost(Some(s))) if s.owner.id == owner.id => n += 1,
@@ -397,9 +449,13 @@ impl Observed {
         self.slot.as_ref().map_or(&self.instance, |s| &s.owner)
     }
 
-    /// The lease the owner asked for; `None` for a lock from before leases (it never expires).
+    /// The lease the owner asked for (a force-unlock ending the chain has none: the lock
+    /// file's then); `None` for a lock from before leases (it never expires).
     pub fn lease(&self) -> Option<Duration> {
-        self.owner().lease_seconds.map(Duration::from_secs)
+        self.owner()
+            .lease_seconds
+            .or(self.instance.lease_seconds)
+            .map(Duration::from_secs)
     }
 
     /// When the lease was last started, by the writer's clock.
@@ -440,7 +496,7 @@ impl Observed {
 /// plays no part in that.
 #[derive(Debug, Default)]
 pub(super) struct Watch {
-    seen: Option<(String, u64, Instant)>,
+    seen: Option<(String, u64, Since)>,
 }
 
 impl Watch {
@@ -454,11 +510,7 @@ impl Watch {
                 since.elapsed() >= lease
             }
             _ => {
-                self.seen = Some((
-                    observed.instance.id.clone(),
-                    observed.newest,
-                    Instant::now(),
-                ));
+                self.seen = Some((observed.instance.id.clone(), observed.newest, Since::now()));
                 false
             }
         }

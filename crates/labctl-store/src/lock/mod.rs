@@ -7,14 +7,14 @@ pub mod fenced;
 pub mod lease;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::{self as store, PutMode, PutOptions, Store, StoreError};
 pub use fenced::Fenced;
-use lease::{Claim, ExtendError, Slot, SlotKind, Watch};
+use lease::{Claim, ExtendError, Newest, Since, Slot, SlotKind, Watch};
 pub use lease::{Lease, LeaseLost, Observed, DEFAULT_LEASE, MIN_LEASE};
 
 pub const LOCK_KEY: &str = ".labctl/lock.json";
@@ -207,7 +207,9 @@ impl LockOptions {
         LockOptions {
             operation: operation.to_string(),
             timeout,
-            lease: lease.max(MIN_LEASE),
+            // At most a week: longer would keep a dead runner's lock for as long, and could
+            // not be added to the clock.
+            lease: lease.clamp(MIN_LEASE, Duration::from_secs(7 * 24 * 3600)),
             verify: true,
         }
     }
@@ -337,13 +339,16 @@ async fn read_with_etag(store: &dyn Store) -> Result<Option<(LockInfo, String)>,
 }
 
 /// The lock as it stands: the lock file, its ETag, and its chain's newest slot; `None` when
-/// the store is not locked.
+/// the store is not locked, or its chain is being removed this instant (look again).
 pub async fn observe(store: &dyn Store) -> Result<Option<(Observed, String)>, LockError> {
     let Some((instance, etag)) = read_with_etag(store).await? else {
         return Ok(None);
     };
-    let newest = lease::newest(store, &instance.id).await?;
-    let (newest, slot) = newest.unwrap_or((0, None));
+    let (newest, slot) = match lease::newest(store, &instance.id).await? {
+        Newest::None => (0, None),
+        Newest::Slot(n, slot) => (n, slot),
+        Newest::Moving => return Ok(None),
+    };
     Ok(Some((
         Observed {
             instance,
@@ -407,8 +412,11 @@ pub async fn acquire_unless(
     let mut wait = Duration::from_millis(250);
     let mut watch = Watch::default();
     let mut sent;
+    // How often the lock was there to refuse our create but gone when read: a release in
+    // progress, once or twice; a store answering both at once, for ever.
+    let mut vanished = 0u32;
     let taken = loop {
-        sent = Instant::now();
+        sent = Since::now();
         match store.put(LOCK_KEY, body.clone(), create.clone()).await {
             Ok(_) => break Taken::Fresh,
             Err(StoreError::AlreadyExists { .. }) => {}
@@ -417,8 +425,20 @@ pub async fn acquire_unless(
         let seen = observe(store.as_ref()).await;
         let past_deadline = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         let (observed, etag) = match seen {
-            // Released between our attempt and the read: try once more.
-            Ok(None) => continue,
+            // Released between our attempt and the read: try again shortly.
+            Ok(None) => {
+                vanished += 1;
+                if past_deadline && vanished > 20 {
+                    return Err(LockError::Unreadable {
+                        why: "the store refuses to create it, yet has none to read".into(),
+                        id: "unreadable-none".into(),
+                    });
+                }
+                if !nap(Duration::from_millis(100), &mut cancel).await {
+                    return Err(LockError::Interrupted);
+                }
+                continue;
+            }
             Ok(Some(seen)) => seen,
             Err(e) if past_deadline => return Err(e),
             // An unreadable lock file is reported once the wait is over.
@@ -432,26 +452,36 @@ pub async fn acquire_unless(
         let now = labctl_core::timefmt::unix_now().as_secs();
         if watch.stood_still(&observed) || observed.expired_by_clock(now) {
             watch.reset();
-            if observed.ended() {
-                // Its owner released it (or it was force-unlocked) and stopped before removing
-                // the lock file: remove what is left, then create ours.
-                store.delete_if(LOCK_KEY, &etag).await?;
-                lease::forget(store.as_ref(), &observed.instance.id).await;
-                continue;
-            }
+            // The next slot, whatever the last one was: a lease that ran out, or a release or
+            // force-unlock that stopped before removing the lock file. Of every run asking for
+            // it, one gets it; the lock file is never deleted or rewritten by a taker.
             let slot = observed.newest + 1;
-            sent = Instant::now();
+            sent = Since::now();
             let takeover = Slot::now(SlotKind::TakeOver, &info);
-            if let Claim::Won =
-                lease::claim(store.as_ref(), &observed.instance.id, slot, &takeover).await?
-            {
-                break Taken::Over {
-                    observed: Box::new(observed),
-                    etag,
-                    slot,
-                };
+            let won = lease::claim(store.as_ref(), &observed.instance.id, slot, &takeover).await?;
+            // The lock file must still be the one whose chain was claimed: a release removes
+            // the file before its chain, so a chain claimed after that is nobody's.
+            let still = matches!(
+                read_with_etag(store.as_ref()).await,
+                Ok(Some((now, now_etag))) if now.id == observed.instance.id && now_etag == etag
+            );
+            match (won, still) {
+                (Claim::Won, true) => {
+                    break Taken::Over {
+                        observed: Box::new(observed),
+                        etag,
+                        slot,
+                    }
+                }
+                (Claim::Won, false) => {
+                    lease::forget(store.as_ref(), &observed.instance.id).await;
+                }
+                // Another taker (or a late renewal) got the slot: the lock is held again.
+                (Claim::Lost(_), _) => {}
             }
-            // Another taker (or a late renewal) got the slot: the lock is held again.
+            if !pause(deadline, &mut wait, &mut cancel).await {
+                return Err(LockError::Interrupted);
+            }
             continue;
         }
         if past_deadline {
@@ -491,6 +521,14 @@ pub async fn acquire_unless(
     }
 }
 
+/// Sleeps `for_`; `false` when interrupted.
+async fn nap(for_: Duration, cancel: &mut tokio::sync::watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(for_) => true,
+        _ = cancel.wait_for(|c| *c) => false,
+    }
+}
+
 /// Waits before the next attempt; `false` when interrupted.
 async fn pause(
     deadline: Option<tokio::time::Instant>,
@@ -514,7 +552,7 @@ async fn fresh(
     info: LockInfo,
     body: Bytes,
     create: PutOptions,
-    sent: Instant,
+    sent: Since,
 ) -> Result<Lock, LockError> {
     if options.verify {
         match store.put(LOCK_KEY, body.clone(), create).await {
