@@ -126,6 +126,13 @@ pub fn rfc3339(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_timestamp_cut_inside_a_character_is_refused_not_a_panic() {
+        // From a lock file anyone with write access to the bucket can write.
+        assert_eq!(super::parse_rfc3339("2025-01-01T€€€"), None);
+        assert_eq!(super::parse_rfc3339("2025-01-01T0€:00:00Z"), None);
+    }
+
+    #[test]
     fn formats_known_instants() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
