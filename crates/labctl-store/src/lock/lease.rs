@@ -94,7 +94,7 @@ pub enum Newest {
     None,
     /// Slot `n`; `None` when it cannot be read (not JSON, too large): a renewal nobody can
     /// date, which still moves the chain on, so a taker watching it starts over.
-    Slot(u64, Option<Slot>),
+    Slot(u64, Option<Box<Slot>>),
     /// Listed, but gone when read: the chain is being removed (a release, a force-unlock).
     /// Nothing about it may be concluded; look again.
     Moving,
@@ -108,7 +108,7 @@ pub async fn newest(store: &dyn Store, lock_id: &str) -> Result<Newest, StoreErr
     Ok(
         match store::get_bytes(store, &slot_key(lock_id, n), MAX_SLOT_BYTES).await? {
             None => Newest::Moving,
-            Some((_, bytes)) => Newest::Slot(n, serde_json::from_slice(&bytes).ok()),
+            Some((_, bytes)) => Newest::Slot(n, serde_json::from_slice(&bytes).ok().map(Box::new)),
         },
     )
 }

@@ -346,7 +346,7 @@ pub async fn observe(store: &dyn Store) -> Result<Option<(Observed, String)>, Lo
     };
     let (newest, slot) = match lease::newest(store, &instance.id).await? {
         Newest::None => (0, None),
-        Newest::Slot(n, slot) => (n, slot),
+        Newest::Slot(n, slot) => (n, slot.map(|s| *s)),
         Newest::Moving => return Ok(None),
     };
     Ok(Some((
