@@ -38,6 +38,9 @@ pub struct Environment {
     /// (UploadPartCopy), for a store whose CopyObject limit is below S3's 5 GiB. As written:
     /// the store connection says what is wrong with it.
     pub single_copy_limit: Option<String>,
+    /// `LABCTL_TEST_HALT_AT`: stop at this commit point and wait to be killed (the test
+    /// suite's crash-recovery tests; see `labctl_engine::halt`).
+    pub halt_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -110,6 +113,7 @@ impl Environment {
             github_api_url: var("GITHUB_API_URL"),
             github_token: var("GITHUB_TOKEN"),
             single_copy_limit: var("LABCTL_SINGLE_COPY_LIMIT"),
+            halt_at: var("LABCTL_TEST_HALT_AT"),
         }
     }
 }
@@ -130,4 +134,12 @@ pub fn identify_run() {
         hostname: e.hostname.clone(),
         ci_run: e.ci_run.clone(),
     });
+    if let Some(point) = &e.halt_at {
+        match point.parse::<labctl_engine::halt::CommitPoint>() {
+            Ok(point) => labctl_engine::halt::halt_at(point, |p| {
+                eprintln!("labctl: halted at {p} (LABCTL_TEST_HALT_AT); waiting to be killed");
+            }),
+            Err(why) => eprintln!("warning: LABCTL_TEST_HALT_AT ignored: {why}"),
+        }
+    }
 }

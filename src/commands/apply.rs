@@ -449,6 +449,7 @@ async fn write_index(
     let written = apply::index::write(store, signer, &|d, t| counter.update(d, t)).await;
     drop(counter);
     let written = written?;
+    labctl_engine::halt::reached(labctl_engine::halt::CommitPoint::IndexWritten).await;
     lines.push(format!(
         "  {} consumer index: {} objects in images/SHA256SUMS and images/index.json{}",
         style("✓").green(),

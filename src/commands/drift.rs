@@ -192,11 +192,15 @@ async fn check_sources(desired: &[Desired], actual: &ActualState) -> Vec<Finding
             .get(&record_key)
             .and_then(|r| match &r.record {
                 Ok(Record::Current(rec)) if rec.source.url.as_deref() == Some(url.as_str()) => {
-                    Some(SourceInfo {
-                        size: rec.source.size,
-                        etag: rec.source.etag.clone(),
-                        last_modified: rec.source.last_modified.clone(),
-                        content_type: None,
+                    Some(if rec.source.facts_unknown {
+                        Recorded::Lost
+                    } else {
+                        Recorded::Facts(SourceInfo {
+                            size: rec.source.size,
+                            etag: rec.source.etag.clone(),
+                            last_modified: rec.source.last_modified.clone(),
+                            content_type: None,
+                        })
                     })
                 }
                 _ => None,
@@ -266,12 +270,20 @@ fn custody(d: &Desired, actual: &ActualState) -> String {
     }
 }
 
+/// What the record says about the download.
+enum Recorded {
+    Facts(SourceInfo),
+    /// Lost when an interrupted run's object was adopted: nothing to compare with, which must
+    /// not read as "unchanged".
+    Lost,
+}
+
 /// The vendor's answer about one source, as a finding (none when nothing changed).
 async fn probe(
     client: &reqwest::Client,
     url: &str,
     name: &str,
-    recorded: Option<&SourceInfo>,
+    recorded: Option<&Recorded>,
 ) -> Option<Finding> {
     let finding = |kind, detail: String| {
         Some(Finding {
@@ -299,7 +311,15 @@ async fn probe(
         }
         Err(e) => return finding(Kind::SourceUnreachable, format!("request failed: {e:#}")),
     };
-    let then = recorded?;
+    let then = match recorded? {
+        Recorded::Facts(info) => info,
+        Recorded::Lost => {
+            return finding(
+                Kind::SourceUnknown,
+                format!("its record has no size, ETag or Last-Modified of the download (lost when an interrupted apply's object was adopted), so a vendor change cannot be seen; `labctl apply --replace {name}` downloads it again and records them"),
+            )
+        }
+    };
     let mut changes = Vec::new();
     if let (Some(a), Some(b)) = (then.size, now.size) {
         if a != b {

@@ -40,19 +40,19 @@ macro_rules! on_s3_stores {
 
 on_s3_stores!(an_object_above_the_single_copy_limit_is_promoted_part_by_part);
 
-const PLAN: &str = "plan.json";
+pub(crate) const PLAN: &str = "plan.json";
 const MATRIX: &str = "matrix.json";
 
 /// Four units: a raw ISO, an xz image, a raw image pinned by sha512 (three downloads, wave 1)
 /// and a Packer build that takes the ISO's URL and checksum (wave 2).
-struct Images {
-    iso: Vec<u8>,
-    xz_plain: Vec<u8>,
-    wide: Vec<u8>,
+pub(crate) struct Images {
+    pub iso: Vec<u8>,
+    pub xz_plain: Vec<u8>,
+    pub wide: Vec<u8>,
 }
 
 impl Images {
-    fn new(seed: u64) -> Images {
+    pub fn new(seed: u64) -> Images {
         Images {
             iso: image_bytes(seed, 6 * 1024 * 1024 + 77),
             xz_plain: image_bytes(seed + 1, 3 * 1024 * 1024 + 5),
@@ -62,7 +62,7 @@ impl Images {
 
     /// Serves the images at paths of their own (`/iso-SEED`, …) and writes the manifest, with
     /// `history: 1` on the ISO.
-    fn install(&self, lab: &Lab, tag: &str) {
+    pub fn install(&self, lab: &Lab, tag: &str) {
         let iso_path: &'static str = Box::leak(format!("/iso-{tag}").into_boxed_str());
         let xz_path: &'static str = Box::leak(format!("/xz-{tag}").into_boxed_str());
         let wide_path: &'static str = Box::leak(format!("/wide-{tag}").into_boxed_str());
@@ -89,7 +89,7 @@ impl Images {
     }
 }
 
-fn setup(backend: Backend) -> (Lab, Images) {
+pub(crate) fn setup(backend: Backend) -> (Lab, Images) {
     let lab = Lab::new(backend);
     lab.template("gateway", &gateway_template("v1"));
     let images = Images::new(40);
@@ -97,7 +97,7 @@ fn setup(backend: Backend) -> (Lab, Images) {
     (lab, images)
 }
 
-fn plan_with_matrix(lab: &Lab) -> serde_json::Value {
+pub(crate) fn plan_with_matrix(lab: &Lab) -> serde_json::Value {
     let run = lab.labctl(&["plan", "--out", PLAN, "--matrix", MATRIX]);
     assert_eq!(run.code, 0, "{}", run.output());
     serde_json::from_slice(&std::fs::read(lab.dir().join(MATRIX)).unwrap()).unwrap()
@@ -113,7 +113,7 @@ fn legs(matrix: &serde_json::Value, wave: usize) -> Vec<String> {
         .collect()
 }
 
-const BUILD_ENV: &[(&str, &str)] = &[("PKR_VAR_build_secret", SECRET)];
+pub(crate) const BUILD_ENV: &[(&str, &str)] = &[("PKR_VAR_build_secret", SECRET)];
 
 /// Starts one `labctl stage` per leg at the same moment and waits for all of them.
 fn stage_together(lab: &Lab, legs: &[String]) -> Vec<Run> {
@@ -133,7 +133,7 @@ fn stage_together(lab: &Lab, legs: &[String]) -> Vec<Run> {
         .collect()
 }
 
-fn stage_all_waves(lab: &Lab, matrix: &serde_json::Value) {
+pub(crate) fn stage_all_waves(lab: &Lab, matrix: &serde_json::Value) {
     for wave in 1..=matrix["waves"].as_array().unwrap().len() {
         for run in stage_together(lab, &legs(matrix, wave)) {
             assert_eq!(run.code, 0, "{}", run.output());
@@ -141,11 +141,11 @@ fn stage_all_waves(lab: &Lab, matrix: &serde_json::Value) {
     }
 }
 
-fn promote(lab: &Lab) -> Run {
+pub(crate) fn promote(lab: &Lab) -> Run {
     lab.labctl(&["apply", PLAN, "--staged"])
 }
 
-fn assert_converged(lab: &Lab) {
+pub(crate) fn assert_converged(lab: &Lab) {
     let plan = lab.labctl(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 0, "{}", plan.output());
 }
@@ -153,7 +153,7 @@ fn assert_converged(lab: &Lab) {
 /// The store's keys and what they hold, with what differs between two runs by nature (times,
 /// ETags, the CI run) left out. Keys are relative to `prefix`; labctl's own folder and `skip`
 /// are not compared.
-fn snapshot(
+pub(crate) fn snapshot(
     lab: &Lab,
     store: &dyn labctl::store::Store,
     prefix: &str,
@@ -249,7 +249,7 @@ fn assert_same_as_single_apply(lab: &Lab) {
     }
 }
 
-fn staged_leftovers(lab: &Lab) -> Vec<String> {
+pub(crate) fn staged_leftovers(lab: &Lab) -> Vec<String> {
     let mut keys = lab.keys(".labctl/blobs/");
     keys.extend(lab.keys(".labctl/staged/"));
     keys
@@ -690,7 +690,7 @@ fn a_killed_promotion_is_recovered_by_the_documented_steps(backend: Backend) {
 
 /// docs/operations.md, "A promotion was killed": unlock, plan again, stage what the new plan
 /// still needs (blobs already staged are not downloaded again), promote.
-fn recover(lab: &Lab) {
+pub(crate) fn recover(lab: &Lab) {
     if let Some(lock) = lab.store_bytes(".labctl/lock.json") {
         let lock: serde_json::Value = serde_json::from_slice(&lock).unwrap();
         let run = lab.labctl(&["force-unlock", lock["id"].as_str().unwrap()]);

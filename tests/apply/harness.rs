@@ -33,6 +33,9 @@ pub struct Lab {
     pub endpoint: Option<String>,
     pub dir: tempfile::TempDir,
     pub runtime: tokio::runtime::Runtime,
+    /// A prefix below the bucket (a subdirectory of the directory store) that every later run
+    /// and read uses: one server, several independent stores.
+    pub prefix: std::cell::RefCell<Option<String>>,
 }
 
 pub struct Run {
@@ -180,6 +183,20 @@ impl Lab {
                 .enable_all()
                 .build()
                 .unwrap(),
+            prefix: Default::default(),
+        }
+    }
+
+    /// Points every later run and read at `prefix` of the bucket (or of the store directory).
+    pub fn use_prefix(&self, prefix: &str) {
+        *self.prefix.borrow_mut() = Some(prefix.to_string());
+    }
+
+    fn store_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("store");
+        match &*self.prefix.borrow() {
+            Some(p) => dir.join(p),
+            None => dir,
         }
     }
 
@@ -250,9 +267,10 @@ impl Lab {
     }
 
     pub fn store_arg(&self) -> String {
-        match self.backend {
-            Backend::Fs => self.dir.path().join("store").display().to_string(),
-            _ => format!("s3://{BUCKET}"),
+        match (self.backend, &*self.prefix.borrow()) {
+            (Backend::Fs, _) => self.store_dir().display().to_string(),
+            (_, Some(prefix)) => format!("s3://{BUCKET}/{prefix}"),
+            (_, None) => format!("s3://{BUCKET}"),
         }
     }
 
@@ -373,7 +391,11 @@ impl Lab {
 
     pub fn store(&self) -> Arc<dyn Store> {
         match self.backend {
-            Backend::Fs => Arc::new(FsStore::new(self.dir.path().join("store"))),
+            Backend::Fs => {
+                let dir = self.store_dir();
+                std::fs::create_dir_all(&dir).unwrap();
+                Arc::new(FsStore::new(dir))
+            }
             _ => Arc::new(self.s3_store()),
         }
     }
@@ -383,7 +405,7 @@ impl Lab {
         let server = self.server.as_ref().expect("an S3 backend");
         let settings = S3Settings {
             bucket: BUCKET.into(),
-            prefix: None,
+            prefix: self.prefix.borrow().clone(),
             endpoint: Some(server.endpoint.clone()),
             region: server.region.clone(),
         };

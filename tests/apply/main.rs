@@ -14,6 +14,7 @@ mod harness;
 mod lease;
 mod nas;
 mod packer;
+mod recovery;
 mod served;
 mod sources;
 mod stores;

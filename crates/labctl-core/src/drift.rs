@@ -24,6 +24,9 @@ pub enum Kind {
     RecordUnreadable,
     SourceVanished,
     SourceChanged,
+    /// The record cannot say whether the vendor changed the file: the download's facts were
+    /// lost when an interrupted run's object was adopted.
+    SourceUnknown,
     SourceUnreachable,
     IndexStale,
     /// An unfinished multipart upload under labctl's prefixes while no apply holds the lock.
@@ -48,6 +51,7 @@ impl Kind {
             Kind::RecordUnreadable => "record-unreadable",
             Kind::SourceVanished => "source-vanished",
             Kind::SourceChanged => "source-changed",
+            Kind::SourceUnknown => "source-unknown",
             Kind::SourceUnreachable => "source-unreachable",
             Kind::IndexStale => "index-stale",
             Kind::StrandedUpload => "stranded-upload",

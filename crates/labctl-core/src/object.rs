@@ -2,6 +2,10 @@
 
 use std::collections::BTreeMap;
 
+pub mod facts;
+
+pub use facts::SourceFacts;
+
 /// User metadata keys labctl sets on every object it publishes, so a refresh can compare object
 /// and record with a HEAD instead of a download.
 pub const META_CHECKSUM: &str = "labctl-checksum";

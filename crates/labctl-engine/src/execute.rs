@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::checksum::Checksum;
 use crate::fanout::{StageResult, StagedBlob};
 use crate::graph::{DependencyGraph, ReadyQueue};
+use crate::halt::CommitPoint;
 use crate::manifest::reference::{self, Field, Reference};
 use crate::pipeline::{self, HttpJob};
 use crate::plan::Desired;
@@ -22,7 +23,7 @@ use crate::source::packer;
 use crate::source::signature::{MinisignCheck, MinisignKey};
 use crate::spec::{NormalizedSpec, SpecChecksum, SpecSignature, SpecSource};
 use crate::state::record::{new_record, source_of, to_json, HistoryEntry};
-use crate::store::{PutOptions, Store, META_CHECKSUM, META_FINGERPRINT};
+use crate::store::{PutOptions, SourceFacts, Store, META_CHECKSUM, META_FINGERPRINT};
 
 pub struct ApplyContext {
     pub store: Arc<dyn Store>,
@@ -309,6 +310,9 @@ async fn run_change(
                 .ok_or_else(|| anyhow!("the plan has no spec for `{}`", change.name))?;
             let deps = known(&dep_sums)?;
             let kept = keep_current(change, ctx).await?;
+            if kept.is_some() {
+                crate::halt::reached(CommitPoint::HistoryKept).await;
+            }
             let entry = kept.as_ref().map(|k| k.entry.clone());
             let result = if let Some(restored) = &change.restore {
                 restore(change, desired, deps, entry, restored, ctx).await
@@ -353,6 +357,16 @@ pub(crate) fn object_metadata(
         (META_CHECKSUM.to_string(), checksum.to_string()),
         (META_FINGERPRINT.to_string(), fingerprint.to_string()),
     ])
+}
+
+fn labelled_metadata(
+    checksum: &Checksum,
+    fingerprint: &Checksum,
+    facts: &SourceFacts,
+) -> BTreeMap<String, String> {
+    let mut metadata = object_metadata(checksum, fingerprint);
+    facts.write_into(&mut metadata);
+    metadata
 }
 
 /// The download's checksum: pinned, as the plan looked it up, or from the checksum list now
@@ -692,6 +706,8 @@ async fn restore(
             size: entry.size,
             checksum: &entry.checksum,
             fingerprint: &fingerprint,
+            // A restore's record knows nothing of the download either: the same nothing.
+            facts: SourceFacts::default(),
         },
     )
     .await?;
@@ -729,6 +745,8 @@ pub(crate) struct Labelled<'a> {
     pub size: u64,
     pub checksum: &'a Checksum,
     pub fingerprint: &'a Checksum,
+    /// What the record will say about how the bytes were made (see [`SourceFacts`]).
+    pub facts: SourceFacts,
 }
 
 /// Makes the copy and checks its size.
@@ -741,7 +759,11 @@ pub(crate) async fn copy_labelled(
         .copy(
             copy.from,
             copy.to,
-            Some(object_metadata(copy.checksum, copy.fingerprint)),
+            Some(labelled_metadata(
+                copy.checksum,
+                copy.fingerprint,
+                &copy.facts,
+            )),
             Some(copy.etag),
         )
         .await
@@ -964,6 +986,10 @@ async fn publish_packer(
 ) -> ChangeResult {
     let build = build_packer(change, spec, &deps, &BTreeMap::new(), ctx).await?;
     let fingerprint = spec.fingerprint(&deps);
+    let facts = SourceFacts {
+        packer_version: Some(build.packer_version.clone()),
+        ..Default::default()
+    };
     let published = pipeline::publish_file(
         ctx.store.clone(),
         &pipeline::FileJob {
@@ -972,6 +998,7 @@ async fn publish_packer(
             key: pipeline::FileKey::Image {
                 key: &change.key,
                 fingerprint: &fingerprint,
+                facts: &facts,
             },
         },
         &ctx.settings,
@@ -1045,6 +1072,7 @@ async fn update(
             record.source.size = facts.size;
             record.source.etag = facts.etag.clone();
             record.source.last_modified = facts.last_modified.clone();
+            record.source.facts_unknown = facts.facts_unknown;
         }
         record.source.packer_version = facts.packer_version.clone();
         if record.source.checksum.is_none() {
@@ -1054,10 +1082,11 @@ async fn update(
     // Rewriting metadata copies the object onto itself (a new ETag and modification time, which
     // a NAS sync may take for new content): only when it really changes, not for a
     // record-only change such as `history` or `protect`.
-    let wanted = object_metadata(&checksum, &record.fingerprint);
-    let object = if object.user_metadata == wanted {
+    let mut wanted = object_metadata(&checksum, &record.fingerprint);
+    let object = if SourceFacts::strip(&object.user_metadata) == wanted {
         object
     } else {
+        record.source.facts().write_into(&mut wanted);
         ctx.store.set_metadata(&change.key, wanted).await?
     };
     record.object_etag = Some(object.etag);
@@ -1110,12 +1139,18 @@ async fn adopt_object(
         crate::timefmt::now_rfc3339(),
     );
     record.sha256 = Some(digests.sha256);
-    record.object_etag = Some(object.etag);
     record.source.checksum = change
         .after
         .as_ref()
         .and_then(|a| a.source_checksum.clone());
+    record
+        .source
+        .set_facts(SourceFacts::read_from(&object.user_metadata));
+    record.object_etag = Some(object.etag);
+    let kept = kept_by_the_killed_run(change, ctx).await?;
+    let trimmed = with_history(&mut record, change, kept);
     write_record(ctx, &change.record_key, &record).await?;
+    delete_history(change, &trimmed, ctx).await?;
     Ok((
         Done::Adopted {
             size: digests.size,
@@ -1123,6 +1158,59 @@ async fn adopt_object(
         },
         Some(digests.declared),
     ))
+}
+
+/// The copy of the recorded bytes a killed replace made before it overwrote them, when the plan
+/// expects one and it holds what the record says (by HEAD: size and labctl's checksum).
+async fn kept_by_the_killed_run(
+    change: &Change,
+    ctx: &ApplyContext,
+) -> anyhow::Result<Option<HistoryEntry>> {
+    let Some(key) = change
+        .history
+        .as_ref()
+        .filter(|h| h.keep_current)
+        .and_then(|h| h.keep_key.clone())
+    else {
+        return Ok(None);
+    };
+    let Some(before) = change.before.as_ref() else {
+        return Ok(None);
+    };
+    let (Some(checksum), Some(sha256)) = (before.checksum.clone(), before.sha256.clone()) else {
+        return Ok(None);
+    };
+    let Some(copy) = ctx.store.head(&key).await? else {
+        ctx.progress.line(
+            &change.name,
+            &format!("the interrupted run kept no copy of the earlier bytes at `{key}`"),
+        );
+        return Ok(None);
+    };
+    if !copy.labelled_with(&checksum) || before.size.is_some_and(|s| s != copy.size) {
+        ctx.progress.line(
+            &change.name,
+            &format!("`{key}` does not hold the earlier bytes its record names: not listed"),
+        );
+        return Ok(None);
+    }
+    Ok(Some(HistoryEntry {
+        checksum,
+        sha256,
+        key,
+        size: copy.size,
+        source_url: before
+            .spec
+            .as_ref()
+            .and_then(|s| s.pointer("/source/url"))
+            .and_then(|u| u.as_str())
+            .map(str::to_string),
+        uploaded_at: before
+            .uploaded_at
+            .clone()
+            .unwrap_or_else(|| "unknown".into()),
+        kept_at: crate::timefmt::now_rfc3339(),
+    }))
 }
 
 /// The record in the store now, when it is one this labctl reads.
@@ -1152,9 +1240,11 @@ pub(crate) async fn write_record(
         ci_run: ctx.ci_run.clone(),
         ..record.clone()
     };
+    crate::halt::reached(CommitPoint::ObjectVisible).await;
     ctx.store
         .put(key, Bytes::from(to_json(&record)), PutOptions::default())
         .await
         .with_context(|| format!("the object was published but its record `{key}` could not be written; the next plan replaces it"))?;
+    crate::halt::reached(CommitPoint::RecordWritten).await;
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod cleanup;
 pub mod desired;
 pub mod execute;
 pub mod failure;
+pub mod halt;
 pub mod index;
 pub mod planner;
 pub mod promote;

@@ -37,6 +37,12 @@ pub(crate) async fn promote(
             size: blob.size,
             checksum: &blob.checksum,
             fingerprint: &fingerprint,
+            facts: crate::store::SourceFacts {
+                size: blob.source.size,
+                etag: blob.source.etag.clone(),
+                last_modified: blob.source.last_modified.clone(),
+                packer_version: blob.source.packer_version.clone(),
+            },
         },
     )
     .await?;

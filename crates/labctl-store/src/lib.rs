@@ -26,7 +26,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 pub use location::StoreLocation;
 
-pub use labctl_core::object::{ObjectMeta, StartedUpload, Upload, META_CHECKSUM, META_FINGERPRINT};
+pub use labctl_core::object::{
+    ObjectMeta, SourceFacts, StartedUpload, Upload, META_CHECKSUM, META_FINGERPRINT,
+};
 
 pub type Body = Pin<Box<dyn AsyncRead + Send>>;
 

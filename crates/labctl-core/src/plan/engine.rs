@@ -464,6 +464,10 @@ fn plan_image(
 
     dedup(&mut content);
     dedup(&mut metadata);
+    if adopt_killed_replace(&mut change, &actual.object, &content, &metadata) {
+        plan_history(d, actual, &mut change);
+        return change;
+    }
     if !content.is_empty() {
         change.action = Action::Replace;
         change.reasons = content;
@@ -476,22 +480,64 @@ fn plan_image(
     change
 }
 
+/// A replace killed after its bytes became visible, before it wrote their record: the object
+/// no longer matches its record, but its metadata names exactly what this change wants. It is
+/// adopted (read back, not downloaded again) unless a replace was asked for by name.
+fn adopt_killed_replace(
+    change: &mut Change,
+    object: &ObjectState,
+    content: &[Reason],
+    metadata: &[Reason],
+) -> bool {
+    let ObjectState::Present(meta) = object else {
+        return false;
+    };
+    if !content.contains(&Reason::ObjectModified) || content.contains(&Reason::ReplacementRequested)
+    {
+        return false;
+    }
+    let Some(adopt) = adoptable(change, meta) else {
+        return false;
+    };
+    // A replace writes other bytes, or the same bytes from other inputs. An object that still
+    // claims the record's own checksum and fingerprint but differs from it was changed by
+    // someone else, keeping the labels: replaced, never trusted by its labels.
+    let before = change.before.as_ref();
+    let same_labels = before.is_some_and(|b| {
+        b.checksum.as_ref() == Some(&adopt.checksum)
+            && b.fingerprint.as_ref()
+                == meta
+                    .user_metadata
+                    .get(crate::object::META_FINGERPRINT)
+                    .and_then(|f| f.parse().ok())
+                    .as_ref()
+    });
+    if same_labels {
+        return false;
+    }
+    adopt_into(change, adopt);
+    change.reasons.extend(metadata.iter().cloned());
+    true
+}
+
+fn adopt_into(change: &mut Change, adopt: Adopt) {
+    change.action = Action::Update;
+    change.reasons.push(Reason::Adopt);
+    if let Some(after) = change.after.as_mut() {
+        after.checksum = Some(adopt.checksum.clone());
+        after
+            .unknown
+            .retain(|u| !matches!(u, KnownAfterApply::Checksum | KnownAfterApply::Size));
+    }
+    change.adopt = Some(adopt);
+}
+
 /// An image with no record: created, or adopted when an interrupted apply published exactly
 /// this spec at its key.
 fn plan_unrecorded(change: &mut Change, unrecorded: Option<&crate::object::ObjectMeta>) {
     match unrecorded {
         Some(meta) => match adoptable(change, meta) {
-            Some(adopt) => {
-                change.action = Action::Update;
-                change.reasons.push(Reason::Adopt);
-                if let Some(after) = change.after.as_mut() {
-                    after.checksum = Some(adopt.checksum.clone());
-                    after.unknown.retain(|u| {
-                        !matches!(u, KnownAfterApply::Checksum | KnownAfterApply::Size)
-                    });
-                }
-                change.adopt = Some(adopt);
-            }
+            Some(adopt) => adopt_into(change, adopt),
             None => {
                 change.action = Action::Create;
                 change.reasons.push(Reason::UnrecordedObjectOverwritten);
@@ -549,9 +595,18 @@ fn plan_history(d: &Desired, actual: &ActualRecord, change: &mut Change) {
     let object_trusted = !change.reasons.iter().any(Reason::is_object_drift);
     // Replacing bytes with the same bytes (`--replace`, drift repair) keeps nothing.
     let bytes_change = d.published().is_none_or(|p| p != record.checksum());
-    let keep_current =
-        change.action == Action::Replace && limit > 0 && object_trusted && bytes_change;
     let current_sha256 = record.sha256();
+    // Adopting a killed replace: that run kept the recorded bytes before it overwrote them, at
+    // the key their sha256 names; apply lists the copy if it is there.
+    let adopted_replace = change
+        .adopt
+        .as_ref()
+        .is_some_and(|a| a.checksum != *record.checksum());
+    let keep_current = if change.adopt.is_some() {
+        adopted_replace && limit > 0 && current_sha256.is_some()
+    } else {
+        change.action == Action::Replace && limit > 0 && object_trusted && bytes_change
+    };
     let keep_key = keep_current
         .then(|| {
             current_sha256
@@ -564,7 +619,17 @@ fn plan_history(d: &Desired, actual: &ActualRecord, change: &mut Change) {
     }
     // Newest first: the current bytes (if kept), then what was kept before, without the bytes
     // that become current again and without a second copy of the same bytes.
-    let becomes_current = change.restore.as_ref().map(|r| r.sha256.clone());
+    // Adopting a killed restore: the kept bytes it copied back are current again.
+    let becomes_current = change
+        .restore
+        .as_ref()
+        .map(|r| r.sha256.clone())
+        .or_else(|| {
+            let adopted = &change.adopt.as_ref()?.checksum;
+            kept.iter()
+                .find(|h| h.checksum == *adopted)
+                .map(|h| h.sha256.clone())
+        });
     let mut after: Vec<String> = Vec::new();
     if let Some(k) = &keep_key {
         after.push(k.clone());

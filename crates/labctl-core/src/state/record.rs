@@ -105,6 +105,37 @@ pub struct RecordSource {
     pub template_hash: Option<Checksum>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packer_version: Option<String>,
+    /// The download's facts (`size`, `etag`, `lastModified`) and the Packer version are lost:
+    /// the object was adopted after an interrupted run, from an object that did not carry them.
+    /// `drift --check-sources` reports such an image as `source-unknown`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub facts_unknown: bool,
+}
+
+impl RecordSource {
+    /// The facts as an object carries them in its metadata.
+    pub fn facts(&self) -> crate::object::SourceFacts {
+        crate::object::SourceFacts {
+            size: self.size,
+            etag: self.etag.clone(),
+            last_modified: self.last_modified.clone(),
+            packer_version: self.packer_version.clone(),
+        }
+    }
+
+    /// Takes the facts an adopted object carried; without them, says they are lost.
+    pub fn set_facts(&mut self, facts: Option<crate::object::SourceFacts>) {
+        match facts {
+            Some(f) => {
+                self.size = f.size;
+                self.etag = f.etag;
+                self.last_modified = f.last_modified;
+                self.packer_version = f.packer_version;
+                self.facts_unknown = false;
+            }
+            None => self.facts_unknown = true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

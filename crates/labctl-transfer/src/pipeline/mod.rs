@@ -65,6 +65,9 @@ pub enum FileKey<'a> {
     Image {
         key: &'a str,
         fingerprint: &'a Checksum,
+        /// What its record will say about how it was made, carried by the object itself so a
+        /// run killed before the record is written loses nothing.
+        facts: &'a labctl_store::SourceFacts,
     },
     /// The content-addressed blob of its sha256 (`.labctl/blobs/sha256/<hex>`, a fan-out leg):
     /// not uploaded again when the same bytes are already there.
@@ -397,8 +400,19 @@ async fn attempt(
     progress: &dyn Progress,
     cancel: watch::Receiver<bool>,
 ) -> Result<Attempt, PipelineError> {
+    // The download's facts travel with the bytes: a run killed between the object becoming
+    // visible and its record being written leaves them for the run that adopts it.
+    let info = download.info();
+    let mut user_metadata = job.user_metadata.clone();
+    labctl_store::SourceFacts {
+        size: info.size,
+        etag: info.etag.clone(),
+        last_modified: info.last_modified.clone(),
+        packer_version: None,
+    }
+    .write_into(&mut user_metadata);
     let options = PutOptions {
-        user_metadata: job.user_metadata.clone(),
+        user_metadata,
         ..Default::default()
     };
     let sink = Sink::Upload {
@@ -595,11 +609,16 @@ async fn file_target(
     let mut user_metadata =
         BTreeMap::from([(labctl_store::META_CHECKSUM.to_string(), sha256.to_string())]);
     let key = match key {
-        FileKey::Image { key, fingerprint } => {
+        FileKey::Image {
+            key,
+            fingerprint,
+            facts,
+        } => {
             user_metadata.insert(
                 labctl_store::META_FINGERPRINT.to_string(),
                 fingerprint.to_string(),
             );
+            facts.write_into(&mut user_metadata);
             key.to_string()
         }
         FileKey::Blob => {

@@ -1309,3 +1309,114 @@ fn an_object_without_a_record_that_is_not_this_spec_is_overwritten() {
     );
     assert_eq!(p.change("gw").unwrap().action, Action::Create);
 }
+
+/// A store where a run replacing `rec` with `wanted`'s bytes (`content`) was killed after the
+/// object became visible and before it wrote the record.
+fn killed_replace(rec: &StateRecord, wanted: &NormalizedSpec, content: &str) -> ActualState {
+    let mut entry = synced(rec);
+    let published = record(wanted, content, &[]);
+    if let ObjectState::Present(meta) = &mut entry.object {
+        let ObjectState::Present(new) = object_of(&published) else {
+            unreachable!()
+        };
+        *meta = ObjectMeta {
+            etag: "\"new\"".into(),
+            ..new
+        };
+    }
+    state(vec![entry])
+}
+
+#[test]
+fn a_replace_killed_before_its_record_is_adopted_with_the_copy_it_kept() {
+    let (v3, v4) = (kept_http("a", "v3", 2), kept_http("a", "v4", 2));
+    let mut rec = record(&v3, "v3", &[]);
+    rec.history = vec![kept(&v3.destination, "v2"), kept(&v3.destination, "v1")];
+    let p = plan(
+        std::slice::from_ref(&v4),
+        &killed_replace(&rec, &v4, "v4"),
+        PlanOptions::default(),
+    );
+    let c = &p.changes[0];
+    assert_eq!(c.action, Action::Update);
+    assert_eq!(c.reasons[0], Reason::Adopt, "{:?}", c.reasons);
+    let adopt = c.adopt.as_ref().expect("adopted, not downloaded again");
+    assert_eq!(
+        (adopt.checksum.clone(), adopt.etag.as_str()),
+        (sum("v4"), "\"new\"")
+    );
+    // The same history an uninterrupted replace leaves: v3 kept, v1 trimmed.
+    let h = c.history.as_ref().unwrap();
+    assert!(h.keep_current);
+    assert_eq!(
+        h.keep_key.as_deref(),
+        Some(crate::manifest::history_key(&v3.destination, &sum("v3")).as_str())
+    );
+    assert_eq!(h.trim, [kept(&v3.destination, "v1").key]);
+    assert_eq!((h.kept, h.limit), (2, 2));
+    assert!(crate::plan::check::check(&p).is_ok());
+}
+
+#[test]
+fn a_restore_killed_before_its_record_is_adopted_and_leaves_the_history() {
+    let (v1, v3) = (kept_http("a", "v1", 2), kept_http("a", "v3", 2));
+    let mut rec = record(&v3, "v3", &[]);
+    rec.history = vec![kept(&v3.destination, "v2"), kept(&v3.destination, "v1")];
+    let p = plan(
+        std::slice::from_ref(&v1),
+        &killed_replace(&rec, &v1, "v1"),
+        PlanOptions::default(),
+    );
+    let c = &p.changes[0];
+    assert_eq!(c.action, Action::Update);
+    assert!(c.restore.is_none());
+    let h = c.history.as_ref().unwrap();
+    assert!(h.keep_current, "v3 was kept before v1 came back");
+    assert_eq!(h.trim, [kept(&v3.destination, "v1").key]);
+    assert_eq!(h.kept, 2);
+}
+
+#[test]
+fn a_killed_replace_is_not_adopted_when_a_replace_is_asked_for_or_the_object_is_foreign() {
+    let (v1, v2) = (kept_http("a", "v1", 1), kept_http("a", "v2", 1));
+    let rec = record(&v1, "v1", &[]);
+    let asked = plan(
+        std::slice::from_ref(&v2),
+        &killed_replace(&rec, &v2, "v2"),
+        PlanOptions {
+            replace: vec!["a".into()],
+            ..Default::default()
+        },
+    );
+    assert_eq!(asked.changes[0].action, Action::Replace);
+    assert!(asked.changes[0].adopt.is_none());
+    // Bytes labelled for another spec (v3) are not what this change wants: replaced, and not
+    // kept as history either.
+    let v3 = kept_http("a", "v3", 1);
+    let foreign = plan(
+        std::slice::from_ref(&v2),
+        &killed_replace(&rec, &v3, "v3"),
+        PlanOptions::default(),
+    );
+    let c = &foreign.changes[0];
+    assert_eq!(c.action, Action::Replace);
+    assert!(c.adopt.is_none());
+    assert!(c.history.is_none(), "{:?}", c.history);
+}
+
+#[test]
+fn an_object_matching_its_record_with_facts_added_is_not_drift() {
+    let v1 = http("a", "v1");
+    let rec = record(&v1, "v1", &[]);
+    let mut entry = synced(&rec);
+    if let ObjectState::Present(meta) = &mut entry.object {
+        crate::object::SourceFacts {
+            size: Some(9),
+            etag: Some("\"x\"".into()),
+            ..Default::default()
+        }
+        .write_into(&mut meta.user_metadata);
+    }
+    let p = plan(&[v1], &state(vec![entry]), PlanOptions::default());
+    assert_eq!(p.changes[0].action, Action::NoOp);
+}
