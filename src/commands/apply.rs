@@ -73,6 +73,7 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         cancel,
     )
     .await;
+    settle_dropped_uploads().await;
 
     let lost = held.as_ref().and_then(lock::Lock::lost);
     if let Some(l) = held {
@@ -85,6 +86,19 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         return Ok(super::exit(interrupted_code(&signals)));
     }
     result
+}
+
+/// Waits for the aborts of uploads a signal dropped mid-transfer (a part-by-part copy): leaving
+/// `main` would drop them unfinished. Bounded, so a run cancelled by CI still exits within its
+/// grace period (GitHub sends SIGKILL 10 s after the first signal).
+pub(super) async fn settle_dropped_uploads() {
+    let left = crate::store::pending::settle_dropped(std::time::Duration::from_secs(4)).await;
+    if left > 0 {
+        eprintln!(
+            "{} {left} unfinished upload(s) could not be aborted in time; they stay invisible and the next apply aborts them",
+            style("Warning:").yellow()
+        );
+    }
 }
 
 /// The run's end when its lease was lost: whatever it did not finish stays for the next run.

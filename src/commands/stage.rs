@@ -45,6 +45,7 @@ pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
     );
 
     let results = stage_in_waves(&plan, &saved.id, &units, ctx, args.parallelism).await;
+    super::apply::settle_dropped_uploads().await;
     let interrupted = signals.borrow().map(|s| s.exit_code());
     report(&results);
     if let Some(path) = &args.result {

@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cancel;
 mod cases;
 mod drift;
 mod fanout;

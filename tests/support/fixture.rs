@@ -187,11 +187,11 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
 
     let redirect = state.lock().unwrap().redirects.get(&path).cloned();
     if let Some(location) = redirect {
+        log(302, 0);
         write!(
             out,
             "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
-        log(302, 0);
         return Ok(());
     }
 
@@ -222,30 +222,32 @@ fn handle(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     };
     let (body, etag, faults, drop_after) = match decision {
         None => {
+            // Logged before the answer, like every response: a client that read it finds it
+            // in the log.
+            log(404, 0);
             write!(
                 out,
                 "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
             )?;
-            log(404, 0);
             return Ok(());
         }
         Some(Err(retry_after)) => {
             let retry_after = retry_after
                 .map(|s| format!("Retry-After: {s}\r\n"))
                 .unwrap_or_default();
-            write!(out, "HTTP/1.1 503 Service Unavailable\r\n{retry_after}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
             log(503, 0);
+            write!(out, "HTTP/1.1 503 Service Unavailable\r\n{retry_after}Content-Length: 0\r\nConnection: close\r\n\r\n")?;
             return Ok(());
         }
         Some(Ok(x)) => x,
     };
 
     if method == "HEAD" && faults.refuse_head {
+        log(405, 0);
         write!(
             out,
             "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         )?;
-        log(405, 0);
         return Ok(());
     }
     let len = body.len() as u64;

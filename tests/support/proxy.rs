@@ -1,5 +1,7 @@
 //! A proxy in front of an S3 test server that answers chosen requests with an S3 error (503 by
-//! default), so tests see the SDK's retries — and a store's refusals — against a real server.
+//! default), so tests see the SDK's retries — and a store's refusals — against a real server;
+//! or holds them a while before passing them on, as a store does with a server-side copy of
+//! many GiB.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -10,8 +12,13 @@ use std::time::Duration;
 struct Rule {
     pattern: String,
     remaining: u32,
-    status: u16,
-    code: &'static str,
+    action: Action,
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Refuse { status: u16, code: &'static str },
+    Stall(Duration),
 }
 
 #[derive(Default)]
@@ -56,8 +63,18 @@ impl Proxy {
         self.state.lock().unwrap().rules.push(Rule {
             pattern: pattern.to_string(),
             remaining: times,
-            status,
-            code,
+            action: Action::Refuse { status, code },
+        });
+    }
+
+    /// Hold the next `times` requests whose request line contains `pattern` for `delay`, then
+    /// pass them on (the client may have given up by then: the request still reaches the
+    /// server, as a copy the server already accepted would).
+    pub fn stall(&self, pattern: &str, times: u32, delay: Duration) {
+        self.state.lock().unwrap().rules.push(Rule {
+            pattern: pattern.to_string(),
+            remaining: times,
+            action: Action::Stall(delay),
         });
     }
 
@@ -118,17 +135,19 @@ fn relay(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::io::Re
             .rules
             .iter_mut()
             .find(|r| r.remaining > 0 && request_line.contains(r.pattern.as_str()));
-        match hit {
-            Some(rule) => {
-                rule.remaining -= 1;
-                let answer = (rule.status, rule.code);
-                st.injected += 1;
-                Some(answer)
-            }
-            None => None,
+        let action = hit.map(|rule| {
+            rule.remaining -= 1;
+            rule.action
+        });
+        if action.is_some() {
+            st.injected += 1;
         }
+        action
     };
-    if let Some((status, code)) = inject {
+    if let Some(Action::Stall(delay)) = inject {
+        std::thread::sleep(delay);
+    }
+    if let Some(Action::Refuse { status, code }) = inject {
         let xml = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>");
         write!(
             out,

@@ -625,15 +625,18 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
         .unwrap_or(&change.key);
     let key = crate::manifest::history_key(destination, &sha256);
     let created = ctx.store.head(&key).await?.is_none();
-    ctx.store
-        .copy(&change.key, &key, None, Some(&object.etag))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot keep the current bytes of `{}` at `{key}`",
-                change.key
-            )
-        })?;
+    let copying = async {
+        ctx.store
+            .copy(&change.key, &key, None, Some(&object.etag))
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot keep the current bytes of `{}` at `{key}`",
+                    change.key
+                )
+            })
+    };
+    unless_interrupted(ctx, copying).await?;
     let entry = HistoryEntry {
         checksum,
         sha256,
@@ -671,8 +674,10 @@ async fn sha256_of_current(
         &change.name,
         "reading the current object back for its sha256 before keeping it",
     );
-    let digests =
-        pipeline::hash_stored(ctx.store.as_ref(), &change.key, checksum.algorithm).await?;
+    let reading = async {
+        Ok(pipeline::hash_stored(ctx.store.as_ref(), &change.key, checksum.algorithm).await?)
+    };
+    let digests = unless_interrupted(ctx, reading).await?;
     if digests.declared != *checksum {
         ctx.progress.line(
             &change.name,
@@ -749,25 +754,40 @@ pub(crate) struct Labelled<'a> {
     pub facts: SourceFacts,
 }
 
+/// Work the store does in long requests (a server-side copy of many GiB, hundreds of
+/// UploadPartCopy, reading an object back), raced against the run's cancellation so a signal
+/// does not wait for it. What is dropped leaves nothing open: a part-by-part copy aborts its
+/// upload; a whole-object copy the server already accepted may still land — complete, labelled
+/// with its facts — and the next run adopts it.
+pub(crate) async fn unless_interrupted<T>(
+    ctx: &ApplyContext,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let mut cancel = ctx.cancel.clone();
+    let signalled = async move {
+        if cancel.wait_for(|c| *c).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        out = work => out,
+        () = signalled => Err(pipeline::PipelineError::Cancelled.into()),
+    }
+}
+
 /// Makes the copy and checks its size.
 pub(crate) async fn copy_labelled(
     ctx: &ApplyContext,
     copy: Labelled<'_>,
 ) -> anyhow::Result<crate::store::ObjectMeta> {
-    let object = ctx
-        .store
-        .copy(
-            copy.from,
-            copy.to,
-            Some(labelled_metadata(
-                copy.checksum,
-                copy.fingerprint,
-                &copy.facts,
-            )),
-            Some(copy.etag),
-        )
-        .await
-        .with_context(|| format!("cannot copy `{}` to `{}`", copy.from, copy.to))?;
+    let metadata = labelled_metadata(copy.checksum, copy.fingerprint, &copy.facts);
+    let copying = async {
+        ctx.store
+            .copy(copy.from, copy.to, Some(metadata), Some(copy.etag))
+            .await
+            .with_context(|| format!("cannot copy `{}` to `{}`", copy.from, copy.to))
+    };
+    let object = unless_interrupted(ctx, copying).await?;
     if object.size != copy.size {
         bail!(
             "the copy of `{}` at `{}` has {} bytes, not {}",
@@ -832,9 +852,12 @@ async fn check_kept(
             entry.key
         ),
     );
-    let digests = pipeline::hash_stored(ctx.store.as_ref(), &entry.key, entry.checksum.algorithm)
-        .await
-        .with_context(|| format!("cannot read the kept version `{}`", entry.key))?;
+    let reading = async {
+        pipeline::hash_stored(ctx.store.as_ref(), &entry.key, entry.checksum.algorithm)
+            .await
+            .with_context(|| format!("cannot read the kept version `{}`", entry.key))
+    };
+    let digests = unless_interrupted(ctx, reading).await?;
     if digests.declared != entry.checksum || digests.sha256 != entry.sha256 {
         bail!(
             "the kept version `{}` hashes to {}, not to {} as the record lists: it was changed outside labctl, and nothing was restored",
@@ -1119,9 +1142,12 @@ async fn adopt_object(
             object.etag
         );
     }
-    let digests = pipeline::hash_stored(ctx.store.as_ref(), &change.key, adopt.checksum.algorithm)
-        .await
-        .with_context(|| format!("cannot read `{}` back to adopt it", change.key))?;
+    let reading = async {
+        pipeline::hash_stored(ctx.store.as_ref(), &change.key, adopt.checksum.algorithm)
+            .await
+            .with_context(|| format!("cannot read `{}` back to adopt it", change.key))
+    };
+    let digests = unless_interrupted(ctx, reading).await?;
     if digests.declared != adopt.checksum {
         bail!(
             "object `{}` claims {} in its metadata but its bytes hash to {}: not adopted; `labctl apply --replace {}` publishes it again",

@@ -83,6 +83,29 @@ impl PendingUpload {
     }
 }
 
+/// Aborts started by a drop, not yet known to be finished: a run that stops at a signal waits
+/// for them ([`settle_dropped`]) before it exits, since leaving `main` drops unfinished tasks.
+static DROPPED: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits up to `limit` for the aborts of uploads whose futures were dropped. Returns how many
+/// did not finish in time (those uploads stay invisible until the next apply aborts them).
+pub async fn settle_dropped(limit: std::time::Duration) -> usize {
+    let handles = std::mem::take(&mut *DROPPED.lock().unwrap_or_else(|e| e.into_inner()));
+    let total = handles.len();
+    let all = join_all(handles);
+    match tokio::time::timeout(limit, all).await {
+        Ok(()) => 0,
+        Err(_) => total,
+    }
+}
+
+async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
+    for handle in handles {
+        let _ = handle.await;
+    }
+}
+
 impl Drop for PendingUpload {
     /// Neither completed nor aborted: the future holding it was dropped (a signal, a panic). The
     /// abort runs on the runtime, as it cannot be awaited here.
@@ -91,11 +114,15 @@ impl Drop for PendingUpload {
         let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move {
+                let abort = runtime.spawn(async move {
                     if let Err(e) = store.abort_multipart(&key, &id).await {
                         eprintln!("warning: the unfinished upload of `{key}` could not be aborted (the next apply aborts it): {e}");
                     }
                 });
+                DROPPED
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(abort);
             }
             Err(_) => eprintln!(
                 "warning: the unfinished upload of `{key}` was left (no runtime to abort it on); the next apply aborts it"

@@ -138,24 +138,24 @@ impl S3Store {
             Some(m) => m.clone(),
             None => request.source.user_metadata.clone(),
         };
-        let to = request.to;
-        let id = self
-            .create_multipart(
-                to,
-                PutOptions {
-                    user_metadata: metadata,
-                    ..Default::default()
-                },
-            )
-            .await?;
-        let done = match self.copy_parts(op, &source, &id, &request).await {
-            Ok(parts) => self.complete_multipart(to, &id, parts).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if done.is_err() {
-            let _ = self.abort_multipart(to, &id).await;
+        // Held by a guard: a copy of many GiB is hundreds of requests, and a run stopped by a
+        // signal drops it midway — the upload is aborted then too, not left open.
+        let upload = crate::pending::PendingUpload::start(
+            std::sync::Arc::new(self.clone()),
+            request.to,
+            PutOptions {
+                user_metadata: metadata,
+                ..Default::default()
+            },
+        )
+        .await?;
+        match self.copy_parts(op, &source, upload.id(), &request).await {
+            Ok(parts) => upload.complete(parts).await.map(|_| ()),
+            Err(e) => {
+                let _ = upload.abort().await;
+                Err(e)
+            }
         }
-        done
     }
 
     /// CopyObject: the whole object in one request.
