@@ -20,3 +20,4 @@ mod served;
 mod sources;
 mod stores;
 mod upstream;
+mod workflows;
