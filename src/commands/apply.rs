@@ -55,10 +55,11 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         Err(LockError::Interrupted) => return Ok(super::exit(interrupted_code(&signals))),
         Err(e) => return Err(lock_failure(e)),
     };
-    // Every write from here goes through the lease: a run that lost the lock writes nothing.
-    let writes = match &held {
-        Some(l) => l.fence(store.clone()),
-        None => store.clone(),
+    // Every write from here goes through the lease: a run that lost the lock writes nothing,
+    // and stops its transfers and builds as if signalled.
+    let (writes, cancel) = match &held {
+        Some(l) => (l.fence(store.clone()), l.lease().stop_when_lost(cancel)),
+        None => (store.clone(), cancel),
     };
 
     let result = locked(
@@ -77,7 +78,16 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
 
     let lost = held.as_ref().and_then(lock::Lock::lost);
     if let Some(l) = held {
-        release(l, signals.borrow().is_some()).await;
+        if crate::store::pending::abandoned_requests() > 0 {
+            let lease = l.abandon();
+            eprintln!(
+                "{} a server-side copy was still running at the store when this run stopped: the lock is left to expire ({}s lease) rather than released, so no other run writes until it has landed; the next apply takes it over then (or `labctl force-unlock` once you know the copy is done).",
+                style("Warning:").yellow(),
+                lease.as_secs()
+            );
+        } else {
+            release(l, signals.borrow().is_some()).await;
+        }
     }
     if let Some(lost) = lost {
         return Err(lost_lock(lost));

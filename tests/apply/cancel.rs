@@ -27,6 +27,7 @@ on_locking_s3_stores!(
     apply_cancelled_during_a_multipart_upload,
     stage_cancelled_during_its_upload,
     promotion_cancelled_during_a_part_by_part_copy,
+    promotion_cancelled_during_a_whole_copy_leaves_its_lock_to_expire,
     plan_and_drift_cancelled_while_waiting,
 );
 
@@ -197,6 +198,54 @@ fn promotion_cancelled_during_a_part_by_part_copy(backend: Backend) {
     let promoted = lab.labctl_env(&args, &[("LABCTL_SINGLE_COPY_LIMIT", &limit)]);
     assert_eq!(promoted.code, 0, "{}", promoted.output());
     assert_eq!(lab.object("test/iso.img").unwrap(), iso);
+}
+
+/// A CopyObject the run stopped waiting for may still be carried out by the store: the run
+/// exits at the SIGINT but leaves its lock to expire instead of releasing it, and the next
+/// promotion takes it over once the lease has run out — by when the copy has landed.
+fn promotion_cancelled_during_a_whole_copy_leaves_its_lock_to_expire(backend: Backend) {
+    let lab = Lab::new(backend);
+    let proxy = Proxy::start(&lab.server.as_ref().unwrap().endpoint);
+    let lab = Lab {
+        endpoint: Some(proxy.endpoint.clone()),
+        ..lab
+    };
+    let iso = image_bytes(35, MIB + 11);
+    lab.serve("/iso", iso.clone(), Faults::default());
+    lab.write_manifest(&[Entry::raw("iso", "/iso", &iso)]);
+    plan_with_matrix(&lab);
+    let staged = lab.labctl(&["stage", PLAN, "--unit", "iso"]);
+    assert_eq!(staged.code, 0, "{}", staged.output());
+    let copy = format!(
+        "PUT /{}/images/test/iso.img?x-id=CopyObject",
+        crate::support::servers::BUCKET
+    );
+    proxy.stall(&copy, 1, Duration::from_secs(6));
+    let args = ["apply", PLAN, "--staged", "--lock-lease", "10s"];
+    let earlier = proxy.requests().len();
+    let child = lab.spawn(&args);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !proxy.requests()[earlier..]
+        .iter()
+        .any(|r| r.starts_with(&copy))
+    {
+        assert!(Instant::now() < deadline, "{:?}", proxy.requests());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let run = cancelled(child, &args);
+    assert!(
+        run.stderr.contains("the lock is left to expire"),
+        "{}",
+        run.output()
+    );
+    assert!(lab.head(".labctl/lock.json").is_some(), "{}", run.output());
+    let again = lab.labctl(&["apply", PLAN, "--staged", "--lock-timeout", "1m"]);
+    assert_eq!(again.code, 0, "{}", again.output());
+    assert!(again.stderr.contains("lease expired"), "{}", again.output());
+    assert_eq!(lab.object("test/iso.img").unwrap(), iso);
+    assert_nothing_left_open(&lab, "the promotion after the takeover");
+    let plan = lab.labctl(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "converged: {}", plan.output());
 }
 
 fn plan_and_drift_cancelled_while_waiting(backend: Backend) {

@@ -210,7 +210,15 @@ fn a_promotion_killed_at_each_commit_point_is_recovered_as_if_uninterrupted(back
     for (i, point) in POINTS.into_iter().enumerate() {
         let prefix = format!("p{i}");
         stage_v2(&prefix);
-        kill_at(&lab, &["apply", PLAN, "--staged"], point);
+        kill_at(
+            &lab,
+            &["apply", PLAN, "--staged", "--lock-lease", LEASE],
+            point,
+        );
+        // Requests the killed run had sent may still be carried out by the store (s3s-fs copies
+        // in place, not atomically): its lease is the bound the lock promises, so the documented
+        // force-unlock comes after it, as an operator who checked would.
+        std::thread::sleep(Duration::from_secs(3));
         recover(&lab);
         assert_converged(&lab);
         assert_same_as(&lab, REFERENCE, &prefix, point);

@@ -702,6 +702,14 @@ async fn restore(
     let spec = &desired.spec;
     let source = check_kept(change, entry, ctx).await?;
     let fingerprint = spec.fingerprint(&deps);
+    // The kept copy carries the facts of the download it came from (a history copy keeps its
+    // object's metadata); they are this record's only if that download was from this URL.
+    let same_url = matches!(&spec.source, SpecSource::Http { url, .. } if entry.source_url.as_deref() == Some(url.as_str()));
+    let facts = match &spec.source {
+        SpecSource::Http { .. } if same_url => SourceFacts::read_from(&source.user_metadata),
+        SpecSource::Http { .. } => None,
+        SpecSource::Packer { .. } => SourceFacts::read_from(&source.user_metadata),
+    };
     let object = copy_labelled(
         ctx,
         Labelled {
@@ -711,8 +719,7 @@ async fn restore(
             size: entry.size,
             checksum: &entry.checksum,
             fingerprint: &fingerprint,
-            // A restore's record knows nothing of the download either: the same nothing.
-            facts: SourceFacts::default(),
+            facts: facts.clone().unwrap_or_else(SourceFacts::lost),
         },
     )
     .await?;
@@ -729,6 +736,7 @@ async fn restore(
         .after
         .as_ref()
         .and_then(|a| a.source_checksum.clone());
+    record.source.set_facts(facts);
     let trimmed = with_history(&mut record, change, kept);
     write_record(ctx, &change.record_key, &record).await?;
     delete_history(change, &trimmed, ctx).await?;
@@ -1173,6 +1181,17 @@ async fn adopt_object(
         .source
         .set_facts(SourceFacts::read_from(&object.user_metadata));
     record.object_etag = Some(object.etag);
+    // A killed update (metadata rewritten, record not): the bytes are the recorded ones, and
+    // keep when they were first published, as the update would have.
+    if let Some(before) = change
+        .before
+        .as_ref()
+        .filter(|b| b.checksum.as_ref() == Some(&digests.declared))
+    {
+        if let Some(at) = &before.uploaded_at {
+            record.uploaded_at = at.clone();
+        }
+    }
     let kept = kept_by_the_killed_run(change, ctx).await?;
     let trimmed = with_history(&mut record, change, kept);
     write_record(ctx, &change.record_key, &record).await?;

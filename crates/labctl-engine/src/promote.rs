@@ -42,6 +42,7 @@ pub(crate) async fn promote(
                 etag: blob.source.etag.clone(),
                 last_modified: blob.source.last_modified.clone(),
                 packer_version: blob.source.packer_version.clone(),
+                lost: false,
             },
         },
     )

@@ -482,7 +482,7 @@ impl Store for FsStore {
     ) -> Result<ObjectMeta> {
         let store = self.clone();
         let key = key.to_string();
-        blocking(move || {
+        let written = blocking(move || {
             if head_sync(&store, &key)?.is_none() {
                 return Err(StoreError::Backend {
                     op: "set metadata of",
@@ -496,8 +496,12 @@ impl Store for FsStore {
                 key: key.clone(),
                 message: "object vanished".into(),
             })
-        })
-        .await
+        });
+        // The blocking task goes on if this future is dropped, like a request the store got.
+        let in_flight = crate::pending::InFlight::start();
+        let done = written.await;
+        in_flight.done();
+        done
     }
 
     async fn copy(
@@ -510,7 +514,7 @@ impl Store for FsStore {
         let store = self.clone();
         let (from, to) = (from.to_string(), to.to_string());
         let source_etag = source_etag.map(str::to_string);
-        blocking(move || {
+        let copied = blocking(move || {
             let source = store.path_of(&from)?;
             let target = store.path_of(&to)?;
             if let Some(etag) = source_etag {
@@ -552,8 +556,11 @@ impl Store for FsStore {
                 key: to.clone(),
                 message: "the copy vanished right after it was written".into(),
             })
-        })
-        .await
+        });
+        let in_flight = crate::pending::InFlight::start();
+        let done = copied.await;
+        in_flight.done();
+        done
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<()> {

@@ -92,17 +92,47 @@ static DROPPED: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
 /// did not finish in time (those uploads stay invisible until the next apply aborts them).
 pub async fn settle_dropped(limit: std::time::Duration) -> usize {
     let handles = std::mem::take(&mut *DROPPED.lock().unwrap_or_else(|e| e.into_inner()));
-    let total = handles.len();
-    let all = join_all(handles);
-    match tokio::time::timeout(limit, all).await {
-        Ok(()) => 0,
-        Err(_) => total,
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut left = 0;
+    for handle in handles {
+        if tokio::time::timeout_at(deadline, handle).await.is_err() {
+            left += 1;
+        }
+    }
+    left
+}
+
+/// Requests this process stopped waiting for that the store may still carry out (a
+/// CopyObject of many GiB is one request): see [`InFlight`].
+static ABANDONED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many write requests were abandoned in flight. A run that abandoned one does not release
+/// its lock: it lets the lease expire, so no other run writes while the request may still land.
+pub fn abandoned_requests() -> usize {
+    ABANDONED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Held across one write request that, once sent, the store carries out whether or not the
+/// answer is awaited; dropped before [`InFlight::done`], it counts the request as abandoned.
+pub struct InFlight {
+    done: bool,
+}
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        InFlight { done: false }
+    }
+
+    pub fn done(mut self) {
+        self.done = true;
     }
 }
 
-async fn join_all(handles: Vec<tokio::task::JoinHandle<()>>) {
-    for handle in handles {
-        let _ = handle.await;
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.done {
+            ABANDONED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 }
 

@@ -169,17 +169,22 @@ impl S3Store {
             Some(_) => MetadataDirective::Replace,
             None => MetadataDirective::Copy,
         };
-        self.client
+        let key = self.full_key(request.to)?;
+        // Once sent, the store copies whether or not the answer is awaited.
+        let in_flight = crate::pending::InFlight::start();
+        let sent = self
+            .client
             .copy_object()
             .bucket(self.bucket())
-            .key(self.full_key(request.to)?)
+            .key(key)
             .copy_source(source)
             .set_copy_source_if_match(request.source_etag.map(str::to_string))
             .metadata_directive(directive)
             .set_metadata(request.user_metadata.and_then(to_hashmap))
             .send()
-            .await
-            .map_err(|e| backend(op, request.to, e))?;
+            .await;
+        in_flight.done();
+        sent.map_err(|e| backend(op, request.to, e))?;
         Ok(())
     }
 

@@ -6,8 +6,9 @@
 
 use std::collections::BTreeMap;
 
-/// `complete` when every fact below that the publishing run knew is present; anything else (or
-/// absent: an object published before these keys existed) means the facts are lost.
+/// `complete` when every fact below that the publishing run knew is present; `partial` when one
+/// was too long to carry; `lost` when the run did not know them (its record said so); absent on
+/// an object published before these keys existed. Anything but `complete` means lost.
 pub const META_FACTS: &str = "labctl-facts";
 pub const META_SOURCE_SIZE: &str = "labctl-source-size";
 pub const META_SOURCE_ETAG: &str = "labctl-source-etag";
@@ -16,6 +17,7 @@ pub const META_PACKER_VERSION: &str = "labctl-packer-version";
 
 const COMPLETE: &str = "complete";
 const PARTIAL: &str = "partial";
+const LOST: &str = "lost";
 
 /// S3 allows 2 KiB of user metadata in all; a fact longer than this (a hostile server's ETag)
 /// is not carried, and the object says its facts are partial.
@@ -28,11 +30,26 @@ pub struct SourceFacts {
     pub etag: Option<String>,
     pub last_modified: Option<String>,
     pub packer_version: Option<String>,
+    /// The facts are not known (a record that says `factsUnknown`): carried as such, so that a
+    /// later adoption does not take "nothing known" for "nothing to know".
+    pub lost: bool,
 }
 
 impl SourceFacts {
+    /// Facts nobody knows.
+    pub fn lost() -> SourceFacts {
+        SourceFacts {
+            lost: true,
+            ..Default::default()
+        }
+    }
+
     /// Adds the facts to an object's metadata.
     pub fn write_into(&self, metadata: &mut BTreeMap<String, String>) {
+        if self.lost {
+            metadata.insert(META_FACTS.to_string(), LOST.to_string());
+            return;
+        }
         let mut complete = true;
         let mut put = |key: &str, value: Option<&str>| {
             let Some(value) = value else { return };
@@ -76,6 +93,7 @@ impl SourceFacts {
             etag: get(META_SOURCE_ETAG)?,
             last_modified: get(META_SOURCE_LAST_MODIFIED)?,
             packer_version: get(META_PACKER_VERSION)?,
+            lost: false,
         })
     }
 
@@ -140,6 +158,7 @@ mod tests {
             etag: Some("\"5f2b-61a3c4\"".into()),
             last_modified: Some("Tue, 03 Dec 2026 10:00:00 GMT".into()),
             packer_version: Some("1.11.2".into()),
+            lost: false,
         }
     }
 
@@ -201,6 +220,14 @@ mod tests {
         let mut truncated = meta;
         truncated.insert(META_SOURCE_ETAG.into(), "ab%2".into());
         assert_eq!(SourceFacts::read_from(&truncated), None);
+    }
+
+    #[test]
+    fn lost_facts_stay_lost() {
+        let mut meta = BTreeMap::new();
+        SourceFacts::lost().write_into(&mut meta);
+        assert_eq!(meta[META_FACTS], "lost");
+        assert_eq!(SourceFacts::read_from(&meta), None);
     }
 
     #[test]

@@ -120,6 +120,7 @@ impl RecordSource {
             etag: self.etag.clone(),
             last_modified: self.last_modified.clone(),
             packer_version: self.packer_version.clone(),
+            lost: self.facts_unknown,
         }
     }
 

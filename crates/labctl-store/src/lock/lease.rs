@@ -298,6 +298,38 @@ impl Lease {
         &self.lock_id
     }
 
+    /// A stop signal that also turns true once this lease is lost: a run that can no longer
+    /// write anything stops its downloads and builds too, instead of finishing work that its
+    /// fenced writes would refuse. Checked a few times per margin, so well before the run could
+    /// reach a commit point.
+    pub fn stop_when_lost(
+        self: &Arc<Self>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(*stop.borrow());
+        let lease = self.clone();
+        let every = (self.margin() / 4).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let signalled = async {
+                if stop.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let lost = async {
+                while lease.check().is_ok() {
+                    tokio::time::sleep(every).await;
+                }
+            };
+            tokio::select! {
+                () = signalled => {}
+                () = lost => {}
+                () = tx.closed() => return,
+            }
+            let _ = tx.send(true);
+        });
+        rx
+    }
+
     fn lost(&self) -> Option<LeaseLost> {
         self.state.lock().expect("not poisoned").lost.clone()
     }

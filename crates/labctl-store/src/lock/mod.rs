@@ -626,6 +626,16 @@ impl Lock {
         release_lease(self.store.as_ref(), &self.lease, &self.info, &self.etag).await
     }
 
+    /// Stops renewing without releasing: the lock expires after its lease and the next run
+    /// takes it over. For a run that abandoned a write the store may still carry out (a
+    /// server-side copy it stopped waiting for at a signal): releasing would let another run
+    /// write while that request can still land. Returns the lease, for the message.
+    pub fn abandon(mut self) -> Duration {
+        self.released = true;
+        self.keeper.abort();
+        self.lease.duration
+    }
+
     /// The lease every write of this run is fenced by.
     pub fn lease(&self) -> Arc<Lease> {
         self.lease.clone()

@@ -409,6 +409,7 @@ async fn attempt(
         etag: info.etag.clone(),
         last_modified: info.last_modified.clone(),
         packer_version: None,
+        lost: false,
     }
     .write_into(&mut user_metadata);
     let options = PutOptions {
