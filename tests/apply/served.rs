@@ -1,7 +1,7 @@
 //! The folder machines boot from (`labctl verify SYNCED --into SERVED`): filled from what the
 //! real `rclone` pulled from the suite's S3 servers, checked with the stock `sha256sum` and
 //! `minisign`, and put through interrupted syncs, kill -9, concurrent runs and readers, other
-//! filesystems (tmpfs, an XFS loop mount that makes reflinks) and a full disk.
+//! filesystems (tmpfs, XFS and Btrfs loop mounts that make reflinks) and a full disk.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -458,8 +458,19 @@ fn temporary_files(served: &Path) -> usize {
 #[test]
 fn a_run_killed_at_any_moment_leaves_the_served_folder_consistent() {
     let root = tempfile::tempdir().unwrap();
-    let synced = root.path().join("synced");
-    let served = root.path().join("served");
+    killed_at_any_moment(root.path());
+}
+
+/// The same on Btrfs, the filesystem of a Synology volume: every placement a reflink.
+#[test]
+fn a_run_killed_at_any_moment_on_btrfs_leaves_the_served_folder_consistent() {
+    let (_root, _mount, volume) = loop_volume(Fs::Btrfs, 640);
+    killed_at_any_moment(&volume);
+}
+
+fn killed_at_any_moment(root: &Path) {
+    let synced = root.join("synced");
+    let served = root.join("served");
     let names = ["talos/a.raw", "vyos/b.iso", "harvester/c.iso"];
     let old: Vec<Vec<u8>> = (0..3).map(|i| image_bytes(100 + i, 24 << 20)).collect();
     let new: Vec<Vec<u8>> = (0..3).map(|i| image_bytes(200 + i, 24 << 20)).collect();
@@ -622,7 +633,7 @@ fn methods(report: &serde_json::Value) -> Vec<String> {
 }
 
 /// The synced copy on tmpfs, the served folder on another filesystem: copied, never linked.
-/// Both on an XFS volume made with reflinks (as Btrfs volumes on a Synology are): cloned.
+/// Both on one XFS or Btrfs volume (a Synology's filesystem): cloned.
 #[test]
 fn other_filesystems_are_copied_and_reflinks_are_used_where_they_exist() {
     let shm = tempfile::tempdir_in("/dev/shm").expect("/dev/shm is a tmpfs");
@@ -642,35 +653,118 @@ fn other_filesystems_are_copied_and_reflinks_are_used_where_they_exist() {
     );
     assert_ne!((s.dev(), s.ino()), (d.dev(), d.ino()));
 
-    let image = root.path().join("xfs.img");
+    for fs in [Fs::Xfs, Fs::Btrfs] {
+        reflinked_on(fs, &a);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fs {
+    /// With reflinks (`mkfs.xfs -m reflink=1`, the default of recent xfsprogs).
+    Xfs,
+    /// A Synology volume's filesystem.
+    Btrfs,
+}
+
+/// A fresh loop volume of `mib` MiB: its temporary directory, its mount, and where it is.
+fn loop_volume(fs: Fs, mib: u64) -> (tempfile::TempDir, Mount, PathBuf) {
+    let root = tempfile::tempdir().unwrap();
+    let image = root.path().join("volume.img");
     std::fs::File::create(&image)
         .unwrap()
-        .set_len(320 << 20)
+        .set_len(mib << 20)
         .unwrap();
-    let mkfs = Command::new("mkfs.xfs")
-        .args(["-q", "-m", "reflink=1"])
+    let (program, args, package): (&str, &[&str], &str) = match fs {
+        Fs::Xfs => ("mkfs.xfs", &["-q", "-m", "reflink=1"], "xfsprogs"),
+        Fs::Btrfs => ("mkfs.btrfs", &["-q"], "btrfs-progs"),
+    };
+    let mkfs = Command::new(program)
+        .args(args)
         .arg(&image)
         .output()
-        .expect("mkfs.xfs (xfsprogs) is installed: scripts/test installs it");
-    assert!(mkfs.status.success(), "{}", text(&mkfs));
+        .unwrap_or_else(|e| {
+            panic!("{program} ({package}) is installed: scripts/test installs it ({e})")
+        });
+    assert!(mkfs.status.success(), "{program}: {}", text(&mkfs));
     let volume = root.path().join("volume");
     let image_arg = image.display().to_string();
-    let _mount = Mount::new(&["-o", "loop", &image_arg], &volume);
+    let mount = Mount::new(&["-o", "loop", &image_arg], &volume);
+    (root, mount, volume)
+}
+
+/// Both folders on one volume of `fs`: the file is cloned, and the clone is verified.
+fn reflinked_on(fs: Fs, a: &[u8]) {
+    let (_root, _mount, volume) = loop_volume(fs, 320);
     let synced = volume.join("synced");
     let served = volume.join("served");
     write_generation(&synced, &[("a.raw", &a)], "2026-12-01T00:00:00Z");
     let (code, out, report) = output(&mut labctl_verify_into(&synced, &served, &["--json"]));
-    assert_eq!(code, 0, "{out}");
-    assert_eq!(methods(&report), ["reflink"]);
-    assert_eq!(report["bytes_copied"], 0);
+    assert_eq!(code, 0, "{fs:?}: {out}");
+    assert_eq!(methods(&report), ["reflink"], "{fs:?}");
+    assert_eq!(report["bytes_copied"], 0, "{fs:?}");
     assert_eq!(
         report["bytes_hashed"],
         a.len(),
-        "the clone itself is verified"
+        "{fs:?}: the clone itself is verified"
     );
     // A clone shares no inode: a later write to the synced file does not reach it.
     flip_byte(&synced.join("a.raw"), 5);
-    assert_eq!(std::fs::read(served.join("a.raw")).unwrap(), a);
+    assert_eq!(std::fs::read(served.join("a.raw")).unwrap(), a, "{fs:?}");
+}
+
+/// `--deep` also hashes the synced copies: one whose bytes rotted behind an intact served file
+/// is reported (`synced-differs`, exit 2), and the served folder is left as it is.
+#[test]
+fn deep_reports_a_synced_copy_that_no_longer_matches_its_list() {
+    let root = tempfile::tempdir().unwrap();
+    let synced = root.path().join("synced");
+    let served = root.path().join("served");
+    let (a, b) = (image_bytes(410, 300_000), image_bytes(411, 200_000));
+    write_generation(
+        &synced,
+        &[("a.raw", &a), ("b.raw", &b)],
+        "2026-12-01T00:00:00Z",
+    );
+    assert_eq!(output(&mut labctl_verify_into(&synced, &served, &[])).0, 0);
+    let deep = output(&mut labctl_verify_into(
+        &synced,
+        &served,
+        &["--deep", "--json"],
+    ));
+    assert_eq!(deep.0, 0, "{}", deep.1);
+    assert_eq!(
+        deep.2["bytes_hashed"],
+        a.len() + b.len() + a.len() + b.len()
+    );
+
+    flip_byte(&synced.join("b.raw"), 1000);
+    let before = std::fs::read(served.join("b.raw")).unwrap();
+    // Without --deep nothing looks at a current file's synced copy.
+    assert_eq!(output(&mut labctl_verify_into(&synced, &served, &[])).0, 0);
+    let (code, out, report) = output(&mut labctl_verify_into(
+        &synced,
+        &served,
+        &["--deep", "--json"],
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(status_of(&report, "b.raw"), "synced-differs", "{report}");
+    assert_eq!(status_of(&report, "a.raw"), "current", "{report}");
+    let row = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "b.raw")
+        .unwrap();
+    assert!(
+        row["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the served file is intact"),
+        "{row}"
+    );
+    assert_eq!(std::fs::read(served.join("b.raw")).unwrap(), before);
+    assert_eq!(before, b);
+    assert!(sha256sum_accepts(&served));
 }
 
 /// Not enough room for the new files: a clear error, and the served folder unchanged.

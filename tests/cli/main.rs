@@ -4,6 +4,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod conveniences;
+mod dsm;
 mod examples;
 mod output;
 mod schema;

@@ -83,6 +83,10 @@ pub enum Status {
     Quarantined,
     /// Could not be placed (an I/O error other than a full disk).
     Failed,
+    /// `--deep`: served with the listed bytes, but the synced copy no longer hashes to its
+    /// list (bit rot or an edit in the synced folder): the copy a repair would come from is
+    /// gone. The served folder is left as it is.
+    SyncedDiffers,
 }
 
 impl Status {
@@ -98,6 +102,7 @@ impl Status {
             Status::Removed => "removed",
             Status::Quarantined => "quarantined",
             Status::Failed => "failed",
+            Status::SyncedDiffers => "synced-differs",
         }
     }
 
@@ -105,7 +110,11 @@ impl Status {
     fn serves_listed(self) -> bool {
         matches!(
             self,
-            Status::Current | Status::Placed | Status::Replaced | Status::Repaired
+            Status::Current
+                | Status::Placed
+                | Status::Replaced
+                | Status::Repaired
+                | Status::SyncedDiffers
         )
     }
 
@@ -113,7 +122,11 @@ impl Status {
     pub fn is_problem(self) -> bool {
         matches!(
             self,
-            Status::Pending | Status::Conflict | Status::Quarantined | Status::Failed
+            Status::Pending
+                | Status::Conflict
+                | Status::Quarantined
+                | Status::Failed
+                | Status::SyncedDiffers
         )
     }
 }
@@ -706,6 +719,12 @@ impl Run<'_> {
                 r.served_sha256 = Some(want.to_string());
                 r.size = Some(*size);
                 self.own(announced, line, *size, *identity);
+                if self.options.deep {
+                    if let Some(detail) = self.synced_rot(&line.path, want) {
+                        r.status = Status::SyncedDiffers;
+                        r.detail = detail;
+                    }
+                }
                 return (r, None);
             }
             ServedSide::Altered {
@@ -754,6 +773,25 @@ impl Run<'_> {
                 let r = self.not_placed(r, &side, detail);
                 (r, None)
             }
+        }
+    }
+
+    /// `--deep` on a served file: whether its synced copy, the source of any repair, still
+    /// hashes to its list. A missing copy is a sync at work, not rot.
+    fn synced_rot(&mut self, path: &str, want: &str) -> Option<String> {
+        let synced = self.folders.synced.join(path);
+        match place::hash_file(&synced) {
+            Ok((sum, size)) => {
+                self.bytes_hashed += size;
+                (sum.hex() != want).then(|| format!(
+                    "the served file is intact, but the synced copy hashes to {}, not the listed {want} (bit rot or an edit in the synced folder, or a sync in progress): delete the synced copy so the next sync fetches it again",
+                    sum.hex()
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(format!(
+                "the served file is intact, but its synced copy cannot be read: {e}"
+            )),
         }
     }
 
