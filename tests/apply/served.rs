@@ -697,7 +697,7 @@ fn reflinked_on(fs: Fs, a: &[u8]) {
     let (_root, _mount, volume) = loop_volume(fs, 320);
     let synced = volume.join("synced");
     let served = volume.join("served");
-    write_generation(&synced, &[("a.raw", &a)], "2026-12-01T00:00:00Z");
+    write_generation(&synced, &[("a.raw", a)], "2026-12-01T00:00:00Z");
     let (code, out, report) = output(&mut labctl_verify_into(&synced, &served, &["--json"]));
     assert_eq!(code, 0, "{fs:?}: {out}");
     assert_eq!(methods(&report), ["reflink"], "{fs:?}");

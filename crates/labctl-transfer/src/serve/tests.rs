@@ -144,7 +144,12 @@ fn a_clean_sync_converges_and_a_second_run_hashes_nothing() {
         &|_, _, _| {},
     )
     .unwrap();
-    assert_eq!(deep.bytes_hashed, (A1.len() + B.len()) as u64);
+    // Every served file, and the synced copy it would be repaired from.
+    assert_eq!(deep.bytes_hashed, 2 * (A1.len() + B.len()) as u64);
+    assert_eq!(
+        statuses(&deep),
+        [("b.iso", Status::Current), ("talos/a.raw", Status::Current)]
+    );
 }
 
 #[test]
