@@ -119,6 +119,7 @@ async fn stage_in_waves(
     let mut results = Vec::new();
     for names in by_wave.values() {
         let mut running = JoinSet::new();
+        let mut unit_of = BTreeMap::new();
         let mut queue = names.iter();
         loop {
             while running.len() < parallelism.max(1) as usize && !*ctx.cancel.borrow() {
@@ -129,21 +130,46 @@ async fn stage_in_waves(
                     name.to_string(),
                     ctx.clone(),
                 );
-                running.spawn(
-                    async move { crate::apply::stage::stage(&plan, &id, &name, &ctx).await },
-                );
+                let unit = name.clone();
+                let task = running.spawn(async move {
+                    crate::apply::stage::stage(&plan, &id, &name, &ctx).await
+                });
+                unit_of.insert(task.id(), unit);
             }
-            match running.join_next().await {
-                Some(Ok(result)) => {
-                    ctx.progress.finish(&result.image, &outcome_of(&result));
-                    results.push(result);
-                }
-                Some(Err(e)) => eprintln!("{} a stage task failed: {e}", style("error:").red()),
+            let result = match running.join_next().await {
+                Some(Ok(result)) => result,
+                // A unit whose task panicked failed: it is never dropped from the results, or
+                // the leg would exit 0 with an image unstaged.
+                Some(Err(e)) => crashed(plan_id, unit_of.get(&e.id()), &ctx, &e),
                 None => break,
-            }
+            };
+            ctx.progress.finish(&result.image, &outcome_of(&result));
+            results.push(result);
         }
     }
     results
+}
+
+/// The result of a unit whose task did not finish (a panic): failed, nothing staged for it.
+fn crashed(
+    plan_id: &str,
+    unit: Option<&String>,
+    ctx: &crate::apply::ApplyContext,
+    e: &tokio::task::JoinError,
+) -> StageResult {
+    StageResult {
+        format_version: fanout::FORMAT_VERSION.into(),
+        plan: plan_id.into(),
+        image: unit.cloned().unwrap_or_else(|| "?".into()),
+        status: StageStatus::Failed,
+        error: Some(format!(
+            "labctl failed internally while staging it ({}); nothing was staged for it, and staging it again retries",
+            if e.is_panic() { "a panic" } else { "cancelled" }
+        )),
+        blob: None,
+        staged_at: crate::timefmt::now_rfc3339(),
+        ci_run: ctx.ci_run.clone(),
+    }
 }
 
 fn outcome_of(result: &StageResult) -> crate::apply::Outcome {
