@@ -618,7 +618,6 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
     else {
         return Ok(None);
     };
-    let spec = before.spec.as_ref();
     let destination = change
         .key
         .strip_prefix(crate::manifest::IMAGES_PREFIX)
@@ -637,21 +636,7 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
             })
     };
     unless_interrupted(ctx, copying).await?;
-    let entry = HistoryEntry {
-        checksum,
-        sha256,
-        key,
-        size: object.size,
-        source_url: spec
-            .and_then(|s| s.pointer("/source/url"))
-            .and_then(|u| u.as_str())
-            .map(str::to_string),
-        uploaded_at: before
-            .uploaded_at
-            .clone()
-            .unwrap_or_else(|| "unknown".into()),
-        kept_at: crate::timefmt::now_rfc3339(),
-    };
+    let entry = kept_entry(before, checksum, sha256, key, object.size);
     Ok(Some(Kept {
         entry,
         created,
@@ -1239,11 +1224,22 @@ async fn kept_by_the_killed_run(
         );
         return Ok(None);
     }
-    Ok(Some(HistoryEntry {
+    Ok(Some(kept_entry(before, checksum, sha256, key, copy.size)))
+}
+
+/// The history entry of the recorded bytes (`before`), kept at `key` now.
+fn kept_entry(
+    before: &crate::plan::Before,
+    checksum: Checksum,
+    sha256: Checksum,
+    key: String,
+    size: u64,
+) -> HistoryEntry {
+    HistoryEntry {
         checksum,
         sha256,
         key,
-        size: copy.size,
+        size,
         source_url: before
             .spec
             .as_ref()
@@ -1255,7 +1251,7 @@ async fn kept_by_the_killed_run(
             .clone()
             .unwrap_or_else(|| "unknown".into()),
         kept_at: crate::timefmt::now_rfc3339(),
-    }))
+    }
 }
 
 /// The record in the store now, when it is one this labctl reads.
