@@ -128,6 +128,14 @@ pub fn env() -> &'static Environment {
 /// Tells the engine who runs it, as the lock and the consumer index name it: resolved here,
 /// from the environment, once at the start of `main`.
 pub fn identify_run() {
+    // What the library crates report rather than print, rendered here like every other line.
+    labctl_store::events::set_sink(|event| {
+        if event.is_warning() {
+            eprintln!("{} {event}", console::style("warning:").yellow());
+        } else {
+            eprintln!("{event}");
+        }
+    });
     let e = env();
     labctl_engine::set_run_identity(labctl_engine::RunIdentity {
         user: e.user.clone(),

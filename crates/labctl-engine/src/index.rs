@@ -48,14 +48,11 @@ pub async fn backfill(store: &Arc<dyn Store>, items: &[Backfill]) -> anyhow::Res
         if rec.sha256().is_some() && rec.size().is_some() {
             continue;
         }
-        eprintln!(
-            "{}: reading {}{} back once for its sha256…",
-            item.name,
-            item.key,
-            rec.size()
-                .map(|s| format!(" ({})", crate::units::human_size(s)))
-                .unwrap_or_default()
-        );
+        crate::store::events::report(crate::store::events::Event::ReadingBack {
+            image: item.name.clone(),
+            key: item.key.clone(),
+            size: rec.size(),
+        });
         let algorithm = rec.checksum().algorithm;
         let digests = match crate::pipeline::hash_stored(store.as_ref(), &item.key, algorithm).await
         {
@@ -166,7 +163,9 @@ pub async fn write(
     // The records as they now are, for the next plan's refresh (an optimization: a failure is
     // reported and the next refresh fetches the records).
     if let Err(e) = crate::state::refresh::write_snapshot(store.as_ref(), &actual).await {
-        eprintln!("warning: could not save the record snapshot: {e}");
+        crate::store::events::report(crate::store::events::Event::SnapshotNotSaved {
+            error: e.to_string(),
+        });
     }
     Ok(Written {
         objects: implied.entries.len(),

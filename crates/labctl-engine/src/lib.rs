@@ -31,7 +31,7 @@ pub use labctl_store::{lock, stranded};
 
 // The engine's own names for the layers below it, as the command line knows them.
 pub(crate) use labctl_core::{
-    checksum, consumer_index, fanout, graph, layout, manifest, plan, signing, spec, timefmt, units,
+    checksum, consumer_index, fanout, graph, layout, manifest, plan, signing, spec, timefmt,
 };
 pub(crate) use labctl_store as store;
 pub(crate) use labctl_transfer::{pipeline, progress, source, template_hash};

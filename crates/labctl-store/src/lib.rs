@@ -7,6 +7,7 @@
 //! The protocols labctl runs on a store live beside it: the lock ([`lock`], a conditional
 //! create), pending and stranded multipart uploads, and reading state ([`refresh`]).
 
+pub mod events;
 pub mod fs;
 pub mod identity;
 pub mod location;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::events::Event;
 use crate::{ObjectMeta, PutOptions, Store, StoreError, UploadedPart};
 
 pub struct PendingUpload {
@@ -22,6 +23,16 @@ pub struct AbortFailed {
     pub key: String,
     #[source]
     pub source: StoreError,
+}
+
+impl AbortFailed {
+    /// Reported, not returned: the work it belonged to has its own outcome.
+    pub fn report(self) {
+        crate::events::report(Event::AbortFailed {
+            key: self.key,
+            error: self.source.to_string(),
+        });
+    }
 }
 
 impl std::fmt::Debug for PendingUpload {
@@ -61,7 +72,7 @@ impl PendingUpload {
             Err(e) => {
                 self.id = Some(id);
                 if let Err(failed) = self.abort().await {
-                    eprintln!("warning: {failed}: {}", failed.source);
+                    failed.report();
                 }
                 Err(e)
             }
@@ -146,7 +157,10 @@ impl Drop for PendingUpload {
             Ok(runtime) => {
                 let abort = runtime.spawn(async move {
                     if let Err(e) = store.abort_multipart(&key, &id).await {
-                        eprintln!("warning: the unfinished upload of `{key}` could not be aborted (the next apply aborts it): {e}");
+                        crate::events::report(Event::AbortFailed {
+                            key,
+                            error: e.to_string(),
+                        });
                     }
                 });
                 DROPPED
@@ -154,9 +168,7 @@ impl Drop for PendingUpload {
                     .unwrap_or_else(|e| e.into_inner())
                     .push(abort);
             }
-            Err(_) => eprintln!(
-                "warning: the unfinished upload of `{key}` was left (no runtime to abort it on); the next apply aborts it"
-            ),
+            Err(_) => crate::events::report(Event::UploadLeft { key }),
         }
     }
 }

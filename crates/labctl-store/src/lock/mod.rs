@@ -249,13 +249,16 @@ impl Drop for Lock {
             Ok(runtime) => {
                 runtime.spawn(async move {
                     if let Err(e) = release_lease(store.as_ref(), &lease, &owner, &etag).await {
-                        eprintln!("warning: could not release the store lock {id}: {e}; `labctl force-unlock {id}` removes it");
+                        crate::events::report(crate::events::Event::LockNotReleased {
+                            id,
+                            error: Some(e.to_string()),
+                        });
                     }
                 });
             }
-            Err(_) => eprintln!(
-                "warning: the store lock {id} was not released; `labctl force-unlock {id}` removes it"
-            ),
+            Err(_) => {
+                crate::events::report(crate::events::Event::LockNotReleased { id, error: None })
+            }
         }
     }
 }
@@ -563,7 +566,9 @@ async fn fresh(
             }
             Err(e) => {
                 if let Err(left) = remove_own(store.as_ref(), &info.id).await {
-                    eprintln!("warning: could not remove the lock just taken: {left}");
+                    crate::events::report(crate::events::Event::LockNotRemoved {
+                        error: left.to_string(),
+                    });
                 }
                 return Err(e.into());
             }

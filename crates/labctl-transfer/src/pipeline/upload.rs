@@ -47,7 +47,7 @@ impl Uploaded {
     pub async fn discard(self) {
         if let Uploaded::Multipart { upload, .. } = self {
             if let Err(failed) = upload.abort().await {
-                eprintln!("warning: {failed}: {}", failed.source);
+                failed.report();
             }
         }
     }
@@ -73,7 +73,7 @@ pub async fn run(
         Err(e) => {
             if let Some(upload) = upload {
                 if let Err(failed) = upload.abort().await {
-                    eprintln!("warning: {failed}: {}", failed.source);
+                    failed.report();
                 }
             }
             Err(e)
