@@ -522,6 +522,95 @@ fn killed_at_any_moment(root: &Path) {
     );
 }
 
+/// kill -9 at several moments of a first run over 10,000 files (placed in batches, recorded in
+/// the journal): after each, every served file holds its listed bytes and what is listed is
+/// true; each run keeps what the killed ones placed, and a clean run finishes the work
+/// without copying it again.
+#[test]
+fn a_first_run_over_many_files_killed_at_any_moment_resumes() {
+    let root = tempfile::tempdir().unwrap();
+    let synced = root.path().join("synced");
+    let served = root.path().join("served");
+    const FILES: usize = 10_000;
+    let bodies: Vec<(String, Vec<u8>)> = (0..FILES)
+        .map(|i| {
+            let mut body = format!("file {i}\n").into_bytes();
+            body.resize(1024, b'.');
+            (format!("pxe/d{:02}/f{i:05}.bin", i % 50), body)
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = bodies
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    write_generation(&synced, &files, "2026-12-01T00:00:00Z");
+    let expected: std::collections::BTreeMap<PathBuf, &[u8]> =
+        files.iter().map(|(p, b)| (served.join(p), *b)).collect();
+
+    let tmp = served.join(".labctl/tmp");
+    let mut caught = 0;
+    let mut served_before = 0;
+    for delay_ms in [0u64, 150, 400, 900, 1500] {
+        let mut child = labctl_verify_into(&synced, &served, &[]).spawn().unwrap();
+        // From the moment the run copies into its temporary folder, then a while longer.
+        let started = Instant::now();
+        while temporary_files(&served) == 0 && started.elapsed() < Duration::from_secs(60) {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let left = std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0);
+        let images = served_images(&served);
+        for path in &images {
+            let want = expected
+                .get(path)
+                .unwrap_or_else(|| panic!("{} is not listed", path.display()));
+            assert_eq!(
+                &std::fs::read(path).unwrap(),
+                want,
+                "{} after a kill {delay_ms} ms into copying",
+                path.display()
+            );
+        }
+        if served.join("SHA256SUMS").exists() {
+            assert!(sha256sum_accepts(&served), "after a kill at {delay_ms} ms");
+        }
+        assert!(
+            images.len() >= served_before,
+            "a run lost what the killed one had placed: {} files served, {served_before} before",
+            images.len()
+        );
+        if left > 0 || (images.len() > served_before && images.len() < FILES) {
+            caught += 1;
+        }
+        served_before = images.len();
+    }
+    assert!(caught > 0, "no kill landed in the middle of a run");
+    assert!(served_before > 0, "the killed runs placed nothing");
+
+    let (code, out, report) = output(&mut labctl_verify_into(&synced, &served, &["--json"]));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["complete"], true, "{out}");
+    assert_eq!(temporary_files(&served), 0);
+    assert_eq!(served_images(&served).len(), FILES);
+    // What the killed runs placed was kept, not copied again.
+    let copied = report["bytes_copied"].as_u64().unwrap();
+    assert!(
+        copied <= ((FILES - served_before) * 1024) as u64,
+        "the last run copied {copied} bytes; {served_before} of {FILES} files were served already"
+    );
+    assert_eq!(
+        std::fs::read(served.join("SHA256SUMS")).unwrap(),
+        std::fs::read(synced.join("SHA256SUMS")).unwrap()
+    );
+    assert!(sha256sum_accepts(&served));
+    assert!(!served.join(".labctl/journal").exists());
+}
+
 /// Two runs at once: the second refuses (or, with --wait, queues); neither corrupts. A reader
 /// looping over a served file meanwhile always reads one of its two verified versions.
 #[test]

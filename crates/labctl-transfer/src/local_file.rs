@@ -30,6 +30,16 @@ pub enum Symlinks {
 
 /// The whole file, if it is a regular file of at most `limit` bytes.
 pub fn read(path: &Path, limit: u64, symlinks: Symlinks) -> Result<Vec<u8>, ReadError> {
+    let (reader, len) = open(path, limit, symlinks)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    reader.read_to_end_capped(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// A regular file opened for reading with the checks of [`read`], for a caller that parses it
+/// as it streams (a large state file need not be held whole beside what it parses into); with
+/// its length when opened.
+pub fn open(path: &Path, limit: u64, symlinks: Symlinks) -> Result<(Capped, u64), ReadError> {
     // O_NONBLOCK: a FIFO opens at once instead of waiting for a writer (and is then refused);
     // regular files ignore it. O_NOCTTY: a terminal named as a plan never becomes ours.
     let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
@@ -55,15 +65,43 @@ pub fn read(path: &Path, limit: u64, symlinks: Symlinks) -> Result<Vec<u8>, Read
     if meta.len() > limit {
         return Err(ReadError::TooLarge { limit });
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // A file still growing is cut at the limit and refused.
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
-    if bytes.len() as u64 > limit {
-        return Err(ReadError::TooLarge { limit });
+    Ok((
+        Capped {
+            inner: file.take(limit + 1),
+            limit,
+        },
+        meta.len(),
+    ))
+}
+
+/// A file cut one byte past its limit: reading that byte is an error, so a file still growing
+/// is refused rather than read without bound.
+pub struct Capped {
+    inner: std::io::Take<std::fs::File>,
+    limit: u64,
+}
+
+impl Capped {
+    fn read_to_end_capped(mut self, bytes: &mut Vec<u8>) -> Result<(), ReadError> {
+        self.inner.read_to_end(bytes).map_err(ReadError::Io)?;
+        if bytes.len() as u64 > self.limit {
+            return Err(ReadError::TooLarge { limit: self.limit });
+        }
+        Ok(())
     }
-    Ok(bytes)
+}
+
+impl Read for Capped {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 && self.inner.limit() == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::FileTooLarge,
+                format!("is larger than {} bytes", self.limit),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// [`read`], as UTF-8 text.

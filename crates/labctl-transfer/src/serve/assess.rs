@@ -131,26 +131,34 @@ pub fn synced(
     want: &str,
     cache: &HashCache,
 ) -> (SyncedSide, Option<Identity>) {
-    let side = judge_synced(path, expected_size, want, cache);
-    let identity = std::fs::metadata(path).ok().map(|m| Identity::of(&m));
-    (side, identity)
+    // Judged before opening: opening a FIFO left at a listed path would block.
+    match std::fs::metadata(path) {
+        Ok(meta) => (
+            judge_synced(&meta, expected_size, want, cache),
+            Some(Identity::of(&meta)),
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (
+            SyncedSide::NotYet {
+                detail: "not in the synced folder yet".into(),
+            },
+            None,
+        ),
+        Err(e) => (
+            SyncedSide::NotYet {
+                detail: format!("cannot read the synced copy's metadata: {e}"),
+            },
+            None,
+        ),
+    }
 }
 
 fn judge_synced(
-    path: &Path,
+    meta: &std::fs::Metadata,
     expected_size: Option<u64>,
     want: &str,
     cache: &HashCache,
 ) -> SyncedSide {
     let not_yet = |detail: String| SyncedSide::NotYet { detail };
-    // Judged before opening: opening a FIFO left at a listed path would block.
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return not_yet("not in the synced folder yet".into())
-        }
-        Err(e) => return not_yet(format!("cannot read the synced copy's metadata: {e}")),
-    };
     if !meta.is_file() {
         return not_yet("the synced path is not a regular file".into());
     }
@@ -166,7 +174,7 @@ fn judge_synced(
         ));
     }
     // Hashed before and unchanged since: no need to read it again to know it is not the one.
-    if let Some(known) = cache.get(&Identity::of(&meta)).filter(|k| *k != want) {
+    if let Some(known) = cache.get(&Identity::of(meta)).filter(|k| *k != want) {
         return not_yet(format!(
             "the synced copy's sha256 is {known}, not the listed one (a sync in progress, or a changed copy)"
         ));
@@ -187,7 +195,7 @@ mod tests {
             size: body.len() as u64,
             identity,
             placing: None,
-            entry: IndexEntry {
+            entry: std::sync::Arc::new(IndexEntry {
                 name: "x".into(),
                 path: "x".into(),
                 size: body.len() as u64,
@@ -196,7 +204,7 @@ mod tests {
                 source_url: None,
                 uploaded_at: None,
                 labctl_version: None,
-            },
+            }),
         }
     }
 

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use super::state::{Generation, KnownHash};
+use super::state::Generation;
 use super::{place, Announced, FileReport, Run, ServeError, Status, STATE_DIR};
+use labctl_core::checksum::Checksum;
 use labctl_core::consumer_index::{
     self, IndexDocument, IndexEntry, JSON_NAME, MAX_INDEX_BYTES, SIGNATURE_NAME, SUMS_NAME,
 };
@@ -26,23 +27,15 @@ impl Run<'_> {
             }
             self.state.generation = Some(Generation {
                 sums_sha256: announced.generation().sums_sha256,
-                generated_at: announced.json.as_ref().map(|(_, d)| d.generated_at.clone()),
-                ci_run: announced.json.as_ref().and_then(|(_, d)| d.ci_run.clone()),
+                generated_at: announced.json.as_ref().map(|j| j.generated_at.clone()),
+                ci_run: announced.json.as_ref().and_then(|j| j.ci_run.clone()),
                 trusted_comment: announced.signature.trusted_comment.clone(),
                 files: announced.listed.len(),
             });
         } else {
-            self.write_interim_index(None)?;
+            self.write_interim_index(&[])?;
         }
-        self.state.hashes = self
-            .cache
-            .iter()
-            .filter(|(id, _)| self.seen.contains(id))
-            .map(|(identity, sha256)| KnownHash {
-                identity: *identity,
-                sha256: sha256.clone(),
-            })
-            .collect();
+        self.finishing = true;
         self.save_state()
     }
 
@@ -55,10 +48,14 @@ impl Run<'_> {
             None
         };
         self.write_sums(&announced.sums, signature)?;
-        match &announced.json {
-            Some((bytes, _)) => self.write_if_changed(JSON_NAME, bytes),
+        let served_synced = match &announced.json {
+            Some(json) => self.serve_synced_json(&json.sha256)?,
+            None => false,
+        };
+        match served_synced {
+            true => Ok(()),
             // The listed files only: those no longer listed are removed right after.
-            None => {
+            false => {
                 let listed: std::collections::BTreeSet<&str> =
                     announced.listed.iter().map(|l| l.path.as_str()).collect();
                 let entries = self
@@ -73,11 +70,12 @@ impl Run<'_> {
 
     /// A list of exactly the files labctl serves now (but `except`, about to be replaced),
     /// unsigned (the signature signs another list); `index.json` to match.
-    pub(super) fn write_interim_index(&self, except: Option<&str>) -> Result<(), ServeError> {
+    pub(super) fn write_interim_index(&self, except: &[&str]) -> Result<(), ServeError> {
+        let except: std::collections::BTreeSet<&str> = except.iter().copied().collect();
         let entries: Vec<IndexEntry> = self
             .entries()
             .into_iter()
-            .filter(|e| Some(e.path.as_str()) != except)
+            .filter(|e| !except.contains(e.path.as_str()))
             .collect();
         let sums = consumer_index::sha256sums(&entries);
         let current = self.read_served(SUMS_NAME);
@@ -110,6 +108,44 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Serves the synced `index.json` byte for byte if it still hashes to what the run checked
+    /// against the list (it may have moved on since). Streamed, never held whole: it is tens of
+    /// MB at 50,000 files. Whether it is served.
+    fn serve_synced_json(&self, expected: &Checksum) -> Result<bool, ServeError> {
+        let served = self.folders.served.join(JSON_NAME);
+        if place::hash_file(&served).is_ok_and(|(sum, _)| sum == *expected) {
+            return Ok(true);
+        }
+        let synced = self.folders.synced.join(JSON_NAME);
+        if std::fs::metadata(&synced).map_or(true, |m| m.len() > MAX_INDEX_BYTES as u64) {
+            return Ok(false);
+        }
+        let error = |source: std::io::Error| {
+            if place::is_no_space(&source) {
+                ServeError::NoSpace {
+                    path: JSON_NAME.to_string(),
+                    source,
+                }
+            } else {
+                ServeError::Index {
+                    path: served.display().to_string(),
+                    source,
+                }
+            }
+        };
+        let mut temp = place::TempFile::new(&self.folders.tmp).map_err(error)?;
+        match place::fill(&synced, &mut temp, false) {
+            Ok(copied) if copied.sha256 == *expected => {}
+            Ok(_) | Err(place::FillError::Source(_)) => return Ok(false),
+            Err(place::FillError::Destination(e)) => return Err(error(e)),
+        }
+        temp.sync().map_err(error)?;
+        temp.rename_into(&self.folders.served, JSON_NAME)
+            .map_err(error)?;
+        place::sync_dir(&self.folders.served).map_err(error)?;
+        Ok(true)
+    }
+
     fn write_built_json(&self, entries: Vec<IndexEntry>) -> Result<(), ServeError> {
         let current = self
             .read_served(JSON_NAME)
@@ -129,7 +165,7 @@ impl Run<'_> {
             .files
             .values()
             .map(|p| {
-                let mut e = p.entry.clone();
+                let mut e = IndexEntry::clone(&p.entry);
                 e.size = p.size;
                 e
             })
@@ -143,7 +179,7 @@ impl Run<'_> {
     }
 
     fn write_if_changed(&self, name: &str, body: &[u8]) -> Result<(), ServeError> {
-        if self.read_served(name).as_deref() == Some(body) {
+        if same_content(&self.folders.served.join(name), body) {
             return Ok(());
         }
         let path = self.folders.served.join(name);
@@ -181,6 +217,31 @@ impl Run<'_> {
                 r.status = Status::Failed;
                 r.detail = format!("no longer listed, but cannot be removed: {e}");
             }
+        }
+    }
+}
+
+/// Whether the file at `path` holds exactly `body`, compared as it streams.
+fn same_content(path: &Path, body: &[u8]) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    if file
+        .metadata()
+        .map_or(true, |m| m.len() != body.len() as u64)
+    {
+        return false;
+    }
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, file);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return at == body.len(),
+            Ok(n) if at + n <= body.len() && buf[..n] == body[at..at + n] => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
         }
     }
 }

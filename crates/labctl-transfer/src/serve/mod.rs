@@ -17,6 +17,7 @@ mod assess;
 mod converge;
 pub mod identity;
 mod index_files;
+mod journal;
 mod lock;
 pub mod place;
 mod state;
@@ -24,7 +25,7 @@ mod state;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -305,9 +306,48 @@ struct Announced {
     signature_bytes: Option<Vec<u8>>,
     listed: Vec<SumsLine>,
     /// `index.json`'s entries that agree with `SHA256SUMS`.
-    entries: BTreeMap<String, IndexEntry>,
+    entries: Arc<BTreeMap<String, Arc<IndexEntry>>>,
     /// `index.json` as synced, when it agrees with `SHA256SUMS` entirely.
-    json: Option<(Vec<u8>, IndexDocument)>,
+    json: Option<SyncedJson>,
+}
+
+/// The synced `index.json` parsed as it streams (it is tens of MB at 50,000 files), with the
+/// sha256 of its bytes; `None` when it is missing, too large or not an index.
+fn read_index_json(path: &Path) -> Option<(labctl_core::checksum::Checksum, IndexDocument)> {
+    struct Hashing<R> {
+        inner: R,
+        hasher: crate::pipeline::hash::Hasher,
+    }
+    impl<R: std::io::Read> std::io::Read for Hashing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let (reader, _) = crate::local_file::open(
+        path,
+        MAX_INDEX_BYTES as u64,
+        crate::local_file::Symlinks::Follow,
+    )
+    .ok()?;
+    let mut hashing = Hashing {
+        inner: std::io::BufReader::new(reader),
+        hasher: crate::pipeline::hash::Hasher::new(labctl_core::checksum::Algorithm::Sha256),
+    };
+    let doc: IndexDocument = serde_json::from_reader(&mut hashing).ok()?;
+    // serde_json reads to the end to check nothing follows the document; whatever is left
+    // is hashed too.
+    std::io::copy(&mut hashing, &mut std::io::sink()).ok()?;
+    Some((hashing.hasher.finish(), doc))
+}
+
+/// The synced `index.json`: its sha256 (it is served byte for byte, read again at the end), the
+/// two fields a run reports; its entries live in [`Announced::entries`] alone.
+struct SyncedJson {
+    sha256: labctl_core::checksum::Checksum,
+    generated_at: String,
+    ci_run: Option<labctl_core::state::record::CiRun>,
 }
 
 impl Announced {
@@ -340,26 +380,31 @@ impl Announced {
             })?;
         // index.json is not signed, and may belong to another generation than SHA256SUMS
         // while a sync runs: only what agrees with the signed list is used.
-        let doc = verify::read_capped(&dir.join(JSON_NAME), MAX_INDEX_BYTES as u64)
-            .ok()
-            .flatten()
-            .and_then(|bytes| {
-                serde_json::from_slice::<IndexDocument>(&bytes)
-                    .ok()
-                    .map(|d| (bytes, d))
-            });
+        let doc = read_index_json(&dir.join(JSON_NAME));
         let wanted: BTreeMap<&str, &str> = listed
             .iter()
             .map(|l| (l.path.as_str(), l.sha256.hex()))
             .collect();
-        let entries: BTreeMap<String, IndexEntry> = doc
-            .iter()
-            .flat_map(|(_, d)| d.images.iter())
-            .filter(|e| wanted.get(e.path.as_str()) == Some(&e.sha256.as_str()))
-            .map(|e| (e.path.clone(), e.clone()))
-            .collect();
-        let json =
-            doc.filter(|(_, d)| d.images.len() == wanted.len() && entries.len() == wanted.len());
+        let (json, entries) = match doc {
+            Some((sha256, d)) => {
+                let images = d.images.len();
+                // Inserted one by one: collecting would sort a copy of them all first.
+                let mut entries = BTreeMap::new();
+                for e in d.images {
+                    if wanted.get(e.path.as_str()) == Some(&e.sha256.as_str()) {
+                        entries.insert(e.path.clone(), Arc::new(e));
+                    }
+                }
+                let agrees = images == wanted.len() && entries.len() == wanted.len();
+                let json = agrees.then_some(SyncedJson {
+                    sha256,
+                    generated_at: d.generated_at,
+                    ci_run: d.ci_run,
+                });
+                (json, Arc::new(entries))
+            }
+            None => (None, Arc::default()),
+        };
         Ok(Announced {
             sums,
             signature,
@@ -376,17 +421,15 @@ impl Announced {
                 .hex()
                 .to_string(),
             files: self.listed.len(),
-            generated_at: self.json.as_ref().map(|(_, d)| d.generated_at.clone()),
-            ci_run: self.json.as_ref().and_then(|(_, d)| d.ci_run.clone()),
+            generated_at: self.json.as_ref().map(|j| j.generated_at.clone()),
+            ci_run: self.json.as_ref().and_then(|j| j.ci_run.clone()),
         }
     }
 
     /// What the served `index.json` says about a listed file.
-    fn entry(&self, line: &SumsLine, size: u64) -> IndexEntry {
-        self.entries
-            .get(&line.path)
-            .cloned()
-            .unwrap_or_else(|| IndexEntry {
+    fn entry(&self, line: &SumsLine, size: u64) -> Arc<IndexEntry> {
+        self.entries.get(&line.path).cloned().unwrap_or_else(|| {
+            Arc::new(IndexEntry {
                 name: line.path.clone(),
                 path: line.path.clone(),
                 size,
@@ -396,6 +439,7 @@ impl Announced {
                 uploaded_at: None,
                 labctl_version: None,
             })
+        })
     }
 }
 
@@ -413,6 +457,10 @@ struct Run<'a> {
     /// generation has a folder, or a folder where it has a file): they leave once the rest of
     /// the new generation is in place.
     blockers: BTreeSet<String>,
+    /// Changes to `state.files` since the state file was last written whole.
+    journal: journal::Journal,
+    /// The last save of the run: the state keeps only the hashes of files this run looked at.
+    finishing: bool,
 }
 
 /// A listed file to copy from the synced folder.
@@ -432,14 +480,14 @@ pub fn run(options: &Options, progress: Progress) -> Result<Report, ServeError> 
         path: folders.tmp.display().to_string(),
         source,
     })?;
-    let state = ServedState::load(&folders.state)?;
-    // Nothing is placed unless the signature verified (when a key is given).
+    // Nothing is placed unless the signature verified (when a key is given). Read before the
+    // state: what parsing the synced index takes is given back before the state is loaded.
     let announced = Announced::read(&folders, options.public_key.as_deref())?;
-    let cache: HashCache = state
-        .hashes
-        .iter()
-        .map(|h| (h.identity, h.sha256.clone()))
-        .collect();
+    // A served file's entry is most often the synced one: one copy, shared.
+    let mut state = ServedState::load_sharing(&folders.state, Arc::clone(&announced.entries))?;
+    let (journal, replayed) = journal::Journal::replay(&folders.state, &mut state)?;
+    // Moved, not copied: the cache is saved back into the state at the end.
+    let cache: HashCache = std::mem::take(&mut state.hashes);
     let mut run = Run {
         folders,
         options,
@@ -449,7 +497,14 @@ pub fn run(options: &Options, progress: Progress) -> Result<Report, ServeError> 
         bytes_hashed: 0,
         bytes_copied: 0,
         blockers: BTreeSet::new(),
+        journal,
+        finishing: false,
     };
+    // What a killed run journaled goes into the state file, so that this run's journal starts
+    // empty.
+    if replayed {
+        run.save_state()?;
+    }
     let (mut rows, copies) = run.assess(&announced, progress);
     let mut placed = run.place_all(&announced, copies, &mut rows, progress);
     let serves_all_but_blocked = |rows: &[FileReport], blocked: &BTreeSet<String>| {
@@ -619,30 +674,42 @@ impl Run<'_> {
             .cloned()
             .collect();
         paths.extend(unlisted);
-        let looks = self.look_at_served(&paths, progress);
         let mut rows = Vec::new();
         let mut copies = Vec::new();
-        for (i, (path, look)) in paths.iter().zip(looks).enumerate() {
-            self.learn(&look);
-            self.settle(path, &look.side);
-            match announced.listed.get(i) {
-                Some(line) => {
-                    let (r, copy) = self.judge_listed(announced, line, look.side);
-                    if let Some(mut c) = copy {
-                        c.row = rows.len();
-                        copies.push(c);
+        // Looked at a window at a time: what a look holds, for every path at once, would be
+        // tens of MB at 50,000 files.
+        const WINDOW: usize = 4096;
+        for (n, window) in paths.chunks(WINDOW).enumerate() {
+            let looks = self.look_at_served(window, n * WINDOW, paths.len(), progress);
+            for (j, (path, look)) in window.iter().zip(looks).enumerate() {
+                self.learn(&look);
+                self.settle(path, &look.side);
+                match announced.listed.get(n * WINDOW + j) {
+                    Some(line) => {
+                        let (r, copy) = self.judge_listed(announced, line, look.side);
+                        if let Some(mut c) = copy {
+                            c.row = rows.len();
+                            copies.push(c);
+                        }
+                        rows.push(r);
                     }
-                    rows.push(r);
+                    None => rows.push(self.judge_unlisted(path, look.side)),
                 }
-                None => rows.push(self.judge_unlisted(path, look.side)),
             }
         }
         (rows, copies)
     }
 
-    fn look_at_served(&self, paths: &[String], progress: Progress) -> Vec<assess::ServedLook> {
+    /// Looks at `paths`, the window of all `total` paths that starts at `offset`.
+    fn look_at_served(
+        &self,
+        paths: &[String],
+        offset: usize,
+        total: usize,
+        progress: Progress,
+    ) -> Vec<assess::ServedLook> {
         let next = AtomicUsize::new(0);
-        let done = AtomicUsize::new(0);
+        let done = AtomicUsize::new(offset);
         let looks: Mutex<Vec<Option<assess::ServedLook>>> = Mutex::new(vec![None; paths.len()]);
         std::thread::scope(|scope| {
             for _ in 0..self.options.jobs.clamp(1, paths.len().max(1)) {
@@ -667,7 +734,7 @@ impl Run<'_> {
                     progress(
                         "Checking served files",
                         done.fetch_add(1, Ordering::Relaxed) + 1,
-                        paths.len(),
+                        total,
                     );
                 });
             }
@@ -699,7 +766,13 @@ impl Run<'_> {
             );
             return (r, None);
         }
-        if let Some((blocker, removable)) = self.in_the_way_of(&line.path, announced) {
+        // Nothing at the path (not even a file where a folder of it should be, which is
+        // ENOTDIR, not absent): nothing in its way. Saves a first run a look per file.
+        let clear = side == ServedSide::Absent;
+        if let Some((blocker, removable)) = (!clear)
+            .then(|| self.in_the_way_of(&line.path, announced))
+            .flatten()
+        {
             if removable {
                 r.status = Status::Pending;
                 r.detail = format!("`{blocker}` of the previous generation is in the way; it leaves once the rest of this generation is in place");
@@ -832,7 +905,7 @@ impl Run<'_> {
         // Unlisted first: every line of the served SHA256SUMS stays true at every instant. The
         // file stays labctl's until it has left the served folder.
         let moved = self
-            .write_interim_index(Some(path))
+            .write_interim_index(&[path])
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|()| place::beneath(&self.folders.served, path))
             .and_then(|()| dest.parent().map(std::fs::create_dir_all).unwrap_or(Ok(())))
@@ -932,7 +1005,7 @@ impl Run<'_> {
         }
         let mut rows = Vec::new();
         let unlisted = self
-            .write_interim_index(None)
+            .write_interim_index(&[])
             .and_then(|()| self.save_state());
         for b in &blockers {
             let path = self.folders.served_path(b);

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use super::identity::Identity;
 use crate::pipeline::hash::Hasher;
 use labctl_core::checksum::{Algorithm, Checksum};
 
@@ -24,24 +25,25 @@ const BUFFER: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
-    file: File,
+    /// `None` once closed: a batch of placements keeps its files' names, not their
+    /// descriptors, until it renames them.
+    file: Option<File>,
     placed: bool,
 }
 
 impl TempFile {
     pub fn new(tmp_dir: &Path) -> std::io::Result<TempFile> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
+        // Asked once: every call is a system call, and a batch makes thousands of these.
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let pid = *PID.get_or_init(std::process::id);
         loop {
-            let path = tmp_dir.join(format!(
-                "{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed)
-            ));
+            let path = tmp_dir.join(format!("{pid}-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
             match File::options().write(true).create_new(true).open(&path) {
                 Ok(file) => {
                     return Ok(TempFile {
                         path,
-                        file,
+                        file: Some(file),
                         placed: false,
                     })
                 }
@@ -60,17 +62,101 @@ impl TempFile {
             renamed: false,
             source: e,
         };
-        self.file.sync_all().map_err(before)?;
-        let dest = root.join(rel);
-        let parent = dest.parent().expect("a served path has a folder");
-        beneath(root, rel).map_err(before)?;
-        create_dirs_durably(root, parent).map_err(before)?;
-        std::fs::rename(&self.path, &dest).map_err(before)?;
-        self.placed = true;
-        sync_dir(parent).map_err(|e| PlaceError {
+        self.sync().map_err(before)?;
+        self.rename_into(root, rel).map_err(before)?;
+        let parent = root.join(rel);
+        sync_dir(parent.parent().expect("a served path has a folder")).map_err(|e| PlaceError {
             renamed: true,
             source: e,
         })
+    }
+
+    /// Makes the bytes written so far durable.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.handle()?.sync_all()
+    }
+
+    /// Lets go of the descriptor; the file stays (and is still removed when dropped).
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    /// Renames the file to `rel` below `root`, creating (durably) the folders it needs; none of
+    /// them may be a symbolic link. Neither the bytes nor the new folder entry are made durable
+    /// here: the caller does it, for one file or for a batch at once.
+    pub fn rename_into(&mut self, root: &Path, rel: &str) -> std::io::Result<()> {
+        let dest = root.join(rel);
+        beneath(root, rel)?;
+        create_dirs_durably(root, dest.parent().expect("a served path has a folder"))?;
+        std::fs::rename(&self.path, &dest)?;
+        self.placed = true;
+        Ok(())
+    }
+
+    /// [`TempFile::rename_into`] for a batch: skips the checks of folders `checked` has seen,
+    /// and leaves the folders it creates for the caller to make durable (with the renames).
+    pub fn rename_checked(
+        &mut self,
+        root: &Path,
+        rel: &str,
+        checked: &mut CheckedFolders,
+    ) -> std::io::Result<()> {
+        let dest = root.join(rel);
+        let parent = dest.parent().expect("a served path has a folder");
+        let folder = rel.rsplit_once('/').map_or("", |(folder, _)| folder);
+        if !checked.seen.contains(folder) {
+            beneath(root, rel)?;
+            checked.created |= create_dirs(root, parent, false)?;
+            checked.seen.insert(folder.to_string());
+        }
+        std::fs::rename(&self.path, &dest)?;
+        self.placed = true;
+        Ok(())
+    }
+
+    fn handle(&mut self) -> std::io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the temporary file was closed"))
+    }
+}
+
+/// Folders (relative to the served folder) found to exist, and to be no symbolic link, by the
+/// renames of one batch: a batch of files in one folder checks it once. The lock keeps other
+/// runs out, and a batch's renames follow each other within moments.
+#[derive(Debug, Default)]
+pub struct CheckedFolders {
+    seen: std::collections::HashSet<String>,
+    /// Some folder was created, and is not durable yet.
+    pub created: bool,
+}
+
+/// Makes everything written to the filesystem holding `dir` durable, with one call: after a
+/// batch of files, far cheaper than an fsync for each. The descriptor is opened before the
+/// batch is written, because `syncfs` reports the writeback errors that happened since it was
+/// opened.
+pub struct FilesystemSync(File);
+
+impl FilesystemSync {
+    pub fn open(dir: &Path) -> std::io::Result<FilesystemSync> {
+        File::open(dir).map(FilesystemSync)
+    }
+
+    #[cfg(target_os = "linux")]
+    pub fn sync(&self) -> std::io::Result<()> {
+        // SAFETY: the descriptor is an open directory owned by `self` for the whole call.
+        if unsafe { libc::syncfs(self.0.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn sync(&self) -> std::io::Result<()> {
+        // SAFETY: sync takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        Ok(())
     }
 }
 
@@ -83,20 +169,29 @@ pub struct PlaceError {
 /// Creates the folders from `root` down to `dir`, fsyncing each parent whose entries changed,
 /// so that a power cut cannot lose a folder a renamed file lives in.
 fn create_dirs_durably(root: &Path, dir: &Path) -> std::io::Result<()> {
+    create_dirs(root, dir, true).map(|_| ())
+}
+
+/// Creates the folders from `root` down to `dir`; `durably`: fsyncing each parent whose entries
+/// changed (else the caller makes them durable, with a batch). Whether any was created.
+fn create_dirs(root: &Path, dir: &Path, durably: bool) -> std::io::Result<bool> {
     let mut missing = Vec::new();
     let mut d = dir;
     while d != root && !d.is_dir() {
         missing.push(d);
         d = d.parent().unwrap_or(root);
     }
+    let created = !missing.is_empty();
     for m in missing.into_iter().rev() {
         match std::fs::create_dir(m) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
-        sync_dir(m.parent().unwrap_or(root))?;
+        if durably {
+            sync_dir(m.parent().unwrap_or(root))?;
+        }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// Refuses a path whose folders below `root` include a symbolic link: placing, removing or
@@ -131,7 +226,7 @@ impl Drop for TempFile {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -159,18 +254,32 @@ pub struct Copied {
     pub sha256: Checksum,
     pub size: u64,
     pub method: Method,
+    /// The source's identity when it was opened, and after it was read: the same unless it
+    /// changed meanwhile.
+    pub source_before: Identity,
+    pub source_after: Option<Identity>,
 }
 
 /// Fills `temp` from `source` and hashes what it holds. The hash is of the temporary file's
 /// bytes (read back from the clone, or hashed as they are written), so what is verified is what
-/// will be served, whatever happens to the source meanwhile.
-pub fn fill(source: &Path, temp: &mut TempFile) -> Result<Copied, FillError> {
+/// will be served, whatever happens to the source meanwhile. `reflinks`: whether to try a
+/// reflink first (the filesystem made one for an earlier file).
+pub fn fill(source: &Path, temp: &mut TempFile, reflinks: bool) -> Result<Copied, FillError> {
     use FillError::{Destination, Source};
-    let mut src = open_regular(source).map_err(Source)?;
-    let mut buf = vec![0u8; BUFFER];
+    let (mut src, meta) = open_regular_with(source).map_err(Source)?;
+    let source_before = Identity::of(&meta);
+    let source_after = |src: &File| src.metadata().ok().map(|m| Identity::of(&m));
+    let mut buf = vec![
+        0u8;
+        BUFFER.min(
+            usize::try_from(meta.len())
+                .unwrap_or(BUFFER)
+                .saturating_add(1)
+        )
+    ];
     let mut hasher = Hasher::new(Algorithm::Sha256);
     let mut size = 0u64;
-    if reflink(&src, &temp.file) {
+    if reflinks && reflink(&src, temp.handle().map_err(Destination)?) {
         let mut clone = File::open(&temp.path).map_err(Destination)?;
         loop {
             let n = read_some(&mut clone, &mut buf).map_err(Destination)?;
@@ -184,6 +293,8 @@ pub fn fill(source: &Path, temp: &mut TempFile) -> Result<Copied, FillError> {
             sha256: hasher.finish(),
             size,
             method: Method::Reflink,
+            source_before,
+            source_after: source_after(&src),
         });
     }
     loop {
@@ -192,31 +303,41 @@ pub fn fill(source: &Path, temp: &mut TempFile) -> Result<Copied, FillError> {
             break;
         }
         hasher.update(&buf[..n]);
-        temp.file.write_all(&buf[..n]).map_err(Destination)?;
+        temp.handle()
+            .and_then(|f| f.write_all(&buf[..n]))
+            .map_err(Destination)?;
         size += n as u64;
     }
     Ok(Copied {
         sha256: hasher.finish(),
         size,
         method: Method::Copy,
+        source_before,
+        source_after: source_after(&src),
     })
 }
 
 /// Opens a file to read, refusing anything but a regular file without blocking: a FIFO put in
 /// place of a synced file after it was looked at would otherwise hang the run.
 fn open_regular(path: &Path) -> std::io::Result<File> {
+    open_regular_with(path).map(|(file, _)| file)
+}
+
+/// [`open_regular`], with the file's metadata as it was opened.
+fn open_regular_with(path: &Path) -> std::io::Result<(File, std::fs::Metadata)> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
-    if !file.metadata()?.is_file() {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    Ok(file)
+    Ok((file, meta))
 }
 
 fn read_some(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -230,7 +351,10 @@ fn read_some(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Whether `temp` could be made a reflink of `source` (then it holds its bytes).
 pub fn try_reflink(source: &Path, temp: &mut TempFile) -> bool {
-    open_regular(source).is_ok_and(|src| reflink(&src, &temp.file))
+    match (open_regular(source), temp.handle()) {
+        (Ok(src), Ok(dst)) => reflink(&src, dst),
+        _ => false,
+    }
 }
 
 /// `FICLONE`: the whole file shared copy-on-write. Any failure (another filesystem, one
@@ -265,9 +389,21 @@ pub fn hash_file(path: &Path) -> std::io::Result<(Checksum, u64)> {
 
 /// Replaces `dest` with `body` whole: a reader sees the old content or the new, never a mix.
 pub fn write_atomically(tmp_dir: &Path, dest: &Path, body: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(tmp_dir, dest, &|w| w.write_all(body))
+}
+
+/// [`write_atomically`], with the content written by `write` (through a buffer).
+pub fn write_atomically_with(
+    tmp_dir: &Path,
+    dest: &Path,
+    write: &dyn Fn(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let mut temp = TempFile::new(tmp_dir)?;
-    temp.file.write_all(body)?;
-    temp.file.sync_all()?;
+    let mut buffered = std::io::BufWriter::with_capacity(BUFFER, temp.handle()?);
+    write(&mut buffered)?;
+    buffered.flush()?;
+    drop(buffered);
+    temp.sync()?;
     std::fs::rename(&temp.path, dest)?;
     temp.placed = true;
     sync_dir(dest.parent().expect("a file has a folder"))
@@ -307,7 +443,7 @@ mod tests {
         let body: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&src, &body).unwrap();
         let mut temp = TempFile::new(&tmp).unwrap();
-        let copied = fill(&src, &mut temp).unwrap();
+        let copied = fill(&src, &mut temp, true).unwrap();
         assert_eq!(copied.sha256, Checksum::sha256(&body));
         assert_eq!(copied.size, body.len() as u64);
         let dest = d.path().join("served/a/b.raw");

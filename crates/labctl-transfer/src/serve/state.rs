@@ -2,11 +2,13 @@
 //! labctl placed (the only ones it will ever replace or remove), the sha256 of files by identity
 //! (so that a run with nothing new hashes nothing), and the last generation it made whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::assess::HashCache;
 use super::identity::Identity;
 use super::place;
 use crate::local_file::{self, ReadError, Symlinks};
@@ -24,12 +26,20 @@ pub struct ServedState {
     /// Files labctl placed, by path relative to the served folder.
     #[serde(default)]
     pub files: BTreeMap<String, Placed>,
-    /// sha256 of files (in either folder) by identity, as last hashed.
-    #[serde(default)]
-    pub hashes: Vec<KnownHash>,
+    /// sha256 of files (in either folder) by identity, as last hashed: a list in the file,
+    /// read straight into the run's cache.
+    #[serde(default, with = "known_hashes")]
+    pub hashes: HashCache,
     /// The last synced generation every file of which was served at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<Generation>,
+    /// The last line of `.labctl/journal` this file already holds (see [`super::journal`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub journaled: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,15 +53,17 @@ pub struct Placed {
     /// Bytes being placed over this file, written before the rename: a run killed right after
     /// it left these, and they are labctl's too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placing: Option<Replacement>,
-    /// What the served `index.json` says about the file.
-    pub entry: IndexEntry,
+    pub placing: Option<Box<Replacement>>,
+    /// What the served `index.json` says about the file; shared with the synced generation's
+    /// entry for it (tens of thousands of files: one copy each, not one per holder).
+    #[serde(deserialize_with = "shared_entry")]
+    pub entry: Arc<IndexEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replacement {
     pub sha256: String,
-    pub entry: IndexEntry,
+    pub entry: Arc<IndexEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +88,90 @@ pub struct Generation {
     pub files: usize,
 }
 
+/// Index entries by path, shared between the synced generation and the state.
+pub type SharedEntries = Arc<BTreeMap<String, Arc<IndexEntry>>>;
+
+thread_local! {
+    /// Entries a state being loaded on this thread may share (see [`ServedState::load_sharing`]).
+    static SHARED: std::cell::RefCell<Option<SharedEntries>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// An entry as loaded: the shared one when it is the same, so that the copy just parsed is
+/// given back at once (rather than after the whole state is loaded, when its memory is
+/// scattered among what stays).
+fn shared_entry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<IndexEntry>, D::Error> {
+    let entry = IndexEntry::deserialize(d)?;
+    let shared = SHARED.with(|s| {
+        s.borrow()
+            .as_ref()
+            .and_then(|m| m.get(&entry.path).filter(|e| ***e == entry).cloned())
+    });
+    Ok(shared.unwrap_or_else(|| Arc::new(entry)))
+}
+
+/// `hashes` as a list of `{identity, sha256}`, read into (and written from) the cache's map.
+mod known_hashes {
+    use super::{HashCache, KnownHash};
+    use serde::de::{SeqAccess, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(cache: &HashCache, s: S) -> Result<S::Ok, S::Error> {
+        super::Hashes { cache, seen: None }.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HashCache, D::Error> {
+        struct Known;
+        impl<'de> Visitor<'de> for Known {
+            type Value = HashCache;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of known hashes")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HashCache, A::Error> {
+                let mut cache = HashCache::new();
+                while let Some(KnownHash { identity, sha256 }) = seq.next_element()? {
+                    cache.insert(identity, sha256);
+                }
+                Ok(cache)
+            }
+        }
+        d.deserialize_seq(Known)
+    }
+}
+
+/// [`ServedState`] as written: the same document, borrowed.
+#[derive(Serialize)]
+struct Saved<'a> {
+    format: u32,
+    files: &'a BTreeMap<String, Placed>,
+    hashes: Hashes<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: &'a Option<Generation>,
+    #[serde(skip_serializing_if = "is_zero")]
+    journaled: u64,
+}
+
+struct Hashes<'a> {
+    cache: &'a HashCache,
+    seen: Option<&'a BTreeSet<Identity>>,
+}
+
+impl Serialize for Hashes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Known<'a> {
+            identity: &'a Identity,
+            sha256: &'a str,
+        }
+        s.collect_seq(
+            self.cache
+                .iter()
+                .filter(|(id, _)| self.seen.is_none_or(|seen| seen.contains(id)))
+                .map(|(identity, sha256)| Known { identity, sha256 }),
+        )
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read `{path}`")]
@@ -88,6 +184,12 @@ pub enum StateError {
     Corrupt { path: String, message: String },
     #[error("`{path}` was written by a newer labctl (format {found}, this one reads {FORMAT})")]
     Newer { path: String, found: u32 },
+    #[error("cannot read `{path}`")]
+    ReadJournal {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write `{path}`")]
     Write {
         path: String,
@@ -97,11 +199,30 @@ pub enum StateError {
 }
 
 impl ServedState {
+    /// [`ServedState::load`], sharing the entries of `entries` that the state holds too.
+    pub fn load_sharing(
+        state_dir: &Path,
+        entries: SharedEntries,
+    ) -> Result<ServedState, StateError> {
+        struct Reset;
+        impl Drop for Reset {
+            fn drop(&mut self) {
+                SHARED.with(|s| s.borrow_mut().take());
+            }
+        }
+        SHARED.with(|s| *s.borrow_mut() = Some(entries));
+        let _reset = Reset;
+        ServedState::load(state_dir)
+    }
+
     pub fn load(state_dir: &Path) -> Result<ServedState, StateError> {
         let path = state_dir.join(FILE_NAME);
         let display = path.display().to_string();
-        let bytes = match local_file::read(&path, MAX_STATE_BYTES, Symlinks::Refuse) {
-            Ok(bytes) => bytes,
+        let open = || local_file::open(&path, MAX_STATE_BYTES, Symlinks::Refuse);
+        // Parsed as it streams: at 50,000 files the file is tens of MB, and holding it whole
+        // beside what it parses into would double the run's peak memory.
+        let reader = match open() {
+            Ok((reader, _)) => std::io::BufReader::new(reader),
             Err(ReadError::NotFound(_)) => {
                 return Ok(ServedState {
                     format: FORMAT,
@@ -119,28 +240,33 @@ impl ServedState {
         struct Head {
             format: u32,
         }
-        let head: Head = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+        let corrupt = |e: serde_json::Error| StateError::Corrupt {
             path: display.clone(),
             message: e.to_string(),
-        })?;
-        if head.format > FORMAT {
-            return Err(StateError::Newer {
-                path: display,
-                found: head.format,
-            });
+        };
+        let newer = |found| StateError::Newer {
+            path: display.clone(),
+            found,
+        };
+        let state: ServedState = match serde_json::from_reader(reader) {
+            Ok(state) => state,
+            // A newer labctl's state may not parse as this one's: say so rather than "corrupt".
+            Err(e) => {
+                let head = open().ok().and_then(|(r, _)| {
+                    serde_json::from_reader::<_, Head>(std::io::BufReader::new(r)).ok()
+                });
+                return Err(match head {
+                    Some(h) if h.format > FORMAT => newer(h.format),
+                    _ => corrupt(e),
+                });
+            }
+        };
+        if state.format > FORMAT {
+            return Err(newer(state.format));
         }
-        let state: ServedState =
-            serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-                path: display.clone(),
-                message: e.to_string(),
-            })?;
         // Paths from the file are about to be hashed, replaced, moved and deleted: each must be
         // a clean relative path below the served folder, outside labctl's own.
-        if let Some(bad) = state.files.keys().find(|p| {
-            labctl_core::manifest::schema::check_relative_key(p).is_err()
-                || p.split('/').next() == Some(labctl_core::consumer_index::SERVED_STATE_DIR)
-                || labctl_core::consumer_index::is_index_file(p)
-        }) {
+        if let Some(bad) = state.files.keys().find(|p| !ServedState::is_placeable(p)) {
             return Err(StateError::Corrupt {
                 path: display,
                 message: format!("`{bad}` is not a path labctl places"),
@@ -149,11 +275,36 @@ impl ServedState {
         Ok(state)
     }
 
-    /// Replaces the state file whole (temporary file, fsync, rename, fsync of the folder).
-    pub fn save(&self, state_dir: &Path, tmp_dir: &Path) -> Result<(), StateError> {
+    /// A clean relative path below the served folder, outside labctl's own files.
+    pub fn is_placeable(path: &str) -> bool {
+        labctl_core::manifest::schema::check_relative_key(path).is_ok()
+            && path.split('/').next() != Some(labctl_core::consumer_index::SERVED_STATE_DIR)
+            && !labctl_core::consumer_index::is_index_file(path)
+    }
+
+    /// Replaces the state file whole (temporary file, fsync, rename, fsync of the folder), with
+    /// the hashes of `cache` (only those of files in `seen`, when given) in place of its own.
+    pub fn save(
+        &self,
+        state_dir: &Path,
+        tmp_dir: &Path,
+        cache: &HashCache,
+        seen: Option<&BTreeSet<Identity>>,
+    ) -> Result<(), StateError> {
         let path = state_dir.join(FILE_NAME);
-        let body = serde_json::to_vec(self).expect("the state always serializes");
-        place::write_atomically(tmp_dir, &path, &body).map_err(|source| StateError::Write {
+        // Streamed into the temporary file from what the run holds: never a second copy of the
+        // state (or of its hash cache) in memory.
+        let view = Saved {
+            format: self.format,
+            files: &self.files,
+            hashes: Hashes { cache, seen },
+            generation: &self.generation,
+            journaled: self.journaled,
+        };
+        let write = |w: &mut dyn std::io::Write| {
+            serde_json::to_writer(w, &view).map_err(std::io::Error::from)
+        };
+        place::write_atomically_with(tmp_dir, &path, &write).map_err(|source| StateError::Write {
             path: path.display().to_string(),
             source,
         })
@@ -180,7 +331,7 @@ mod tests {
             trusted_comment: None,
             files: 0,
         });
-        state.save(d.path(), &tmp).unwrap();
+        state.save(d.path(), &tmp, &HashCache::new(), None).unwrap();
         assert_eq!(ServedState::load(d.path()).unwrap(), state);
         assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
     }

@@ -323,12 +323,17 @@ fn what_a_killed_run_left_is_cleaned_up_or_recognised() {
     std::fs::write(f.served.join(".labctl/tmp/4242-0"), b"half a fi").unwrap();
     let mut state = ServedState::load(&f.served.join(STATE_DIR)).unwrap();
     let placed = state.files.get_mut("a.raw").unwrap();
-    placed.placing = Some(state::Replacement {
+    placed.placing = Some(Box::new(state::Replacement {
         sha256: Checksum::sha256(A2).hex().to_string(),
-        entry: entries(&[("a.raw", A2)]).remove(0),
-    });
+        entry: std::sync::Arc::new(entries(&[("a.raw", A2)]).remove(0)),
+    }));
     state
-        .save(&f.served.join(STATE_DIR), &f.served.join(".labctl/tmp"))
+        .save(
+            &f.served.join(STATE_DIR),
+            &f.served.join(".labctl/tmp"),
+            &state.hashes,
+            None,
+        )
         .unwrap();
     std::fs::write(f.served.join("a.raw"), A2).unwrap();
     write_files(&f.synced, &[("a.raw", A2)]);
@@ -432,18 +437,23 @@ fn a_claim_or_a_rename_left_by_a_kill_never_reaches_the_list() {
     // n.raw (nothing renamed yet).
     let state_dir = f.served.join(STATE_DIR);
     let mut state = ServedState::load(&state_dir).unwrap();
-    state.files.get_mut("a.raw").unwrap().placing = Some(state::Replacement {
+    state.files.get_mut("a.raw").unwrap().placing = Some(Box::new(state::Replacement {
         sha256: Checksum::sha256(A2).hex().to_string(),
-        entry: entries(&[("a.raw", A2)]).remove(0),
-    });
+        entry: std::sync::Arc::new(entries(&[("a.raw", A2)]).remove(0)),
+    }));
     let mut claimed = state.files["a.raw"].clone();
     claimed.identity = None;
     claimed.placing = None;
-    claimed.entry = entries(&[("n.raw", B)]).remove(0);
+    claimed.entry = std::sync::Arc::new(entries(&[("n.raw", B)]).remove(0));
     claimed.sha256 = Checksum::sha256(B).hex().to_string();
     state.files.insert("n.raw".into(), claimed);
     state
-        .save(&state_dir, &f.served.join(".labctl/tmp"))
+        .save(
+            &state_dir,
+            &f.served.join(".labctl/tmp"),
+            &state.hashes,
+            None,
+        )
         .unwrap();
     std::fs::write(f.served.join("a.raw"), A2).unwrap();
     // A later generation, not synced yet.
