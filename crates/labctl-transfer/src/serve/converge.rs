@@ -20,7 +20,7 @@ use labctl_core::consumer_index::IndexEntry;
 
 /// How many files and bytes one batch holds at most. Files: enough that the fixed cost of a
 /// commit (two syncs of some milliseconds each, two appends, one interim index) is spread thin,
-/// and a quarter of the run up to 4,096 files: what a batch holds in memory (about a KiB a
+/// and a quarter of the run from 1,024 up to 4,096 files: what a batch holds in memory (about a KiB a
 /// file, until it is committed) stays bounded, and a kill loses at most a batch of work. Bytes: what
 /// the filesystem must find room for, and hold dirty, before the batch's renames free the
 /// files they replace.
@@ -33,7 +33,7 @@ pub(super) struct BatchLimits {
 impl BatchLimits {
     pub fn for_run(files: usize) -> BatchLimits {
         BatchLimits {
-            files: (files / 4).clamp(256, 4096),
+            files: (files / 4).clamp(1024, 4096),
             bytes: 256 << 20,
         }
     }
@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn batch_limits_grow_with_the_run_within_bounds() {
-        assert_eq!(BatchLimits::for_run(10).files, 256);
+        assert_eq!(BatchLimits::for_run(10).files, 1024);
         assert_eq!(BatchLimits::for_run(10_000).files, 2500);
         assert_eq!(BatchLimits::for_run(50_000).files, 4096);
     }
