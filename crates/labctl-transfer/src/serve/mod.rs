@@ -231,7 +231,7 @@ impl ServeError {
                 "a run that is still hashing or copying holds it; pass --wait 30m to queue behind it, or schedule runs further apart",
             ),
             ServeError::State(StateError::Corrupt { .. }) => Some(
-                "delete the state file: the next run hashes the served files again and keeps those that hold listed bytes",
+                "delete .labctl/state.json and .labctl/journal in the served folder: the next run hashes the served files again and keeps those that hold listed bytes",
             ),
             ServeError::State(StateError::Newer { .. }) => Some("upgrade labctl on the NAS"),
             ServeError::State(StateError::Write { source, .. }) if place::is_no_space(source) => {
