@@ -7,17 +7,16 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 
 use crate::checksum::Checksum;
 use crate::fanout::{StageResult, StagedBlob};
-use crate::graph::{DependencyGraph, ReadyQueue};
 use crate::halt::CommitPoint;
 use crate::manifest::reference::{self, Field, Reference};
 use crate::pipeline::{self, HttpJob};
 use crate::plan::Desired;
 use crate::plan::{Action, Change, Plan};
 use crate::progress::Progress;
+use crate::schedule;
 use crate::source::checksum_list;
 use crate::source::packer;
 use crate::source::signature::{MinisignCheck, MinisignKey};
@@ -64,206 +63,26 @@ impl Report {
 /// What was done and the checksum dependents will see, or why the change failed.
 pub(crate) type ChangeResult = anyhow::Result<(Done, Option<Checksum>)>;
 
-/// What a finished image offers its dependents.
-#[derive(Clone)]
-enum Finished {
-    Ok(Option<Checksum>),
-    Failed,
-}
-
 pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
-    let mut run = Scheduler::new(&plan.changes, ctx);
-    run.run().await;
-    run.report()
+    let settings = schedule::Settings {
+        parallelism: ctx.parallelism,
+        cancel: ctx.cancel.clone(),
+        progress: ctx.progress.clone(),
+    };
+    schedule::run(&plan.changes, Arc::new(Changes(ctx)), settings).await
 }
 
-/// The changes of a plan, run from the dependency graph's ready queue: a change starts once
-/// every dependency in the plan has settled, up to `parallelism` at once, lowest plan index
-/// first; whatever its outcome, it then releases its dependents.
-struct Scheduler<'a> {
-    changes: &'a [Change],
-    ctx: Arc<ApplyContext>,
-    /// `None` when the plan's dependencies form a cycle (a checked plan has none).
-    queue: Option<ReadyQueue>,
-    graph: Option<DependencyGraph>,
-    finished: Vec<Option<Finished>>,
-    outcomes: Vec<Option<Outcome>>,
-    running: JoinSet<(usize, ChangeResult)>,
-    /// Which change a task runs, so that a task that panics fails its image, not the apply.
-    task_of: HashMap<tokio::task::Id, usize>,
-}
+/// What `apply` does for each change, as the scheduler runs it.
+struct Changes(Arc<ApplyContext>);
 
-impl<'a> Scheduler<'a> {
-    fn new(changes: &'a [Change], ctx: Arc<ApplyContext>) -> Scheduler<'a> {
-        let graph = DependencyGraph::build(changes).ok();
-        Scheduler {
-            changes,
-            ctx,
-            queue: graph.as_ref().map(DependencyGraph::ready_queue),
-            graph,
-            finished: vec![None; changes.len()],
-            outcomes: vec![None; changes.len()],
-            running: JoinSet::new(),
-            task_of: HashMap::new(),
-        }
-    }
-
-    async fn run(&mut self) {
-        if self.queue.is_none() {
-            // Nothing could ever start: skip everything rather than wait forever.
-            for i in 0..self.changes.len() {
-                self.never_finishes(i);
-            }
-            return;
-        }
-        loop {
-            self.start_ready();
-            let Some(joined) = self.running.join_next().await else {
-                if self.queue.as_ref().is_some_and(ReadyQueue::is_done) {
-                    break;
-                }
-                // Nothing running and nothing ready, yet not done: cannot happen with an
-                // acyclic graph; skip what is left rather than wait forever.
-                for i in 0..self.changes.len() {
-                    if self.outcomes[i].is_none() {
-                        self.never_finishes(i);
-                    }
-                }
-                break;
-            };
-            self.finish(joined);
-        }
-    }
-
-    /// Starts (or settles at once) every ready change, within the parallelism.
-    fn start_ready(&mut self) {
-        while self.running.len() < self.ctx.parallelism.max(1) {
-            let Some(i) = self.queue.as_mut().and_then(ReadyQueue::pop) else {
-                return;
-            };
-            let change = &self.changes[i];
-            let failed_dependency = self
-                .dependencies(i)
-                .into_iter()
-                .find(|&d| matches!(self.finished[d], Some(Finished::Failed)));
-            if let Some(d) = failed_dependency {
-                let why = Skip::DependencyFailed(self.changes[d].name.clone());
-                self.settle(i, Outcome::Skipped(why), None);
-            } else if *self.ctx.cancel.borrow() {
-                self.outcomes[i] = Some(Outcome::Skipped(Skip::Interrupted));
-                self.settle_quietly(i, Finished::Failed);
-            } else if change.action == Action::NoOp {
-                let sum = change.before.as_ref().and_then(|b| b.checksum.clone());
-                self.outcomes[i] = Some(Outcome::Unchanged);
-                self.settle_quietly(i, Finished::Ok(sum));
-            } else {
-                self.spawn(i);
-            }
-        }
-    }
-
-    /// Direct dependencies of change `i` that are in the plan.
-    fn dependencies(&self, i: usize) -> Vec<usize> {
-        self.graph
-            .as_ref()
-            .map(|g| g.dependencies(i))
-            .unwrap_or_default()
-    }
-
-    fn spawn(&mut self, i: usize) {
-        let change = self.changes[i].clone();
-        // A dependency's checksum as it finished, or as the plan knew it.
-        let dep_sums: BTreeMap<String, Option<Checksum>> = change
-            .depends_on
-            .iter()
-            .map(|d| {
-                let finished = self
-                    .changes
-                    .iter()
-                    .position(|c| c.name == *d)
-                    .and_then(|j| match &self.finished[j] {
-                        Some(Finished::Ok(s)) => Some(s.clone()),
-                        _ => None,
-                    });
-                let sum = finished.unwrap_or_else(|| {
-                    change
-                        .after
-                        .as_ref()
-                        .and_then(|a| a.dependencies.get(d).cloned().flatten())
-                });
-                (d.clone(), sum)
-            })
-            .collect();
-        let ctx = self.ctx.clone();
-        let handle = self.running.spawn(async move {
-            let result = run_change(&change, dep_sums, &ctx).await;
-            (i, result)
-        });
-        self.task_of.insert(handle.id(), i);
-    }
-
-    fn finish(&mut self, joined: Result<(usize, ChangeResult), tokio::task::JoinError>) {
-        let (i, result) = match joined {
-            Ok(done) => done,
-            Err(e) => {
-                let Some(&i) = self.task_of.get(&e.id()) else {
-                    return;
-                };
-                (
-                    i,
-                    Err(anyhow!(
-                        "labctl failed internally while working on it ({}); nothing partial is visible, and the next apply retries it",
-                        if e.is_panic() { "a panic" } else { "cancelled" }
-                    )),
-                )
-            }
-        };
-        match result {
-            Ok((message, checksum)) => self.settle(i, Outcome::Done(message), Some(checksum)),
-            Err(e) => self.settle(i, Outcome::Failed(format!("{e:#}")), None),
-        }
-    }
-
-    /// Records the outcome, shows it, and releases the change's dependents. `checksum` is
-    /// `Some` for a change that succeeded.
-    fn settle(&mut self, i: usize, outcome: Outcome, checksum: Option<Option<Checksum>>) {
-        self.ctx.progress.finish(&self.changes[i].name, &outcome);
-        self.outcomes[i] = Some(outcome);
-        let finished = match checksum {
-            Some(sum) => Finished::Ok(sum),
-            None => Finished::Failed,
-        };
-        self.settle_quietly(i, finished);
-    }
-
-    fn never_finishes(&mut self, i: usize) {
-        self.outcomes[i] = Some(Outcome::Skipped(Skip::DependenciesNeverFinish));
-        self.settle_quietly(i, Finished::Failed);
-    }
-
-    /// Releases the change's dependents without showing anything.
-    fn settle_quietly(&mut self, i: usize, finished: Finished) {
-        self.finished[i] = Some(finished);
-        if let Some(q) = self.queue.as_mut() {
-            q.settle(i);
-        }
-    }
-
-    fn report(self) -> Report {
-        Report {
-            results: self
-                .changes
-                .iter()
-                .zip(self.outcomes)
-                .map(|(c, o)| {
-                    (
-                        c.name.clone(),
-                        c.action,
-                        o.unwrap_or(Outcome::Skipped(Skip::NotRun)),
-                    )
-                })
-                .collect(),
-        }
+impl schedule::RunChange for Changes {
+    fn run(
+        &self,
+        change: Change,
+        dependencies: BTreeMap<String, Option<Checksum>>,
+    ) -> schedule::Job {
+        let ctx = self.0.clone();
+        Box::pin(async move { run_change(&change, dependencies, &ctx).await })
     }
 }
 

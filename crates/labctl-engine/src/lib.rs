@@ -23,6 +23,7 @@ pub mod halt;
 pub mod index;
 pub mod planner;
 pub mod promote;
+mod schedule;
 pub mod stage;
 
 pub use execute::{execute, ApplyContext, Outcome, Report};
