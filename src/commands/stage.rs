@@ -1,12 +1,10 @@
 //! `labctl stage PLANFILE --unit NAME`: one fan-out leg. See `labctl_engine::stage`.
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
 use console::style;
-use tokio::task::JoinSet;
 
 use super::apply::{context, read_saved_plan, refuse_other_store, refuse_stale, Transfer};
 use crate::cli::StageArgs;
@@ -44,7 +42,8 @@ pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
         crate::layout::BLOBS_PREFIX
     );
 
-    let results = stage_in_waves(&plan, &saved.id, &units, ctx, args.parallelism).await;
+    let results =
+        crate::apply::stage::stage_in_waves(&plan, &saved.id, &units, ctx, args.parallelism).await;
     super::apply::settle_dropped_uploads().await;
     let interrupted = signals.borrow().map(|s| s.exit_code());
     report(&results);
@@ -101,89 +100,6 @@ fn requested_units(
         }
     }
     Ok(out)
-}
-
-/// Stages the units wave by wave (a unit may take an earlier one's checksum), each wave's
-/// units up to `parallelism` at once; after a signal, nothing more starts.
-async fn stage_in_waves(
-    plan: &Arc<Plan>,
-    plan_id: &str,
-    units: &[(String, usize)],
-    ctx: Arc<crate::apply::ApplyContext>,
-    parallelism: u16,
-) -> Vec<StageResult> {
-    let mut by_wave: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
-    for (name, wave) in units {
-        by_wave.entry(*wave).or_default().push(name);
-    }
-    let mut results = Vec::new();
-    for names in by_wave.values() {
-        let mut running = JoinSet::new();
-        let mut unit_of = BTreeMap::new();
-        let mut queue = names.iter();
-        loop {
-            while running.len() < parallelism.max(1) as usize && !*ctx.cancel.borrow() {
-                let Some(name) = queue.next() else { break };
-                let (plan, id, name, ctx) = (
-                    plan.clone(),
-                    plan_id.to_string(),
-                    name.to_string(),
-                    ctx.clone(),
-                );
-                let unit = name.clone();
-                let task = running.spawn(async move {
-                    crate::apply::stage::stage(&plan, &id, &name, &ctx).await
-                });
-                unit_of.insert(task.id(), unit);
-            }
-            let result = match running.join_next().await {
-                Some(Ok(result)) => result,
-                // A unit whose task panicked failed: it is never dropped from the results, or
-                // the leg would exit 0 with an image unstaged.
-                Some(Err(e)) => crashed(plan_id, unit_of.get(&e.id()), &ctx, &e),
-                None => break,
-            };
-            ctx.progress.finish(&result.image, &outcome_of(&result));
-            results.push(result);
-        }
-    }
-    results
-}
-
-/// The result of a unit whose task did not finish (a panic): failed, nothing staged for it.
-fn crashed(
-    plan_id: &str,
-    unit: Option<&String>,
-    ctx: &crate::apply::ApplyContext,
-    e: &tokio::task::JoinError,
-) -> StageResult {
-    StageResult {
-        format_version: fanout::FORMAT_VERSION.into(),
-        plan: plan_id.into(),
-        image: unit.cloned().unwrap_or_else(|| "?".into()),
-        status: StageStatus::Failed,
-        error: Some(format!(
-            "labctl failed internally while staging it ({}); nothing was staged for it, and staging it again retries",
-            if e.is_panic() { "a panic" } else { "cancelled" }
-        )),
-        blob: None,
-        staged_at: crate::timefmt::now_rfc3339(),
-        ci_run: ctx.ci_run.clone(),
-    }
-}
-
-fn outcome_of(result: &StageResult) -> crate::apply::Outcome {
-    match (&result.blob, &result.error) {
-        (Some(blob), _) => crate::apply::Outcome::Done(crate::apply::execute::Done::Staged {
-            key: blob.key.clone(),
-            size: blob.size,
-            checksum: blob.checksum.clone(),
-            uploaded: blob.uploaded,
-        }),
-        (None, error) => {
-            crate::apply::Outcome::Failed(error.clone().unwrap_or_else(|| "not staged".to_string()))
-        }
-    }
 }
 
 fn report(results: &[StageResult]) {

@@ -5,6 +5,7 @@
 //! is touched. The outcome is recorded beside the blob for promotion to find.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
@@ -17,6 +18,111 @@ use crate::plan::{Change, Plan};
 use crate::source::probe::{self, Probed};
 use crate::spec::SpecSource;
 use crate::store::PutOptions;
+
+/// Stages the units wave by wave (a unit may take an earlier one's checksum), each wave's
+/// units up to `parallelism` at once; after a signal, nothing more starts.
+pub async fn stage_in_waves(
+    plan: &Arc<Plan>,
+    plan_id: &str,
+    units: &[(String, usize)],
+    ctx: Arc<ApplyContext>,
+    parallelism: u16,
+) -> Vec<StageResult> {
+    let unit_job = |name: String| -> UnitJob {
+        let (plan, id, ctx) = (plan.clone(), plan_id.to_string(), ctx.clone());
+        Box::pin(async move { stage(&plan, &id, &name, &ctx).await })
+    };
+    let crashed =
+        |unit: &str, e: &tokio::task::JoinError| crashed(plan_id, unit, ctx.ci_run.clone(), e);
+    in_waves(
+        units,
+        parallelism,
+        &ctx.cancel,
+        ctx.progress.as_ref(),
+        unit_job,
+        crashed,
+    )
+    .await
+}
+
+/// One unit's staging, as a task of its own.
+type UnitJob = std::pin::Pin<Box<dyn std::future::Future<Output = StageResult> + Send>>;
+
+/// The waves, with what staging a unit means given: `stage` (tests give stand-ins).
+async fn in_waves(
+    units: &[(String, usize)],
+    parallelism: u16,
+    cancel: &tokio::sync::watch::Receiver<bool>,
+    progress: &dyn crate::progress::Progress,
+    unit_job: impl Fn(String) -> UnitJob,
+    crashed: impl Fn(&str, &tokio::task::JoinError) -> StageResult,
+) -> Vec<StageResult> {
+    let mut by_wave: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
+    for (name, wave) in units {
+        by_wave.entry(*wave).or_default().push(name);
+    }
+    let mut results = Vec::new();
+    for names in by_wave.values() {
+        let mut running = tokio::task::JoinSet::new();
+        let mut unit_of = BTreeMap::new();
+        let mut queue = names.iter();
+        loop {
+            while running.len() < parallelism.max(1) as usize && !*cancel.borrow() {
+                let Some(name) = queue.next() else { break };
+                let task = running.spawn(unit_job(name.to_string()));
+                unit_of.insert(task.id(), name.to_string());
+            }
+            let result = match running.join_next().await {
+                Some(Ok(result)) => result,
+                // A unit whose task panicked failed: it is never dropped from the results, or
+                // the leg would exit 0 with an image unstaged.
+                Some(Err(e)) => {
+                    let unit = unit_of.get(&e.id()).map_or("?", String::as_str);
+                    crashed(unit, &e)
+                }
+                None => break,
+            };
+            progress.finish(&result.image, &outcome_of(&result));
+            results.push(result);
+        }
+    }
+    results
+}
+
+/// The result of a unit whose task did not finish (a panic): failed, nothing staged for it.
+fn crashed(
+    plan_id: &str,
+    unit: &str,
+    ci_run: Option<crate::state::record::CiRun>,
+    e: &tokio::task::JoinError,
+) -> StageResult {
+    StageResult {
+        format_version: fanout::FORMAT_VERSION.into(),
+        plan: plan_id.into(),
+        image: unit.into(),
+        status: StageStatus::Failed,
+        error: Some(format!(
+            "labctl failed internally while staging it ({}); nothing was staged for it, and staging it again retries",
+            if e.is_panic() { "a panic" } else { "cancelled" }
+        )),
+        blob: None,
+        staged_at: crate::timefmt::now_rfc3339(),
+        ci_run,
+    }
+}
+
+fn outcome_of(result: &StageResult) -> crate::execute::Outcome {
+    use crate::execute::{Done, Outcome};
+    match (&result.blob, &result.error) {
+        (Some(blob), _) => Outcome::Done(Done::Staged {
+            key: blob.key.clone(),
+            size: blob.size,
+            checksum: blob.checksum.clone(),
+            uploaded: blob.uploaded,
+        }),
+        (None, error) => Outcome::Failed(error.clone().unwrap_or_else(|| "not staged".to_string())),
+    }
+}
 
 /// Stages `unit` of `plan` and records the outcome in the store (`.labctl/staged/<plan>/…`).
 /// A failure is a result too: it is recorded, so promotion can say why the image is missing.
@@ -285,4 +391,77 @@ async fn already_staged(
             packer_version: None,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn staged(unit: &str) -> StageResult {
+        StageResult {
+            format_version: fanout::FORMAT_VERSION.into(),
+            plan: "p".into(),
+            image: unit.into(),
+            status: StageStatus::Staged,
+            error: None,
+            blob: None,
+            staged_at: crate::timefmt::now_rfc3339(),
+            ci_run: None,
+        }
+    }
+
+    /// Runs `units` through the waves with stand-ins: a unit named `panics` panics; the log
+    /// says in which order units started.
+    async fn waves(
+        units: &[(&str, usize)],
+        cancel_after: Option<usize>,
+    ) -> (Vec<StageResult>, Vec<String>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let tx = Arc::new(tx);
+        let started = Arc::new(Mutex::new(Vec::<String>::new()));
+        let units: Vec<(String, usize)> = units.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+        let job = |name: String| -> UnitJob {
+            let (started, tx) = (started.clone(), tx.clone());
+            Box::pin(async move {
+                let n = {
+                    let mut s = started.lock().unwrap();
+                    s.push(name.clone());
+                    s.len()
+                };
+                if cancel_after == Some(n) {
+                    let _ = tx.send(true);
+                }
+                tokio::task::yield_now().await;
+                assert!(name != "panics", "a bug while staging {name}");
+                staged(&name)
+            })
+        };
+        let crashed = |unit: &str, e: &tokio::task::JoinError| crashed("p", unit, None, e);
+        let results = in_waves(&units, 2, &rx, &crate::progress::Silent, job, crashed).await;
+        let started = started.lock().unwrap().clone();
+        (results, started)
+    }
+
+    #[tokio::test]
+    async fn a_unit_whose_task_panics_is_a_failed_result_not_a_missing_one() {
+        let (results, _) = waves(&[("a", 0), ("panics", 0), ("b", 0)], None).await;
+        assert_eq!(results.len(), 3, "every unit has a result");
+        let failed = results.iter().find(|r| r.image == "panics").unwrap();
+        assert_eq!(failed.status, StageStatus::Failed);
+        assert!(failed.error.as_deref().unwrap().contains("a panic"));
+        assert!(results
+            .iter()
+            .filter(|r| r.image != "panics")
+            .all(|r| r.status == StageStatus::Staged));
+    }
+
+    #[tokio::test]
+    async fn waves_run_in_order_and_nothing_starts_after_a_signal() {
+        let (_, started) = waves(&[("late", 1), ("early", 0), ("early2", 0)], None).await;
+        assert_eq!(started.last().map(String::as_str), Some("late"));
+        let (results, started) = waves(&[("one", 0), ("two", 1), ("three", 2)], Some(1)).await;
+        assert_eq!(started, ["one"]);
+        assert_eq!(results.len(), 1);
+    }
 }
