@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::assess::ServedSide;
+use super::assess::{ServedSide, Sha256};
 use super::identity::Identity;
 use super::place::{self, CheckedFolders, FilesystemSync, FillError, Method, TempFile};
 use super::state::{Placed, Replacement};
@@ -275,7 +275,8 @@ impl Run<'_> {
         let unchanged = copied.source_after == Some(copied.source_before);
         let got = copied.sha256.hex().to_string();
         if unchanged {
-            self.cache.insert(copied.source_before, got.clone());
+            self.cache
+                .extend(Sha256::from_hex(&got).map(|s| (copied.source_before, s)));
             self.seen.insert(copied.source_before);
         }
         if got != want {
@@ -459,7 +460,8 @@ impl Run<'_> {
             let mut r = f.report;
             match (&named, identity) {
                 (Ok(()), Some(id)) => {
-                    self.cache.insert(id, f.sha256.clone());
+                    self.cache
+                        .extend(Sha256::from_hex(&f.sha256).map(|s| (id, s)));
                     self.seen.insert(id);
                     let placed = Placed {
                         sha256: f.sha256.clone(),

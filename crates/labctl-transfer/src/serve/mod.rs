@@ -610,7 +610,8 @@ impl Run<'_> {
     fn learn(&mut self, look: &assess::ServedLook) {
         self.bytes_hashed += look.bytes_hashed;
         if let Some((identity, sha)) = &look.learned {
-            self.cache.insert(*identity, sha.clone());
+            self.cache
+                .extend(assess::Sha256::from_hex(sha).map(|s| (*identity, s)));
         }
         if let ServedSide::Ours { identity, .. }
         | ServedSide::Altered {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::assess::HashCache;
+use super::assess::{HashCache, Sha256};
 use super::identity::Identity;
 use super::place;
 use crate::local_file::{self, ReadError, Symlinks};
@@ -112,7 +112,7 @@ fn shared_entry<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<IndexEntry
 
 /// `hashes` as a list of `{identity, sha256}`, read into (and written from) the cache's map.
 mod known_hashes {
-    use super::{HashCache, KnownHash};
+    use super::{HashCache, KnownHash, Sha256};
     use serde::de::{SeqAccess, Visitor};
     use serde::{Deserializer, Serialize, Serializer};
 
@@ -130,7 +130,7 @@ mod known_hashes {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<HashCache, A::Error> {
                 let mut cache = HashCache::new();
                 while let Some(KnownHash { identity, sha256 }) = seq.next_element()? {
-                    cache.insert(identity, sha256);
+                    cache.extend(Sha256::from_hex(&sha256).map(|s| (identity, s)));
                 }
                 Ok(cache)
             }
@@ -161,13 +161,16 @@ impl Serialize for Hashes<'_> {
         #[derive(Serialize)]
         struct Known<'a> {
             identity: &'a Identity,
-            sha256: &'a str,
+            sha256: String,
         }
         s.collect_seq(
             self.cache
                 .iter()
                 .filter(|(id, _)| self.seen.is_none_or(|seen| seen.contains(id)))
-                .map(|(identity, sha256)| Known { identity, sha256 }),
+                .map(|(identity, sha256)| Known {
+                    identity,
+                    sha256: sha256.hex(),
+                }),
         )
     }
 }
