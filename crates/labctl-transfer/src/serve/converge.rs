@@ -485,9 +485,23 @@ impl Run<'_> {
                     r.size = Some(f.size);
                     r.method = Some(f.method);
                 }
-                // Renamed, but not known to be durable: the claim stays, for the next run to
-                // settle by hashing what is there.
-                (named, _) => {
+                // Renamed, but not known to be durable (or gone at once): recorded as holding
+                // the new bytes with no identity, so that no list names the old ones, and the
+                // next run settles it by hashing what is there.
+                (named, identity) => {
+                    let placed = Placed {
+                        sha256: f.sha256.clone(),
+                        size: f.size,
+                        identity: None,
+                        placing: None,
+                        entry: f.entry,
+                    };
+                    if identity.is_some() {
+                        self.state.files.insert(f.path.clone(), placed);
+                    } else {
+                        self.state.files.remove(&f.path);
+                    }
+                    changes.push(f.path.clone());
                     r.status = Status::Failed;
                     r.detail = match named {
                         Err(e) => {

@@ -578,11 +578,13 @@ fn clear(tmp: &Path) -> std::io::Result<usize> {
     for entry in std::fs::read_dir(tmp)? {
         let entry = entry?;
         if entry.file_type()?.is_dir() {
+            // A fill thread's folder: what counts is the files in it.
+            removed += count_files(&entry.path());
             std::fs::remove_dir_all(entry.path())?;
         } else {
             std::fs::remove_file(entry.path())?;
+            removed += 1;
         }
-        removed += 1;
     }
     Ok(removed)
 }
