@@ -378,16 +378,16 @@ mod tests {
             log: log.clone(),
             cancel: rx.clone(),
         });
+        // Held to the end when no test signal is sent: a dropped sender is not a signal.
+        let mut tx = Some(tx);
         if let Some(n) = signal_when {
-            let log = log.clone();
+            let (log, tx) = (log.clone(), tx.take().expect("not taken yet"));
             tokio::spawn(async move {
                 while log.lock().unwrap().started.len() < n {
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
                 let _ = tx.send(true);
             });
-        } else {
-            std::mem::forget(tx);
         }
         let settings = Settings {
             parallelism,

@@ -78,8 +78,8 @@ impl Run<'_> {
             .filter(|e| !except.contains(e.path.as_str()))
             .collect();
         let sums = consumer_index::sha256sums(&entries);
-        let current = self.read_served(SUMS_NAME);
-        if current.as_deref() != Some(sums.as_bytes()) {
+        // Unchanged, the list keeps its signature (it may be the last signed one).
+        if !same_content(&self.folders.served.join(SUMS_NAME), sums.as_bytes()) {
             self.write_sums(sums.as_bytes(), None)?;
         }
         self.write_built_json(entries)
@@ -88,7 +88,7 @@ impl Run<'_> {
     /// `SHA256SUMS`, and the signature that goes with it (or none). A stale signature goes
     /// first: a moment without one is better than one that does not match.
     fn write_sums(&self, sums: &[u8], signature: Option<&[u8]>) -> Result<(), ServeError> {
-        let changed = self.read_served(SUMS_NAME).as_deref() != Some(sums);
+        let changed = !same_content(&self.folders.served.join(SUMS_NAME), sums);
         let signature_path = self.folders.served.join(SIGNATURE_NAME);
         if changed || signature.is_none() {
             match std::fs::remove_file(&signature_path) {
@@ -120,19 +120,7 @@ impl Run<'_> {
         if std::fs::metadata(&synced).map_or(true, |m| m.len() > MAX_INDEX_BYTES as u64) {
             return Ok(false);
         }
-        let error = |source: std::io::Error| {
-            if place::is_no_space(&source) {
-                ServeError::NoSpace {
-                    path: JSON_NAME.to_string(),
-                    source,
-                }
-            } else {
-                ServeError::Index {
-                    path: served.display().to_string(),
-                    source,
-                }
-            }
-        };
+        let error = |source| index_error(JSON_NAME, &served, source);
         let mut temp = place::TempFile::new(&self.folders.tmp).map_err(error)?;
         match place::fill(&synced, &mut temp, false) {
             Ok(copied) if copied.sha256 == *expected => {}
@@ -183,19 +171,8 @@ impl Run<'_> {
             return Ok(());
         }
         let path = self.folders.served.join(name);
-        place::write_atomically(&self.folders.tmp, &path, body).map_err(|source| {
-            if place::is_no_space(&source) {
-                ServeError::NoSpace {
-                    path: name.to_string(),
-                    source,
-                }
-            } else {
-                ServeError::Index {
-                    path: path.display().to_string(),
-                    source,
-                }
-            }
-        })
+        place::write_atomically(&self.folders.tmp, &path, body)
+            .map_err(|source| index_error(name, &path, source))
     }
 
     /// Removes a file the whole generation no longer lists, and folders it leaves empty.
@@ -217,6 +194,21 @@ impl Run<'_> {
                 r.status = Status::Failed;
                 r.detail = format!("no longer listed, but cannot be removed: {e}");
             }
+        }
+    }
+}
+
+/// A served index file that could not be written: a full disk, or another error.
+fn index_error(name: &str, path: &Path, source: std::io::Error) -> ServeError {
+    if place::is_no_space(&source) {
+        ServeError::NoSpace {
+            path: name.to_string(),
+            source,
+        }
+    } else {
+        ServeError::Index {
+            path: path.display().to_string(),
+            source,
         }
     }
 }

@@ -54,23 +54,6 @@ impl TempFile {
         }
     }
 
-    /// Makes the bytes durable and renames them to `rel` below `root`, creating (durably) the
-    /// folders it needs; none of them may be a symbolic link. `Err` says whether the rename had
-    /// happened: a failure to make the folder entry durable comes after it.
-    pub fn place(mut self, root: &Path, rel: &str) -> Result<(), PlaceError> {
-        let before = |e| PlaceError {
-            renamed: false,
-            source: e,
-        };
-        self.sync().map_err(before)?;
-        self.rename_into(root, rel).map_err(before)?;
-        let parent = root.join(rel);
-        sync_dir(parent.parent().expect("a served path has a folder")).map_err(|e| PlaceError {
-            renamed: true,
-            source: e,
-        })
-    }
-
     /// Makes the bytes written so far durable.
     pub fn sync(&mut self) -> std::io::Result<()> {
         self.handle()?.sync_all()
@@ -158,12 +141,6 @@ impl FilesystemSync {
         unsafe { libc::sync() };
         Ok(())
     }
-}
-
-#[derive(Debug)]
-pub struct PlaceError {
-    pub renamed: bool,
-    pub source: std::io::Error,
 }
 
 /// Creates the folders from `root` down to `dir`, fsyncing each parent whose entries changed,
@@ -448,7 +425,9 @@ mod tests {
         assert_eq!(copied.size, body.len() as u64);
         let dest = d.path().join("served/a/b.raw");
         std::fs::create_dir(d.path().join("served")).unwrap();
-        temp.place(&d.path().join("served"), "a/b.raw").unwrap();
+        temp.rename_into(&d.path().join("served"), "a/b.raw")
+            .unwrap();
+        drop(temp);
         assert_eq!(std::fs::read(&dest).unwrap(), body);
         assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
         // Never the same inode as the source.
@@ -477,14 +456,9 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("talos")).unwrap();
-        let temp = TempFile::new(d.path()).unwrap();
-        let err = temp.place(&root, "talos/a.raw").unwrap_err();
-        assert!(!err.renamed);
-        assert!(
-            err.source.to_string().contains("symbolic link"),
-            "{}",
-            err.source
-        );
+        let mut temp = TempFile::new(d.path()).unwrap();
+        let err = temp.rename_into(&root, "talos/a.raw").unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         assert!(beneath(&root, "vyos/new/x.iso").is_ok());
     }
