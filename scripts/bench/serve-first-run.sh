@@ -7,6 +7,10 @@
 # docs/benchmarks.md.
 #
 #   scripts/bench/serve-first-run.sh [LARGE_GIB] [COUNT…]     (default 4 GiB; 1000 10000 50000)
+#
+# Wall time is measured to the millisecond (GNU time's 10 ms would round a 30 ms run by a third),
+# and the many-file rows are the median of REPEAT runs of each side (default 3), each on its own
+# fresh volume.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -14,10 +18,12 @@ large_gib="${1:-4}"
 shift || true
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(1000 10000 50000)
+repeat="${REPEAT:-3}"
 work="$(mktemp -d)"
-mounts=()
+# Measurements run in subshells (their output is piped to `median`): whatever is still mounted
+# under $work is found, not remembered.
 cleanup() {
-  for m in "${mounts[@]}"; do umount "$m" 2> /dev/null || true; done
+  findmnt -rn -o TARGET | grep "^$work/" | while read -r m; do umount "$m" || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -67,16 +73,23 @@ with open(os.path.join(d, "index.json"), "w") as f:
 PY
 }
 
-# timed LABEL COMMAND…: prints "SECONDS KIB".
+# timed LABEL COMMAND…: prints "SECONDS KIB" (wall time to the millisecond, peak RSS).
 timed() {
-  local label=$1
+  local label=$1 start end
   shift
-  if ! /usr/bin/time -o "$work/time" -f "%e %M" "$@" > "$work/out" 2> "$work/err"; then
+  start=$(date +%s%N)
+  if ! /usr/bin/time -o "$work/time" -f "%M" "$@" > "$work/out" 2> "$work/err"; then
     echo "error: $label failed:" >&2
     tail -20 "$work/err" >&2
     exit 1
   fi
-  cat "$work/time"
+  end=$(date +%s%N)
+  echo "$(((end - start) / 1000000))e-3 $(cat "$work/time")"
+}
+
+# median: of "SECONDS KIB" lines on stdin, the line of the median time.
+median() {
+  sort -g | awk '{ line[NR] = $0 } END { print line[int((NR + 1) / 2)] }'
 }
 
 # fresh_volume NAME GIB: a new ext4 filesystem (a sparse loop image) mounted at $work/NAME. Each
@@ -88,36 +101,44 @@ fresh_volume() {
   mkfs.ext4 -q -F "$work/$name.img"
   mkdir -p "$work/$name"
   mount -o loop "$work/$name.img" "$work/$name"
-  mounts+=("$work/$name")
 }
 
 rows=()
-bench() { # LABEL KIND N
-  local label=$1 kind=$2 n=$3 gib
-  if [ "$kind" = small ]; then gib=$((n / 5000 + 2)); else gib=$((n * 2 + 2)); fi
-  echo "== $label: cp -r, sha256sum -c"
-  fresh_volume "base-$kind-$n" "$gib"
-  generate "$work/base-$kind-$n/synced" "$kind" "$n"
+# base_run KIND N GIB, labctl_run KIND N GIB: one measurement each, on a fresh volume.
+base_run() {
+  local v="base-$1-$2"
+  fresh_volume "$v" "$3"
+  generate "$work/$v/synced" "$1" "$2"
   sync
-  read -r base_s base_kib < <(timed "cp -r + sha256sum -c" bash -c \
-    "cp -r '$work/base-$kind-$n/synced' '$work/base-$kind-$n/copy' && cd '$work/base-$kind-$n/copy' && sha256sum --quiet --strict -c SHA256SUMS")
-  umount "$work/base-$kind-$n" && rm -f "$work/base-$kind-$n.img"
-  echo "== $label: labctl verify --into"
-  fresh_volume "labctl-$kind-$n" "$gib"
-  generate "$work/labctl-$kind-$n/synced" "$kind" "$n"
+  timed "cp -r + sha256sum -c" bash -c \
+    "cp -r '$work/$v/synced' '$work/$v/copy' && cd '$work/$v/copy' && sha256sum --quiet --strict -c SHA256SUMS"
+  umount "$work/$v" && rm -f "$work/$v.img"
+}
+labctl_run() {
+  local v="labctl-$1-$2"
+  fresh_volume "$v" "$3"
+  generate "$work/$v/synced" "$1" "$2"
   sync
-  read -r labctl_s labctl_kib < <(timed "labctl verify --into" \
-    "$labctl" verify "$work/labctl-$kind-$n/synced" --into "$work/labctl-$kind-$n/served" --json)
-  umount "$work/labctl-$kind-$n" && rm -f "$work/labctl-$kind-$n.img"
-  python3 - "$work/out" <<'PY'
+  timed "labctl verify --into" "$labctl" verify "$work/$v/synced" --into "$work/$v/served" --json
+  umount "$work/$v" && rm -f "$work/$v.img"
+  python3 - "$work/out" <<'PY' >&2
 import json, sys
 r = json.load(open(sys.argv[1]))
 assert r["complete"], "the first run did not complete"
 PY
+}
+
+bench() { # LABEL KIND N
+  local label=$1 kind=$2 n=$3 gib runs=1 i
+  if [ "$kind" = small ]; then gib=$((n / 5000 + 2)) runs=$repeat; else gib=$((n * 2 + 2)); fi
+  echo "== $label: cp -r, sha256sum -c ($runs runs)"
+  read -r base_s base_kib < <(for ((i = 0; i < runs; i++)); do base_run "$kind" "$n" "$gib"; done | median)
+  echo "== $label: labctl verify --into ($runs runs)"
+  read -r labctl_s labctl_kib < <(for ((i = 0; i < runs; i++)); do labctl_run "$kind" "$n" "$gib"; done | median)
   rows+=("$(python3 -c '
 import sys
 label, b, bk, l, lk = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-print(f"| {label} | {b:.2f} s | {l:.2f} s | {l / max(b, 0.01):.2f}× | {lk // 1024} MiB |")
+print(f"| {label} | {b:.3f} s | {l:.3f} s | {l / max(b, 0.001):.2f}× | {lk // 1024} MiB |")
 ' "$label" "$base_s" "$base_kib" "$labctl_s" "$labctl_kib")")
   echo "${rows[-1]}"
 }
@@ -138,7 +159,8 @@ no reflinks). The pair neither makes the copy durable nor"
   echo "keeps a reader from seeing a half-copied file; labctl does both. Files are placed in"
   echo "batches: one \`syncfs\` for a batch's bytes, one journal append for its claims, renames, one"
   echo "\`syncfs\` for the new names, one journal append for the results; the state file is written"
-  echo "whole once at the end. Peak RSS is labctl's."
+  echo "whole once at the end. Peak RSS is labctl's. Wall time to the millisecond; each many-file"
+  echo "row is the median of ${repeat} runs of each side."
   echo
   echo "Produced by \`scripts/bench/serve-first-run.sh ${large_gib} ${counts[*]}\` on $(date -u +%Y-%m-%d), labctl $("$labctl" --version | cut -d' ' -f2)."
   echo

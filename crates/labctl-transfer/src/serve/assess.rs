@@ -9,7 +9,8 @@ use super::identity::Identity;
 use super::place;
 use super::state::Placed;
 
-/// sha256 hex by file identity.
+/// sha256 by file identity, for the files no record vouches for: served files labctl did not
+/// place (or that were altered), and synced copies that do not hold their listed bytes.
 pub type HashCache = BTreeMap<Identity, Sha256>;
 
 /// A sha256 as its 32 bytes: a cache of 100,000 files holds 3 MB of them rather than 8 of hex

@@ -129,7 +129,7 @@ impl Run<'_> {
         let reflinks = copies
             .iter()
             .find(|c| c.size > 0)
-            .is_some_and(|c| self.reflinks(&self.folders.synced.join(&c.line.path)));
+            .is_some_and(|c| self.reflinks(&self.folders.synced.join(&c.line(announced).path)));
         if !reflinks {
             self.check_room(&copies, &lengths)?;
         }
@@ -147,12 +147,14 @@ impl Run<'_> {
                     source,
                 })?;
             let batch: Vec<Copy> = copies.by_ref().take(len).collect();
-            let results = self.fill_batch(&batch, reflinks, progress, &done, total);
+            let results = self.fill_batch(announced, &batch, reflinks, progress, &done, total);
             let mut filled = Vec::with_capacity(len);
             for (copy, result) in batch.into_iter().zip(results) {
                 let row = copy.row;
-                let r =
-                    std::mem::replace(&mut rows[row], super::row(&copy.line.path, Status::Failed));
+                let r = std::mem::replace(
+                    &mut rows[row],
+                    super::row(&copy.line(announced).path, Status::Failed),
+                );
                 match self.judge_fill(announced, copy, r, result)? {
                     Filling::Filled(f) => filled.push(*f),
                     Filling::Done(r) => rows[row] = r,
@@ -169,8 +171,8 @@ impl Run<'_> {
     fn check_room(&self, copies: &[Copy], lengths: &[usize]) -> Result<(), ServeError> {
         let sizes: Vec<(u64, Option<u64>)> = copies
             .iter()
-            .map(|c| match c.before {
-                ServedSide::Ours { size, .. } => (c.size, Some(size)),
+            .map(|c| match c.before() {
+                ServedSide::Ours { size, .. } => (c.size, Some(*size)),
                 _ => (c.size, None),
             })
             .collect();
@@ -200,6 +202,7 @@ impl Run<'_> {
     /// threads (two cores copy many small files nearly twice as fast as one); in batch order.
     fn fill_batch(
         &self,
+        announced: &Announced,
         batch: &[Copy],
         reflinks: bool,
         progress: Progress,
@@ -219,11 +222,17 @@ impl Run<'_> {
                 // of entries is slower to add to than a few of hundreds.
                 let dir = self.folders.tmp.join(format!("w{worker}"));
                 let (next, results) = (&next, &results);
+                // Made once per thread, not looked for again before each file.
+                let mut made = false;
                 scope.spawn(move || loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(copy) = batch.get(i) else { break };
-                    let source = self.folders.synced.join(&copy.line.path);
-                    let result = std::fs::create_dir_all(&dir)
+                    let source = self.folders.synced.join(&copy.line(announced).path);
+                    let made_now = match made {
+                        true => Ok(()),
+                        false => std::fs::create_dir_all(&dir).inspect(|()| made = true),
+                    };
+                    let result = made_now
                         .and_then(|()| TempFile::new(&dir))
                         .map_err(FillError::Destination)
                         .and_then(|mut temp| {
@@ -255,14 +264,15 @@ impl Run<'_> {
         r: FileReport,
         result: FillResult,
     ) -> Result<Filling, ServeError> {
-        let path = copy.line.path.clone();
-        let want = copy.line.sha256.hex().to_string();
+        let line = copy.line(announced);
+        let path = line.path.clone();
+        let want = line.sha256.hex().to_string();
         let (temp, copied) = match result {
             Ok(filled) => filled,
             // The sync removed or replaced it under us: a normal state while a sync runs.
             Err(FillError::Source(e)) => {
                 let detail = format!("cannot read the synced copy: {e}");
-                return Ok(Filling::Done(self.not_placed(r, &copy.before, detail)));
+                return Ok(Filling::Done(self.not_placed(r, copy.before(), detail)));
             }
             Err(FillError::Destination(e)) => {
                 return self.destination_failure(r, &path, e).map(Filling::Done)
@@ -274,28 +284,29 @@ impl Run<'_> {
         }
         let unchanged = copied.source_after == Some(copied.source_before);
         let got = copied.sha256.hex().to_string();
-        if unchanged {
-            self.cache
-                .extend(Sha256::from_hex(&got).map(|s| (copied.source_before, s)));
-            self.seen.insert(copied.source_before);
-        }
         if got != want {
+            // Not hashed again while the sync leaves the copy as it is.
+            if unchanged {
+                self.cache
+                    .extend(Sha256::from_hex(&got).map(|s| (copied.source_before, s)));
+                self.seen.insert(copied.source_before);
+            }
             let detail = if !unchanged {
                 "the synced copy changed while it was read (a sync in progress)".to_string()
             } else {
                 format!("the synced copy's sha256 is {got}, not the listed one (a sync in progress, or a changed copy)")
             };
-            return Ok(Filling::Done(self.not_placed(r, &copy.before, detail)));
+            return Ok(Filling::Done(self.not_placed(r, copy.before(), detail)));
         }
         Ok(Filling::Filled(Box::new(Filled {
             row: copy.row,
             report: r,
-            entry: announced.entry(&copy.line, copied.size),
+            entry: announced.entry(line, copied.size),
             path,
             sha256: want,
             size: copied.size,
             method: copied.method,
-            before: copy.before,
+            before: copy.before.map_or(ServedSide::Absent, |b| *b),
             temp,
             was_listed: false,
         })))
@@ -460,9 +471,6 @@ impl Run<'_> {
             let mut r = f.report;
             match (&named, identity) {
                 (Ok(()), Some(id)) => {
-                    self.cache
-                        .extend(Sha256::from_hex(&f.sha256).map(|s| (id, s)));
-                    self.seen.insert(id);
                     let placed = Placed {
                         sha256: f.sha256.clone(),
                         size: f.size,

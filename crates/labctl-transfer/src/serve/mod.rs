@@ -463,13 +463,24 @@ struct Run<'a> {
     finishing: bool,
 }
 
-/// A listed file to copy from the synced folder.
+/// A listed file to copy from the synced folder. Small: a first run holds one for every file.
 struct Copy {
+    /// Its row, which is also its line in [`Announced::listed`] (listed paths' rows come
+    /// first, in list order).
     row: usize,
-    line: SumsLine,
     size: u64,
-    /// What the served folder holds at the path now.
-    before: ServedSide,
+    /// What the served folder holds at the path now; `None` for nothing (most copies).
+    before: Option<Box<ServedSide>>,
+}
+
+impl Copy {
+    fn line<'a>(&self, announced: &'a Announced) -> &'a SumsLine {
+        &announced.listed[self.row]
+    }
+
+    fn before(&self) -> &ServedSide {
+        self.before.as_deref().unwrap_or(&ServedSide::Absent)
+    }
 }
 
 pub fn run(options: &Options, progress: Progress) -> Result<Report, ServeError> {
@@ -611,12 +622,9 @@ fn reserved(path: &str) -> bool {
 impl Run<'_> {
     fn learn(&mut self, look: &assess::ServedLook) {
         self.bytes_hashed += look.bytes_hashed;
-        if let Some((identity, sha)) = &look.learned {
-            self.cache
-                .extend(assess::Sha256::from_hex(sha).map(|s| (*identity, s)));
-        }
-        if let ServedSide::Ours { identity, .. }
-        | ServedSide::Altered {
+        // A file of labctl's is vouched for by its record (`settle` brings its identity up to
+        // date): the cache holds only what no record does, so that it stays small.
+        if let ServedSide::Altered {
             identity: Some(identity),
             ..
         }
@@ -625,6 +633,10 @@ impl Run<'_> {
             ..
         } = &look.side
         {
+            if let Some((learned, sha)) = &look.learned {
+                self.cache
+                    .extend(assess::Sha256::from_hex(sha).map(|s| (*learned, s)));
+            }
             self.seen.insert(*identity);
         }
     }
@@ -677,7 +689,7 @@ impl Run<'_> {
             .cloned()
             .collect();
         paths.extend(unlisted);
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(paths.len());
         let mut copies = Vec::new();
         // Looked at a window at a time: what a look holds, for every path at once, would be
         // tens of MB at 50,000 files.
@@ -692,6 +704,7 @@ impl Run<'_> {
                         let (r, copy) = self.judge_listed(announced, line, look.side);
                         if let Some(mut c) = copy {
                             c.row = rows.len();
+                            debug_assert_eq!(c.line(announced).path, line.path);
                             copies.push(c);
                         }
                         rows.push(r);
@@ -834,15 +847,17 @@ impl Run<'_> {
             want,
             &self.cache,
         );
-        self.seen.extend(identity);
+        // Only a synced copy's hash that is not the listed one is worth keeping (it spares
+        // hashing the copy again while the sync has not replaced it).
+        self.seen
+            .extend(identity.filter(|id| self.cache.contains_key(id)));
         match synced {
             SyncedSide::Candidate { size } => (
                 r,
                 Some(Copy {
                     row: 0,
-                    line: line.clone(),
                     size,
-                    before: side,
+                    before: (side != ServedSide::Absent).then(|| Box::new(side)),
                 }),
             ),
             SyncedSide::NotYet { detail } => {
