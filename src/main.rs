@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     };
     configure_colors();
     labctl::settings::identify_run();
+    labctl_transfer::pipeline::budget::return_freed_parts_to_the_system();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

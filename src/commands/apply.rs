@@ -309,11 +309,10 @@ pub fn context(
     ApplyContext {
         store,
         client: crate::source::http::client(),
-        settings: pipeline::Settings {
-            part_size: transfer.part_size_mib as usize * MIB,
-            parts_in_flight: transfer.parts_in_flight as usize,
-            ..Default::default()
-        },
+        settings: pipeline::Settings::new(
+            transfer.part_size_mib as usize * MIB,
+            transfer.parts_in_flight as usize,
+        ),
         parallelism: transfer.parallelism as usize,
         progress: Arc::from(crate::progress::for_stderr()),
         cancel,

@@ -618,6 +618,58 @@ fn peak_memory_is_bounded() {
     );
 }
 
+/// Memory follows one budget for the run's parts, not `--parallelism`: 64 images at once, of
+/// which hundreds are tiny (each holding what it needs, not a whole part) and four are 48 MiB
+/// images decompressed on the way (taking turns for their parts), stay under 100 MiB.
+#[test]
+fn memory_follows_one_budget_not_parallelism() {
+    let lab = Lab::new(Backend::S3sFs);
+    let mut entries = Vec::new();
+    for i in 0..4u64 {
+        let body = image_bytes(100 + i, 48 * MIB);
+        let compressed = zstd(&body);
+        let name: &'static str = Box::leak(format!("large-{i}").into_boxed_str());
+        let path: &'static str = Box::leak(format!("/large-{i}.img.zst").into_boxed_str());
+        lab.serve(path, compressed.clone(), Faults::default());
+        entries.push(Entry::compressed(name, path, &compressed, "zstd", &body));
+    }
+    let tiny: Vec<Vec<u8>> = (0..600)
+        .map(|i| format!("tiny image {i}\n").repeat(64).into_bytes())
+        .collect();
+    for (i, body) in tiny.iter().enumerate() {
+        let name: &'static str = Box::leak(format!("tiny-{i:03}").into_boxed_str());
+        let path: &'static str = Box::leak(format!("/tiny-{i:03}.bin").into_boxed_str());
+        lab.serve(path, body.clone(), Faults::default());
+        entries.push(Entry::raw(name, path, body));
+    }
+    lab.write_manifest(&entries);
+    let manifest = lab.manifest_path().display().to_string();
+    let store = lab.store_arg();
+    let kib = peak_rss_kib(
+        timed_labctl()
+            .args(["apply", "--auto-approve", "--parallelism", "64"])
+            .args(["--manifest", &manifest, "--store", &store])
+            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+            .envs(lab.server.as_ref().unwrap().env())
+            .current_dir(lab.dir()),
+    );
+    assert!(
+        kib < 100 * 1024,
+        "peak RSS {} MiB at --parallelism 64 exceeds 100 MiB",
+        kib / 1024
+    );
+    for (i, body) in tiny.iter().enumerate().step_by(97) {
+        assert_eq!(
+            lab.object(&format!("test/tiny-{i:03}.img")).as_deref(),
+            Some(body.as_slice())
+        );
+    }
+    assert_eq!(
+        lab.object("test/large-3.img").map(|b| sha256(&b)),
+        Some(sha256(&image_bytes(103, 48 * MIB)))
+    );
+}
+
 // ---- doctor, confirmation, interruption -----------------------------------------------------
 
 on_every_locking_store!(

@@ -5,6 +5,7 @@ use std::io::Read;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::pipeline::budget::MemoryBudget;
 use crate::pipeline::hash::WithSha256;
 use crate::pipeline::upload::Part;
 use labctl_core::checksum::{Algorithm, Checksum};
@@ -136,7 +137,7 @@ pub fn run(
     tx: mpsc::Sender<Part>,
     compression: Option<Compression>,
     algorithm: Algorithm,
-    part_size: usize,
+    parts: &Parts,
 ) -> Result<Digests, DecodeError> {
     let input = ChannelReader {
         rx,
@@ -173,7 +174,7 @@ pub fn run(
             xz_stream().map_err(corrupt)?,
         )),
     };
-    split(&mut reader, &tx, algorithm, part_size).map_err(|e| match e {
+    split(&mut reader, &tx, algorithm, parts).map_err(|e| match e {
         SplitError::Read(e) => corrupt(e),
         SplitError::UploadStopped => DecodeError::UploadStopped,
     })
@@ -203,22 +204,54 @@ pub fn part_size_of(number: u32, part_size: usize) -> usize {
     part_size.saturating_mul(1 << ((number - 1) / PARTS_PER_STEP).min(4))
 }
 
+/// How the decoded bytes are cut: the size parts start at, and the run's budget they are held
+/// against.
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub size: usize,
+    pub budget: MemoryBudget,
+}
+
+/// What the first part's buffer starts at: it grows, doubling, as bytes arrive, so that an
+/// image of a few KiB holds a few KiB and not a whole part.
+pub const FIRST_BUFFER: usize = 64 * 1024;
+/// Past this, the first part grows to a whole part at once. A hold that grows is given back
+/// while it waits for room (see [`super::budget`]), so its buffer is beyond the budget then:
+/// at most this much.
+pub const FIRST_BUFFER_DOUBLING: usize = 1024 * 1024;
+
 /// Cuts `reader` into parts (the last one shorter, possibly empty), hashing every byte, and hands
-/// them to the uploader. Parts start at `part_size` and grow with [`part_size_of`].
+/// them to the uploader. Parts start at `parts.size` and grow with [`part_size_of`]; each is
+/// held against `parts.budget` until it is uploaded (or, alone, published).
 pub fn split(
     reader: &mut dyn Read,
     tx: &mpsc::Sender<Part>,
     algorithm: Algorithm,
-    part_size: usize,
+    parts: &Parts,
 ) -> Result<Digests, SplitError> {
     let mut hasher = WithSha256::new(algorithm);
     let mut total = 0u64;
     let mut number = 1u32;
     loop {
-        let part_size = part_size_of(number, part_size);
-        let mut buf = vec![0u8; part_size];
+        let part_size = part_size_of(number, parts.size);
+        // After the first part the image is known to be large: its parts are allocated whole.
+        let start = if number == 1 {
+            FIRST_BUFFER.min(part_size)
+        } else {
+            part_size
+        };
+        let mut held = parts.budget.hold(start);
+        let mut buf = vec![0u8; start];
         let mut filled = 0;
         while filled < part_size {
+            if filled == buf.len() {
+                let grown = match buf.len() {
+                    n if n < FIRST_BUFFER_DOUBLING => (n * 2).min(part_size),
+                    _ => part_size,
+                };
+                held.resize(grown);
+                buf.resize(grown, 0);
+            }
             let n = reader.read(&mut buf[filled..]).map_err(SplitError::Read)?;
             if n == 0 {
                 break;
@@ -226,6 +259,11 @@ pub fn split(
             filled += n;
         }
         buf.truncate(filled);
+        // What a short part does not use goes back (its Bytes would keep the whole buffer).
+        if buf.capacity() > filled + filled / 2 {
+            buf.shrink_to_fit();
+            held.resize(buf.capacity());
+        }
         hasher.update(&buf);
         total += filled as u64;
         let last = filled < part_size;
@@ -234,6 +272,7 @@ pub fn split(
                 number,
                 data: Bytes::from(buf),
                 last,
+                held: Some(held),
             })
             .is_err()
         {
@@ -261,7 +300,11 @@ mod tests {
         let drain = std::thread::spawn(move || while rx_parts.blocking_recv().is_some() {});
         tx_in.try_send(Ok(Bytes::from(data))).unwrap();
         drop(tx_in);
-        let out = run(rx_in, tx_parts, Some(format), Algorithm::Sha256, 1 << 20);
+        let parts = Parts {
+            size: 1 << 20,
+            budget: MemoryBudget::new(4 << 20),
+        };
+        let out = run(rx_in, tx_parts, Some(format), Algorithm::Sha256, &parts);
         drain.join().unwrap();
         out
     }

@@ -1,11 +1,13 @@
 //! The streaming publish pipeline: download → source hash → decompress (blocking thread) →
 //! output hash → multipart upload, with no temporary file.
 //!
-//! Memory is bounded by part size × (parts in flight + 2) whatever the image size: the decoder
-//! blocks when the uploader has no free slot. The object becomes visible only when both
+//! Memory is bounded by one budget of bytes for the parts of every image of a run (see
+//! [`budget`]), whatever the images' sizes and number: the decoder blocks when the budget is
+//! spent or when its uploader has no free slot. The object becomes visible only when both
 //! checksums matched: multipart uploads are completed (and small objects PUT) after
 //! verification, and aborted on every failure path.
 
+pub mod budget;
 pub mod decode;
 pub mod hash;
 pub mod upload;
@@ -33,20 +35,43 @@ pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
 /// How often a download may start over from byte 0 before the image fails.
 const MAX_RESTARTS: u32 = 3;
 
+/// The run's budget for parts held at once, at least: what one image needs at the default part
+/// size and parts in flight (five parts of 8 MiB), shared by every image.
+pub const DEFAULT_MEMORY_BUDGET: usize = 40 * MIB;
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub part_size: usize,
     pub parts_in_flight: usize,
     pub retry: RetryPolicy,
+    /// Shared by every image the settings are cloned for.
+    pub memory: budget::MemoryBudget,
+}
+
+impl Settings {
+    /// One image uploading `parts_in_flight` parts of `part_size` while the decoder fills the
+    /// next always fits in the budget.
+    pub fn new(part_size: usize, parts_in_flight: usize) -> Settings {
+        let one_image = part_size.saturating_mul(parts_in_flight.saturating_add(1));
+        Settings {
+            part_size,
+            parts_in_flight,
+            retry: RetryPolicy::default(),
+            memory: budget::MemoryBudget::new(one_image.max(DEFAULT_MEMORY_BUDGET)),
+        }
+    }
+
+    fn parts(&self) -> decode::Parts {
+        decode::Parts {
+            size: self.part_size,
+            budget: self.memory.clone(),
+        }
+    }
 }
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings {
-            part_size: DEFAULT_PART_SIZE,
-            parts_in_flight: DEFAULT_PARTS_IN_FLIGHT,
-            retry: RetryPolicy::default(),
-        }
+        Settings::new(DEFAULT_PART_SIZE, DEFAULT_PARTS_IN_FLIGHT)
     }
 }
 
@@ -202,7 +227,8 @@ impl Input<'_> {
             Input::Download(d) => Ok(d.next().await?),
             Input::File { file, path } => {
                 use tokio::io::AsyncReadExt;
-                let mut buf = bytes::BytesMut::with_capacity(MIB);
+                // A quarter MiB a read: the channel to the decoder holds eight.
+                let mut buf = bytes::BytesMut::with_capacity(MIB / 4);
                 let n = file
                     .read_buf(&mut buf)
                     .await
@@ -264,16 +290,18 @@ async fn stream(
     source_sha256: bool,
     decompress: Option<Compression>,
     output_algorithm: labctl_core::checksum::Algorithm,
-    part_size: usize,
+    parts: decode::Parts,
     sink: Sink<'_>,
     minisign: Option<&labctl_core::signature::MinisignCheck>,
     progress: &dyn Progress,
     cancel: &watch::Receiver<bool>,
 ) -> Result<Step, PipelineError> {
-    let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(8);
+    // Downloaded chunks (up to some hundred KiB each) waiting for the decoder: outside the
+    // budget, so few.
+    let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(2);
     let (tx_parts, mut rx_parts) = mpsc::channel::<upload::Part>(1);
     let decoder = tokio::task::spawn_blocking(move || {
-        decode::run(rx_in, tx_parts, decompress, output_algorithm, part_size)
+        decode::run(rx_in, tx_parts, decompress, output_algorithm, &parts)
     });
     let uploader = match sink {
         Sink::Upload {
@@ -433,7 +461,7 @@ async fn attempt(
         false,
         job.decompress,
         job.expected.algorithm,
-        settings.part_size,
+        settings.parts(),
         sink,
         job.minisign.as_ref(),
         progress,
@@ -567,7 +595,7 @@ async fn file_pass(
         false,
         None,
         labctl_core::checksum::Algorithm::Sha256,
-        settings.part_size,
+        settings.parts(),
         sink,
         None,
         progress,
@@ -729,7 +757,11 @@ pub async fn inspect_download(
             inspect.decompress.is_some(),
             inspect.decompress,
             Algorithm::Sha256,
-            MIB,
+            // Hashed and dropped: parts of a MiB are enough.
+            decode::Parts {
+                size: MIB,
+                budget: settings.memory.clone(),
+            },
             Sink::Hash,
             inspect.minisign.as_ref(),
             progress,

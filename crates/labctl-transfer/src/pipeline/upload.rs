@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use super::budget::Held;
 use labctl_store::pending::PendingUpload;
 use labctl_store::{ObjectMeta, PutOptions, Store, StoreError, UploadedPart};
 
@@ -14,6 +15,8 @@ pub struct Part {
     pub data: Bytes,
     /// The end of the stream; an empty last part after full ones only marks the end.
     pub last: bool,
+    /// Its bytes of the run's memory budget, given back with the part.
+    pub held: Option<Held>,
 }
 
 /// What was uploaded, not yet visible: made visible by [`Uploaded::publish`] after
@@ -21,7 +24,8 @@ pub struct Part {
 /// its [`PendingUpload`]).
 pub enum Uploaded {
     /// Everything fit in one part: PUT it (after verification) instead of a multipart upload.
-    Small(Bytes),
+    /// Its bytes stay held against the budget until then.
+    Small(Bytes, Option<Held>),
     Multipart {
         upload: PendingUpload,
         parts: Vec<UploadedPart>,
@@ -37,7 +41,7 @@ impl Uploaded {
         options: PutOptions,
     ) -> Result<ObjectMeta, StoreError> {
         match self {
-            Uploaded::Small(bytes) => store.put(key, bytes, options).await,
+            Uploaded::Small(bytes, _held) => store.put(key, bytes, options).await,
             Uploaded::Multipart { upload, parts } => upload.complete(parts).await,
         }
     }
@@ -64,11 +68,11 @@ pub async fn run(
 ) -> Result<Uploaded, StoreError> {
     let mut upload: Option<PendingUpload> = None;
     match upload_parts(&store, &key, &options, rx, in_flight, &mut upload).await {
-        Ok(Collected::Small(small)) => Ok(Uploaded::Small(small)),
+        Ok(Collected::Small(small, held)) => Ok(Uploaded::Small(small, held)),
         Ok(Collected::Parts(parts)) => match upload {
             Some(upload) => Ok(Uploaded::Multipart { upload, parts }),
             // The decoder stopped before sending anything; its error explains why.
-            None => Ok(Uploaded::Small(Bytes::new())),
+            None => Ok(Uploaded::Small(Bytes::new(), None)),
         },
         Err(e) => {
             if let Some(upload) = upload {
@@ -102,7 +106,7 @@ async fn upload_parts(
             break;
         };
         if part.number == 1 && part.last {
-            return Ok(Collected::Small(part.data));
+            return Ok(Collected::Small(part.data, part.held));
         }
         if part.last && part.data.is_empty() {
             break;
@@ -114,7 +118,7 @@ async fn upload_parts(
         let (store, key) = (store.clone(), key.to_string());
         tasks.spawn(async move {
             let result = store.upload_part(&key, &id, part.number, part.data).await;
-            drop(permit);
+            drop((permit, part.held));
             result
         });
         while let Some(done) = tasks.try_join_next() {
@@ -132,7 +136,7 @@ async fn upload_parts(
 
 enum Collected {
     /// One small part: no multipart upload was started.
-    Small(Bytes),
+    Small(Bytes, Option<Held>),
     /// The parts uploaded into the pending upload (none if the stream stopped first).
     Parts(Vec<UploadedPart>),
 }
