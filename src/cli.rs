@@ -229,8 +229,9 @@ pub struct ApplyArgs {
     /// Apply without asking for confirmation (required without a terminal).
     #[arg(long)]
     pub auto_approve: bool,
-    /// How many images are processed at once.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// How many images are processed at once. Of these, at most 4 large ones (over 1 MiB, or
+    /// decompressed) stream at once; small ones go beside them.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallelism: u16,
     /// Delete records (and objects) whose image left the manifest. Protected records stay.
     #[arg(long)]
@@ -260,7 +261,8 @@ pub struct ApplyArgs {
     /// S3's 10,000 parts.
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u16).range(5..=1024))]
     pub part_size: u16,
-    /// Parts of one image uploaded at once (memory is about part size × (this + 2)).
+    /// Parts of one image uploaded at once. The parts of all images together hold at most part
+    /// size × (this + 1) or 40 MiB, whichever is more.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub parts_in_flight: u16,
     /// Promote what `labctl stage` legs staged for PLANFILE instead of downloading or building:
@@ -290,13 +292,15 @@ pub struct StageArgs {
     /// Also write what was staged (JSON) to FILE, e.g. for the leg's result artifact.
     #[arg(long, value_name = "FILE")]
     pub result: Option<PathBuf>,
-    /// How many of the units are staged at once.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// How many of the units are staged at once. Of these, at most 4 large ones (over 1 MiB, or
+    /// decompressed) stream at once; small ones go beside them.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallelism: u16,
     /// Multipart upload part size in MiB (at least 5).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u16).range(5..=1024))]
     pub part_size: u16,
-    /// Parts of one image uploaded at once (memory is about part size × (this + 2)).
+    /// Parts of one image uploaded at once. The parts of all images together hold at most part
+    /// size × (this + 1) or 40 MiB, whichever is more.
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub parts_in_flight: u16,
 }

@@ -7,8 +7,9 @@
 #
 #   scripts/bench/many-images.sh [COUNT…]      (default 100 1000 10000; COUNT_RSS=2000)
 #
-# Each measurement gets a fresh server (an emptied bucket is not a fresh one: Garage and s3s-fs
-# both slow down with what they hold).
+# Each measurement gets a fresh server on a fresh ext4 loop volume (an emptied bucket is not a
+# fresh one, and ext4 slows down creating files beside many it deleted moments before), so it
+# runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -18,7 +19,7 @@ count_rss="${COUNT_RSS:-2000}"
 cache="${LABCTL_TEST_CACHE:-$HOME/.cache/labctl-ci}"
 work="$(mktemp -d)"
 chmod 755 "$work" # nginx's workers read the images as another user
-trap 'jobs -p | xargs -r kill 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
+trap 'jobs -p | xargs -r kill 2>/dev/null || true; sleep 0.5; umount "$work/store" 2> /dev/null || true; rm -rf "$work"' EXIT
 
 need=()
 command -v nginx > /dev/null || need+=(nginx)
@@ -68,16 +69,19 @@ http {
 }
 CONF
 nginx -c "$work/nginx.conf"
-trap 'nginx -c "$work/nginx.conf" -s stop 2> /dev/null || true; jobs -p | xargs -r kill 2>/dev/null || true; sleep 0.5; rm -rf "$work"' EXIT
+trap 'nginx -c "$work/nginx.conf" -s stop 2> /dev/null || true; jobs -p | xargs -r kill 2>/dev/null || true; sleep 0.5; umount "$work/store" 2> /dev/null || true; rm -rf "$work"' EXIT
 wait_port "$http_port"
 
 # start_store s3s-fs|garage: a fresh server with a bucket `bench`; sets E2_* and AWS_*.
 store_pid=""
 start_store() {
   stop_store
-  local s3_port data="$work/store-$RANDOM"
-  s3_port=$(free_port)
+  local s3_port data="$work/store"
+  truncate -s 4G "$work/store.img"
+  mkfs.ext4 -q -F "$work/store.img"
   mkdir -p "$data"
+  mount -o loop "$work/store.img" "$data"
+  s3_port=$(free_port)
   case $1 in
     s3s-fs)
       mkdir -p "$data/bench"
@@ -131,6 +135,8 @@ stop_store() {
     wait "$store_pid" 2> /dev/null || true
     store_pid=""
   fi
+  if mountpoint -q "$work/store"; then umount "$work/store"; fi
+  rm -f "$work/store.img"
 }
 export LABCTL_ALLOW_INSECURE_LOOPBACK=1 CI=true
 
@@ -177,12 +183,14 @@ rows=()
 for store in s3s-fs garage; do
   for n in "${counts[@]}"; do
     manifest_tiny "$n"
-    rm -rf "$work/upload" && mkdir -p "$work/upload"
-    # sed, not head: head would stop reading, and pipefail would end the script.
-    (cd "$work/srv/tiny" && find . -name '*.bin' | sort | sed -n "1,${n}p" | xargs cp -t "$work/upload/")
+    if [ ! -d "$work/upload-$n" ]; then
+      mkdir -p "$work/upload-$n"
+      # sed, not head: head would stop reading, and pipefail would end the script.
+      (cd "$work/srv/tiny" && find . -name '*.bin' | sort | sed -n "1,${n}p" | xargs cp -t "$work/upload-$n/")
+    fi
     echo "== $store, $n images: s5cmd cp"
     start_store "$store"
-    read -r s5_s s5_mib < <(measure "$s5cmd" --endpoint-url "$E2_ENDPOINT" cp "$work/upload/" s3://bench/s5cmd/)
+    read -r s5_s s5_mib < <(measure "$s5cmd" --endpoint-url "$E2_ENDPOINT" cp "$work/upload-$n/" s3://bench/s5cmd/)
     echo "== $store, $n images: labctl apply"
     start_store "$store"
     read -r l_s l_mib < <(measure "${apply[@]}")
@@ -220,7 +228,8 @@ version=$("$labctl" --version | cut -d' ' -f2)
   echo "nginx on 127.0.0.1, into a fresh bucket — beside \`s5cmd cp\` (v2.3.0, its defaults) of the"
   echo "same files from disk into a fresh bucket of the same server, which neither downloads nor"
   echo "verifies anything nor writes a record per object. Then \`labctl plan\` of the applied manifest"
-  echo "(nothing to do). On this project's 2-core machine, one run each."
+  echo "(nothing to do). On this project's 2-core machine, one run each, each server fresh on a"
+  echo "fresh ext4 loop volume."
   echo
   echo "Produced by \`scripts/bench/many-images.sh ${counts[*]}\` on $(date -u +%Y-%m-%d), labctl $version."
   echo

@@ -236,9 +236,9 @@ async fn locked(
     ));
     // Not raced with the signal: on one, execute stops starting images and every transfer aborts
     // its own multipart upload before this returns.
-    let report = apply::execute(&plan, ctx).await;
+    let report = apply::execute(&plan, ctx.clone()).await;
     let cancelled = *cancel.borrow();
-    let code = finish(&store, &plan, &report, cancelled, signer).await;
+    let code = finish(&store, &plan, &report, cancelled, signer, &ctx.written).await;
     if let (Some(staged), Some(id)) = (&staged, plan_id) {
         // After the index: a promotion killed before this point leaves the blobs for the next.
         for failed in apply::promote::forget_promoted(store.as_ref(), id, staged, &report).await {
@@ -328,6 +328,7 @@ pub fn context(
         base_dir: manifest.base_dir.clone(),
         ci_run: crate::github::ci_run(),
         staged,
+        written: Default::default(),
         secrets: {
             let env = crate::settings::env();
             crate::source::packer::redactions(
@@ -423,6 +424,7 @@ async fn finish(
     report: &Report,
     cancelled: bool,
     signer: Option<&crate::signing::IndexSigner>,
+    written: &std::sync::Mutex<crate::state::refresh::Written>,
 ) -> Result<ExitCode, Failure> {
     let index = if cancelled {
         eprintln!(
@@ -430,7 +432,8 @@ async fn finish(
         );
         None
     } else {
-        Some(write_index(store, plan, signer).await)
+        let written = std::mem::take(&mut *written.lock().unwrap_or_else(|p| p.into_inner()));
+        Some(write_index(store, plan, signer, written).await)
     };
     print_summary(report);
     let index_failed = match &index {
@@ -462,6 +465,7 @@ async fn write_index(
     store: &Arc<dyn Store>,
     plan: &Plan,
     signer: Option<&crate::signing::IndexSigner>,
+    written: crate::state::refresh::Written,
 ) -> anyhow::Result<Vec<String>> {
     let mut lines = Vec::new();
     let backfilled = apply::index::backfill(store, &plan.index.backfill).await?;
@@ -469,7 +473,7 @@ async fn write_index(
         lines.push(format!("  {} {line}", style("✓").green()));
     }
     let counter = crate::progress::Counter::new("Reading state for the index: records");
-    let written = apply::index::write(store, signer, &|d, t| counter.update(d, t)).await;
+    let written = apply::index::write(store, signer, written, &|d, t| counter.update(d, t)).await;
     drop(counter);
     let written = written?;
     labctl_engine::halt::reached(labctl_engine::halt::CommitPoint::IndexWritten).await;

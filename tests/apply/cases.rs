@@ -670,6 +670,50 @@ fn memory_follows_one_budget_not_parallelism() {
     );
 }
 
+/// The consumer index at the end of an apply is built from the records the apply just wrote:
+/// none is fetched again, nor its object HEADed (s3s-fs lists no ETags, which would otherwise
+/// take one HEAD per object). Each new image costs the store its object and its record.
+#[test]
+fn the_index_asks_the_store_nothing_the_apply_just_wrote() {
+    let lab = Lab::new(Backend::S3sFs);
+    let proxy = Proxy::start(&lab.server.as_ref().unwrap().endpoint);
+    let lab = Lab {
+        endpoint: Some(proxy.endpoint.clone()),
+        ..lab
+    };
+    let mut entries = Vec::new();
+    for i in 0..12 {
+        let body = format!("small image {i}\n").into_bytes();
+        let name: &'static str = Box::leak(format!("small-{i:02}").into_boxed_str());
+        let path: &'static str = Box::leak(format!("/small-{i:02}").into_boxed_str());
+        lab.serve(path, body.clone(), Faults::default());
+        entries.push(Entry::raw(name, path, &body));
+    }
+    lab.write_manifest(&entries);
+    let run = lab.apply();
+    assert_ok(&run);
+    assert!(
+        run.stdout.contains("consumer index: 12 objects"),
+        "{}",
+        run.output()
+    );
+    let requests = proxy.requests();
+    let asked_again: Vec<&String> = requests
+        .iter()
+        .filter(|r| {
+            (r.starts_with("GET ") && r.contains("/metadata/"))
+                || (r.starts_with("HEAD ") && r.contains("/images/"))
+        })
+        .collect();
+    assert!(asked_again.is_empty(), "{asked_again:#?}");
+    let puts = requests.iter().filter(|r| r.starts_with("PUT ")).count();
+    // The twelve objects and their records, the index files, the lock and the snapshot.
+    assert!(puts <= 24 + 8, "{requests:#?}");
+    // What the index says is what the store holds.
+    let sums = String::from_utf8(lab.store_bytes("images/SHA256SUMS").unwrap_or_default()).unwrap();
+    assert_eq!(sums.lines().count(), 12, "{sums}");
+}
+
 // ---- doctor, confirmation, interruption -----------------------------------------------------
 
 on_every_locking_store!(

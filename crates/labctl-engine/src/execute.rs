@@ -42,6 +42,9 @@ pub struct ApplyContext {
     /// `apply --staged`: what the plan's legs staged, by image. The bytes of a create or replace
     /// are then copied from their blob instead of downloaded or built.
     pub staged: Option<Arc<BTreeMap<String, StageResult>>>,
+    /// Every record this run wrote, as the store took it: the consumer index is built from them
+    /// without asking the store again.
+    pub written: std::sync::Mutex<crate::state::refresh::Written>,
 }
 
 pub use crate::progress::{Done, Outcome, Published, Skip};
@@ -1101,10 +1104,14 @@ pub(crate) async fn write_record(
         ..record.clone()
     };
     crate::halt::reached(CommitPoint::ObjectVisible).await;
-    ctx.store
+    let stored = ctx.store
         .put(key, Bytes::from(to_json(&record)), PutOptions::default())
         .await
         .with_context(|| format!("the object was published but its record `{key}` could not be written; the next plan replaces it"))?;
+    ctx.written
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(key, record, &stored);
     crate::halt::reached(CommitPoint::RecordWritten).await;
     Ok(())
 }

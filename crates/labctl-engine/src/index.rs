@@ -110,16 +110,19 @@ pub struct Written {
 /// the old signature is deleted first). A sync that lands in between sees a signature that
 /// does not match the list yet: `labctl verify` reports it and the next sync heals it.
 ///
-/// `records_read(done, total)` reports the reading of the records; the index names the CI run
-/// of [`crate::run_identity`].
+/// The records this apply `wrote` are taken as written (when the listing agrees), not fetched
+/// again. `records_read(done, total)` reports the reading of the records; the index names the
+/// CI run of [`crate::run_identity`].
 pub async fn write(
     store: &Arc<dyn Store>,
     signer: Option<&IndexSigner>,
+    wrote: crate::state::refresh::Written,
     records_read: &(dyn Fn(usize, usize) + Sync),
 ) -> anyhow::Result<Written> {
     let actual = crate::state::refresh::read_reporting(
         store.clone(),
         crate::state::refresh::Objects::ListedByEtag,
+        wrote,
         records_read,
     )
     .await?;

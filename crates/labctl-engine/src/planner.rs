@@ -79,9 +79,12 @@ pub async fn compute(
         }
     }
     events.reading_state(&store.url(), !refresh);
-    let read = crate::state::refresh::read_reporting(store.clone(), request.objects, &|d, t| {
-        events.records_read(d, t)
-    })
+    let read = crate::state::refresh::read_reporting(
+        store.clone(),
+        request.objects,
+        Default::default(),
+        &|d, t| events.records_read(d, t),
+    )
     .await;
     events.state_read();
     let mut actual = read?;

@@ -65,14 +65,67 @@ impl Objects {
 }
 
 pub async fn read(store: Arc<dyn Store>, objects: Objects) -> Result<ActualState, RefreshError> {
-    read_reporting(store, objects, &|_, _| {}).await
+    read_reporting(store, objects, Written::default(), &|_, _| {}).await
 }
 
-/// [`read`], calling `on_record(done, total)` as each listed record is read (from the snapshot or
-/// the store) and its object looked at: what a progress view of a long refresh counts.
+/// The records a run wrote itself, each with what its PUT returned: read back right after (the
+/// consumer index, at the end of an apply), the store need not be asked for them, nor (where its
+/// listing shows no ETags) for the objects they name. The listing still has the last word: a
+/// record or object listed at another size, or another ETag where the store lists them, is
+/// fetched as usual.
+#[derive(Debug, Default)]
+pub struct Written {
+    records: BTreeMap<String, WrittenRecord>,
+}
+
+#[derive(Debug)]
+struct WrittenRecord {
+    record: record::StateRecord,
+    etag: String,
+    size: u64,
+}
+
+impl Written {
+    /// `record` was written at `key`; the store answered `written`.
+    pub fn insert(&mut self, key: &str, record: record::StateRecord, written: &ObjectMeta) {
+        self.records.insert(
+            key.to_string(),
+            WrittenRecord {
+                record,
+                etag: written.etag.clone(),
+                size: written.size,
+            },
+        );
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The record written at the listed `item`, if the listing agrees it is still that one:
+    /// taken out, not copied (tens of thousands of records at once).
+    fn take(&mut self, item: &ObjectMeta) -> Option<WrittenRecord> {
+        let same = |w: &WrittenRecord| {
+            w.size == item.size && (item.etag.is_empty() || item.etag == w.etag)
+        };
+        match self.records.get(&item.key) {
+            Some(w) if same(w) => self.records.remove(&item.key),
+            _ => None,
+        }
+    }
+}
+
+/// [`read`], calling `on_record(done, total)` as each listed record is read (from the snapshot,
+/// what this run `written`, or the store) and its object looked at: what a progress view of a
+/// long refresh counts.
 pub async fn read_reporting(
     store: Arc<dyn Store>,
     objects: Objects,
+    mut written: Written,
     on_record: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<ActualState, RefreshError> {
     let wrap = |source| RefreshError::Store {
@@ -112,7 +165,13 @@ pub async fn read_reporting(
     let mut tasks = JoinSet::new();
     let mut misses = 0;
     for item in listed {
-        let Some(job) = RecordJob::of(item, &snapshot, images.as_ref(), trust_listed_writes) else {
+        let Some(job) = RecordJob::of(
+            item,
+            &snapshot,
+            &mut written,
+            images.as_ref(),
+            trust_listed_writes,
+        ) else {
             continue; // not a record (a stray file under metadata/)
         };
         misses += job.misses(objects);
@@ -164,6 +223,7 @@ impl RecordJob {
     fn of(
         item: ObjectMeta,
         snapshot: &Snapshot,
+        written: &mut Written,
         images: Option<&BTreeMap<String, ObjectMeta>>,
         trust_listed_writes: bool,
     ) -> Option<RecordJob> {
@@ -179,6 +239,11 @@ impl RecordJob {
                 Some(write) => trust_listed_writes && s.listed.as_ref() == Some(write),
             })
             .map(|s| (s.record.clone(), s.etag.clone()));
+        // Taken only where the snapshot does not know the record already.
+        let ours = match known {
+            Some(_) => None,
+            None => written.take(&item),
+        };
         let object_listed = images.and_then(|m| m.get(&object_key)).cloned();
         let object_write = object_listed.as_ref().and_then(ListedWrite::of);
         let object_etag = match (&object_listed, &object_write) {
@@ -189,6 +254,15 @@ impl RecordJob {
                 .map(|o| o.etag.clone()),
             (None, _) => None,
         };
+        // A store that lists no ETags: the object this run wrote and recorded, listed at its
+        // size, is the one its record names.
+        let object_etag = object_etag.or_else(|| {
+            let (listed, record) = (object_listed.as_ref()?, &ours.as_ref()?.record);
+            (listed.etag.is_empty() && listed.size == record.size)
+                .then(|| record.object_etag.clone())
+                .flatten()
+        });
+        let known = known.or_else(|| ours.map(|w| (w.record, w.etag)));
         Some(RecordJob {
             item,
             object_key,
@@ -428,9 +502,12 @@ mod tests {
             .await
             .unwrap();
         let seen = Mutex::new(Vec::new());
-        let state = read_reporting(store, Objects::Listed, &|done, total| {
-            seen.lock().unwrap().push((done, total))
-        })
+        let state = read_reporting(
+            store,
+            Objects::Listed,
+            Written::default(),
+            &|done, total| seen.lock().unwrap().push((done, total)),
+        )
         .await
         .unwrap();
         assert_eq!(state.records.len(), 5);

@@ -11,6 +11,9 @@ use std::sync::{Arc, Condvar, Mutex};
 #[derive(Clone)]
 pub struct MemoryBudget {
     inner: Arc<Inner>,
+    /// Turns for large images: their downloads and decoders (an xz or zstd window of up to
+    /// tens of MiB) are what the parts do not count.
+    large_images: Arc<tokio::sync::Semaphore>,
 }
 
 struct Inner {
@@ -43,6 +46,7 @@ impl std::fmt::Debug for MemoryBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoryBudget")
             .field("limit", &self.inner.limit)
+            .field("large_images", &self.large_images.available_permits())
             .finish()
     }
 }
@@ -54,14 +58,25 @@ impl std::fmt::Debug for Held {
 }
 
 impl MemoryBudget {
-    pub fn new(limit: usize) -> MemoryBudget {
+    /// `limit` bytes of parts; `large_images` large images at once.
+    pub fn new(limit: usize, large_images: usize) -> MemoryBudget {
         MemoryBudget {
             inner: Arc::new(Inner {
                 limit: limit.max(1),
                 used: Mutex::new(0),
                 freed: Condvar::new(),
             }),
+            large_images: Arc::new(tokio::sync::Semaphore::new(large_images.max(1))),
         }
+    }
+
+    /// Waits for a large image's turn, held until the image's bytes have passed.
+    pub async fn large_image_turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.large_images
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
     }
 
     pub fn limit(&self) -> usize {
@@ -71,24 +86,24 @@ impl MemoryBudget {
     /// Waits (blocking the thread: decoders run on blocking threads) until `bytes` fit. More
     /// than the whole budget waits until nothing else is held, then goes alone.
     pub fn hold(&self, bytes: usize) -> Held {
-        let mut used = self.inner.used.lock().unwrap_or_else(|p| p.into_inner());
-        while *used > 0 && *used + bytes > self.inner.limit {
-            used = self
-                .inner
-                .freed
-                .wait(used)
-                .unwrap_or_else(|p| p.into_inner());
-        }
-        *used += bytes;
-        Held {
-            inner: self.inner.clone(),
-            bytes,
-        }
+        hold(&self.inner, bytes)
     }
 
     /// Bytes held now, by every holder.
     pub fn used(&self) -> usize {
         *self.inner.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn hold(inner: &Arc<Inner>, bytes: usize) -> Held {
+    let mut used = inner.used.lock().unwrap_or_else(|p| p.into_inner());
+    while *used > 0 && *used + bytes > inner.limit {
+        used = inner.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+    }
+    *used += bytes;
+    Held {
+        inner: inner.clone(),
+        bytes,
     }
 }
 
@@ -103,11 +118,9 @@ impl Held {
             self.inner.freed.notify_all();
             return;
         }
-        let budget = MemoryBudget {
-            inner: self.inner.clone(),
-        };
+        let inner = self.inner.clone();
         self.release();
-        *self = budget.hold(bytes);
+        *self = hold(&inner, bytes);
     }
 
     pub fn bytes(&self) -> usize {
@@ -137,7 +150,7 @@ mod tests {
 
     #[test]
     fn holds_wait_for_room_and_give_it_back_when_dropped() {
-        let budget = MemoryBudget::new(10);
+        let budget = MemoryBudget::new(10, 1);
         let a = budget.hold(6);
         assert_eq!(budget.used(), 6);
         let waiter = {
@@ -152,8 +165,26 @@ mod tests {
     }
 
     #[test]
+    fn large_images_take_turns() {
+        let budget = MemoryBudget::new(10, 2);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let first = budget.large_image_turn().await;
+            let _second = budget.large_image_turn().await;
+            let third = tokio::time::timeout(Duration::from_millis(50), budget.large_image_turn());
+            assert!(third.await.is_err(), "a third large image waits");
+            drop(first);
+            let third = tokio::time::timeout(Duration::from_secs(5), budget.large_image_turn());
+            assert!(third.await.is_ok(), "and goes once a turn is given back");
+        });
+    }
+
+    #[test]
     fn more_than_the_whole_budget_goes_alone() {
-        let budget = MemoryBudget::new(10);
+        let budget = MemoryBudget::new(10, 1);
         let big = budget.hold(25);
         assert_eq!(budget.used(), 25);
         let mut big = big;
@@ -169,7 +200,7 @@ mod tests {
 
     #[test]
     fn two_holders_growing_at_once_do_not_wait_on_each_other() {
-        let budget = MemoryBudget::new(10);
+        let budget = MemoryBudget::new(10, 1);
         let (mut a, mut b) = (budget.hold(4), budget.hold(4));
         let grower = std::thread::spawn(move || {
             // Needs 8 with b's 4 held: it gives its 4 back first, so b can grow.

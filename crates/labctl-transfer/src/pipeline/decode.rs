@@ -302,7 +302,7 @@ mod tests {
         drop(tx_in);
         let parts = Parts {
             size: 1 << 20,
-            budget: MemoryBudget::new(4 << 20),
+            budget: MemoryBudget::new(4 << 20, 1),
         };
         let out = run(rx_in, tx_parts, Some(format), Algorithm::Sha256, &parts);
         drain.join().unwrap();

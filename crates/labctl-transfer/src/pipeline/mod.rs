@@ -38,6 +38,12 @@ const MAX_RESTARTS: u32 = 3;
 /// The run's budget for parts held at once, at least: what one image needs at the default part
 /// size and parts in flight (five parts of 8 MiB), shared by every image.
 pub const DEFAULT_MEMORY_BUDGET: usize = 40 * MIB;
+/// Large images streamed at once, whatever `--parallelism` lets start: small ones (see
+/// [`SMALL_IMAGE`]) go beside them.
+pub const LARGE_IMAGES_AT_ONCE: usize = 4;
+/// An image whose download (or file) is known to be at most this large, and is not
+/// decompressed, is small: it takes no large image's turn.
+pub const SMALL_IMAGE: u64 = MIB as u64;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -57,7 +63,10 @@ impl Settings {
             part_size,
             parts_in_flight,
             retry: RetryPolicy::default(),
-            memory: budget::MemoryBudget::new(one_image.max(DEFAULT_MEMORY_BUDGET)),
+            memory: budget::MemoryBudget::new(
+                one_image.max(DEFAULT_MEMORY_BUDGET),
+                LARGE_IMAGES_AT_ONCE,
+            ),
         }
     }
 
@@ -222,6 +231,14 @@ enum Input<'a> {
 }
 
 impl Input<'_> {
+    /// The size the bytes will have, when known.
+    async fn size(&self) -> Option<u64> {
+        match self {
+            Input::Download(d) => d.total(),
+            Input::File { file, .. } => file.metadata().await.ok().map(|m| m.len()),
+        }
+    }
+
     async fn next(&mut self) -> Result<Option<Chunk>, PipelineError> {
         match self {
             Input::Download(d) => Ok(d.next().await?),
@@ -296,6 +313,23 @@ async fn stream(
     progress: &dyn Progress,
     cancel: &watch::Receiver<bool>,
 ) -> Result<Step, PipelineError> {
+    // A large image waits for its turn here, its response's headers read (a server that drops
+    // the waiting connection is resumed like any other drop).
+    let small = decompress.is_none() && input.size().await.is_some_and(|s| s <= SMALL_IMAGE);
+    let _turn = match small {
+        true => None,
+        false => {
+            let mut cancelled = cancel.clone();
+            tokio::select! {
+                turn = parts.budget.large_image_turn() => Some(turn),
+                () = async move {
+                    if cancelled.wait_for(|c| *c).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => return Err(PipelineError::Cancelled),
+            }
+        }
+    };
     // Downloaded chunks (up to some hundred KiB each) waiting for the decoder: outside the
     // budget, so few.
     let (tx_in, rx_in) = mpsc::channel::<Result<Bytes, ()>>(2);
