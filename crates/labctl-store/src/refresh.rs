@@ -98,14 +98,6 @@ impl Written {
         );
     }
 
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
     /// The record written at the listed `item`, if the listing agrees it is still that one:
     /// taken out, not copied (tens of thousands of records at once).
     fn take(&mut self, item: &ObjectMeta) -> Option<WrittenRecord> {
@@ -120,8 +112,8 @@ impl Written {
 }
 
 /// [`read`], calling `on_record(done, total)` as each listed record is read (from the snapshot,
-/// what this run `written`, or the store) and its object looked at: what a progress view of a
-/// long refresh counts.
+/// from what this run wrote (`written`), or from the store) and its object looked at: what a
+/// progress view of a long refresh counts.
 pub async fn read_reporting(
     store: Arc<dyn Store>,
     objects: Objects,

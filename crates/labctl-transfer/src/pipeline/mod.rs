@@ -244,7 +244,7 @@ impl Input<'_> {
             Input::Download(d) => Ok(d.next().await?),
             Input::File { file, path } => {
                 use tokio::io::AsyncReadExt;
-                // A quarter MiB a read: the channel to the decoder holds eight.
+                // A quarter MiB a read: the channel to the decoder holds two.
                 let mut buf = bytes::BytesMut::with_capacity(MIB / 4);
                 let n = file
                     .read_buf(&mut buf)
