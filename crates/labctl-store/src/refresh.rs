@@ -156,6 +156,7 @@ pub async fn read_reporting(
     let limit = Arc::new(Semaphore::new(REFRESH_CONCURRENCY));
     let mut tasks = JoinSet::new();
     let mut misses = 0;
+    let mut answered = Vec::new();
     for item in listed {
         let Some(job) = RecordJob::of(
             item,
@@ -167,6 +168,12 @@ pub async fn read_reporting(
             continue; // not a record (a stray file under metadata/)
         };
         misses += job.misses(objects);
+        // Read at once when the store need not be asked: tens of thousands of tasks, each
+        // holding its record until its turn, would hold them all twice.
+        if !job.asks_the_store(objects) {
+            answered.push(job.read(store.as_ref(), objects).await.map_err(wrap)?);
+            continue;
+        }
         let (store, limit) = (store.clone(), limit.clone());
         tasks.spawn(async move {
             let _permit = limit
@@ -184,8 +191,15 @@ pub async fn read_reporting(
         listed_objects: images.map(|m| m.into_keys().collect()),
         unrecorded: BTreeMap::new(),
     };
-    let total = tasks.len();
+    let total = answered.len() + tasks.len();
     let mut done = 0;
+    for r in answered {
+        if let Some(r) = r {
+            state.records.insert(r.record_key.clone(), r);
+        }
+        done += 1;
+        on_record(done, total);
+    }
     while let Some(joined) = tasks.join_next().await {
         if let Some(r) = joined.expect("refresh task panicked").map_err(wrap)? {
             state.records.insert(r.record_key.clone(), r);
@@ -274,6 +288,27 @@ impl RecordJob {
                     && self.object_listed.is_some()
                     && self.object_etag.is_none(),
             )
+    }
+
+    /// Whether [`RecordJob::read`] asks the store anything: a record not known already, or an
+    /// object its listing cannot vouch for (as `read` decides it).
+    fn asks_the_store(&self, objects: Objects) -> bool {
+        let Some((rec, _)) = &self.known else {
+            return true;
+        };
+        match objects {
+            Objects::NotChecked => false,
+            Objects::Headed => true,
+            Objects::Listed | Objects::ListedByEtag => {
+                match (&self.object_listed, &self.object_etag) {
+                    (None, _) => false,
+                    (Some(meta), Some(etag)) => {
+                        rec.object_etag.as_deref() != Some(etag.as_str()) || rec.size != meta.size
+                    }
+                    (Some(_), None) => true,
+                }
+            }
+        }
     }
 
     async fn read(
@@ -367,7 +402,7 @@ async fn read_snapshot(store: &dyn Store) -> Option<Snapshot> {
 
 /// Writes the snapshot of `state` for the next refresh.
 pub async fn write_snapshot(store: &dyn Store, state: &ActualState) -> Result<(), StoreError> {
-    let body = serde_json::to_vec(&Snapshot::of(state)).expect("snapshots serialize");
+    let body = Snapshot::json_of(state);
     store
         .put(
             SNAPSHOT_KEY,

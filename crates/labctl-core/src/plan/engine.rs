@@ -104,7 +104,9 @@ pub fn compute(
         ));
     }
     let mut outcomes: HashMap<&str, Outcome> = HashMap::new();
-    let mut changes = Vec::new();
+    // Sized once: a change is some KiB, and doubling would leave up to half of tens of
+    // thousands of them unused.
+    let mut changes = Vec::with_capacity(desired.len());
     for d in desired {
         let actual_record = actual.records.get(&d.record_key());
         let unrecorded = actual.unrecorded.get(&d.object_key());
@@ -125,6 +127,7 @@ pub fn compute(
     }
 
     let (deletes, orphans) = plan_unwanted(desired, actual, options);
+    changes.reserve_exact(deletes.len());
     changes.extend(deletes);
 
     let summary = crate::plan::check::counted(&changes, &orphans);

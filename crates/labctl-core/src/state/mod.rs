@@ -162,39 +162,81 @@ pub const SNAPSHOT_FORMAT: u32 = 1;
 /// 10,000 records are ~25 MB; anything far larger is not a snapshot labctl wrote.
 pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
+/// [`SnapshotEntry`] borrowed from the state it is taken of: a snapshot of tens of thousands of
+/// records is serialized without a copy of them all beside the state.
+#[derive(serde::Serialize)]
+struct SnapshotEntryRef<'a> {
+    etag: &'a str,
+    record: &'a StateRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listed: Option<&'a ListedWrite>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    object: Option<ListedObject>,
+}
+
+#[derive(serde::Serialize)]
+struct SnapshotRef<'a> {
+    format: u32,
+    records: BTreeMap<&'a str, SnapshotEntryRef<'a>>,
+}
+
 impl Snapshot {
     /// The snapshot of `state`: its current-schema records with their ETags.
     pub fn of(state: &ActualState) -> Snapshot {
         Snapshot {
             format: SNAPSHOT_FORMAT,
-            records: state
-                .records
-                .values()
-                .filter(|r| !r.etag.is_empty())
-                .filter_map(|r| match &r.record {
-                    Ok(Record::Current(rec)) => Some((
-                        r.record_key.clone(),
+            records: Snapshot::entries(state)
+                .map(|(key, e)| {
+                    (
+                        key.to_string(),
                         SnapshotEntry {
-                            etag: r.etag.clone(),
-                            record: (**rec).clone(),
-                            listed: r.listed.clone(),
-                            object: match (&r.object, &r.object_listed) {
-                                (ObjectState::Present(meta), Some(listed))
-                                    if !meta.etag.is_empty() && meta.size == listed.size =>
-                                {
-                                    Some(ListedObject {
-                                        listed: listed.clone(),
-                                        etag: meta.etag.clone(),
-                                    })
-                                }
-                                _ => None,
-                            },
+                            etag: e.etag.to_string(),
+                            record: e.record.clone(),
+                            listed: e.listed.cloned(),
+                            object: e.object,
                         },
-                    )),
-                    _ => None,
+                    )
                 })
                 .collect(),
         }
+    }
+
+    /// [`Snapshot::of`] as the JSON the store keeps, written straight from `state`.
+    pub fn json_of(state: &ActualState) -> Vec<u8> {
+        let snapshot = SnapshotRef {
+            format: SNAPSHOT_FORMAT,
+            records: Snapshot::entries(state).collect(),
+        };
+        serde_json::to_vec(&snapshot).expect("snapshots serialize")
+    }
+
+    fn entries(state: &ActualState) -> impl Iterator<Item = (&str, SnapshotEntryRef<'_>)> {
+        state
+            .records
+            .values()
+            .filter(|r| !r.etag.is_empty())
+            .filter_map(|r| match &r.record {
+                Ok(Record::Current(rec)) => Some((
+                    r.record_key.as_str(),
+                    SnapshotEntryRef {
+                        etag: &r.etag,
+                        record: rec,
+                        listed: r.listed.as_ref(),
+                        object: match (&r.object, &r.object_listed) {
+                            (ObjectState::Present(meta), Some(listed))
+                                if !meta.etag.is_empty() && meta.size == listed.size =>
+                            {
+                                Some(ListedObject {
+                                    listed: listed.clone(),
+                                    etag: meta.etag.clone(),
+                                })
+                            }
+                            _ => None,
+                        },
+                    },
+                )),
+                _ => None,
+            })
     }
 }
 
@@ -252,7 +294,13 @@ mod tests {
     #[test]
     fn the_snapshot_pairs_an_object_etag_with_the_write_listed_before_it() {
         let present = ObjectState::Present(listed("\"o\"", 5, None));
-        let snap = Snapshot::of(&state_with(present.clone(), Some(write(5, "3.0"))));
+        let state = state_with(present.clone(), Some(write(5, "3.0")));
+        let snap = Snapshot::of(&state);
+        // What the store keeps is written straight from the state, the same JSON.
+        assert_eq!(
+            Snapshot::json_of(&state),
+            serde_json::to_vec(&snap).unwrap()
+        );
         let entry = &snap.records["metadata/vyos/gw.raw.json"];
         assert_eq!(entry.etag, "\"r\"");
         assert_eq!(entry.listed, Some(write(900, "7.25")));
