@@ -1,70 +1,26 @@
 //! Runs a plan's changes: each after its dependencies, up to `parallelism` at once. A failed
 //! image skips its dependents (without repeating its error) and nothing else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
-use tokio::sync::watch;
 
+use crate::acquire::{build_packer, http_job, run_http_job};
 use crate::checksum::Checksum;
-use crate::fanout::{StageResult, StagedBlob};
+use crate::context::ChangeResult;
 use crate::halt::CommitPoint;
-use crate::manifest::reference::{self, Field, Reference};
-use crate::pipeline::{self, HttpJob};
+use crate::labelled::{copy_labelled, object_metadata, unless_interrupted, Labelled};
+use crate::pipeline;
 use crate::plan::Desired;
 use crate::plan::{Action, Change, Plan};
-use crate::progress::Progress;
+use crate::records::{current_record, delete_history, with_history, write_record};
 use crate::schedule;
-use crate::source::checksum_list;
-use crate::source::packer;
-use crate::source::signature::{MinisignCheck, MinisignKey};
-use crate::spec::{NormalizedSpec, SpecChecksum, SpecSignature, SpecSource};
-use crate::state::record::{new_record, source_of, to_json, HistoryEntry};
-use crate::store::{PutOptions, SourceFacts, Store, META_CHECKSUM, META_FINGERPRINT};
+use crate::spec::{NormalizedSpec, SpecSource};
+use crate::state::record::{new_record, source_of, HistoryEntry};
+use crate::store::{SourceFacts, META_CHECKSUM};
 
-pub struct ApplyContext {
-    pub store: Arc<dyn Store>,
-    pub client: reqwest::Client,
-    pub settings: pipeline::Settings,
-    pub parallelism: usize,
-    pub progress: Arc<dyn Progress>,
-    pub cancel: watch::Receiver<bool>,
-    /// Where each image of the plan is published, by name (for `{{ images.NAME.url }}`).
-    pub destinations: HashMap<String, String>,
-    /// The manifest's directory: Packer template paths are relative to it.
-    pub base_dir: std::path::PathBuf,
-    /// The CI run every record written names.
-    pub ci_run: Option<crate::state::record::CiRun>,
-    /// Never printed: what build output has redacted.
-    pub secrets: Vec<String>,
-    /// `apply --staged`: what the plan's legs staged, by image. The bytes of a create or replace
-    /// are then copied from their blob instead of downloaded or built.
-    pub staged: Option<Arc<BTreeMap<String, StageResult>>>,
-    /// Every record this run wrote, as the store took it: the consumer index is built from them
-    /// without asking the store again.
-    pub written: std::sync::Mutex<crate::state::refresh::Written>,
-}
-
-pub use crate::progress::{Done, Outcome, Published, Skip};
-
-#[derive(Debug, Default)]
-pub struct Report {
-    /// `(name, action, outcome)` in plan order.
-    pub results: Vec<(String, Action, Outcome)>,
-}
-
-impl Report {
-    pub fn failed(&self) -> bool {
-        self.results
-            .iter()
-            .any(|(_, _, o)| matches!(o, Outcome::Failed(_) | Outcome::Skipped(_)))
-    }
-}
-
-/// What was done and the checksum dependents will see, or why the change failed.
-pub(crate) type ChangeResult = anyhow::Result<(Done, Option<Checksum>)>;
+pub use crate::context::{ApplyContext, Done, Outcome, Published, Report, Skip};
 
 pub async fn execute(plan: &Plan, ctx: Arc<ApplyContext>) -> Report {
     let settings = schedule::Settings {
@@ -171,122 +127,6 @@ fn known(
         .collect()
 }
 
-pub(crate) fn object_metadata(
-    checksum: &Checksum,
-    fingerprint: &Checksum,
-) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (META_CHECKSUM.to_string(), checksum.to_string()),
-        (META_FINGERPRINT.to_string(), fingerprint.to_string()),
-    ])
-}
-
-fn labelled_metadata(
-    checksum: &Checksum,
-    fingerprint: &Checksum,
-    facts: &SourceFacts,
-) -> BTreeMap<String, String> {
-    let mut metadata = object_metadata(checksum, fingerprint);
-    facts.write_into(&mut metadata);
-    metadata
-}
-
-/// The download's checksum: pinned, as the plan looked it up, or from the checksum list now
-/// (verifying the list's signature).
-async fn source_checksum(
-    desired: &Desired,
-    url: &str,
-    planned: Option<&Checksum>,
-    ctx: &ApplyContext,
-) -> anyhow::Result<Checksum> {
-    let SpecSource::Http { checksum, .. } = &desired.spec.source else {
-        unreachable!("called for http sources")
-    };
-    match (checksum, planned) {
-        (SpecChecksum::Digest(c), _) => Ok(c.clone()),
-        (SpecChecksum::Unrecognized(text), _) => {
-            bail!("the source checksum `{text}` is not one this labctl reads")
-        }
-        // Apply does what the plan showed (and verified), even if the list changed since.
-        (SpecChecksum::List { .. }, Some(planned)) => Ok(planned.clone()),
-        (SpecChecksum::List { url: list_url }, None) => {
-            let pgp = crate::desired::pgp_check(desired)?;
-            Ok(checksum_list::resolve(
-                &ctx.client,
-                list_url,
-                url,
-                pgp.as_ref(),
-                &ctx.settings.retry,
-            )
-            .await?)
-        }
-    }
-}
-
-/// Fetches a minisign signature before the download, so a wrong key or a legacy signature
-/// fails before any image byte moves.
-async fn minisign_check(
-    signature: Option<&SpecSignature>,
-    ctx: &ApplyContext,
-) -> anyhow::Result<Option<MinisignCheck>> {
-    let Some(SpecSignature::Minisign { url, public_key }) = signature else {
-        return Ok(None);
-    };
-    let key = MinisignKey::parse(public_key)?;
-    let text = crate::source::http::fetch_text(&ctx.client, url, &ctx.settings.retry, 64 * 1024)
-        .await
-        .with_context(|| format!("cannot fetch the minisign signature {url}"))?;
-    Ok(Some(MinisignCheck::new(key, &text, url)?))
-}
-
-/// The download of an HTTP image, verified against what the plan shows, going to `key`. Returns
-/// the job and the download's checksum.
-pub(crate) async fn http_job(
-    change: &Change,
-    desired: &Desired,
-    key: String,
-    fingerprint: Option<&Checksum>,
-    ctx: &ApplyContext,
-) -> anyhow::Result<(HttpJob, Checksum)> {
-    let spec = &desired.spec;
-    let SpecSource::Http {
-        url,
-        decompress,
-        signature,
-        ..
-    } = &spec.source
-    else {
-        unreachable!("called for http sources")
-    };
-    let planned = change
-        .after
-        .as_ref()
-        .and_then(|a| a.source_checksum.as_ref());
-    let source = source_checksum(desired, url, planned, ctx).await?;
-    let minisign = minisign_check(signature.as_ref(), ctx).await?;
-    let decompress = *decompress;
-    let expected = match (&spec.expected, decompress) {
-        (Some(e), _) => e.clone(),
-        (None, None) => source.clone(),
-        (None, Some(_)) => bail!("`validation.expected` is required when `decompress` is set"),
-    };
-    let mut user_metadata = BTreeMap::from([(META_CHECKSUM.to_string(), expected.to_string())]);
-    if let Some(f) = fingerprint {
-        user_metadata.insert(META_FINGERPRINT.to_string(), f.to_string());
-    }
-    let job = HttpJob {
-        image: change.name.clone(),
-        url: url.clone(),
-        source_checksum: source.clone(),
-        decompress,
-        expected,
-        key,
-        user_metadata,
-        minisign,
-    };
-    Ok((job, source))
-}
-
 async fn publish_http(
     change: &Change,
     desired: &Desired,
@@ -315,57 +155,9 @@ async fn publish_http(
     ))
 }
 
-/// Fills in the record's history after a change and returns the history keys to delete once
-/// the record is written.
-pub(crate) fn with_history(
-    record: &mut crate::state::StateRecord,
-    change: &Change,
-    kept: Option<HistoryEntry>,
-) -> Vec<String> {
-    let before = change
-        .before
-        .as_ref()
-        .map(|b| b.history.as_slice())
-        .unwrap_or_default();
-    let (list, delete) = super::history::after_change(
-        kept,
-        before,
-        change.history.as_ref(),
-        record.sha256.as_ref(),
-        record.spec.history,
-    );
-    record.history = list;
-    delete
-}
-
 fn check_history_keys(change: &Change) -> anyhow::Result<()> {
     crate::plan::check::history_keys(change)
         .map_err(|why| anyhow!("the plan {why}; refusing to touch it"))
-}
-
-/// Deleted only after the record that no longer lists them is written, so a record never names
-/// a version that is gone. The image itself is done by then: a failed delete is reported, not
-/// turned into a failed image (`labctl drift` lists kept versions no record names).
-pub(crate) async fn delete_history(
-    change: &Change,
-    keys: &[String],
-    ctx: &ApplyContext,
-) -> anyhow::Result<()> {
-    for key in keys {
-        if !crate::plan::check::is_history_of(&change.key, key) {
-            bail!(
-                "refusing to delete `{key}`: it is not a kept version of `{}`",
-                change.key
-            );
-        }
-        if let Err(e) = ctx.store.delete(key).await {
-            ctx.progress.line(
-                &change.name,
-                &format!("warning: cannot delete the kept version `{key}`: {e}"),
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Copies the current object into the history (server-side) before it is overwritten, when the
@@ -556,81 +348,6 @@ async fn restore(
     ))
 }
 
-/// A server-side copy of checked bytes to an image's key, with labctl's metadata.
-pub(crate) struct Labelled<'a> {
-    pub from: &'a str,
-    pub to: &'a str,
-    /// The source's ETag when it was checked: the copy is made only while it holds.
-    pub etag: &'a str,
-    pub size: u64,
-    pub checksum: &'a Checksum,
-    pub fingerprint: &'a Checksum,
-    /// What the record will say about how the bytes were made (see [`SourceFacts`]).
-    pub facts: SourceFacts,
-}
-
-/// Work the store does in long requests (a server-side copy of many GiB, hundreds of
-/// UploadPartCopy, reading an object back), raced against the run's cancellation so a signal
-/// does not wait for it. What is dropped leaves nothing open: a part-by-part copy aborts its
-/// upload; a whole-object copy the server already accepted may still land — complete, labelled
-/// with its facts — and the next run adopts it.
-pub(crate) async fn unless_interrupted<T>(
-    ctx: &ApplyContext,
-    work: impl std::future::Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<T> {
-    let mut cancel = ctx.cancel.clone();
-    let signalled = async move {
-        if cancel.wait_for(|c| *c).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        out = work => out,
-        () = signalled => Err(pipeline::PipelineError::Cancelled.into()),
-    }
-}
-
-/// Makes the copy and checks its size.
-pub(crate) async fn copy_labelled(
-    ctx: &ApplyContext,
-    copy: Labelled<'_>,
-) -> anyhow::Result<crate::store::ObjectMeta> {
-    let metadata = labelled_metadata(copy.checksum, copy.fingerprint, &copy.facts);
-    let copying = async {
-        ctx.store
-            .copy(copy.from, copy.to, Some(metadata), Some(copy.etag))
-            .await
-            .with_context(|| format!("cannot copy `{}` to `{}`", copy.from, copy.to))
-    };
-    let object = unless_interrupted(ctx, copying).await?;
-    if object.size != copy.size {
-        bail!(
-            "the copy of `{}` at `{}` has {} bytes, not {}",
-            copy.from,
-            copy.to,
-            object.size,
-            copy.size
-        );
-    }
-    Ok(object)
-}
-
-/// Downloads, verifies and publishes an HTTP job with the run's client, settings and progress.
-pub(crate) async fn run_http_job(
-    job: &HttpJob,
-    ctx: &ApplyContext,
-) -> Result<pipeline::Published, pipeline::PipelineError> {
-    pipeline::publish_http(
-        ctx.store.clone(),
-        ctx.client.clone(),
-        job,
-        &ctx.settings,
-        ctx.progress.as_ref(),
-        ctx.cancel.clone(),
-    )
-    .await
-}
-
 /// The kept version, checked before it is copied back: it must still be what the record lists
 /// (size and labctl metadata by HEAD), and its bytes, read back from the store, must hash to
 /// both recorded digests. Returns its metadata (the copy is made only while its ETag holds).
@@ -722,97 +439,6 @@ fn published_result(
         },
         Some(published.checksum.clone()),
     )
-}
-
-/// How long a presigned URL handed to a build stays valid.
-const BUILD_URL_EXPIRY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
-
-/// The value of a `{{ images.NAME.FIELD }}` reference at apply time.
-async fn reference_value(
-    reference: &Reference,
-    deps: &BTreeMap<String, Checksum>,
-    staged: &BTreeMap<String, StagedBlob>,
-    ctx: &ApplyContext,
-) -> anyhow::Result<String> {
-    // A fan-out leg builds before its inputs are published: their staged blobs are the same
-    // bytes, verified the same way.
-    if let Some(blob) = staged.get(&reference.image) {
-        match reference.field {
-            Field::Url => return Ok(ctx.store.url_for(&blob.key, BUILD_URL_EXPIRY).await?),
-            Field::Checksum => return Ok(blob.checksum.to_string()),
-            Field::Size => return Ok(blob.size.to_string()),
-            Field::Key => {}
-        }
-    }
-    let destination = ctx.destinations.get(&reference.image).ok_or_else(|| {
-        anyhow!(
-            "reference to `{}`, which the plan does not have",
-            reference.image
-        )
-    })?;
-    let key = crate::manifest::object_key(destination);
-    Ok(match reference.field {
-        Field::Url => ctx.store.url_for(&key, BUILD_URL_EXPIRY).await?,
-        Field::Checksum => deps
-            .get(&reference.image)
-            .ok_or_else(|| anyhow!("`{}` is referenced but not a dependency", reference.image))?
-            .to_string(),
-        Field::Key => key,
-        Field::Size => ctx
-            .store
-            .head(&key)
-            .await?
-            .ok_or_else(|| anyhow!("`{key}` is not in the store"))?
-            .size
-            .to_string(),
-    })
-}
-
-/// Runs the image's Packer build with its variables resolved (`staged`: inputs a fan-out leg
-/// takes from staged blobs). Dropping the build removes its scratch directory.
-pub(crate) async fn build_packer(
-    change: &Change,
-    spec: &NormalizedSpec,
-    deps: &BTreeMap<String, Checksum>,
-    staged: &BTreeMap<String, StagedBlob>,
-    ctx: &ApplyContext,
-) -> anyhow::Result<packer::Build> {
-    let SpecSource::Packer {
-        path,
-        variables,
-        artifact,
-        ..
-    } = &spec.source
-    else {
-        unreachable!("called for packer sources")
-    };
-    let mut resolved = Vec::new();
-    for (name, written) in variables {
-        let mut values = Vec::new();
-        for r in reference::parse_all(written)? {
-            values.push(reference_value(&r, deps, staged, ctx).await?);
-        }
-        let mut values = values.into_iter();
-        let value = reference::substitute(written, |_| values.next().unwrap_or_default())?;
-        resolved.push((name.clone(), value));
-    }
-    let template = ctx.base_dir.join(path);
-    ctx.progress
-        .start(&change.name, "building with Packer", None);
-    packer::build(
-        &change.name,
-        &template,
-        &resolved,
-        artifact,
-        &ctx.secrets,
-        ctx.progress.as_ref(),
-        ctx.cancel.clone(),
-    )
-    .await
-    .map_err(|e| match e.hint() {
-        Some(h) => anyhow!("{e} (hint: {h})"),
-        None => anyhow!(e),
-    })
 }
 
 async fn publish_packer(
@@ -1074,44 +700,4 @@ fn kept_entry(
             .unwrap_or_else(|| "unknown".into()),
         kept_at: crate::timefmt::now_rfc3339(),
     }
-}
-
-/// The record in the store now, when it is one this labctl reads.
-async fn current_record(
-    ctx: &ApplyContext,
-    key: &str,
-) -> anyhow::Result<Option<crate::state::StateRecord>> {
-    let bytes = crate::store::get_bytes(
-        ctx.store.as_ref(),
-        key,
-        crate::state::record::MAX_RECORD_BYTES,
-    )
-    .await
-    .with_context(|| format!("cannot read the record `{key}`"))?;
-    Ok(match bytes.map(|(_, b)| crate::state::record::parse(&b)) {
-        Some(Ok(crate::state::Record::Current(r))) => Some(*r),
-        _ => None,
-    })
-}
-
-pub(crate) async fn write_record(
-    ctx: &ApplyContext,
-    key: &str,
-    record: &crate::state::StateRecord,
-) -> anyhow::Result<()> {
-    let record = crate::state::StateRecord {
-        ci_run: ctx.ci_run.clone(),
-        ..record.clone()
-    };
-    crate::halt::reached(CommitPoint::ObjectVisible).await;
-    let stored = ctx.store
-        .put(key, Bytes::from(to_json(&record)), PutOptions::default())
-        .await
-        .with_context(|| format!("the object was published but its record `{key}` could not be written; the next plan replaces it"))?;
-    ctx.written
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(key, record, &stored);
-    crate::halt::reached(CommitPoint::RecordWritten).await;
-    Ok(())
 }

@@ -15,18 +15,23 @@
 //! The engine reads no environment: who runs it is told once ([`set_run_identity`]), progress
 //! and warnings go to the caller's [`progress::Progress`] and [`planner::PlanEvents`].
 
+mod acquire;
 pub mod cleanup;
+pub mod context;
 pub mod desired;
 pub mod execute;
 pub mod failure;
 pub mod halt;
 pub mod index;
+mod labelled;
 pub mod planner;
 pub mod promote;
+mod records;
 mod schedule;
 pub mod stage;
 
-pub use execute::{execute, ApplyContext, Outcome, Report};
+pub use context::{ApplyContext, Outcome, Report};
+pub use execute::execute;
 pub use labctl_core::{history, stale};
 pub use labctl_store::{lock, stranded};
 

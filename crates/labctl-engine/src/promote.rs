@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, bail, Context};
 
 use crate::checksum::Checksum;
-use crate::execute::{
-    copy_labelled, delete_history, with_history, write_record, ApplyContext, ChangeResult, Done,
-    Labelled, Outcome, Report,
-};
+use crate::context::{ApplyContext, ChangeResult, Done, Outcome, Report};
 use crate::fanout::{StageResult, StageStatus, StagedBlob, MAX_RESULT_BYTES};
+use crate::labelled::{copy_labelled, Labelled};
 use crate::plan::{Change, Desired};
+use crate::records::{delete_history, with_history, write_record};
 use crate::state::record::{new_record, HistoryEntry};
 use crate::store::{ObjectMeta, Store};
 

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::checksum::Checksum;
-use crate::execute::{ChangeResult, Outcome, Report, Skip};
+use crate::context::{ChangeResult, Outcome, Report, Skip};
 use crate::graph::{DependencyGraph, ReadyQueue};
 use crate::plan::{Action, Change};
 use crate::progress::Progress;
@@ -267,7 +267,7 @@ impl<'a> Scheduler<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::execute::Done;
+    use crate::context::Done;
     use std::sync::Mutex;
 
     /// What a stand-in change does when run.

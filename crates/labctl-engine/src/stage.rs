@@ -10,8 +10,9 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
 
+use crate::acquire::{build_packer, http_job, run_http_job};
 use crate::checksum::{Algorithm, Checksum};
-use crate::execute::{build_packer, http_job, ApplyContext};
+use crate::context::ApplyContext;
 use crate::fanout::{self, StageResult, StageStatus, StagedBlob, StagedSource};
 use crate::pipeline::{self, FileKey};
 use crate::plan::{Change, Plan};
@@ -111,8 +112,8 @@ fn crashed(
     }
 }
 
-fn outcome_of(result: &StageResult) -> crate::execute::Outcome {
-    use crate::execute::{Done, Outcome};
+fn outcome_of(result: &StageResult) -> crate::context::Outcome {
+    use crate::context::{Done, Outcome};
     match (&result.blob, &result.error) {
         (Some(blob), _) => Outcome::Done(Done::Staged {
             key: blob.key.clone(),
@@ -249,7 +250,7 @@ async fn download(
             ..reused
         });
     }
-    let published = crate::execute::run_http_job(&job, ctx).await?;
+    let published = run_http_job(&job, ctx).await?;
     Ok(StagedBlob {
         key: job.key,
         checksum: published.checksum,
