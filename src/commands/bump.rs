@@ -8,17 +8,20 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::checksum::{Algorithm, Checksum};
+use crate::checksum::Checksum;
 use crate::cli::BumpArgs;
 use crate::failure::{Failure, WithHint};
 use crate::manifest::{self, HttpSource, Image, Manifest, Signature, Source, SourceChecksum};
 use crate::pin::Pinned;
-use crate::pipeline::{self, Inspect, Inspected};
+use crate::pipeline::{self, Inspect};
 use crate::upstream::Listings;
 use labctl_core::signature::{MinisignCheck, MinisignKey};
 use labctl_core::upstream::listing::{GithubRelease, Listing};
 use labctl_core::upstream::report::Status;
 use labctl_core::upstream::track::file_name;
+use labctl_core::upstream::verdict::{
+    self, digests_to_pin, judge, Downloaded, Facts, Refusal as Judged, Trust,
+};
 use labctl_core::upstream::{Channel, Track};
 use labctl_transfer::source::channel;
 use labctl_transfer::source::http::RetryPolicy;
@@ -27,31 +30,6 @@ use labctl_transfer::source::http::RetryPolicy;
 const MAX_NOTES: usize = 4_000;
 /// Room left in a pull-request body for the plan of the result.
 const PLAN_BUDGET: usize = 30_000;
-
-/// Where a digest written into the manifest came from: how far to trust it.
-#[derive(Debug, Clone)]
-enum Trust {
-    /// The download verified against the manifest's minisign key.
-    Signature { key_id: String },
-    /// The vendor's checksum list (and its `version.yaml`, for Harvester's ISO) listed it.
-    VendorList { url: String },
-    /// The vendor publishes nothing to check against: pinned on first use.
-    FirstUse,
-}
-
-impl Trust {
-    fn describe(&self) -> String {
-        match self {
-            Trust::Signature { key_id } => {
-                format!("signature-verified (minisign key `{key_id}`)")
-            }
-            Trust::VendorList { url } => format!("listed by the vendor ({url})"),
-            Trust::FirstUse => {
-                "pinned on first use: the vendor publishes no checksum or signature".into()
-            }
-        }
-    }
-}
 
 /// One image moved to a new version, verified.
 struct Bumped {
@@ -70,46 +48,17 @@ struct Bumped {
     release_url: Option<String>,
 }
 
-/// Which check refused which bytes. Made once per image and reported: its size does not matter.
+/// Which check refused which bytes: one of the verdict's, or the download itself. Made once per
+/// image and reported: its size does not matter.
 #[derive(Debug, thiserror::Error)]
 enum Refusal {
-    #[error("{0}")]
-    Facts(String),
+    #[error(transparent)]
+    Judged(#[from] Judged),
     #[error("cannot download {url}")]
     Download {
         url: String,
         #[source]
         source: pipeline::PipelineError,
-    },
-    #[error("{url} answered 200 with an HTML page (Content-Type: {content_type}), not the file: a vendor's error page")]
-    Html { url: String, content_type: String },
-    #[error("the minisign signature refused the bytes of {url}: {detail}")]
-    Signature { url: String, detail: String },
-    #[error(
-        "the vendor's list {list} says {file} is {listed}, but the download from {url} is {got}"
-    )]
-    VendorList {
-        list: String,
-        file: String,
-        url: String,
-        listed: Checksum,
-        got: Checksum,
-    },
-    #[error(
-        "GitHub's digest of the asset {asset} is {listed}, but the download from {url} is {got}"
-    )]
-    GithubDigest {
-        asset: String,
-        url: String,
-        listed: Checksum,
-        got: Checksum,
-    },
-    #[error("{what} says {expected} bytes, but {got} bytes were downloaded from {url}")]
-    Size {
-        what: String,
-        url: String,
-        expected: u64,
-        got: u64,
     },
 }
 
@@ -349,24 +298,13 @@ async fn bump_one(
 
     let minisign = minisign_of(http, api).await?;
     let key_id = minisign.as_ref().map(|m| m.key.key_id.clone());
-    let written_algorithm = |c: &SourceChecksum| match c {
-        SourceChecksum::Digest(d) => Some(d.algorithm),
-        _ => None,
-    };
-    let wants_sha512 = facts
-        .listed
-        .as_ref()
-        .map(|(_, _, c)| c.algorithm == Algorithm::Sha512)
-        .unwrap_or(false)
-        || written_algorithm(&old_http.checksum) == Some(Algorithm::Sha512)
-        || (http.decompress.is_none()
-            && image.expected.as_ref().map(|e| e.algorithm) == Some(Algorithm::Sha512));
     let inspect = Inspect {
-        source_algorithm: Some(if wants_sha512 {
-            Algorithm::Sha512
-        } else {
-            Algorithm::Sha256
-        }),
+        source_algorithm: Some(verdict::source_algorithm(
+            &facts,
+            &old_http.checksum,
+            http.decompress.is_some(),
+            image.expected.as_ref(),
+        )),
         decompress: http.decompress,
         minisign,
         purpose: "downloading to verify",
@@ -385,16 +323,17 @@ async fn bump_one(
         source,
     })?;
 
-    let cross_checks = judge(&url, &facts, &inspected, key_id.as_deref())?;
-
-    let (checksum, expected) = digests_to_pin(&old_http.checksum, image, &inspected)?;
-    let trust = match (&key_id, &facts.listed) {
-        (Some(key_id), _) => Trust::Signature {
-            key_id: key_id.clone(),
-        },
-        (None, Some((list, _, _))) => Trust::VendorList { url: list.clone() },
-        (None, None) => Trust::FirstUse,
+    let got = Downloaded {
+        sha256: inspected.sha256.clone(),
+        source: inspected.source.clone(),
+        size: inspected.size,
+        output: inspected.output.as_ref().map(|o| o.declared.clone()),
+        content_type: inspected.info.content_type.clone(),
+        signature_ok: inspected.signature_ok,
     };
+    let cross_checks = judge(&url, &facts, &got, key_id.as_deref())?;
+    let (checksum, expected) = digests_to_pin(&old_http.checksum, image.expected.as_ref(), &got)?;
+    let trust = Trust::earned(key_id.as_deref(), &facts);
     Ok(Bumped {
         old_name: image.name.clone(),
         new_name: new_image.name.clone(),
@@ -426,7 +365,7 @@ fn with_version(
     version: &str,
 ) -> Result<Manifest, Refusal> {
     let image = &manifest.images[index];
-    let root = manifest::yaml::parse(text).map_err(|(_, m)| Refusal::Facts(m))?;
+    let root = manifest::yaml::parse(text).map_err(|(_, m)| Judged::Facts(m))?;
     let moved = crate::pin::apply(
         text,
         &root,
@@ -437,9 +376,9 @@ fn with_version(
             expected: None,
         }],
     )
-    .map_err(|e| Refusal::Facts(e.to_string()))?;
+    .map_err(|e| Judged::Facts(e.to_string()))?;
     let (moved, _) = parse_text(manifest, &moved).map_err(|e| {
-        Refusal::Facts(format!(
+        Judged::Facts(format!(
             "with version {version} the manifest does not validate: {e}"
         ))
     })?;
@@ -456,15 +395,15 @@ async fn minisign_of(
     let Some(Signature::Minisign { url, public_key }) = &http.signature else {
         return Ok(None);
     };
-    let key = MinisignKey::parse(public_key).map_err(|e| Refusal::Signature {
+    let key = MinisignKey::parse(public_key).map_err(|e| Judged::Signature {
         url: url.clone(),
         detail: e.to_string(),
     })?;
     let sig = channel::fetch_small_text(api, url, &RetryPolicy::default())
         .await
-        .map_err(|e| Refusal::Facts(format!("cannot fetch the signature: {e}")))?;
+        .map_err(|e| Judged::Facts(format!("cannot fetch the signature: {e}")))?;
     Ok(Some(MinisignCheck::new(key, &sig, url).map_err(|e| {
-        Refusal::Signature {
+        Judged::Signature {
             url: http.url.clone(),
             detail: e.to_string(),
         }
@@ -475,33 +414,6 @@ async fn minisign_of(
 /// (none for a checksum list, which stays), and the published checksum when the manifest has one
 /// or the download is decompressed.
 #[allow(clippy::result_large_err)]
-fn digests_to_pin(
-    written: &SourceChecksum,
-    image: &Image,
-    inspected: &Inspected,
-) -> Result<(Option<Checksum>, Option<Checksum>), Refusal> {
-    let in_algorithm = |a: Algorithm| match a {
-        Algorithm::Sha256 => Some(inspected.sha256.clone()),
-        Algorithm::Sha512 => inspected.source.clone().filter(|s| s.algorithm == a),
-    };
-    let checksum = match written {
-        SourceChecksum::Digest(d) => Some(in_algorithm(d.algorithm).ok_or_else(|| {
-            Refusal::Facts(format!(
-                "a {} digest of a compressed download is not computed",
-                d.algorithm.name()
-            ))
-        })?),
-        SourceChecksum::List { .. } => None,
-        SourceChecksum::Pin => Some(inspected.sha256.clone()),
-    };
-    let expected = match (&inspected.output, &image.expected) {
-        (Some(out), _) => Some(out.declared.clone()),
-        (None, Some(e)) => in_algorithm(e.algorithm),
-        (None, None) => None,
-    };
-    Ok((checksum, expected))
-}
-
 fn github_release<'l>(
     listings: &'l Listings,
     image: &Image,
@@ -511,21 +423,6 @@ fn github_release<'l>(
         Ok(Listing::Github(releases)) => releases.iter().find(|r| r.tag_name == version),
         _ => None,
     }
-}
-
-/// What the vendor says about the new version's file, gathered before the download.
-#[derive(Default)]
-struct Facts {
-    /// `(list URL, file name, digest)` from the vendor's checksum list.
-    listed: Option<(String, String, Checksum)>,
-    /// Harvester's `version.yaml` digest of the ISO, when this image is that ISO.
-    version_yaml: Option<(String, Checksum)>,
-    /// GitHub's asset digest and size.
-    github: Option<(String, Option<Checksum>, u64)>,
-    /// `Content-Length` of a HEAD (the Talos factory).
-    head_length: Option<u64>,
-    notes: Option<String>,
-    release_url: Option<String>,
 }
 
 /// What the vendor says about `version` before any byte is downloaded: its checksum list (and
@@ -554,30 +451,32 @@ async fn facts(
         Channel::Talos { .. } => {
             facts.head_length = channel::head_length(api, url, &policy)
                 .await
-                .map_err(|e| Refusal::Facts(format!("the factory does not serve {url}: {e}")))?;
+                .map_err(|e| Judged::Facts(format!("the factory does not serve {url}: {e}")))?;
         }
         Channel::Github { repository, .. } => {
             let asset = asset.ok_or_else(|| {
-                Refusal::Facts(format!(
+                Judged::Facts(format!(
                     "release {version} of {repository} has no asset `{file}`"
                 ))
             })?;
             // The URL comes from the vendor's data, never from a guess: the manifest's
             // template must name the asset the release lists.
             if asset.browser_download_url != *url {
-                return Err(Refusal::Facts(format!(
+                return Err(Judged::Facts(format!(
                     "the manifest's URL for {version} is {url}, but the release lists the asset at {}",
                     asset.browser_download_url
-                )));
+                ))
+                .into());
             }
             if let Some(Signature::Minisign { url: sig, .. }) = &http.signature {
                 let sig_file = file_name(sig);
                 match release.and_then(|r| r.asset(sig_file)) {
                     Some(a) if a.browser_download_url == *sig => {}
                     _ => {
-                        return Err(Refusal::Facts(format!(
+                        return Err(Judged::Facts(format!(
                             "release {version} of {repository} lists no signature at {sig}"
-                        )))
+                        ))
+                        .into())
                     }
                 }
             }
@@ -586,7 +485,7 @@ async fn facts(
             let folder = track.folder_for(version).unwrap_or_default();
             let doc = channel::harvester_version(api, &folder, &policy)
                 .await
-                .map_err(|e| Refusal::Facts(e.to_string()))?;
+                .map_err(|e| Judged::Facts(e.to_string()))?;
             if doc.iso_url == *url {
                 facts.version_yaml =
                     Some((format!("{}version.yaml", folder), doc.iso_checksum.clone()));
@@ -596,9 +495,9 @@ async fn facts(
                 .unwrap_or_else(|| format!("{folder}harvester-{version}-amd64.sha512"));
             let list = channel::fetch_small_text(api, &list_url, &policy)
                 .await
-                .map_err(|e| Refusal::Facts(format!("cannot fetch the checksum list: {e}")))?;
+                .map_err(|e| Judged::Facts(format!("cannot fetch the checksum list: {e}")))?;
             let listed = labctl_transfer::source::checksum_list::find(&list, &list_url, &file)
-                .map_err(|e| Refusal::Facts(e.to_string()))?;
+                .map_err(|e| Judged::Facts(e.to_string()))?;
             facts.listed = Some((list_url, file.clone(), listed));
         }
     }
@@ -606,9 +505,9 @@ async fn facts(
         if let SourceChecksum::List { url: list_url } = &http.checksum {
             let list = channel::fetch_small_text(api, list_url, &policy)
                 .await
-                .map_err(|e| Refusal::Facts(format!("cannot fetch the checksum list: {e}")))?;
+                .map_err(|e| Judged::Facts(format!("cannot fetch the checksum list: {e}")))?;
             let listed = labctl_transfer::source::checksum_list::find(&list, list_url, &file)
-                .map_err(|e| Refusal::Facts(e.to_string()))?;
+                .map_err(|e| Judged::Facts(e.to_string()))?;
             facts.listed = Some((list_url.clone(), file.clone(), listed));
         }
     }
@@ -616,111 +515,6 @@ async fn facts(
         facts.github = Some((asset.name.clone(), asset.checksum(), asset.size));
     }
     Ok(facts)
-}
-
-/// The checks, in order of authority: HTML, the signature, the vendor's list (and
-/// `version.yaml`), GitHub's digest, sizes. Returns the cross-checks that agreed. Long on
-/// purpose: one block per source of truth, each refusing with its own error, read top to
-/// bottom like the trust table in docs/sources.md.
-#[allow(clippy::result_large_err)]
-fn judge(
-    url: &str,
-    facts: &Facts,
-    got: &Inspected,
-    key_id: Option<&str>,
-) -> Result<Vec<String>, Refusal> {
-    let mut agreed = Vec::new();
-    if let Some(ct) = &got.info.content_type {
-        let html = ct.to_ascii_lowercase().starts_with("text/html");
-        if html && !file_name(url).ends_with(".html") {
-            return Err(Refusal::Html {
-                url: url.to_string(),
-                content_type: ct.clone(),
-            });
-        }
-    }
-    if got.signature_ok == Some(false) {
-        return Err(Refusal::Signature {
-            url: url.to_string(),
-            detail: format!(
-                "it does not verify with key {}",
-                key_id.unwrap_or("(unknown)")
-            ),
-        });
-    }
-    let digest_in = |c: &Checksum| match c.algorithm {
-        Algorithm::Sha256 => Some(got.sha256.clone()),
-        Algorithm::Sha512 => got
-            .source
-            .clone()
-            .filter(|s| s.algorithm == Algorithm::Sha512),
-    };
-    if let Some((list, file, listed)) = &facts.listed {
-        let actual = digest_in(listed).ok_or_else(|| {
-            Refusal::Facts(format!(
-                "the {} digest was not computed",
-                listed.algorithm.name()
-            ))
-        })?;
-        if actual != *listed {
-            return Err(Refusal::VendorList {
-                list: list.clone(),
-                file: file.clone(),
-                url: url.to_string(),
-                listed: listed.clone(),
-                got: actual,
-            });
-        }
-    }
-    if let Some((doc, listed)) = &facts.version_yaml {
-        let actual = digest_in(listed).unwrap_or_else(|| got.sha256.clone());
-        if actual != *listed {
-            return Err(Refusal::VendorList {
-                list: doc.clone(),
-                file: file_name(url).to_string(),
-                url: url.to_string(),
-                listed: listed.clone(),
-                got: actual,
-            });
-        }
-        agreed.push(format!("matches `spec.isoChecksum` in {doc}"));
-    }
-    if let Some((asset, digest, size)) = &facts.github {
-        if let Some(listed) = digest {
-            let actual = digest_in(listed).unwrap_or_else(|| got.sha256.clone());
-            if actual != *listed {
-                return Err(Refusal::GithubDigest {
-                    asset: asset.clone(),
-                    url: url.to_string(),
-                    listed: listed.clone(),
-                    got: actual,
-                });
-            }
-            agreed.push("matches GitHub's asset digest (integrity only)".into());
-        }
-        if *size != got.size {
-            return Err(Refusal::Size {
-                what: format!("GitHub's asset {asset}"),
-                url: url.to_string(),
-                expected: *size,
-                got: got.size,
-            });
-        }
-    }
-    if let Some(length) = facts.head_length {
-        if length != got.size {
-            return Err(Refusal::Size {
-                what: "the factory's Content-Length".into(),
-                url: url.to_string(),
-                expected: length,
-                got: got.size,
-            });
-        }
-        agreed.push(format!(
-            "size matches the factory's Content-Length ({length} bytes)"
-        ));
-    }
-    Ok(agreed)
 }
 
 async fn plan_markdown(

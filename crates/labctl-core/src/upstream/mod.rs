@@ -8,6 +8,7 @@ pub mod policy;
 pub mod report;
 pub mod template;
 pub mod track;
+pub mod verdict;
 pub mod version;
 
 pub use assess::{assess, Assessment, Candidate, Held, Hold, Release};
