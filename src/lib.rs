@@ -13,8 +13,13 @@ pub mod commands;
 pub mod github;
 pub mod interrupt;
 pub mod manifest_dir;
+pub mod planning;
 pub mod progress;
+pub mod run_context;
+pub mod saved_plan;
 pub mod settings;
+pub mod store_lock;
+pub mod tracked;
 pub mod upstream;
 
 pub use labctl_core::{

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -7,14 +7,15 @@ use anyhow::Context;
 use console::style;
 
 use crate::apply::lock::{self, LockError};
-use crate::apply::{self, ApplyContext, Outcome, Report};
+use crate::apply::{self, Outcome, Report};
 use crate::cli::ApplyArgs;
 use crate::failure::{Failure, WithHint};
-use crate::pipeline::{self, MIB};
 use crate::plan::{Action, Plan};
 use crate::render;
+use crate::run_context::{context, Transfer};
+use crate::saved_plan::{read_saved_plan, refuse_other_store, refuse_stale};
 use crate::store::Store;
-use labctl_transfer::local_file::{self, Symlinks};
+use crate::store_lock::{announce, lock_failure, lost_lock, release, settle_dropped_uploads};
 
 pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     // A saved plan is read and checked first: before the lock, before the store is asked.
@@ -98,26 +99,6 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     result
 }
 
-/// Waits for the aborts of uploads a signal dropped mid-transfer (a part-by-part copy): leaving
-/// `main` would drop them unfinished. Bounded, so a run cancelled by CI still exits within its
-/// grace period (GitHub sends SIGKILL 10 s after the first signal).
-pub(super) async fn settle_dropped_uploads() {
-    let left = crate::store::pending::settle_dropped(std::time::Duration::from_secs(4)).await;
-    if left > 0 {
-        eprintln!(
-            "{} {left} unfinished upload(s) could not be aborted in time; they stay invisible and the next apply aborts them",
-            style("Warning:").yellow()
-        );
-    }
-}
-
-/// The run's end when its lease was lost: whatever it did not finish stays for the next run.
-pub(super) fn lost_lock(lost: lock::LeaseLost) -> Failure {
-    Failure::from(anyhow::Error::from(lost)).with_hint(
-        "nothing more was made visible, recorded or indexed once the lease was lost; the run that holds the lock now finishes the work, and if none does, run apply again",
-    )
-}
-
 /// The store lock, unless `--lock=false`; once held, uploads a killed run left are aborted.
 async fn take_lock(
     args: &ApplyArgs,
@@ -136,36 +117,6 @@ async fn take_lock(
     announce(&held);
     clean_up_stranded_uploads(store.as_ref()).await;
     Ok(Some(held))
-}
-
-/// Says how the lock was taken: the takeover of a dead run's lock names that run.
-pub(super) fn announce(held: &lock::Lock) {
-    match &held.took_over {
-        Some(over) => {
-            let mut said = over.to_string();
-            if let Some(first) = said.get_mut(..1) {
-                first.make_ascii_uppercase();
-            }
-            eprintln!("{} {said}.", style("Warning:").yellow());
-        }
-        None => eprintln!(
-            "Acquired the store lock (ID {}, lease {}s).",
-            held.info.id,
-            held.lease().duration.as_secs()
-        ),
-    }
-}
-
-/// Releases the lock, saying so after a signal (the user waits for that line).
-pub(super) async fn release(held: lock::Lock, signalled: bool) {
-    match held.release().await {
-        Ok(()) if signalled => eprintln!("Released the store lock."),
-        Ok(()) => {}
-        Err(e) => eprintln!(
-            "{} could not release the store lock: {e}",
-            style("Warning:").yellow()
-        ),
-    }
 }
 
 /// The exit status of a run stopped by a signal: 130 for SIGINT, 143 for SIGTERM.
@@ -251,97 +202,6 @@ async fn locked(
     code
 }
 
-/// Refuses a saved plan made for another store.
-pub fn refuse_other_store(
-    plan: &Plan,
-    store: &dyn Store,
-    command: &str,
-    path: &std::path::Path,
-) -> Result<(), Failure> {
-    if plan.store == store.url() {
-        return Ok(());
-    }
-    Err(anyhow::anyhow!(
-        "the plan was made for {}, but this {command} would use {}",
-        plan.store,
-        store.url()
-    ))
-    .hint(format!(
-        "{command} it with the store it was made for: labctl {command} --store {} {}",
-        plan.store,
-        path.display()
-    ))
-}
-
-/// Refuses a saved plan when the manifest or a record changed since it was made.
-pub async fn refuse_stale(
-    plan: &Plan,
-    manifest: &crate::manifest::Manifest,
-    graph: &crate::graph::DependencyGraph,
-    store: &Arc<dyn Store>,
-) -> Result<(), Failure> {
-    let desired = crate::desired::build(manifest, graph)?;
-    let records = crate::state::refresh::record_etags(store.as_ref()).await?;
-    let stale = apply::stale::reasons(plan, &manifest.digest, &store.url(), &desired, &records);
-    if !stale.is_empty() {
-        return Err(anyhow::anyhow!("the plan is stale: {}", stale.join("; ")))
-            .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that");
-    }
-    Ok(())
-}
-
-/// How bytes move: the flags apply and stage share.
-pub struct Transfer {
-    pub part_size_mib: u16,
-    pub parts_in_flight: u16,
-    pub parallelism: u16,
-}
-
-/// What the engine needs to run the plan's changes (or stage its units).
-pub fn context(
-    plan: &Plan,
-    manifest: &crate::manifest::Manifest,
-    store: Arc<dyn Store>,
-    transfer: &Transfer,
-    cancel: tokio::sync::watch::Receiver<bool>,
-    staged: Option<Arc<BTreeMap<String, crate::fanout::StageResult>>>,
-) -> ApplyContext {
-    ApplyContext {
-        store,
-        client: crate::source::http::client(),
-        settings: pipeline::Settings::new(
-            transfer.part_size_mib as usize * MIB,
-            transfer.parts_in_flight as usize,
-        ),
-        parallelism: transfer.parallelism as usize,
-        progress: Arc::from(crate::progress::for_stderr()),
-        cancel,
-        // Everything else the executor needs comes from the plan's changes.
-        destinations: plan
-            .changes
-            .iter()
-            .filter_map(|c| {
-                let after = c.after.as_ref()?;
-                Some((c.name.clone(), after.spec.destination.clone()))
-            })
-            .collect::<HashMap<_, _>>(),
-        base_dir: manifest.base_dir.clone(),
-        ci_run: crate::github::ci_run(),
-        staged,
-        written: Default::default(),
-        secrets: {
-            let env = crate::settings::env();
-            crate::source::packer::redactions(
-                env.packer_secrets
-                    .iter()
-                    .chain(&env.signing_key)
-                    .chain(&env.signing_password)
-                    .map(String::as_str),
-            )
-        },
-    }
-}
-
 /// What the plan's legs staged, said up front: which units have a blob, which failed, which
 /// are missing.
 async fn staged_for(
@@ -388,15 +248,15 @@ async fn prepare(
             plan
         }
         None => {
-            let request = super::plan::PlanRequest {
+            let request = crate::planning::PlanRequest {
                 prune: args.prune,
                 allow_empty: args.allow_empty,
                 replace: args.replace.clone(),
                 objects: crate::state::refresh::Objects::Listed,
                 offline: false,
             };
-            let super::plan::Planned { plan, actual, .. } =
-                super::plan::compute(manifest, graph, store, &request).await?;
+            let crate::planning::Planned { plan, actual, .. } =
+                crate::planning::compute(manifest, graph, store, &request).await?;
             if !plan.has_changes() && actual.snapshot_misses > 0 {
                 // Nothing to change, but the next plan should not have to fetch every record.
                 if let Err(e) = crate::state::refresh::write_snapshot(store.as_ref(), &actual).await
@@ -582,56 +442,6 @@ fn print_summary(report: &Report) {
     );
 }
 
-/// A lock error with its hint (who holds it, how to unlock).
-/// Far above any real plan (10,000 images are ~30 MB of JSON); a file beyond it is not read.
-const MAX_PLAN_BYTES: u64 = 256 * 1024 * 1024;
-
-/// Reads a saved plan, checks it is one labctl made, and that it was made from the manifest
-/// this apply reads (a plan made with `--manifest` is applied with the same `--manifest`).
-pub fn read_saved_plan(
-    path: &std::path::Path,
-    manifest: &std::path::Path,
-) -> Result<SavedPlan, Failure> {
-    let text = local_file::read(path, MAX_PLAN_BYTES, Symlinks::Follow)
-        .with_context(|| format!("cannot read the plan `{}`", path.display()))?;
-    let id = crate::fanout::plan_id(&text);
-    let plan: Plan = serde_json::from_slice(&text)
-        .with_context(|| format!("`{}` is not a labctl plan", path.display()))
-        .hint("save a plan with `labctl plan --out FILE`; a plan file is not edited by hand")?;
-    crate::plan::check::check(&plan)
-        .with_context(|| {
-            format!(
-                "`{}` is not a plan labctl made (edited or corrupted)",
-                path.display()
-            )
-        })
-        .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that")?;
-    // Paths as written can differ for the same file (another working directory): compared
-    // only when both name a file that exists from here.
-    let planned = std::path::Path::new(&plan.manifest);
-    if let (Ok(planned_real), Ok(now_real)) = (planned.canonicalize(), manifest.canonicalize()) {
-        if planned_real != now_real {
-            return Err(anyhow::anyhow!(
-                "the plan was made from the manifest `{}`, but this apply reads `{}`",
-                plan.manifest,
-                manifest.display()
-            ))
-            .hint(format!(
-                "apply it with the manifest it was made from: labctl apply --manifest {} {}",
-                plan.manifest,
-                path.display()
-            ));
-        }
-    }
-    Ok(SavedPlan { plan, id })
-}
-
-/// A plan file as read, and the name its stage results go under.
-pub struct SavedPlan {
-    pub plan: Plan,
-    pub id: String,
-}
-
 /// Aborts the uploads a killed run left behind. Holding the lock, every one found is stranded.
 /// Failures are reported and do not stop the apply: the uploads are invisible either way.
 async fn clean_up_stranded_uploads(store: &dyn Store) {
@@ -662,8 +472,4 @@ async fn clean_up_stranded_uploads(store: &dyn Store) {
             anyhow::Error::from(e)
         ),
     }
-}
-
-pub fn lock_failure(e: LockError) -> Failure {
-    Failure::from(e).with_default_hint()
 }

@@ -65,7 +65,7 @@ enum Refusal {
 pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
     let path = &args.tracked.manifest.manifest;
     let (manifest, _) = super::load_manifest(path)?;
-    let images = super::outdated::select(&manifest, &args.tracked.names)?;
+    let images = crate::tracked::select(&manifest, &args.tracked.names)?;
     let tracked: Vec<&Image> = images.into_iter().filter(|i| i.track.is_some()).collect();
     if tracked.is_empty() {
         eprintln!("No image in {} has a `track:` block.", path.display());
@@ -76,7 +76,7 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
         .hint("--timeout takes seconds or minutes: 30s, 2m")?;
     let api = crate::source::http::api_client(timeout);
     let listings = crate::upstream::fetch(&tracked, &api).await;
-    let report = super::outdated::assess_all(
+    let report = crate::tracked::assess_all(
         &tracked,
         &manifest,
         &listings,
@@ -301,7 +301,7 @@ async fn bump_one(
     let inspect = Inspect {
         source_algorithm: Some(verdict::source_algorithm(
             &facts,
-            &old_http.checksum,
+            (&old_http.checksum).into(),
             http.decompress.is_some(),
             image.expected.as_ref(),
         )),
@@ -332,7 +332,8 @@ async fn bump_one(
         signature_ok: inspected.signature_ok,
     };
     let cross_checks = judge(&url, &facts, &got, key_id.as_deref())?;
-    let (checksum, expected) = digests_to_pin(&old_http.checksum, image.expected.as_ref(), &got)?;
+    let (checksum, expected) =
+        digests_to_pin((&old_http.checksum).into(), image.expected.as_ref(), &got)?;
     let trust = Trust::earned(key_id.as_deref(), &facts);
     Ok(Bumped {
         old_name: image.name.clone(),
@@ -531,14 +532,14 @@ async fn plan_markdown(
             )
         }
     };
-    let request = super::plan::PlanRequest {
+    let request = crate::planning::PlanRequest {
         prune: false,
         allow_empty: false,
         replace: Vec::new(),
         objects: crate::state::refresh::Objects::Listed,
         offline: false,
     };
-    match super::plan::compute(manifest, graph, &store, &request).await {
+    match crate::planning::compute(manifest, graph, &store, &request).await {
         Ok(planned) => crate::render::markdown::plan_within(&planned.plan, PLAN_BUDGET)
             .replace(crate::render::markdown::MARKER, ""),
         Err(f) => format!(

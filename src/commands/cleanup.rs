@@ -19,13 +19,13 @@ pub async fn run(args: &CleanupArgs) -> Result<ExitCode, Failure> {
         let options = lock::LockOptions::new("cleanup", args.lock_timeout, args.lock_lease);
         match lock::acquire_unless(store.clone(), &options, cancel).await {
             Ok(l) => {
-                super::apply::announce(&l);
+                crate::store_lock::announce(&l);
                 Some(l)
             }
             Err(lock::LockError::Interrupted) => {
                 return Ok(super::exit(signals.borrow().map_or(1, |s| s.exit_code())))
             }
-            Err(e) => return Err(super::apply::lock_failure(e)),
+            Err(e) => return Err(crate::store_lock::lock_failure(e)),
         }
     } else {
         None
@@ -46,10 +46,10 @@ pub async fn run(args: &CleanupArgs) -> Result<ExitCode, Failure> {
     };
     let lost = held.as_ref().and_then(lock::Lock::lost);
     if let Some(l) = held {
-        super::apply::release(l, outcome.is_none()).await;
+        crate::store_lock::release(l, outcome.is_none()).await;
     }
     if let Some(lost) = lost {
-        return Err(super::apply::lost_lock(lost));
+        return Err(crate::store_lock::lost_lock(lost));
     }
     match outcome {
         None => Ok(super::exit(signals.borrow().map_or(1, |s| s.exit_code()))),

@@ -30,7 +30,7 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
     // The plan apply would make, without fetching checksum lists: a vendor's list is looked at
     // by --check-sources, not by the nightly comparison of the manifest with the store.
-    let request = super::plan::PlanRequest {
+    let request = crate::planning::PlanRequest {
         prune: false,
         allow_empty: false,
         replace: Vec::new(),
@@ -38,11 +38,11 @@ pub async fn run(args: &DriftArgs) -> Result<ExitCode, Failure> {
         objects: crate::state::refresh::Objects::Headed,
         offline: true,
     };
-    let super::plan::Planned {
+    let crate::planning::Planned {
         desired,
         actual,
         plan,
-    } = super::plan::compute(&manifest, &graph, &store, &request).await?;
+    } = crate::planning::compute(&manifest, &graph, &store, &request).await?;
     let mut findings = bucket_findings(
         store.as_ref(),
         &plan,
@@ -91,7 +91,7 @@ async fn bucket_findings(
     // A lock whose lease ran out protects nothing: its run is gone.
     if !crate::apply::lock::held_by_a_live_run(store)
         .await
-        .map_err(super::apply::lock_failure)?
+        .map_err(crate::store_lock::lock_failure)?
     {
         if let Some(uploads) = crate::apply::stranded::list(store).await? {
             findings.extend(drift::stranded_uploads(&uploads));

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use anyhow::Context;
 use console::style;
 
-use super::apply::{context, read_saved_plan, refuse_other_store, refuse_stale, Transfer};
 use crate::cli::StageArgs;
 use crate::failure::{Failure, WithHint};
 use crate::fanout::{self, StageResult, StageStatus};
 use crate::plan::Plan;
+use crate::run_context::{context, Transfer};
+use crate::saved_plan::{read_saved_plan, refuse_other_store, refuse_stale};
 
 pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
     let saved = read_saved_plan(&args.plan_file, &args.manifest.manifest)?;
@@ -44,7 +45,7 @@ pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
 
     let results =
         crate::apply::stage::stage_in_waves(&plan, &saved.id, &units, ctx, args.parallelism).await;
-    super::apply::settle_dropped_uploads().await;
+    crate::store_lock::settle_dropped_uploads().await;
     let interrupted = signals.borrow().map(|s| s.exit_code());
     report(&results);
     if let Some(path) = &args.result {

@@ -6,6 +6,7 @@
 mod conveniences;
 mod dsm;
 mod examples;
+mod layering;
 mod output;
 mod schema;
 mod util;

@@ -116,6 +116,17 @@ pub enum SourceChecksum {
     Pin,
 }
 
+impl From<&SourceChecksum> for crate::upstream::verdict::WrittenAs {
+    fn from(checksum: &SourceChecksum) -> Self {
+        use crate::upstream::verdict::WrittenAs;
+        match checksum {
+            SourceChecksum::Digest(d) => WrittenAs::Digest(d.algorithm),
+            SourceChecksum::List { .. } => WrittenAs::List,
+            SourceChecksum::Pin => WrittenAs::Pin,
+        }
+    }
+}
+
 impl std::fmt::Display for SourceChecksum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

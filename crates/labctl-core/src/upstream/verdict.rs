@@ -4,8 +4,19 @@
 //! gathered elsewhere (see docs/sources.md for the trust table this follows).
 
 use crate::checksum::{Algorithm, Checksum};
-use crate::manifest::SourceChecksum;
 use crate::upstream::track::file_name;
+
+/// How the manifest writes an image's source checksum now: the form a bump keeps. (From the
+/// manifest's `SourceChecksum`; the manifest imports this module, not the other way round.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrittenAs {
+    /// A digest in this algorithm.
+    Digest(Algorithm),
+    /// The URL of the vendor's checksum list: no digest is written.
+    List,
+    /// Pinned on first use: a sha256 is written.
+    Pin,
+}
 
 /// Where a digest written into the manifest came from: how far to trust it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,14 +136,14 @@ pub enum Refusal {
 /// manifest's current digest, or (for a raw download) its expected digest is one.
 pub fn source_algorithm(
     facts: &Facts,
-    written: &SourceChecksum,
+    written: WrittenAs,
     decompressed: bool,
     expected: Option<&Checksum>,
 ) -> Algorithm {
     let sha512 = |a: Option<Algorithm>| a == Some(Algorithm::Sha512);
     let written = match written {
-        SourceChecksum::Digest(d) => Some(d.algorithm),
-        _ => None,
+        WrittenAs::Digest(a) => Some(a),
+        WrittenAs::List | WrittenAs::Pin => None,
     };
     if sha512(facts.listed.as_ref().map(|(_, _, c)| c.algorithm))
         || sha512(written)
@@ -252,19 +263,19 @@ pub fn judge(
 /// the algorithm `expected` declares).
 #[allow(clippy::result_large_err)]
 pub fn digests_to_pin(
-    written: &SourceChecksum,
+    written: WrittenAs,
     expected: Option<&Checksum>,
     got: &Downloaded,
 ) -> Result<(Option<Checksum>, Option<Checksum>), Refusal> {
     let checksum = match written {
-        SourceChecksum::Digest(d) => Some(got.digest(d.algorithm).ok_or_else(|| {
+        WrittenAs::Digest(algorithm) => Some(got.digest(algorithm).ok_or_else(|| {
             Refusal::Facts(format!(
                 "a {} digest of a compressed download is not computed",
-                d.algorithm.name()
+                algorithm.name()
             ))
         })?),
-        SourceChecksum::List { .. } => None,
-        SourceChecksum::Pin => Some(got.sha256.clone()),
+        WrittenAs::List => None,
+        WrittenAs::Pin => Some(got.sha256.clone()),
     };
     let expected = match (&got.output, expected) {
         (Some(out), _) => Some(out.clone()),
@@ -406,31 +417,21 @@ mod tests {
         got.source = Some(sha512);
         assert!(judge(URL, &facts, &got, None).is_ok());
         assert_eq!(
-            source_algorithm(&facts, &SourceChecksum::Pin, false, None),
+            source_algorithm(&facts, WrittenAs::Pin, false, None),
             Algorithm::Sha512
         );
         assert_eq!(
-            source_algorithm(&Facts::default(), &SourceChecksum::Pin, false, None),
+            source_algorithm(&Facts::default(), WrittenAs::Pin, false, None),
             Algorithm::Sha256
         );
         // A decompressed image's expected digest is of the output, not of the download.
         let expected = Checksum::of_bytes(Algorithm::Sha512, b"out");
         assert_eq!(
-            source_algorithm(
-                &Facts::default(),
-                &SourceChecksum::Pin,
-                true,
-                Some(&expected)
-            ),
+            source_algorithm(&Facts::default(), WrittenAs::Pin, true, Some(&expected)),
             Algorithm::Sha256
         );
         assert_eq!(
-            source_algorithm(
-                &Facts::default(),
-                &SourceChecksum::Pin,
-                false,
-                Some(&expected)
-            ),
+            source_algorithm(&Facts::default(), WrittenAs::Pin, false, Some(&expected)),
             Algorithm::Sha512
         );
     }
@@ -438,27 +439,27 @@ mod tests {
     #[test]
     fn the_digests_written_keep_the_form_the_manifest_uses() {
         let got = downloaded("disk");
-        let digest = SourceChecksum::Digest(sha256("old"));
+        let digest = WrittenAs::Digest(Algorithm::Sha256);
         assert_eq!(
-            digests_to_pin(&digest, None, &got).unwrap(),
+            digests_to_pin(digest, None, &got).unwrap(),
             (Some(sha256("disk")), None)
         );
         assert_eq!(
-            digests_to_pin(&SourceChecksum::Pin, None, &got).unwrap(),
+            digests_to_pin(WrittenAs::Pin, None, &got).unwrap(),
             (Some(sha256("disk")), None)
         );
-        let sha512 = SourceChecksum::Digest(Checksum::of_bytes(Algorithm::Sha512, b"old"));
-        assert!(digests_to_pin(&sha512, None, &got).is_err());
+        let sha512 = WrittenAs::Digest(Algorithm::Sha512);
+        assert!(digests_to_pin(sha512, None, &got).is_err());
+        assert_eq!(
+            digests_to_pin(WrittenAs::List, None, &got).unwrap(),
+            (None, None)
+        );
         let mut decompressed = got.clone();
         decompressed.output = Some(sha256("output"));
         assert_eq!(
-            digests_to_pin(
-                &SourceChecksum::Pin,
-                Some(&sha256("older output")),
-                &decompressed
-            )
-            .unwrap()
-            .1,
+            digests_to_pin(WrittenAs::Pin, Some(&sha256("older output")), &decompressed)
+                .unwrap()
+                .1,
             Some(sha256("output"))
         );
     }
