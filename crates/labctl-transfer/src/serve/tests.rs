@@ -5,7 +5,9 @@ use std::path::Path;
 
 use super::*;
 use labctl_core::checksum::Checksum;
-use labctl_core::consumer_index::{document, sha256sums, to_json, SIGNATURE_NAME};
+use labctl_core::consumer_index::{
+    document, sha256sums, to_json, IndexEntry, JSON_NAME, SIGNATURE_NAME, SUMS_NAME,
+};
 use labctl_core::state::record::CiRun;
 
 struct Folders2 {
