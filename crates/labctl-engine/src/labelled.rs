@@ -52,15 +52,9 @@ pub(crate) async fn unless_interrupted<T>(
     ctx: &ApplyContext,
     work: impl std::future::Future<Output = anyhow::Result<T>>,
 ) -> anyhow::Result<T> {
-    let mut cancel = ctx.cancel.clone();
-    let signalled = async move {
-        if cancel.wait_for(|c| *c).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         out = work => out,
-        () = signalled => Err(pipeline::PipelineError::Cancelled.into()),
+        () = pipeline::signalled(ctx.cancel.clone()) => Err(pipeline::PipelineError::Cancelled.into()),
     }
 }
 

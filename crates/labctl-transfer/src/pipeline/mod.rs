@@ -297,6 +297,14 @@ enum Step {
     Restart,
 }
 
+/// Resolves once the run is cancelled; never when nothing can cancel it any more (the sender
+/// is gone).
+pub async fn signalled(mut cancel: watch::Receiver<bool>) {
+    if cancel.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     mut input: Input<'_>,
@@ -319,14 +327,9 @@ async fn stream(
     let _turn = match small {
         true => None,
         false => {
-            let mut cancelled = cancel.clone();
             tokio::select! {
                 turn = parts.budget.large_image_turn() => Some(turn),
-                () = async move {
-                    if cancelled.wait_for(|c| *c).await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                } => return Err(PipelineError::Cancelled),
+                () = signalled(cancel.clone()) => return Err(PipelineError::Cancelled),
             }
         }
     };
@@ -370,12 +373,7 @@ async fn stream(
     let mut complete = false;
     let mut input_bytes = 0u64;
     // A signal must not wait for a slow server (a read timeout, a Retry-After).
-    let mut cancelled = cancel.clone();
-    let on_cancel = async move {
-        if cancelled.wait_for(|c| *c).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+    let on_cancel = signalled(cancel.clone());
     tokio::pin!(on_cancel);
     loop {
         let next = tokio::select! {
