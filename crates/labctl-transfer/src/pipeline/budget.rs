@@ -79,10 +79,6 @@ impl MemoryBudget {
             .expect("the semaphore is never closed")
     }
 
-    pub fn limit(&self) -> usize {
-        self.inner.limit
-    }
-
     /// Waits (blocking the thread: decoders run on blocking threads) until `bytes` fit. More
     /// than the whole budget waits until nothing else is held, then goes alone.
     pub fn hold(&self, bytes: usize) -> Held {
