@@ -23,8 +23,8 @@ pub mod tracked;
 pub mod upstream;
 
 pub use labctl_core::{
-    checksum, consumer_index, diagnostic, drift, fanout, graph, layout, pin, plan, render, spec,
-    timefmt, units,
+    checksum, consumer_index, diagnostic, drift, fanout, graph, hint, layout, pin, plan, render,
+    spec, timefmt, units,
 };
 pub use labctl_engine::{desired, failure};
 pub use labctl_store as store;
@@ -57,6 +57,3 @@ pub mod signing {
         )
     }
 }
-
-#[cfg(test)]
-mod mutation_tests;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-pub use labctl_transfer::progress::{Done, Outcome, Progress, Silent};
+pub use labctl_transfer::progress::{Done, Failed, Outcome, Progress, Silent};
 
 /// Bars for a terminal on stderr (outside CI), lines otherwise.
 fn wants_bars() -> bool {

@@ -1,6 +1,7 @@
 //! Tracked images and what their channels answered: which images a command names, and the
 //! report `outdated` prints and `bump` acts on.
 
+use crate::hint::Hint;
 use std::collections::BTreeMap;
 
 use crate::failure::{Failure, WithHint};

@@ -9,7 +9,7 @@ use console::style;
 use crate::apply::lock::{self, LockError};
 use crate::apply::{self, Outcome, Report};
 use crate::cli::ApplyArgs;
-use crate::failure::{Failure, WithHint};
+use crate::failure::{hint_in, Failure, WithHint};
 use crate::plan::{Action, Plan};
 use crate::render;
 use crate::run_context::{context, Transfer};
@@ -367,7 +367,10 @@ fn summary_markdown(report: &Report) -> String {
         let result = match outcome {
             Outcome::Unchanged => continue,
             Outcome::Done(msg) => format!("✓ {msg}"),
-            Outcome::Failed(msg) => format!("✗ {msg}"),
+            Outcome::Failed(failed) => match hint_in(failed.chain()) {
+                Some(hint) => format!("✗ {failed} (hint: {hint})"),
+                None => format!("✗ {failed}"),
+            },
             Outcome::Skipped(msg) => format!("skipped: {msg}"),
         };
         out.push_str(&format!(
@@ -412,16 +415,24 @@ fn print_summary(report: &Report) {
                     .or_default() += 1;
                 format!("  {} {name}: {msg}", style("✓").green())
             }
-            Outcome::Failed(msg) => {
+            Outcome::Failed(failed) => {
                 *counts.entry("failed").or_default() += 1;
+                let hint = hint_in(failed.chain());
                 // In GitHub Actions the annotation is the failure's line: shown in the log and on
                 // the run's page, once.
                 if crate::github::active() {
-                    crate::github::error(&format!("labctl apply: {name}"), msg);
+                    let message = match &hint {
+                        Some(hint) => format!("{failed}\nhint: {hint}"),
+                        None => failed.to_string(),
+                    };
+                    crate::github::error(&format!("labctl apply: {name}"), &message);
                     continue;
                 }
                 // An error: on stderr, where a run whose report goes to a file still shows it.
-                eprintln!("  {} {name}: {msg}", style("✗").red());
+                eprintln!("  {} {name}: {failed}", style("✗").red());
+                if let Some(hint) = hint {
+                    eprintln!("    {} {hint}", style("hint:").cyan().bold());
+                }
                 continue;
             }
             Outcome::Skipped(msg) => {

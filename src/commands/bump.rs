@@ -202,7 +202,10 @@ async fn verify_all(
                 bumped.push(b);
             }
             Err(refusal) => {
-                progress.finish(name, &crate::progress::Outcome::Failed("refused".into()));
+                progress.finish(
+                    name,
+                    &crate::progress::Outcome::Failed(crate::progress::Failed::new("refused")),
+                );
                 failures.push(format!(
                     "image `{name}` → {}: {}",
                     candidate.version,

@@ -123,9 +123,16 @@ fn report(results: &[StageResult]) {
             (None, error) => {
                 let why = error.as_deref().unwrap_or("not staged");
                 if crate::github::active() {
-                    crate::github::error(&format!("labctl stage: {}", r.image), why);
+                    let message = match &r.hint {
+                        Some(hint) => format!("{why}\nhint: {hint}"),
+                        None => why.to_string(),
+                    };
+                    crate::github::error(&format!("labctl stage: {}", r.image), &message);
                 } else {
                     eprintln!("  {} {}: {why}", style("✗").red(), r.image);
+                    if let Some(hint) = &r.hint {
+                        eprintln!("    {} {hint}", style("hint:").cyan().bold());
+                    }
                 }
             }
         }
@@ -159,7 +166,13 @@ fn summary_markdown(results: &[StageResult]) -> String {
                     ", already staged"
                 }
             ),
-            (None, error) => format!("✗ {}", error.as_deref().unwrap_or("not staged")),
+            (None, error) => {
+                let why = error.as_deref().unwrap_or("not staged");
+                match &r.hint {
+                    Some(hint) => format!("✗ {why} (hint: {hint})"),
+                    None => format!("✗ {why}"),
+                }
+            }
         };
         out.push_str(&format!(
             "| {} | {} |\n",

@@ -28,6 +28,7 @@ on_every_store!(
     multipart_uploads_complete_abort_and_list,
     server_side_copy_both_ways,
     conditional_delete_keeps_a_rewritten_object,
+    doctors_probes_find_what_this_suite_knows,
 );
 
 const MIB: usize = 1024 * 1024;
@@ -421,4 +422,56 @@ fn a_store_named_outside_the_manifest_ignores_its_endpoint_and_region() {
     let own = lab.labctl_no_store(&["plan"]);
     assert_eq!(own.code, 0, "{}", own.output());
     assert!(own.stdout.contains("+ a"), "{}", own.output());
+}
+
+/// `labctl doctor`'s probes, through the same trait, find on each backend what the cases above
+/// establish: everything holds except the limits each backend is known for, and they leave
+/// nothing behind.
+fn doctors_probes_find_what_this_suite_knows(backend: Backend) {
+    use labctl::store::probe::{self, Check, Verdict};
+    let lab = Lab::new(backend);
+    let store = store(&lab);
+    let mut findings = Vec::new();
+    lab.runtime
+        .block_on(probe::run(&store, "suite", |f| findings.push(f)));
+    // Garage ignores If-None-Match; moto and Ceph RGW copy whatever
+    // x-amz-copy-source-if-match says; s3s-fs, Garage and Ceph RGW delete whatever If-Match
+    // says (`conditional_delete_keeps_a_rewritten_object`).
+    let create_enforced = backend != Backend::Garage;
+    let copy_enforced = !matches!(backend, Backend::Moto | Backend::Ceph);
+    let delete_enforced = !matches!(backend, Backend::S3sFs | Backend::Garage | Backend::Ceph);
+    let checks: Vec<Check> = findings.iter().map(|f| f.check).collect();
+    assert_eq!(
+        checks,
+        [
+            Check::WriteRead,
+            Check::Multipart,
+            Check::AbortMultipart,
+            Check::ConditionalCreate,
+            Check::CopyWithMetadata,
+            Check::CopyInParts,
+            Check::ConditionalCopy,
+            Check::ConditionalDelete,
+            Check::StrandedUploads,
+        ]
+    );
+    for finding in &findings {
+        let expected = match finding.check {
+            Check::ConditionalCreate if !create_enforced => "fails",
+            Check::ConditionalCopy if !copy_enforced => "lacks",
+            Check::ConditionalDelete if !delete_enforced => "lacks",
+            _ => "holds",
+        };
+        let got = match &finding.verdict {
+            Verdict::Holds(_) => "holds",
+            Verdict::Lacks(_) => "lacks",
+            Verdict::Fails(_) => "fails",
+        };
+        assert_eq!(got, expected, "{:?}: {:?}", finding.check, finding.verdict);
+    }
+    let left = lab
+        .runtime
+        .block_on(list_all(store.as_ref(), probe::PROBE_PREFIX))
+        .unwrap();
+    assert!(left.is_empty(), "the probes leave nothing behind: {left:?}");
 }

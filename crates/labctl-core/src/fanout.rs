@@ -296,6 +296,10 @@ pub struct StageResult {
     pub status: StageStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The next step for a failure, when there is an obvious one (kept apart from `error`, so
+    /// promotion shows it as a hint too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<StagedBlob>,
     pub staged_at: String,

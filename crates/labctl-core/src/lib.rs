@@ -13,6 +13,7 @@ pub mod diagnostic;
 pub mod drift;
 pub mod fanout;
 pub mod graph;
+pub mod hint;
 pub mod history;
 pub mod layout;
 pub mod manifest;

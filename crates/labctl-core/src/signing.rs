@@ -3,6 +3,9 @@
 //! The secret key comes from the environment (a CI secret), never from a file in the
 //! repository. Nothing here puts the key, or text derived from it, into an error or a log line.
 
+use std::borrow::Cow;
+
+use crate::hint::Hint;
 use std::fmt;
 
 use base64::Engine;
@@ -31,9 +34,9 @@ pub enum SigningError {
     Sign,
 }
 
-impl SigningError {
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
+impl Hint for SigningError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
             SigningError::MissingKey => Some(
                 "set LABCTL_MINISIGN_SECRET_KEY to the contents of the secret key file (`minisign -G` writes it), e.g. from a CI secret",
             ),
@@ -47,7 +50,8 @@ impl SigningError {
                 "the manifest's publicKey and the secret key must come from the same `minisign -G`",
             ),
             _ => None,
-        }
+        };
+        hint.map(Cow::Borrowed)
     }
 }
 

@@ -214,8 +214,5 @@ pub(crate) async fn build_packer(
         ctx.cancel.clone(),
     )
     .await
-    .map_err(|e| match e.hint() {
-        Some(h) => anyhow!("{e} (hint: {h})"),
-        None => anyhow!(e),
-    })
+    .map_err(anyhow::Error::from)
 }

@@ -36,7 +36,7 @@ pub struct ApplyContext {
     pub written: std::sync::Mutex<crate::state::refresh::Written>,
 }
 
-pub use crate::progress::{Done, Outcome, Published, Skip};
+pub use crate::progress::{Done, Failed, Outcome, Published, Skip};
 
 #[derive(Debug, Default)]
 pub struct Report {

@@ -1,7 +1,11 @@
 //! How a failed command reports itself: `error: …`, one `caused by: …` per source, then a hint
 //! when there is an obvious next step.
 
+use std::borrow::Cow;
+use std::error::Error as StdError;
 use std::fmt;
+
+use labctl_core::hint::Hint;
 
 use console::style;
 
@@ -49,43 +53,44 @@ impl Failure {
 }
 
 /// The one way a hint is attached: each error type with an obvious next step says it in its
-/// own `hint()`, and this asks the causes of `error` in order, so that a hint survives any
+/// [`Hint`] impl, and this asks the causes of `error` in order, so that a hint survives any
 /// `context` wrapped around the error that carries it.
 pub fn hint_of(error: &anyhow::Error) -> Option<String> {
-    use crate::lock::LockError;
-    use crate::store::StoreError;
-    use labctl_core::plan::PlanError;
-    use labctl_core::signing::SigningError;
-    use labctl_core::state::record::RecordError;
-    use labctl_transfer::serve::ServeError;
-    use labctl_transfer::source::channel::LookupError;
-    use labctl_transfer::source::packer::PackerError;
-    use labctl_transfer::verify::VerifyError;
+    hint_in(error.chain())
+}
 
-    let owned = |h: Option<&'static str>| h.map(str::to_string);
-    error.chain().find_map(|cause| {
-        if let Some(e) = cause.downcast_ref::<LockError>() {
-            e.hint()
-        } else if let Some(e) = cause.downcast_ref::<StoreError>() {
-            owned(e.hint())
-        } else if let Some(e) = cause.downcast_ref::<PlanError>() {
-            Some(e.hint().to_string())
-        } else if let Some(e) = cause.downcast_ref::<SigningError>() {
-            owned(e.hint())
-        } else if let Some(e) = cause.downcast_ref::<RecordError>() {
-            owned(e.hint())
-        } else if let Some(e) = cause.downcast_ref::<ServeError>() {
-            owned(e.hint())
-        } else if let Some(e) = cause.downcast_ref::<VerifyError>() {
-            owned(e.hint())
-        } else if let Some(e) = cause.downcast_ref::<LookupError>() {
-            owned(e.hint())
-        } else if let Some(e) = cause.downcast_ref::<PackerError>() {
-            owned(e.hint())
-        } else {
-            None
-        }
-    })
+/// The hint of the first of `causes` that has one (an image's [`crate::Failed`], say).
+pub fn hint_in<'e>(
+    mut causes: impl Iterator<Item = &'e (dyn StdError + 'static)>,
+) -> Option<String> {
+    causes
+        .find_map(|cause| HINTED.iter().find_map(|hinted| hinted(cause)))
+        .and_then(|e| e.hint())
+        .map(Cow::into_owned)
+}
+
+/// The error types that implement [`Hint`]. Stable Rust cannot ask a `dyn Error` whether it
+/// implements another trait, so each is named here once; a type missing from this list
+/// fails `every_hinted_error_is_asked` below.
+type Hinted = for<'e> fn(&'e (dyn StdError + 'static)) -> Option<&'e dyn Hint>;
+
+const HINTED: &[Hinted] = &[
+    hinted::<crate::lock::LockError>,
+    hinted::<crate::store::StoreError>,
+    hinted::<labctl_core::plan::PlanError>,
+    hinted::<labctl_core::signing::SigningError>,
+    hinted::<labctl_core::state::record::RecordError>,
+    hinted::<labctl_transfer::serve::ServeError>,
+    hinted::<labctl_transfer::verify::VerifyError>,
+    hinted::<labctl_transfer::source::channel::LookupError>,
+    hinted::<labctl_transfer::source::packer::PackerError>,
+    hinted::<crate::staged::StagedError>,
+];
+
+fn hinted<'e, E: StdError + Hint + 'static>(
+    cause: &'e (dyn StdError + 'static),
+) -> Option<&'e dyn Hint> {
+    cause.downcast_ref::<E>().map(|e| e as &dyn Hint)
 }
 
 impl fmt::Display for Failure {
@@ -98,5 +103,59 @@ impl fmt::Display for Failure {
             write!(f, "\n{} {hint}", style("hint:").cyan().bold())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `impl Hint for T` in the workspace is in [`HINTED`]: a type left out would have
+    /// its hint silently never shown.
+    #[test]
+    fn every_hinted_error_is_asked() {
+        let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let registry = include_str!("failure.rs");
+        let mut implemented = Vec::new();
+        let mut dirs = vec![crates.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap().map(Result::unwrap) {
+                let path = entry.path();
+                if path.is_dir() && !path.ends_with("target") {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for line in text.lines() {
+                        if let Some(rest) = line.trim().strip_prefix("impl Hint for ") {
+                            let name = rest.trim_end_matches(" {").to_string();
+                            implemented.push((name, path.display().to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(implemented.len() >= 10, "found {implemented:?}");
+        for (name, path) in implemented {
+            assert!(
+                registry.contains(&format!("::{name}>,")),
+                "{name} ({path}) implements Hint but is not in HINTED"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hint_is_found_under_any_context() {
+        let error =
+            anyhow::Error::from(crate::staged::StagedError::NothingStaged { name: "iso".into() })
+                .context("promoting iso")
+                .context("apply");
+        let hint = hint_of(&error).unwrap();
+        assert!(hint.contains("--unit iso"), "{hint}");
+        let failed = crate::Failed::new(error);
+        assert_eq!(hint_in(failed.chain()), Some(hint));
+        assert_eq!(
+            failed.to_string(),
+            "apply: promoting iso: nothing was staged for `iso`"
+        );
     }
 }

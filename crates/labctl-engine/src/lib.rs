@@ -29,8 +29,9 @@ pub mod promote;
 mod records;
 mod schedule;
 pub mod stage;
+pub mod staged;
 
-pub use context::{ApplyContext, Outcome, Report};
+pub use context::{ApplyContext, Failed, Outcome, Report};
 pub use execute::execute;
 pub use labctl_core::{history, stale};
 pub use labctl_store::{lock, stranded};

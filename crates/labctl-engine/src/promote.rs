@@ -12,6 +12,7 @@ use crate::fanout::{StageResult, StageStatus, StagedBlob, MAX_RESULT_BYTES};
 use crate::labelled::{copy_labelled, Labelled};
 use crate::plan::{Change, Desired};
 use crate::records::{delete_history, with_history, write_record};
+use crate::staged::StagedError;
 use crate::state::record::{new_record, HistoryEntry};
 use crate::store::{ObjectMeta, Store};
 
@@ -82,15 +83,16 @@ async fn checked_blob<'s>(
     ctx: &ApplyContext,
 ) -> anyhow::Result<(&'s StagedBlob, ObjectMeta)> {
     let name = &change.name;
-    let result = staged.get(name).ok_or_else(|| {
-        anyhow!("nothing was staged for `{name}` (hint: stage it with `labctl stage PLANFILE --unit {name}`, or apply the plan without --staged)")
-    })?;
+    let result = staged
+        .get(name)
+        .ok_or_else(|| StagedError::NothingStaged { name: name.clone() })?;
     let blob = match (result.status, &result.blob) {
         (StageStatus::Staged, Some(blob)) => blob,
-        _ => bail!(
-            "staging `{name}` failed: {}",
-            result.error.as_deref().unwrap_or("no blob was staged")
-        ),
+        _ => Err(StagedError::LegFailed {
+            name: name.clone(),
+            error: result.error.clone(),
+            hint: result.hint.clone(),
+        })?,
     };
     // The bytes must be what the plan shows, and a build must have taken the inputs that are
     // published now.
@@ -110,12 +112,14 @@ async fn checked_blob<'s>(
             );
         }
     }
-    let object = ctx.store.head(&blob.key).await?.ok_or_else(|| {
-        anyhow!(
-            "the staged blob `{}` is gone from the store (hint: stage `{name}` again)",
-            blob.key
-        )
-    })?;
+    let object = ctx
+        .store
+        .head(&blob.key)
+        .await?
+        .ok_or_else(|| StagedError::BlobGone {
+            name: name.clone(),
+            key: blob.key.clone(),
+        })?;
     if object.size != blob.size || !object.labelled_with(&blob.checksum) {
         bail!(
             "the staged blob `{}` is not what its stage recorded ({} bytes, {}): it was changed outside labctl; stage `{name}` again",

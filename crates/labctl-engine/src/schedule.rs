@@ -17,7 +17,7 @@ use crate::checksum::Checksum;
 use crate::context::{ChangeResult, Outcome, Report, Skip};
 use crate::graph::{DependencyGraph, ReadyQueue};
 use crate::plan::{Action, Change};
-use crate::progress::Progress;
+use crate::progress::{Failed, Progress};
 
 /// One change's work, as a task of its own.
 pub(crate) type Job = Pin<Box<dyn Future<Output = ChangeResult> + Send>>;
@@ -210,7 +210,7 @@ impl<'a> Scheduler<'a> {
                     true => Finished::Interrupted,
                     false => Finished::Failed,
                 };
-                self.settle_as(i, Outcome::Failed(format!("{e:#}")), finished);
+                self.settle_as(i, Outcome::Failed(Failed::new(e)), finished);
             }
         }
     }
@@ -423,7 +423,7 @@ mod tests {
             change("other", &[]),
         ];
         let out = schedule(&changes, &[("base", Act::Fail)], 2, None).await;
-        assert!(matches!(out.of("base"), Outcome::Failed(e) if e.contains("500")));
+        assert!(matches!(out.of("base"), Outcome::Failed(e) if e.to_string().contains("500")));
         assert_eq!(
             out.of("child"),
             &Outcome::Skipped(Skip::DependencyFailed("base".into()))
@@ -445,7 +445,7 @@ mod tests {
         ];
         let out = schedule(&changes, &[("buggy", Act::Panic)], 2, None).await;
         assert!(
-            matches!(out.of("buggy"), Outcome::Failed(e) if e.contains("a panic")),
+            matches!(out.of("buggy"), Outcome::Failed(e) if e.to_string().contains("a panic")),
             "{:?}",
             out.of("buggy")
         );
@@ -479,7 +479,7 @@ mod tests {
             "nothing starts after the signal"
         );
         assert!(
-            matches!(out.of("downloading"), Outcome::Failed(e) if e.contains("downloading it"))
+            matches!(out.of("downloading"), Outcome::Failed(e) if e.to_string().contains("downloading it"))
         );
         for name in ["waits-for-it", "queued", "after-queued"] {
             assert_eq!(

@@ -18,6 +18,7 @@ use crate::pipeline::{self, FileKey};
 use crate::plan::{Change, Plan};
 use crate::source::probe::{self, Probed};
 use crate::spec::SpecSource;
+use crate::staged::StagedError;
 use crate::store::PutOptions;
 
 /// Stages the units wave by wave (a unit may take an earlier one's checksum), each wave's
@@ -106,6 +107,7 @@ fn crashed(
             "labctl failed internally while staging it ({}); nothing was staged for it, and staging it again retries",
             if e.is_panic() { "a panic" } else { "cancelled" }
         )),
+        hint: None,
         blob: None,
         staged_at: crate::timefmt::now_rfc3339(),
         ci_run,
@@ -121,7 +123,12 @@ fn outcome_of(result: &StageResult) -> crate::context::Outcome {
             checksum: blob.checksum.clone(),
             uploaded: blob.uploaded,
         }),
-        (None, error) => Outcome::Failed(error.clone().unwrap_or_else(|| "not staged".to_string())),
+        // The leg's error crossed processes as its text: that is all there is to keep.
+        (None, _) => Outcome::Failed(crate::progress::Failed::new(StagedError::LegFailed {
+            name: result.image.clone(),
+            error: result.error.clone(),
+            hint: result.hint.clone(),
+        })),
     }
 }
 
@@ -132,9 +139,15 @@ pub async fn stage(plan: &Plan, plan_id: &str, unit: &str, ctx: &ApplyContext) -
         Some(change) => acquire(plan, plan_id, change, ctx).await,
         None => Err(anyhow!("`{unit}` is not a unit of this plan")),
     };
-    let (status, error, blob) = match outcome {
-        Ok(blob) => (StageStatus::Staged, None, Some(blob)),
-        Err(e) => (StageStatus::Failed, Some(format!("{e:#}")), None),
+    // The result crosses processes as JSON: the error as its chain on one line, its hint apart.
+    let (status, error, hint, blob) = match outcome {
+        Ok(blob) => (StageStatus::Staged, None, None, Some(blob)),
+        Err(e) => (
+            StageStatus::Failed,
+            Some(format!("{e:#}")),
+            crate::failure::hint_of(&e),
+            None,
+        ),
     };
     let result = StageResult {
         format_version: fanout::FORMAT_VERSION.into(),
@@ -142,6 +155,7 @@ pub async fn stage(plan: &Plan, plan_id: &str, unit: &str, ctx: &ApplyContext) -
         image: unit.into(),
         status,
         error,
+        hint,
         blob,
         staged_at: crate::timefmt::now_rfc3339(),
         ci_run: ctx.ci_run.clone(),
@@ -203,11 +217,10 @@ async fn staged_inputs(
             .await?
             .filter(|r| r.status == StageStatus::Staged)
             .and_then(|r| r.blob)
-            .ok_or_else(|| {
-                anyhow!(
-                    "`{}` takes `{need}`, which is not staged yet (hint: stage wave {wave} first: labctl stage PLANFILE --unit {need})",
-                    change.name
-                )
+            .ok_or_else(|| crate::staged::StagedError::InputNotStaged {
+                name: change.name.clone(),
+                input: need.clone(),
+                wave,
             })?;
         inputs.insert(need.clone(), staged);
     }
@@ -406,6 +419,7 @@ mod tests {
             image: unit.into(),
             status: StageStatus::Staged,
             error: None,
+            hint: None,
             blob: None,
             staged_at: crate::timefmt::now_rfc3339(),
             ci_run: None,

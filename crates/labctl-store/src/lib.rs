@@ -13,10 +13,14 @@ pub mod identity;
 pub mod location;
 pub mod lock;
 pub mod pending;
+pub mod probe;
 pub mod refresh;
 pub mod s3;
 pub mod stranded;
 
+use std::borrow::Cow;
+
+use labctl_core::hint::Hint;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
@@ -139,10 +143,10 @@ impl fmt::Display for Unreachable {
     }
 }
 
-impl StoreError {
+impl Hint for StoreError {
     /// The next step, when there is an obvious one.
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
             StoreError::Credentials { .. } => Some(
                 "set E2_ACCESS_KEY and E2_SECRET_KEY (or AWS credentials), or plan against a directory with --store DIR",
             ),
@@ -151,7 +155,8 @@ impl StoreError {
                 ..
             } => Some("check the store's endpoint (spec.store.endpoint or E2_ENDPOINT) and the network"),
             _ => None,
-        }
+        };
+        hint.map(Cow::Borrowed)
     }
 }
 

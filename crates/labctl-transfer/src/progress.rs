@@ -1,6 +1,10 @@
 //! How transfers and builds report progress. The views (bars, CI log lines, GitHub groups) are
 //! the CLI's; this crate only calls them.
 
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
+
 use labctl_core::checksum::Checksum;
 
 /// Receives progress of each image's transfer. Implementations must be cheap: `advance` is
@@ -35,9 +39,48 @@ pub enum Outcome {
     /// What was done (`created (N bytes, sha256:…)`).
     Done(Done),
     /// The error, with its causes.
-    Failed(String),
+    Failed(Failed),
     Skipped(Skip),
 }
+
+/// Why an image's work failed: the error itself, its causes kept, so that each view renders
+/// the chain (and its hint) its own way. Shared, because a report and the views each hold it.
+#[derive(Debug, Clone)]
+pub struct Failed(Arc<dyn Error + Send + Sync>);
+
+impl Failed {
+    pub fn new(error: impl Into<Box<dyn Error + Send + Sync>>) -> Failed {
+        Failed(Arc::from(error.into()))
+    }
+
+    /// The error and each of its causes, outermost first.
+    pub fn chain(&self) -> impl Iterator<Item = &(dyn Error + 'static)> {
+        let first: &(dyn Error + 'static) = &*self.0;
+        std::iter::successors(Some(first), |&e| e.source())
+    }
+}
+
+/// The error and its causes on one line, `outer: cause: root`.
+impl fmt::Display for Failed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.chain().enumerate() {
+            if i > 0 {
+                f.write_str(": ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Two failures are equal when they read the same (reports are compared in tests).
+impl PartialEq for Failed {
+    fn eq(&self, other: &Failed) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Failed {}
 
 /// What an image's work did; its `Display` is the line every view shows.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,6 +4,9 @@
 //! Files are streamed through a fixed buffer on a few threads, so memory stays bounded whatever
 //! the images' sizes.
 
+use std::borrow::Cow;
+
+use labctl_core::hint::Hint;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -148,9 +151,9 @@ pub enum VerifyError {
     BadSignature { path: String, key_id: String },
 }
 
-impl VerifyError {
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
+impl Hint for VerifyError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
             VerifyError::NoSums { .. } => Some(
                 "point labctl verify at the folder the NAS syncs the bucket's images/ into; labctl apply writes SHA256SUMS there",
             ),
@@ -164,7 +167,8 @@ impl VerifyError {
                 "configure spec.index.signing in the manifest and apply again, or verify without --public-key",
             ),
             _ => None,
-        }
+        };
+        hint.map(Cow::Borrowed)
     }
 }
 

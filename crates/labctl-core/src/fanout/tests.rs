@@ -213,6 +213,7 @@ fn stage_results_read_back_and_refuse_a_blob_key_that_is_not_their_checksum() {
         image: "x".into(),
         status: StageStatus::Staged,
         error: None,
+        hint: None,
         blob: Some(blob),
         staged_at: "2026-12-03T00:00:00Z".into(),
         ci_run: None,

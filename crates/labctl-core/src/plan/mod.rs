@@ -9,6 +9,9 @@ mod engine;
 pub mod fields;
 pub mod reason;
 
+use std::borrow::Cow;
+
+use crate::hint::Hint;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -44,13 +47,13 @@ fn plural(n: usize, one: &str, many: &str) -> String {
     }
 }
 
-impl PlanError {
-    pub fn hint(&self) -> &'static str {
-        match self {
+impl Hint for PlanError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        Some(Cow::Borrowed(match self {
             PlanError::NewerRecords(_) => {
                 "upgrade labctl to the version that wrote them; this one cannot tell what they promise and changes nothing"
             }
-        }
+        }))
     }
 }
 

@@ -3,6 +3,9 @@
 //! The reader also accepts records written by the earlier sync tool (no `schemaVersion`), so a
 //! bucket it filled can be adopted without re-uploading anything.
 
+use std::borrow::Cow;
+
+use crate::hint::Hint;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -302,14 +305,15 @@ pub enum RecordError {
     LegacyWithoutChecksum(String),
 }
 
-impl RecordError {
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
+impl Hint for RecordError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
             RecordError::NewerSchema(_) => {
                 Some("a newer labctl wrote it; upgrade labctl before planning against this store")
             }
             _ => None,
-        }
+        };
+        hint.map(Cow::Borrowed)
     }
 }
 

@@ -6,6 +6,9 @@
 pub mod fenced;
 pub mod lease;
 
+use std::borrow::Cow;
+
+use labctl_core::hint::Hint;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,9 +167,9 @@ pub enum LockError {
     Store(#[from] StoreError),
 }
 
-impl LockError {
-    pub fn hint(&self) -> Option<String> {
-        match self {
+impl Hint for LockError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
             LockError::Held(holder) => Some(match holder.lease {
                 Some(_) => format!(
                     "wait for that run to finish, or give --lock-timeout longer than its lease to wait here: a run that is gone stops renewing it and the lock is taken over; `labctl force-unlock {}` removes it at once",
@@ -183,9 +186,10 @@ impl LockError {
             LockError::NotEnforced(_) => Some(
                 "run `labctl doctor` to see what the store supports; with one apply at a time guaranteed elsewhere (a CI concurrency group), pass --lock=false".into(),
             ),
-            LockError::Store(e) => e.hint().map(str::to_string),
+            LockError::Store(e) => e.hint().map(Cow::into_owned),
             _ => None,
-        }
+        };
+        hint.map(Cow::Owned)
     }
 }
 

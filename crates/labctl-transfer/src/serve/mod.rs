@@ -23,6 +23,9 @@ mod lock;
 pub mod place;
 mod state;
 
+use std::borrow::Cow;
+
+use labctl_core::hint::Hint;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -223,10 +226,10 @@ pub enum ServeError {
     },
 }
 
-impl ServeError {
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
-            ServeError::Synced(e) => e.hint(),
+impl Hint for ServeError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
+            ServeError::Synced(e) => return e.hint(),
             ServeError::Lock(LockError::Busy { .. }) => Some(
                 "a run that is still hashing or copying holds it; pass --wait 30m to queue behind it, or schedule runs further apart",
             ),
@@ -241,7 +244,8 @@ impl ServeError {
                 "free space on the served folder's volume (or put it on a larger one) and run again",
             ),
             _ => None,
-        }
+        };
+        hint.map(Cow::Borrowed)
     }
 }
 

@@ -3,6 +3,9 @@
 //! retry policy and is size-capped; every answer is parsed into the core's types or refused
 //! with what was wrong and where.
 
+use std::borrow::Cow;
+
+use labctl_core::hint::Hint;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, LINK};
 use reqwest::Client;
 
@@ -35,9 +38,9 @@ pub enum LookupError {
     TooManyPages { url: String },
 }
 
-impl LookupError {
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
+impl Hint for LookupError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
             LookupError::Refused { status: 403 | 429, .. } => Some(
                 "GitHub limits unauthenticated calls to 60 an hour: set GITHUB_TOKEN (in Actions, `env: GITHUB_TOKEN: ${{ github.token }}`)",
             ),
@@ -51,7 +54,8 @@ impl LookupError {
                 "the API kept naming a next page: check that track.api points at GitHub's API (or a GitHub Enterprise Server's)",
             ),
             _ => None,
-        }
+        };
+        hint.map(Cow::Borrowed)
     }
 }
 

@@ -4,6 +4,9 @@
 //! Secrets reach Packer through `PKR_VAR_*` in the environment, which the build inherits; their
 //! values are masked in every line labctl prints.
 
+use std::borrow::Cow;
+
+use labctl_core::hint::Hint;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -24,14 +27,15 @@ pub enum PackerError {
     Cancelled,
 }
 
-impl PackerError {
-    pub fn hint(&self) -> Option<&'static str> {
-        match self {
+impl Hint for PackerError {
+    fn hint(&self) -> Option<Cow<'static, str>> {
+        let hint = match self {
             PackerError::NotInstalled(_) => {
                 Some("install Packer (Debian: apt-get install packer) or put it on PATH")
             }
             _ => None,
-        }
+        };
+        hint.map(Cow::Borrowed)
     }
 }
 

@@ -540,7 +540,7 @@ fn a_newer_record_stops_the_plan_whether_wanted_or_orphaned() {
             err,
             PlanError::NewerRecords(vec![crate::manifest::record_key(&destination)])
         );
-        assert!(err.hint().contains("upgrade labctl"));
+        assert!(err.hint().unwrap().contains("upgrade labctl"));
     }
 }
 

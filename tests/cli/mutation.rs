@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::plan::{Desired, Plan, PlanContext, PlanOptions};
-use crate::state::{ActualRecord, ActualState, ObjectState};
+use labctl::plan::{Desired, Plan, PlanContext, PlanOptions};
+use labctl::state::{ActualRecord, ActualState, ObjectState};
 
 /// splitmix64: small, seedable, good enough to pick mutations.
 struct Rng(u64);
@@ -168,16 +168,16 @@ fn actual_from(records: &[(String, Vec<u8>)]) -> ActualState {
         ..Default::default()
     };
     for (key, bytes) in records {
-        let Some(destination) = crate::manifest::destination_of_record_key(key) else {
+        let Some(destination) = labctl::manifest::destination_of_record_key(key) else {
             continue;
         };
         state.records.insert(
             key.clone(),
             ActualRecord {
                 record_key: key.clone(),
-                object_key: crate::manifest::object_key(destination),
+                object_key: labctl::manifest::object_key(destination),
                 etag: "\"e\"".into(),
-                record: crate::state::record::parse(bytes).map_err(Into::into),
+                record: labctl::state::record::parse(bytes).map_err(Into::into),
                 object: ObjectState::NotChecked,
                 listed: None,
                 object_listed: None,
@@ -187,8 +187,8 @@ fn actual_from(records: &[(String, Vec<u8>)]) -> ActualState {
     state
 }
 
-fn rules() -> crate::manifest::schema::Rules {
-    crate::manifest::schema::Rules {
+fn rules() -> labctl::manifest::schema::Rules {
+    labctl::manifest::schema::Rules {
         allow_insecure_loopback: true,
         allow_pin: true,
     }
@@ -196,20 +196,20 @@ fn rules() -> crate::manifest::schema::Rules {
 
 fn desired_of(text: &[u8]) -> Option<Vec<Desired>> {
     let base = repo().join("images");
-    let (manifest, graph) = crate::manifest::parse(
+    let (manifest, graph) = labctl::manifest::parse(
         text,
         &base.join("images.yaml"),
         &base,
-        &crate::manifest_dir::Directory(base.clone()),
+        &labctl::manifest_dir::Directory(base.clone()),
         rules(),
     )
     .ok()?;
-    crate::desired::build(&manifest, &graph).ok()
+    labctl::desired::build(&manifest, &graph).ok()
 }
 
 /// Plans, renders and checks: what `plan`, `drift` and `apply` do with these inputs.
 fn plan_and_render(desired: &[Desired], actual: &ActualState, prune: bool) -> Option<Plan> {
-    let plan = crate::plan::compute(
+    let plan = labctl::plan::compute(
         desired,
         actual,
         &PlanOptions {
@@ -218,19 +218,19 @@ fn plan_and_render(desired: &[Desired], actual: &ActualState, prune: bool) -> Op
         },
         PlanContext {
             manifest: "images.yaml".into(),
-            manifest_digest: crate::checksum::Checksum::sha256(b"m"),
+            manifest_digest: labctl::checksum::Checksum::sha256(b"m"),
             store: "file:///store".into(),
         },
     )
     .ok()?;
-    let _ = crate::render::human::plan(&plan);
-    let _ = crate::render::markdown::plan(&plan);
-    let json = crate::render::json(&plan);
-    let _ = crate::drift::plan_findings(&plan, actual);
-    let _ = crate::drift::records_vs_objects(actual, &[]);
-    let _ = crate::consumer_index::entries(&actual.records);
+    let _ = labctl::render::human::plan(&plan);
+    let _ = labctl::render::markdown::plan(&plan);
+    let json = labctl::render::json(&plan);
+    let _ = labctl::drift::plan_findings(&plan, actual);
+    let _ = labctl::drift::records_vs_objects(actual, &[]);
+    let _ = labctl::consumer_index::entries(&actual.records);
     assert_eq!(
-        crate::plan::check::check(&plan),
+        labctl::plan::check::check(&plan),
         Ok(()),
         "a plan the engine made passes its own check"
     );
@@ -276,7 +276,7 @@ fn no_mutated_manifest_record_or_plan_panics() {
     let desired = desired_of(&manifest).expect("the lab manifest is valid");
     let actual = actual_from(&drifted);
     let plan = plan_and_render(&desired, &actual, true).expect("the example plans");
-    let plan_json = crate::render::json(&plan).into_bytes();
+    let plan_json = labctl::render::json(&plan).into_bytes();
 
     let mut failures = Vec::new();
     let mut counts = BTreeMap::<&str, usize>::new();
@@ -310,9 +310,9 @@ fn no_mutated_manifest_record_or_plan_panics() {
                     mutate_json(&mut rng, &plan_json)
                 };
                 if let Ok(p) = serde_json::from_slice::<Plan>(&bytes) {
-                    if crate::plan::check::check(&p).is_ok() {
-                        let _ = crate::render::human::plan(&p);
-                        let _ = crate::render::markdown::plan(&p);
+                    if labctl::plan::check::check(&p).is_ok() {
+                        let _ = labctl::render::human::plan(&p);
+                        let _ = labctl::render::markdown::plan(&p);
                     }
                 }
             }
