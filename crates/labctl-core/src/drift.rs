@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::object::ObjectMeta;
-use crate::plan::{Action, Plan, Reason};
+use crate::plan::{Action, Desired, Plan, Reason};
 use crate::state::{ActualState, ObjectState};
 
 pub const FORMAT_VERSION: &str = "1.2";
@@ -314,6 +314,44 @@ pub fn staged_leftovers(
 /// Objects under `history/` that no record lists as a kept version: left by an interrupted
 /// apply or a failed trim. Nothing reads them; they only cost storage.
 /// Records whose object key Cloud Sync would skip or rename: the bucket holds the bytes, the
+/// Who still has the bytes once the vendor's file is gone: the published object (when it is the
+/// one the manifest wants) and the versions kept under history/.
+pub fn custody(d: &Desired, actual: &ActualState) -> String {
+    let record_key = crate::manifest::record_key(&d.spec.destination);
+    let Some(r) = actual.records.get(&record_key) else {
+        return "the bucket holds no copy either: this image cannot be published again from this URL".into();
+    };
+    let Ok(rec) = &r.record else {
+        return "the bucket's record of it is unreadable: check the object before relying on it"
+            .into();
+    };
+    let wanted = d.published();
+    let present = matches!(r.object, ObjectState::Present(_));
+    let kept = rec.history();
+    let history = match kept.len() {
+        0 => String::new(),
+        1 => "; its history keeps 1 earlier version".to_string(),
+        n => format!("; its history keeps {n} earlier versions"),
+    };
+    let restorable = wanted.is_some_and(|w| kept.iter().any(|h| h.checksum == *w));
+    if present && wanted.is_none_or(|w| w == rec.checksum()) {
+        format!(
+            "the bucket now holds the only copy ({}, {}){history}",
+            r.object_key,
+            rec.checksum().short()
+        )
+    } else if restorable {
+        format!("the bucket's history holds the only copy of the wanted bytes{history}")
+    } else if present {
+        format!(
+            "the bucket holds other bytes ({}) than the manifest wants: a replace cannot download them{history}",
+            rec.checksum().short()
+        )
+    } else {
+        format!("the object is missing from the bucket too: no copy is left{history}")
+    }
+}
+
 /// NAS never will.
 pub fn unsyncable(actual: &ActualState) -> Vec<Finding> {
     actual

@@ -19,6 +19,7 @@ mod acquire;
 pub mod cleanup;
 pub mod context;
 pub mod desired;
+pub mod drift;
 pub mod execute;
 pub mod failure;
 pub mod halt;
