@@ -16,6 +16,7 @@
 //! and warnings go to the caller's [`progress::Progress`] and [`planner::PlanEvents`].
 
 mod acquire;
+pub mod bump;
 pub mod cleanup;
 pub mod context;
 pub mod desired;
