@@ -1,11 +1,9 @@
 //! A plan saved with `labctl plan --out FILE`, read back by apply and stage: checked to be one
-//! labctl made, from this manifest, for this store, and still current.
-
-use std::sync::Arc;
+//! labctl made, from this manifest, for this store. Whether it is still current is checked
+//! against the store by the engine (`session::refuse_stale`), under the lock for an apply.
 
 use anyhow::Context;
 
-use crate::apply;
 use crate::failure::{Failure, WithHint};
 use crate::plan::Plan;
 use crate::store::Store;
@@ -31,23 +29,6 @@ pub fn refuse_other_store(
         plan.store,
         path.display()
     ))
-}
-
-/// Refuses a saved plan when the manifest or a record changed since it was made.
-pub async fn refuse_stale(
-    plan: &Plan,
-    manifest: &crate::manifest::Manifest,
-    graph: &crate::graph::DependencyGraph,
-    store: &Arc<dyn Store>,
-) -> Result<(), Failure> {
-    let desired = crate::desired::build(manifest, graph)?;
-    let records = crate::state::refresh::record_etags(store.as_ref()).await?;
-    let stale = apply::stale::reasons(plan, &manifest.digest, &store.url(), &desired, &records);
-    if !stale.is_empty() {
-        return Err(anyhow::anyhow!("the plan is stale: {}", stale.join("; ")))
-            .hint("make a new plan with `labctl plan --out FILE`, review it, and apply that");
-    }
-    Ok(())
 }
 
 /// Far above any real plan (10,000 images are ~30 MB of JSON); a file beyond it is not read.

@@ -1,7 +1,10 @@
+//! `labctl apply`: the engine's sequence ([`labctl_engine::session`]) with what the user sees
+//! of each step, the approval, and the exit code.
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use console::style;
@@ -11,11 +14,14 @@ use crate::apply::{self, Outcome, Report};
 use crate::cli::ApplyArgs;
 use crate::failure::{hint_in, Failure, WithHint};
 use crate::plan::{Action, Plan};
+use crate::planning::StderrEvents;
 use crate::render;
 use crate::run_context::{context, Transfer};
-use crate::saved_plan::{read_saved_plan, refuse_other_store, refuse_stale};
-use crate::store::Store;
-use crate::store_lock::{announce, lock_failure, lost_lock, release, settle_dropped_uploads};
+use crate::saved_plan::{read_saved_plan, refuse_other_store};
+use crate::store::{Store, StoreError};
+use crate::store_lock::{announce, lock_failure, lost_lock};
+use labctl_engine::index::Published;
+use labctl_engine::session::{self, ApplyRun, ApplySteps, Approval, Ended, LockEnd, PlanSource};
 
 pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     // A saved plan is read and checked first: before the lock, before the store is asked.
@@ -23,12 +29,10 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         Some(path) => Some(read_saved_plan(path, &args.manifest.manifest)?),
         None => None,
     };
-    let plan_id = saved.as_ref().map(|s| s.id.clone());
-    let saved = saved.map(|s| s.plan);
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
-    if let (Some(plan), Some(path)) = (&saved, &args.plan_file) {
-        refuse_other_store(plan, store.as_ref(), "apply", path)?;
+    if let (Some(saved), Some(path)) = (&saved, &args.plan_file) {
+        refuse_other_store(&saved.plan, store.as_ref(), "apply", path)?;
     }
 
     // A signed index needs its key: find out before anything is uploaded.
@@ -51,72 +55,165 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
             .context("cannot listen for SIGINT and SIGTERM")?;
     let cancel = crate::interrupt::as_cancel(signals.clone());
 
-    let held = match take_lock(args, &store, cancel.clone()).await {
-        Ok(held) => held,
-        Err(LockError::Interrupted) => return Ok(super::exit(interrupted_code(&signals))),
-        Err(e) => return Err(lock_failure(e)),
+    let was_saved = saved.is_some();
+    let plan = match saved {
+        Some(saved) => PlanSource::Saved {
+            plan: Box::new(saved.plan),
+            id: saved.id,
+            staged: args.staged,
+        },
+        None => PlanSource::Now(crate::planning::PlanRequest {
+            prune: args.prune,
+            allow_empty: args.allow_empty,
+            replace: args.replace.clone(),
+            objects: crate::state::refresh::Objects::Listed,
+            offline: false,
+        }),
     };
-    // Every write from here goes through the lease: a run that lost the lock writes nothing,
-    // and stops its transfers and builds as if signalled.
-    let (writes, cancel) = match &held {
-        Some(l) => (l.fence(store.clone()), l.lease().stop_when_lost(cancel)),
-        None => (store.clone(), cancel),
-    };
-
-    let result = locked(
-        args,
-        saved,
-        plan_id.as_deref(),
-        &manifest,
-        &graph,
-        writes,
-        interactive,
-        signer.as_ref(),
-        cancel,
-    )
-    .await;
-    settle_dropped_uploads().await;
-
-    let lost = held.as_ref().and_then(lock::Lock::lost);
-    if let Some(l) = held {
-        if crate::store::pending::abandoned_requests() > 0 {
-            let lease = l.abandon();
-            eprintln!(
-                "{} a server-side copy was still running at the store when this run stopped: the lock is left to expire ({}s lease) rather than released, so no other run writes until it has landed; the next apply takes it over then (or `labctl force-unlock` once you know the copy is done).",
-                style("Warning:").yellow(),
-                lease.as_secs()
-            );
-        } else {
-            release(l, signals.borrow().is_some()).await;
-        }
-    }
-    if let Some(lost) = lost {
-        return Err(lost_lock(lost));
-    }
-    if signals.borrow().is_some() {
-        return Ok(super::exit(interrupted_code(&signals)));
-    }
-    result
-}
-
-/// The store lock, unless `--lock=false`; once held, uploads a killed run left are aborted.
-async fn take_lock(
-    args: &ApplyArgs,
-    store: &Arc<dyn Store>,
-    cancel: tokio::sync::watch::Receiver<bool>,
-) -> Result<Option<lock::Lock>, LockError> {
-    if !args.lock {
+    let lock = args
+        .lock
+        .then(|| lock::LockOptions::new("apply", args.lock_timeout, args.lock_lease));
+    if lock.is_none() {
         eprintln!(
             "{} running without the store lock (--lock=false).",
             style("Warning:").yellow()
         );
-        return Ok(None);
     }
-    let options = lock::LockOptions::new("apply", args.lock_timeout, args.lock_lease);
-    let held = lock::acquire_unless(store.clone(), &options, cancel).await?;
-    announce(&held);
-    clean_up_stranded_uploads(store.as_ref()).await;
-    Ok(Some(held))
+    let steps = Steps {
+        manifest: &manifest,
+        auto_approve: args.auto_approve,
+        interactive,
+        transfer: Transfer {
+            part_size_mib: args.part_size,
+            parts_in_flight: args.parts_in_flight,
+            parallelism: args.parallelism,
+        },
+        events: StderrEvents::default(),
+        counter: Mutex::new(None),
+    };
+    let run = ApplyRun {
+        manifest: &manifest,
+        graph: &graph,
+        store,
+        lock,
+        signer: signer.as_ref(),
+        cancel,
+    };
+    let applied = match session::apply(run, plan, &steps).await {
+        Ok(applied) => applied,
+        Err(LockError::Interrupted) => return Ok(super::exit(interrupted_code(&signals))),
+        Err(e) => return Err(lock_failure(e)),
+    };
+    let signalled = signals.borrow().is_some();
+    let code = applied.ended.map(|ended| shown(ended, was_saved));
+    if applied.uploads_left > 0 {
+        eprintln!(
+            "{} {} unfinished upload(s) could not be aborted in time; they stay invisible and the next apply aborts them",
+            style("Warning:").yellow(),
+            applied.uploads_left
+        );
+    }
+    match applied.lock {
+        LockEnd::NotTaken => {}
+        LockEnd::Released if signalled => eprintln!("Released the store lock."),
+        LockEnd::Released => {}
+        LockEnd::ReleaseFailed(e) => eprintln!(
+            "{} could not release the store lock: {e}",
+            style("Warning:").yellow()
+        ),
+        LockEnd::LeftToExpire(lease) => eprintln!(
+            "{} a server-side copy was still running at the store when this run stopped: the lock is left to expire ({}s lease) rather than released, so no other run writes until it has landed; the next apply takes it over then (or `labctl force-unlock` once you know the copy is done).",
+            style("Warning:").yellow(),
+            lease.as_secs()
+        ),
+    }
+    if let Some(lost) = applied.lost {
+        return Err(lost_lock(lost));
+    }
+    if signalled {
+        return Ok(super::exit(interrupted_code(&signals)));
+    }
+    code
+}
+
+/// What the user sees of apply's steps, and how a plan computed now is approved.
+struct Steps<'a> {
+    manifest: &'a crate::manifest::Manifest,
+    auto_approve: bool,
+    interactive: bool,
+    transfer: Transfer,
+    events: StderrEvents,
+    /// Reading the records for the index.
+    counter: Mutex<Option<crate::progress::Counter>>,
+}
+
+impl ApplySteps for Steps<'_> {
+    fn locked(&self, lock: &lock::Lock) {
+        announce(lock);
+    }
+
+    fn stranded(&self, cleanup: Result<&apply::stranded::Cleanup, &StoreError>) {
+        show_stranded(cleanup);
+    }
+
+    fn plan_events(&self) -> &dyn labctl_engine::planner::PlanEvents {
+        &self.events
+    }
+
+    fn approve<'p>(&'p self, plan: &'p Plan) -> Approval<'p> {
+        Box::pin(async move {
+            print!("{}", render::human::plan(plan));
+            if plan.has_changes() && !self.auto_approve && self.interactive && !confirm().await? {
+                eprintln!("Apply cancelled.");
+                return Ok(false);
+            }
+            Ok(true)
+        })
+    }
+
+    fn promoting(&self, plan_id: &str, ready: usize, units: usize) {
+        eprintln!(
+            "Promoting plan {plan_id}: {ready} of {units} staged images ready{}.",
+            if ready < units {
+                " (the others fail, and their dependents are skipped)"
+            } else {
+                ""
+            }
+        );
+    }
+
+    fn context(
+        &self,
+        plan: &Plan,
+        store: Arc<dyn Store>,
+        cancel: tokio::sync::watch::Receiver<bool>,
+        staged: Option<Arc<BTreeMap<String, crate::fanout::StageResult>>>,
+    ) -> apply::ApplyContext {
+        context(plan, self.manifest, store, &self.transfer, cancel, staged)
+    }
+
+    fn index_records_read(&self, done: usize, total: usize) {
+        let mut counter = self.counter.lock().unwrap_or_else(|p| p.into_inner());
+        counter
+            .get_or_insert_with(|| {
+                crate::progress::Counter::new("Reading state for the index: records")
+            })
+            .update(done, total);
+    }
+
+    fn index_read(&self) {
+        self.counter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    fn blob_not_removed(&self, what: &str) {
+        eprintln!(
+            "{} could not remove a promoted blob ({what}); `labctl cleanup` removes it later",
+            style("Warning:").yellow()
+        );
+    }
 }
 
 /// The exit status of a run stopped by a signal: 130 for SIGINT, 143 for SIGTERM.
@@ -126,177 +223,39 @@ fn interrupted_code(
     signals.borrow().map_or(1, |s| s.exit_code())
 }
 
-/// Runs `work` unless `cancel` turns true first; `None` when it did (the work is dropped: only
-/// for work that leaves nothing behind, such as reading state or waiting for an answer).
-async fn unless_cancelled<T>(
-    cancel: &mut tokio::sync::watch::Receiver<bool>,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    tokio::select! {
-        out = work => Some(out),
-        _ = cancel.wait_for(|c| *c) => None,
+/// The run's end as the user sees it, and its exit status.
+fn shown(ended: Ended, saved: bool) -> ExitCode {
+    match ended {
+        Ended::NothingToDo => {
+            if saved {
+                eprintln!("No changes to apply.");
+            }
+            ExitCode::SUCCESS
+        }
+        Ended::NotApproved | Ended::Interrupted => super::exit(1),
+        Ended::Applied {
+            report,
+            summary,
+            index,
+            cancelled,
+        } => finish(&report, &summary, index, cancelled),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn locked(
-    args: &ApplyArgs,
-    saved: Option<Plan>,
-    plan_id: Option<&str>,
-    manifest: &crate::manifest::Manifest,
-    graph: &crate::graph::DependencyGraph,
-    store: Arc<dyn Store>,
-    interactive: bool,
-    signer: Option<&crate::signing::IndexSigner>,
-    mut cancel: tokio::sync::watch::Receiver<bool>,
-) -> Result<ExitCode, Failure> {
-    let prepared = unless_cancelled(
-        &mut cancel,
-        prepare(args, saved, manifest, graph, &store, interactive),
-    )
-    .await;
-    let Some(prepared) = prepared else {
-        // Interrupted before anything was written: the caller releases the lock.
-        return Ok(super::exit(1));
-    };
-    let plan = match prepared? {
-        Ok(ready) => ready,
-        Err(code) => return Ok(code),
-    };
-    if !plan.has_changes() {
-        eprintln!("No changes to apply.");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let staged = match (args.staged, plan_id) {
-        (true, Some(id)) => Some(Arc::new(staged_for(&plan, id, store.as_ref()).await?)),
-        _ => None,
-    };
-
-    let transfer = Transfer {
-        part_size_mib: args.part_size,
-        parts_in_flight: args.parts_in_flight,
-        parallelism: args.parallelism,
-    };
-    let ctx = Arc::new(context(
-        &plan,
-        manifest,
-        store.clone(),
-        &transfer,
-        cancel.clone(),
-        staged.clone(),
-    ));
-    // Not raced with the signal: on one, execute stops starting images and every transfer aborts
-    // its own multipart upload before this returns.
-    let report = apply::execute(&plan, ctx.clone()).await;
-    let cancelled = *cancel.borrow();
-    let code = finish(&store, &plan, &report, cancelled, signer, &ctx.written).await;
-    if let (Some(staged), Some(id)) = (&staged, plan_id) {
-        // After the index: a promotion killed before this point leaves the blobs for the next.
-        for failed in apply::promote::forget_promoted(store.as_ref(), id, staged, &report).await {
-            eprintln!(
-                "{} could not remove a promoted blob ({failed}); `labctl cleanup` removes it later",
-                style("Warning:").yellow()
-            );
-        }
-    }
-    code
-}
-
-/// What the plan's legs staged, said up front: which units have a blob, which failed, which
-/// are missing.
-async fn staged_for(
-    plan: &Plan,
-    plan_id: &str,
-    store: &dyn Store,
-) -> Result<BTreeMap<String, crate::fanout::StageResult>, Failure> {
-    let warn = |m: &str| eprintln!("{} {m}", style("warning:").yellow());
-    let staged = apply::promote::staged_results(store, plan_id, &warn).await?;
-    let units = crate::fanout::units(plan);
-    let ready = units
-        .iter()
-        .filter(|u| {
-            staged
-                .get(&u.name)
-                .is_some_and(|r| r.status == crate::fanout::StageStatus::Staged)
-        })
-        .count();
-    eprintln!(
-        "Promoting plan {plan_id}: {ready} of {} staged images ready{}.",
-        units.len(),
-        if ready < units.len() {
-            " (the others fail, and their dependents are skipped)"
-        } else {
-            ""
-        }
-    );
-    Ok(staged)
-}
-
-/// Reads the plan (saved or computed now) and asks for approval. `Ok(Err(code))` ends the run
-/// without changes (nothing to do, or not approved).
-async fn prepare(
-    args: &ApplyArgs,
-    saved: Option<Plan>,
-    manifest: &crate::manifest::Manifest,
-    graph: &crate::graph::DependencyGraph,
-    store: &Arc<dyn Store>,
-    interactive: bool,
-) -> Result<Result<Plan, ExitCode>, Failure> {
-    Ok(Ok(match saved {
-        Some(plan) => {
-            refuse_stale(&plan, manifest, graph, store).await?;
-            plan
-        }
-        None => {
-            let request = crate::planning::PlanRequest {
-                prune: args.prune,
-                allow_empty: args.allow_empty,
-                replace: args.replace.clone(),
-                objects: crate::state::refresh::Objects::Listed,
-                offline: false,
-            };
-            let crate::planning::Planned { plan, actual, .. } =
-                crate::planning::compute(manifest, graph, store, &request).await?;
-            if !plan.has_changes() && actual.snapshot_misses > 0 {
-                // Nothing to change, but the next plan should not have to fetch every record.
-                if let Err(e) = crate::state::refresh::write_snapshot(store.as_ref(), &actual).await
-                {
-                    eprintln!("warning: could not save the record snapshot: {e}");
-                }
-            }
-            print!("{}", render::human::plan(&plan));
-            if !plan.has_changes() {
-                return Ok(Err(ExitCode::SUCCESS));
-            }
-            if !args.auto_approve && interactive && !confirm().await? {
-                eprintln!("Apply cancelled.");
-                return Ok(Err(super::exit(1)));
-            }
-            plan
-        }
-    }))
-}
-
-/// After the images: the consumer index (unless interrupted), the summary, the exit status.
-async fn finish(
-    store: &Arc<dyn Store>,
-    plan: &Plan,
+/// After the images: the summary, the consumer index's lines, the exit status.
+fn finish(
     report: &Report,
+    summary: &crate::plan::Summary,
+    index: Option<anyhow::Result<Published>>,
     cancelled: bool,
-    signer: Option<&crate::signing::IndexSigner>,
-    written: &std::sync::Mutex<crate::state::refresh::Written>,
-) -> Result<ExitCode, Failure> {
-    let index = if cancelled {
+) -> ExitCode {
+    if index.is_none() {
         eprintln!(
             "The consumer index was not rewritten (interrupted); the next apply rewrites it."
         );
-        None
-    } else {
-        let written = std::mem::take(&mut *written.lock().unwrap_or_else(|p| p.into_inner()));
-        Some(write_index(store, plan, signer, written).await)
-    };
+    }
     print_summary(report);
-    let index_failed = match &index {
+    let index_failed = match index.map(index_lines) {
         Some(Ok(lines)) => {
             for line in lines {
                 println!("{line}");
@@ -311,32 +270,26 @@ async fn finish(
     };
     if crate::github::active() {
         crate::github::summary(&summary_markdown(report));
-        crate::github::plan_outputs(&plan.summary);
+        crate::github::plan_outputs(summary);
     }
-    Ok(if report.failed() || cancelled || index_failed {
+    if report.failed() || cancelled || index_failed {
         super::exit(1)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
-/// Backfills missing sha256s and rewrites the consumer index; returns the lines to print.
-async fn write_index(
-    store: &Arc<dyn Store>,
-    plan: &Plan,
-    signer: Option<&crate::signing::IndexSigner>,
-    written: crate::state::refresh::Written,
-) -> anyhow::Result<Vec<String>> {
+/// The lines that say what the index step did; an error when objects could not be read back
+/// (the index was written for everything else, and the apply fails so someone looks).
+fn index_lines(published: anyhow::Result<Published>) -> anyhow::Result<Vec<String>> {
+    let Published {
+        backfilled,
+        written,
+    } = published?;
     let mut lines = Vec::new();
-    let backfilled = apply::index::backfill(store, &plan.index.backfill).await?;
     for line in &backfilled.done {
         lines.push(format!("  {} {line}", style("✓").green()));
     }
-    let counter = crate::progress::Counter::new("Reading state for the index: records");
-    let written = apply::index::write(store, signer, written, &|d, t| counter.update(d, t)).await;
-    drop(counter);
-    let written = written?;
-    labctl_engine::halt::reached(labctl_engine::halt::CommitPoint::IndexWritten).await;
     lines.push(format!(
         "  {} consumer index: {} objects in images/SHA256SUMS and images/index.json{}",
         style("✓").green(),
@@ -355,10 +308,20 @@ async fn write_index(
         ));
     }
     if !backfilled.problems.is_empty() {
-        // The index was written for everything else; the apply still fails so someone looks.
         anyhow::bail!("{}\n{}", lines.join("\n"), backfilled.problems.join("\n"));
     }
     Ok(lines)
+}
+
+/// An error and its causes on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    line
 }
 
 fn summary_markdown(report: &Report) -> String {
@@ -382,7 +345,7 @@ fn summary_markdown(report: &Report) -> String {
 }
 
 /// Asks for `yes`. The read blocks a thread of its own, so a signal can end the wait.
-async fn confirm() -> Result<bool, Failure> {
+async fn confirm() -> anyhow::Result<bool> {
     print!(
         "\nDo you want to perform these actions? Only `yes` will be accepted.\n  Enter a value: "
     );
@@ -453,11 +416,11 @@ fn print_summary(report: &Report) {
     );
 }
 
-/// Aborts the uploads a killed run left behind. Holding the lock, every one found is stranded.
-/// Failures are reported and do not stop the apply: the uploads are invisible either way.
-async fn clean_up_stranded_uploads(store: &dyn Store) {
+/// What became of the uploads a killed run left (holding the lock, every one found is
+/// stranded). Failures do not stop the apply: the uploads are invisible either way.
+fn show_stranded(cleanup: Result<&apply::stranded::Cleanup, &StoreError>) {
     let warn = style("Warning:").yellow();
-    match apply::stranded::abort_all(store).await {
+    match cleanup {
         Ok(cleanup) => {
             if cleanup.found.is_none() {
                 eprintln!("Note: this store cannot list unfinished multipart uploads, so uploads left by a killed run cannot be found; a lifecycle rule (AbortIncompleteMultipartUpload) cleans them up.");
@@ -478,9 +441,6 @@ async fn clean_up_stranded_uploads(store: &dyn Store) {
                 );
             }
         }
-        Err(e) => eprintln!(
-            "{warn} could not list unfinished uploads: {:#}",
-            anyhow::Error::from(e)
-        ),
+        Err(e) => eprintln!("{warn} could not list unfinished uploads: {}", chain(e)),
     }
 }

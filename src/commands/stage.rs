@@ -11,7 +11,7 @@ use crate::failure::{Failure, WithHint};
 use crate::fanout::{self, StageResult, StageStatus};
 use crate::plan::Plan;
 use crate::run_context::{context, Transfer};
-use crate::saved_plan::{read_saved_plan, refuse_other_store, refuse_stale};
+use crate::saved_plan::{read_saved_plan, refuse_other_store};
 
 pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
     let saved = read_saved_plan(&args.plan_file, &args.manifest.manifest)?;
@@ -21,7 +21,7 @@ pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
     refuse_other_store(&plan, store.as_ref(), "stage", &args.plan_file)?;
     // A stale plan is never promoted: staging it would be wasted work.
-    refuse_stale(&plan, &manifest, &graph, &store).await?;
+    labctl_engine::session::refuse_stale(&plan, &manifest, &graph, &store).await?;
 
     let signals = crate::interrupt::install("aborting the upload in progress")
         .context("cannot listen for SIGINT and SIGTERM")?;

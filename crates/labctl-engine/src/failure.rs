@@ -85,6 +85,7 @@ const HINTED: &[Hinted] = &[
     hinted::<labctl_transfer::source::channel::LookupError>,
     hinted::<labctl_transfer::source::packer::PackerError>,
     hinted::<crate::staged::StagedError>,
+    hinted::<crate::session::StalePlan>,
 ];
 
 fn hinted<'e, E: StdError + Hint + 'static>(

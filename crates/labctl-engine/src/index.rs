@@ -94,6 +94,32 @@ pub async fn backfill(store: &Arc<dyn Store>, items: &[Backfill]) -> anyhow::Res
     Ok(out)
 }
 
+/// The index after an apply: the objects read back for their sha256, then the index itself.
+#[derive(Debug)]
+pub struct Published {
+    pub backfilled: Backfilled,
+    pub written: Written,
+}
+
+/// Backfills the sha256s `backfill` names, then rewrites the index ([`write`]). A backfill that
+/// found problems still writes the index for everything else; the caller fails the run so that
+/// someone looks.
+pub async fn publish(
+    store: &Arc<dyn Store>,
+    backfill_items: &[Backfill],
+    signer: Option<&IndexSigner>,
+    wrote: crate::state::refresh::Written,
+    records_read: &(dyn Fn(usize, usize) + Sync),
+) -> anyhow::Result<Published> {
+    let backfilled = backfill(store, backfill_items).await?;
+    let written = write(store, signer, wrote, records_read).await?;
+    crate::halt::reached(crate::halt::CommitPoint::IndexWritten).await;
+    Ok(Published {
+        backfilled,
+        written,
+    })
+}
+
 /// What was written.
 #[derive(Debug)]
 pub struct Written {

@@ -30,6 +30,7 @@ pub mod planner;
 pub mod promote;
 mod records;
 mod schedule;
+pub mod session;
 pub mod stage;
 pub mod staged;
 
