@@ -2,6 +2,7 @@
 //! foreign files, interrupted runs.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::*;
 use labctl_core::checksum::Checksum;
