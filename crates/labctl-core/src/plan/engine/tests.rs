@@ -1,4 +1,7 @@
 //! One test per action and reason, on hand-made desired and actual states.
+//!
+//! Longer than other files on purpose: it is the planner's exhaustive table, read top to
+//! bottom against `Reason`'s variants, and every case shares the builders at its top.
 
 use std::collections::BTreeMap;
 
