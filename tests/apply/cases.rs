@@ -670,6 +670,51 @@ fn memory_follows_one_budget_not_parallelism() {
     );
 }
 
+/// An xz dictionary is held from the run's budget while its decoder lives: two `xz -9` images
+/// (a 64 MiB dictionary each, filled by 96 MiB of output) decode one after the other, each with
+/// one part at a time beside its dictionary, instead of both dictionaries at once (130 MiB on
+/// their own). (Measured with the release binary: docs/benchmarks.md.)
+#[test]
+fn xz_dictionaries_are_held_from_the_budget_not_beside_it() {
+    use std::io::Read;
+    let lab = Lab::new(Backend::S3sFs);
+    let body = vec![0u8; 96 * MIB];
+    let compressed = {
+        let mut out = Vec::new();
+        liblzma::read::XzEncoder::new(&body[..], 9)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    let mut entries = Vec::new();
+    for name in ["nine-a", "nine-b"] {
+        let path: &'static str = Box::leak(format!("/{name}.raw.xz").into_boxed_str());
+        lab.serve(path, compressed.clone(), Faults::default());
+        entries.push(Entry::compressed(name, path, &compressed, "xz", &body));
+    }
+    lab.write_manifest(&entries);
+    let manifest = lab.manifest_path().display().to_string();
+    let store = lab.store_arg();
+    let kib = peak_rss_kib(
+        timed_labctl()
+            .args(["apply", "--auto-approve", "--parallelism", "64"])
+            .args(["--manifest", &manifest, "--store", &store])
+            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+            .envs(lab.server.as_ref().unwrap().env())
+            .current_dir(lab.dir()),
+    );
+    assert!(
+        kib < 120 * 1024,
+        "peak RSS {} MiB: the two 64 MiB dictionaries were held at once",
+        kib / 1024
+    );
+    eprintln!("peak RSS with two xz -9 images: {} MiB", kib / 1024);
+    assert_eq!(
+        lab.object("test/nine-b.img").map(|b| sha256(&b)),
+        Some(sha256(&body))
+    );
+}
+
 /// The consumer index at the end of an apply is built from the records the apply just wrote:
 /// none is fetched again, nor its object HEADed (s3s-fs lists no ETags, which would otherwise
 /// take one HEAD per object). Each new image costs the store its object and its record.

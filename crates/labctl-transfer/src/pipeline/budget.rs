@@ -5,26 +5,57 @@
 //!
 //! A holder never waits while it holds: growing a hold gives it back first and then waits for
 //! the larger one, so two images growing at once cannot wait on each other for ever.
+//!
+//! Decoders' windows (an xz dictionary, a zstd window: read from the stream's header before
+//! decoding) are held from the same budget, beside the parts, with [`WINDOWS`] of room of their
+//! own: the usual windows (8 MiB or less) fit beside a full budget of parts, while an `xz -9`
+//! dictionary (64 MiB) makes the parts wait until it fits, and goes alone among windows. The
+//! parts of a decoder that holds a window may always go one at a time, so a waiting window
+//! never stops the decoders it waits for; every other part waits behind it.
 
 use std::sync::{Arc, Condvar, Mutex};
+
+/// Room for decoders' windows beyond the parts' own limit: four of the usual 8 MiB, or one
+/// `xz -9` dictionary with one part beside it.
+pub const WINDOWS: usize = 32 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct MemoryBudget {
     inner: Arc<Inner>,
+    /// This budget's parts are a windowed decoder's: they may go alone while a window waits.
+    windowed: bool,
     /// Turns for large images: their downloads and decoders (an xz or zstd window of up to
     /// tens of MiB) are what the parts do not count.
     large_images: Arc<tokio::sync::Semaphore>,
 }
 
 struct Inner {
+    /// For parts.
     limit: usize,
-    used: Mutex<usize>,
+    /// For parts and windows together.
+    total: usize,
+    used: Mutex<Used>,
     freed: Condvar,
 }
 
-/// Bytes of the budget, given back when dropped (with the part that holds them).
+#[derive(Debug, Default, Clone, Copy)]
+struct Used {
+    parts: usize,
+    windows: usize,
+    /// Windows waiting to be held.
+    waiting: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Part { windowed: bool },
+    Window,
+}
+
+/// Bytes of the budget, given back when dropped (with the part or decoder that holds them).
 pub struct Held {
     inner: Arc<Inner>,
+    kind: Kind,
     bytes: usize,
 }
 
@@ -53,7 +84,10 @@ impl std::fmt::Debug for MemoryBudget {
 
 impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Held").field("bytes", &self.bytes).finish()
+        f.debug_struct("Held")
+            .field("kind", &self.kind)
+            .field("bytes", &self.bytes)
+            .finish()
     }
 }
 
@@ -63,9 +97,11 @@ impl MemoryBudget {
         MemoryBudget {
             inner: Arc::new(Inner {
                 limit: limit.max(1),
-                used: Mutex::new(0),
+                total: limit.max(1) + WINDOWS,
+                used: Mutex::new(Used::default()),
                 freed: Condvar::new(),
             }),
+            windowed: false,
             large_images: Arc::new(tokio::sync::Semaphore::new(large_images.max(1))),
         }
     }
@@ -82,23 +118,68 @@ impl MemoryBudget {
     /// Waits (blocking the thread: decoders run on blocking threads) until `bytes` fit. More
     /// than the whole budget waits until nothing else is held, then goes alone.
     pub fn hold(&self, bytes: usize) -> Held {
-        hold(&self.inner, bytes)
+        hold(
+            &self.inner,
+            Kind::Part {
+                windowed: self.windowed,
+            },
+            bytes,
+        )
     }
 
-    /// Bytes held now, by every holder.
+    /// Waits (blocking the thread) until a decoder's window of `bytes` fits; held while it
+    /// decodes. The budget the decoder then holds its parts from is [`Self::windowed`].
+    pub fn hold_window(&self, bytes: usize) -> Held {
+        hold(&self.inner, Kind::Window, bytes)
+    }
+
+    /// This budget, for the parts of a decoder that holds a window.
+    pub fn windowed(&self) -> MemoryBudget {
+        MemoryBudget {
+            windowed: true,
+            ..self.clone()
+        }
+    }
+
+    /// Bytes held now, by every holder, parts and windows.
     pub fn used(&self) -> usize {
-        *self.inner.used.lock().unwrap_or_else(|p| p.into_inner())
+        let used = *self.inner.used.lock().unwrap_or_else(|p| p.into_inner());
+        used.parts + used.windows
     }
 }
 
-fn hold(inner: &Arc<Inner>, bytes: usize) -> Held {
+/// Whether a hold of `bytes` of `kind` may be taken now (see the module comment).
+fn fits(inner: &Inner, used: Used, kind: Kind, bytes: usize) -> bool {
+    let held = used.parts + used.windows;
+    match kind {
+        Kind::Part { windowed } => {
+            (used.parts + bytes <= inner.limit && held + used.waiting + bytes <= inner.total)
+                || (used.parts == 0 && (used.waiting == 0 || windowed))
+        }
+        Kind::Window => held + bytes <= inner.total || (used.windows == 0 && used.parts == 0),
+    }
+}
+
+fn hold(inner: &Arc<Inner>, kind: Kind, bytes: usize) -> Held {
     let mut used = inner.used.lock().unwrap_or_else(|p| p.into_inner());
-    while *used > 0 && *used + bytes > inner.limit {
+    if kind == Kind::Window {
+        used.waiting += bytes;
+    }
+    while !fits(inner, *used, kind, bytes) {
         used = inner.freed.wait(used).unwrap_or_else(|p| p.into_inner());
     }
-    *used += bytes;
+    match kind {
+        Kind::Part { .. } => used.parts += bytes,
+        Kind::Window => {
+            used.waiting -= bytes;
+            used.windows += bytes;
+        }
+    }
+    // A window that stopped waiting may let parts go.
+    inner.freed.notify_all();
     Held {
         inner: inner.clone(),
+        kind,
         bytes,
     }
 }
@@ -109,25 +190,33 @@ impl Held {
     pub fn resize(&mut self, bytes: usize) {
         if bytes <= self.bytes {
             let mut used = self.inner.used.lock().unwrap_or_else(|p| p.into_inner());
-            *used -= self.bytes - bytes;
+            *self.count(&mut used) -= self.bytes - bytes;
             self.bytes = bytes;
             self.inner.freed.notify_all();
             return;
         }
-        let inner = self.inner.clone();
+        let (inner, kind) = (self.inner.clone(), self.kind);
         self.release();
-        *self = hold(&inner, bytes);
+        *self = hold(&inner, kind, bytes);
     }
 
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
+    /// The counter this hold is part of.
+    fn count<'u>(&self, used: &'u mut Used) -> &'u mut usize {
+        match self.kind {
+            Kind::Part { .. } => &mut used.parts,
+            Kind::Window => &mut used.windows,
+        }
+    }
+
     fn release(&mut self) {
         let bytes = std::mem::take(&mut self.bytes);
         if bytes > 0 {
             let mut used = self.inner.used.lock().unwrap_or_else(|p| p.into_inner());
-            *used -= bytes;
+            *self.count(&mut used) -= bytes;
             self.inner.freed.notify_all();
         }
     }
@@ -209,5 +298,61 @@ mod tests {
         drop(b);
         assert_eq!(grower.join().unwrap(), 8);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_large_window_waits_for_the_parts_and_the_parts_behind_it() {
+        let budget = MemoryBudget::new(10, 4);
+        let part = budget.hold(8);
+        let window = {
+            let budget = budget.clone();
+            std::thread::spawn(move || budget.hold_window(WINDOWS + 5).bytes())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !window.is_finished(),
+            "it does not fit beside 8 bytes of parts"
+        );
+        let later = {
+            let budget = budget.clone();
+            std::thread::spawn(move || budget.hold(4).bytes())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !later.is_finished(),
+            "a part does not go ahead of a waiting window"
+        );
+        drop(part);
+        assert_eq!(window.join().unwrap(), WINDOWS + 5);
+        assert_eq!(later.join().unwrap(), 4, "then parts go, one at a time");
+    }
+
+    #[test]
+    fn a_windowed_decoders_parts_go_while_another_window_waits() {
+        let budget = MemoryBudget::new(10, 4);
+        let first = budget.hold_window(WINDOWS);
+        let decoder = budget.windowed();
+        let big = {
+            let budget = budget.clone();
+            std::thread::spawn(move || budget.hold_window(WINDOWS + 5).bytes())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!big.is_finished(), "two large windows do not stack");
+        // The first decoder must be able to finish, or the waiting window never fits.
+        for _ in 0..3 {
+            drop(decoder.hold(8));
+        }
+        drop(first);
+        assert_eq!(big.join().unwrap(), WINDOWS + 5);
+        assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn usual_windows_fit_beside_a_full_budget_of_parts() {
+        let budget = MemoryBudget::new(40, 4);
+        let _parts = budget.hold(40);
+        let windows: Vec<Held> = (0..4).map(|_| budget.hold_window(WINDOWS / 4)).collect();
+        assert_eq!(budget.used(), 40 + WINDOWS);
+        drop(windows);
     }
 }

@@ -46,15 +46,19 @@ impl Read for ChannelReader {
 /// that declares more was not made for decoding on a small runner, or was made to exhaust it.
 pub const XZ_MEMORY_LIMIT: u64 = 256 * 1024 * 1024;
 
-/// xz decoding on up to two threads for multi-block files, within a memory budget: past the
-/// threading budget liblzma falls back to one thread; past [`XZ_MEMORY_LIMIT`] it stops.
-fn xz_stream() -> std::io::Result<liblzma::stream::Stream> {
+/// What xz decoding on two threads may take: a file compressed in blocks (`xz -T`) is decoded
+/// on two threads within it, else on one.
+const XZ_THREADING: u64 = 48 * 1024 * 1024;
+
+/// xz decoding on up to two threads for multi-block files, within `threading` bytes (the window
+/// held for it): past that liblzma falls back to one thread; past [`XZ_MEMORY_LIMIT`] it stops.
+fn xz_stream(threading: u64) -> std::io::Result<liblzma::stream::Stream> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(2) as u32;
     liblzma::stream::MtStreamBuilder::new()
         .threads(threads)
-        .memlimit_threading(48 * 1024 * 1024)
+        .memlimit_threading(threading)
         .memlimit_stop(XZ_MEMORY_LIMIT)
         .decoder()
         .map_err(std::io::Error::other)
@@ -62,6 +66,97 @@ fn xz_stream() -> std::io::Result<liblzma::stream::Stream> {
 
 /// How many leading bytes tell the formats apart.
 const SNIFF_BYTES: usize = 6;
+/// How many leading bytes are read to learn the decoder's window: an xz stream header and its
+/// first block header (12 and usually 12–24 bytes), a zstd frame header (at most 18).
+const HEADER_BYTES: usize = 64;
+/// Beyond the window itself, what a decoder holds (buffers, tables).
+const DECODER_OVERHEAD: u64 = 1024 * 1024;
+
+/// The memory a decoder of `format` needs for the stream starting with `header`: its window
+/// (an xz dictionary, a zstd window) and buffers. What the header does not tell is taken at the
+/// largest a usual file has: 64 MiB for xz (`-9`), 8 MiB for zstd.
+pub fn window_of(format: Compression, header: &[u8]) -> u64 {
+    match format {
+        Compression::Gzip => 32 * 1024 + DECODER_OVERHEAD,
+        Compression::Zstd => zstd_window(header).unwrap_or(8 << 20) + DECODER_OVERHEAD,
+        Compression::Xz => match xz_dictionary(header) {
+            // Compressed in blocks, which carry their sizes: two threads may decode it.
+            Some((dict, true)) => (dict + DECODER_OVERHEAD).max(XZ_THREADING),
+            Some((dict, false)) => dict + DECODER_OVERHEAD,
+            None => (64 << 20) + DECODER_OVERHEAD,
+        },
+    }
+}
+
+/// The LZMA2 dictionary size of the first block, and whether the block header carries sizes
+/// (what multi-threaded encoders write). xz file format 1.2.1, §3.1.
+fn xz_dictionary(header: &[u8]) -> Option<(u64, bool)> {
+    let block = header.get(12..)?;
+    let size = (usize::from(*block.first()?) + 1) * 4;
+    let block = block.get(..size)?;
+    let flags = block[1];
+    let mut at = 2;
+    let varint = |at: &mut usize| -> Option<u64> {
+        let mut value = 0u64;
+        for i in 0..9 {
+            let byte = *block.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
+    };
+    let sized = flags & 0xC0 != 0;
+    if flags & 0x40 != 0 {
+        varint(&mut at)?;
+    }
+    if flags & 0x80 != 0 {
+        varint(&mut at)?;
+    }
+    for _ in 0..=(flags & 0x03) {
+        let id = varint(&mut at)?;
+        let props = usize::try_from(varint(&mut at)?).ok()?;
+        if id == 0x21 && props == 1 {
+            let bits = u32::from(*block.get(at)?);
+            if bits > 40 {
+                return None;
+            }
+            let dict = if bits == 40 {
+                u64::from(u32::MAX)
+            } else {
+                u64::from(2 | (bits & 1)) << (bits / 2 + 11)
+            };
+            return Some((dict, sized));
+        }
+        at += props;
+    }
+    None
+}
+
+/// The window of the first zstd frame (RFC 8878, §3.1.1.1): its window descriptor, or for a
+/// single-segment frame its content size.
+fn zstd_window(header: &[u8]) -> Option<u64> {
+    if !header.starts_with(b"\x28\xB5\x2F\xFD") {
+        return None;
+    }
+    let descriptor = *header.get(4)?;
+    if descriptor & 0x20 == 0 {
+        let window = *header.get(5)?;
+        let base = 1u64 << (10 + u32::from(window >> 3));
+        return Some(base + (base / 8) * u64::from(window & 7));
+    }
+    let dictionary_id = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let at = 5 + dictionary_id;
+    let size = [1, 2, 4, 8][usize::from(descriptor >> 6)];
+    let bytes = header.get(at..at + size)?;
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        value |= u64::from(*b) << (8 * i);
+    }
+    Some(if size == 2 { value + 256 } else { value })
+}
 
 /// Whether `prefix` starts the way every `format` file does.
 fn has_magic(format: Compression, prefix: &[u8]) -> bool {
@@ -103,12 +198,12 @@ pub fn describe(prefix: &[u8]) -> String {
 }
 
 /// Reads the first bytes of `input` and checks them against `format`, then gives back a reader
-/// over the whole stream.
-fn sniffed(mut input: ChannelReader, format: Compression) -> Result<impl Read, DecodeError> {
-    let mut prefix = Vec::with_capacity(SNIFF_BYTES);
-    let mut byte = [0u8; SNIFF_BYTES];
-    while prefix.len() < SNIFF_BYTES {
-        match input.read(&mut byte[..SNIFF_BYTES - prefix.len()]) {
+/// over the whole stream, and the window its decoder needs ([`window_of`]).
+fn sniffed(mut input: ChannelReader, format: Compression) -> Result<(impl Read, u64), DecodeError> {
+    let mut prefix = Vec::with_capacity(HEADER_BYTES);
+    let mut byte = [0u8; HEADER_BYTES];
+    while prefix.len() < HEADER_BYTES {
+        match input.read(&mut byte[..HEADER_BYTES - prefix.len()]) {
             Ok(0) => break,
             Ok(n) => prefix.extend_from_slice(&byte[..n]),
             Err(e) => {
@@ -125,11 +220,12 @@ fn sniffed(mut input: ChannelReader, format: Compression) -> Result<impl Read, D
             message: format!(
                 "the download is not {} data: {} (check `decompress` in the manifest)",
                 format.name(),
-                describe(&prefix)
+                describe(&prefix[..prefix.len().min(SNIFF_BYTES)])
             ),
         });
     }
-    Ok(std::io::Cursor::new(prefix).chain(input))
+    let window = window_of(format, &prefix);
+    Ok((std::io::Cursor::new(prefix).chain(input), window))
 }
 
 pub fn run(
@@ -161,17 +257,28 @@ pub fn run(
             },
         }
     };
-    let mut reader: Box<dyn Read> = match compression {
-        None => Box::new(input),
-        Some(format @ Compression::Gzip) => {
-            Box::new(flate2::read::MultiGzDecoder::new(sniffed(input, format)?))
-        }
-        Some(format @ Compression::Zstd) => {
-            Box::new(zstd::stream::read::Decoder::new(sniffed(input, format)?).map_err(corrupt)?)
-        }
-        Some(format @ Compression::Xz) => Box::new(liblzma::read::XzDecoder::new_stream(
-            sniffed(input, format)?,
-            xz_stream().map_err(corrupt)?,
+    let Some(format) = compression else {
+        let mut input = input;
+        return split(&mut input, &tx, algorithm, parts).map_err(|e| match e {
+            SplitError::Read(e) => corrupt(e),
+            SplitError::UploadStopped => DecodeError::UploadStopped,
+        });
+    };
+    let (input, window) = sniffed(input, format)?;
+    // The window is held from the parts' budget while the decoder lives (see `budget`), and
+    // the decoder's parts go by a windowed decoder's rule.
+    let window = usize::try_from(window).unwrap_or(usize::MAX);
+    let _window = parts.budget.hold_window(window);
+    let parts = &Parts {
+        size: parts.size,
+        budget: parts.budget.windowed(),
+    };
+    let mut reader: Box<dyn Read> = match format {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(input).map_err(corrupt)?),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_stream(
+            input,
+            xz_stream(window as u64).map_err(corrupt)?,
         )),
     };
     split(&mut reader, &tx, algorithm, parts).map_err(|e| match e {
@@ -402,5 +509,60 @@ mod tests {
             text.contains("would take more than 256 MiB of memory"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_window_is_read_from_the_header() {
+        const MIB: u64 = 1 << 20;
+        let xz_at = |level| {
+            let mut out = Vec::new();
+            let mut enc = liblzma::read::XzEncoder::new(&b"hello"[..], level);
+            enc.read_to_end(&mut out).unwrap();
+            out
+        };
+        assert_eq!(window_of(Compression::Xz, &xz_at(9)), 65 * MIB, "xz -9");
+        assert_eq!(window_of(Compression::Xz, &xz_at(6)), 9 * MIB, "xz -6");
+        assert_eq!(
+            window_of(Compression::Xz, &xz_at(0)),
+            MIB + 256 * 1024,
+            "xz -0"
+        );
+        let threaded = {
+            let stream = liblzma::stream::MtStreamBuilder::new()
+                .threads(2)
+                .preset(6)
+                .encoder()
+                .unwrap();
+            let data = vec![7u8; 4 << 20];
+            let mut out = Vec::new();
+            let mut enc = liblzma::read::XzEncoder::new_stream(&data[..], stream);
+            enc.read_to_end(&mut out).unwrap();
+            out
+        };
+        assert_eq!(
+            window_of(Compression::Xz, &threaded),
+            XZ_THREADING,
+            "xz -T: a block may be decoded on each of two threads"
+        );
+        assert_eq!(
+            window_of(Compression::Xz, b"\xFD7zXZ\x00"),
+            65 * MIB,
+            "a header cut short is taken at the largest preset"
+        );
+        // zstd: a window descriptor (2 MiB), and a single-segment frame of 200 bytes.
+        let descriptor = b"\x28\xB5\x2F\xFD\x00\x58";
+        assert_eq!(window_of(Compression::Zstd, descriptor), 3 * MIB);
+        let single = b"\x28\xB5\x2F\xFD\x20\xC8";
+        assert_eq!(window_of(Compression::Zstd, single), 200 + MIB);
+        // What the zstd library writes: level 19's window (2^23) when the size is not told,
+        // level 1's (2^19) too.
+        let at = |level| {
+            window_of(
+                Compression::Zstd,
+                &zstd::encode_all(&b"hello"[..], level).unwrap(),
+            )
+        };
+        assert_eq!(at(19), 8 * MIB + MIB);
+        assert_eq!(at(1), MIB / 2 + MIB);
     }
 }
