@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use crate::acquire::{build_packer, http_job, run_http_job};
 use crate::checksum::Checksum;
 use crate::context::ChangeResult;
+use crate::fanout::StageResult;
 use crate::halt::CommitPoint;
 use crate::labelled::{copy_labelled, object_metadata, unless_interrupted, Labelled};
 use crate::pipeline;
@@ -92,24 +93,50 @@ async fn run_change(
                 crate::halt::reached(CommitPoint::HistoryKept).await;
             }
             let entry = kept.as_ref().map(|k| k.entry.clone());
-            let result = if let Some(restored) = &change.restore {
-                restore(change, desired, deps, entry, restored, ctx).await
-            } else if let Some(staged) = &ctx.staged {
-                crate::promote::promote(change, desired, deps, entry, staged, ctx).await
-            } else {
-                match &desired.spec.source {
-                    SpecSource::Http { .. } => {
-                        publish_http(change, desired, deps, entry, ctx).await
-                    }
-                    SpecSource::Packer { .. } => {
-                        publish_packer(change, &desired.spec, deps, entry, ctx).await
-                    }
+            let result = match Acquire::of(change, desired, ctx.staged.as_deref()) {
+                Acquire::Restore(restored) => {
+                    restore(change, desired, deps, entry, restored, ctx).await
                 }
+                Acquire::Staged(staged) => {
+                    crate::promote::promote(change, desired, deps, entry, staged, ctx).await
+                }
+                Acquire::Download => publish_http(change, desired, deps, entry, ctx).await,
+                Acquire::Build => publish_packer(change, &desired.spec, deps, entry, ctx).await,
             };
             if let (Err(_), Some(kept)) = (&result, &kept) {
                 forget_unused_copy(change, kept, ctx).await;
             }
             result
+        }
+    }
+}
+
+/// Where a create or replace gets its bytes. Decided once per change, in this order: a revert
+/// copies kept bytes back, a promotion copies its leg's blob, else the source is downloaded or
+/// built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acquire<'a> {
+    /// Copied back from the history: nothing is downloaded.
+    Restore(&'a HistoryEntry),
+    /// Copied from the blob a fan-out leg staged (`apply --staged`).
+    Staged(&'a BTreeMap<String, StageResult>),
+    /// Downloaded and verified on the way.
+    Download,
+    /// Built with Packer, then verified and uploaded.
+    Build,
+}
+
+impl<'a> Acquire<'a> {
+    fn of(
+        change: &'a Change,
+        desired: &Desired,
+        staged: Option<&'a BTreeMap<String, StageResult>>,
+    ) -> Acquire<'a> {
+        match (&change.restore, staged, &desired.spec.source) {
+            (Some(entry), _, _) => Acquire::Restore(entry),
+            (None, Some(staged), _) => Acquire::Staged(staged),
+            (None, None, SpecSource::Http { .. }) => Acquire::Download,
+            (None, None, SpecSource::Packer { .. }) => Acquire::Build,
         }
     }
 }

@@ -85,7 +85,7 @@ const HINTED: &[Hinted] = &[
     hinted::<labctl_transfer::source::channel::LookupError>,
     hinted::<labctl_transfer::source::packer::PackerError>,
     hinted::<crate::staged::StagedError>,
-    hinted::<crate::session::StalePlan>,
+    hinted::<crate::stale_plan::StalePlan>,
 ];
 
 fn hinted<'e, E: StdError + Hint + 'static>(

@@ -33,6 +33,7 @@ mod schedule;
 pub mod session;
 pub mod stage;
 pub mod staged;
+mod stale_plan;
 
 pub use context::{ApplyContext, Failed, Outcome, Report};
 pub use execute::execute;

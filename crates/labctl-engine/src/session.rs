@@ -5,14 +5,12 @@
 //! the store accepted may still land. What the user sees of each step is the caller's
 //! ([`ApplySteps`]); the exit code too.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use labctl_core::hint::Hint;
 use tokio::sync::watch;
 
 use crate::context::{ApplyContext, Report};
@@ -124,34 +122,7 @@ pub struct Applied {
     pub uploads_left: usize,
 }
 
-/// A saved plan the store or the manifest has moved on from.
-#[derive(Debug, thiserror::Error)]
-#[error("the plan is stale: {}", .0.join("; "))]
-pub struct StalePlan(pub Vec<String>);
-
-impl Hint for StalePlan {
-    fn hint(&self) -> Option<Cow<'static, str>> {
-        Some(Cow::Borrowed(
-            "make a new plan with `labctl plan --out FILE`, review it, and apply that",
-        ))
-    }
-}
-
-/// Refuses `plan` when the manifest, the store or a record changed since it was made.
-pub async fn refuse_stale(
-    plan: &Plan,
-    manifest: &Manifest,
-    graph: &DependencyGraph,
-    store: &Arc<dyn Store>,
-) -> anyhow::Result<()> {
-    let desired = crate::desired::build(manifest, graph)?;
-    let records = crate::state::refresh::record_etags(store.as_ref()).await?;
-    let stale = crate::stale::reasons(plan, &manifest.digest, &store.url(), &desired, &records);
-    if !stale.is_empty() {
-        return Err(StalePlan(stale).into());
-    }
-    Ok(())
-}
+pub use crate::stale_plan::{refuse_stale, StalePlan};
 
 /// Runs the whole sequence. A lock that cannot be taken (held, refused, or a signal while
 /// waiting: [`LockError::Interrupted`]) ends it before anything else.
