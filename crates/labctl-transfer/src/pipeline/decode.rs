@@ -270,7 +270,13 @@ pub fn run(
     let window = usize::try_from(window).unwrap_or(usize::MAX);
     let _window = parts.budget.hold_window(window);
     let parts = &Parts {
-        size: parts.size,
+        // A window too large to share (an xz -9 dictionary) is held with one part at a time
+        // beside it: the smallest S3 takes.
+        size: if window > super::budget::WINDOWS {
+            parts.size.min(super::MIN_PART_SIZE)
+        } else {
+            parts.size
+        },
         budget: parts.budget.windowed(),
     };
     let mut reader: Box<dyn Read> = match format {
