@@ -26,6 +26,7 @@ pub mod failure;
 pub mod halt;
 pub mod index;
 mod labelled;
+pub mod outdated;
 pub mod planner;
 pub mod promote;
 mod records;

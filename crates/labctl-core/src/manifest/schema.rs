@@ -330,7 +330,9 @@ impl Reader<'_> {
         // `{{ version }}` is written into each image's fields first, so that every rule below
         // (unique names and keys, HTTPS, references) judges what the image really says.
         let expanded: Vec<Node> = items.iter().map(|item| self.expand_version(item)).collect();
-        let mut images = Vec::new();
+        // Sized once: the images live as long as the manifest (a doubled Vec of 10,000 images
+        // would keep 3 MB it never uses).
+        let mut images = Vec::with_capacity(items.len());
         for (written, item) in items.iter().zip(&expanded) {
             if let Some(image) = self.image(item, written) {
                 images.push(image);
