@@ -81,6 +81,8 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     }
     let steps = Steps {
         manifest: &manifest,
+        saved: was_saved,
+        code: Mutex::new(None),
         auto_approve: args.auto_approve,
         interactive,
         transfer: Transfer {
@@ -105,7 +107,11 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
         Err(e) => return Err(lock_failure(e)),
     };
     let signalled = signals.borrow().is_some();
-    let code = applied.ended.map(|ended| shown(ended, was_saved));
+    // Shown through `Steps::ended` while the lock was held; its exit status kept there.
+    let shown = steps.code.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let code = applied
+        .ended
+        .map(|_| shown.unwrap_or_else(|| super::exit(1)));
     if applied.uploads_left > 0 {
         eprintln!(
             "{} {} unfinished upload(s) could not be aborted in time; they stay invisible and the next apply aborts them",
@@ -139,6 +145,10 @@ pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
 /// What the user sees of apply's steps, and how a plan computed now is approved.
 struct Steps<'a> {
     manifest: &'a crate::manifest::Manifest,
+    /// Whether the plan is a saved one (`labctl apply PLANFILE`).
+    saved: bool,
+    /// The exit status of the run's end, once shown.
+    code: Mutex<Option<ExitCode>>,
     auto_approve: bool,
     interactive: bool,
     transfer: Transfer,
@@ -208,6 +218,11 @@ impl ApplySteps for Steps<'_> {
             .take();
     }
 
+    fn ended(&self, ended: &Ended) {
+        let code = shown(ended, self.saved);
+        *self.code.lock().unwrap_or_else(|p| p.into_inner()) = Some(code);
+    }
+
     fn blob_not_removed(&self, what: &str) {
         eprintln!(
             "{} could not remove a promoted blob ({what}); `labctl cleanup` removes it later",
@@ -224,7 +239,7 @@ fn interrupted_code(
 }
 
 /// The run's end as the user sees it, and its exit status.
-fn shown(ended: Ended, saved: bool) -> ExitCode {
+fn shown(ended: &Ended, saved: bool) -> ExitCode {
     match ended {
         Ended::NothingToDo => {
             if saved {
@@ -238,7 +253,7 @@ fn shown(ended: Ended, saved: bool) -> ExitCode {
             summary,
             index,
             cancelled,
-        } => finish(&report, &summary, index, cancelled),
+        } => finish(report, summary, index.as_ref(), *cancelled),
     }
 }
 
@@ -246,7 +261,7 @@ fn shown(ended: Ended, saved: bool) -> ExitCode {
 fn finish(
     report: &Report,
     summary: &crate::plan::Summary,
-    index: Option<anyhow::Result<Published>>,
+    index: Option<&anyhow::Result<Published>>,
     cancelled: bool,
 ) -> ExitCode {
     if index.is_none() {
@@ -255,13 +270,24 @@ fn finish(
         );
     }
     print_summary(report);
-    let index_failed = match index.map(index_lines) {
-        Some(Ok(lines)) => {
-            for line in lines {
-                println!("{line}");
+    let index_failed = match index {
+        Some(Ok(published)) => match index_lines(published) {
+            (lines, None) => {
+                for line in lines {
+                    println!("{line}");
+                }
+                false
             }
-            false
-        }
+            // The index was written for everything else; the apply fails so someone looks.
+            (lines, Some(problems)) => {
+                eprintln!(
+                    "  {} consumer index: {}\n{problems}",
+                    style("✗").red(),
+                    lines.join("\n")
+                );
+                true
+            }
+        },
         Some(Err(e)) => {
             eprintln!("  {} consumer index: {e:#}", style("✗").red());
             true
@@ -279,13 +305,13 @@ fn finish(
     }
 }
 
-/// The lines that say what the index step did; an error when objects could not be read back
-/// (the index was written for everything else, and the apply fails so someone looks).
-fn index_lines(published: anyhow::Result<Published>) -> anyhow::Result<Vec<String>> {
+/// The lines that say what the index step did, and the objects that could not be read back
+/// (left out of the index), when there are any.
+fn index_lines(published: &Published) -> (Vec<String>, Option<String>) {
     let Published {
         backfilled,
         written,
-    } = published?;
+    } = published;
     let mut lines = Vec::new();
     for line in &backfilled.done {
         lines.push(format!("  {} {line}", style("✓").green()));
@@ -307,10 +333,8 @@ fn index_lines(published: anyhow::Result<Published>) -> anyhow::Result<Vec<Strin
             written.left_out.join(", ")
         ));
     }
-    if !backfilled.problems.is_empty() {
-        anyhow::bail!("{}\n{}", lines.join("\n"), backfilled.problems.join("\n"));
-    }
-    Ok(lines)
+    let problems = (!backfilled.problems.is_empty()).then(|| backfilled.problems.join("\n"));
+    (lines, problems)
 }
 
 /// An error and its causes on one line.

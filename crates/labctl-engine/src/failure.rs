@@ -64,8 +64,12 @@ pub fn hint_in<'e>(
     mut causes: impl Iterator<Item = &'e (dyn StdError + 'static)>,
 ) -> Option<String> {
     causes
-        .find_map(|cause| HINTED.iter().find_map(|hinted| hinted(cause)))
-        .and_then(|e| e.hint())
+        .find_map(|cause| {
+            HINTED
+                .iter()
+                .find_map(|hinted| hinted(cause))
+                .and_then(|e| e.hint())
+        })
         .map(Cow::into_owned)
 }
 

@@ -81,6 +81,9 @@ pub trait ApplySteps: Send + Sync {
     fn index_records_read(&self, done: usize, total: usize);
     /// The index is done: the reading of the records is over.
     fn index_read(&self);
+    /// How the run ended, told while the lock is still held (a CI runner's SIGKILL follows its
+    /// SIGTERM within seconds: the summary must not wait for the release).
+    fn ended(&self, ended: &Ended);
     /// A promoted blob could not be removed (`labctl cleanup` removes it later).
     fn blob_not_removed(&self, what: &str);
 }
@@ -150,7 +153,22 @@ pub async fn apply(
         ),
         None => (run.store.clone(), run.cancel.clone()),
     };
-    let ended = locked(&run, plan, writes, cancel, steps).await;
+    let ended = match locked(&run, plan, writes.clone(), cancel, steps).await {
+        Ok((ended, promoted)) => {
+            steps.ended(&ended);
+            if let (Ended::Applied { report, .. }, Some((id, staged))) = (&ended, &promoted) {
+                // After the index: a promotion killed before this point leaves the blobs for
+                // the next.
+                let forgotten =
+                    crate::promote::forget_promoted(writes.as_ref(), id, staged, report).await;
+                for failed in forgotten {
+                    steps.blob_not_removed(&failed);
+                }
+            }
+            Ok(ended)
+        }
+        Err(e) => Err(e),
+    };
     let uploads_left = crate::store::pending::settle_dropped(SETTLE_DROPPED_UPLOADS).await;
 
     let lost = held.as_ref().and_then(Lock::lost);
@@ -172,25 +190,28 @@ pub async fn apply(
     })
 }
 
-/// Everything done while the lock is held.
+/// A promotion's plan ID and what its legs staged.
+type Promoted = (String, Arc<BTreeMap<String, StageResult>>);
+
+/// Everything done while the lock is held, up to the index; with what a promotion staged.
 async fn locked(
     run: &ApplyRun<'_>,
     source: PlanSource,
     store: Arc<dyn Store>,
     mut cancel: watch::Receiver<bool>,
     steps: &dyn ApplySteps,
-) -> Result<Ended, Failure> {
+) -> Result<(Ended, Option<Promoted>), Failure> {
     // Reading state and waiting for an answer leave nothing behind: a signal drops them.
     let prepared = tokio::select! {
         prepared = prepare(run, source, &store, steps) => prepared?,
-        _ = cancel.wait_for(|c| *c) => return Ok(Ended::Interrupted),
+        _ = cancel.wait_for(|c| *c) => return Ok((Ended::Interrupted, None)),
     };
     let (plan, saved) = match prepared {
         Prepared::Ready(plan, saved) => (plan, saved),
-        Prepared::Stop(ended) => return Ok(ended),
+        Prepared::Stop(ended) => return Ok((ended, None)),
     };
     if !plan.has_changes() {
-        return Ok(Ended::NothingToDo);
+        return Ok((Ended::NothingToDo, None));
     }
     let staged = match saved {
         Some((id, true)) => {
@@ -224,18 +245,13 @@ async fn locked(
         steps.index_read();
         Some(published)
     };
-    if let Some((id, staged)) = &staged {
-        // After the index: a promotion killed before this point leaves the blobs for the next.
-        for failed in crate::promote::forget_promoted(store.as_ref(), id, staged, &report).await {
-            steps.blob_not_removed(&failed);
-        }
-    }
-    Ok(Ended::Applied {
+    let ended = Ended::Applied {
         report,
         summary: plan.summary.clone(),
         index,
         cancelled,
-    })
+    };
+    Ok((ended, staged))
 }
 
 enum Prepared {

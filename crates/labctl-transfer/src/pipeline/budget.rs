@@ -11,7 +11,9 @@
 //! own: the usual windows (8 MiB or less) fit beside a full budget of parts, while an `xz -9`
 //! dictionary (64 MiB) makes the parts wait until it fits, and goes alone among windows. The
 //! parts of a decoder that holds a window may always go one at a time, so a waiting window
-//! never stops the decoders it waits for; every other part waits behind it.
+//! never stops the decoders it waits for; every other part waits behind it. The window is the
+//! first frame's (or block's): a stream whose later frames declare larger ones is decoded
+//! within the decoder's own limits (256 MiB for xz, 128 MiB for zstd), not the budget's.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -119,7 +121,8 @@ impl MemoryBudget {
     }
 
     /// Waits (blocking the thread: decoders run on blocking threads) until `bytes` fit. More
-    /// than the whole budget waits until nothing else is held, then goes alone.
+    /// than the whole budget waits until no other part is held (and no window waits), then
+    /// goes alone.
     pub fn hold(&self, bytes: usize) -> Held {
         hold(
             &self.inner,
@@ -153,20 +156,23 @@ impl MemoryBudget {
 
 /// Whether a hold of `bytes` of `kind` may be taken now (see the module comment).
 fn fits(inner: &Inner, used: Used, kind: Kind, bytes: usize) -> bool {
-    let held = used.parts + used.windows;
+    let held = used.parts.saturating_add(used.windows);
     match kind {
         Kind::Part { windowed } => {
-            (used.parts + bytes <= inner.limit && held + used.waiting + bytes <= inner.total)
+            (used.parts.saturating_add(bytes) <= inner.limit
+                && held.saturating_add(used.waiting).saturating_add(bytes) <= inner.total)
                 || (used.parts == 0 && (used.waiting == 0 || windowed))
         }
-        Kind::Window => held + bytes <= inner.total || (used.windows == 0 && used.parts == 0),
+        Kind::Window => {
+            held.saturating_add(bytes) <= inner.total || (used.windows == 0 && used.parts == 0)
+        }
     }
 }
 
 fn hold(inner: &Arc<Inner>, kind: Kind, bytes: usize) -> Held {
     let mut used = inner.used.lock().unwrap_or_else(|p| p.into_inner());
     if kind == Kind::Window {
-        used.waiting += bytes;
+        used.waiting = used.waiting.saturating_add(bytes);
     }
     while !fits(inner, *used, kind, bytes) {
         used = inner.freed.wait(used).unwrap_or_else(|p| p.into_inner());
@@ -174,8 +180,8 @@ fn hold(inner: &Arc<Inner>, kind: Kind, bytes: usize) -> Held {
     match kind {
         Kind::Part { .. } => used.parts += bytes,
         Kind::Window => {
-            used.waiting -= bytes;
-            used.windows += bytes;
+            used.waiting = used.waiting.saturating_sub(bytes);
+            used.windows = used.windows.saturating_add(bytes);
         }
     }
     // A window that stopped waiting may let parts go.

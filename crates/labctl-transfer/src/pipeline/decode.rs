@@ -72,20 +72,47 @@ const HEADER_BYTES: usize = 64;
 /// Beyond the window itself, what a decoder holds (buffers, tables).
 const DECODER_OVERHEAD: u64 = 1024 * 1024;
 
+/// The largest window zstd decodes by default (`ZSTD_WINDOWLOG_LIMIT_DEFAULT`, 2^27).
+const ZSTD_WINDOW_LIMIT: u64 = 128 * 1024 * 1024;
+
 /// The memory a decoder of `format` needs for the stream starting with `header`: its window
 /// (an xz dictionary, a zstd window) and buffers. What the header does not tell is taken at the
-/// largest a usual file has: 64 MiB for xz (`-9`), 8 MiB for zstd.
-pub fn window_of(format: Compression, header: &[u8]) -> u64 {
-    match format {
-        Compression::Gzip => 32 * 1024 + DECODER_OVERHEAD,
-        Compression::Zstd => zstd_window(header).unwrap_or(8 << 20) + DECODER_OVERHEAD,
-        Compression::Xz => match xz_dictionary(header) {
+/// largest a usual file has: 64 MiB for xz (`-9`), 8 MiB for zstd. A window the decoder would
+/// refuse is refused here, before anything waits for room for it.
+pub fn window_of(format: Compression, header: &[u8]) -> Result<u64, String> {
+    let window = match format {
+        Compression::Gzip => 32 * 1024,
+        Compression::Zstd => {
+            let window = zstd_window(header).unwrap_or(8 << 20);
+            if window > ZSTD_WINDOW_LIMIT {
+                return Err(format!(
+                    "its frame declares a window of {} MiB, more than the {} MiB zstd decodes; refused",
+                    window >> 20,
+                    ZSTD_WINDOW_LIMIT >> 20
+                ));
+            }
+            window
+        }
+        Compression::Xz => {
+            let (dict, threaded) = xz_dictionary(header).unwrap_or((64 << 20, false));
+            if dict + DECODER_OVERHEAD > XZ_MEMORY_LIMIT {
+                return Err(over_the_xz_limit());
+            }
             // Compressed in blocks, which carry their sizes: two threads may decode it.
-            Some((dict, true)) => (dict + DECODER_OVERHEAD).max(XZ_THREADING),
-            Some((dict, false)) => dict + DECODER_OVERHEAD,
-            None => (64 << 20) + DECODER_OVERHEAD,
-        },
-    }
+            if threaded {
+                return Ok((dict + DECODER_OVERHEAD).max(XZ_THREADING));
+            }
+            dict
+        }
+    };
+    Ok(window + DECODER_OVERHEAD)
+}
+
+fn over_the_xz_limit() -> String {
+    format!(
+        "decoding it would take more than {} MiB of memory (its dictionary is larger than any xz preset uses); refused",
+        XZ_MEMORY_LIMIT >> 20
+    )
 }
 
 /// The LZMA2 dictionary size of the first block, and whether the block header carries sizes
@@ -224,7 +251,10 @@ fn sniffed(mut input: ChannelReader, format: Compression) -> Result<(impl Read, 
             ),
         });
     }
-    let window = window_of(format, &prefix);
+    let window = window_of(format, &prefix).map_err(|message| DecodeError::Corrupt {
+        format: format.name(),
+        message,
+    })?;
     Ok((std::io::Cursor::new(prefix).chain(input), window))
 }
 
@@ -248,10 +278,7 @@ pub fn run(
         DecodeError::Corrupt {
             format,
             message: if over_limit {
-                format!(
-                    "decoding it would take more than {} MiB of memory (its dictionary is larger than any xz preset uses); refused",
-                    XZ_MEMORY_LIMIT >> 20
-                )
+                over_the_xz_limit()
             } else {
                 e.to_string()
             },
@@ -526,10 +553,18 @@ mod tests {
             enc.read_to_end(&mut out).unwrap();
             out
         };
-        assert_eq!(window_of(Compression::Xz, &xz_at(9)), 65 * MIB, "xz -9");
-        assert_eq!(window_of(Compression::Xz, &xz_at(6)), 9 * MIB, "xz -6");
         assert_eq!(
-            window_of(Compression::Xz, &xz_at(0)),
+            window_of(Compression::Xz, &xz_at(9)).unwrap(),
+            65 * MIB,
+            "xz -9"
+        );
+        assert_eq!(
+            window_of(Compression::Xz, &xz_at(6)).unwrap(),
+            9 * MIB,
+            "xz -6"
+        );
+        assert_eq!(
+            window_of(Compression::Xz, &xz_at(0)).unwrap(),
             MIB + 256 * 1024,
             "xz -0"
         );
@@ -546,20 +581,20 @@ mod tests {
             out
         };
         assert_eq!(
-            window_of(Compression::Xz, &threaded),
+            window_of(Compression::Xz, &threaded).unwrap(),
             XZ_THREADING,
             "xz -T: a block may be decoded on each of two threads"
         );
         assert_eq!(
-            window_of(Compression::Xz, b"\xFD7zXZ\x00"),
+            window_of(Compression::Xz, b"\xFD7zXZ\x00").unwrap(),
             65 * MIB,
             "a header cut short is taken at the largest preset"
         );
         // zstd: a window descriptor (2 MiB), and a single-segment frame of 200 bytes.
         let descriptor = b"\x28\xB5\x2F\xFD\x00\x58";
-        assert_eq!(window_of(Compression::Zstd, descriptor), 3 * MIB);
+        assert_eq!(window_of(Compression::Zstd, descriptor).unwrap(), 3 * MIB);
         let single = b"\x28\xB5\x2F\xFD\x20\xC8";
-        assert_eq!(window_of(Compression::Zstd, single), 200 + MIB);
+        assert_eq!(window_of(Compression::Zstd, single).unwrap(), 200 + MIB);
         // What the zstd library writes: level 19's window (2^23) when the size is not told,
         // level 1's (2^19) too.
         let at = |level| {
@@ -567,8 +602,29 @@ mod tests {
                 Compression::Zstd,
                 &zstd::encode_all(&b"hello"[..], level).unwrap(),
             )
+            .unwrap()
         };
         assert_eq!(at(19), 8 * MIB + MIB);
         assert_eq!(at(1), MIB / 2 + MIB);
+        // Hostile headers are refused before anything waits for room: a 4 GiB xz dictionary,
+        // a zstd window of 2^41, a single-segment frame of 2^64 - 1 bytes.
+        assert_eq!(
+            window_of(Compression::Xz, b""),
+            Ok(65 * MIB),
+            "no header: xz -9's"
+        );
+        let block =
+            b"\xFD7zXZ\x00\x00\x04\xE6\xD6\xB4\x46\x02\x00\x21\x01\x28\x00\x00\x00\x00\x00\x00\x00";
+        assert!(
+            window_of(Compression::Xz, block).is_err(),
+            "a 4 GiB dictionary"
+        );
+        let wide = b"\x28\xB5\x2F\xFD\x00\xF8";
+        assert!(window_of(Compression::Zstd, wide).is_err(), "a 2^41 window");
+        let endless = b"\x28\xB5\x2F\xFD\xE0\xFF\xFF\xFF\xFF\xFF\xFF\xFF\xFF";
+        assert!(
+            window_of(Compression::Zstd, endless).is_err(),
+            "2^64 - 1 bytes"
+        );
     }
 }
