@@ -337,17 +337,6 @@ fn index_lines(published: &Published) -> (Vec<String>, Option<String>) {
     (lines, problems)
 }
 
-/// An error and its causes on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        line.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    line
-}
-
 fn summary_markdown(report: &Report) -> String {
     let mut out = String::from("### labctl apply\n\n| image | action | result |\n|---|---|---|\n");
     for (name, action, outcome) in &report.results {
@@ -465,6 +454,9 @@ fn show_stranded(cleanup: Result<&apply::stranded::Cleanup, &StoreError>) {
                 );
             }
         }
-        Err(e) => eprintln!("{warn} could not list unfinished uploads: {}", chain(e)),
+        Err(e) => eprintln!(
+            "{warn} could not list unfinished uploads: {}",
+            super::one_line(e)
+        ),
     }
 }

@@ -35,7 +35,7 @@ impl Checks {
             }
             Verdict::Fails(why) => {
                 self.failed += 1;
-                println!("{} {name}: {}", style("✗").red(), chain(&why));
+                println!("{} {name}: {}", style("✗").red(), super::one_line(&why));
             }
         }
     }
@@ -60,17 +60,6 @@ impl Checks {
     }
 }
 
-/// An error and its causes on one line.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        line.push_str(&format!(": {e}"));
-        cause = e.source();
-    }
-    line
-}
-
 pub async fn run(args: &DoctorArgs) -> Result<ExitCode, Failure> {
     let manifest = super::optional_manifest(&args.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), manifest.as_ref()).await?;
@@ -89,7 +78,11 @@ pub async fn run(args: &DoctorArgs) -> Result<ExitCode, Failure> {
             listed.len()
         ),
         Err(e) => {
-            println!("{} credentials and list: {}", style("✗").red(), chain(&e));
+            println!(
+                "{} credentials and list: {}",
+                style("✗").red(),
+                super::one_line(&e)
+            );
             println!("  hint: check the bucket name, endpoint and credentials (E2_ACCESS_KEY/E2_SECRET_KEY or the AWS chain)");
             return Ok(super::exit(1));
         }

@@ -202,3 +202,14 @@ async fn open_s3(settings: S3Settings) -> Result<Arc<dyn Store>, Failure> {
 pub fn exit(code: u8) -> ExitCode {
     ExitCode::from(code)
 }
+
+/// An error and its causes on one line, `outer: cause: root`.
+pub fn one_line(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(&format!(": {e}"));
+        cause = e.source();
+    }
+    line
+}
