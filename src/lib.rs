@@ -7,6 +7,36 @@
 //! index writer), and this crate is the command line: flags and environment resolved once,
 //! commands, and the views that print what they do.
 
+// Printing to a closed pipe (`labctl plan | head`, a log reader that went away) must not panic
+// mid-run with the lock held and uploads open: these shadow std's printing macros in this crate
+// (they are defined before every module, so every module sees them) and drop what cannot be
+// written. The exit code still tells how the run ended.
+#[macro_export]
+macro_rules! println {
+    () => { $crate::write_out(false, format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_out(false, format_args!("{}\n", format_args!($($arg)*))) };
+}
+#[macro_export]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::write_out(false, format_args!($($arg)*)) };
+}
+#[macro_export]
+macro_rules! eprintln {
+    () => { $crate::write_out(true, format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::write_out(true, format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Writes to stdout (or stderr), ignoring a failed write: see the macros above.
+#[doc(hidden)]
+pub fn write_out(to_stderr: bool, text: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = if to_stderr {
+        std::io::stderr().lock().write_fmt(text)
+    } else {
+        std::io::stdout().lock().write_fmt(text)
+    };
+}
+
 pub mod apply;
 pub mod cli;
 pub mod commands;

@@ -4,6 +4,8 @@ use clap::Parser;
 
 use labctl::cli::{Cli, Command};
 use labctl::commands;
+// A closed stderr is not a panic (see the macros in the library).
+use labctl::eprintln;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -506,3 +506,35 @@ fn store_paths_that_are_not_stores_are_named() {
         assert!(run.stderr.contains(hint), "{store}: {}", run.stderr);
     }
 }
+
+/// Output to a pipe whose reader went away (`labctl plan | head`, a log collector that died)
+/// ends in the command's own exit code, never in a panic (101): an apply that panicked on a
+/// progress line would stop with its lock held and its uploads open.
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    for (args, code) in [
+        // The plan could not be shown: an error (1).
+        (
+            &["plan", "--offline", "--store", "state-examples/drifted"][..],
+            1,
+        ),
+        (&["validate", "--manifest", "state-examples/none.yaml"], 1),
+    ] {
+        let (out_reader, out_writer) = std::io::pipe().unwrap();
+        let (err_reader, err_writer) = std::io::pipe().unwrap();
+        // Nobody will read: every write labctl makes fails with EPIPE.
+        drop(out_reader);
+        drop(err_reader);
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_labctl"))
+            .args(args)
+            .current_dir(repo())
+            .env("NO_COLOR", "1")
+            .env_remove("LABCTL_STORE")
+            .stdin(std::process::Stdio::null())
+            .stdout(out_writer)
+            .stderr(err_writer)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
