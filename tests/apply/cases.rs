@@ -592,30 +592,27 @@ fn peak_memory_is_bounded() {
         &body,
     )]);
     drop(body);
-    let manifest = lab.manifest_path().display().to_string();
-    let store = lab.store_arg();
-    let kib = peak_rss_kib(
-        timed_labctl()
-            .args(["apply", "--auto-approve"])
-            .args([
-                "--manifest",
-                &manifest,
-                "--store",
-                &store,
-                "--part-size",
-                "16",
-                "--parts-in-flight",
-                "4",
-            ])
-            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
-            .envs(lab.server.as_ref().unwrap().env())
-            .current_dir(lab.dir()),
-    );
+    let kib = apply_peak_rss_kib(&lab, &["--part-size", "16", "--parts-in-flight", "4"]);
     assert!(
         kib < 150 * 1024,
         "peak RSS {} MiB exceeds 150 MiB",
         kib / 1024
     );
+}
+
+/// The peak RSS of `labctl apply --auto-approve ARGS…` of the lab's manifest into its store.
+fn apply_peak_rss_kib(lab: &Lab, args: &[&str]) -> u64 {
+    let manifest = lab.manifest_path().display().to_string();
+    let store = lab.store_arg();
+    peak_rss_kib(
+        timed_labctl()
+            .args(["apply", "--auto-approve"])
+            .args(args)
+            .args(["--manifest", &manifest, "--store", &store])
+            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
+            .envs(lab.server.as_ref().unwrap().env())
+            .current_dir(lab.dir()),
+    )
 }
 
 /// Memory follows one budget for the run's parts, not `--parallelism`: 64 images at once, of
@@ -643,16 +640,7 @@ fn memory_follows_one_budget_not_parallelism() {
         entries.push(Entry::raw(name, path, body));
     }
     lab.write_manifest(&entries);
-    let manifest = lab.manifest_path().display().to_string();
-    let store = lab.store_arg();
-    let kib = peak_rss_kib(
-        timed_labctl()
-            .args(["apply", "--auto-approve", "--parallelism", "64"])
-            .args(["--manifest", &manifest, "--store", &store])
-            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
-            .envs(lab.server.as_ref().unwrap().env())
-            .current_dir(lab.dir()),
-    );
+    let kib = apply_peak_rss_kib(&lab, &["--parallelism", "64"]);
     assert!(
         kib < 100 * 1024,
         "peak RSS {} MiB at --parallelism 64 exceeds 100 MiB",
@@ -693,16 +681,7 @@ fn xz_dictionaries_are_held_from_the_budget_not_beside_it() {
         entries.push(Entry::compressed(name, path, &compressed, "xz", &body));
     }
     lab.write_manifest(&entries);
-    let manifest = lab.manifest_path().display().to_string();
-    let store = lab.store_arg();
-    let kib = peak_rss_kib(
-        timed_labctl()
-            .args(["apply", "--auto-approve", "--parallelism", "64"])
-            .args(["--manifest", &manifest, "--store", &store])
-            .env("LABCTL_ALLOW_INSECURE_LOOPBACK", "1")
-            .envs(lab.server.as_ref().unwrap().env())
-            .current_dir(lab.dir()),
-    );
+    let kib = apply_peak_rss_kib(&lab, &["--parallelism", "64"]);
     assert!(
         kib < 120 * 1024,
         "peak RSS {} MiB: the two 64 MiB dictionaries were held at once",

@@ -182,10 +182,11 @@ fn hold(inner: &Arc<Inner>, kind: Kind, bytes: usize) -> Held {
         Kind::Window => {
             used.waiting = used.waiting.saturating_sub(bytes);
             used.windows = used.windows.saturating_add(bytes);
+            // A window that stopped waiting may let parts go that it held back. (A part taken
+            // frees nothing: no wakeup on the pipeline's every part.)
+            inner.freed.notify_all();
         }
     }
-    // A window that stopped waiting may let parts go.
-    inner.freed.notify_all();
     Held {
         inner: inner.clone(),
         kind,
