@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Many small images: `labctl apply` of COUNT new 1 KiB images, served by nginx, into a fresh
-# bucket — beside `s5cmd cp` (its defaults) of the same files from disk into the same server —
-# on s3s-fs and on Garage, with wall time and peak RSS. Then peak RSS by `--parallelism` (1, 4,
+# bucket, and the promotion (`apply --staged`) of the same images staged by a fan-out — beside
+# `s5cmd cp` (its defaults) of the same files from disk into the same server — on s3s-fs and on
+# Garage, with wall time and peak RSS. Then peak RSS by `--parallelism` (1, 4,
 # 16, 64) for tiny images (COUNT_RSS of 1 KiB) and for large ones (four 48 MiB images, zstd).
 # Writes its section of docs/benchmarks.md.
 #
@@ -196,11 +197,23 @@ for store in s3s-fs garage; do
     read -r l_s l_mib < <(measure "${apply[@]}")
     echo "== $store, $n images: labctl plan (nothing to do)"
     read -r p_s _ < <(measure "$labctl" plan --manifest "$work/images.yaml" --store s3://bench)
+    echo "== $store, $n images: the fan-out (plan, stage every leg, then the promotion is measured)"
+    start_store "$store"
+    "$labctl" plan --manifest "$work/images.yaml" --store s3://bench --out "$work/plan.json" \
+      --matrix "$work/matrix.json" > /dev/null
+    python3 -c '
+import json, sys
+for wave in json.load(open(sys.argv[1]))["waves"]:
+    for leg in wave["matrix"]["include"]:
+        print(leg["units"])
+' "$work/matrix.json" | xargs -P 2 -I UNITS "$labctl" stage --manifest "$work/images.yaml" \
+      --store s3://bench --unit UNITS "$work/plan.json" > /dev/null 2>&1
+    read -r f_s f_mib < <(measure "${apply[@]}" "$work/plan.json" --staged)
     rows+=("$(python3 -c '
 import sys
-store, n, s5, s5m, l, lm, p = sys.argv[1:]
-print(f"| {store} | {int(n):,} | {float(s5):.2f} s | {s5m} MiB | {float(l):.2f} s | {lm} MiB | {float(l) / float(s5):.1f}× | {float(p):.2f} s |")
-' "$store" "$n" "$s5_s" "$s5_mib" "$l_s" "$l_mib" "$p_s")")
+store, n, s5, s5m, l, lm, p, f, fm = sys.argv[1:]
+print(f"| {store} | {int(n):,} | {float(s5):.2f} s | {s5m} MiB | {float(l):.2f} s | {lm} MiB | {float(l) / float(s5):.1f}× | {float(f):.2f} s | {fm} MiB | {float(f) / float(s5):.1f}× | {float(p):.2f} s |")
+' "$store" "$n" "$s5_s" "$s5_mib" "$l_s" "$l_mib" "$p_s" "$f_s" "$f_mib")")
     echo "${rows[-1]}"
   done
 done
@@ -228,13 +241,15 @@ version=$("$labctl" --version | cut -d' ' -f2)
   echo "nginx on 127.0.0.1, into a fresh bucket — beside \`s5cmd cp\` (v2.3.0, its defaults) of the"
   echo "same files from disk into a fresh bucket of the same server, which neither downloads nor"
   echo "verifies anything nor writes a record per object. Then \`labctl plan\` of the applied manifest"
-  echo "(nothing to do). On this project's 2-core machine, one run each, each server fresh on a"
-  echo "fresh ext4 loop volume."
+  echo "(nothing to do). And the promotion of a fan-out (\`labctl apply plan.json --staged\` after"
+  echo "\`labctl plan --matrix\` and a \`labctl stage\` of every leg, two legs at a time; only the"
+  echo "promotion is timed): server-side copies of the staged blobs, a record each, the index. On this"
+  echo "project's 2-core machine, one run each, each server fresh on a fresh ext4 loop volume."
   echo
   echo "Produced by \`scripts/bench/many-images.sh ${counts[*]}\` on $(date -u +%Y-%m-%d), labctl $version."
   echo
-  echo "| store | images | s5cmd cp | s5cmd peak RSS | labctl apply | labctl peak RSS | ratio | labctl plan |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| store | images | s5cmd cp | s5cmd peak RSS | labctl apply | peak RSS | ratio | promotion | peak RSS | ratio | labctl plan |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "### Peak RSS by \`--parallelism\`"

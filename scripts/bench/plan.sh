@@ -167,7 +167,7 @@ done
   echo "\`labctl plan\` of N unchanged images (each apply left its record snapshot), best of three,"
   echo "with the S3 requests of one plan counted by a forwarding proxy. Ceph RGW (a one-node"
   echo "memstore cluster on 127.0.0.1) lists ETags, so a refresh is a few list pages, one GET of"
-  echo "\`.labctl/records.json\` and the index files. s3s-fs lists no ETags; there a plan takes"
+  echo "\`.labctl/records.json.zst\` and the index files. s3s-fs lists no ETags; there a plan takes"
   echo "a record or object as unchanged while its listed size and modification time are the ones"
   echo "the snapshot paired with its ETag (drift still fetches and HEADs everything). \"Listing"
   echo "alone\" is boto3 listing \`metadata/\` and \`images/\` concurrently and doing nothing"

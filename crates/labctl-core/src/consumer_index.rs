@@ -73,7 +73,20 @@ pub struct Entries {
 /// The entries for every readable record whose object is (or may be) present. Unreadable
 /// records and records whose object is missing are left out: there is nothing true to say.
 pub fn entries(records: &BTreeMap<String, ActualRecord>) -> Entries {
-    let mut out = Entries::default();
+    let (entries, lacking) = implied(records);
+    Entries {
+        entries: entries.collect(),
+        lacking,
+    }
+}
+
+/// [`entries`] made one at a time, in path order, and the records lacking a sha256 (or size):
+/// a plan of tens of thousands of images compares the index without holding it.
+pub fn implied(
+    records: &BTreeMap<String, ActualRecord>,
+) -> (impl Iterator<Item = IndexEntry> + '_, Vec<(String, String)>) {
+    let mut lacking = Vec::new();
+    let mut listed: Vec<(&str, &crate::state::Record)> = Vec::new();
     for (record_key, r) in records {
         let Ok(record) = &r.record else { continue };
         if matches!(r.object, ObjectState::Missing) {
@@ -87,41 +100,45 @@ pub fn entries(records: &BTreeMap<String, ActualRecord>) -> Entries {
         if crate::layout::check_relative_key(path).is_err() || is_index_file(path) {
             continue;
         }
-        let name = record.name().unwrap_or(path).to_string();
-        let (Some(sha256), Some(size)) = (record.sha256(), record.size()) else {
-            out.lacking.push((record_key.clone(), name));
+        if record.sha256().is_none() || record.size().is_none() {
+            let name = record.name().unwrap_or(path).to_string();
+            lacking.push((record_key.clone(), name));
             continue;
-        };
+        }
+        listed.push((path, record));
+    }
+    // By path, not by record key: `a+.json` sorts before `a.json`, `a+` after `a`.
+    listed.sort_by(|a, b| a.0.cmp(b.0));
+    let entries = listed.into_iter().filter_map(|(path, record)| {
         let (uploaded_at, labctl_version) = match record {
             crate::state::Record::Current(c) => {
                 (Some(c.uploaded_at.clone()), Some(c.labctl_version.clone()))
             }
             crate::state::Record::Legacy(l) => (l.uploaded_at.clone(), None),
         };
-        out.entries.push(IndexEntry {
-            name,
+        Some(IndexEntry {
+            name: record.name().unwrap_or(path).to_string(),
             path: path.to_string(),
-            size,
-            sha256: sha256.hex().to_string(),
+            size: record.size()?,
+            sha256: record.sha256()?.hex().to_string(),
             checksum: record.checksum().clone(),
             source_url: record.source_url().map(str::to_string),
             uploaded_at,
             labctl_version,
-        });
-    }
-    out.entries.sort_by(|a, b| a.path.cmp(&b.path));
-    out
+        })
+    });
+    (entries, lacking)
 }
 
 /// `SHA256SUMS` in the format `sha256sum` writes and `sha256sum -c` reads: `<hex>  <path>`,
 /// sorted by path. Keys never hold a backslash or a control character, so no line needs the
 /// escaped form coreutils uses for such names.
 pub fn sha256sums(entries: &[IndexEntry]) -> String {
-    let mut out = String::new();
-    for e in entries {
-        out.push_str(&format!("{}  {}\n", e.sha256, e.path));
-    }
-    out
+    entries.iter().map(sums_line).collect()
+}
+
+fn sums_line(e: &IndexEntry) -> String {
+    format!("{}  {}\n", e.sha256, e.path)
 }
 
 pub fn document(
@@ -224,43 +241,118 @@ fn unescape(s: &str) -> Option<String> {
     Some(out)
 }
 
-pub use crate::state::IndexFiles;
+pub use crate::state::{IndexFiles, JsonFound};
 
 /// Why the index in the store does not match what the records say (empty: it does).
 /// `public_key` is the manifest's `spec.index.signing.minisign.publicKey`.
-pub fn staleness(
-    entries: &[IndexEntry],
+/// The index files as the store holds them (`None` where absent), reduced to what
+/// [`staleness`] compares.
+pub fn found(sums: Option<&[u8]>, json: Option<&[u8]>, signature: Option<Vec<u8>>) -> IndexFiles {
+    IndexFiles {
+        sums: sums.map(sha256_of),
+        json: json.map(
+            |bytes| match serde_json::from_slice::<IndexDocument>(bytes) {
+                Ok(d) if d.format_version.split('.').next() == FORMAT_VERSION.split('.').next() => {
+                    JsonFound::Images(images_digest(&d.images))
+                }
+                _ => JsonFound::Other,
+            },
+        ),
+        signature,
+    }
+}
+
+fn sha256_of(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The sha256 of `entries` as a compact JSON array, written as it is hashed: equal entries,
+/// equal digest, whatever else the document around them says.
+pub fn images_digest<E: std::borrow::Borrow<IndexEntry>>(
+    entries: impl IntoIterator<Item = E>,
+) -> [u8; 32] {
+    let mut json = ArrayDigest::default();
+    for e in entries {
+        json.push(e.borrow());
+    }
+    json.finish()
+}
+
+/// The sha256 of a compact JSON array (as `serde_json` writes a whole one), fed an element at
+/// a time.
+#[derive(Default)]
+struct ArrayDigest {
+    hash: HashWriter,
+    len: usize,
+}
+
+impl ArrayDigest {
+    fn push(&mut self, entry: &IndexEntry) {
+        sha2::Digest::update(&mut self.hash.0, if self.len == 0 { b"[" } else { b"," });
+        serde_json::to_writer(&mut self.hash, entry).expect("index entries serialize");
+        self.len += 1;
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        sha2::Digest::update(&mut self.hash.0, if self.len == 0 { "[]" } else { "]" });
+        sha2::Digest::finalize(self.hash.0).into()
+    }
+}
+
+#[derive(Default)]
+struct HashWriter(sha2::Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why the index `found` in the store is not the one `entries` (in path order) make: one
+/// reason per file. One pass over the entries, none of them held.
+pub fn staleness<E: std::borrow::Borrow<IndexEntry>>(
+    entries: impl IntoIterator<Item = E>,
     found: &IndexFiles,
     public_key: Option<&str>,
 ) -> Vec<String> {
+    let mut sums = sha2::Sha256::default();
+    let mut json = ArrayDigest::default();
+    // The text itself only for a signature to check.
+    let mut sums_text = (public_key.is_some() && found.signature.is_some()).then(String::new);
+    for e in entries {
+        let e = e.borrow();
+        let line = sums_line(e);
+        sha2::Digest::update(&mut sums, line.as_bytes());
+        if let Some(text) = &mut sums_text {
+            text.push_str(&line);
+        }
+        json.push(e);
+    }
+    let (sums, json): ([u8; 32], _) = (sha2::Digest::finalize(sums).into(), json.finish());
+
     let mut reasons = Vec::new();
-    let sums = sha256sums(entries);
     match &found.sums {
         None => reasons.push(format!("{SUMS_KEY} is missing")),
-        Some(b) if *b != sums.as_bytes() => reasons.push(format!(
+        Some(digest) if *digest != sums => reasons.push(format!(
             "{SUMS_KEY} does not list exactly the managed objects"
         )),
         Some(_) => {}
     }
     match &found.json {
         None => reasons.push(format!("{JSON_KEY} is missing")),
-        Some(b) => {
-            let current = serde_json::from_slice::<IndexDocument>(b).ok();
-            // Any 1.x index describes the objects the same way: a newer minor version alone
-            // is no reason to rewrite (and re-sign) what the NAS already holds.
-            let same = current.is_some_and(|d| {
-                d.format_version.split('.').next() == FORMAT_VERSION.split('.').next()
-                    && d.images.as_slice() == entries
-            });
-            if !same {
-                reasons.push(format!("{JSON_KEY} is out of date"));
-            }
-        }
+        Some(JsonFound::Images(digest)) if *digest == json => {}
+        Some(_) => reasons.push(format!("{JSON_KEY} is out of date")),
     }
     match (public_key, &found.signature) {
         (Some(_), None) => reasons.push(format!("{SIGNATURE_KEY} is missing")),
         (Some(key), Some(sig)) => {
-            if !signature_verifies(key, sums.as_bytes(), sig) {
+            let text = sums_text.unwrap_or_default();
+            if !signature_verifies(key, text.as_bytes(), sig) {
                 reasons.push(format!(
                     "{SIGNATURE_KEY} does not verify with spec.index.signing.minisign.publicKey"
                 ));
@@ -412,26 +504,58 @@ mod tests {
     }
 
     #[test]
+    fn the_images_digest_is_that_of_the_array_serde_json_writes() {
+        use sha2::Digest as _;
+        for entries in [
+            vec![],
+            vec![entry("a.raw", b"a")],
+            vec![entry("a.raw", b"a"), entry("b/c.raw", b"c")],
+        ] {
+            let whole: [u8; 32] =
+                sha2::Sha256::digest(serde_json::to_vec(&entries).unwrap()).into();
+            assert_eq!(images_digest(&entries), whole, "{} entries", entries.len());
+        }
+    }
+
+    #[test]
     fn staleness_names_each_file() {
         let entries = vec![entry("a.raw", b"a")];
-        let fresh = IndexFiles {
-            sums: Some(sha256sums(&entries).into_bytes()),
-            json: Some(to_json(&document(
-                &entries,
-                "2026-11-26T00:00:00Z".into(),
-                None,
-            ))),
-            signature: None,
+        let json = |generated_at: &str, version: &str| {
+            let mut doc = document(&entries, generated_at.into(), None);
+            doc.format_version = version.into();
+            to_json(&doc)
         };
-        assert!(staleness(&entries, &fresh, None).is_empty());
-        // The generation time alone does not make the index out of date.
-        let mut later = fresh.clone();
-        later.json = Some(to_json(&document(
-            &entries,
-            "2027-01-01T00:00:00Z".into(),
+        let sums = sha256sums(&entries);
+        let fresh = found(
+            Some(sums.as_bytes()),
+            Some(&json("2026-11-26T00:00:00Z", FORMAT_VERSION)),
             None,
-        )));
-        assert!(staleness(&entries, &later, None).is_empty());
+        );
+        assert!(staleness(&entries, &fresh, None).is_empty());
+        // Neither the generation time nor a newer minor version makes the index out of date.
+        for (at, version) in [
+            ("2027-01-01T00:00:00Z", FORMAT_VERSION),
+            ("2026-11-26T00:00:00Z", "1.9"),
+        ] {
+            let later = found(Some(sums.as_bytes()), Some(&json(at, version)), None);
+            assert!(
+                staleness(&entries, &later, None).is_empty(),
+                "{at} {version}"
+            );
+        }
+        // Another major version, a document that is not an index, other entries: out of date.
+        let other = vec![entry("b.raw", b"b")];
+        for json in [
+            json("2026-11-26T00:00:00Z", "2.0"),
+            b"{not json".to_vec(),
+            to_json(&document(&other, "2026-11-26T00:00:00Z".into(), None)),
+        ] {
+            let stale = found(Some(sums.as_bytes()), Some(&json), None);
+            assert_eq!(
+                staleness(&entries, &stale, None),
+                ["images/index.json is out of date"]
+            );
+        }
 
         let reasons = staleness(&entries, &IndexFiles::default(), None);
         assert_eq!(

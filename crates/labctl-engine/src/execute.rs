@@ -715,12 +715,10 @@ fn kept_entry(
         sha256,
         key,
         size,
-        source_url: before
-            .spec
-            .as_ref()
-            .and_then(|s| s.pointer("/source/url"))
-            .and_then(|u| u.as_str())
-            .map(str::to_string),
+        source_url: before.spec.as_ref().and_then(|s| match &s.source {
+            crate::spec::SpecSource::Http { url, .. } => Some(url.clone()),
+            crate::spec::SpecSource::Packer { .. } => None,
+        }),
         uploaded_at: before
             .uploaded_at
             .clone()

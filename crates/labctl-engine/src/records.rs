@@ -25,7 +25,7 @@ pub(crate) fn with_history(
     let (list, delete) = super::history::after_change(
         kept,
         before,
-        change.history.as_ref(),
+        change.history.as_deref(),
         record.sha256.as_ref(),
         record.spec.history,
     );

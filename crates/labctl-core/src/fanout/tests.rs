@@ -116,7 +116,7 @@ fn a_restore_update_or_no_op_is_not_a_unit() {
     let mut p = plan_of(&[http("a"), http("b"), http("c")]);
     p.changes[0].action = Action::NoOp;
     p.changes[1].action = Action::Update;
-    p.changes[2].restore = Some(crate::state::record::HistoryEntry {
+    p.changes[2].restore = Some(Box::new(crate::state::record::HistoryEntry {
         checksum: sum("c"),
         sha256: sum("c"),
         key: "history/c/c.img/x".into(),
@@ -124,7 +124,7 @@ fn a_restore_update_or_no_op_is_not_a_unit() {
         source_url: None,
         uploaded_at: "2026-11-01T00:00:00Z".into(),
         kept_at: "2026-11-02T00:00:00Z".into(),
-    });
+    }));
     assert!(units(&p).is_empty());
     let m = matrix(&p, "id", &Limits::default());
     assert_eq!((m.units, m.legs, m.waves.len()), (0, 0, 0));

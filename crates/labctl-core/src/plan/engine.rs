@@ -235,11 +235,11 @@ fn delete_of(name: String, record_key: &str, r: &ActualRecord, reason: Reason) -
         action: Action::Delete,
         reasons,
         depends_on: Vec::new(),
-        before: Some(before),
+        before: Some(Box::new(before)),
         after: None,
         field_changes: Vec::new(),
         restore: None,
-        history,
+        history: history.map(Box::new),
         adopt: None,
     }
 }
@@ -268,9 +268,8 @@ fn index_plan(changes: &[Change], actual: &ActualState, options: &PlanOptions) -
         .filter(|c| matches!(c.action, Action::Create | Action::Replace | Action::Delete))
         .map(|c| c.record_key.as_str())
         .collect();
-    let implied = crate::consumer_index::entries(&actual.records);
-    let backfill: Vec<Backfill> = implied
-        .lacking
+    let (implied, lacking) = crate::consumer_index::implied(&actual.records);
+    let backfill: Vec<Backfill> = lacking
         .iter()
         .filter(|(record_key, _)| !changing.contains(record_key.as_str()))
         .map(|(record_key, name)| Backfill {
@@ -290,7 +289,7 @@ fn index_plan(changes: &[Change], actual: &ActualState, options: &PlanOptions) -
         ));
     } else {
         reasons.extend(crate::consumer_index::staleness(
-            &implied.entries,
+            implied,
             &actual.index,
             options.index_public_key.as_deref(),
         ));
@@ -340,7 +339,7 @@ fn before_of(r: &ActualRecord) -> Before {
             fingerprint: Some(rec.fingerprint.clone()),
             uploaded_at: Some(rec.uploaded_at.clone()),
             legacy: false,
-            spec: Some(rec.spec.to_json()),
+            spec: Some(rec.spec.clone()),
             history: rec.history.clone(),
         },
         Ok(record @ Record::Legacy(l)) => Before {
@@ -418,8 +417,8 @@ fn plan_image(
         action: Action::NoOp,
         reasons: Vec::new(),
         depends_on: d.spec.depends_on.clone(),
-        before: actual.map(before_of),
-        after: Some(after),
+        before: actual.map(|r| Box::new(before_of(r))),
+        after: Some(Box::new(after)),
         field_changes: Vec::new(),
         restore: None,
         history: None,
@@ -532,7 +531,7 @@ fn adopt_into(change: &mut Change, adopt: Adopt) {
             .unknown
             .retain(|u| !matches!(u, KnownAfterApply::Checksum | KnownAfterApply::Size));
     }
-    change.adopt = Some(adopt);
+    change.adopt = Some(Box::new(adopt));
 }
 
 /// An image with no record: created, or adopted when an interrupted apply published exactly
@@ -590,7 +589,7 @@ fn plan_history(d: &Desired, actual: &ActualRecord, change: &mut Change) {
         let restore = wanted.and_then(|w| kept.iter().find(|h| h.checksum == *w));
         if let Some(entry) = restore {
             change.reasons.push(Reason::RestoreFromHistory);
-            change.restore = Some(entry.clone());
+            change.restore = Some(Box::new(entry.clone()));
         }
     }
     // Bytes someone else wrote are not what the record describes: keeping them under the
@@ -660,7 +659,7 @@ fn plan_history(d: &Desired, actual: &ActualRecord, change: &mut Change) {
         limit,
     };
     if !plan.is_empty() {
-        change.history = Some(plan);
+        change.history = Some(Box::new(plan));
     }
 }
 

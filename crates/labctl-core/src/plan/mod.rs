@@ -192,21 +192,23 @@ pub struct Change {
     pub action: Action,
     pub reasons: Vec<Reason>,
     pub depends_on: Vec<String>,
-    pub before: Option<Before>,
-    pub after: Option<After>,
+    // Boxed, like the rarely present fields below: a plan holds a change per image, and inline
+    // these made each one over a KiB before any of it was known.
+    pub before: Option<Box<Before>>,
+    pub after: Option<Box<After>>,
     /// Spec fields that differ between the record and the manifest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub field_changes: Vec<FieldChange>,
     /// A replace that copies earlier bytes back from the history instead of downloading or
     /// building them (added in format 1.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore: Option<HistoryEntry>,
+    pub restore: Option<Box<HistoryEntry>>,
     /// What happens to the image's kept versions (added in format 1.2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub history: Option<HistoryPlan>,
+    pub history: Option<Box<HistoryPlan>>,
     /// An update that adopts an object published without a record (added in format 1.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub adopt: Option<Adopt>,
+    pub adopt: Option<Box<Adopt>>,
 }
 
 /// An object found at the image's key without a record, whose labctl metadata already says it
@@ -258,7 +260,9 @@ pub struct Before {
     /// Written by the earlier sync tool.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub legacy: bool,
-    pub spec: Option<serde_json::Value>,
+    /// The recorded spec, typed: a plan of tens of thousands of images holds one per image, and
+    /// a JSON tree of it costs several times the struct.
+    pub spec: Option<crate::spec::NormalizedSpec>,
     /// Kept earlier versions, newest first (added in format 1.2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,

@@ -192,7 +192,7 @@ fn change(out: &mut String, c: &Change) {
         c.after.as_ref(),
     ) {
         if !c.field_changes.is_empty() {
-            for line in spec_diff(before, &after.spec.to_json()).lines() {
+            for line in spec_diff(before, &after.spec).lines() {
                 let styled = if line.starts_with("+++") || line.starts_with("---") {
                     style(line).bold()
                 } else if line.starts_with('+') {

@@ -189,7 +189,7 @@ fn section(c: &Change) -> String {
     if let (Some(before), Some(after)) = (c.before.as_ref().and_then(|b| b.spec.as_ref()), &c.after)
     {
         if !c.field_changes.is_empty() {
-            let mut diff = spec_diff(before, &after.spec.to_json());
+            let mut diff = spec_diff(before, &after.spec);
             if diff.len() > MAX_SECTION {
                 let mut cut = MAX_SECTION;
                 while !diff.is_char_boundary(cut) {
@@ -240,8 +240,10 @@ mod tests {
             protect: false,
             history: 0,
         };
-        let mut old = spec.to_json();
-        old["source"]["url"] = "https://old".into();
+        let mut old = spec.clone();
+        if let crate::spec::SpecSource::Http { url, .. } = &mut old.source {
+            *url = "https://old".into();
+        }
         Change {
             name: format!("image-{i}"),
             key: format!("images/i/{i}.raw"),
@@ -249,7 +251,7 @@ mod tests {
             action,
             reasons: vec!["source url changed".into()],
             depends_on: vec![],
-            before: Some(Before {
+            before: Some(Box::new(Before {
                 checksum: Some(Checksum::sha256(b"a")),
                 size: Some(1),
                 fingerprint: None,
@@ -258,8 +260,8 @@ mod tests {
                 spec: Some(old.clone()),
                 sha256: None,
                 history: vec![],
-            }),
-            after: Some(After {
+            })),
+            after: Some(Box::new(After {
                 checksum: Some(Checksum::sha256(b"a")),
                 source_checksum: None,
                 fingerprint: None,
@@ -267,8 +269,8 @@ mod tests {
                 pgp_key: None,
                 dependencies: Default::default(),
                 unknown: vec![],
-            }),
-            field_changes: crate::plan::fields::diff(&old, &spec.to_json()),
+            })),
+            field_changes: crate::plan::fields::diff(&old.to_json(), &spec.to_json()),
             restore: None,
             history: None,
             adopt: None,

@@ -4,6 +4,7 @@ pub mod human;
 pub mod markdown;
 
 use crate::plan::Plan;
+use crate::spec::NormalizedSpec;
 
 /// The plan as its documented, versioned JSON.
 pub fn json(plan: &Plan) -> String {
@@ -22,9 +23,10 @@ pub fn text_diff(name: &str, before: &str, after: &str) -> String {
 }
 
 /// A unified diff of the record's spec against the manifest's, as pretty JSON.
-pub fn spec_diff(before: &serde_json::Value, after: &serde_json::Value) -> String {
-    let old = serde_json::to_string_pretty(before).expect("serializes") + "\n";
-    let new = serde_json::to_string_pretty(after).expect("serializes") + "\n";
+pub fn spec_diff(before: &NormalizedSpec, after: &NormalizedSpec) -> String {
+    // Through JSON values, whose keys are sorted: both sides list fields in one order.
+    let old = serde_json::to_string_pretty(&before.to_json()).expect("serializes") + "\n";
+    let new = serde_json::to_string_pretty(&after.to_json()).expect("serializes") + "\n";
     similar::TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(3)

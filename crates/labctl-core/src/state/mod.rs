@@ -5,12 +5,28 @@ use std::collections::BTreeMap;
 
 use crate::object::ObjectMeta;
 
-/// The consumer index's files as found in the store (each `None` when absent).
+/// The consumer index's files as found in the store (each `None` when absent), kept as what a
+/// plan compares them by, not as their bytes: at tens of thousands of images the index is
+/// megabytes, read at the start of a plan and compared only after every change is planned.
+/// Made by the consumer index's `found`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexFiles {
-    pub sums: Option<Vec<u8>>,
-    pub json: Option<Vec<u8>>,
+    /// The sha256 of `SHA256SUMS`.
+    pub sums: Option<[u8; 32]>,
+    pub json: Option<JsonFound>,
+    /// `SHA256SUMS.minisig`, whole (a few hundred bytes).
     pub signature: Option<Vec<u8>>,
+}
+
+/// What `index.json` in the store says about the objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonFound {
+    /// A 1.x index: the sha256 of its `images`, as the consumer index's `images_digest`
+    /// computes it. Any 1.x index describes the objects the same way: a newer minor version
+    /// alone is no reason to rewrite (and re-sign) what the NAS already holds.
+    Images([u8; 32]),
+    /// Not an index this version reads (unparseable, or another major version).
+    Other,
 }
 
 pub mod record;
@@ -127,7 +143,7 @@ pub struct ActualState {
     pub unrecorded: BTreeMap<String, ObjectMeta>,
 }
 
-/// `.labctl/records.json`: every record as apply last saw it, with the ETag it had. A refresh
+/// `.labctl/records.json.zst`: every record as apply last saw it, with the ETag it had. A refresh
 /// uses an entry only while the listing shows the record with that same ETag (or, on a store
 /// that lists no ETags, the same [`ListedWrite`]), so the snapshot saves fetching records and
 /// is never trusted over the store.
@@ -157,9 +173,15 @@ pub struct ListedObject {
     pub etag: String,
 }
 
-pub const SNAPSHOT_KEY: &str = ".labctl/records.json";
+/// zstd-compressed: records repeat the same field names and URLs, so 10,000 of them are about
+/// 17 MB of JSON and under 2 MB compressed, and the snapshot is written and read as a stream,
+/// never held whole.
+pub const SNAPSHOT_KEY: &str = ".labctl/records.json.zst";
+/// Where labctl 0.1 kept the snapshot uncompressed; removed when the compressed one is written.
+pub const LEGACY_SNAPSHOT_KEY: &str = ".labctl/records.json";
 pub const SNAPSHOT_FORMAT: u32 = 1;
-/// 10,000 records are ~25 MB; anything far larger is not a snapshot labctl wrote.
+/// The most snapshot JSON a refresh reads (compressed or not): 10,000 records are ~17 MB;
+/// anything far larger is not a snapshot labctl wrote.
 pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
 /// [`SnapshotEntry`] borrowed from the state it is taken of: a snapshot of tens of thousands of
@@ -201,13 +223,13 @@ impl Snapshot {
         }
     }
 
-    /// [`Snapshot::of`] as the JSON the store keeps, written straight from `state`.
-    pub fn json_of(state: &ActualState) -> Vec<u8> {
+    /// [`Snapshot::of`] as the JSON the store keeps, written straight from `state` into `out`.
+    pub fn write_json(state: &ActualState, out: impl std::io::Write) -> std::io::Result<()> {
         let snapshot = SnapshotRef {
             format: SNAPSHOT_FORMAT,
             records: Snapshot::entries(state).collect(),
         };
-        serde_json::to_vec(&snapshot).expect("snapshots serialize")
+        serde_json::to_writer(out, &snapshot).map_err(std::io::Error::from)
     }
 
     fn entries(state: &ActualState) -> impl Iterator<Item = (&str, SnapshotEntryRef<'_>)> {
@@ -297,10 +319,9 @@ mod tests {
         let state = state_with(present.clone(), Some(write(5, "3.0")));
         let snap = Snapshot::of(&state);
         // What the store keeps is written straight from the state, the same JSON.
-        assert_eq!(
-            Snapshot::json_of(&state),
-            serde_json::to_vec(&snap).unwrap()
-        );
+        let mut written = Vec::new();
+        Snapshot::write_json(&state, &mut written).unwrap();
+        assert_eq!(written, serde_json::to_vec(&snap).unwrap());
         let entry = &snap.records["metadata/vyos/gw.raw.json"];
         assert_eq!(entry.etag, "\"r\"");
         assert_eq!(entry.listed, Some(write(900, "7.25")));

@@ -65,16 +65,18 @@ pub struct Held {
 /// threshold from its heaps once it has raised the threshold (it does after the first large
 /// free), one heap per thread: parts filled on decoder threads and freed by upload tasks then
 /// linger there, tens of MiB beyond the budget. A fixed threshold keeps every part its own
-/// mapping. Two arenas, not glibc's eight per core: the decoders' blocking threads otherwise
-/// each keep their own arena of freed buffers (measured: a mixed run at --parallelism 64 peaked
-/// at 91 MiB with two arenas, 93–99 MiB without). (musl, which the release binaries use, maps
-/// large blocks alone already and has one heap.) Call it before any thread starts.
+/// mapping. One arena, not glibc's eight per core: the decoders' blocking threads otherwise
+/// each keep their own arena of freed buffers, and memory freed in one arena is not reused by
+/// another (measured: a mixed run at --parallelism 64 peaked at 91 MiB with two arenas, 93–99
+/// MiB with eight; an apply of 10,000 small images at 107 MiB with two, 98 MiB with one, in
+/// the same time). (musl, which the release binaries use, maps large blocks alone already and
+/// has one heap.) Call it before any thread starts.
 pub fn return_freed_parts_to_the_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only tunes the allocator, and no other thread allocates yet.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

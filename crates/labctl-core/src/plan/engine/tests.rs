@@ -951,15 +951,15 @@ use crate::consumer_index::{self, IndexFiles};
 fn index_of(actual: &ActualState, signer: Option<&crate::signing::IndexSigner>) -> IndexFiles {
     let entries = consumer_index::entries(&actual.records).entries;
     let sums = consumer_index::sha256sums(&entries);
-    IndexFiles {
-        signature: signer.map(|s| s.sign(sums.as_bytes(), "t").unwrap().into_bytes()),
-        sums: Some(sums.into_bytes()),
-        json: Some(consumer_index::to_json(&consumer_index::document(
+    consumer_index::found(
+        Some(sums.as_bytes()),
+        Some(&consumer_index::to_json(&consumer_index::document(
             &entries,
             "2026-11-26T00:00:00Z".into(),
             None,
         ))),
-    }
+        signer.map(|s| s.sign(sums.as_bytes(), "t").unwrap().into_bytes()),
+    )
 }
 
 #[test]
@@ -1008,7 +1008,8 @@ fn a_missing_or_stale_index_is_rewritten_on_its_own() {
 
     let mut stale = actual.clone();
     stale.index = index_of(&actual, None);
-    stale.index.sums = Some(b"0000  other\n".to_vec());
+    stale.index = consumer_index::found(Some(b"0000  other\n"), None, None);
+    stale.index.json = index_of(&actual, None).json;
     let p = plan(&[a], &stale, PlanOptions::default());
     assert_eq!(
         p.index.reasons,
