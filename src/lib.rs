@@ -42,23 +42,22 @@ pub mod cli;
 pub mod commands;
 pub mod github;
 pub mod interrupt;
-pub mod manifest_dir;
 pub mod planning;
 pub mod progress;
 pub mod run_context;
-pub mod saved_plan;
 pub mod settings;
 pub mod store_lock;
 pub mod tracked;
 pub mod upstream;
 
 pub use labctl_core::{
-    checksum, consumer_index, diagnostic, drift, fanout, graph, hint, layout, pin, plan, render,
-    spec, timefmt, units,
+    checksum, consumer_index, diagnostic, drift, fanout, graph, hint, history, layout, pin, plan,
+    render, spec, timefmt, units,
 };
+pub use labctl_engine::saved_plan;
 pub use labctl_engine::{desired, failure};
 pub use labctl_store as store;
-pub use labctl_transfer::{pipeline, serve, source, template_hash, verify};
+pub use labctl_transfer::{manifest_dir, pipeline, serve, source, template_hash, verify};
 
 /// The manifest model and validation (core), read from a file (here).
 pub mod manifest {

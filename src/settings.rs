@@ -34,10 +34,6 @@ pub struct Environment {
     pub github_api_url: Option<String>,
     /// `GITHUB_TOKEN`: release lookups send it to that API only.
     pub github_token: Option<String>,
-    /// `LABCTL_SINGLE_COPY_LIMIT` (bytes): server-side copies above it go part by part
-    /// (UploadPartCopy), for a store whose CopyObject limit is below S3's 5 GiB. As written:
-    /// the store connection says what is wrong with it.
-    pub single_copy_limit: Option<String>,
     /// `LABCTL_TEST_HALT_AT`: stop at this commit point and wait to be killed (the test
     /// suite's crash-recovery tests; see `labctl_engine::halt`).
     pub halt_at: Option<String>,
@@ -49,22 +45,7 @@ pub struct GitHub {
     pub step_summary: Option<PathBuf>,
 }
 
-/// Where the store is, from the environment. Which wins is documented in the operations guide:
-/// a store named outside the manifest (`--store s3://…`, `E2_BUCKET`) takes nothing from the
-/// manifest's `spec.store`.
-#[derive(Debug, Clone)]
-pub struct StoreEnv {
-    pub bucket: Option<String>,
-    pub endpoint: Option<String>,
-    /// `E2_REGION`, else `AWS_REGION`.
-    pub region: Option<String>,
-    /// `E2_ACCESS_KEY` and `E2_SECRET_KEY`; `Err` when only one is set.
-    pub keys: Result<Option<(String, String)>, HalfKeys>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("E2_ACCESS_KEY is set but E2_SECRET_KEY is not (or the other way round)")]
-pub struct HalfKeys;
+pub use labctl_engine::open::{HalfKeys, StoreEnv};
 
 impl Environment {
     /// Reads the process environment: the one place that does.
@@ -103,6 +84,7 @@ impl Environment {
                 endpoint: var("E2_ENDPOINT"),
                 region: var("E2_REGION").or_else(|| var("AWS_REGION")),
                 keys,
+                single_copy_limit: var("LABCTL_SINGLE_COPY_LIMIT"),
             },
             signing_key,
             signing_password: var(labctl_core::signing::PASSWORD_VAR),
@@ -112,7 +94,6 @@ impl Environment {
                 .collect(),
             github_api_url: var("GITHUB_API_URL"),
             github_token: var("GITHUB_TOKEN"),
-            single_copy_limit: var("LABCTL_SINGLE_COPY_LIMIT"),
             halt_at: var("LABCTL_TEST_HALT_AT"),
         }
     }

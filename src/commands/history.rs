@@ -2,39 +2,10 @@
 
 use std::process::ExitCode;
 
-use serde::Serialize;
-
-use crate::checksum::Checksum;
 use crate::cli::HistoryArgs;
 use crate::failure::{Failure, WithHint};
-use crate::state::record::HistoryEntry;
+use crate::history::{ImageHistory, Listing, FORMAT_VERSION};
 use crate::units::human_size;
-
-/// Version of the `labctl history --json` output.
-pub const FORMAT_VERSION: &str = "1.0";
-
-#[derive(Debug, Serialize)]
-struct Output {
-    format_version: &'static str,
-    store: String,
-    images: Vec<ImageHistory>,
-}
-
-#[derive(Debug, Serialize)]
-struct ImageHistory {
-    name: String,
-    key: String,
-    /// The current object.
-    checksum: Checksum,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sha256: Option<Checksum>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    size: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uploaded_at: Option<String>,
-    /// Kept versions, newest first, as the state record lists them.
-    history: Vec<HistoryEntry>,
-}
 
 pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
     let manifest = match &args.store.store {
@@ -45,8 +16,7 @@ pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
     let state =
         crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::NotChecked)
             .await?;
-    let mut images = images_of(&state, args.name.as_deref());
-    images.sort_by(|a, b| a.name.cmp(&b.name));
+    let images = crate::history::images(&state, args.name.as_deref());
     if let Some(name) = &args.name {
         if images.is_empty() {
             return Err(anyhow::anyhow!(
@@ -57,7 +27,7 @@ pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
         }
     }
     if args.json {
-        let out = Output {
+        let out = Listing {
             format_version: FORMAT_VERSION,
             store: store.url(),
             images,
@@ -70,27 +40,6 @@ pub async fn run(args: &HistoryArgs) -> Result<ExitCode, Failure> {
     }
     print_human(&images, args.name.is_some(), &store.url());
     Ok(ExitCode::SUCCESS)
-}
-
-/// Each readable record's current bytes and kept versions (only `name`'s, when given).
-fn images_of(state: &crate::state::ActualState, name: Option<&str>) -> Vec<ImageHistory> {
-    state
-        .records
-        .values()
-        .filter_map(|r| {
-            let rec = r.record.as_ref().ok()?;
-            Some(ImageHistory {
-                name: rec.name().unwrap_or(&r.object_key).to_string(),
-                key: r.object_key.clone(),
-                checksum: rec.checksum().clone(),
-                sha256: rec.sha256(),
-                size: rec.size(),
-                uploaded_at: rec.uploaded_at().map(str::to_string),
-                history: rec.history().to_vec(),
-            })
-        })
-        .filter(|i| name.is_none_or(|n| n == i.name))
-        .collect()
 }
 
 /// The images that keep versions (every image asked for by name), current bytes first.

@@ -8,9 +8,9 @@ use anyhow::Context;
 
 use crate::cli::PinArgs;
 use crate::failure::{Failure, WithHint};
-use crate::manifest::{self, Source, SourceChecksum};
+use crate::manifest;
 use crate::pin::{self, Pinned};
-use crate::pipeline;
+use labctl_engine::pin::Need;
 
 pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
     let path = &args.manifest.manifest;
@@ -41,8 +41,17 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
         if named && !args.names.contains(&image.name) {
             continue;
         }
-        if let Some(pinned) = pin_one(image, named, &client, progress.as_ref()).await? {
-            pins.push(pinned);
+        match labctl_engine::pin::pin_one(image, &client, progress.as_ref()).await? {
+            Need::Build if named => eprintln!(
+                "{}: a Packer build; its checksum is known only after apply",
+                image.name
+            ),
+            Need::Pinned if named => eprintln!("{}: already pinned", image.name),
+            Need::Build | Need::Pinned => {}
+            Need::Learned(pinned) => {
+                println!("{}", pin_line(&pinned));
+                pins.push(pinned);
+            }
         }
     }
 
@@ -61,69 +70,8 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Downloads `image` once and returns what its manifest entry leaves to pin; `None` when
-/// nothing (a build, or pinned already; said when the image was `named`).
-async fn pin_one(
-    image: &manifest::Image,
-    named: bool,
-    client: &reqwest::Client,
-    progress: &dyn crate::progress::Progress,
-) -> Result<Option<Pinned>, Failure> {
-    let Source::Http(http) = &image.source else {
-        if named {
-            eprintln!(
-                "{}: a Packer build; its checksum is known only after apply",
-                image.name
-            );
-        }
-        return Ok(None);
-    };
-    let needs_checksum = http.checksum == SourceChecksum::Pin;
-    let needs_expected = http.decompress.is_some() && image.expected.is_none();
-    if !needs_checksum && !needs_expected {
-        if named {
-            eprintln!("{}: already pinned", image.name);
-        }
-        return Ok(None);
-    }
-    // Hash with the pinned checksum's algorithm, to compare; sha256 for new pins.
-    let algorithm = match &http.checksum {
-        SourceChecksum::Digest(c) => c.algorithm,
-        _ => crate::checksum::Algorithm::Sha256,
-    };
-    let (source, output) = pipeline::hash_download(
-        client.clone(),
-        &image.name,
-        &http.url,
-        algorithm,
-        http.decompress,
-        &pipeline::Settings::default(),
-        progress,
-    )
-    .await
-    .with_context(|| format!("image `{}`: cannot download {}", image.name, http.url))?;
-    // Never derive a published checksum from bytes that do not match a pinned source one.
-    if let SourceChecksum::Digest(pinned) = &http.checksum {
-        let actual = &source;
-        if actual != pinned {
-            return Err(anyhow::anyhow!(
-                "image `{}`: the download from {} has checksum {actual}, but the manifest says {pinned}",
-                image.name,
-                http.url
-            ))
-            .hint("the source changed or the pinned checksum is wrong; fix `source.checksum` (or set it to `pin`) first");
-        }
-    }
-    progress.finish(
-        &image.name,
-        &crate::progress::Outcome::Done(crate::progress::Done::Said("hashed".into())),
-    );
-    let pinned = Pinned {
-        image: image.name.clone(),
-        version: None,
-        checksum: needs_checksum.then(|| source.clone()),
-        expected: if needs_expected { output } else { None },
-    };
+/// `NAME: source.checksum … validation.expected …`: what was learned, on stdout.
+fn pin_line(pinned: &Pinned) -> String {
     let mut line = format!("{}:", pinned.image);
     if let Some(c) = &pinned.checksum {
         line.push_str(&format!(" source.checksum {c}"));
@@ -131,8 +79,7 @@ async fn pin_one(
     if let Some(e) = &pinned.expected {
         line.push_str(&format!(" validation.expected {e}"));
     }
-    println!("{line}");
-    Ok(Some(pinned))
+    line
 }
 
 /// Writes the pins into the manifest, keeping its formatting, once the edited text still

@@ -1,9 +1,63 @@
-//! Kept versions of an image (`history: N`): which entries a record lists after a change, and
-//! which history objects go.
+//! Kept versions of an image (`history: N`): which entries a record lists after a change,
+//! which history objects go, and what `labctl history` lists.
+
+use serde::Serialize;
 
 use crate::checksum::Checksum;
 use crate::plan::HistoryPlan;
 use crate::state::record::HistoryEntry;
+use crate::state::ActualState;
+
+/// Version of the `labctl history --json` output.
+pub const FORMAT_VERSION: &str = "1.0";
+
+/// `labctl history --json`.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub format_version: &'static str,
+    pub store: String,
+    pub images: Vec<ImageHistory>,
+}
+
+/// One image's current bytes and its kept versions.
+#[derive(Debug, Serialize)]
+pub struct ImageHistory {
+    pub name: String,
+    pub key: String,
+    /// The current object.
+    pub checksum: Checksum,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Checksum>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uploaded_at: Option<String>,
+    /// Kept versions, newest first, as the state record lists them.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Each readable record's current bytes and kept versions (only `name`'s, when given), by name.
+pub fn images(state: &ActualState, name: Option<&str>) -> Vec<ImageHistory> {
+    let mut images: Vec<ImageHistory> = state
+        .records
+        .values()
+        .filter_map(|r| {
+            let rec = r.record.as_ref().ok()?;
+            Some(ImageHistory {
+                name: rec.name().unwrap_or(&r.object_key).to_string(),
+                key: r.object_key.clone(),
+                checksum: rec.checksum().clone(),
+                sha256: rec.sha256(),
+                size: rec.size(),
+                uploaded_at: rec.uploaded_at().map(str::to_string),
+                history: rec.history().to_vec(),
+            })
+        })
+        .filter(|i| name.is_none_or(|n| n == i.name))
+        .collect();
+    images.sort_by(|a, b| a.name.cmp(&b.name));
+    images
+}
 
 /// The record's history after a change, newest first, and the history keys to delete once the
 /// record is written.

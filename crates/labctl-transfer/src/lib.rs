@@ -3,6 +3,7 @@
 //! copy of the published images on the machine that boots from it.
 
 pub mod local_file;
+pub mod manifest_dir;
 pub mod pipeline;
 pub mod progress;
 pub mod serve;

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::local_file::{self, ReadError, Symlinks};
 use labctl_core::diagnostic::{Diagnostic, Diagnostics};
 use labctl_core::graph::DependencyGraph;
 use labctl_core::manifest::{
     parse, DirProblem, LoadError, Manifest, ManifestDir, Rules, MAX_MANIFEST_BYTES,
 };
-use labctl_transfer::local_file::{self, ReadError, Symlinks};
 
 /// The directory that holds the manifest. File references stay inside it.
 pub struct Directory(pub PathBuf);
@@ -59,26 +59,40 @@ pub fn load(path: &Path, rules: Rules) -> Result<(Manifest, DependencyGraph), Lo
 
 /// Replaces the manifest with `text` atomically, keeping its permissions: a reader (or a run
 /// killed half way) sees the old file or the new one, never a part of either.
-pub fn write(path: &Path, text: &str) -> anyhow::Result<()> {
-    use anyhow::Context;
+pub fn write(path: &Path, text: &str) -> Result<(), WriteError> {
     use std::io::Write;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write a new manifest beside {}", path.display()))?;
-    tmp.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write a new manifest beside {}", path.display()))?;
+    let beside = |source| WriteError {
+        what: "write a new manifest beside",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(beside)?;
+    tmp.write_all(text.as_bytes()).map_err(beside)?;
     tmp.as_file().sync_all().ok();
     let permissions = std::fs::metadata(path).map(|m| m.permissions()).ok();
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot replace the manifest {}", path.display()))?;
+    tmp.persist(path).map_err(|e| WriteError {
+        what: "replace the manifest",
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
     if let Some(p) = permissions {
         let _ = std::fs::set_permissions(path, p);
     }
     Ok(())
+}
+
+/// The manifest could not be replaced; it is as it was.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {}", path.display())]
+pub struct WriteError {
+    what: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
 }
 
 /// Checks that `rel` names something inside `base`: relative, no `..`, and no symlink on the

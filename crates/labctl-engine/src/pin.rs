@@ -1,0 +1,72 @@
+//! `labctl pin`'s verification: what an image's manifest entry leaves to pin, learned from one
+//! download of its source, never from bytes that contradict a checksum already pinned.
+
+use anyhow::Context;
+
+use crate::failure::{Failure, WithHint};
+use crate::manifest::{Image, Source, SourceChecksum};
+use labctl_core::pin::Pinned;
+use labctl_transfer::pipeline;
+use labctl_transfer::progress::{Done, Outcome, Progress};
+
+/// What an image needs pinned.
+#[derive(Debug)]
+pub enum Need {
+    /// A Packer build: its checksum is known only after apply.
+    Build,
+    /// Its checksums are all written.
+    Pinned,
+    /// The values learned from its download, to write.
+    Learned(Pinned),
+}
+
+/// Downloads `image`'s source once when its entry leaves a checksum to pin (`pin`, or a
+/// decompressed image without `validation.expected`), and returns the values to write.
+pub async fn pin_one(
+    image: &Image,
+    client: &reqwest::Client,
+    progress: &dyn Progress,
+) -> Result<Need, Failure> {
+    let Source::Http(http) = &image.source else {
+        return Ok(Need::Build);
+    };
+    let needs_checksum = http.checksum == SourceChecksum::Pin;
+    let needs_expected = http.decompress.is_some() && image.expected.is_none();
+    if !needs_checksum && !needs_expected {
+        return Ok(Need::Pinned);
+    }
+    // Hash with the pinned checksum's algorithm, to compare; sha256 for new pins.
+    let algorithm = match &http.checksum {
+        SourceChecksum::Digest(c) => c.algorithm,
+        _ => crate::checksum::Algorithm::Sha256,
+    };
+    let (source, output) = pipeline::hash_download(
+        client.clone(),
+        &image.name,
+        &http.url,
+        algorithm,
+        http.decompress,
+        &pipeline::Settings::default(),
+        progress,
+    )
+    .await
+    .with_context(|| format!("image `{}`: cannot download {}", image.name, http.url))?;
+    // Never derive a published checksum from bytes that do not match a pinned source one.
+    if let SourceChecksum::Digest(pinned) = &http.checksum {
+        if &source != pinned {
+            return Err(anyhow::anyhow!(
+                "image `{}`: the download from {} has checksum {source}, but the manifest says {pinned}",
+                image.name,
+                http.url
+            ))
+            .hint("the source changed or the pinned checksum is wrong; fix `source.checksum` (or set it to `pin`) first");
+        }
+    }
+    progress.finish(&image.name, &Outcome::Done(Done::Said("hashed".into())));
+    Ok(Need::Learned(Pinned {
+        image: image.name.clone(),
+        version: None,
+        checksum: needs_checksum.then_some(source),
+        expected: if needs_expected { output } else { None },
+    }))
+}
