@@ -403,13 +403,18 @@ async fn read_snapshot(store: &dyn Store) -> Option<Snapshot> {
     // would put the records in another arena, and freed memory in one arena is not reused by
     // the other (a 10,000-image plan measured 132 MiB that way, 112 MiB this way).
     use std::io::Read as _;
-    let json = zstd::stream::read::Decoder::new(&compressed[..])
-        .ok()?
-        .take(MAX_SNAPSHOT_BYTES as u64);
+    let mut decoder = zstd::stream::read::Decoder::new(&compressed[..]).ok()?;
+    // labctl writes it at level 3 (a window of at most 2 MiB); a frame asking for a far larger
+    // window is not one it wrote, and is refused before the decoder allocates it.
+    decoder.window_log_max(SNAPSHOT_WINDOW_LOG_MAX).ok()?;
+    let json = decoder.take(MAX_SNAPSHOT_BYTES as u64);
     serde_json::from_reader::<_, Snapshot>(std::io::BufReader::new(json))
         .ok()
         .filter(|s| s.format == SNAPSHOT_FORMAT)
 }
+
+/// The largest zstd window a snapshot may ask for: 8 MiB.
+const SNAPSHOT_WINDOW_LOG_MAX: u32 = 23;
 
 /// Writes the snapshot of `state` for the next refresh, compressed as it is serialized; then
 /// removes an uncompressed one an older labctl left.
@@ -565,5 +570,48 @@ mod tests {
             seen.into_inner().unwrap(),
             (1..=5).map(|d| (d, 5)).collect::<Vec<_>>()
         );
+    }
+
+    #[tokio::test]
+    async fn the_snapshot_is_read_back_and_one_labctl_did_not_write_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::new(dir.path());
+        let put = |key: &'static str, body: Vec<u8>| {
+            let store = &store;
+            async move {
+                store
+                    .put(key, bytes::Bytes::from(body), crate::PutOptions::default())
+                    .await
+                    .unwrap();
+            }
+        };
+        put(LEGACY_SNAPSHOT_KEY, b"{}".to_vec()).await;
+        write_snapshot(&store, &ActualState::default())
+            .await
+            .unwrap();
+        let read = read_snapshot(&store)
+            .await
+            .expect("the snapshot just written");
+        assert!(read.records.is_empty());
+        assert!(store.head(LEGACY_SNAPSHOT_KEY).await.unwrap().is_none());
+
+        let json = br#"{"format":1,"records":{}}"#.to_vec();
+        // Uncompressed, another format, a frame asking for a 128 MiB window: no snapshot.
+        put(SNAPSHOT_KEY, json.clone()).await;
+        assert!(read_snapshot(&store).await.is_none());
+        put(
+            SNAPSHOT_KEY,
+            zstd::encode_all(&br#"{"format":9,"records":{}}"#[..], 3).unwrap(),
+        )
+        .await;
+        assert!(read_snapshot(&store).await.is_none());
+        let mut wide = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        wide.window_log(27).unwrap();
+        std::io::Write::write_all(&mut wide, &json).unwrap();
+        put(SNAPSHOT_KEY, wide.finish().unwrap()).await;
+        assert!(read_snapshot(&store).await.is_none());
+        // The same JSON in a frame labctl could have written is one.
+        put(SNAPSHOT_KEY, zstd::encode_all(&json[..], 3).unwrap()).await;
+        assert!(read_snapshot(&store).await.is_some());
     }
 }
