@@ -243,8 +243,6 @@ fn unescape(s: &str) -> Option<String> {
 
 pub use crate::state::{IndexFiles, JsonFound};
 
-/// Why the index in the store does not match what the records say (empty: it does).
-/// `public_key` is the manifest's `spec.index.signing.minisign.publicKey`.
 /// The index files as the store holds them (`None` where absent), reduced to what
 /// [`staleness`] compares.
 pub fn found(sums: Option<&[u8]>, json: Option<&[u8]>, signature: Option<Vec<u8>>) -> IndexFiles {
@@ -314,7 +312,8 @@ impl std::io::Write for HashWriter {
 }
 
 /// Why the index `found` in the store is not the one `entries` (in path order) make: one
-/// reason per file. One pass over the entries, none of them held.
+/// reason per file; empty when it is. `public_key` is the manifest's
+/// `spec.index.signing.minisign.publicKey`. One pass over the entries, none of them held.
 pub fn staleness<E: std::borrow::Borrow<IndexEntry>>(
     entries: impl IntoIterator<Item = E>,
     found: &IndexFiles,
