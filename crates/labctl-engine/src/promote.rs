@@ -151,7 +151,7 @@ pub async fn staged_results(
     // Many at a time: a promotion of thousands of small units otherwise waits on a round trip
     // per unit before its first copy (each a few hundred bytes; on s3s-fs every GET takes some
     // 35 ms however small).
-    let read: Vec<_> = futures_util::stream::iter(listed)
+    let mut read: Vec<_> = futures_util::stream::iter(listed)
         .map(|object| async move {
             let result = read_result(store, &object.key).await;
             (object.key, result)
@@ -159,6 +159,8 @@ pub async fn staged_results(
         .buffer_unordered(SMALL_REQUESTS)
         .collect()
         .await;
+    // Warned about in key order, whichever answer came first.
+    read.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = BTreeMap::new();
     for (key, result) in read {
         let image = key
