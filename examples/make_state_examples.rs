@@ -101,17 +101,12 @@ async fn write_index(store: &FsStore) {
             .await
             .unwrap();
     let entries = consumer_index::entries(&actual.records).entries;
-    let json = consumer_index::to_json(&consumer_index::document(
-        &entries,
-        UPLOADED_AT.into(),
-        None,
-    ));
+    let sums = consumer_index::sha256sums(&entries);
+    let json =
+        consumer_index::to_json(&consumer_index::document(entries, UPLOADED_AT.into(), None));
     for (key, body) in [
         (consumer_index::JSON_KEY, json),
-        (
-            consumer_index::SUMS_KEY,
-            consumer_index::sha256sums(&entries).into_bytes(),
-        ),
+        (consumer_index::SUMS_KEY, sums.into_bytes()),
     ] {
         store
             .put(key, Bytes::from(body), PutOptions::default())

@@ -141,8 +141,9 @@ fn sums_line(e: &IndexEntry) -> String {
     format!("{}  {}\n", e.sha256, e.path)
 }
 
+/// The entries are taken, not copied: at tens of thousands of images they are megabytes.
 pub fn document(
-    entries: &[IndexEntry],
+    entries: Vec<IndexEntry>,
     generated_at: String,
     ci_run: Option<CiRun>,
 ) -> IndexDocument {
@@ -151,7 +152,7 @@ pub fn document(
         generated_at,
         labctl_version: env!("CARGO_PKG_VERSION").to_string(),
         ci_run,
-        images: entries.to_vec(),
+        images: entries,
     }
 }
 
@@ -520,7 +521,7 @@ mod tests {
     fn staleness_names_each_file() {
         let entries = vec![entry("a.raw", b"a")];
         let json = |generated_at: &str, version: &str| {
-            let mut doc = document(&entries, generated_at.into(), None);
+            let mut doc = document(entries.clone(), generated_at.into(), None);
             doc.format_version = version.into();
             to_json(&doc)
         };
@@ -547,7 +548,11 @@ mod tests {
         for json in [
             json("2026-11-26T00:00:00Z", "2.0"),
             b"{not json".to_vec(),
-            to_json(&document(&other, "2026-11-26T00:00:00Z".into(), None)),
+            to_json(&document(
+                other.clone(),
+                "2026-11-26T00:00:00Z".into(),
+                None,
+            )),
         ] {
             let stale = found(Some(sums.as_bytes()), Some(&json), None);
             assert_eq!(

@@ -152,15 +152,16 @@ pub async fn write(
         records_read,
     )
     .await?;
-    let implied = consumer_index::entries(&actual.records);
+    let consumer_index::Entries { entries, lacking } = consumer_index::entries(&actual.records);
+    let objects = entries.len();
     let generated_at = crate::timefmt::now_rfc3339();
     let ci_run = crate::run_identity().ci_run.clone();
+    let sums = consumer_index::sha256sums(&entries);
     let json = consumer_index::to_json(&consumer_index::document(
-        &implied.entries,
+        entries,
         generated_at.clone(),
         ci_run.clone(),
     ));
-    let sums = consumer_index::sha256sums(&implied.entries);
 
     if signer.is_none() && actual.index.signature.is_some() {
         store
@@ -174,8 +175,7 @@ pub async fn write(
             sums.as_bytes(),
             // The trusted comment is signed: the generation's time and run, beyond doubt.
             &format!(
-                "SHA256SUMS of {} objects, written by labctl {} at {generated_at}{}",
-                implied.entries.len(),
+                "SHA256SUMS of {objects} objects, written by labctl {} at {generated_at}{}",
                 env!("CARGO_PKG_VERSION"),
                 ci_run
                     .as_ref()
@@ -197,9 +197,9 @@ pub async fn write(
         });
     }
     Ok(Written {
-        objects: implied.entries.len(),
+        objects,
         signed: signer.is_some(),
-        left_out: implied.lacking.into_iter().map(|(_, name)| name).collect(),
+        left_out: lacking.into_iter().map(|(_, name)| name).collect(),
     })
 }
 

@@ -615,7 +615,11 @@ mod tests {
         if with_json {
             std::fs::write(
                 dir.join(JSON_NAME),
-                to_json(&document(&entries, "2026-11-26T00:00:00Z".into(), None)),
+                to_json(&document(
+                    entries.clone(),
+                    "2026-11-26T00:00:00Z".into(),
+                    None,
+                )),
             )
             .unwrap();
         }

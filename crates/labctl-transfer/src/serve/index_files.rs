@@ -142,7 +142,7 @@ impl Run<'_> {
         if current.is_some_and(|d| d.images == entries) {
             return Ok(());
         }
-        let doc = consumer_index::document(&entries, labctl_core::timefmt::now_rfc3339(), None);
+        let doc = consumer_index::document(entries, labctl_core::timefmt::now_rfc3339(), None);
         self.write_if_changed(JSON_NAME, &consumer_index::to_json(&doc))
     }
 

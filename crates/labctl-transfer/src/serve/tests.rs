@@ -53,7 +53,7 @@ fn write_index(dir: &Path, files: &[(&str, &[u8])], at: &str) {
     std::fs::write(
         dir.join(JSON_NAME),
         to_json(&document(
-            &entries,
+            entries.clone(),
             at.into(),
             Some(CiRun {
                 id: "77".into(),

@@ -954,7 +954,7 @@ fn index_of(actual: &ActualState, signer: Option<&crate::signing::IndexSigner>) 
     consumer_index::found(
         Some(sums.as_bytes()),
         Some(&consumer_index::to_json(&consumer_index::document(
-            &entries,
+            entries.clone(),
             "2026-11-26T00:00:00Z".into(),
             None,
         ))),
