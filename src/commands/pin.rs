@@ -46,8 +46,8 @@ pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
                 "{}: a Packer build; its checksum is known only after apply",
                 image.name
             ),
-            Need::Pinned if named => eprintln!("{}: already pinned", image.name),
-            Need::Build | Need::Pinned => {}
+            Need::AlreadyPinned if named => eprintln!("{}: already pinned", image.name),
+            Need::Build | Need::AlreadyPinned => {}
             Need::Learned(pinned) => {
                 println!("{}", pin_line(&pinned));
                 pins.push(pinned);

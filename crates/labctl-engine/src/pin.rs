@@ -15,7 +15,7 @@ pub enum Need {
     /// A Packer build: its checksum is known only after apply.
     Build,
     /// Its checksums are all written.
-    Pinned,
+    AlreadyPinned,
     /// The values learned from its download, to write.
     Learned(Pinned),
 }
@@ -33,7 +33,7 @@ pub async fn pin_one(
     let needs_checksum = http.checksum == SourceChecksum::Pin;
     let needs_expected = http.decompress.is_some() && image.expected.is_none();
     if !needs_checksum && !needs_expected {
-        return Ok(Need::Pinned);
+        return Ok(Need::AlreadyPinned);
     }
     // Hash with the pinned checksum's algorithm, to compare; sha256 for new pins.
     let algorithm = match &http.checksum {

@@ -224,12 +224,14 @@ impl Snapshot {
     }
 
     /// [`Snapshot::of`] as the JSON the store keeps, written straight from `state` into `out`.
-    pub fn write_json(state: &ActualState, out: impl std::io::Write) -> std::io::Result<()> {
+    pub fn write_json(state: &ActualState, mut out: impl std::io::Write) -> std::io::Result<()> {
         let snapshot = SnapshotRef {
             format: SNAPSHOT_FORMAT,
             records: Snapshot::entries(state).collect(),
         };
-        serde_json::to_writer(out, &snapshot).map_err(std::io::Error::from)
+        serde_json::to_writer(&mut out, &snapshot)?;
+        // Flushed here: a buffered writer dropped unflushed would lose the error.
+        out.flush()
     }
 
     fn entries(state: &ActualState) -> impl Iterator<Item = (&str, SnapshotEntryRef<'_>)> {
