@@ -28,13 +28,14 @@ on_every_store!(
     multipart_uploads_complete_abort_and_list,
     server_side_copy_both_ways,
     conditional_delete_keeps_a_rewritten_object,
+    deleting_many_keys_at_once,
     doctors_probes_find_what_this_suite_knows,
 );
 
 const MIB: usize = 1024 * 1024;
 
-/// The lab's store with small listing pages and a low single-copy limit, so pagination and the
-/// part-by-part copy run on a few small objects.
+/// The lab's store with small listing pages, a low single-copy limit and small delete batches,
+/// so pagination, the part-by-part copy and batch deletes run on a few small objects.
 fn store(lab: &Lab) -> Arc<dyn Store> {
     match lab.backend {
         Backend::Fs => {
@@ -43,7 +44,8 @@ fn store(lab: &Lab) -> Arc<dyn Store> {
         _ => Arc::new(
             lab.s3_store()
                 .with_page_size(2)
-                .with_single_copy_limit(5 * MIB as u64),
+                .with_single_copy_limit(5 * MIB as u64)
+                .with_delete_batch(2),
         ),
     }
 }
@@ -332,6 +334,79 @@ fn conditional_delete_keeps_a_rewritten_object(backend: Backend) {
             .unwrap());
         assert!(store.head(".labctl/lock.json").await.unwrap().is_none());
     });
+}
+
+fn deleting_many_keys_at_once(backend: Backend) {
+    let lab = Lab::new(backend);
+    let store = store(&lab);
+    lab.runtime.block_on(async {
+        let keys: Vec<String> = (0..5)
+            .map(|i| format!(".labctl/blobs/sha256/{i}"))
+            .collect();
+        for key in keys.iter().chain([&"images/kept.img".to_string()]) {
+            store
+                .put(key, Bytes::from_static(b"x"), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        // Three batches of two; a missing key counts as deleted.
+        let mut asked = keys.clone();
+        asked.push(".labctl/blobs/sha256/missing".into());
+        let failed = store.delete_many(asked).await;
+        assert!(failed.is_empty(), "{backend:?}: {failed:?}");
+        assert!(
+            list_all(store.as_ref(), ".labctl/blobs/")
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend:?}"
+        );
+        assert!(store.head("images/kept.img").await.unwrap().is_some());
+        assert!(store.delete_many(Vec::new()).await.is_empty());
+    });
+}
+
+/// A store that refuses DeleteObjects (an older S3-compatible service, or one that wants a
+/// Content-MD5 the SDK does not send) gets one DELETE a key instead, and is not asked again.
+#[test]
+fn deletes_go_one_by_one_where_the_store_refuses_the_batch() {
+    let lab = Lab::new(Backend::S3sFs);
+    let proxy = crate::support::proxy::Proxy::start(&lab.server.as_ref().unwrap().endpoint);
+    let server = lab.server.as_ref().unwrap();
+    let settings = labctl::store::s3::S3Settings {
+        bucket: crate::support::servers::BUCKET.into(),
+        prefix: None,
+        endpoint: Some(proxy.endpoint.clone()),
+        region: server.region.clone(),
+    };
+    let credentials = Some((server.access_key.clone(), server.secret_key.clone()));
+    let store = lab
+        .runtime
+        .block_on(labctl::store::s3::S3Store::connect_with(
+            settings,
+            credentials,
+        ))
+        .unwrap()
+        .with_delete_batch(2);
+    proxy.refuse("?delete", 1, 501, "NotImplemented");
+    lab.runtime.block_on(async {
+        let keys: Vec<String> = (0..5)
+            .map(|i| format!(".labctl/blobs/sha256/{i}"))
+            .collect();
+        for key in &keys {
+            store
+                .put(key, Bytes::from_static(b"x"), PutOptions::default())
+                .await
+                .unwrap();
+        }
+        let failed = store.delete_many(keys).await;
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(list_all(&store, ".labctl/blobs/").await.unwrap().is_empty());
+    });
+    let requests = proxy.requests();
+    let batches = requests.iter().filter(|r| r.contains("?delete")).count();
+    let single = requests.iter().filter(|r| r.starts_with("DELETE ")).count();
+    assert_eq!((batches, single), (1, 5), "{requests:?}");
 }
 
 /// Garage, the store many homelabs run, ignores `If-None-Match`: doctor says so, apply refuses to

@@ -72,12 +72,13 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
 /// Removes the leftovers, results first (a blob without a result is still found by the next
 /// run), and aborts the stalled uploads; returns what could not be removed.
 pub async fn remove(store: &dyn Store, leftovers: &Leftovers) -> Vec<String> {
-    let mut failed = Vec::new();
-    for object in leftovers.results.iter().chain(&leftovers.blobs) {
-        if let Err(e) = store.delete(&object.key).await {
-            failed.push(format!("{}: {e}", object.key));
-        }
-    }
+    let keys = |objects: &[ObjectMeta]| objects.iter().map(|o| o.key.clone()).collect();
+    let mut not_deleted = store.delete_many(keys(&leftovers.results)).await;
+    not_deleted.extend(store.delete_many(keys(&leftovers.blobs)).await);
+    let mut failed: Vec<String> = not_deleted
+        .into_iter()
+        .map(|(key, e)| format!("{key}: {e}"))
+        .collect();
     for u in &leftovers.uploads {
         match store
             .abort_multipart(&u.upload.key, &u.upload.upload_id)

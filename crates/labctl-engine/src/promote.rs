@@ -133,8 +133,8 @@ async fn checked_blob<'s>(
     Ok((blob, object))
 }
 
-/// Stage results read, or promoted blobs deleted, at once: requests with next to no body, whose
-/// cost is the store's latency.
+/// Stage results read at once: requests with next to no body, whose cost is the store's
+/// latency.
 const SMALL_REQUESTS: usize = 64;
 
 /// What the legs staged for the plan `plan_id`, by image. A result that cannot be read is
@@ -235,32 +235,22 @@ pub async fn forget_promoted(
         .filter_map(|n| blob_of(n))
         .collect();
     // The blobs first, as before their results: a result left behind says what is gone.
-    let blobs: BTreeSet<String> = promoted
+    let blobs: Vec<String> = promoted
         .iter()
         .filter_map(|name| blob_of(name))
         .filter(|b| !still_wanted.contains(b))
         .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
         .collect();
     let results = promoted
         .iter()
-        .map(|name| crate::layout::staged_result_key(plan_id, name));
-    let mut failed = delete_all(store, blobs).await;
-    failed.extend(delete_all(store, results).await);
+        .map(|name| crate::layout::staged_result_key(plan_id, name))
+        .collect();
+    let mut failed = store.delete_many(blobs).await;
+    failed.extend(store.delete_many(results).await);
     failed
-}
-
-/// Deletes `keys`, many at a time; what could not be deleted, with why.
-async fn delete_all(store: &dyn Store, keys: impl IntoIterator<Item = String>) -> Vec<String> {
-    futures_util::stream::iter(keys)
-        .map(|key| async move {
-            store
-                .delete(&key)
-                .await
-                .err()
-                .map(|e| format!("{key}: {e}"))
-        })
-        .buffer_unordered(SMALL_REQUESTS)
-        .filter_map(std::future::ready)
+        .into_iter()
+        .map(|(key, e)| format!("{key}: {e}"))
         .collect()
-        .await
 }

@@ -180,6 +180,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Deleting a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<()>;
 
+    /// Deletes `keys`; a missing key counts as deleted. Returns the keys that could not be
+    /// deleted, each with why. One request a key unless the store can do better (S3's
+    /// DeleteObjects takes up to 1,000 keys a request).
+    async fn delete_many(&self, keys: Vec<String>) -> Vec<(String, StoreError)> {
+        let mut failed = Vec::new();
+        for key in keys {
+            if let Err(e) = self.delete(&key).await {
+                failed.push((key, e));
+            }
+        }
+        failed
+    }
+
     /// Deletes `key` only while its ETag is `etag` (`If-Match`); `Ok(false)` when it has
     /// another, i.e. someone rewrote it since it was read. A missing key counts as deleted. A
     /// store that ignores the condition deletes unconditionally, so callers check what they

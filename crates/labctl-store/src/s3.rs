@@ -13,9 +13,12 @@ use aws_sdk_s3::config::{
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, MetadataDirective, ObjectIdentifier,
+};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 
 use super::*;
 
@@ -44,6 +47,11 @@ pub struct S3Store {
     single_copy_limit: u64,
     /// Keys per listing page (1,000, S3's maximum; lowered by tests to exercise pagination).
     page_size: i32,
+    /// Keys per DeleteObjects request (1,000, S3's maximum; lowered by tests).
+    delete_batch: usize,
+    /// The store answered a DeleteObjects with an error: deletes go one key at a time from then
+    /// on, without asking again for every batch.
+    batch_delete_refused: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +119,8 @@ impl S3Store {
             credentials,
             single_copy_limit: MAX_SINGLE_COPY,
             page_size: 1000,
+            delete_batch: MAX_DELETE_BATCH,
+            batch_delete_refused: Default::default(),
         })
     }
 
@@ -124,6 +134,76 @@ impl S3Store {
     pub fn with_page_size(mut self, keys: i32) -> S3Store {
         self.page_size = keys.clamp(1, 1000);
         self
+    }
+
+    /// Fewer keys per DeleteObjects request, so that tests exercise several batches on a few keys.
+    pub fn with_delete_batch(mut self, keys: usize) -> S3Store {
+        self.delete_batch = keys.clamp(1, MAX_DELETE_BATCH);
+        self
+    }
+
+    /// One DeleteObjects request (quiet: the answer lists only failures). `Err` when the store
+    /// refused the request as a whole.
+    async fn delete_batch(&self, keys: &[String]) -> Result<Vec<(String, StoreError)>> {
+        let mut failed = Vec::new();
+        let mut objects = Vec::with_capacity(keys.len());
+        for key in keys {
+            let identifier = self.full_key(key).and_then(|full| {
+                ObjectIdentifier::builder()
+                    .key(full)
+                    .build()
+                    .map_err(|_| StoreError::InvalidKey {
+                        key: key.clone(),
+                        reason: "cannot be named in a DeleteObjects request",
+                    })
+            });
+            match identifier {
+                Ok(o) => objects.push(o),
+                Err(e) => failed.push((key.clone(), e)),
+            }
+        }
+        if objects.is_empty() {
+            return Ok(failed);
+        }
+        let first = keys.first().map(String::as_str).unwrap_or_default();
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|_| StoreError::InvalidKey {
+                key: first.to_string(),
+                reason: "cannot be named in a DeleteObjects request",
+            })?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(self.bucket())
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| backend("delete", first, e))?;
+        for error in out.errors() {
+            let key = self.strip(error.key().unwrap_or_default());
+            // A missing key counts as deleted, as with DeleteObject.
+            if error.code() == Some("NoSuchKey") {
+                continue;
+            }
+            let message = match (error.code(), error.message()) {
+                (Some(code), Some(msg)) => format!("{code}: {msg}"),
+                (Some(code), None) => code.to_string(),
+                (None, Some(msg)) => msg.to_string(),
+                (None, None) => "the store did not say why".to_string(),
+            };
+            failed.push((
+                key.clone(),
+                StoreError::Backend {
+                    op: "delete",
+                    key,
+                    message,
+                },
+            ));
+        }
+        Ok(failed)
     }
 
     /// Server-side copy of `from` (as `request.source` describes it now) to `to`.
@@ -424,6 +504,11 @@ fn copy_source(bucket: &str, key: &str) -> String {
     out
 }
 
+/// S3's most keys in one DeleteObjects request.
+const MAX_DELETE_BATCH: usize = 1000;
+/// Deletes sent at once when a store refuses DeleteObjects.
+const DELETES_AT_ONCE: usize = 64;
+
 /// S3 refuses CopyObject above 5 GiB; larger objects are copied part by part.
 const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
 const COPY_PART: u64 = 1024 * 1024 * 1024;
@@ -565,6 +650,33 @@ impl Store for S3Store {
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(backend("delete", key, e)),
         }
+    }
+
+    async fn delete_many(&self, keys: Vec<String>) -> Vec<(String, StoreError)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut failed = Vec::new();
+        for batch in keys.chunks(self.delete_batch) {
+            if !self.batch_delete_refused.load(Relaxed) {
+                match self.delete_batch(batch).await {
+                    Ok(mut f) => {
+                        failed.append(&mut f);
+                        continue;
+                    }
+                    // Answered: the store does not take DeleteObjects (or not this one).
+                    // Unanswered: the keys are tried one by one all the same.
+                    Err(StoreError::Backend { .. }) => {
+                        self.batch_delete_refused.store(true, Relaxed)
+                    }
+                    Err(_) => {}
+                }
+            }
+            let one_by_one = futures_util::stream::iter(batch.to_vec())
+                .map(|key| async move { self.delete(&key).await.err().map(|e| (key, e)) })
+                .buffer_unordered(DELETES_AT_ONCE)
+                .filter_map(std::future::ready);
+            failed.extend(one_by_one.collect::<Vec<_>>().await);
+        }
+        failed
     }
 
     async fn delete_if(&self, key: &str, etag: &str) -> Result<bool> {

@@ -59,6 +59,23 @@ impl Store for Fenced {
         self.check("delete", key)?;
         self.inner.delete(key).await
     }
+    async fn delete_many(&self, keys: Vec<String>) -> Vec<(String, StoreError)> {
+        match self.lease.check() {
+            Ok(()) => self.inner.delete_many(keys).await,
+            // Not one of them is deleted; each says why.
+            Err(why) => keys
+                .into_iter()
+                .map(|key| {
+                    let error = StoreError::Fenced {
+                        op: "delete",
+                        key: key.clone(),
+                        why: why.clone(),
+                    };
+                    (key, error)
+                })
+                .collect(),
+        }
+    }
     async fn delete_if(&self, key: &str, etag: &str) -> Result<bool> {
         self.check("delete", key)?;
         self.inner.delete_if(key, etag).await
