@@ -1,7 +1,7 @@
 //! What the engine needs to run a plan's changes or stage its units, from the flags apply and
 //! stage share and the environment.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::apply::ApplyContext;
@@ -23,7 +23,7 @@ pub fn context(
     store: Arc<dyn Store>,
     transfer: &Transfer,
     cancel: tokio::sync::watch::Receiver<bool>,
-    staged: Option<Arc<BTreeMap<String, crate::fanout::StageResult>>>,
+    staged: Option<Arc<labctl_engine::staged::Staged>>,
 ) -> ApplyContext {
     ApplyContext {
         store,

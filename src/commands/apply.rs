@@ -197,7 +197,7 @@ impl ApplySteps for Steps<'_> {
         plan: &Plan,
         store: Arc<dyn Store>,
         cancel: tokio::sync::watch::Receiver<bool>,
-        staged: Option<Arc<BTreeMap<String, crate::fanout::StageResult>>>,
+        staged: Option<Arc<labctl_engine::staged::Staged>>,
     ) -> apply::ApplyContext {
         context(plan, self.manifest, store, &self.transfer, cancel, staged)
     }

@@ -27,6 +27,7 @@ on_every_store!(
     a_missing_unit_fails_alone_and_skips_its_dependents,
     a_stale_plan_is_neither_staged_nor_promoted,
     a_killed_promotion_is_recovered_by_the_documented_steps,
+    a_blob_changed_or_gone_since_its_stage_is_not_promoted,
 );
 
 macro_rules! on_s3_stores {
@@ -581,6 +582,51 @@ fn a_missing_unit_fails_alone_and_skips_its_dependents(backend: Backend) {
             .iter()
             .all(|k| k.contains("gateway") || k.ends_with("/iso.json")),
         "{leftovers:?}"
+    );
+}
+
+/// Whether the store holds the copy to the ETag the leg recorded (s3s-fs, Garage, a directory)
+/// or labctl checks each blob by HEAD first (moto and Ceph RGW copy whatever
+/// `x-amz-copy-source-if-match` says), a blob that changed or went since its stage is refused
+/// and said to be so, with the command that stages it again.
+fn a_blob_changed_or_gone_since_its_stage_is_not_promoted(backend: Backend) {
+    let (lab, images) = setup(backend);
+    let matrix = plan_with_matrix(&lab);
+    stage_all_waves(&lab, &matrix);
+    let id = matrix["plan"].as_str().unwrap();
+    let blob_of = |image: &str| {
+        let result: serde_json::Value = serde_json::from_slice(
+            &lab.store_bytes(&format!(".labctl/staged/{id}/{image}.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(result["blob"]["etag"].is_string(), "{result}");
+        result["blob"]["key"].as_str().unwrap().to_string()
+    };
+    // Bytes of the same size put over the blob outside labctl, and a blob deleted.
+    let changed = blob_of("wide");
+    let mut other = images.wide.clone();
+    other[0] ^= 1;
+    lab.put(&changed, &other);
+    lab.delete(&blob_of("packed"));
+
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 1, "{}", promoted.output());
+    let out = promoted.output();
+    assert!(
+        out.contains(&format!(
+            "the staged blob `{changed}` is not what its stage recorded"
+        )) && out.contains("stage `wide` again"),
+        "{out}"
+    );
+    assert!(out.contains("is gone from the store"), "{out}");
+    assert!(out.contains("labctl stage PLANFILE --unit packed"), "{out}");
+    assert!(lab.object("test/wide.img").is_none(), "{out}");
+    assert!(lab.object("test/packed.img").is_none(), "{out}");
+    assert_eq!(lab.object("test/iso.img").unwrap(), images.iso);
+    assert!(
+        lab.keys(".labctl/doctor/").is_empty(),
+        "the probe leaves nothing"
     );
 }
 

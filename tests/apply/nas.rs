@@ -833,12 +833,7 @@ fn server_side_copy_above_the_single_copy_limit(backend: Backend) {
     let other = std::collections::BTreeMap::from([("labctl-checksum".to_string(), "x".into())]);
     let back = lab
         .runtime
-        .block_on(store.copy(
-            &key,
-            "images/back.raw",
-            Some(other.clone()),
-            Some(&copied.etag),
-        ))
+        .block_on(store.copy(&key, "images/back.raw", Some(other.clone()), Some(&copied)))
         .unwrap();
     assert_eq!(back.user_metadata, other, "the copy's metadata is replaced");
     assert_eq!(back.size, body.len() as u64);

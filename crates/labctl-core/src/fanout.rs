@@ -325,6 +325,10 @@ pub struct StagedBlob {
     pub size: u64,
     /// Whether this leg uploaded it (`false`: the same bytes were already staged).
     pub uploaded: bool,
+    /// The blob's ETag as the leg left it: where the store refuses a copy whose source changed,
+    /// promotion copies only while it holds, without asking the store about the blob first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
     /// The checksums of other images the build took (promotion refuses the blob if they are
     /// not the ones it publishes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -1,13 +1,12 @@
 //! What every job of a run shares ([`ApplyContext`]) and what a run reports: the leaf the
 //! scheduler, apply, promotion and stage all build on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::checksum::Checksum;
-use crate::fanout::StageResult;
 use crate::pipeline;
 use crate::plan::Action;
 use crate::progress::Progress;
@@ -30,7 +29,7 @@ pub struct ApplyContext {
     pub secrets: Vec<String>,
     /// `apply --staged`: what the plan's legs staged, by image. The bytes of a create or replace
     /// are then copied from their blob instead of downloaded or built.
-    pub staged: Option<Arc<BTreeMap<String, StageResult>>>,
+    pub staged: Option<Arc<crate::staged::Staged>>,
     /// Every record this run wrote, as the store took it: the consumer index is built from them
     /// without asking the store again.
     pub written: std::sync::Mutex<crate::state::refresh::Written>,

@@ -9,7 +9,6 @@ use anyhow::{anyhow, bail, Context};
 use crate::acquire::{build_packer, http_job, run_http_job};
 use crate::checksum::Checksum;
 use crate::context::ChangeResult;
-use crate::fanout::StageResult;
 use crate::halt::CommitPoint;
 use crate::labelled::{copy_labelled, object_metadata, unless_interrupted, Labelled};
 use crate::pipeline;
@@ -119,7 +118,7 @@ enum Acquire<'a> {
     /// Copied back from the history: nothing is downloaded.
     Restore(&'a HistoryEntry),
     /// Copied from the blob a fan-out leg staged (`apply --staged`).
-    Staged(&'a BTreeMap<String, StageResult>),
+    Staged(&'a crate::staged::Staged),
     /// Downloaded and verified on the way.
     Download,
     /// Built with Packer, then verified and uploaded.
@@ -130,7 +129,7 @@ impl<'a> Acquire<'a> {
     fn of(
         change: &'a Change,
         desired: &Desired,
-        staged: Option<&'a BTreeMap<String, StageResult>>,
+        staged: Option<&'a crate::staged::Staged>,
     ) -> Acquire<'a> {
         match (&change.restore, staged, &desired.spec.source) {
             (Some(entry), _, _) => Acquire::Restore(entry),
@@ -267,7 +266,7 @@ async fn keep_current(change: &Change, ctx: &ApplyContext) -> anyhow::Result<Opt
     let created = ctx.store.head(&key).await?.is_none();
     let copying = async {
         ctx.store
-            .copy(&change.key, &key, None, Some(&object.etag))
+            .copy(&change.key, &key, None, Some(&object))
             .await
             .with_context(|| {
                 format!(
@@ -341,7 +340,7 @@ async fn restore(
         Labelled {
             from: &entry.key,
             to: &change.key,
-            etag: &source.etag,
+            checked: &source,
             size: entry.size,
             checksum: &entry.checksum,
             fingerprint: &fingerprint,

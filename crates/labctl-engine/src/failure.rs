@@ -115,6 +115,20 @@ impl fmt::Display for Failure {
 mod tests {
     use super::*;
 
+    /// An image's failure keeps its hint on the way from the job (anyhow) to the report.
+    #[test]
+    fn a_failed_images_hint_survives_its_outcome() {
+        let bare: anyhow::Error =
+            crate::staged::StagedError::NothingStaged { name: "x".into() }.into();
+        let failed = crate::schedule::failed(bare);
+        assert!(hint_in(failed.chain()).is_some(), "{failed}");
+        let wrapped =
+            anyhow::Error::from(crate::staged::StagedError::NothingStaged { name: "x".into() })
+                .context("promoting x");
+        let failed = crate::schedule::failed(wrapped);
+        assert!(hint_in(failed.chain()).is_some(), "{failed}");
+    }
+
     /// Every `impl Hint for T` in the workspace is in [`HINTED`]: a type left out would have
     /// its hint silently never shown.
     #[test]

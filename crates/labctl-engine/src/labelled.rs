@@ -34,8 +34,8 @@ pub(crate) fn labelled_metadata(
 pub(crate) struct Labelled<'a> {
     pub from: &'a str,
     pub to: &'a str,
-    /// The source's ETag when it was checked: the copy is made only while it holds.
-    pub etag: &'a str,
+    /// The source as it was checked (by HEAD): the copy is made only while its ETag holds.
+    pub checked: &'a crate::store::ObjectMeta,
     pub size: u64,
     pub checksum: &'a Checksum,
     pub fingerprint: &'a Checksum,
@@ -66,7 +66,7 @@ pub(crate) async fn copy_labelled(
     let metadata = labelled_metadata(copy.checksum, copy.fingerprint, &copy.facts);
     let copying = async {
         ctx.store
-            .copy(copy.from, copy.to, Some(metadata), Some(copy.etag))
+            .copy(copy.from, copy.to, Some(metadata), Some(copy.checked))
             .await
             .with_context(|| format!("cannot copy `{}` to `{}`", copy.from, copy.to))
     };

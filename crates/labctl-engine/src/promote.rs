@@ -14,9 +14,9 @@ use crate::fanout::{StageResult, StageStatus, StagedBlob, MAX_RESULT_BYTES};
 use crate::labelled::{copy_labelled, Labelled};
 use crate::plan::{Change, Desired};
 use crate::records::{delete_history, with_history, write_record};
-use crate::staged::StagedError;
+use crate::staged::{BlobCheck, Staged, StagedError};
 use crate::state::record::{new_record, HistoryEntry};
-use crate::store::{ObjectMeta, Store};
+use crate::store::{ObjectMeta, Store, StoreError};
 
 /// Copies the image's staged blob to its key and writes its record.
 pub(crate) async fn promote(
@@ -24,31 +24,22 @@ pub(crate) async fn promote(
     desired: &Desired,
     deps: BTreeMap<String, Checksum>,
     kept: Option<HistoryEntry>,
-    staged: &BTreeMap<String, StageResult>,
+    staged: &Staged,
     ctx: &ApplyContext,
 ) -> ChangeResult {
-    let (blob, object) = checked_blob(change, &deps, staged, ctx).await?;
+    let (blob, object) = checked_blob(change, &deps, staged, staged.check, ctx).await?;
     let spec = &desired.spec;
     let fingerprint = spec.fingerprint(&deps);
-    let copied = copy_labelled(
-        ctx,
-        Labelled {
-            from: &blob.key,
-            to: &change.key,
-            etag: &object.etag,
-            size: blob.size,
-            checksum: &blob.checksum,
-            fingerprint: &fingerprint,
-            facts: crate::store::SourceFacts {
-                size: blob.source.size,
-                etag: blob.source.etag.clone(),
-                last_modified: blob.source.last_modified.clone(),
-                packer_version: blob.source.packer_version.clone(),
-                lost: false,
-            },
-        },
-    )
-    .await?;
+    let copied = match copy_blob(change, blob, &object, &fingerprint, ctx).await {
+        // The ETag can move without the bytes (a directory store's file touched): then the blob
+        // is checked by HEAD, as every other copy's source is, and decides.
+        Err(e) if staged.check == BlobCheck::RecordedEtag && is_changed(&e) => {
+            let (_, object) = checked_blob(change, &deps, staged, BlobCheck::Head, ctx).await?;
+            copy_blob(change, blob, &object, &fingerprint, ctx).await
+        }
+        copied => copied,
+    }
+    .map_err(|e| blob_changed(e, change, blob))?;
     let mut record = new_record(
         spec,
         blob.checksum.clone(),
@@ -75,17 +66,74 @@ pub(crate) async fn promote(
     ))
 }
 
-/// The image's staged blob, once its stage result, the plan and the blob itself (by HEAD: size
-/// and labctl's metadata) agree; with the object as the HEAD saw it (the copy is made only
-/// while it keeps that ETag).
+/// The copy of a checked blob to the image's key, labelled as its record will describe it.
+async fn copy_blob(
+    change: &Change,
+    blob: &StagedBlob,
+    checked: &ObjectMeta,
+    fingerprint: &Checksum,
+    ctx: &ApplyContext,
+) -> anyhow::Result<ObjectMeta> {
+    copy_labelled(
+        ctx,
+        Labelled {
+            from: &blob.key,
+            to: &change.key,
+            checked,
+            size: blob.size,
+            checksum: &blob.checksum,
+            fingerprint,
+            facts: crate::store::SourceFacts {
+                size: blob.source.size,
+                etag: blob.source.etag.clone(),
+                last_modified: blob.source.last_modified.clone(),
+                packer_version: blob.source.packer_version.clone(),
+                lost: false,
+            },
+        },
+    )
+    .await
+}
+
+fn is_changed(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<StoreError>(),
+        Some(StoreError::SourceChanged { .. })
+    )
+}
+
+/// A copy refused because the blob is not what was checked, said as what it means for the
+/// image: the blob went, or was changed outside labctl, since it was staged.
+fn blob_changed(e: anyhow::Error, change: &Change, blob: &StagedBlob) -> anyhow::Error {
+    let name = &change.name;
+    match e.downcast_ref::<StoreError>() {
+        Some(StoreError::SourceGone { .. }) => StagedError::BlobGone {
+            name: name.clone(),
+            key: blob.key.clone(),
+        }
+        .into(),
+        Some(StoreError::SourceChanged { .. }) => anyhow!(
+            "the staged blob `{}` is not what its stage recorded: it was changed outside labctl; stage `{name}` again",
+            blob.key
+        ),
+        _ => e,
+    }
+}
+
+/// The image's staged blob, once its stage result, the plan and the blob itself agree; with
+/// the object as it was checked (the copy is made only while it keeps that ETag). The blob is
+/// checked by HEAD (size and labctl's metadata), or, where the store holds the copy to it, by
+/// the ETag its leg recorded.
 async fn checked_blob<'s>(
     change: &Change,
     deps: &BTreeMap<String, Checksum>,
-    staged: &'s BTreeMap<String, StageResult>,
+    staged: &'s Staged,
+    check: BlobCheck,
     ctx: &ApplyContext,
 ) -> anyhow::Result<(&'s StagedBlob, ObjectMeta)> {
     let name = &change.name;
     let result = staged
+        .results
         .get(name)
         .ok_or_else(|| StagedError::NothingStaged { name: name.clone() })?;
     let blob = match (result.status, &result.blob) {
@@ -114,6 +162,16 @@ async fn checked_blob<'s>(
             );
         }
     }
+    if let (BlobCheck::RecordedEtag, Some(etag)) = (check, &blob.etag) {
+        let recorded = ObjectMeta {
+            key: blob.key.clone(),
+            size: blob.size,
+            etag: etag.clone(),
+            user_metadata: BTreeMap::new(),
+            listed_modified: None,
+        };
+        return Ok((blob, recorded));
+    }
     let object = ctx
         .store
         .head(&blob.key)
@@ -135,7 +193,7 @@ async fn checked_blob<'s>(
 
 /// Stage results read at once: requests with next to no body, whose cost is the store's
 /// latency.
-const SMALL_REQUESTS: usize = 64;
+const SMALL_REQUESTS: usize = 256;
 
 /// What the legs staged for the plan `plan_id`, by image. A result that cannot be read is
 /// reported by `warn` and treated as missing (its image fails).

@@ -17,7 +17,22 @@ use crate::checksum::Checksum;
 use crate::context::{ChangeResult, Outcome, Report, Skip};
 use crate::graph::{DependencyGraph, ReadyQueue};
 use crate::plan::{Action, Change};
-use crate::progress::{Failed, Progress};
+use crate::progress::{Causes, Failed, Progress};
+
+/// A job's error with its causes as anyhow keeps them, each still its own type.
+#[derive(Debug)]
+struct AnyhowCauses(anyhow::Error);
+
+impl Causes for AnyhowCauses {
+    fn causes(&self) -> Box<dyn Iterator<Item = &(dyn std::error::Error + 'static)> + '_> {
+        Box::new(self.0.chain())
+    }
+}
+
+/// A job's error as its outcome.
+pub(crate) fn failed(error: anyhow::Error) -> Failed {
+    Failed::of(AnyhowCauses(error))
+}
 
 /// One change's work, as a task of its own.
 pub(crate) type Job = Pin<Box<dyn Future<Output = ChangeResult> + Send>>;
@@ -210,7 +225,7 @@ impl<'a> Scheduler<'a> {
                     true => Finished::Interrupted,
                     false => Finished::Failed,
                 };
-                self.settle_as(i, Outcome::Failed(Failed::new(e)), finished);
+                self.settle_as(i, Outcome::Failed(failed(e)), finished);
             }
         }
     }

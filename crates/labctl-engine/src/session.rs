@@ -5,7 +5,6 @@
 //! the store accepted may still land. What the user sees of each step is the caller's
 //! ([`ApplySteps`]); the exit code too.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::context::{ApplyContext, Report};
 use crate::failure::Failure;
-use crate::fanout::{StageResult, StageStatus};
+use crate::fanout::StageStatus;
 use crate::graph::DependencyGraph;
 use crate::index::Published;
 use crate::lock::{self, LeaseLost, Lock, LockError, LockOptions};
@@ -75,7 +74,7 @@ pub trait ApplySteps: Send + Sync {
         plan: &Plan,
         store: Arc<dyn Store>,
         cancel: watch::Receiver<bool>,
-        staged: Option<Arc<BTreeMap<String, StageResult>>>,
+        staged: Option<Arc<crate::staged::Staged>>,
     ) -> ApplyContext;
     /// `done` of `total` records read for the consumer index.
     fn index_records_read(&self, done: usize, total: usize);
@@ -160,7 +159,8 @@ pub async fn apply(
                 // After the index: a promotion killed before this point leaves the blobs for
                 // the next.
                 let forgotten =
-                    crate::promote::forget_promoted(writes.as_ref(), id, staged, report).await;
+                    crate::promote::forget_promoted(writes.as_ref(), id, &staged.results, report)
+                        .await;
                 for failed in forgotten {
                     steps.blob_not_removed(&failed);
                 }
@@ -191,7 +191,7 @@ pub async fn apply(
 }
 
 /// A promotion's plan ID and what its legs staged.
-type Promoted = (String, Arc<BTreeMap<String, StageResult>>);
+type Promoted = (String, Arc<crate::staged::Staged>);
 
 /// Everything done while the lock is held, up to the index; with what a promotion staged.
 async fn locked(
@@ -304,13 +304,14 @@ async fn prepare(
     }
 }
 
-/// What the plan's legs staged: which units have a blob (said up front through `steps`).
+/// What the plan's legs staged: which units have a blob (said up front through `steps`), and
+/// how the blobs are checked before their copies.
 async fn staged_for(
     plan: &Plan,
     plan_id: &str,
     store: &dyn Store,
     steps: &dyn ApplySteps,
-) -> anyhow::Result<BTreeMap<String, StageResult>> {
+) -> anyhow::Result<crate::staged::Staged> {
     let warn = |m: &str| steps.plan_events().warning(m);
     let staged = crate::promote::staged_results(store, plan_id, &warn).await?;
     let units = crate::fanout::units(plan);
@@ -323,5 +324,9 @@ async fn staged_for(
         })
         .count();
     steps.promoting(plan_id, ready, units.len());
-    Ok(staged)
+    let check = crate::staged::BlobCheck::for_store(store, plan_id).await;
+    Ok(crate::staged::Staged {
+        results: staged,
+        check,
+    })
 }

@@ -270,6 +270,7 @@ async fn download(
         sha256: published.sha256,
         size: published.size,
         uploaded: true,
+        etag: Some(published.object.etag),
         inputs: BTreeMap::new(),
         source: StagedSource {
             checksum: Some(source),
@@ -322,6 +323,7 @@ async fn build(
         sha256: published.sha256,
         size: published.size,
         uploaded: !published.reused,
+        etag: Some(published.object.etag),
         inputs: staged.into_iter().map(|(n, b)| (n, b.checksum)).collect(),
         source: StagedSource {
             packer_version: Some(build.packer_version.clone()),
@@ -357,6 +359,7 @@ async fn staged_before(
     );
     Some(StagedBlob {
         uploaded: false,
+        etag: Some(object.etag),
         ..blob
     })
 }
@@ -396,6 +399,7 @@ async fn already_staged(
         sha256: job.expected.clone(),
         size: object.size,
         uploaded: false,
+        etag: Some(object.etag),
         inputs: BTreeMap::new(),
         source: StagedSource {
             checksum: None,

@@ -1,7 +1,11 @@
-//! Why a fan-out's staged blobs cannot be used: each with the command that stages what is
-//! missing.
+//! What a promotion works from, and why a fan-out's staged blobs cannot be used: each with the
+//! command that stages what is missing.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use crate::fanout::StageResult;
+use crate::store::Store;
 
 use labctl_core::hint::Hint;
 
@@ -40,5 +44,36 @@ impl Hint for StagedError {
                 format!("stage wave {wave} first: `labctl stage PLANFILE --unit {input}`")
             }
         }))
+    }
+}
+
+/// What a promotion works from.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Staged {
+    /// What the plan's legs staged, by image.
+    pub results: BTreeMap<String, StageResult>,
+    pub check: BlobCheck,
+}
+
+/// How a staged blob is checked before it is copied to its image's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// By HEAD, right before the copy (size and labctl's metadata), as every other copy is: the
+    /// store copies whatever `x-amz-copy-source-if-match` says, or could not be asked.
+    Head,
+    /// By the ETag the leg recorded, which the store itself holds the copy to: a blob that
+    /// changed or went since its stage is refused by the copy, without a request before it.
+    RecordedEtag,
+}
+
+impl BlobCheck {
+    /// Asks the store (one probe copy) whether the recorded ETag is check enough.
+    pub async fn for_store(store: &dyn Store, plan_id: &str) -> BlobCheck {
+        match crate::store::probe::copy_checks_its_source(store, &format!("promote-{plan_id}"))
+            .await
+        {
+            Ok(true) => BlobCheck::RecordedEtag,
+            Ok(false) | Err(_) => BlobCheck::Head,
+        }
     }
 }

@@ -509,22 +509,18 @@ impl Store for FsStore {
         from: &str,
         to: &str,
         user_metadata: Option<BTreeMap<String, String>>,
-        source_etag: Option<&str>,
+        checked: Option<&ObjectMeta>,
     ) -> Result<ObjectMeta> {
         let store = self.clone();
         let (from, to) = (from.to_string(), to.to_string());
-        let source_etag = source_etag.map(str::to_string);
+        let source_etag = checked.map(|c| c.etag.clone());
         let copied = blocking(move || {
             let source = store.path_of(&from)?;
             let target = store.path_of(&to)?;
             if let Some(etag) = source_etag {
                 let now = head_sync(&store, &from)?.map(|m| m.etag);
                 if now.as_deref() != Some(etag.as_str()) {
-                    return Err(StoreError::Backend {
-                        op: "copy",
-                        key: from,
-                        message: "the object changed since it was checked".into(),
-                    });
+                    return Err(StoreError::SourceChanged { key: from });
                 }
             }
             let metadata = match user_metadata {
@@ -542,11 +538,7 @@ impl Store for FsStore {
             match copied {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !source.is_file() => {
-                    return Err(StoreError::Backend {
-                        op: "copy",
-                        key: from,
-                        message: "no such object".into(),
-                    })
+                    return Err(StoreError::SourceGone { key: from })
                 }
                 Err(e) => return Err(io_err("copy to", &to)(e)),
             }

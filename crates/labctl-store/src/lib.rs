@@ -81,6 +81,13 @@ pub enum StoreError {
         key: String,
         why: lock::LeaseLost,
     },
+    /// A copy's source is no longer the object that was checked: its ETag changed (the store
+    /// refused `x-amz-copy-source-if-match`, or labctl saw it first).
+    #[error("the copy source `{key}` changed since it was checked")]
+    SourceChanged { key: String },
+    /// A copy's source is not there.
+    #[error("the copy source `{key}` is gone")]
+    SourceGone { key: String },
     #[error("invalid key `{key}`: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("no multipart upload `{upload_id}` for `{key}`")]
@@ -250,15 +257,16 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Copies `from` to `to` inside the store, without the bytes passing through labctl
     /// (CopyObject, or UploadPartCopy for objects above the single-copy limit; a file copy on
     /// a directory). `user_metadata` replaces the copy's metadata; `None` keeps the source's.
-    /// With `source_etag`, the copy is made only while `from` still has that ETag
-    /// (`x-amz-copy-source-if-match`), so bytes checked before are the bytes copied. The copy
+    /// With `checked`, the source as the caller just read it (by HEAD): the copy is made only
+    /// while `from` still has its ETag (`x-amz-copy-source-if-match`), so bytes checked before
+    /// are the bytes copied, and the store is not asked about the source again. The copy
     /// appears at `to` whole or not at all.
     async fn copy(
         &self,
         from: &str,
         to: &str,
         user_metadata: Option<BTreeMap<String, String>>,
-        source_etag: Option<&str>,
+        checked: Option<&ObjectMeta>,
     ) -> Result<ObjectMeta>;
 
     /// One server-side copy as `doctor` probes it, sent as it is: no check on labctl's side
@@ -268,7 +276,16 @@ pub trait Store: Send + Sync + fmt::Debug {
         match probe {
             CopyProbe::ReplaceMetadata(m) => self.copy(from, to, Some(m), None).await,
             CopyProbe::InParts { .. } => self.copy(from, to, None, None).await,
-            CopyProbe::IfMatch(etag) => self.copy(from, to, None, Some(&etag)).await,
+            CopyProbe::IfMatch(etag) => {
+                let source = self
+                    .head(from)
+                    .await?
+                    .ok_or_else(|| StoreError::SourceGone {
+                        key: from.to_string(),
+                    })?;
+                let checked = ObjectMeta { etag, ..source };
+                self.copy(from, to, None, Some(&checked)).await
+            }
         }
     }
 }

@@ -18,6 +18,38 @@ use crate::{
 /// Where the probes write; nothing else is ever there.
 pub const PROBE_PREFIX: &str = ".labctl/doctor";
 
+/// Whether the store refuses a copy whose source is not the object that was checked
+/// (`x-amz-copy-source-if-match`): then the ETag a leg recorded is check enough before a
+/// promotion's copy, and no HEAD is needed. Asked with a probe object under `.labctl/doctor/`
+/// that is removed again; an error (the probe could not be written, run or removed) is an
+/// answer the caller cannot rely on.
+pub async fn copy_checks_its_source(store: &dyn Store, id: &str) -> Result<bool, StoreError> {
+    let from = format!("{PROBE_PREFIX}/if-match-source-{id}");
+    let to = format!("{PROBE_PREFIX}/if-match-{id}");
+    store
+        .put(
+            &from,
+            Bytes::from_static(b"labctl probe\n"),
+            PutOptions::default(),
+        )
+        .await?;
+    let stale = store
+        .probe_copy(
+            &from,
+            &to,
+            CopyProbe::IfMatch("\"0123456789abcdef\"".into()),
+        )
+        .await;
+    if let Some((_, e)) = store.delete_many(vec![from, to]).await.into_iter().next() {
+        return Err(e);
+    }
+    match stale {
+        Err(StoreError::SourceChanged { .. }) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// S3's smallest part: the multipart probes use parts of exactly this size.
 const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 

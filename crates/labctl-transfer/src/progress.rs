@@ -46,17 +46,35 @@ pub enum Outcome {
 /// Why an image's work failed: the error itself, its causes kept, so that each view renders
 /// the chain (and its hint) its own way. Shared, because a report and the views each hold it.
 #[derive(Debug, Clone)]
-pub struct Failed(Arc<dyn Error + Send + Sync>);
+pub struct Failed(Arc<dyn Causes>);
+
+/// An error and its causes, outermost first, each as its own type: a view asks each for its
+/// hint by downcasting. (An error boxed as `dyn Error` by anyhow no longer downcasts to its
+/// type, so anyhow's errors come with their own chain.)
+pub trait Causes: fmt::Debug + Send + Sync {
+    fn causes(&self) -> Box<dyn Iterator<Item = &(dyn Error + 'static)> + '_>;
+}
+
+impl Causes for Box<dyn Error + Send + Sync> {
+    fn causes(&self) -> Box<dyn Iterator<Item = &(dyn Error + 'static)> + '_> {
+        let first: &(dyn Error + 'static) = &**self;
+        Box::new(std::iter::successors(Some(first), |&e| e.source()))
+    }
+}
 
 impl Failed {
     pub fn new(error: impl Into<Box<dyn Error + Send + Sync>>) -> Failed {
-        Failed(Arc::from(error.into()))
+        Failed(Arc::new(error.into()))
+    }
+
+    /// A failure whose causes come as they are (see [`Causes`]).
+    pub fn of(causes: impl Causes + 'static) -> Failed {
+        Failed(Arc::new(causes))
     }
 
     /// The error and each of its causes, outermost first.
     pub fn chain(&self) -> impl Iterator<Item = &(dyn Error + 'static)> {
-        let first: &(dyn Error + 'static) = &*self.0;
-        std::iter::successors(Some(first), |&e| e.source())
+        self.0.causes()
     }
 }
 

@@ -204,6 +204,7 @@ fn stage_results_read_back_and_refuse_a_blob_key_that_is_not_their_checksum() {
         sha256: sum("x"),
         size: 1,
         uploaded: true,
+        etag: Some("\"e\"".into()),
         inputs: BTreeMap::new(),
         source: StagedSource::default(),
     };

@@ -127,10 +127,10 @@ impl Store for Fenced {
         from: &str,
         to: &str,
         user_metadata: Option<BTreeMap<String, String>>,
-        source_etag: Option<&str>,
+        checked: Option<&ObjectMeta>,
     ) -> Result<ObjectMeta> {
         self.check("copy to", to)?;
-        self.inner.copy(from, to, user_metadata, source_etag).await
+        self.inner.copy(from, to, user_metadata, checked).await
     }
     async fn probe_copy(&self, from: &str, to: &str, probe: CopyProbe) -> Result<ObjectMeta> {
         self.check("copy to", to)?;

@@ -130,7 +130,7 @@ impl Store for Quirky {
         f: &str,
         t: &str,
         m: Option<std::collections::BTreeMap<String, String>>,
-        e: Option<&str>,
+        e: Option<&store::ObjectMeta>,
     ) -> store::Result<store::ObjectMeta> {
         self.0.copy(f, t, m, e).await
     }
