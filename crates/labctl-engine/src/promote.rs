@@ -192,8 +192,10 @@ async fn checked_blob<'s>(
 }
 
 /// Stage results read at once: requests with next to no body, whose cost is the store's
-/// latency.
-const SMALL_REQUESTS: usize = 256;
+/// latency. Each holds a connection the client keeps open until the run ends, through the
+/// index. Promoting 10,000 images on s3s-fs, the first copy started after 6.2 s at 64 (peak RSS
+/// 91 MiB), 4.4 s at 128 (93 MiB) and 3.9 s at 256 (99 MiB).
+const SMALL_REQUESTS: usize = 128;
 
 /// What the legs staged for the plan `plan_id`, by image. A result that cannot be read is
 /// reported by `warn` and treated as missing (its image fails).
@@ -265,15 +267,21 @@ pub async fn read_result(store: &dyn Store, key: &str) -> anyhow::Result<Option<
         .map_err(|why| anyhow!("the stage result `{key}` is unreadable: {why}"))
 }
 
-/// After promotion: the blobs of promoted images and their results leave the store; a blob
-/// another image still waits for (it failed, or was not promoted) stays. Returns what could
-/// not be deleted.
-pub async fn forget_promoted(
-    store: &dyn Store,
+/// What a promotion leaves to delete once the index is written: the blobs of promoted images
+/// (not one another image still waits for: it failed, or was not promoted) and their results.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Leftover {
+    pub blobs: Vec<String>,
+    pub results: Vec<String>,
+}
+
+/// What the promotion of the plan `plan_id` leaves to delete, from what was `staged` and what
+/// became of each image.
+pub fn leftover(
     plan_id: &str,
     staged: &BTreeMap<String, StageResult>,
     report: &Report,
-) -> Vec<String> {
+) -> Leftover {
     let promoted: BTreeSet<&str> = report
         .results
         .iter()
@@ -292,23 +300,98 @@ pub async fn forget_promoted(
         .filter(|n| !promoted.contains(n.as_str()))
         .filter_map(|n| blob_of(n))
         .collect();
-    // The blobs first, as before their results: a result left behind says what is gone.
-    let blobs: Vec<String> = promoted
+    let blobs: BTreeSet<&String> = promoted
         .iter()
         .filter_map(|name| blob_of(name))
         .filter(|b| !still_wanted.contains(b))
-        .cloned()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
         .collect();
-    let results = promoted
-        .iter()
-        .map(|name| crate::layout::staged_result_key(plan_id, name))
-        .collect();
-    let mut failed = store.delete_many(blobs).await;
-    failed.extend(store.delete_many(results).await);
+    Leftover {
+        blobs: blobs.into_iter().cloned().collect(),
+        results: promoted
+            .iter()
+            .map(|name| crate::layout::staged_result_key(plan_id, name))
+            .collect(),
+    }
+}
+
+/// Deletes what a promotion left, blobs first: a result left behind says what is gone. Returns
+/// what could not be deleted.
+pub async fn forget(store: &dyn Store, leftover: Leftover) -> Vec<String> {
+    let mut failed = store.delete_many(leftover.blobs).await;
+    failed.extend(store.delete_many(leftover.results).await);
     failed
         .into_iter()
         .map(|(key, e)| format!("{key}: {e}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Action;
+    use crate::progress::Failed;
+
+    fn staged(image: &str, blob: &str) -> (String, StageResult) {
+        let checksum = Checksum::sha256(blob.as_bytes());
+        let result = StageResult {
+            format_version: crate::fanout::FORMAT_VERSION.into(),
+            plan: "p".into(),
+            image: image.into(),
+            status: StageStatus::Staged,
+            error: None,
+            hint: None,
+            blob: Some(StagedBlob {
+                key: crate::layout::blob_key(&checksum),
+                checksum: checksum.clone(),
+                sha256: checksum,
+                size: 1,
+                uploaded: true,
+                etag: None,
+                inputs: BTreeMap::new(),
+                source: Default::default(),
+            }),
+            staged_at: "2026-12-07T00:00:00Z".into(),
+            ci_run: None,
+        };
+        (image.into(), result)
+    }
+
+    /// A blob goes with the last image that waited for it; results go with their images only.
+    #[test]
+    fn a_promotion_leaves_the_blobs_failed_images_still_need() {
+        let results = BTreeMap::from([
+            staged("a", "shared"),
+            staged("b", "shared"),
+            staged("c", "own"),
+            staged("d", "never run"),
+        ]);
+        let done = || {
+            Outcome::Done(Done::Promoted {
+                size: 1,
+                checksum: Checksum::sha256(b"x"),
+            })
+        };
+        let report = Report {
+            results: vec![
+                ("a".into(), Action::Create, done()),
+                (
+                    "b".into(),
+                    Action::Create,
+                    Outcome::Failed(Failed::new("no")),
+                ),
+                ("c".into(), Action::Create, done()),
+                ("e".into(), Action::Create, done()),
+            ],
+        };
+        let left = leftover("p", &results, &report);
+        let key = |b: &str| crate::layout::blob_key(&Checksum::sha256(b.as_bytes()));
+        assert_eq!(left.blobs, [key("own")]);
+        assert_eq!(
+            left.results,
+            [
+                crate::layout::staged_result_key("p", "a"),
+                crate::layout::staged_result_key("p", "c")
+            ]
+        );
+    }
 }

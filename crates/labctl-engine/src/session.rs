@@ -155,12 +155,10 @@ pub async fn apply(
     let ended = match locked(&run, plan, writes.clone(), cancel, steps).await {
         Ok((ended, promoted)) => {
             steps.ended(&ended);
-            if let (Ended::Applied { report, .. }, Some((id, staged))) = (&ended, &promoted) {
+            if let (Ended::Applied { .. }, Some(leftover)) = (&ended, promoted) {
                 // After the index: a promotion killed before this point leaves the blobs for
                 // the next.
-                let forgotten =
-                    crate::promote::forget_promoted(writes.as_ref(), id, &staged.results, report)
-                        .await;
+                let forgotten = crate::promote::forget(writes.as_ref(), leftover).await;
                 for failed in forgotten {
                     steps.blob_not_removed(&failed);
                 }
@@ -190,23 +188,21 @@ pub async fn apply(
     })
 }
 
-/// A promotion's plan ID and what its legs staged.
-type Promoted = (String, Arc<crate::staged::Staged>);
-
-/// Everything done while the lock is held, up to the index; with what a promotion staged.
+/// Everything done while the lock is held, up to the index; with what a promotion leaves to
+/// delete after it.
 async fn locked(
     run: &ApplyRun<'_>,
     source: PlanSource,
     store: Arc<dyn Store>,
     mut cancel: watch::Receiver<bool>,
     steps: &dyn ApplySteps,
-) -> Result<(Ended, Option<Promoted>), Failure> {
+) -> Result<(Ended, Option<crate::promote::Leftover>), Failure> {
     // Reading state and waiting for an answer leave nothing behind: a signal drops them.
     let prepared = tokio::select! {
         prepared = prepare(run, source, &store, steps) => prepared?,
         _ = cancel.wait_for(|c| *c) => return Ok((Ended::Interrupted, None)),
     };
-    let (plan, saved) = match prepared {
+    let (mut plan, saved) = match prepared {
         Prepared::Ready(plan, saved) => (plan, saved),
         Prepared::Stop(ended) => return Ok((ended, None)),
     };
@@ -230,28 +226,33 @@ async fn locked(
     // aborts its own multipart upload before this returns.
     let report = crate::execute(&plan, ctx.clone()).await;
     let cancelled = *cancel.borrow();
+    let written = std::mem::take(&mut *ctx.written.lock().unwrap_or_else(|p| p.into_inner()));
+    // Of the plan and what the legs staged, only what is still needed is kept through the
+    // index, the run's peak of memory (tens of thousands of changes and stage results).
+    let leftover =
+        staged.map(|(id, staged)| crate::promote::leftover(&id, &staged.results, &report));
+    drop(ctx);
+    let summary = plan.summary.clone();
+    let backfill = std::mem::take(&mut plan.index.backfill);
+    drop(plan);
     let index = if cancelled {
         None
     } else {
-        let written = std::mem::take(&mut *ctx.written.lock().unwrap_or_else(|p| p.into_inner()));
-        let published = crate::index::publish(
-            &store,
-            &plan.index.backfill,
-            run.signer,
-            written,
-            &|done, total| steps.index_records_read(done, total),
-        )
-        .await;
+        let published =
+            crate::index::publish(&store, &backfill, run.signer, written, &|done, total| {
+                steps.index_records_read(done, total)
+            })
+            .await;
         steps.index_read();
         Some(published)
     };
     let ended = Ended::Applied {
         report,
-        summary: plan.summary.clone(),
+        summary,
         index,
         cancelled,
     };
-    Ok((ended, staged))
+    Ok((ended, leftover))
 }
 
 enum Prepared {
