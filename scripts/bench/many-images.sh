@@ -209,11 +209,21 @@ for wave in json.load(open(sys.argv[1]))["waves"]:
 ' "$work/matrix.json" | xargs -P 2 -I UNITS "$labctl" stage --manifest "$work/images.yaml" \
       --store s3://bench --unit UNITS "$work/plan.json" > /dev/null 2>&1
     read -r f_s f_mib < <(measure "${apply[@]}" "$work/plan.json" --staged)
+    # What the store itself must do for that promotion, asked by s5cmd: a server-side copy, a
+    # small object and two deletes an image (the images just promoted stand in for the blobs).
+    echo "== $store, $n images: s5cmd doing a promotion's store work"
+    # shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
+    read -r q_s _ < <(measure bash -c '
+      s5=("$1" --endpoint-url "$E2_ENDPOINT")
+      "${s5[@]}" cp "s3://bench/images/tiny/*" s3://bench/peer/copies/ &&
+        "${s5[@]}" cp "$2/" s3://bench/peer/records/ &&
+        "${s5[@]}" rm "s3://bench/peer/copies/*" &&
+        "${s5[@]}" rm "s3://bench/peer/records/*"' peer "$s5cmd" "$work/upload-$n")
     rows+=("$(python3 -c '
 import sys
-store, n, s5, s5m, l, lm, p, f, fm = sys.argv[1:]
-print(f"| {store} | {int(n):,} | {float(s5):.2f} s | {s5m} MiB | {float(l):.2f} s | {lm} MiB | {float(l) / float(s5):.1f}× | {float(f):.2f} s | {fm} MiB | {float(f) / float(s5):.1f}× | {float(p):.2f} s |")
-' "$store" "$n" "$s5_s" "$s5_mib" "$l_s" "$l_mib" "$p_s" "$f_s" "$f_mib")")
+store, n, s5, s5m, l, lm, p, f, fm, q = sys.argv[1:]
+print(f"| {store} | {int(n):,} | {float(s5):.2f} s | {s5m} MiB | {float(l):.2f} s | {lm} MiB | {float(l) / float(s5):.1f}× | {float(f):.2f} s | {fm} MiB | {float(f) / float(s5):.1f}× | {float(q):.2f} s | {float(f) / float(q):.1f}× | {float(p):.2f} s |")
+' "$store" "$n" "$s5_s" "$s5_mib" "$l_s" "$l_mib" "$p_s" "$f_s" "$f_mib" "$q_s")")
     echo "${rows[-1]}"
   done
 done
@@ -243,13 +253,16 @@ version=$("$labctl" --version | cut -d' ' -f2)
   echo "verifies anything nor writes a record per object. Then \`labctl plan\` of the applied manifest"
   echo "(nothing to do). And the promotion of a fan-out (\`labctl apply plan.json --staged\` after"
   echo "\`labctl plan --matrix\` and a \`labctl stage\` of every leg, two legs at a time; only the"
-  echo "promotion is timed): server-side copies of the staged blobs, a record each, the index. On this"
-  echo "project's 2-core machine, one run each, each server fresh on a fresh ext4 loop volume."
+  echo "promotion is timed): server-side copies of the staged blobs, a record each, the index, then"
+  echo "the promoted blobs and their results deleted. Beside it, the same store work asked by s5cmd"
+  echo "in the same server: a server-side copy of each image, a 1 KiB object each, and the deletes of"
+  echo "both (four \`s5cmd\` runs, one after another). On this project's 2-core machine, one run each,"
+  echo "each server fresh on a fresh ext4 loop volume."
   echo
   echo "Produced by \`scripts/bench/many-images.sh ${counts[*]}\` on $(date -u +%Y-%m-%d), labctl $version."
   echo
-  echo "| store | images | s5cmd cp | s5cmd peak RSS | labctl apply | peak RSS | ratio | promotion | peak RSS | ratio | labctl plan |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| store | images | s5cmd cp | s5cmd peak RSS | labctl apply | peak RSS | ratio | promotion | peak RSS | ratio | s5cmd, a promotion's store work | ratio | labctl plan |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "### Peak RSS by \`--parallelism\`"
