@@ -230,8 +230,9 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub auto_approve: bool,
     /// How many images are processed at once. Of these, at most 4 large ones (over 1 MiB, or
-    /// decompressed) stream at once; small ones go beside them.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// decompressed) stream at once and at most 16 Packer builds run at once; small images and
+    /// copies inside the store go beside them.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallelism: u16,
     /// Delete records (and objects) whose image left the manifest. Protected records stay.
     #[arg(long)]
@@ -293,8 +294,9 @@ pub struct StageArgs {
     #[arg(long, value_name = "FILE")]
     pub result: Option<PathBuf>,
     /// How many of the units are staged at once. Of these, at most 4 large ones (over 1 MiB, or
-    /// decompressed) stream at once; small ones go beside them.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// decompressed) stream at once and at most 16 Packer builds run at once; small ones go
+    /// beside them.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallelism: u16,
     /// Multipart upload part size in MiB (at least 5).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = clap::value_parser!(u16).range(5..=1024))]

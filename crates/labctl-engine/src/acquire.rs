@@ -173,15 +173,35 @@ pub(crate) async fn reference_value(
     })
 }
 
+/// Packer builds at once, whatever `--parallelism` lets start: each runs a VM and leaves an
+/// artifact of GiBs on disk until it is published. As many as ran at the default parallelism
+/// before small images were let through 64 at a time.
+const BUILDS_AT_ONCE: usize = 16;
+static BUILD_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BUILDS_AT_ONCE);
+
+/// A finished build, holding its slot until it is dropped: its scratch directory (the artifact)
+/// goes first, then the slot.
+pub(crate) struct Built {
+    pub build: packer::Build,
+    _slot: tokio::sync::SemaphorePermit<'static>,
+}
+
 /// Runs the image's Packer build with its variables resolved (`staged`: inputs a fan-out leg
-/// takes from staged blobs). Dropping the build removes its scratch directory.
+/// takes from staged blobs), once one of the build slots is free. Dropping the build removes
+/// its scratch directory.
 pub(crate) async fn build_packer(
     change: &Change,
     spec: &NormalizedSpec,
     deps: &BTreeMap<String, Checksum>,
     staged: &BTreeMap<String, StagedBlob>,
     ctx: &ApplyContext,
-) -> anyhow::Result<packer::Build> {
+) -> anyhow::Result<Built> {
+    let slot = tokio::select! {
+        slot = BUILD_SLOTS.acquire() => slot.expect("the build slots are never closed"),
+        () = pipeline::signalled(ctx.cancel.clone()) => {
+            return Err(pipeline::PipelineError::Cancelled.into())
+        }
+    };
     let SpecSource::Packer {
         path,
         variables,
@@ -214,5 +234,6 @@ pub(crate) async fn build_packer(
         ctx.cancel.clone(),
     )
     .await
+    .map(|build| Built { build, _slot: slot })
     .map_err(anyhow::Error::from)
 }

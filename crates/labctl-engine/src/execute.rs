@@ -474,7 +474,9 @@ async fn publish_packer(
     kept: Option<HistoryEntry>,
     ctx: &ApplyContext,
 ) -> ChangeResult {
-    let build = build_packer(change, spec, &deps, &BTreeMap::new(), ctx).await?;
+    // The slot is held until the artifact is published and its scratch directory removed.
+    let built = build_packer(change, spec, &deps, &BTreeMap::new(), ctx).await?;
+    let build = &built.build;
     let fingerprint = spec.fingerprint(&deps);
     let facts = SourceFacts {
         packer_version: Some(build.packer_version.clone()),
@@ -501,8 +503,8 @@ async fn publish_packer(
     let trimmed = with_history(&mut record, change, kept);
     write_record(ctx, &change.record_key, &record).await?;
     delete_history(change, &trimmed, ctx).await?;
-    // Dropping the build removes its scratch directory.
-    drop(build);
+    // Dropping the build removes its scratch directory, then frees its slot.
+    drop(built);
     Ok(published_result(
         change,
         &published,

@@ -304,7 +304,8 @@ async fn build(
         })
         .unwrap_or_default();
     deps.extend(staged.iter().map(|(n, b)| (n.clone(), b.checksum.clone())));
-    let build = build_packer(change, &desired.spec, &deps, &staged, ctx).await?;
+    let built = build_packer(change, &desired.spec, &deps, &staged, ctx).await?;
+    let build = &built.build;
     let published = pipeline::publish_file(
         ctx.store.clone(),
         &pipeline::FileJob {
