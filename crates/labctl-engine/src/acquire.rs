@@ -237,3 +237,30 @@ pub(crate) async fn build_packer(
     .map(|build| Built { build, _slot: slot })
     .map_err(anyhow::Error::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished build keeps its slot until its scratch directory is gone: finished builds
+    /// waiting to be published never add up past the slots on disk.
+    #[tokio::test]
+    async fn a_build_holds_its_slot_until_its_artifact_is_removed() {
+        let before = BUILD_SLOTS.available_permits();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let built = Built {
+            build: packer::Build {
+                artifact: path.join("disk.raw"),
+                dir,
+                packer_version: "1.11.2".into(),
+            },
+            _slot: BUILD_SLOTS.acquire().await.unwrap(),
+        };
+        assert_eq!(BUILD_SLOTS.available_permits(), before - 1);
+        drop(built);
+        assert!(!path.exists(), "the scratch directory is removed");
+        assert_eq!(BUILD_SLOTS.available_permits(), before);
+        assert_eq!(before, BUILDS_AT_ONCE);
+    }
+}
