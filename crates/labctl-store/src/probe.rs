@@ -33,13 +33,7 @@ pub async fn copy_checks_its_source(store: &dyn Store, id: &str) -> Result<bool,
             PutOptions::default(),
         )
         .await?;
-    let stale = store
-        .probe_copy(
-            &from,
-            &to,
-            CopyProbe::IfMatch("\"0123456789abcdef\"".into()),
-        )
-        .await;
+    let stale = stale_copy(store, &from, &to).await;
     if let Some((_, e)) = store.delete_many(vec![from, to]).await.into_iter().next() {
         return Err(e);
     }
@@ -48,6 +42,16 @@ pub async fn copy_checks_its_source(store: &dyn Store, id: &str) -> Result<bool,
         Ok(_) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// An ETag no probe object has: what a conditional request about a changed object carries.
+const NOT_ITS_ETAG: &str = "\"0123456789abcdef\"";
+
+/// A copy of `from` to `to`, asked to be made only while `from` has an ETag it does not have.
+async fn stale_copy(store: &dyn Store, from: &str, to: &str) -> Result<ObjectMeta, StoreError> {
+    store
+        .probe_copy(from, to, CopyProbe::IfMatch(NOT_ITS_ETAG.into()))
+        .await
 }
 
 /// S3's smallest part: the multipart probes use parts of exactly this size.
@@ -368,7 +372,7 @@ async fn copy_in_parts(store: &Arc<dyn Store>, id: &str) -> Result<String, Probe
 async fn conditional_delete(store: &Arc<dyn Store>, id: &str) -> Result<Verdict, ProbeError> {
     let key = format!("{PROBE_PREFIX}/delete-if-{id}");
     let (_, written) = probe_source(store, &key, 64).await?;
-    let stale = store.delete_if(&key, "\"0123456789abcdef\"").await;
+    let stale = store.delete_if(&key, NOT_ITS_ETAG).await;
     let kept = store.head(&key).await?.is_some();
     let removed = store.delete_if(&key, &written.etag).await?;
     let gone = store.head(&key).await?.is_none();
@@ -386,13 +390,7 @@ async fn conditional_copy(store: &Arc<dyn Store>, id: &str) -> Result<Verdict, P
     let from = format!("{PROBE_PREFIX}/if-match-source-{id}");
     let to = format!("{PROBE_PREFIX}/if-match-{id}");
     let (body, source) = probe_source(store, &from, 1024).await?;
-    let stale = store
-        .probe_copy(
-            &from,
-            &to,
-            CopyProbe::IfMatch("\"0123456789abcdef\"".into()),
-        )
-        .await;
+    let stale = stale_copy(store.as_ref(), &from, &to).await;
     store
         .probe_copy(&from, &to, CopyProbe::IfMatch(source.etag))
         .await?;
