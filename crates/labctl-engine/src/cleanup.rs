@@ -73,12 +73,8 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
 /// run), and aborts the stalled uploads; returns what could not be removed.
 pub async fn remove(store: &dyn Store, leftovers: &Leftovers) -> Vec<String> {
     let keys = |objects: &[ObjectMeta]| objects.iter().map(|o| o.key.clone()).collect();
-    let mut not_deleted = store.delete_many(keys(&leftovers.results)).await;
-    not_deleted.extend(store.delete_many(keys(&leftovers.blobs)).await);
-    let mut failed: Vec<String> = not_deleted
-        .into_iter()
-        .map(|(key, e)| format!("{key}: {e}"))
-        .collect();
+    let groups = [keys(&leftovers.results), keys(&leftovers.blobs)];
+    let mut failed = crate::store::delete_in_turn(store, groups).await;
     for u in &leftovers.uploads {
         match store
             .abort_multipart(&u.upload.key, &u.upload.upload_id)

@@ -317,12 +317,7 @@ pub fn leftover(
 /// Deletes what a promotion left, blobs first: a result left behind says what is gone. Returns
 /// what could not be deleted.
 pub async fn forget(store: &dyn Store, leftover: Leftover) -> Vec<String> {
-    let mut failed = store.delete_many(leftover.blobs).await;
-    failed.extend(store.delete_many(leftover.results).await);
-    failed
-        .into_iter()
-        .map(|(key, e)| format!("{key}: {e}"))
-        .collect()
+    crate::store::delete_in_turn(store, [leftover.blobs, leftover.results]).await
 }
 
 #[cfg(test)]

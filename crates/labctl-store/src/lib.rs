@@ -301,6 +301,25 @@ pub enum CopyProbe {
     IfMatch(String),
 }
 
+/// Deletes each group of keys once the group before it is done (what is deleted last is what
+/// says the earlier groups are gone); what could not be deleted, as `key: why`.
+pub async fn delete_in_turn(
+    store: &dyn Store,
+    groups: impl IntoIterator<Item = Vec<String>>,
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for keys in groups {
+        failed.extend(
+            store
+                .delete_many(keys)
+                .await
+                .into_iter()
+                .map(|(key, e)| format!("{key}: {e}")),
+        );
+    }
+    failed
+}
+
 /// Every key under `prefix`, following continuation tokens.
 pub async fn list_all(store: &dyn Store, prefix: &str) -> Result<Vec<ObjectMeta>> {
     let mut out = Vec::new();

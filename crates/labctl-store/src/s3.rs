@@ -166,6 +166,11 @@ impl S3Store {
     /// One DeleteObjects request (quiet: the answer lists only failures). `Err` when the store
     /// refused the request as a whole.
     async fn delete_batch(&self, keys: &[String]) -> Result<Vec<(String, StoreError)>> {
+        // The builders refuse only a missing key, which is always given.
+        let unnameable = |key: &str| StoreError::InvalidKey {
+            key: key.to_string(),
+            reason: "cannot be named in a DeleteObjects request",
+        };
         let mut failed = Vec::new();
         let mut objects = Vec::with_capacity(keys.len());
         for key in keys {
@@ -173,10 +178,7 @@ impl S3Store {
                 ObjectIdentifier::builder()
                     .key(full)
                     .build()
-                    .map_err(|_| StoreError::InvalidKey {
-                        key: key.clone(),
-                        reason: "cannot be named in a DeleteObjects request",
-                    })
+                    .map_err(|_| unnameable(key))
             });
             match identifier {
                 Ok(o) => objects.push(o),
@@ -191,10 +193,7 @@ impl S3Store {
             .set_objects(Some(objects))
             .quiet(true)
             .build()
-            .map_err(|_| StoreError::InvalidKey {
-                key: first.to_string(),
-                reason: "cannot be named in a DeleteObjects request",
-            })?;
+            .map_err(|_| unnameable(first))?;
         let out = self
             .client
             .delete_objects()
