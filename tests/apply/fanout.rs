@@ -28,6 +28,7 @@ on_every_store!(
     a_stale_plan_is_neither_staged_nor_promoted,
     a_killed_promotion_is_recovered_by_the_documented_steps,
     a_blob_changed_or_gone_since_its_stage_is_not_promoted,
+    a_legs_results_are_read_together_unless_a_unit_was_staged_again,
 );
 
 macro_rules! on_s3_stores {
@@ -583,6 +584,77 @@ fn a_missing_unit_fails_alone_and_skips_its_dependents(backend: Backend) {
             .all(|k| k.contains("gateway") || k.ends_with("/iso.json")),
         "{leftovers:?}"
     );
+}
+
+/// A leg of several units also writes their results in one object, which a promotion reads
+/// instead of each result. A unit staged again alone since (its own result rewritten) is taken
+/// from its own result; the leg's object goes with the results it held, and an unreadable one
+/// is said to be ignored.
+fn a_legs_results_are_read_together_unless_a_unit_was_staged_again(backend: Backend) {
+    let (lab, images) = setup(backend);
+    let matrix = plan_with_matrix(&lab);
+    let id = matrix["plan"].as_str().unwrap();
+    // The xz image's server sends a wrong byte at first: the leg stages two of its three units.
+    let packed = xz(&images.xz_plain);
+    let corrupt = Faults {
+        corrupt: true,
+        ..Faults::default()
+    };
+    lab.serve("/xz-v1", packed.clone(), corrupt);
+    let leg = lab.labctl(&["stage", PLAN, "--unit", "iso,packed,wide"]);
+    assert_eq!(leg.code, 1, "{}", leg.output());
+    let legs = lab.keys(&format!(".labctl/staged/{id}/legs/"));
+    assert_eq!(legs.len(), 1, "one object for the leg: {legs:?}");
+    let written: serde_json::Value =
+        serde_json::from_slice(&lab.store_bytes(&legs[0]).unwrap()).unwrap();
+    let status: Vec<(&str, &str)> = written["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            let r = &w["result"];
+            (r["image"].as_str().unwrap(), r["status"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        status,
+        [("iso", "staged"), ("packed", "failed"), ("wide", "staged")],
+        "{written}"
+    );
+
+    lab.serve("/xz-v1", packed, Faults::default());
+    let again = lab.labctl(&["stage", PLAN, "--unit", "packed"]);
+    assert_eq!(again.code, 0, "{}", again.output());
+    let build = lab.labctl_env(&["stage", PLAN, "--unit", "gateway"], BUILD_ENV);
+    assert_eq!(build.code, 0, "{}", build.output());
+    let unreadable = format!(".labctl/staged/{id}/legs/unreadable.json");
+    lab.put(&unreadable, b"{ not json");
+
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 0, "{}", promoted.output());
+    assert!(
+        promoted
+            .stderr
+            .contains(&format!("`{unreadable}` are unreadable"))
+            && promoted
+                .stderr
+                .contains("ignored, its results are read one by one"),
+        "{}",
+        promoted.output()
+    );
+    assert_eq!(lab.object("test/iso.img").unwrap(), images.iso);
+    assert_eq!(lab.object("test/packed.img").unwrap(), images.xz_plain);
+    assert_eq!(lab.object("test/wide.img").unwrap(), images.wide);
+    assert_eq!(
+        lab.object("test/gateway.raw").unwrap(),
+        expected_gateway(&images.iso, "v1")
+    );
+    assert_eq!(
+        staged_leftovers(&lab),
+        [unreadable],
+        "the leg's object went with its results; what could not be read stays for cleanup"
+    );
+    assert_converged(&lab);
 }
 
 /// Whether the store holds the copy to the ETag the leg recorded (s3s-fs, Garage, a directory)

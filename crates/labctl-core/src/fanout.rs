@@ -352,6 +352,17 @@ pub struct StagedSource {
     pub packer_version: Option<String>,
 }
 
+/// Whether a document of `version` is one this labctl reads: the same major version.
+fn readable_format(version: &str) -> Result<(), String> {
+    if version.split('.').next() == FORMAT_VERSION.split('.').next() {
+        Ok(())
+    } else {
+        Err(format!(
+            "format {version} is not one this labctl reads ({FORMAT_VERSION})"
+        ))
+    }
+}
+
 /// Stage results are small; reading one stops here.
 pub const MAX_RESULT_BYTES: usize = 256 * 1024;
 
@@ -361,13 +372,15 @@ impl StageResult {
             return Err(format!("larger than {MAX_RESULT_BYTES} bytes"));
         }
         let result: StageResult = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if result.format_version.split('.').next() != FORMAT_VERSION.split('.').next() {
-            return Err(format!(
-                "format {} is not one this labctl reads ({FORMAT_VERSION})",
-                result.format_version
-            ));
-        }
-        if let Some(blob) = &result.blob {
+        result.check()?;
+        Ok(result)
+    }
+
+    /// What a result must be to be read at all: of a format this labctl reads, naming the blob
+    /// its checksum names.
+    fn check(&self) -> Result<(), String> {
+        readable_format(&self.format_version)?;
+        if let Some(blob) = &self.blob {
             if blob.key != crate::layout::blob_key(&blob.checksum) {
                 return Err(format!(
                     "its blob `{}` is not the key of its checksum {}",
@@ -375,7 +388,7 @@ impl StageResult {
                 ));
             }
         }
-        Ok(result)
+        Ok(())
     }
 
     /// Whether this is what was staged of `image` for the plan `plan_id`: a result is trusted
@@ -386,6 +399,52 @@ impl StageResult {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a stage result serializes") + "\n"
+    }
+}
+
+/// Every result one leg wrote, in one object (`.labctl/staged/<plan>/legs/<digest>.json`), each
+/// with the ETag the store answered its write with. The per-image results stay what counts: a
+/// promotion takes a result from here only while the listing gives its own key that same ETag,
+/// and reads the others one by one. So a promotion of thousands of units reads one object a leg
+/// instead of one an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LegResults {
+    pub format_version: String,
+    pub plan: String,
+    pub results: Vec<WrittenResult>,
+}
+
+/// A stage result as its leg wrote it to its own key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WrittenResult {
+    pub etag: String,
+    pub result: StageResult,
+}
+
+/// A leg's results are read whole and several at once; larger ones are not written (promotion
+/// then reads that leg's results one by one). Some 2,800 results fit.
+pub const MAX_LEG_RESULTS_BYTES: usize = 2 * 1024 * 1024;
+
+impl LegResults {
+    pub fn parse(bytes: &[u8]) -> Result<LegResults, String> {
+        if bytes.len() > MAX_LEG_RESULTS_BYTES {
+            return Err(format!("larger than {MAX_LEG_RESULTS_BYTES} bytes"));
+        }
+        let leg: LegResults = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        readable_format(&leg.format_version)?;
+        for written in &leg.results {
+            written
+                .result
+                .check()
+                .map_err(|why| format!("the result of `{}`: {why}", written.result.image))?;
+        }
+        Ok(leg)
+    }
+
+    /// The document, or `None` when it would be larger than a promotion reads.
+    pub fn to_json(&self) -> Option<String> {
+        let json = serde_json::to_string(self).expect("a leg's results serialize") + "\n";
+        (json.len() <= MAX_LEG_RESULTS_BYTES).then_some(json)
     }
 }
 

@@ -48,6 +48,63 @@ pub fn staged_results_prefix(plan_id: &str) -> String {
     format!("{STAGED_PREFIX}{plan_id}/")
 }
 
+/// Where a leg that staged `units` of the plan `plan_id` keeps all its results in one object:
+/// named by its units, so a re-run of the same leg replaces it. Image names have no `/`, so no
+/// image's result is ever under `legs/`.
+pub fn leg_results_key(plan_id: &str, units: &[&str]) -> String {
+    let mut units = units.to_vec();
+    units.sort_unstable();
+    units.dedup();
+    let digest = Checksum::sha256(units.join("\n").as_bytes());
+    format!(
+        "{}{LEG_RESULTS_FOLDER}{}.json",
+        staged_results_prefix(plan_id),
+        digest.hex()
+    )
+}
+
+/// Inside a plan's folder of stage results: where its legs' results are.
+pub const LEG_RESULTS_FOLDER: &str = "legs/";
+
+/// What a key inside a plan's folder of stage results holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagedKey<'k> {
+    /// One image's result (`<image>.json`).
+    Result {
+        image: &'k str,
+    },
+    /// One leg's results (`legs/<digest>.json`).
+    LegResults,
+    Other,
+}
+
+/// What a key under `.labctl/staged/` holds, whichever plan's.
+pub fn any_staged_key(key: &str) -> StagedKey<'_> {
+    match key
+        .strip_prefix(STAGED_PREFIX)
+        .and_then(|k| k.split_once('/'))
+    {
+        Some((plan, _)) => staged_key(&staged_results_prefix(plan), key),
+        None => StagedKey::Other,
+    }
+}
+
+/// What `key` holds, given the plan's folder of stage results `prefix`.
+pub fn staged_key<'k>(prefix: &str, key: &'k str) -> StagedKey<'k> {
+    let Some(name) = key
+        .strip_prefix(prefix)
+        .and_then(|k| k.strip_suffix(".json"))
+    else {
+        return StagedKey::Other;
+    };
+    match name.strip_prefix(LEG_RESULTS_FOLDER) {
+        Some(digest) if !digest.is_empty() && !digest.contains('/') => StagedKey::LegResults,
+        Some(_) => StagedKey::Other,
+        None if !name.is_empty() && !name.contains('/') => StagedKey::Result { image: name },
+        None => StagedKey::Other,
+    }
+}
+
 /// The consumer index, inside `images/`.
 pub const SUMS_NAME: &str = "SHA256SUMS";
 pub const SIGNATURE_NAME: &str = "SHA256SUMS.minisig";
@@ -141,5 +198,39 @@ mod tests {
             assert!(check_relative_key(bad).is_err(), "{bad:?}");
         }
         assert!(check_relative_key("talos/v1.9/a.raw").is_ok());
+    }
+
+    #[test]
+    fn what_a_plans_folder_of_stage_results_holds() {
+        let prefix = staged_results_prefix("p1");
+        let leg = leg_results_key("p1", &["b", "a", "b"]);
+        assert_eq!(
+            leg,
+            leg_results_key("p1", &["a", "b"]),
+            "named by its units"
+        );
+        assert_ne!(leg, leg_results_key("p1", &["a"]));
+        assert!(leg.starts_with(".labctl/staged/p1/legs/"));
+        assert_eq!(staged_key(&prefix, &leg), StagedKey::LegResults);
+        assert_eq!(
+            staged_key(&prefix, &staged_result_key("p1", "talos-1.9")),
+            StagedKey::Result { image: "talos-1.9" }
+        );
+        for other in [
+            ".labctl/staged/p1/.json",
+            ".labctl/staged/p1/a/b.json",
+            ".labctl/staged/p1/legs/.json",
+            ".labctl/staged/p1/legs/a/b.json",
+            ".labctl/staged/p1/a.txt",
+            ".labctl/staged/p2/a.json",
+        ] {
+            assert_eq!(staged_key(&prefix, other), StagedKey::Other, "{other}");
+        }
+        assert_eq!(any_staged_key(&leg), StagedKey::LegResults);
+        assert_eq!(
+            any_staged_key(".labctl/staged/p2/a.json"),
+            StagedKey::Result { image: "a" }
+        );
+        assert_eq!(any_staged_key(".labctl/staged/a.json"), StagedKey::Other);
     }
 }

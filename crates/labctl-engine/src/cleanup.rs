@@ -45,6 +45,13 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
         results.into_iter().partition(|r| old(r));
     let mut wanted = BTreeSet::new();
     for result in &recent {
+        // A leg's object of results names what the images' own results name.
+        if !matches!(
+            crate::layout::any_staged_key(&result.key),
+            crate::layout::StagedKey::Result { .. }
+        ) {
+            continue;
+        }
         // An unreadable recent result keeps nothing: it cannot be promoted either.
         if let Ok(Some(r)) = crate::promote::read_result(store, &result.key).await {
             wanted.extend(r.blob.map(|b| b.key));

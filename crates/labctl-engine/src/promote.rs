@@ -10,11 +10,14 @@ use anyhow::{anyhow, bail, Context};
 
 use crate::checksum::Checksum;
 use crate::context::{ApplyContext, ChangeResult, Done, Outcome, Report};
-use crate::fanout::{StageResult, StageStatus, StagedBlob, MAX_RESULT_BYTES};
+use crate::fanout::{
+    LegResults, StageResult, StageStatus, StagedBlob, MAX_LEG_RESULTS_BYTES, MAX_RESULT_BYTES,
+};
 use crate::labelled::{copy_labelled, Labelled};
+use crate::layout::StagedKey;
 use crate::plan::{Change, Desired};
 use crate::records::{delete_history, with_history, write_record};
-use crate::staged::{BlobCheck, Staged, StagedError};
+use crate::staged::{BlobCheck, LegRead, Staged, StagedError};
 use crate::state::record::{new_record, HistoryEntry};
 use crate::store::{ObjectMeta, Store, StoreError};
 
@@ -197,39 +200,102 @@ async fn checked_blob<'s>(
 /// 91 MiB), 4.4 s at 128 (93 MiB) and 3.9 s at 256 (99 MiB).
 const SMALL_REQUESTS: usize = 128;
 
-/// What the legs staged for the plan `plan_id`, by image. A result that cannot be read is
-/// reported by `warn` and treated as missing (its image fails).
+/// What the legs of a plan staged.
+#[derive(Debug, Default)]
+pub struct Found {
+    /// By image.
+    pub results: BTreeMap<String, StageResult>,
+    pub legs: Vec<LegRead>,
+}
+
+/// Legs' objects of results read at once: up to 2 MiB each, though a leg of 40 units writes
+/// some 40 KiB.
+const LEG_READS: usize = 16;
+
+/// What the legs staged for the plan `plan_id`, by image: from the legs' objects of results
+/// where the listing shows an image's own result unchanged since its leg wrote it, else from
+/// the image's result. A result that cannot be read is reported by `warn` and treated as
+/// missing (its image fails).
 pub async fn staged_results(
     store: &dyn Store,
     plan_id: &str,
     warn: &dyn Fn(&str),
-) -> anyhow::Result<BTreeMap<String, StageResult>> {
+) -> anyhow::Result<Found> {
     let prefix = crate::layout::staged_results_prefix(plan_id);
     let listed = crate::store::list_all(store, &prefix)
         .await
         .with_context(|| format!("cannot list the stage results under `{prefix}`"))?;
-    // Many at a time: a promotion of thousands of small units otherwise waits on a round trip
-    // per unit before its first copy (each a few hundred bytes; on s3s-fs every GET takes some
-    // 35 ms however small).
-    let mut read: Vec<_> = futures_util::stream::iter(listed)
-        .map(|object| async move {
-            let result = read_result(store, &object.key).await;
-            (object.key, result)
+    let mut etags: BTreeMap<String, String> = BTreeMap::new();
+    let mut leg_keys = Vec::new();
+    for object in listed {
+        match crate::layout::staged_key(&prefix, &object.key) {
+            StagedKey::Result { image } => {
+                etags.insert(image.to_string(), unquoted(&object.etag).to_string());
+            }
+            StagedKey::LegResults => leg_keys.push(object.key),
+            StagedKey::Other => warn(&format!(
+                "`{}` is not a stage result of this plan: ignored",
+                object.key
+            )),
+        }
+    }
+    let mut found = Found::default();
+    let mut legs: Vec<_> = futures_util::stream::iter(leg_keys)
+        .map(|key| async move {
+            let read = read_leg(store, &key).await;
+            (key, read)
+        })
+        .buffer_unordered(LEG_READS)
+        .collect()
+        .await;
+    legs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (key, read) in legs {
+        let leg = match read {
+            Ok(Some(leg)) if leg.plan == plan_id => leg,
+            Ok(Some(_)) => {
+                warn(&format!(
+                    "`{key}` describes another plan than its key names: ignored"
+                ));
+                continue;
+            }
+            Ok(None) => continue,
+            Err(e) => {
+                warn(&format!("{e:#}: ignored, its results are read one by one"));
+                continue;
+            }
+        };
+        let images = leg.results.iter().map(|w| w.result.image.clone()).collect();
+        for written in leg.results {
+            let image = &written.result.image;
+            let unchanged = etags.get(image).map(String::as_str) == Some(unquoted(&written.etag));
+            if unchanged && written.result.speaks_for(plan_id, image) {
+                found.results.insert(image.clone(), written.result);
+            }
+        }
+        found.legs.push(LegRead { key, images });
+    }
+    // The rest one by one, many at a time: a promotion of thousands of small units otherwise
+    // waits on a round trip per unit before its first copy (each a few hundred bytes; on
+    // s3s-fs every GET takes some 35 ms however small).
+    let unread: Vec<String> = etags
+        .into_keys()
+        .filter(|image| !found.results.contains_key(image))
+        .collect();
+    let mut read: Vec<_> = futures_util::stream::iter(unread)
+        .map(|image| async move {
+            let key = crate::layout::staged_result_key(plan_id, &image);
+            let result = read_result(store, &key).await;
+            (image, key, result)
         })
         .buffer_unordered(SMALL_REQUESTS)
         .collect()
         .await;
     // Warned about in key order, whichever answer came first.
-    read.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut out = BTreeMap::new();
-    for (key, result) in read {
-        let image = key
-            .strip_prefix(&prefix)
-            .and_then(|k| k.strip_suffix(".json"))
-            .unwrap_or_default();
+    read.sort_by(|a, b| a.1.cmp(&b.1));
+    for (image, key, result) in read {
         match result {
-            Ok(Some(result)) if result.speaks_for(plan_id, image) => {
-                out.insert(result.image.clone(), result);
+            Ok(Some(result)) if result.speaks_for(plan_id, &image) => {
+                found.results.insert(image, result);
             }
             Ok(Some(_)) => warn(&format!(
                 "`{key}` describes another image or plan than its key names: ignored"
@@ -238,7 +304,25 @@ pub async fn staged_results(
             Err(e) => warn(&format!("{e:#}: ignored")),
         }
     }
-    Ok(out)
+    Ok(found)
+}
+
+/// Stores differ in whether their listings and answers quote an ETag (Ceph RGW).
+fn unquoted(etag: &str) -> &str {
+    etag.trim_matches('"')
+}
+
+/// One leg's object of results; `None` when there is none.
+async fn read_leg(store: &dyn Store, key: &str) -> anyhow::Result<Option<LegResults>> {
+    let Some((_, bytes)) = crate::store::get_bytes(store, key, MAX_LEG_RESULTS_BYTES)
+        .await
+        .with_context(|| format!("cannot read the leg's results `{key}`"))?
+    else {
+        return Ok(None);
+    };
+    LegResults::parse(&bytes)
+        .map(Some)
+        .map_err(|why| anyhow!("the leg's results `{key}` are unreadable: {why}"))
 }
 
 /// What was staged of `image` for the plan `plan_id`; `None` when nothing was, or when what is
@@ -275,11 +359,12 @@ pub struct Leftover {
     pub results: Vec<String>,
 }
 
-/// What the promotion of the plan `plan_id` leaves to delete, from what was `staged` and what
-/// became of each image.
+/// What the promotion of the plan `plan_id` leaves to delete, from what was `staged`, the
+/// `legs` whose results were read, and what became of each image.
 pub fn leftover(
     plan_id: &str,
     staged: &BTreeMap<String, StageResult>,
+    legs: &[LegRead],
     report: &Report,
 ) -> Leftover {
     let promoted: BTreeSet<&str> = report
@@ -305,11 +390,18 @@ pub fn leftover(
         .filter_map(|name| blob_of(name))
         .filter(|b| !still_wanted.contains(b))
         .collect();
+    // A leg's object goes once no result it holds stays for a later promotion.
+    let stays = |image: &String| staged.contains_key(image) && !promoted.contains(image.as_str());
+    let done_legs = legs
+        .iter()
+        .filter(|leg| !leg.images.iter().any(stays))
+        .map(|leg| leg.key.clone());
     Leftover {
         blobs: blobs.into_iter().cloned().collect(),
         results: promoted
             .iter()
             .map(|name| crate::layout::staged_result_key(plan_id, name))
+            .chain(done_legs)
             .collect(),
     }
 }
@@ -378,15 +470,27 @@ mod tests {
                 ("e".into(), Action::Create, done()),
             ],
         };
-        let left = leftover("p", &results, &report);
+        let legs = [
+            LegRead {
+                key: "leg-a-b".into(),
+                images: vec!["a".into(), "b".into()],
+            },
+            LegRead {
+                key: "leg-a-c-e".into(),
+                images: vec!["a".into(), "c".into(), "e".into()],
+            },
+        ];
+        let left = leftover("p", &results, &legs, &report);
         let key = |b: &str| crate::layout::blob_key(&Checksum::sha256(b.as_bytes()));
         assert_eq!(left.blobs, [key("own")]);
         assert_eq!(
             left.results,
             [
                 crate::layout::staged_result_key("p", "a"),
-                crate::layout::staged_result_key("p", "c")
-            ]
+                crate::layout::staged_result_key("p", "c"),
+                "leg-a-c-e".into(),
+            ],
+            "the leg of `b`, which failed, stays with its result"
         );
     }
 }

@@ -229,8 +229,8 @@ async fn locked(
     let written = std::mem::take(&mut *ctx.written.lock().unwrap_or_else(|p| p.into_inner()));
     // Of the plan and what the legs staged, only what is still needed is kept through the
     // index, the run's peak of memory (tens of thousands of changes and stage results).
-    let leftover =
-        staged.map(|(id, staged)| crate::promote::leftover(&id, &staged.results, &report));
+    let leftover = staged
+        .map(|(id, staged)| crate::promote::leftover(&id, &staged.results, &staged.legs, &report));
     drop(ctx);
     let summary = plan.summary.clone();
     let backfill = std::mem::take(&mut plan.index.backfill);
@@ -314,7 +314,10 @@ async fn staged_for(
     steps: &dyn ApplySteps,
 ) -> anyhow::Result<crate::staged::Staged> {
     let warn = |m: &str| steps.plan_events().warning(m);
-    let staged = crate::promote::staged_results(store, plan_id, &warn).await?;
+    let crate::promote::Found {
+        results: staged,
+        legs,
+    } = crate::promote::staged_results(store, plan_id, &warn).await?;
     let units = crate::fanout::units(plan);
     let ready = units
         .iter()
@@ -328,6 +331,7 @@ async fn staged_for(
     let check = crate::staged::BlobCheck::for_store(store, plan_id).await;
     Ok(crate::staged::Staged {
         results: staged,
+        legs,
         check,
     })
 }

@@ -52,7 +52,17 @@ impl Hint for StagedError {
 pub struct Staged {
     /// What the plan's legs staged, by image.
     pub results: BTreeMap<String, StageResult>,
+    /// The legs' objects of results that were read.
+    pub legs: Vec<LegRead>,
     pub check: BlobCheck,
+}
+
+/// A leg's object of results as a promotion found it: removed with the results once none of
+/// its images waits for a later promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegRead {
+    pub key: String,
+    pub images: Vec<String>,
 }
 
 /// How a staged blob is checked before it is copied to its image's key.

@@ -236,6 +236,57 @@ fn stage_results_read_back_and_refuse_a_blob_key_that_is_not_their_checksum() {
 }
 
 #[test]
+fn a_legs_results_read_back_and_refuse_what_a_result_alone_would_be_refused_for() {
+    let result = |image: &str| StageResult {
+        format_version: FORMAT_VERSION.into(),
+        plan: "id".into(),
+        image: image.into(),
+        status: StageStatus::Failed,
+        error: Some("no".into()),
+        hint: None,
+        blob: None,
+        staged_at: "2026-12-03T00:00:00Z".into(),
+        ci_run: None,
+    };
+    let leg = LegResults {
+        format_version: FORMAT_VERSION.into(),
+        plan: "id".into(),
+        results: vec![
+            WrittenResult {
+                etag: "\"a\"".into(),
+                result: result("a"),
+            },
+            WrittenResult {
+                etag: "\"b\"".into(),
+                result: result("b"),
+            },
+        ],
+    };
+    let json = leg.to_json().expect("small");
+    assert_eq!(LegResults::parse(json.as_bytes()), Ok(leg.clone()));
+    let mut bad = leg.clone();
+    bad.results[1].result.blob = Some(StagedBlob {
+        key: "images/x".into(),
+        checksum: sum("x"),
+        sha256: sum("x"),
+        size: 1,
+        uploaded: true,
+        etag: None,
+        inputs: BTreeMap::new(),
+        source: StagedSource::default(),
+    });
+    let why = LegResults::parse(bad.to_json().unwrap().as_bytes()).unwrap_err();
+    assert!(why.contains("the result of `b`") && why.contains("not the key of its checksum"));
+    let mut newer = leg.clone();
+    newer.results[0].result.format_version = "2.0".into();
+    assert!(LegResults::parse(newer.to_json().unwrap().as_bytes()).is_err());
+    let mut huge = leg;
+    huge.results[0].result.error = Some("x".repeat(MAX_LEG_RESULTS_BYTES));
+    assert_eq!(huge.to_json(), None, "too large to be read is not written");
+    assert!(LegResults::parse(b"[]").is_err());
+}
+
+#[test]
 fn blob_keys_round_trip_and_reject_anything_else() {
     let c = sum("x");
     let key = crate::layout::blob_key(&c);
