@@ -352,8 +352,8 @@ pub struct TrackedArgs {
     #[command(flatten)]
     pub store: StoreArg,
     /// How long one request to a vendor API may take (it is retried as downloads are).
-    #[arg(long, value_name = "DURATION", default_value = "30s")]
-    pub timeout: String,
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -473,26 +473,14 @@ pub struct HistoryArgs {
     pub json: bool,
 }
 
-/// `90`, `90s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (number, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: u64 = match number.parse() {
-        Ok(n) => n,
-        Err(e) if *e.kind() == std::num::IntErrorKind::PosOverflow => u64::MAX,
-        Err(_) => return Err(format!("`{s}` is not a duration such as 30s, 5m or 1h")),
-    };
-    // Saturating: `--lock-timeout 99999999999999999999h` means "wait as long as it takes".
-    let secs = match unit {
-        "s" | "" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        _ => return Err(format!("unknown unit `{unit}` in `{s}`; use s, m or h")),
-    };
-    Ok(std::time::Duration::from_secs(secs))
+pub use labctl_core::units::parse_duration;
+
+/// A vendor request's timeout: a duration of at least a second.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("the timeout must be at least 1s".into()),
+        d => Ok(d),
+    }
 }
 
 /// A lease: a duration no shorter than the lock allows, and short enough to add to a clock.
@@ -511,32 +499,4 @@ fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
         );
     }
     Ok(lease)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_duration;
-    use std::time::Duration;
-
-    #[test]
-    fn durations_parse_and_saturate_instead_of_overflowing() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
-        for huge in [
-            "18446744073709551615h",
-            "99999999999999999999999m",
-            "5124095576030432h",
-        ] {
-            assert_eq!(
-                parse_duration(huge),
-                Ok(Duration::from_secs(u64::MAX)),
-                "{huge}"
-            );
-        }
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("5d").is_err());
-    }
 }

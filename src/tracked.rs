@@ -1,38 +1,8 @@
-//! Tracked images and what their channels answered: which images a command names, and the
-//! report `outdated` prints and `bump` acts on.
+//! What the channels of tracked images answered: the report `outdated` prints and `bump` acts
+//! on.
 
-use crate::failure::{Failure, WithHint};
 use crate::manifest::Image;
 use labctl_core::upstream::report::Report;
-
-/// The images named, or every image; names that are not images are an error.
-pub fn select<'m>(
-    manifest: &'m crate::manifest::Manifest,
-    names: &[String],
-) -> Result<Vec<&'m Image>, Failure> {
-    for name in names {
-        match manifest.image(name) {
-            None => {
-                return Err(anyhow::anyhow!(
-                    "`{name}` is not an image in {}",
-                    manifest.path.display()
-                ))
-                .hint("name images as the manifest does (with their version written in), or give no names for every tracked image")
-            }
-            Some(i) if i.track.is_none() => {
-                return Err(anyhow::anyhow!("image `{name}` is not tracked")).hint(
-                    "add a `track:` block to say where its new versions come from (docs/manifest.md)",
-                )
-            }
-            Some(_) => {}
-        }
-    }
-    Ok(manifest
-        .images
-        .iter()
-        .filter(|i| names.is_empty() || names.contains(&i.name))
-        .collect())
-}
 
 /// Looks every tracked image up and assesses it. Lookup failures are rows, not errors: the
 /// other images are still reported.

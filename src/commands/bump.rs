@@ -13,9 +13,7 @@ use crate::cli::BumpArgs;
 use crate::failure::{Failure, WithHint};
 use crate::manifest::{self, Image, Manifest};
 use crate::pin::Pinned;
-use crate::upstream::Listings;
-use labctl_core::upstream::report::Status;
-use labctl_engine::bump::{bump_one, Bumped};
+use labctl_engine::bump::Bumped;
 
 /// Room left in a pull-request body for the plan of the result.
 const PLAN_BUDGET: usize = 30_000;
@@ -23,15 +21,13 @@ const PLAN_BUDGET: usize = 30_000;
 pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
     let path = &args.tracked.manifest.manifest;
     let (manifest, _) = super::load_manifest(path)?;
-    let images = crate::tracked::select(&manifest, &args.tracked.names)?;
+    let images = manifest.tracked(&args.tracked.names)?;
     let tracked: Vec<&Image> = images.into_iter().filter(|i| i.track.is_some()).collect();
     if tracked.is_empty() {
         eprintln!("No image in {} has a `track:` block.", path.display());
         return Ok(ExitCode::SUCCESS);
     }
-    let timeout = crate::upstream::parse_timeout(&args.tracked.timeout)
-        .map_err(anyhow::Error::msg)
-        .hint("--timeout takes seconds or minutes: 30s, 2m")?;
+    let timeout = args.tracked.timeout;
     let api = crate::source::http::api_client(timeout);
     let listings = crate::upstream::fetch(&tracked, &api).await;
     let report = crate::tracked::assess_all(
@@ -53,7 +49,20 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
         .hint("run labctl bump again");
     }
 
-    let (bumped, failures) = verify_all(&report, &manifest, &text, &listings, &api).await;
+    let client = crate::source::http::client();
+    let progress = crate::progress::for_stderr();
+    let reparse = |text: &str| parse_text(&manifest, text).map(|(moved, _)| moved);
+    let (bumped, failures) = labctl_engine::bump::verify_all(
+        &report,
+        &manifest,
+        &text,
+        &listings,
+        &client,
+        &api,
+        progress.as_ref(),
+        &reparse,
+    )
+    .await;
     if !failures.is_empty() {
         return Err(refused(&failures, &bumped));
     }
@@ -62,12 +71,9 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let root = manifest::yaml::parse(&text)
-        .map_err(|(loc, msg)| anyhow::anyhow!("{}:{loc}: {msg}", path.display()))?;
     let pins: Vec<Pinned> = bumped.iter().map(|b| b.pin.clone()).collect();
-    let updated = crate::pin::apply(&text, &root, &pins)?;
-    let (new_manifest, new_graph) = parse_text(&manifest, &updated)
-        .map_err(|e| anyhow::anyhow!("the bumped manifest does not validate: {e}"))?;
+    let (updated, new_manifest, new_graph) =
+        labctl_engine::pin::edited(&manifest, &text, &pins, super::rules_from_env())?;
 
     for b in &bumped {
         eprintln!(
@@ -103,80 +109,6 @@ pub async fn run(args: &BumpArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Downloads and verifies the newest allowed version of every image that has one: the bumps
-/// that verified, and a line for each image whose lookup or verification failed.
-async fn verify_all(
-    report: &labctl_core::upstream::report::Report,
-    manifest: &Manifest,
-    text: &str,
-    listings: &Listings,
-    api: &reqwest::Client,
-) -> (Vec<Bumped>, Vec<String>) {
-    let mut failures: Vec<String> = report
-        .images
-        .iter()
-        .filter(|r| r.status == Status::LookupFailed)
-        .map(|row| {
-            format!(
-                "image `{}`: {}",
-                row.name,
-                row.error.as_deref().unwrap_or("the lookup failed")
-            )
-        })
-        .collect();
-    let client = crate::source::http::client();
-    let progress = crate::progress::for_stderr();
-    let mut bumped: Vec<Bumped> = Vec::new();
-    for row in &report.images {
-        let Some(candidate) = &row.newest_allowed else {
-            continue;
-        };
-        let index = manifest
-            .images
-            .iter()
-            .position(|i| i.name == row.name)
-            .expect("rows are the manifest's images");
-        let name = &manifest.images[index].name;
-        let reparse = |text: &str| parse_text(manifest, text).map(|(moved, _)| moved);
-        let attempt = bump_one(
-            manifest,
-            text,
-            index,
-            &candidate.version,
-            listings,
-            &client,
-            api,
-            progress.as_ref(),
-            &reparse,
-        )
-        .await;
-        match attempt {
-            Ok(b) => {
-                progress.finish(
-                    name,
-                    &crate::progress::Outcome::Done(crate::progress::Done::Said(format!(
-                        "verified {}",
-                        b.new_version
-                    ))),
-                );
-                bumped.push(b);
-            }
-            Err(refusal) => {
-                progress.finish(
-                    name,
-                    &crate::progress::Outcome::Failed(crate::progress::Failed::new("refused")),
-                );
-                failures.push(format!(
-                    "image `{name}` → {}: {}",
-                    candidate.version,
-                    chain(&refusal)
-                ));
-            }
-        }
-    }
-    (bumped, failures)
-}
-
 /// Nothing is written when any image failed: each failure is printed (and annotated), and the
 /// error names the images that did verify, to bump them alone.
 fn refused(failures: &[String], bumped: &[Bumped]) -> Failure {
@@ -198,21 +130,6 @@ fn refused(failures: &[String], bumped: &[Bumped]) -> Failure {
         ));
     }
     anyhow::anyhow!(message).into()
-}
-
-/// The error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn parse_text(

@@ -1,9 +1,10 @@
+//! `labctl list`: the records in the store, as a table or as JSON (docs/state-records.md).
+
 use std::process::ExitCode;
 
 use crate::cli::ListArgs;
 use crate::failure::Failure;
-use crate::state::record::Record;
-use crate::units::human_size;
+use crate::render::list;
 
 pub async fn run(args: &ListArgs) -> Result<ExitCode, Failure> {
     // The manifest is only needed for its spec.store; with --store it may be absent.
@@ -15,147 +16,27 @@ pub async fn run(args: &ListArgs) -> Result<ExitCode, Failure> {
     let state =
         crate::state::refresh::read(store.clone(), crate::state::refresh::Objects::NotChecked)
             .await?;
-
-    let mut rows = Vec::new();
     let mut unreadable = 0;
     for r in state.records.values() {
-        let (name, size, checksum, uploaded) = match &r.record {
-            Ok(rec) => (
-                rec.name().unwrap_or("?").to_string(),
-                rec.size().map(human_size).unwrap_or_else(|| "?".into()),
-                rec.checksum().short(),
-                rec.uploaded_at().unwrap_or("?").to_string()
-                    + if matches!(rec, Record::Legacy(_)) {
-                        " (legacy)"
-                    } else {
-                        ""
-                    },
-            ),
-            Err(why) => {
-                unreadable += 1;
-                eprintln!("warning: `{}`: {why}", r.record_key);
-                ("(unreadable)".into(), "?".into(), "?".into(), "?".into())
-            }
-        };
-        rows.push([name, r.object_key.clone(), size, checksum, uploaded]);
+        if let Err(why) = &r.record {
+            unreadable += 1;
+            eprintln!("warning: `{}`: {why}", r.record_key);
+        }
     }
     if args.json {
+        let document = list::document(&store.url(), &state);
         println!(
             "{}",
-            serde_json::to_string_pretty(&json_report(&store.url(), &state)).expect("serializes")
+            serde_json::to_string_pretty(&document).expect("serializes")
         );
-    } else if rows.is_empty() {
+    } else if state.records.is_empty() {
         eprintln!("No records in {}.", store.url());
     } else {
-        print!(
-            "{}",
-            table(&["NAME", "KEY", "SIZE", "CHECKSUM", "UPLOADED AT"], &rows)
-        );
+        print!("{}", list::table(&state));
     }
     Ok(if unreadable > 0 {
         super::exit(1)
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Version of the `labctl list --json` document. Additive changes bump the minor version.
-pub const FORMAT_VERSION: &str = "1.0";
-
-/// `labctl list --json`: the records as data (full checksums, sizes in bytes), not the table's
-/// display text. An unreadable record says why instead of what.
-fn json_report(store: &str, state: &crate::state::ActualState) -> serde_json::Value {
-    let records: Vec<serde_json::Value> = state
-        .records
-        .values()
-        .map(|r| match &r.record {
-            Ok(rec) => serde_json::json!({
-                "name": rec.name(),
-                "key": r.object_key,
-                "record_key": r.record_key,
-                "size": rec.size(),
-                "checksum": rec.checksum().to_string(),
-                "sha256": rec.sha256().map(|c| c.hex().to_string()),
-                "uploaded_at": rec.uploaded_at(),
-                "source_url": rec.source_url(),
-                "legacy": matches!(rec, Record::Legacy(_)),
-            }),
-            Err(why) => serde_json::json!({
-                "key": r.object_key,
-                "record_key": r.record_key,
-                "error": why.to_string(),
-            }),
-        })
-        .collect();
-    serde_json::json!({
-        "format_version": FORMAT_VERSION,
-        "store": store,
-        "records": records,
-    })
-}
-
-/// Cells longer than this are cut with `…`: a record is data from the store, and one enormous
-/// field must not turn the table into megabytes of spaces.
-const MAX_CELL: usize = 120;
-
-fn cell(text: &str) -> String {
-    let text: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().count() > MAX_CELL {
-        text.chars().take(MAX_CELL - 1).collect::<String>() + "…"
-    } else {
-        text
-    }
-}
-
-fn table(header: &[&str; 5], rows: &[[String; 5]]) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| r.iter().map(|c| cell(c)).collect())
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    // Padded by hand: `format!("{:<w$}")` panics for widths above 65,535.
-    let line = |cells: Vec<&str>| {
-        let mut s = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w.saturating_sub(c.chars().count()))))
-            .collect::<Vec<_>>()
-            .join("  ");
-        s.truncate(s.trim_end().len());
-        s + "\n"
-    };
-    let mut out = line(header.to_vec());
-    for row in &rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn enormous_and_hostile_cells_neither_panic_nor_flood() {
-        let huge = "x".repeat(70_000);
-        let rows = vec![[
-            huge.clone(),
-            "images/a\nb".into(),
-            "1 B".into(),
-            "sha256:abc".into(),
-            huge,
-        ]];
-        let out = table(&["NAME", "KEY", "SIZE", "CHECKSUM", "UPLOADED AT"], &rows);
-        assert!(out.len() < 1_000, "{}", out.len());
-        assert_eq!(out.lines().count(), 2);
-        assert!(out.contains('…'));
-    }
 }

@@ -5,15 +5,13 @@
 use std::process::ExitCode;
 
 use crate::cli::OutdatedArgs;
-use crate::failure::{Failure, WithHint};
-use crate::tracked::{outdated, select};
+use crate::failure::Failure;
+use crate::tracked::outdated;
 
 pub async fn run(args: &OutdatedArgs) -> Result<ExitCode, Failure> {
     let (manifest, _) = super::load_manifest(&args.tracked.manifest.manifest)?;
-    let images = select(&manifest, &args.tracked.names)?;
-    let timeout = crate::upstream::parse_timeout(&args.tracked.timeout)
-        .map_err(anyhow::Error::msg)
-        .hint("--timeout takes seconds or minutes: 30s, 2m")?;
+    let images = manifest.tracked(&args.tracked.names)?;
+    let timeout = args.tracked.timeout;
     let report = outdated(
         &images,
         &manifest,

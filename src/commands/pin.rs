@@ -9,7 +9,7 @@ use anyhow::Context;
 use crate::cli::PinArgs;
 use crate::failure::{Failure, WithHint};
 use crate::manifest;
-use crate::pin::{self, Pinned};
+use crate::pin::Pinned;
 use labctl_engine::pin::Need;
 
 pub async fn run(args: &PinArgs) -> Result<ExitCode, Failure> {
@@ -83,7 +83,7 @@ fn pin_line(pinned: &Pinned) -> String {
 }
 
 /// Writes the pins into the manifest, keeping its formatting, once the edited text still
-/// validates.
+/// validates (other images may still say `pin`).
 fn write_pins(
     path: &std::path::Path,
     m: &manifest::Manifest,
@@ -92,18 +92,7 @@ fn write_pins(
 ) -> Result<(), Failure> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let root = manifest::yaml::parse(&text)
-        .map_err(|(loc, msg)| anyhow::anyhow!("{}:{loc}: {msg}", path.display()))?;
-    let updated = pin::apply(&text, &root, pins)?;
-    // The edited file must still be a manifest (other images may still say `pin`).
-    manifest::parse(
-        updated.as_bytes(),
-        path,
-        &m.base_dir,
-        &crate::manifest_dir::Directory(m.base_dir.clone()),
-        rules,
-    )
-    .map_err(|e| anyhow::anyhow!("the edited manifest does not validate: {e}"))?;
+    let (updated, _, _) = labctl_engine::pin::edited(m, &text, pins, rules)?;
     crate::manifest_dir::write(path, &updated)?;
     eprintln!(
         "Wrote {} checksum{} into {}. Review the diff: these values are now trusted.",

@@ -7,16 +7,16 @@ use anyhow::Context;
 use console::style;
 
 use crate::cli::StageArgs;
-use crate::failure::{Failure, WithHint};
+use crate::failure::Failure;
 use crate::fanout::{self, StageResult, StageStatus};
-use crate::plan::Plan;
 use crate::run_context::{context, Transfer};
 use crate::saved_plan::{read_saved_plan, refuse_other_store};
 
 pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
     let saved = read_saved_plan(&args.plan_file, &args.manifest.manifest)?;
     let plan = Arc::new(saved.plan);
-    let units = requested_units(&plan, &args.units, &args.plan_file)?;
+    let plan_file = args.plan_file.display().to_string();
+    let units = fanout::requested(&plan, &args.units, &plan_file)?;
     let (manifest, graph) = super::load_manifest(&args.manifest.manifest)?;
     let store = super::open_store(args.store.store.as_deref(), Some(&manifest)).await?;
     refuse_other_store(&plan, store.as_ref(), "stage", &args.plan_file)?;
@@ -68,39 +68,6 @@ pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
     } else {
         super::exit(1)
     })
-}
-
-/// The units asked for, with their wave; refuses a name that is not a unit of the plan.
-fn requested_units(
-    plan: &Plan,
-    asked: &[String],
-    path: &std::path::Path,
-) -> Result<Vec<(String, usize)>, Failure> {
-    let units = fanout::units(plan);
-    let mut out: Vec<(String, usize)> = Vec::new();
-    for name in asked {
-        let Some(unit) = units.iter().find(|u| &u.name == name) else {
-            let listed: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
-            let why = if plan.change(name).is_some() {
-                "has nothing to download or build in this plan"
-            } else {
-                "is not in this plan"
-            };
-            return Err(anyhow::anyhow!("`{name}` {why}")).hint(if listed.is_empty() {
-                format!(
-                    "`{}` has no units: apply it with `labctl apply {}`",
-                    path.display(),
-                    path.display()
-                )
-            } else {
-                format!("its units are: {}", listed.join(", "))
-            });
-        };
-        if !out.iter().any(|(n, _)| n == name) {
-            out.push((name.clone(), unit.wave));
-        }
-    }
-    Ok(out)
 }
 
 fn report(results: &[StageResult]) {

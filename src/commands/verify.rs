@@ -17,7 +17,7 @@ use crate::verify::{self, Options, Report, Verdict};
 pub fn run(args: &VerifyArgs) -> Result<ExitCode, Failure> {
     let public_key = match (&args.public_key, &args.public_key_file) {
         (Some(k), _) => Some(k.trim().to_string()),
-        (None, Some(path)) => Some(read_public_key_file(path)?),
+        (None, Some(path)) => Some(verify::read_public_key_file(path)?),
         (None, None) => None,
     };
     let jobs = args.jobs.map(usize::from).unwrap_or_else(|| {
@@ -124,30 +124,6 @@ fn into(
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// A minisign `.pub` file (comment line, key line) or a file holding just the key.
-fn read_public_key_file(path: &std::path::Path) -> Result<String, Failure> {
-    let mut text = String::new();
-    std::io::Read::read_to_string(
-        &mut std::io::Read::take(
-            std::fs::File::open(path)
-                .with_context(|| format!("cannot read the public key file `{}`", path.display()))?,
-            64 * 1024,
-        ),
-        &mut text,
-    )
-    .with_context(|| format!("cannot read the public key file `{}`", path.display()))?;
-    text.lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
-        .map(str::to_string)
-        .ok_or_else(|| {
-            Failure::from(anyhow::anyhow!(
-                "`{}` holds no minisign public key",
-                path.display()
-            ))
-        })
 }
 
 fn signature_line(signature: &verify::SignatureStatus) -> String {

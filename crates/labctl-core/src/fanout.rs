@@ -177,6 +177,54 @@ pub struct Leg {
     pub kvm: bool,
 }
 
+/// The units a leg was asked to stage (`--unit`), once each in the order asked, with their
+/// wave. `plan_file` names the saved plan in the error.
+pub fn requested(
+    plan: &Plan,
+    asked: &[String],
+    plan_file: &str,
+) -> Result<Vec<(String, usize)>, NotAUnit> {
+    let units = units(plan);
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for name in asked {
+        let Some(unit) = units.iter().find(|u| &u.name == name) else {
+            return Err(NotAUnit {
+                name: name.clone(),
+                in_plan: plan.change(name).is_some(),
+                units: units.iter().map(|u| u.name.clone()).collect(),
+                plan_file: plan_file.to_string(),
+            });
+        };
+        if !out.iter().any(|(n, _)| n == name) {
+            out.push((name.clone(), unit.wave));
+        }
+    }
+    Ok(out)
+}
+
+/// A name given to `labctl stage --unit` that is not a unit of the plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{name}` {}", if *.in_plan { "has nothing to download or build in this plan" } else { "is not in this plan" })]
+pub struct NotAUnit {
+    pub name: String,
+    /// Whether the plan has a change of that name (one that moves no image bytes).
+    pub in_plan: bool,
+    /// The plan's units.
+    pub units: Vec<String>,
+    pub plan_file: String,
+}
+
+impl crate::hint::Hint for NotAUnit {
+    fn hint(&self) -> Option<std::borrow::Cow<'static, str>> {
+        Some(if self.units.is_empty() {
+            let file = &self.plan_file;
+            format!("`{file}` has no units: apply it with `labctl apply {file}`").into()
+        } else {
+            format!("its units are: {}", self.units.join(", ")).into()
+        })
+    }
+}
+
 /// Names a saved plan by its bytes: legs and promotion find each other's results under it.
 pub fn plan_id(plan_file: &[u8]) -> String {
     Checksum::sha256(plan_file).hex()[..16].to_string()

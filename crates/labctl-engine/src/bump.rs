@@ -10,12 +10,14 @@ use labctl_core::manifest::{
 use labctl_core::pin::Pinned;
 use labctl_core::signature::{MinisignCheck, MinisignKey};
 use labctl_core::upstream::listing::{GithubRelease, Listing};
+use labctl_core::upstream::report::{Report, Status};
 use labctl_core::upstream::track::file_name;
 use labctl_core::upstream::verdict::{
     self, digests_to_pin, judge, Downloaded, Facts, Refusal as Judged, Trust,
 };
 use labctl_core::upstream::{Channel, Track};
 use labctl_transfer::pipeline::{self, Inspect};
+use labctl_transfer::progress::{Done, Failed, Outcome, Progress};
 use labctl_transfer::source::channel;
 use labctl_transfer::source::http::RetryPolicy;
 use labctl_transfer::source::upstream::Listings;
@@ -53,6 +55,58 @@ pub enum Refusal {
         #[source]
         source: pipeline::PipelineError,
     },
+}
+
+/// Downloads and verifies the newest allowed version of every image in `report` that has one:
+/// the bumps that verified, and a line for each image whose lookup or verification failed.
+#[allow(clippy::too_many_arguments)]
+pub async fn verify_all(
+    report: &Report,
+    manifest: &Manifest,
+    text: &str,
+    listings: &Listings,
+    client: &reqwest::Client,
+    api: &reqwest::Client,
+    progress: &dyn Progress,
+    reparse: &Reparse<'_>,
+) -> (Vec<Bumped>, Vec<String>) {
+    let mut failures: Vec<String> = report
+        .images
+        .iter()
+        .filter(|r| r.status == Status::LookupFailed)
+        .map(|row| {
+            let why = row.error.as_deref().unwrap_or("the lookup failed");
+            format!("image `{}`: {why}", row.name)
+        })
+        .collect();
+    let mut bumped: Vec<Bumped> = Vec::new();
+    for row in &report.images {
+        let Some(candidate) = &row.newest_allowed else {
+            continue;
+        };
+        let Some(index) = manifest.images.iter().position(|i| i.name == row.name) else {
+            continue;
+        };
+        let version = &candidate.version;
+        let attempt = bump_one(
+            manifest, text, index, version, listings, client, api, progress, reparse,
+        )
+        .await;
+        let name = &row.name;
+        match attempt {
+            Ok(b) => {
+                let said = Done::Said(format!("verified {}", b.new_version));
+                progress.finish(name, &Outcome::Done(said));
+                bumped.push(b);
+            }
+            Err(refusal) => {
+                progress.finish(name, &Outcome::Failed(Failed::new("refused")));
+                let why = crate::failure::one_line(&refusal);
+                failures.push(format!("image `{name}` → {version}: {why}"));
+            }
+        }
+    }
+    (bumped, failures)
 }
 
 /// The image at `index` moved to `version`: the new spec from the edited text, its facts from

@@ -52,6 +52,22 @@ impl Failure {
     }
 }
 
+/// An error and its causes on one line (`a: b: c`), a cause whose text is already in the
+/// line left out (errors that print their source too).
+pub fn one_line(error: &(dyn StdError + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
+}
+
 /// The one way a hint is attached: each error type with an obvious next step says it in its
 /// [`Hint`] impl, and this asks the causes of `error` in order, so that a hint survives any
 /// `context` wrapped around the error that carries it.
@@ -81,6 +97,8 @@ type Hinted = for<'e> fn(&'e (dyn StdError + 'static)) -> Option<&'e dyn Hint>;
 const HINTED: &[Hinted] = &[
     hinted::<crate::lock::LockError>,
     hinted::<crate::store::StoreError>,
+    hinted::<labctl_core::fanout::NotAUnit>,
+    hinted::<labctl_core::manifest::NamedImageError>,
     hinted::<labctl_core::plan::PlanError>,
     hinted::<labctl_core::signing::SigningError>,
     hinted::<labctl_core::state::record::RecordError>,

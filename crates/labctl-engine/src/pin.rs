@@ -4,7 +4,8 @@
 use anyhow::Context;
 
 use crate::failure::{Failure, WithHint};
-use crate::manifest::{Image, Source, SourceChecksum};
+use crate::manifest::{Image, Manifest, Rules, Source, SourceChecksum};
+use labctl_core::graph::DependencyGraph;
 use labctl_core::pin::Pinned;
 use labctl_transfer::pipeline;
 use labctl_transfer::progress::{Done, Outcome, Progress};
@@ -18,6 +19,25 @@ pub enum Need {
     AlreadyPinned,
     /// The values learned from its download, to write.
     Learned(Pinned),
+}
+
+/// The manifest's `text` (as read from `manifest.path`) with `pins` written in, its formatting
+/// kept, once the result still validates under `rules`; with what the result declares.
+pub fn edited(
+    manifest: &Manifest,
+    text: &str,
+    pins: &[Pinned],
+    rules: Rules,
+) -> anyhow::Result<(String, Manifest, DependencyGraph)> {
+    let path = &manifest.path;
+    let root = labctl_core::manifest::yaml::parse(text)
+        .map_err(|(loc, msg)| anyhow::anyhow!("{}:{loc}: {msg}", path.display()))?;
+    let updated = labctl_core::pin::apply(text, &root, pins)?;
+    let dir = labctl_transfer::manifest_dir::Directory(manifest.base_dir.clone());
+    let (edited, graph) =
+        labctl_core::manifest::parse(updated.as_bytes(), path, &manifest.base_dir, &dir, rules)
+            .map_err(|e| anyhow::anyhow!("the edited manifest does not validate: {e}"))?;
+    Ok((updated, edited, graph))
 }
 
 /// Downloads `image`'s source once when its entry leaves a checksum to pin (`pin`, or a

@@ -149,6 +149,34 @@ pub enum VerifyError {
     },
     #[error("`{path}` does not verify with key {key_id}: SHA256SUMS is not what was signed")]
     BadSignature { path: String, key_id: String },
+    #[error("cannot read the public key file `{path}`")]
+    KeyFile {
+        path: String,
+        #[source]
+        source: ReadError,
+    },
+    #[error("`{path}` holds no minisign public key")]
+    NoKeyInFile { path: String },
+}
+
+/// Public key files hold a comment line and a key; reading stops here.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// The key in a minisign `.pub` file (comment line, key line) or in a file holding just the key.
+pub fn read_public_key_file(path: &Path) -> Result<String, VerifyError> {
+    let shown = || path.display().to_string();
+    let text =
+        local_file::read_text(path, MAX_KEY_FILE_BYTES, Symlinks::Follow).map_err(|source| {
+            VerifyError::KeyFile {
+                path: shown(),
+                source,
+            }
+        })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
+        .map(str::to_string)
+        .ok_or_else(|| VerifyError::NoKeyInFile { path: shown() })
 }
 
 impl Hint for VerifyError {
@@ -590,6 +618,40 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::Resul
 mod tests {
     use super::*;
     use labctl_core::consumer_index::{document, sha256sums, to_json, IndexEntry};
+
+    #[test]
+    fn a_public_key_file_gives_its_key_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = "RWQf6LRCGA9i53mlYecO4IzT51TGPpvWucNSCh1CBM0QTaLn73Y7GFO3";
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let pubfile = file(
+            "a.pub",
+            &format!("untrusted comment: minisign public key\n{key}\n"),
+        );
+        assert_eq!(read_public_key_file(&pubfile).unwrap(), key);
+        assert_eq!(
+            read_public_key_file(&file("b", &format!("  {key}  "))).unwrap(),
+            key
+        );
+        let empty = file("c.pub", "untrusted comment: nothing else\n\n");
+        assert!(matches!(
+            read_public_key_file(&empty),
+            Err(VerifyError::NoKeyInFile { .. })
+        ));
+        let huge = file("d.pub", &"x".repeat(MAX_KEY_FILE_BYTES as usize + 1));
+        assert!(matches!(
+            read_public_key_file(&huge),
+            Err(VerifyError::KeyFile { .. })
+        ));
+        let missing = read_public_key_file(&dir.path().join("none")).unwrap_err();
+        assert!(missing
+            .to_string()
+            .starts_with("cannot read the public key file"));
+    }
 
     fn write_copy(dir: &Path, files: &[(&str, &[u8])], with_json: bool) {
         let mut entries: Vec<IndexEntry> = files

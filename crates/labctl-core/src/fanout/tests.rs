@@ -131,6 +131,38 @@ fn a_restore_update_or_no_op_is_not_a_unit() {
 }
 
 #[test]
+fn a_leg_stages_the_units_asked_once_each_and_refuses_anything_else() {
+    use crate::hint::Hint;
+    let mut p = plan_of(&[
+        http("iso"),
+        http("same"),
+        packer("vm", &["iso"], &[("sum", "{{ images.iso.checksum }}")]),
+    ]);
+    p.changes[1].action = Action::NoOp;
+    let asked = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        requested(&p, &asked(&["vm", "iso", "vm"]), "plan.json"),
+        Ok(vec![("vm".to_string(), 2), ("iso".to_string(), 1)])
+    );
+    let no_bytes = requested(&p, &asked(&["iso", "same"]), "plan.json").unwrap_err();
+    assert_eq!(
+        no_bytes.to_string(),
+        "`same` has nothing to download or build in this plan"
+    );
+    assert_eq!(no_bytes.hint().as_deref(), Some("its units are: iso, vm"));
+    let absent = requested(&p, &asked(&["gone"]), "plan.json").unwrap_err();
+    assert_eq!(absent.to_string(), "`gone` is not in this plan");
+    p.changes.retain(|c| c.name == "same");
+    assert_eq!(
+        requested(&p, &asked(&["same"]), "out/plan.json")
+            .unwrap_err()
+            .hint()
+            .as_deref(),
+        Some("`out/plan.json` has no units: apply it with `labctl apply out/plan.json`")
+    );
+}
+
+#[test]
 fn one_leg_per_unit_within_the_limits() {
     let p = plan_of(&[http("iso"), packer("vm", &[], &[])]);
     let m = matrix(&p, "0123456789abcdef", &Limits::default());

@@ -40,6 +40,45 @@ impl Manifest {
     pub fn image(&self, name: &str) -> Option<&Image> {
         self.images.iter().find(|i| i.name == name)
     }
+
+    /// The tracked images named (every image when none is), for `outdated` and `bump`.
+    pub fn tracked(&self, names: &[String]) -> Result<Vec<&Image>, NamedImageError> {
+        for name in names {
+            match self.image(name) {
+                None => Err(NamedImageError::NotAnImage {
+                    name: name.clone(),
+                    manifest: self.path.display().to_string(),
+                })?,
+                Some(i) if i.track.is_none() => {
+                    Err(NamedImageError::NotTracked { name: name.clone() })?
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(self
+            .images
+            .iter()
+            .filter(|i| names.is_empty() || names.contains(&i.name))
+            .collect())
+    }
+}
+
+/// An image named on the command line that cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NamedImageError {
+    #[error("`{name}` is not an image in {manifest}")]
+    NotAnImage { name: String, manifest: String },
+    #[error("image `{name}` is not tracked")]
+    NotTracked { name: String },
+}
+
+impl crate::hint::Hint for NamedImageError {
+    fn hint(&self) -> Option<std::borrow::Cow<'static, str>> {
+        Some(match self {
+            NamedImageError::NotAnImage { .. } => "name images as the manifest does (with their version written in), or give no names for every tracked image".into(),
+            NamedImageError::NotTracked { .. } => "add a `track:` block to say where its new versions come from (docs/manifest.md)".into(),
+        })
+    }
 }
 
 /// `spec.store`: where the bucket is. Never holds secrets.
@@ -276,3 +315,50 @@ pub use crate::layout::{
     destination_of_record_key, history_key, object_key, record_key, HISTORY_PREFIX, IMAGES_PREFIX,
     METADATA_PREFIX,
 };
+
+#[cfg(test)]
+mod tests {
+    use super::NamedImageError;
+    use crate::hint::Hint;
+
+    #[test]
+    fn names_given_to_outdated_and_bump_must_be_tracked_images() {
+        let sum = |n: u8| format!("sha256:{}", format!("{n:02x}").repeat(32));
+        let text = format!(
+            "apiVersion: labctl/v1alpha1\nkind: ImageManifest\nspec:\n  images:\n    - name: talos-{{{{ version.bare }}}}\n      version: \"v1.9.1\"\n      track: {{channel: talos}}\n      source: {{type: http, url: \"https://f.example/image/abc/{{{{ version }}}}/metal-amd64.raw.zst\", checksum: \"{}\", decompress: zstd}}\n      validation: {{expected: \"{}\"}}\n      destination: talos/a.raw\n    - name: plain\n      source: {{type: http, url: \"https://e.example/b.raw\", checksum: \"{}\"}}\n      destination: b.raw\n",
+            sum(1),
+            sum(3),
+            sum(2)
+        );
+        let (m, _) = crate::manifest::parse(
+            text.as_bytes(),
+            std::path::Path::new("m.yaml"),
+            std::path::Path::new("."),
+            &crate::manifest::NoFiles,
+            Default::default(),
+        )
+        .unwrap();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let tracked = |n: &[&str]| -> Result<Vec<String>, NamedImageError> {
+            Ok(m.tracked(&names(n))?
+                .iter()
+                .map(|i| i.name.clone())
+                .collect())
+        };
+        assert_eq!(tracked(&["talos-1.9.1"]), Ok(vec!["talos-1.9.1".into()]));
+        assert_eq!(
+            tracked(&[]),
+            Ok(vec!["talos-1.9.1".into(), "plain".into()]),
+            "every image; the untracked are the caller's to skip"
+        );
+        let untracked = tracked(&["plain"]).unwrap_err();
+        assert_eq!(untracked.to_string(), "image `plain` is not tracked");
+        assert!(untracked.hint().unwrap().contains("track:"));
+        let unknown = tracked(&["talos"]).unwrap_err();
+        assert_eq!(unknown.to_string(), "`talos` is not an image in m.yaml");
+        assert!(unknown
+            .hint()
+            .unwrap()
+            .contains("with their version written in"));
+    }
+}

@@ -1,6 +1,8 @@
-//! Turning a plan into text: for a terminal, for a pull-request comment, or as JSON.
+//! Turning a plan into text: for a terminal, for a pull-request comment, or as JSON; and the
+//! records `labctl list` shows.
 
 pub mod human;
+pub mod list;
 pub mod markdown;
 
 use crate::plan::Plan;
