@@ -21,7 +21,9 @@ use crate::saved_plan::{read_saved_plan, refuse_other_store};
 use crate::store::{Store, StoreError};
 use crate::store_lock::{announce, lock_failure, lost_lock};
 use labctl_engine::index::Published;
-use labctl_engine::session::{self, ApplyRun, ApplySteps, Approval, Ended, LockEnd, PlanSource};
+use labctl_engine::session::{
+    self, ApplyRun, ApplySteps, Approval, Ended, LockEnd, PlanSource, Promoting,
+};
 
 pub async fn run(args: &ApplyArgs) -> Result<ExitCode, Failure> {
     // A saved plan is read and checked first: before the lock, before the store is asked.
@@ -181,15 +183,30 @@ impl ApplySteps for Steps<'_> {
         })
     }
 
-    fn promoting(&self, plan_id: &str, ready: usize, units: usize) {
+    fn promoting(&self, p: &Promoting<'_>) {
         eprintln!(
-            "Promoting plan {plan_id}: {ready} of {units} staged images ready{}.",
-            if ready < units {
+            "Promoting plan {}: {} of {} staged images ready{}.",
+            p.plan_id,
+            p.ready,
+            p.units,
+            if p.ready < p.units {
                 " (the others fail, and their dependents are skipped)"
             } else {
                 ""
             }
         );
+        if p.legs > 0 {
+            let legs = match p.legs {
+                1 => "1 leg's object".to_string(),
+                n => format!("{n} legs' objects"),
+            };
+            eprintln!(
+                "Read {} stage results: {} through {legs}, {} on their own.",
+                p.results,
+                p.from_legs,
+                p.results - p.from_legs
+            );
+        }
     }
 
     fn context(

@@ -206,6 +206,8 @@ pub struct Found {
     /// By image.
     pub results: BTreeMap<String, StageResult>,
     pub legs: Vec<LegRead>,
+    /// How many of `results` came from legs' objects.
+    pub from_legs: usize,
 }
 
 /// Legs' objects of results read at once: up to 2 MiB each, though a leg of 40 units writes
@@ -267,13 +269,18 @@ pub async fn staged_results(
         let images = leg.results.iter().map(|w| w.result.image.clone()).collect();
         for written in leg.results {
             let image = &written.result.image;
-            let unchanged = etags.get(image).map(String::as_str) == Some(unquoted(&written.etag));
+            // A store that lists no ETags (s3s-fs) or answered a write without one gives
+            // nothing to compare: those results are read alone.
+            let written_etag = unquoted(&written.etag);
+            let unchanged = !written_etag.is_empty()
+                && etags.get(image).map(String::as_str) == Some(written_etag);
             if unchanged && written.result.speaks_for(plan_id, image) {
                 found.results.insert(image.clone(), written.result);
             }
         }
         found.legs.push(LegRead { key, images });
     }
+    found.from_legs = found.results.len();
     // The rest one by one, many at a time: a promotion of thousands of small units otherwise
     // waits on a round trip per unit before its first copy (each a few hundred bytes; on
     // s3s-fs every GET takes some 35 ms however small).

@@ -67,7 +67,7 @@ pub trait ApplySteps: Send + Sync {
     /// approved or not.
     fn approve<'a>(&'a self, plan: &'a Plan) -> Approval<'a>;
     /// A promotion: how many of the plan's units have a staged blob.
-    fn promoting(&self, plan_id: &str, ready: usize, units: usize);
+    fn promoting(&self, promoting: &Promoting<'_>);
     /// The context the plan's jobs run in (HTTP client, progress view, secrets, settings).
     fn context(
         &self,
@@ -305,6 +305,19 @@ async fn prepare(
     }
 }
 
+/// What a promotion starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promoting<'a> {
+    pub plan_id: &'a str,
+    /// The plan's units with a staged blob, of `units`.
+    pub ready: usize,
+    pub units: usize,
+    /// Stage results read, `from_legs` of them from the `legs` legs' objects.
+    pub results: usize,
+    pub legs: usize,
+    pub from_legs: usize,
+}
+
 /// What the plan's legs staged: which units have a blob (said up front through `steps`), and
 /// how the blobs are checked before their copies.
 async fn staged_for(
@@ -317,6 +330,7 @@ async fn staged_for(
     let crate::promote::Found {
         results: staged,
         legs,
+        from_legs,
     } = crate::promote::staged_results(store, plan_id, &warn).await?;
     let units = crate::fanout::units(plan);
     let ready = units
@@ -327,7 +341,14 @@ async fn staged_for(
                 .is_some_and(|r| r.status == StageStatus::Staged)
         })
         .count();
-    steps.promoting(plan_id, ready, units.len());
+    steps.promoting(&Promoting {
+        plan_id,
+        ready,
+        units: units.len(),
+        results: staged.len(),
+        legs: legs.len(),
+        from_legs,
+    });
     let check = crate::staged::BlobCheck::for_store(store, plan_id).await;
     Ok(crate::staged::Staged {
         results: staged,
