@@ -5,8 +5,12 @@
 use std::collections::BTreeSet;
 
 use anyhow::Context;
+use futures_util::StreamExt as _;
 
 use crate::store::{ObjectMeta, StartedUpload, Store, StoreError};
+
+/// Recent stage results read at once.
+const RESULT_READS: usize = 64;
 
 /// Staged objects older than the cut-off that no recent stage result names.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,20 +47,24 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
         .context("cannot list the staged blobs")?;
     let (old_results, recent): (Vec<ObjectMeta>, Vec<ObjectMeta>) =
         results.into_iter().partition(|r| old(r));
-    let mut wanted = BTreeSet::new();
-    for result in &recent {
+    // Read many at a time: a fan-out of thousands of units leaves as many results, and a
+    // nightly drift reads them all while they are recent.
+    let wanted: BTreeSet<String> = futures_util::stream::iter(&recent)
         // A leg's object of results names what the images' own results name.
-        if !matches!(
-            crate::layout::any_staged_key(&result.key),
-            crate::layout::StagedKey::Result { .. }
-        ) {
-            continue;
-        }
+        .filter(|r| {
+            std::future::ready(matches!(
+                crate::layout::any_staged_key(&r.key),
+                crate::layout::StagedKey::Result { .. }
+            ))
+        })
+        .map(|r| crate::promote::read_result(store, &r.key))
+        .buffer_unordered(RESULT_READS)
         // An unreadable recent result keeps nothing: it cannot be promoted either.
-        if let Ok(Some(r)) = crate::promote::read_result(store, &result.key).await {
-            wanted.extend(r.blob.map(|b| b.key));
-        }
-    }
+        .filter_map(|read| {
+            std::future::ready(read.ok().flatten().and_then(|r| r.blob).map(|b| b.key))
+        })
+        .collect()
+        .await;
     let (old_blobs, kept_blobs): (Vec<ObjectMeta>, Vec<ObjectMeta>) = blobs
         .into_iter()
         .partition(|b| old(b) && !wanted.contains(&b.key));
