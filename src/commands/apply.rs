@@ -206,6 +206,11 @@ impl ApplySteps for Steps<'_> {
                 p.from_legs,
                 p.results - p.from_legs
             );
+        } else if p.legs_unread > 0 {
+            eprintln!(
+                "Read {} stage results on their own: the store lists no ETags, so its legs' objects cannot show which are current.",
+                p.results
+            );
         }
     }
 

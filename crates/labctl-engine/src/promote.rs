@@ -242,6 +242,15 @@ pub async fn staged_results(
         }
     }
     let mut found = Found::default();
+    // Where the listing gives no ETags (s3s-fs), no leg's result can be shown to be current:
+    // the legs' objects are not read at all.
+    if etags.values().all(String::is_empty) {
+        let unread = leg_keys
+            .into_iter()
+            .map(|key| LegRead { key, images: None });
+        found.legs.extend(unread);
+        leg_keys = Vec::new();
+    }
     let mut legs: Vec<_> = futures_util::stream::iter(leg_keys)
         .map(|key| async move {
             let read = read_leg(store, &key).await;
@@ -266,7 +275,7 @@ pub async fn staged_results(
                 continue;
             }
         };
-        let images = leg.results.iter().map(|w| w.result.image.clone()).collect();
+        let images = Some(leg.results.iter().map(|w| w.result.image.clone()).collect());
         for written in leg.results {
             let image = &written.result.image;
             // A store that lists no ETags (s3s-fs) or answered a write without one gives
@@ -397,11 +406,15 @@ pub fn leftover(
         .filter_map(|name| blob_of(name))
         .filter(|b| !still_wanted.contains(b))
         .collect();
-    // A leg's object goes once no result it holds stays for a later promotion.
+    // A leg's object goes once no result it holds stays for a later promotion (one that was
+    // not read, once none of the plan's results stays).
     let stays = |image: &String| staged.contains_key(image) && !promoted.contains(image.as_str());
     let done_legs = legs
         .iter()
-        .filter(|leg| !leg.images.iter().any(stays))
+        .filter(|leg| match &leg.images {
+            Some(images) => !images.iter().any(stays),
+            None => !staged.keys().any(stays),
+        })
         .map(|leg| leg.key.clone());
     Leftover {
         blobs: blobs.into_iter().cloned().collect(),
@@ -480,11 +493,15 @@ mod tests {
         let legs = [
             LegRead {
                 key: "leg-a-b".into(),
-                images: vec!["a".into(), "b".into()],
+                images: Some(vec!["a".into(), "b".into()]),
             },
             LegRead {
                 key: "leg-a-c-e".into(),
-                images: vec!["a".into(), "c".into(), "e".into()],
+                images: Some(vec!["a".into(), "c".into(), "e".into()]),
+            },
+            LegRead {
+                key: "leg-unread".into(),
+                images: None,
             },
         ];
         let left = leftover("p", &results, &legs, &report);
@@ -498,6 +515,18 @@ mod tests {
                 "leg-a-c-e".into(),
             ],
             "the leg of `b`, which failed, stays with its result"
+        );
+        // Once nothing of the plan stays, a leg's object that was not read goes too.
+        let all_done = Report {
+            results: ["a", "b", "c", "d"]
+                .map(|n| (n.to_string(), Action::Create, done()))
+                .into(),
+        };
+        let left = leftover("p", &results, &legs, &all_done);
+        assert!(
+            left.results.contains(&"leg-unread".to_string()),
+            "{:?}",
+            left.results
         );
     }
 }

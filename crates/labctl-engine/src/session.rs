@@ -316,6 +316,8 @@ pub struct Promoting<'a> {
     pub results: usize,
     pub legs: usize,
     pub from_legs: usize,
+    /// Legs' objects not read: the store lists no ETags to show which results are current.
+    pub legs_unread: usize,
 }
 
 /// What the plan's legs staged: which units have a blob (said up front through `steps`), and
@@ -346,7 +348,8 @@ async fn staged_for(
         ready,
         units: units.len(),
         results: staged.len(),
-        legs: legs.len(),
+        legs: legs.iter().filter(|l| l.images.is_some()).count(),
+        legs_unread: legs.iter().filter(|l| l.images.is_none()).count(),
         from_legs,
     });
     let check = crate::staged::BlobCheck::for_store(store, plan_id).await;

@@ -62,7 +62,8 @@ pub struct Staged {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LegRead {
     pub key: String,
-    pub images: Vec<String>,
+    /// The images it names; `None` when it was not read (its store lists no ETags).
+    pub images: Option<Vec<String>>,
 }
 
 /// How a staged blob is checked before it is copied to its image's key.
