@@ -645,7 +645,7 @@ fn a_legs_results_are_read_together_unless_a_unit_was_staged_again(backend: Back
     assert!(promoted.stderr.contains(read), "{}", promoted.output());
     let warned = promoted
         .stderr
-        .contains(&format!("`{unreadable}` are unreadable"))
+        .contains(&format!("`{unreadable}` cannot be read"))
         && promoted
             .stderr
             .contains("ignored, its results are read one by one");

@@ -330,15 +330,15 @@ fn unquoted(etag: &str) -> &str {
 
 /// One leg's object of results; `None` when there is none.
 async fn read_leg(store: &dyn Store, key: &str) -> anyhow::Result<Option<LegResults>> {
-    let Some((_, bytes)) = crate::store::get_bytes(store, key, MAX_LEG_RESULTS_BYTES)
-        .await
-        .with_context(|| format!("cannot read the leg's results `{key}`"))?
-    else {
-        return Ok(None);
-    };
-    LegResults::parse(&bytes)
-        .map(Some)
-        .map_err(|why| anyhow!("the leg's results `{key}` are unreadable: {why}"))
+    let parse = LegResults::parse;
+    read_document(
+        store,
+        key,
+        MAX_LEG_RESULTS_BYTES,
+        "the leg's results",
+        parse,
+    )
+    .await
 }
 
 /// What was staged of `image` for the plan `plan_id`; `None` when nothing was, or when what is
@@ -356,15 +356,33 @@ pub async fn result_for(
 
 /// One stage result from the store; `None` when there is none.
 pub async fn read_result(store: &dyn Store, key: &str) -> anyhow::Result<Option<StageResult>> {
-    let Some((_, bytes)) = crate::store::get_bytes(store, key, MAX_RESULT_BYTES)
+    read_document(
+        store,
+        key,
+        MAX_RESULT_BYTES,
+        "the stage result",
+        StageResult::parse,
+    )
+    .await
+}
+
+/// A fan-out document at `key`, read up to `limit` bytes and parsed; `None` when there is none.
+async fn read_document<T>(
+    store: &dyn Store,
+    key: &str,
+    limit: usize,
+    what: &str,
+    parse: fn(&[u8]) -> Result<T, String>,
+) -> anyhow::Result<Option<T>> {
+    let Some((_, bytes)) = crate::store::get_bytes(store, key, limit)
         .await
-        .with_context(|| format!("cannot read the stage result `{key}`"))?
+        .with_context(|| format!("cannot read {what} `{key}`"))?
     else {
         return Ok(None);
     };
-    StageResult::parse(&bytes)
+    parse(&bytes)
         .map(Some)
-        .map_err(|why| anyhow!("the stage result `{key}` is unreadable: {why}"))
+        .map_err(|why| anyhow!("{what} `{key}` cannot be read: {why}"))
 }
 
 /// What a promotion leaves to delete once the index is written: the blobs of promoted images
