@@ -21,6 +21,10 @@ macro_rules! print {
     ($($arg:tt)*) => { $crate::write_out(false, format_args!($($arg)*)) };
 }
 #[macro_export]
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::write_out(true, format_args!($($arg)*)) };
+}
+#[macro_export]
 macro_rules! eprintln {
     () => { $crate::write_out(true, format_args!("\n")) };
     ($($arg:tt)*) => { $crate::write_out(true, format_args!("{}\n", format_args!($($arg)*))) };

@@ -276,7 +276,7 @@ version=$("$labctl" --version | cut -d' ' -f2)
   echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
-  echo "What a promotion cannot do without, asked of the same servers by s5cmd at ${counts[-1]} images"
+  echo "What a promotion cannot do without, asked of the same servers by s5cmd at $(python3 -c 'import sys; print(f"{int(sys.argv[1]):,}")' "${counts[-1]}") images"
   echo "(the four runs above, each timed): a server-side copy of each image, a 1 KiB object each (the"
   echo "records), and the delete of each copied object (the blobs); the deletes of the 1 KiB objects"
   echo "stand for those of the stage results. The sum of the first three is the floor of a promotion"
