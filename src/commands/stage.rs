@@ -43,8 +43,16 @@ pub async fn run(args: &StageArgs) -> Result<ExitCode, Failure> {
         crate::layout::BLOBS_PREFIX
     );
 
-    let results =
+    let leg =
         crate::apply::stage::stage_in_waves(&plan, &saved.id, &units, ctx, args.parallelism).await;
+    if let Err(e) = &leg.together {
+        eprintln!(
+            "{} {}; a promotion reads them one by one",
+            style("warning:").yellow(),
+            super::one_line(e.as_ref())
+        );
+    }
+    let results = leg.results;
     crate::store_lock::settle_dropped_uploads().await;
     let interrupted = signals.borrow().map(|s| s.exit_code());
     report(&results);

@@ -40,7 +40,10 @@ macro_rules! on_s3_stores {
     };
 }
 
-on_s3_stores!(an_object_above_the_single_copy_limit_is_promoted_part_by_part);
+on_s3_stores!(
+    an_object_above_the_single_copy_limit_is_promoted_part_by_part,
+    a_leg_whose_results_cannot_be_written_together_still_stages,
+);
 
 pub(crate) const PLAN: &str = "plan.json";
 const MATRIX: &str = "matrix.json";
@@ -662,6 +665,46 @@ fn a_legs_results_are_read_together_unless_a_unit_was_staged_again(backend: Back
         staged_leftovers(&lab),
         left,
         "the leg's object went with its results; what could not be read stays for cleanup"
+    );
+    assert_converged(&lab);
+}
+
+/// A store that refuses the leg's object of results (a bucket policy on `legs/`, say): the leg
+/// still stages, says so, and the promotion reads each result on its own.
+fn a_leg_whose_results_cannot_be_written_together_still_stages(backend: Backend) {
+    let (lab, images) = setup(backend);
+    let proxy = crate::support::proxy::Proxy::start(&lab.server.as_ref().unwrap().endpoint);
+    let lab = Lab {
+        endpoint: Some(proxy.endpoint.clone()),
+        ..lab
+    };
+    let matrix = plan_with_matrix(&lab);
+    let id = matrix["plan"].as_str().unwrap();
+    proxy.refuse("/legs/", 10, 403, "AccessDenied");
+    let leg = lab.labctl(&["stage", PLAN, "--unit", "iso,packed,wide"]);
+    assert_eq!(leg.code, 0, "{}", leg.output());
+    assert!(
+        leg.stderr
+            .contains("warning: cannot write the leg's results together at")
+            && leg.stderr.contains("a promotion reads them one by one"),
+        "{}",
+        leg.output()
+    );
+    assert!(lab.keys(&format!(".labctl/staged/{id}/legs/")).is_empty());
+    let build = lab.labctl_env(&["stage", PLAN, "--unit", "gateway"], BUILD_ENV);
+    assert_eq!(build.code, 0, "{}", build.output());
+    let promoted = promote(&lab);
+    assert_eq!(promoted.code, 0, "{}", promoted.output());
+    assert!(
+        !promoted.stderr.contains("Read 4 stage results"),
+        "no leg's object to read: {}",
+        promoted.output()
+    );
+    assert_eq!(lab.object("test/wide.img").unwrap(), images.wide);
+    assert!(
+        staged_leftovers(&lab).is_empty(),
+        "{:?}",
+        staged_leftovers(&lab)
     );
     assert_converged(&lab);
 }

@@ -31,7 +31,7 @@ pub async fn stage_in_waves(
     units: &[(String, usize)],
     ctx: Arc<ApplyContext>,
     parallelism: u16,
-) -> Vec<StageResult> {
+) -> LegRun {
     let written = Arc::new(Mutex::new(Vec::new()));
     let unit_job = |name: String| -> UnitJob {
         let (plan, id, ctx) = (plan.clone(), plan_id.to_string(), ctx.clone());
@@ -58,21 +58,34 @@ pub async fn stage_in_waves(
     .await;
     let written = std::mem::take(&mut *written.lock().unwrap());
     let names: Vec<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
-    record_leg(plan_id, &names, written, &ctx).await;
-    results
+    // After a signal nothing more starts: the results are all written already.
+    let together = match *ctx.cancel.borrow() {
+        true => Ok(()),
+        false => record_leg(plan_id, &names, written, &ctx).await,
+    };
+    LegRun { results, together }
+}
+
+/// What a leg did.
+pub struct LegRun {
+    /// Each unit's result, as written at its own key.
+    pub results: Vec<StageResult>,
+    /// Whether the leg's results could also be written in one object (when there was one to
+    /// write): without it a promotion reads them one by one.
+    pub together: anyhow::Result<()>,
 }
 
 /// Writes the leg's results in one object too, so that a promotion reads one object for the
-/// leg instead of one an image. Only a shortcut: without it (a leg of one unit, a write that
-/// failed) a promotion reads the results one by one.
+/// leg instead of one an image. Only a shortcut: without it (a leg of one unit, an object too
+/// large, a write that failed) a promotion reads the results one by one.
 async fn record_leg(
     plan_id: &str,
     units: &[&str],
     written: Vec<WrittenResult>,
     ctx: &ApplyContext,
-) {
+) -> anyhow::Result<()> {
     if written.len() < 2 {
-        return;
+        return Ok(());
     }
     let mut results = written;
     results.sort_by(|a, b| a.result.image.cmp(&b.result.image));
@@ -81,18 +94,15 @@ async fn record_leg(
         plan: plan_id.into(),
         results,
     };
-    let Some(json) = leg.to_json() else { return };
+    let Some(json) = leg.to_json() else {
+        return Ok(());
+    };
     let key = crate::layout::leg_results_key(plan_id, units);
-    if let Err(e) = ctx
-        .store
+    ctx.store
         .put(&key, Bytes::from(json), PutOptions::default())
         .await
-    {
-        let line = format!(
-            "cannot write the leg's results at `{key}` ({e}); promotion reads them one by one"
-        );
-        ctx.progress.line("", &line);
-    }
+        .with_context(|| format!("cannot write the leg's results together at `{key}`"))?;
+    Ok(())
 }
 
 /// One unit's staging, as a task of its own.
