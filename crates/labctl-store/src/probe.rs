@@ -117,7 +117,9 @@ pub enum ProbeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Abort(#[from] AbortFailed),
-    #[error("a part failed, and {abort}")]
+    /// The part's error is the source; the abort's cause is said in the message, as an error
+    /// has one source.
+    #[error("a part failed, and {abort}: {}", abort.source)]
     PartAndAbort {
         #[source]
         part: StoreError,
@@ -400,4 +402,29 @@ async fn conditional_copy(store: &Arc<dyn Store>, id: &str) -> Result<Verdict, P
     } else {
         Verdict::Holds("enforced: refused on another ETag, made on the source's".into())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both causes reach the user: the part's as the source, the abort's in the message.
+    #[test]
+    fn a_failed_part_whose_abort_failed_names_both_causes() {
+        let refused = |op, message: &str| StoreError::Backend {
+            op,
+            key: "images/x".into(),
+            message: message.into(),
+        };
+        let e = ProbeError::PartAndAbort {
+            part: refused("upload part", "SlowDown"),
+            abort: AbortFailed {
+                key: "images/x".into(),
+                source: refused("abort upload", "AccessDenied"),
+            },
+        };
+        assert!(e.to_string().contains("AccessDenied"), "{e}");
+        let source = std::error::Error::source(&e).unwrap().to_string();
+        assert!(source.contains("SlowDown"), "{source}");
+    }
 }
