@@ -86,8 +86,9 @@ results under .labctl/staged/ older than --older-than, unless a more recent stag
 names the blob (a promotion may still want it). Runs under the store lock, like apply. \
 `labctl drift` reports the same leftovers.\n\n\
 Unfinished uploads of blobs started before the cut-off (a leg that was killed: kill -9, a \
-vanished runner) are aborted too; `--older-than 0s` aborts every one, so use it only when no \
-leg is running."
+vanished runner) are aborted too, and probe objects under .labctl/doctor/ that a killed doctor \
+or promotion left; `--older-than 0s` takes every one, so use it only when no leg or doctor is \
+running."
     )]
     Cleanup(CleanupArgs),
     /// Check that a store does what labctl needs: credentials, reads, writes, multipart uploads

@@ -68,7 +68,8 @@ async fn sweep(
     dry_run: bool,
 ) -> bool {
     let verb = if dry_run { "Would remove" } else { "Removed" };
-    for object in leftovers.results.iter().chain(&leftovers.blobs) {
+    let objects = leftovers.results.iter().chain(&leftovers.blobs);
+    for object in objects.chain(&leftovers.probes) {
         println!(
             "  {} {} ({} bytes)",
             if dry_run { "-" } else { "✓" },
@@ -94,11 +95,12 @@ async fn sweep(
     }
     let n = |count: usize, one: &str| format!("{count} {one}{}", if count == 1 { "" } else { "s" });
     println!(
-        "{verb} {} ({} bytes), {} and {}; kept {} recent.",
+        "{verb} {} ({} bytes), {}, {} and {}; kept {} recent.",
         n(leftovers.blobs.len(), "blob"),
         leftovers.bytes(),
         n(leftovers.results.len(), "stage result"),
         n(leftovers.uploads.len(), "unfinished upload"),
+        n(leftovers.probes.len(), "probe object"),
         leftovers.kept
     );
     failed.is_empty()

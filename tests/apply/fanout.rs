@@ -1078,6 +1078,12 @@ fn leftovers_older_than_a_day_are_drift_and_cleanup_removes_them() {
     let abandoned_blob = format!(".labctl/blobs/sha256/{}", old.hex());
     lab.put(&abandoned_blob, b"abandoned");
     lab.put(".labctl/staged/0123456789abcdef/gone.json", b"{}");
+    // A probe object of a promotion killed while it probed, two days ago; and one of a doctor
+    // running now.
+    let killed_probe = ".labctl/doctor/if-match-source-promote-0123456789abcdef";
+    let running_probe = ".labctl/doctor/conditional-create-4242";
+    lab.put(killed_probe, b"probe");
+    lab.put(running_probe, b"probe");
     let iso_blob = lab
         .keys(".labctl/blobs/sha256/")
         .into_iter()
@@ -1087,6 +1093,7 @@ fn leftovers_older_than_a_day_are_drift_and_cleanup_removes_them() {
         abandoned_blob.as_str(),
         ".labctl/staged/0123456789abcdef/gone.json",
         iso_blob.as_str(),
+        killed_probe,
     ] {
         let path = lab.dir().join("store").join(key);
         let status = std::process::Command::new("touch")
@@ -1134,7 +1141,9 @@ fn leftovers_older_than_a_day_are_drift_and_cleanup_removes_them() {
     let dry = lab.labctl(&["cleanup", "--dry-run"]);
     assert_eq!(dry.code, 0, "{}", dry.output());
     assert!(
-        dry.stdout.contains("Would remove 1 blob"),
+        dry.stdout.contains("Would remove 1 blob")
+            && dry.stdout.contains("1 probe object")
+            && dry.stdout.contains(killed_probe),
         "{}",
         dry.output()
     );
@@ -1145,6 +1154,11 @@ fn leftovers_older_than_a_day_are_drift_and_cleanup_removes_them() {
     assert!(lab
         .head(".labctl/staged/0123456789abcdef/gone.json")
         .is_none());
+    assert!(lab.head(killed_probe).is_none());
+    assert!(
+        lab.head(running_probe).is_some(),
+        "a running doctor's probe stays"
+    );
     assert_eq!(
         lab.pending_uploads(),
         Some(vec![]),

@@ -1,5 +1,6 @@
 //! What fan-outs leave behind: blobs staged for a promotion that never came (a cancelled
-//! workflow, a failed unit whose plan was replaced) and their stage results. A blob a recent
+//! workflow, a failed unit whose plan was replaced) and their stage results; and the probe
+//! objects of a killed `doctor` or promotion. A blob a recent
 //! result still names is kept, whatever its age: a promotion may still want it.
 
 use std::collections::BTreeSet;
@@ -19,6 +20,9 @@ pub struct Leftovers {
     pub results: Vec<ObjectMeta>,
     /// Unfinished uploads of blobs started before the cut-off: left by a leg that was killed.
     pub uploads: Vec<StartedUpload>,
+    /// Probe objects under `.labctl/doctor/` older than the cut-off: left by a `doctor` or a
+    /// promotion killed while it probed (a probe lives for seconds).
+    pub probes: Vec<ObjectMeta>,
     /// Recent (kept) results and the blobs they name.
     pub kept: usize,
 }
@@ -29,7 +33,10 @@ impl Leftovers {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty() && self.results.is_empty() && self.uploads.is_empty()
+        self.blobs.is_empty()
+            && self.results.is_empty()
+            && self.uploads.is_empty()
+            && self.probes.is_empty()
     }
 }
 
@@ -76,10 +83,17 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
         .into_iter()
         .filter(|u| is_old(u.started.map(|t| now.saturating_sub(t))))
         .collect();
+    let probes = crate::store::list_all(store, &format!("{}/", crate::store::probe::PROBE_PREFIX))
+        .await
+        .context("cannot list the probes' objects")?
+        .into_iter()
+        .filter(|p| old(p))
+        .collect();
     Ok(Leftovers {
         blobs: old_blobs,
         results: old_results,
         uploads,
+        probes,
         kept: recent.len() + kept_blobs.len(),
     })
 }
@@ -88,7 +102,11 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
 /// run), and aborts the stalled uploads; returns what could not be removed.
 pub async fn remove(store: &dyn Store, leftovers: &Leftovers) -> Vec<String> {
     let keys = |objects: &[ObjectMeta]| objects.iter().map(|o| o.key.clone()).collect();
-    let groups = [keys(&leftovers.results), keys(&leftovers.blobs)];
+    let groups = [
+        keys(&leftovers.results),
+        keys(&leftovers.blobs),
+        keys(&leftovers.probes),
+    ];
     let mut failed = crate::store::delete_in_turn(store, groups).await;
     for u in &leftovers.uploads {
         match store
