@@ -58,8 +58,10 @@ pub async fn stage_in_waves(
     .await;
     let written = std::mem::take(&mut *written.lock().unwrap());
     let names: Vec<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
-    // After a signal nothing more starts: the results are all written already.
-    let together = match *ctx.cancel.borrow() {
+    // After a signal nothing more starts: the results are all written already. (The flag is
+    // copied out: a borrow of the channel held across the write would block its sender.)
+    let cancelled = *ctx.cancel.borrow();
+    let together = match cancelled {
         true => Ok(()),
         false => record_leg(plan_id, &names, written, &ctx).await,
     };
