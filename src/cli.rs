@@ -84,7 +84,7 @@ Exit codes: 0 every image up to date, 2 updates available, 1 a lookup failed."
         long_about = "Remove what fan-outs left behind: blobs under .labctl/blobs/ and stage \
 results under .labctl/staged/ older than --older-than, unless a more recent stage result still \
 names the blob (a promotion may still want it). Runs under the store lock, like apply. \
-`labctl drift` reports the same leftovers.\n\n\
+`labctl drift` reports the same leftovers, probe objects aside.\n\n\
 Unfinished uploads of blobs started before the cut-off (a leg that was killed: kill -9, a \
 vanished runner) are aborted too, and probe objects under .labctl/doctor/ that a killed doctor \
 or promotion left; `--older-than 0s` takes every one, so use it only when no leg or doctor is \

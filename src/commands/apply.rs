@@ -206,7 +206,7 @@ impl ApplySteps for Steps<'_> {
                 p.from_legs,
                 p.results - p.from_legs
             );
-        } else if p.legs_unread > 0 {
+        } else if p.without_etags {
             eprintln!(
                 "Read {} stage results on their own: the store lists no ETags, so its legs' objects cannot show which are current.",
                 p.results

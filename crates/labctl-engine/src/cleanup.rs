@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use anyhow::Context;
 use futures_util::StreamExt as _;
 
+use crate::fanout::StageResult;
 use crate::store::{ObjectMeta, StartedUpload, Store, StoreError};
 
 /// Recent stage results read at once.
@@ -56,7 +57,7 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
         results.into_iter().partition(|r| old(r));
     // Read many at a time: a fan-out of thousands of units leaves as many results, and a
     // nightly drift reads them all while they are recent.
-    let wanted: BTreeSet<String> = futures_util::stream::iter(&recent)
+    let read: Vec<anyhow::Result<Option<StageResult>>> = futures_util::stream::iter(&recent)
         // A leg's object of results names what the images' own results name.
         .filter(|r| {
             std::future::ready(matches!(
@@ -66,12 +67,19 @@ pub async fn find(store: &dyn Store, older_than: u64, now: u64) -> anyhow::Resul
         })
         .map(|r| crate::promote::read_result(store, &r.key))
         .buffer_unordered(RESULT_READS)
-        // An unreadable recent result keeps nothing: it cannot be promoted either.
-        .filter_map(|read| {
-            std::future::ready(read.ok().flatten().and_then(|r| r.blob).map(|b| b.key))
-        })
         .collect()
         .await;
+    let mut wanted = BTreeSet::new();
+    for result in read {
+        match result {
+            Ok(result) => wanted.extend(result.and_then(|r| r.blob).map(|b| b.key)),
+            // A store that did not answer (throttled, say) might hold a result naming an old
+            // blob: nothing is taken for a leftover then.
+            Err(e) if e.downcast_ref::<StoreError>().is_some() => return Err(e),
+            // An unreadable recent result keeps nothing: it cannot be promoted either.
+            Err(_) => {}
+        }
+    }
     let (old_blobs, kept_blobs): (Vec<ObjectMeta>, Vec<ObjectMeta>) = blobs
         .into_iter()
         .partition(|b| old(b) && !wanted.contains(&b.key));

@@ -208,6 +208,8 @@ pub struct Found {
     pub legs: Vec<LegRead>,
     /// How many of `results` came from legs' objects.
     pub from_legs: usize,
+    /// The listing gave no ETags, so the legs' objects were not read.
+    pub without_etags: bool,
 }
 
 /// Legs' objects of results read at once: up to 2 MiB each, though a leg of 40 units writes
@@ -244,11 +246,12 @@ pub async fn staged_results(
     let mut found = Found::default();
     // Where the listing gives no ETags (s3s-fs), no leg's result can be shown to be current:
     // the legs' objects are not read at all.
-    if etags.values().all(String::is_empty) {
+    if !etags.is_empty() && etags.values().all(String::is_empty) {
         let unread = leg_keys
             .into_iter()
             .map(|key| LegRead { key, images: None });
         found.legs.extend(unread);
+        found.without_etags = !found.legs.is_empty();
         leg_keys = Vec::new();
     }
     let mut legs: Vec<_> = futures_util::stream::iter(leg_keys)
@@ -261,17 +264,25 @@ pub async fn staged_results(
         .await;
     legs.sort_by(|a, b| a.0.cmp(&b.0));
     for (key, read) in legs {
+        // One that cannot be used is kept like one not read: it goes once no result of the
+        // plan stays.
+        let unusable = LegRead {
+            key: key.clone(),
+            images: None,
+        };
         let leg = match read {
             Ok(Some(leg)) if leg.plan == plan_id => leg,
             Ok(Some(_)) => {
                 warn(&format!(
                     "`{key}` describes another plan than its key names: ignored"
                 ));
+                found.legs.push(unusable);
                 continue;
             }
             Ok(None) => continue,
             Err(e) => {
                 warn(&format!("{e:#}: ignored, its results are read one by one"));
+                found.legs.push(unusable);
                 continue;
             }
         };

@@ -316,8 +316,9 @@ pub struct Promoting<'a> {
     pub results: usize,
     pub legs: usize,
     pub from_legs: usize,
-    /// Legs' objects not read: the store lists no ETags to show which results are current.
-    pub legs_unread: usize,
+    /// The legs' objects were not read: the store lists no ETags to show which results are
+    /// current.
+    pub without_etags: bool,
 }
 
 /// What the plan's legs staged: which units have a blob (said up front through `steps`), and
@@ -333,6 +334,7 @@ async fn staged_for(
         results: staged,
         legs,
         from_legs,
+        without_etags,
     } = crate::promote::staged_results(store, plan_id, &warn).await?;
     let units = crate::fanout::units(plan);
     let ready = units
@@ -349,7 +351,7 @@ async fn staged_for(
         units: units.len(),
         results: staged.len(),
         legs: legs.iter().filter(|l| l.images.is_some()).count(),
-        legs_unread: legs.iter().filter(|l| l.images.is_none()).count(),
+        without_etags,
         from_legs,
     });
     let check = crate::staged::BlobCheck::for_store(store, plan_id).await;

@@ -163,20 +163,34 @@ pub enum VerifyError {
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
 /// The key in a minisign `.pub` file (comment line, key line) or in a file holding just the key.
+/// Any readable file will do: `--public-key-file <(echo "$KEY")` is a pipe.
 pub fn read_public_key_file(path: &Path) -> Result<String, VerifyError> {
     let shown = || path.display().to_string();
-    let text =
-        local_file::read_text(path, MAX_KEY_FILE_BYTES, Symlinks::Follow).map_err(|source| {
-            VerifyError::KeyFile {
-                path: shown(),
-                source,
-            }
-        })?;
+    let text = read_any(path, MAX_KEY_FILE_BYTES).map_err(|source| VerifyError::KeyFile {
+        path: shown(),
+        source,
+    })?;
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
         .map(str::to_string)
         .ok_or_else(|| VerifyError::NoKeyInFile { path: shown() })
+}
+
+/// The text of whatever `path` opens (a file, a pipe), refused past `limit` bytes.
+fn read_any(path: &Path, limit: u64) -> Result<String, ReadError> {
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ReadError::NotFound(e),
+        _ => ReadError::Io(e),
+    })?;
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(ReadError::Io)?;
+    if text.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(text)
 }
 
 impl Hint for VerifyError {
@@ -647,6 +661,15 @@ mod tests {
             read_public_key_file(&huge),
             Err(VerifyError::KeyFile { .. })
         ));
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        let writer = {
+            let (fifo, key) = (fifo.clone(), key.to_string());
+            std::thread::spawn(move || std::fs::write(fifo, format!("{key}\n")))
+        };
+        assert_eq!(read_public_key_file(&fifo).unwrap(), key, "a pipe will do");
+        writer.join().unwrap().unwrap();
         let missing = read_public_key_file(&dir.path().join("none")).unwrap_err();
         assert!(missing
             .to_string()
