@@ -234,7 +234,7 @@ pub async fn staged_results(
     for object in listed {
         match crate::layout::staged_key(&prefix, &object.key) {
             StagedKey::Result { image } => {
-                etags.insert(image.to_string(), unquoted(&object.etag).to_string());
+                etags.insert(image.to_string(), object.etag);
             }
             StagedKey::LegResults => leg_keys.push(object.key),
             StagedKey::Other => warn(&format!(
@@ -291,9 +291,9 @@ pub async fn staged_results(
             let image = &written.result.image;
             // A store that lists no ETags (s3s-fs) or answered a write without one gives
             // nothing to compare: those results are read alone.
-            let written_etag = unquoted(&written.etag);
-            let unchanged = !written_etag.is_empty()
-                && etags.get(image).map(String::as_str) == Some(written_etag);
+            let unchanged = etags
+                .get(image)
+                .is_some_and(|listed| crate::store::same_etag(listed, &written.etag));
             if unchanged && written.result.speaks_for(plan_id, image) {
                 found.results.insert(image.clone(), written.result);
             }
@@ -332,11 +332,6 @@ pub async fn staged_results(
         }
     }
     Ok(found)
-}
-
-/// Stores differ in whether their listings and answers quote an ETag (Ceph RGW).
-fn unquoted(etag: &str) -> &str {
-    etag.trim_matches('"')
 }
 
 /// One leg's object of results; `None` when there is none.

@@ -355,6 +355,13 @@ pub async fn get_bytes(
     Ok(Some((meta, buf)))
 }
 
+/// Whether two ETags name the same object version. Stores quote them differently (Ceph RGW
+/// not at all), and an empty one (a listing that gives none) names nothing.
+pub fn same_etag(a: &str, b: &str) -> bool {
+    let a = a.trim_matches('"');
+    !a.is_empty() && a == b.trim_matches('"')
+}
+
 /// Rejects keys that could escape the store or that S3 and a filesystem would treat differently.
 pub fn check_key(key: &str) -> Result<()> {
     labctl_core::manifest::schema::check_relative_key(key).map_err(|reason| {
@@ -363,4 +370,16 @@ pub fn check_key(key: &str) -> Result<()> {
             reason,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn etags_compare_without_quotes_and_an_empty_one_matches_nothing() {
+        assert!(super::same_etag("\"abc\"", "abc"));
+        assert!(super::same_etag("abc", "\"abc\""));
+        assert!(!super::same_etag("\"abc\"", "\"abd\""));
+        assert!(!super::same_etag("", ""));
+        assert!(!super::same_etag("\"\"", ""));
+    }
 }

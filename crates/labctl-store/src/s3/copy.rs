@@ -35,10 +35,8 @@ impl S3Store {
         if request.source.size <= request.single_copy_limit {
             let etag = self.copy_whole(op, &source, &request).await?;
             // The answer's ETag is trusted only where it is the source's, the MD5 of the same
-            // bytes: stores quote it differently there (Ceph RGW not at all), and a source
-            // uploaded in parts has another kind of ETag than its copy.
-            let unquoted = |e: &str| e.trim_matches('"').to_string();
-            let same = etag.is_some_and(|e| unquoted(&e) == unquoted(&request.source.etag));
+            // bytes: a source uploaded in parts has another kind of ETag than its copy.
+            let same = etag.is_some_and(|e| same_etag(&e, &request.source.etag));
             return Ok(same.then(|| ObjectMeta {
                 key: request.to.to_string(),
                 size: request.source.size,
